@@ -1,0 +1,59 @@
+"""uwsgiconf-mules: uWSGI mules and mule farms, declared once and used safely.
+
+* ``from uwsgiconf_mules import Section`` -- a drop-in uwsgiconf ``Section`` whose
+  ``workers.set_mules_params()`` / ``workers.mule_farm()`` validate and emit mules and farms.
+* ``from uwsgiconf_mules.runtime import Mule, Farm, mule_offload`` -- the runtime API used
+  inside uWSGI; it reads the same declarations the builders wrote.
+
+Worker and mule processes import only ``uwsgiconf_mules.runtime``: this package module imports
+the builders (and uwsgiconf's configuration machinery) lazily, on first use of a name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    DeclarationsMissingError as DeclarationsMissingError,
+    DeliveryError as DeliveryError,
+    MulesConfigurationError as MulesConfigurationError,
+    MulesError as MulesError,
+    MulesRuntimeError as MulesRuntimeError,
+    NotInMuleError as NotInMuleError,
+    PayloadError as PayloadError,
+    UnknownTargetError as UnknownTargetError,
+)
+
+if TYPE_CHECKING:
+    from .config import MuleFarm as MuleFarm
+    from .config import Section as Section
+
+__all__ = [
+    "DeclarationsMissingError",
+    "DeliveryError",
+    "MuleFarm",
+    "MulesConfigurationError",
+    "MulesError",
+    "MulesRuntimeError",
+    "NotInMuleError",
+    "PayloadError",
+    "Section",
+    "UnknownTargetError",
+    "__version__",
+]
+
+_LAZY = {"Section": "config", "MuleFarm": "config"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("uwsgiconf-mules")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""The uwsgiconf side: a drop-in ``Section`` whose ``workers`` group declares mules and farms.
+
+Switching existing uwsgiconf code over takes one import::
+
+    from uwsgiconf_mules import Section   # was: from uwsgiconf.config import Section
+
+``section.workers.set_mules_params(...)`` and ``section.workers.mule_farm(...)`` keep
+uwsgiconf's signatures; every declaration is validated (errors are
+:class:`~uwsgiconf_mules.errors.MulesConfigurationError`, which ``uwsgiconf compile`` prints as
+one line) and emitted together with the record the runtime reads back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from uwsgiconf.base import Options
+from uwsgiconf.config import Section as _BaseSection
+from uwsgiconf.options.workers import Workers as _BaseWorkers
+
+from .declarations import RECORD_ENV, Declarations, MuleFarm, declare
+
+__all__ = ["MuleFarm", "Section", "Workers"]
+
+_DECLARATION_KEYS = ("mule", "mules", "farm", "mule-msg-size", "mule-harakiri", "mule-reload-mercy",
+                     "touch-mules-reload")
+
+
+class Workers(_BaseWorkers):  # type: ignore[misc]
+    """uwsgiconf's workers options group, with validated mules and farms."""
+
+    mule_farm = MuleFarm
+
+    def set_mules_params(
+        self,
+        mules: int | Sequence[str | None] | None = None,
+        *,
+        touch_reload: str | Sequence[str] | None = None,
+        harakiri_timeout: int | None = None,
+        farms: MuleFarm | Sequence[MuleFarm] | None = None,
+        reload_mercy: int | None = None,
+        msg_buffer: int | None = None,
+        msg_buffer_recv: int | None = None,
+        send_timeout: float | None = None,
+    ) -> Section:
+        """Declare mules and mule farms.
+
+        http://uwsgi.readthedocs.io/en/latest/Mules.html
+
+        Calling it again updates the declaration: arguments given replace the earlier ones,
+        the others are kept. Objects passed in are never modified.
+
+        :param mules: A count of dispatch mules (they run offloaded calls), or a list with one
+            item per mule: a programmed mule (``'script.py'`` or ``'package.module:callable'``)
+            or ``None`` for a dispatch mule. When not given, the farms decide the count.
+        :param touch_reload: Path or paths; touching one reloads the mules.
+        :param harakiri_timeout: Seconds a mule task may run before the mule is killed and
+            respawned; applied to every offloaded call.
+        :param farms: ``section.workers.mule_farm(name, mule_numbers)`` or a list of them. Farms
+            given as a count take consecutive ids from mule 1, one farm after the other. A mule
+            may belong to several farms (uWSGI allows it).
+        :param reload_mercy: Seconds a mule may take to reload or shut down (uWSGI default 60).
+        :param msg_buffer: Size in bytes of the mule message queue socket buffers
+            (``mule-msg-size``); larger buffers queue more messages and allow larger ones.
+        :param msg_buffer_recv: Not supported: uWSGI 2.0.x has no ``mule-msg-recv-size``
+            option; passing it raises ``MulesConfigurationError``. Use ``msg_buffer``.
+        :param send_timeout: Seconds a sender retries while a mule queue is full before raising
+            ``DeliveryError`` (default 5).
+        :raises MulesConfigurationError: naming the farm, mule id or option at fault.
+        """
+        section: Section = self._section
+        given = {
+            "mules": mules, "touch_reload": touch_reload, "harakiri_timeout": harakiri_timeout,
+            "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
+            "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout,
+        }
+        params = dict(section._mules_params)
+        params.update({key: value for key, value in given.items() if value is not None})
+        declarations = declare(**params)  # validates before anything is changed
+
+        section._mules_params = params
+        section._mules_declarations = declarations
+        self._emit(declarations)
+        return section
+
+    def _emit(self, declarations: Declarations) -> None:
+        opts: dict[Any, Any] = self._section._opts
+        for key in _DECLARATION_KEYS:
+            opts.pop(key, None)
+        env = [value for value in opts.get("env", []) if not str(value).startswith(f"{RECORD_ENV}=")]
+        if env:
+            opts["env"] = env
+        else:
+            opts.pop("env", None)
+        for key, value in declarations.options():
+            self._set(key, value, multi=True)
+
+
+class Section(_BaseSection):  # type: ignore[misc]
+    """A uwsgiconf configuration section with validated mules and farms.
+
+    Takes the same arguments as ``uwsgiconf.config.Section``.
+    """
+
+    workers: Workers = Options(Workers)
+    """Workers options group, with ``set_mules_params`` and ``mule_farm`` for mules and farms."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._mules_params: dict[str, object] = {}
+        self._mules_declarations: Declarations | None = None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def mules_declarations(self) -> Declarations | None:
+        """The validated mules and farms declaration, or None if none was made."""
+        return self._mules_declarations

@@ -1,0 +1,485 @@
+"""Mules and farms declarations: pure data, validated once, rendered two ways.
+
+This module never imports ``uwsgi``; the builders (``uwsgiconf_mules.config``) and the runtime
+(``uwsgiconf_mules.runtime``) both use it, which is what keeps them in agreement.
+
+A declaration renders as:
+
+* uWSGI options (``mule``, ``farm``, ``mule-msg-size``, ...), the ones uWSGI acts on;
+* a compact, single-valued *record* of the whole declaration, written into the config as
+  ``env = UWSGICONF_MULES=<record>``. uWSGI keeps only the last value of a repeated option in
+  ``uwsgi.opt``, so the ``farm`` lines cannot be read back at run time; the record can, from the
+  environment of every worker and mule (uWSGI sets it in the master before forking). It is one
+  line with no ``#``, ``%`` or quote, so it survives both the ini format and uWSGI's embedded
+  YAML parser.
+
+Mule ids are positional, as in uWSGI: mule *n* is the *n*-th ``mule`` line. A mule is either a
+*dispatch* mule, which runs the project's own message loop (``mule =
+uwsgiconf_mules.runtime:mule_loop``) and executes offloaded calls, or a *programmed* mule, which
+runs the user's own script (``script.py``) or callable (``package.module:callable``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import MulesConfigurationError
+
+__all__ = [
+    "DEFAULT_SEND_TIMEOUT",
+    "LOOP_SPEC",
+    "PROGRAMMED_READ_LIMIT",
+    "RECORD_ENV",
+    "Declarations",
+    "FarmSpec",
+    "MuleFarm",
+    "declare",
+    "parse_record",
+    "validate_farm_name",
+]
+
+RECORD_ENV = "UWSGICONF_MULES"
+"""Environment variable that carries the declarations record into every uWSGI process."""
+
+RECORD_VERSION = "v1"
+
+LOOP_SPEC = "uwsgiconf_mules.runtime:mule_loop"
+"""The ``mule`` value of a dispatch mule: the project's own message loop."""
+
+PROGRAMMED_READ_LIMIT = 65536
+"""Largest message a programmed mule reads whole with the default ``get_message`` buffer."""
+
+DEFAULT_SEND_TIMEOUT = 5.0
+"""Seconds a sender keeps retrying while a mule queue is full before raising ``DeliveryError``."""
+
+FARM_NAME_MAX = 254  # uWSGI copies the name into a 255-byte buffer (core/mule.c).
+
+_FARM_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_FARM_NAME_RULE = "farm names use letters, digits, '_', '-' and '.', and start with a letter, digit or '_'"
+_CHAR_NAMES = {
+    ":": "':' (uWSGI separates a farm name from its mule ids with it)",
+    ",": "',' (uWSGI separates mule ids with it)",
+    "#": "'#' (uWSGI config parsers cut the line there)",
+    "%": "'%' (uWSGI expands magic variables there)",
+    "'": "a quote",
+    '"': "a quote",
+}
+
+
+def _describe_char(char: str) -> str:
+    if char in _CHAR_NAMES:
+        return _CHAR_NAMES[char]
+    if char.isspace():
+        return "whitespace"
+    return repr(char)
+
+
+def validate_farm_name(name: object) -> str:
+    """Check a farm name and return it.
+
+    :param name: The farm name to check.
+    :raises MulesConfigurationError: naming the farm and the character at fault.
+    """
+    if not isinstance(name, str):
+        raise MulesConfigurationError(
+            f"farm name {name!r} must be a string, not {type(name).__name__}", culprit=name)
+    if not name:
+        raise MulesConfigurationError("farm name is empty; " + _FARM_NAME_RULE, culprit=name)
+    if len(name.encode()) > FARM_NAME_MAX:
+        raise MulesConfigurationError(
+            f"farm name {name[:20]!r}... is {len(name.encode())} bytes long; uWSGI keeps at most "
+            f"{FARM_NAME_MAX}", culprit=name)
+    if not _FARM_NAME_RE.match(name):
+        bad = next((c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))), name[0])
+        raise MulesConfigurationError(
+            f"farm name {name!r} contains {_describe_char(bad)}; {_FARM_NAME_RULE}", culprit=name)
+    return name
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MulesConfigurationError(
+            f"{what} must be a positive integer, not {value!r}", culprit=value)
+    if value < 1:
+        raise MulesConfigurationError(f"{what} must be a positive integer, not {value}", culprit=value)
+    return value
+
+
+class MuleFarm:
+    """A mule farm declaration, as uwsgiconf's ``section.workers.mule_farm(name, mule_numbers)``.
+
+    The object is never changed by the builders: farms given as a count are numbered when the
+    declaration is built, not here.
+
+    :param name: Farm name; letters, digits, ``_``, ``-`` and ``.``.
+    :param mule_numbers: How many mules the farm has (an int, or a string of digits as uwsgiconf
+        accepts), or the ids of its mules (a list of ints, starting at 1).
+    :raises MulesConfigurationError: on an invalid name, a count below 1, or bad ids.
+    """
+
+    __slots__ = ("mule_numbers", "name")
+
+    def __init__(self, name: str, mule_numbers: int | str | Sequence[int]) -> None:
+        self.name = validate_farm_name(name)
+        self.mule_numbers: int | tuple[int, ...] = _farm_mules(name, mule_numbers)
+
+    def __repr__(self) -> str:
+        return f"MuleFarm({self.name!r}, {self.mule_numbers!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MuleFarm):
+            return NotImplemented
+        return (self.name, self.mule_numbers) == (other.name, other.mule_numbers)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.mule_numbers))
+
+
+def _farm_mules(name: str, mule_numbers: object) -> int | tuple[int, ...]:
+    if isinstance(mule_numbers, str) and mule_numbers.strip().isdigit():
+        mule_numbers = int(mule_numbers)
+    if isinstance(mule_numbers, int) and not isinstance(mule_numbers, bool):
+        if mule_numbers < 1:
+            raise MulesConfigurationError(
+                f"farm {name!r} needs at least 1 mule, got a count of {mule_numbers}", culprit=name)
+        return mule_numbers
+    if isinstance(mule_numbers, (list, tuple)):
+        if not mule_numbers:
+            raise MulesConfigurationError(f"farm {name!r} has an empty list of mules", culprit=name)
+        ids: list[int] = []
+        for item in mule_numbers:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise MulesConfigurationError(
+                    f"farm {name!r}: mule id {item!r} is not an integer", culprit=name)
+            if item < 1:
+                raise MulesConfigurationError(
+                    f"farm {name!r}: mule id {item} is out of range (mule ids start at 1)", culprit=name)
+            if item in ids:
+                raise MulesConfigurationError(f"farm {name!r} lists mule {item} twice", culprit=name)
+            ids.append(item)
+        return tuple(ids)
+    raise MulesConfigurationError(
+        f"farm {name!r}: mule_numbers must be a count or a list of mule ids, not {mule_numbers!r}",
+        culprit=name)
+
+
+@dataclass(frozen=True)
+class FarmSpec:
+    """A farm as declared: its name and the ids of its mules, in declared order.
+
+    :param name: Farm name.
+    :param mules: Mule ids (1-based).
+    """
+
+    name: str
+    mules: tuple[int, ...]
+
+    def option(self) -> str:
+        """The value of this farm's uWSGI ``farm`` option, e.g. ``fast:1,2``."""
+        return f"{self.name}:{','.join(map(str, self.mules))}"
+
+
+@dataclass(frozen=True)
+class Declarations:
+    """A validated declaration of mules and farms.
+
+    Build one with :func:`declare` (from builder arguments) or :func:`parse_record` (from the
+    record written into the config).
+
+    :param programs: One item per mule, in id order: ``None`` for a dispatch mule, the script or
+        callable for a programmed mule (``""`` when read back from the record, which does not
+        carry programs).
+    :param farms: Farms in declared order.
+    :param msg_size: ``mule-msg-size`` (bytes) or None for uWSGI's default.
+    :param harakiri: ``mule-harakiri`` (seconds) or None.
+    :param reload_mercy: ``mule-reload-mercy`` (seconds) or None.
+    :param touch_reload: ``touch-mules-reload`` paths.
+    :param send_timeout: Seconds a sender retries while a queue is full before raising.
+    """
+
+    programs: tuple[str | None, ...] = ()
+    farms: tuple[FarmSpec, ...] = ()
+    msg_size: int | None = None
+    harakiri: int | None = None
+    reload_mercy: int | None = None
+    touch_reload: tuple[str, ...] = ()
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    _farms_by_name: dict[str, FarmSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_farms_by_name", {farm.name: farm for farm in self.farms})
+
+    @property
+    def mule_count(self) -> int:
+        """How many mules are declared."""
+        return len(self.programs)
+
+    @property
+    def programmed(self) -> tuple[int, ...]:
+        """Ids of programmed mules (those running the user's own script or callable)."""
+        return tuple(i for i, program in enumerate(self.programs, 1) if program is not None)
+
+    @property
+    def dispatchers(self) -> tuple[int, ...]:
+        """Ids of dispatch mules (those running the project's message loop)."""
+        return tuple(i for i, program in enumerate(self.programs, 1) if program is None)
+
+    def get_farm(self, name: str) -> FarmSpec | None:
+        """The farm called ``name``, or None.
+
+        :param name: Farm name.
+        """
+        return self._farms_by_name.get(name)
+
+    def farms_of(self, mule_id: int) -> tuple[FarmSpec, ...]:
+        """Farms that mule ``mule_id`` belongs to, in declared order.
+
+        :param mule_id: Mule id.
+        """
+        return tuple(farm for farm in self.farms if mule_id in farm.mules)
+
+    def describe(self) -> str:
+        """A one-line summary of what is declared, for error messages."""
+        farms = ", ".join(f"{farm.name!r} (mules {', '.join(map(str, farm.mules))})" for farm in self.farms)
+        mules = f"mules 1..{self.mule_count}" if self.mule_count else "no mules"
+        return f"{mules}; farms: {farms or 'none'}"
+
+    def options(self) -> list[tuple[str, str]]:
+        """uWSGI options for this declaration, in the order they are emitted."""
+        opts = [("mule", LOOP_SPEC if program is None else program) for program in self.programs]
+        opts.extend(("farm", farm.option()) for farm in self.farms)
+        for key, value in (
+            ("mule-msg-size", self.msg_size),
+            ("mule-harakiri", self.harakiri),
+            ("mule-reload-mercy", self.reload_mercy),
+        ):
+            if value is not None:
+                opts.append((key, str(value)))
+        opts.extend(("touch-mules-reload", path) for path in self.touch_reload)
+        opts.append(("env", f"{RECORD_ENV}={self.record()}"))
+        return opts
+
+    def record(self) -> str:
+        """The compact single-line record the runtime reads back (see the module docstring)."""
+        fields = [RECORD_VERSION, f"mules={self.mule_count}"]
+        if self.programmed:
+            fields.append(f"programmed={','.join(map(str, self.programmed))}")
+        for key, value in (("msg-size", self.msg_size), ("harakiri", self.harakiri)):
+            if value is not None:
+                fields.append(f"{key}={value}")
+        fields.append(f"send-timeout={self.send_timeout:g}")
+        fields.extend(f"farm={farm.option()}" for farm in self.farms)
+        return ";".join(fields)
+
+
+def _expand_mules(mules: object) -> tuple[str | None, ...] | None:
+    if mules is None:
+        return None
+    if isinstance(mules, bool):
+        raise MulesConfigurationError(f"mules must be a count or a list, not {mules!r}", culprit=mules)
+    if isinstance(mules, int):
+        if mules < 0:
+            raise MulesConfigurationError(f"mules count must not be negative, got {mules}", culprit=mules)
+        return (None,) * mules
+    if isinstance(mules, str):
+        mules = [mules]
+    if not isinstance(mules, (list, tuple)):
+        raise MulesConfigurationError(
+            f"mules must be a count or a list of programmed mules, not {mules!r}", culprit=mules)
+    programs: list[str | None] = []
+    for item in mules:
+        if item is None:
+            programs.append(None)
+        elif isinstance(item, str):
+            programs.append(_validate_program(item))
+        else:
+            raise MulesConfigurationError(
+                f"mules list item {item!r} is not a programmed mule: use a 'script.py' path or "
+                "'package.module:callable', None for a dispatch mule, or pass a count instead "
+                "of a list", culprit=item)
+    return tuple(programs)
+
+
+def _validate_program(program: str) -> str:
+    text = program.strip()
+    if not text:
+        raise MulesConfigurationError(
+            "programmed mule is empty: use a 'script.py' path or 'package.module:callable' "
+            "(None declares a dispatch mule)", culprit=program)
+    if any(c in text for c in "\r\n#"):
+        raise MulesConfigurationError(
+            f"programmed mule {program!r} contains a newline or '#', which uWSGI config parsers cut",
+            culprit=program)
+    if not (text.endswith(".py") or ":" in text):
+        raise MulesConfigurationError(
+            f"programmed mule {program!r} is neither a 'script.py' path nor "
+            "'package.module:callable'; uWSGI would start it as a mule that drops every message",
+            culprit=program)
+    return text
+
+
+_UNSUPPORTED = {
+    "msg_buffer_recv": "mule-msg-recv-size",
+}
+
+
+def declare(
+    mules: object = None,
+    *,
+    farms: object = None,
+    touch_reload: object = None,
+    harakiri_timeout: object = None,
+    reload_mercy: object = None,
+    msg_buffer: object = None,
+    send_timeout: object = None,
+    **unsupported: object,
+) -> Declarations:
+    """Validate builder arguments and return the declaration they describe.
+
+    Arguments mirror uwsgiconf's ``set_mules_params``.
+
+    :param mules: A count of dispatch mules, or a list with one item per mule: a programmed mule
+        (``'script.py'`` or ``'package.module:callable'``) or ``None`` for a dispatch mule. When
+        not given, the farms decide how many mules there are.
+    :param farms: A :class:`MuleFarm` (or uwsgiconf ``MuleFarm``), or a list of them. Farms
+        given as a count take consecutive ids from mule 1, one farm after the other. A mule may
+        belong to several farms, as uWSGI allows.
+    :param touch_reload: Path or paths; touching one reloads the mules.
+    :param harakiri_timeout: Seconds a mule task may run before the master kills the mule. The
+        dispatch loop applies it to every offloaded call (uWSGI itself applies ``mule-harakiri``
+        only to signal handlers).
+    :param reload_mercy: Seconds a mule may take to reload or shut down.
+    :param msg_buffer: Mule message queue socket buffer (``mule-msg-size``), bytes.
+    :param send_timeout: Seconds a sender retries while a queue is full before raising
+        :class:`~uwsgiconf_mules.errors.DeliveryError` (default 5).
+    :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
+    :raises MulesConfigurationError: naming what is wrong.
+    """
+    for key, value in unsupported.items():
+        if key in _UNSUPPORTED:
+            if value is not None:
+                raise MulesConfigurationError(
+                    f"{key} is not supported: it emits '{_UNSUPPORTED[key]}', an option uWSGI 2.0.x "
+                    "does not know (--strict rejects it); use msg_buffer, which sets both socket "
+                    "buffers", culprit=key)
+        else:
+            raise MulesConfigurationError(f"set_mules_params() got an unknown argument {key!r}", culprit=key)
+
+    farm_list = _farm_list(farms)
+    specs: list[FarmSpec] = []
+    seen: set[str] = set()
+    next_id = 1
+    for farm in farm_list:
+        name = validate_farm_name(getattr(farm, "name", None))
+        if name in seen:
+            raise MulesConfigurationError(f"farm {name!r} is declared twice", culprit=name)
+        seen.add(name)
+        numbers = _farm_mules(name, getattr(farm, "mule_numbers", None))
+        if isinstance(numbers, int):
+            ids = tuple(range(next_id, next_id + numbers))
+            next_id += numbers
+        else:
+            ids = numbers
+        specs.append(FarmSpec(name, ids))
+
+    needed = max((max(spec.mules) for spec in specs), default=0)
+    programs = _expand_mules(mules)
+    if programs is None:
+        programs = (None,) * needed
+    elif len(programs) < needed:
+        culprit = max(specs, key=lambda spec: max(spec.mules))
+        raise MulesConfigurationError(
+            f"mules declares {len(programs)} mule(s) but farm {culprit.name!r} uses mule "
+            f"{max(culprit.mules)}; mule ids run from 1 to the number of mules", culprit=culprit.name)
+
+    paths = _touch_paths(touch_reload)
+    return Declarations(
+        programs=programs,
+        farms=tuple(specs),
+        msg_size=None if msg_buffer is None else _positive_int(msg_buffer, "msg_buffer"),
+        harakiri=None if harakiri_timeout is None else _positive_int(harakiri_timeout, "harakiri_timeout"),
+        reload_mercy=None if reload_mercy is None else _positive_int(reload_mercy, "reload_mercy"),
+        touch_reload=paths,
+        send_timeout=_send_timeout(send_timeout),
+    )
+
+
+def _farm_list(farms: object) -> list[object]:
+    if farms is None:
+        return []
+    if isinstance(farms, (list, tuple)):
+        return list(farms)
+    if hasattr(farms, "name") and hasattr(farms, "mule_numbers"):
+        return [farms]
+    raise MulesConfigurationError(
+        f"farms must be a mule_farm(...) or a list of them, not {farms!r}", culprit=farms)
+
+
+def _touch_paths(touch_reload: object) -> tuple[str, ...]:
+    if touch_reload is None:
+        return ()
+    items: Iterable[object] = [touch_reload] if isinstance(touch_reload, str) else touch_reload  # type: ignore[assignment]
+    if not isinstance(items, (list, tuple)):
+        raise MulesConfigurationError(
+            f"touch_reload must be a path or a list of paths, not {touch_reload!r}", culprit=touch_reload)
+    paths = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip() or any(c in item for c in "\r\n#"):
+            raise MulesConfigurationError(
+                f"touch_reload path {item!r} must be a non-empty string without newlines or '#'",
+                culprit=item)
+        paths.append(item.strip())
+    return tuple(paths)
+
+
+def _send_timeout(value: object) -> float:
+    if value is None:
+        return DEFAULT_SEND_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise MulesConfigurationError(
+            f"send_timeout must be a positive number of seconds, not {value!r}", culprit=value)
+    return float(value)
+
+
+def parse_record(text: str) -> Declarations:
+    """Read back a record written by :meth:`Declarations.record`.
+
+    :param text: The record (the value of the ``UWSGICONF_MULES`` environment variable).
+    :raises MulesConfigurationError: if the record is malformed or from another version.
+    """
+    fields = text.strip().split(";")
+    if fields[0] != RECORD_VERSION:
+        raise MulesConfigurationError(
+            f"{RECORD_ENV} record version {fields[0]!r} is not {RECORD_VERSION!r}: the config was "
+            "compiled by another uwsgiconf-mules version; compile it again", culprit=text)
+    count = 0
+    programmed: set[int] = set()
+    farms: list[FarmSpec] = []
+    numbers: dict[str, float] = {}
+    try:
+        for item in fields[1:]:
+            key, _, value = item.partition("=")
+            if key == "mules":
+                count = int(value)
+            elif key == "programmed":
+                programmed = {int(i) for i in value.split(",")}
+            elif key == "farm":
+                name, _, ids = value.partition(":")
+                farms.append(FarmSpec(name, tuple(int(i) for i in ids.split(","))))
+            elif key in ("msg-size", "harakiri", "send-timeout"):
+                numbers[key] = float(value)
+            else:
+                raise ValueError(f"unknown field {key!r}")
+    except ValueError as exc:
+        raise MulesConfigurationError(f"malformed {RECORD_ENV} record {text!r}: {exc}", culprit=text) from None
+    msg_size = numbers.get("msg-size")
+    harakiri = numbers.get("harakiri")
+    return Declarations(
+        programs=tuple("" if i in programmed else None for i in range(1, count + 1)),
+        farms=tuple(farms),
+        msg_size=None if msg_size is None else int(msg_size),
+        harakiri=None if harakiri is None else int(harakiri),
+        send_timeout=numbers.get("send-timeout", DEFAULT_SEND_TIMEOUT),
+    )

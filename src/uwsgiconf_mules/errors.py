@@ -1,0 +1,100 @@
+"""Exceptions raised by uwsgiconf-mules.
+
+Every exception the project raises derives from one root::
+
+    MulesError
+    ├── MulesConfigurationError   (also uwsgiconf.exceptions.ConfigurationError)
+    │                             a declaration that cannot work; `uwsgiconf compile` prints it
+    │                             as one line and exits 1
+    └── MulesRuntimeError         raised inside (or outside) uWSGI when using the runtime
+        ├── UnknownTargetError    (also ValueError) a mule id or farm name that is not declared
+        ├── NotInMuleError        (also ValueError) reading messages outside a mule
+        ├── PayloadError          (also ValueError) a message too large, or arguments that
+        │                         cannot be pickled
+        ├── DeliveryError         the queue stayed full until the send timeout ran out
+        └── DeclarationsMissingError
+                                  running under uWSGI without the declarations record
+
+Each error carries the object at fault as an attribute where there is one.
+"""
+
+from __future__ import annotations
+
+from uwsgiconf.exceptions import ConfigurationError
+
+__all__ = [
+    "DeclarationsMissingError",
+    "DeliveryError",
+    "MulesConfigurationError",
+    "MulesError",
+    "MulesRuntimeError",
+    "NotInMuleError",
+    "PayloadError",
+    "UnknownTargetError",
+]
+
+
+class MulesError(Exception):
+    """Root of every exception raised by uwsgiconf-mules."""
+
+
+class MulesConfigurationError(MulesError, ConfigurationError):
+    """A mules/farms declaration that uWSGI would reject or that could not work.
+
+    :param message: What is wrong, naming the culprit.
+    :param culprit: The offending value (a farm name, a mule id, an option name), when there is one.
+    """
+
+    def __init__(self, message: str, *, culprit: object = None) -> None:
+        super().__init__(message)
+        self.culprit = culprit
+
+
+class MulesRuntimeError(MulesError):
+    """Base of errors raised when sending to or receiving from mules."""
+
+
+class UnknownTargetError(MulesRuntimeError, ValueError):
+    """A mule id or farm name that is not in the declarations.
+
+    :param message: What is wrong and what is declared.
+    :param target: The mule id or farm name at fault.
+    """
+
+    def __init__(self, message: str, *, target: object = None) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class NotInMuleError(MulesRuntimeError, ValueError):
+    """A mule-only operation (reading messages) was called outside a mule."""
+
+
+class PayloadError(MulesRuntimeError, ValueError):
+    """A message that cannot be delivered whole: too large, or arguments that cannot be pickled.
+
+    :param message: What is wrong, naming the function or target, the size and the limit.
+    :param size: Size of the encoded message in bytes, when known.
+    :param limit: Largest message the target accepts, when known.
+    """
+
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class DeliveryError(MulesRuntimeError):
+    """The target's queue stayed full until the send timeout ran out; the message was not sent.
+
+    :param message: What was not delivered, where to, and for how long it was retried.
+    :param target: The mule id or farm name.
+    """
+
+    def __init__(self, message: str, *, target: object = None) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class DeclarationsMissingError(MulesRuntimeError):
+    """Running under uWSGI, but the config carries no uwsgiconf-mules declarations record."""

@@ -1,0 +1,623 @@
+"""The runtime API: ``Mule``, ``Farm`` and ``mule_offload``, used by application code in uWSGI.
+
+The runtime reads the declarations record that the builders wrote into the config (the
+``UWSGICONF_MULES`` environment variable, see :mod:`uwsgiconf_mules.declarations`), so the
+farms and mules it knows are exactly the ones declared. What it guarantees:
+
+* Targets are checked against the declarations before uWSGI is called: an undeclared mule id or
+  farm name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError` (a ``ValueError``),
+  listing what is declared -- at decoration time when the declarations are known.
+* Messages go through ``uwsgi.mule_msg`` (to a farm by its name as bytes); while a queue is
+  full the sender retries with a bounded backoff and raises
+  :class:`~uwsgiconf_mules.errors.DeliveryError` when the declared ``send_timeout`` runs out.
+  A send that returns has been queued.
+* A message larger than the target reads whole is refused at the call site with
+  :class:`~uwsgiconf_mules.errors.PayloadError`; so are arguments that cannot be pickled.
+* Offloaded functions are registered by ``module:qualname``.
+* Dispatch mules run :func:`mule_loop` (the builders declare them as
+  ``mule = uwsgiconf_mules.runtime:mule_loop``): it reads its own queue and its farms' queues,
+  runs offloaded calls (importing a task's module by name when the mule has not imported it,
+  as under ``--lazy-apps``), logs a failing task with its key and traceback and goes on, and
+  hands every message that is not an envelope to ``uwsgi.mule_msg_hook`` when another library
+  installed one (uwsgidecorators, for instance), whether it was imported before or after us.
+* Outside uWSGI (scripts, tests, development servers) an offloaded call runs inline, after the
+  same serialisation and size checks.
+
+Importing this module has no side effects: it installs no hook and imports neither jinja2,
+click nor uwsgiconf's configuration machinery.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, Union
+
+from .declarations import PROGRAMMED_READ_LIMIT, RECORD_ENV, Declarations, parse_record
+from .errors import (
+    DeclarationsMissingError,
+    DeliveryError,
+    MulesRuntimeError,
+    NotInMuleError,
+    PayloadError,
+    UnknownTargetError,
+)
+from .protocol import decode, encode, task_header
+
+try:  # Only importable inside a uWSGI process.
+    import uwsgi as _uwsgi
+except ImportError:  # pragma: no cover - depends on the process
+    _uwsgi = None
+
+__all__ = ["Farm", "Mule", "OffloadedFunction", "TypeMuleFarm", "mule_loop", "mule_offload"]
+
+logger = logging.getLogger("uwsgiconf_mules")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MISSING: Any = object()
+_declarations_cache: Any = _MISSING
+_socket_limits: dict[int | None, int] = {}
+_registry: dict[bytes, Callable[..., Any]] = {}
+
+_SOCK_MIN_SNDBUF = 4608
+_SEQPACKET_OVERHEAD = 32  # Linux refuses an AF_UNIX datagram larger than sk_sndbuf - 32.
+
+
+# --- declarations --------------------------------------------------------------------------------
+
+def _declarations() -> Declarations | None:
+    """The declarations of this uWSGI instance, read once; None when none are known."""
+    global _declarations_cache
+    if _declarations_cache is _MISSING:
+        record = os.environ.get(RECORD_ENV)
+        _declarations_cache = None if record is None else parse_record(record)
+    return _declarations_cache  # type: ignore[no-any-return]
+
+
+def _reset_declarations() -> None:
+    """Forget the cached declarations (tests change the environment)."""
+    global _declarations_cache
+    _declarations_cache = _MISSING
+    _socket_limits.clear()
+
+
+def _required_declarations() -> Declarations | None:
+    """Declarations, or None outside uWSGI; under uWSGI without a record, an error."""
+    declarations = _declarations()
+    if declarations is None and _uwsgi is not None:
+        raise DeclarationsMissingError(
+            f"this uWSGI instance has no uwsgiconf-mules declarations (no {RECORD_ENV} in the "
+            "environment): declare mules with uwsgiconf_mules.Section and compile the config with "
+            "`uwsgiconf compile` or `uwsgiconf-mules compile`")
+    return declarations
+
+
+def _sysctl(name: str) -> int | None:
+    try:
+        with open(f"/proc/sys/net/core/{name}") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def socket_message_limit(msg_size: int | None) -> int:
+    """Largest message a mule queue accepts on this machine.
+
+    uWSGI's queues are AF_UNIX SEQPACKET socket pairs; Linux refuses a message larger than the
+    socket send buffer minus 32 bytes. The buffer is ``wmem_default``, or with ``mule-msg-size``
+    twice the requested size capped at twice ``wmem_max``. Where ``/proc`` does not tell, the
+    limit is the 64 KiB a programmed mule reads by default.
+
+    :param msg_size: The declared ``mule-msg-size``, or None.
+    """
+    if msg_size not in _socket_limits:
+        if msg_size:
+            wmem_max = _sysctl("wmem_max")
+            sndbuf = None if wmem_max is None else max(2 * min(msg_size, wmem_max), _SOCK_MIN_SNDBUF)
+        else:
+            sndbuf = _sysctl("wmem_default")
+        _socket_limits[msg_size] = (
+            PROGRAMMED_READ_LIMIT if sndbuf is None else sndbuf - _SEQPACKET_OVERHEAD)
+    return _socket_limits[msg_size]
+
+
+def _mule_limit(declarations: Declarations | None, mule_id: int) -> int:
+    msg_size = declarations.msg_size if declarations else None
+    limit = socket_message_limit(msg_size)
+    if declarations is not None and declarations.programs[mule_id - 1] is not None:
+        return min(limit, PROGRAMMED_READ_LIMIT)
+    return limit
+
+
+def _check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
+    if isinstance(mule_id, bool) or not isinstance(mule_id, int):
+        raise UnknownTargetError(f"mule id must be an integer, not {mule_id!r}", target=mule_id)
+    if declarations is not None:
+        if not 1 <= mule_id <= declarations.mule_count:
+            raise UnknownTargetError(
+                f"mule {mule_id} is not declared; declared: {declarations.describe()}", target=mule_id)
+    elif mule_id < 1:
+        raise UnknownTargetError(f"mule id {mule_id} is out of range: mule ids start at 1", target=mule_id)
+    return mule_id
+
+
+# --- delivery ------------------------------------------------------------------------------------
+
+def _deliver(message: bytes, dest: int | bytes, label: str, timeout: float) -> bool:
+    """Send with bounded retry; the first attempt failed or was not made yet."""
+    send = _uwsgi.mule_msg
+    deadline = time.monotonic() + timeout
+    delay = 0.0001
+    while not send(message, dest):
+        if time.monotonic() >= deadline:
+            raise DeliveryError(
+                f"{label}: the queue stayed full for {timeout:g} s; the message "
+                f"({len(message)} bytes) was not sent (raise send_timeout or msg_buffer, or add mules)",
+                target=dest)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+    return True
+
+
+class _Route:
+    """Where messages for one target go, and how large they may be."""
+
+    __slots__ = ("dest", "label", "limit", "timeout")
+
+    def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float) -> None:
+        self.dest = dest
+        self.label = label
+        self.limit = limit
+        self.timeout = timeout
+
+    def check_size(self, size: int, what: str) -> None:
+        if size > self.limit:
+            raise PayloadError(
+                f"{what}: message of {size} bytes exceeds the {self.limit}-byte limit of {self.label}; "
+                "it would arrive truncated or not at all (pass large data by reference: a file "
+                "path, a cache key, a database id)", size=size, limit=self.limit)
+
+    def send(self, message: bytes, what: str) -> bool:
+        self.check_size(len(message), what)
+        if _uwsgi is None:
+            raise MulesRuntimeError(
+                f"{what} to {self.label}: not running under uWSGI, there is no mule to receive it")
+        if _uwsgi.mule_msg(message, self.dest):
+            return True
+        return _deliver(message, self.dest, f"{what} to {self.label}", self.timeout)
+
+
+# --- public API ----------------------------------------------------------------------------------
+
+class Mule:
+    """A uWSGI mule, by id.
+
+    Declare mules before using this, e.g. ``section.workers.set_mules_params(mules=3)``.
+
+    :param id: Mule id; ids start at 1. When the declarations are known (always inside uWSGI),
+        an undeclared id raises :class:`~uwsgiconf_mules.errors.UnknownTargetError`.
+    """
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: int) -> None:
+        self.id = _check_mule_id(id, _declarations())
+
+    def __repr__(self) -> str:
+        return f"Mule({self.id})"
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mule):
+            return NotImplemented
+        return self.id == other.id
+
+    def __hash__(self) -> int:
+        return hash(("mule", self.id))
+
+    def _route(self) -> _Route:
+        declarations = _required_declarations()
+        _check_mule_id(self.id, declarations)
+        timeout = declarations.send_timeout if declarations else 0.0
+        return _Route(self.id, f"mule {self.id}", _mule_limit(declarations, self.id), timeout)
+
+    @classmethod
+    def get_current_id(cls) -> int:
+        """The id of the current mule; 0 when not in a mule."""
+        return int(_uwsgi.mule_id()) if _uwsgi is not None else 0
+
+    @classmethod
+    def get_current(cls) -> Mule | None:
+        """The current mule, or None when not in a mule."""
+        mule_id = cls.get_current_id()
+        return cls(mule_id) if mule_id else None
+
+    @classmethod
+    def get_message(
+        cls,
+        signals: bool = True,
+        farms: bool = False,
+        buffer_size: int = 65536,
+        timeout: int = -1,
+    ) -> str:
+        """Block until a message for this mule arrives and return it.
+
+        Offloaded calls that arrive meanwhile are run, not returned. Usable from several threads
+        of a programmed mule.
+
+        :param signals: Whether uWSGI signals sent to this mule are handled while waiting
+            (their handlers run and the wait goes on).
+        :param farms: Whether messages to the farms of this mule are read too.
+        :param buffer_size: Largest message read whole, in bytes; a longer one is truncated.
+        :param timeout: Seconds to wait; -1 waits forever. On timeout, returns ``''``.
+        :returns: The message, decoded as UTF-8 (undecodable bytes are kept as surrogates, so
+            ``message.encode('utf-8', 'surrogateescape')`` gives the original bytes back).
+        :raises NotInMuleError: when not called in a mule.
+        """
+        uwsgi = _require_mule("Mule.get_message()")
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            wait = -1 if deadline is None else max(0, round(deadline - time.monotonic()))
+            # uWSGI's own flag is inverted: signals=False makes it poll and handle signals.
+            message = uwsgi.mule_get_msg(not signals, farms, buffer_size, wait)
+            if message is None:  # a signal was handled
+                if deadline is not None and time.monotonic() >= deadline:
+                    return ""
+                continue
+            if _run_envelope(message):
+                continue
+            return str(message.decode("utf-8", "surrogateescape"))
+
+    def offload(self) -> Callable[[F], OffloadedFunction]:
+        """Decorator: calls of the decorated function run in this mule.
+
+        .. code-block:: python
+
+            @Mule(1).offload()
+            def for_mule(*args, **kwargs):
+                ...  # runs in mule 1
+        """
+        return mule_offload(self)
+
+    def send(self, message: str | bytes) -> bool:
+        """Send a message to this mule; a programmed mule reads it with ``get_message``.
+
+        :param message: Text (sent as UTF-8) or bytes.
+        :returns: True once queued.
+        :raises UnknownTargetError: if the mule is not declared (or no mules are).
+        :raises PayloadError: if the message is larger than the mule reads whole.
+        :raises DeliveryError: if the queue stayed full until the send timeout.
+        """
+        return self._route().send(_as_bytes(message), "message")
+
+
+class Farm:
+    """A uWSGI mule farm, by name.
+
+    Declare farms before using this, e.g.
+    ``section.workers.set_mules_params(farms=section.workers.mule_farm('myfarm', 2))``.
+
+    :param name: Farm name. When the declarations are known (always inside uWSGI), an
+        undeclared name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError`.
+    :param mules: Mule ids of the farm. Optional: the declared ones are used; given ids that
+        differ from the declared ones raise :class:`~uwsgiconf_mules.errors.UnknownTargetError`.
+    """
+
+    __slots__ = ("mules", "name")
+
+    def __init__(self, name: str, mules: list[int] | tuple[int, ...] | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise UnknownTargetError(f"farm name must be a non-empty string, not {name!r}", target=name)
+        declarations = _declarations()
+        ids = None if mules is None else [_check_mule_id(mule, declarations) for mule in mules]
+        if declarations is not None:
+            spec = declarations.get_farm(name)
+            if spec is None:
+                raise UnknownTargetError(
+                    f"farm {name!r} is not declared; declared: {declarations.describe()}", target=name)
+            if ids is not None and sorted(ids) != sorted(spec.mules):
+                raise UnknownTargetError(
+                    f"farm {name!r} is declared with mules {list(spec.mules)}, not {ids}", target=name)
+            ids = list(spec.mules)
+        self.name = name
+        self.mules: tuple[Mule, ...] = tuple(Mule(mule) for mule in ids or ())
+
+    def __repr__(self) -> str:
+        return f"Farm({self.name!r}, mules={[mule.id for mule in self.mules]})"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {', '.join(map(str, self.mules))}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Farm):
+            return NotImplemented
+        return (self.name, self.mules) == (other.name, other.mules)
+
+    def __hash__(self) -> int:
+        return hash(("farm", self.name))
+
+    def _route(self) -> _Route:
+        declarations = _required_declarations()
+        if declarations is None:
+            limit, timeout = socket_message_limit(None), 0.0
+        else:
+            spec = declarations.get_farm(self.name)
+            if spec is None:
+                raise UnknownTargetError(
+                    f"farm {self.name!r} is not declared; declared: {declarations.describe()}",
+                    target=self.name)
+            limit = min(_mule_limit(declarations, mule) for mule in spec.mules)
+            timeout = declarations.send_timeout
+        return _Route(self.name.encode(), f"farm {self.name!r}", limit, timeout)
+
+    @classmethod
+    def get_farms(cls) -> list[Farm]:
+        """All declared farms, in declared order, with their mules.
+
+        .. code-block:: python
+
+            farms = Farm.get_farms()
+            first_farm_first_mule = farms[0].mules[0]
+
+        :raises DeclarationsMissingError: under uWSGI, when the config has no declarations.
+        """
+        declarations = _required_declarations()
+        if declarations is None:
+            return []
+        return [cls(spec.name) for spec in declarations.farms]
+
+    def is_mine(self) -> bool:
+        """Whether the current process is a mule of this farm (False outside mules)."""
+        mule_id = Mule.get_current_id()
+        return any(mule.id == mule_id for mule in self.mules) if mule_id else False
+
+    @classmethod
+    def get_message(cls) -> str:
+        """Block until a message to a farm of the current mule arrives and return it.
+
+        Offloaded calls that arrive meanwhile are run, not returned. Messages are read with
+        uWSGI's fixed 64 KiB buffer.
+
+        :returns: The message, decoded as UTF-8 (undecodable bytes kept as surrogates).
+        :raises NotInMuleError: when not in a mule, or in a mule that belongs to no farm (uWSGI
+            would wait forever).
+        """
+        uwsgi = _require_mule("Farm.get_message()")
+        mule_id = int(uwsgi.mule_id())
+        declarations = _declarations()
+        in_farm = declarations.farms_of(mule_id) if declarations else bool(uwsgi.in_farm())
+        if not in_farm:
+            raise NotInMuleError(f"Farm.get_message(): mule {mule_id} belongs to no farm")
+        while True:
+            message = uwsgi.farm_get_msg()
+            if message is None or _run_envelope(message):
+                continue
+            return str(message.decode("utf-8", "surrogateescape"))
+
+    def offload(self) -> Callable[[F], OffloadedFunction]:
+        """Decorator: calls of the decorated function run in one mule of this farm.
+
+        .. code-block:: python
+
+            @Farm('myfarm').offload()
+            def for_farm(*args, **kwargs):
+                ...  # runs in any one mule of farm `myfarm`
+        """
+        return mule_offload(self)
+
+    def send(self, message: str | bytes) -> bool:
+        """Send a message to this farm; exactly one of its mules receives it.
+
+        :param message: Text (sent as UTF-8) or bytes.
+        :returns: True once queued.
+        :raises UnknownTargetError: if the farm is not declared.
+        :raises PayloadError: if the message is larger than the farm's mules read whole.
+        :raises DeliveryError: if the queue stayed full until the send timeout.
+        """
+        return self._route().send(_as_bytes(message), "message")
+
+
+TypeMuleFarm = Union[int, str, Mule, Farm, None]
+"""What ``mule_offload`` accepts as a target."""
+
+
+class OffloadedFunction:
+    """What ``mule_offload`` returns: calling it queues the call for a mule.
+
+    Keeps the wrapped function's ``__name__``, ``__qualname__``, ``__doc__``, ``__module__``
+    and ``__wrapped__``; ``__wrapped__(...)`` runs the function here, synchronously.
+
+    :param func: The function to offload; it must be defined at module level.
+    :param target: Where calls go: a ``Mule`` or a ``Farm``.
+    """
+
+    def __init__(self, func: Callable[..., Any], target: Mule | Farm) -> None:
+        qualname = getattr(func, "__qualname__", None)
+        module = getattr(func, "__module__", None)
+        if not callable(func) or not qualname or not module:
+            raise MulesRuntimeError(f"mule_offload() needs a function, not {func!r}")
+        if "<locals>" in qualname or "<lambda>" in qualname:
+            raise MulesRuntimeError(
+                f"cannot offload {module}.{qualname}: offloaded functions must be defined at module "
+                "level (or as class attributes), so that a mule can find them by name")
+        functools.update_wrapper(self, func)
+        self.key = f"{module}:{qualname}"
+        """The task key, ``module:qualname``."""
+        self.target = target
+        """The ``Mule`` or ``Farm`` calls are sent to."""
+        self._header = task_header(self.key)
+        self._func = func
+        self._route: _Route | None = None
+        _registry[self.key.encode()] = func
+        if _declarations() is not None:
+            self._route = target._route()  # checks the target now
+
+    def __repr__(self) -> str:
+        return f"<offloaded {self.key} -> {self.target!r}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> bool:
+        """Queue a call of the function for the target; returns True once queued.
+
+        Outside uWSGI the call runs here, synchronously, after the same checks.
+
+        :raises PayloadError: if the arguments cannot be pickled or the message is too large.
+        :raises DeliveryError: if the queue stayed full until the send timeout.
+        """
+        try:
+            message = encode(self._header, args, kwargs)
+        except Exception as exc:
+            raise PayloadError(f"{self.key}: arguments cannot be pickled: {exc}") from exc
+        route = self._route
+        if route is None:
+            route = self._route = self.target._route()
+        if len(message) > route.limit:
+            route.check_size(len(message), self.key)
+        if _uwsgi is None:
+            _run_envelope(message)
+            return True
+        if _uwsgi.mule_msg(message, route.dest):
+            return True
+        return _deliver(message, route.dest, f"{self.key} to {route.label}", route.timeout)
+
+
+def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[F], OffloadedFunction]:
+    """Decorator: calls of the decorated function run in a mule or in a farm.
+
+    .. code-block:: python
+
+        @mule_offload('fast')        # a farm name, a mule id, a Mule or a Farm
+        def resize(image_id):
+            ...
+
+        resize(42)  # queued for farm `fast`; returns True
+
+    :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
+        set, calls go to the first mule.
+    :raises UnknownTargetError: when the declarations are known and the target is not declared.
+    """
+    target: Mule | Farm
+    if mule_or_farm is None:
+        target = Mule(1)
+    elif isinstance(mule_or_farm, (Mule, Farm)):
+        target = mule_or_farm
+    elif isinstance(mule_or_farm, str):
+        target = Farm(mule_or_farm)
+    elif isinstance(mule_or_farm, int) and not isinstance(mule_or_farm, bool):
+        target = Mule(mule_or_farm)
+    else:
+        raise UnknownTargetError(
+            f"offload target must be a mule id, a farm name, a Mule or a Farm, not {mule_or_farm!r}",
+            target=mule_or_farm)
+
+    def decorator(func: F) -> OffloadedFunction:
+        return OffloadedFunction(func, target)
+
+    return decorator
+
+
+# --- the mule side -------------------------------------------------------------------------------
+
+def _as_bytes(message: str | bytes) -> bytes:
+    if isinstance(message, str):
+        return message.encode()
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return bytes(message)
+    raise PayloadError(f"message must be str or bytes, not {type(message).__name__}")
+
+
+def _require_mule(what: str) -> Any:
+    if _uwsgi is None or not _uwsgi.mule_id():
+        raise NotInMuleError(f"{what} can only be called in a uWSGI mule")
+    return _uwsgi
+
+
+def _find_task(key: bytes) -> Callable[..., Any] | None:
+    func = _registry.get(key)
+    if func is not None:
+        return func
+    module, _, qualname = key.decode().partition(":")
+    try:
+        importlib.import_module(module)
+    except Exception:
+        logger.exception("uwsgiconf-mules: cannot import module %r for task %s", module, key.decode())
+        return None
+    return _registry.get(key)
+
+
+def _run_envelope(message: bytes) -> bool:
+    """Run the call carried by an envelope; False if the message is not an envelope."""
+    try:
+        decoded = decode(message)
+    except Exception:
+        logger.exception("uwsgiconf-mules: cannot decode a message of %d bytes", len(message))
+        return True
+    if decoded is None:
+        return False
+    key, args, kwargs = decoded
+    func = _find_task(key)
+    if func is None:
+        logger.error("uwsgiconf-mules: unknown task %s: no offloaded function has this key in mule %d",
+                     key.decode(), Mule.get_current_id())
+        return True
+    harakiri = _harakiri
+    try:
+        if harakiri:
+            _uwsgi.set_user_harakiri(harakiri)
+        func(*args, **kwargs)
+    except Exception:
+        logger.exception("uwsgiconf-mules: task %s failed", key.decode())
+    finally:
+        if harakiri:
+            _uwsgi.set_user_harakiri(0)
+    return True
+
+
+_harakiri = 0
+
+
+def _pass_on(message: bytes) -> None:
+    """Hand a message that is not ours to the mule message hook another library installed."""
+    hook = getattr(_uwsgi, "mule_msg_hook", None)
+    if hook is None:
+        logger.warning("uwsgiconf-mules: mule %d dropped a %d-byte message that is not an offloaded "
+                       "call (no uwsgi.mule_msg_hook is installed)", Mule.get_current_id(), len(message))
+        return
+    try:
+        hook(message)
+    except Exception:
+        logger.exception("uwsgiconf-mules: uwsgi.mule_msg_hook failed")
+
+
+def mule_loop() -> None:
+    """The message loop of dispatch mules; never returns.
+
+    The builders declare dispatch mules as ``mule = uwsgiconf_mules.runtime:mule_loop``. The
+    loop reads the mule's own queue and the queues of its farms (messages up to the socket
+    limit, beyond uWSGI's 64 KiB hook buffer), handles uWSGI signals while waiting, runs
+    offloaded calls under the declared harakiri, and passes other messages on to
+    ``uwsgi.mule_msg_hook``.
+
+    :raises NotInMuleError: when not called in a mule.
+    """
+    global _harakiri
+    uwsgi = _require_mule("mule_loop()")
+    declarations = _declarations()
+    msg_size = declarations.msg_size if declarations else None
+    _harakiri = (declarations.harakiri or 0) if declarations else 0
+    buffer_size = socket_message_limit(msg_size)
+    get = uwsgi.mule_get_msg
+    run = _run_envelope
+    while True:
+        message = get(False, True, buffer_size, -1)  # signals handled while waiting; farms read
+        if message is None:
+            continue
+        if not run(message):
+            _pass_on(message)
