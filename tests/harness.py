@@ -1,0 +1,225 @@
+"""A real uWSGI for integration tests.
+
+``start_server`` writes a ``uwsgicfg.py`` and an ``app.py`` into a directory, compiles the
+config with the real ``uwsgiconf compile`` (or ``uwsgiconf-mules compile --format yaml``),
+starts real uWSGI on it under ``--strict --master --die-on-term`` with stdin from /dev/null and
+an HTTP socket on a free loopback port, and waits (bounded) until the port is bound, every
+declared mule has spawned and an HTTP probe answers. ``Server.stop`` always stops it: SIGINT,
+then SIGKILL after a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+UWSGI = BIN / "uwsgi"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+APP_PRELUDE = '''
+import json
+import os
+
+from uwsgiconf_mules.runtime import Farm, Mule, mule_offload
+
+RESULTS = os.environ["TEST_RESULTS"]
+
+
+def record(name, **data):
+    """Append one JSON line to results/<name>, with the mule id and pid of this process."""
+    data.update(mule=Mule.get_current_id(), pid=os.getpid())
+    with open(os.path.join(RESULTS, name), "a") as handle:
+        handle.write(json.dumps(data) + "\\n")
+
+
+ROUTES = {}
+
+
+def route(path):
+    def register(func):
+        ROUTES[path] = func
+        return func
+    return register
+
+
+def application(environ, start_response):
+    handler = ROUTES.get(environ["PATH_INFO"])
+    if environ["PATH_INFO"] == "/ping":
+        body, status = "pong", "200 OK"
+    elif handler is None:
+        body, status = "no route", "404 Not Found"
+    else:
+        try:
+            body, status = json.dumps(handler(environ.get("QUERY_STRING", ""))), "200 OK"
+        except Exception as exc:
+            body, status = json.dumps({"error": type(exc).__name__, "message": str(exc)}), "500 Error"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [body.encode()]
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def compile_config(directory: Path, fmt: str = "ini") -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Compile ``directory/uwsgicfg.py`` with the real command; returns (config path, process)."""
+    if fmt == "ini":
+        cmd = [str(BIN / "uwsgiconf"), "compile", "uwsgicfg.py"]
+    else:
+        cmd = [str(BIN / "uwsgiconf-mules"), "compile", "--format", fmt, "uwsgicfg.py"]
+    proc = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, check=False)
+    path = directory / f"app.{fmt}"
+    path.write_text(proc.stdout)
+    return path, proc
+
+
+class Server:
+    """A running uWSGI; see the module docstring."""
+
+    def __init__(self, directory: Path, port: int, proc: subprocess.Popen[bytes], log_path: Path,
+                 results: Path) -> None:
+        self.directory = directory
+        self.port = port
+        self.proc = proc
+        self.log_path = log_path
+        self.results = results
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, timeout: float = 30.0) -> tuple[int, Any]:
+        """GET ``path``; returns (status, JSON-decoded body or text)."""
+        url = f"http://127.0.0.1:{self.port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                status, body = response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read().decode()
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.results / name
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+        """Poll ``condition`` until it returns a truthy value; fail with the log after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or condition}\n--- uWSGI log ---\n"
+                                     f"{self.log()[-6000:]}")
+            time.sleep(0.05)
+
+    def wait_lines(self, name: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        self.wait_for(lambda: len(self.lines(name)) >= count, timeout, f"{count} lines in {name}")
+        return self.lines(name)
+
+    def mule_pids(self) -> dict[int, int]:
+        """Mule id -> pid of its latest spawn, from the log."""
+        return {int(m[1]): int(m[2]) for m in re.finditer(r"spawned uWSGI mule (\d+) \(pid: (\d+)\)",
+                                                          self.log())}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(STOP_TIMEOUT)
+
+
+def start_server(
+    directory: Path,
+    config: str,
+    app: str = "",
+    *,
+    fmt: str = "ini",
+    extra_args: Sequence[str] = (),
+    modules: dict[str, str] | None = None,
+    expect_mules: int | None = None,
+) -> Server:
+    """Write, compile and start; see the module docstring.
+
+    :param directory: An empty directory (pytest's ``tmp_path``).
+    :param config: Body of ``uwsgicfg.py``.
+    :param app: Code appended to ``APP_PRELUDE`` in ``app.py``.
+    :param fmt: ``ini`` (compiled by ``uwsgiconf compile``) or ``yaml`` (by ``uwsgiconf-mules``).
+    :param extra_args: More uWSGI command-line arguments (``--lazy-apps``, ...).
+    :param modules: More modules to write beside ``app.py``: name -> source.
+    :param expect_mules: Mules to wait for; by default the number of ``mule`` options compiled.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    results = directory / "results"
+    results.mkdir(exist_ok=True)
+    (directory / "uwsgicfg.py").write_text(textwrap.dedent(config))
+    (directory / "app.py").write_text(APP_PRELUDE + textwrap.dedent(app))
+    for name, source in (modules or {}).items():
+        (directory / f"{name}.py").write_text(textwrap.dedent(source))
+    path, compiled = compile_config(directory, fmt)
+    if compiled.returncode != 0:
+        raise AssertionError(f"compile failed: {compiled.stderr}")
+    if expect_mules is None:
+        expect_mules = len(re.findall(r"^\s*mule\s*[=:]", compiled.stdout, re.M))
+
+    port = free_port()
+    log_path = directory / "uwsgi.log"
+    env = dict(os.environ, TEST_RESULTS=str(results))
+    env.pop("UWSGICONF_MULES", None)
+    cmd = [str(UWSGI), f"--{fmt}", str(path), "--strict", "--master", "--die-on-term",
+           "--http-socket", f"127.0.0.1:{port}", "--module", "app:application",
+           "--pythonpath", str(directory), "--chdir", str(directory), "--workers", "2",
+           *extra_args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = Server(directory, port, proc, log_path, results)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"uWSGI exited with {proc.returncode}\n{server.log()[-6000:]}")
+            if len(server.mule_pids()) >= expect_mules and _answers(port):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"uWSGI not ready after {START_TIMEOUT} s\n{server.log()[-6000:]}")
+            time.sleep(0.05)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

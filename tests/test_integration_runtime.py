@@ -1,0 +1,237 @@
+"""The runtime on a real uWSGI: Mule, Farm and mule_offload, consistent and lossless."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from harness import Server
+
+pytestmark = pytest.mark.integration
+
+DESIGN = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(
+    farms=[section.workers.mule_farm('fast', 2), section.workers.mule_farm('slow', [3, 4])])
+uwsgi_configuration = section.as_configuration()
+"""
+
+TASKS_MODULE = '''
+import json, os
+from uwsgiconf_mules.runtime import Mule, mule_offload
+
+@mule_offload(2)
+def process(tag):
+    with open(os.path.join(os.environ["TEST_RESULTS"], "process"), "a") as handle:
+        handle.write(json.dumps({{"module": __name__, "impl": "{impl}", "tag": tag,
+                                 "mule": Mule.get_current_id()}}) + "\\n")
+'''
+
+APP = '''
+import tasks_a
+import tasks_b
+from uwsgiconf_mules import errors
+
+
+def where():
+    return {"current": repr(Mule.get_current()), "fast": Farm("fast").is_mine(),
+            "slow": Farm("slow").is_mine()}
+
+
+@mule_offload()
+def to_default(tag):
+    record("default", tag=tag, **where())
+
+
+@Mule(1).offload()
+def to_mule1(tag, payload=b""):
+    """Runs in mule 1."""
+    record("mule1", tag=tag, size=len(payload), **where())
+
+
+@Farm("fast").offload()
+def to_fast(tag):
+    record("fast", tag=tag, **where())
+
+
+@mule_offload("slow")
+def to_slow(tag):
+    record("slow", tag=tag, **where())
+
+
+@mule_offload(3)
+def boom(tag):
+    raise RuntimeError("boom " + tag)
+
+
+@mule_offload(3)
+def after_boom(tag):
+    record("after_boom", tag=tag)
+
+
+@mule_offload(4)
+def count(i):
+    record("burst", i=i)
+
+
+def error_of(call):
+    try:
+        call()
+    except Exception as exc:
+        return [type(exc).__name__, isinstance(exc, ValueError), str(exc)]
+    return None
+
+
+@route("/offload")
+def offload_all(query):
+    return [to_default("d"), to_mule1("m"), to_fast("f1"), to_fast("f2"), to_fast("f3"),
+            to_slow("s1"), to_slow("s2"), tasks_a.process("a"), tasks_b.process("b")]
+
+
+@route("/info")
+def info(query):
+    return {
+        "farms": [[farm.name, [mule.id for mule in farm.mules]] for farm in Farm.get_farms()],
+        "declared": Farm.get_farms() == [Farm("fast", [1, 2]), Farm("slow", [3, 4])],
+        "slow_mules": [mule.id for mule in Farm("slow").mules],
+        "current": repr(Mule.get_current()), "current_id": Mule.get_current_id(),
+        "is_mine": [Farm("fast").is_mine(), Farm("slow").is_mine()],
+        "name": to_mule1.__name__, "doc": to_mule1.__doc__,
+        "wrapped": to_mule1.__wrapped__.__name__, "key": to_mule1.key,
+        "keys": [tasks_a.process.key, tasks_b.process.key],
+    }
+
+
+@route("/bad")
+def bad_targets(query):
+    return {
+        "mule5": error_of(lambda: Mule(5).send("x")),
+        "mule99": error_of(lambda: mule_offload(99)),
+        "mule1000000": error_of(lambda: Mule(1000000)),
+        "mule-1": error_of(lambda: Mule(-1)),
+        "farm": error_of(lambda: Farm("nope").send("x")),
+        "farm_offload": error_of(lambda: mule_offload("nope")),
+        "farm_mules": error_of(lambda: Farm("fast", [1, 3])),
+        "get_message": error_of(lambda: Mule.get_message()),
+        "farm_get_message": error_of(lambda: Farm.get_message()),
+        "pid": os.getpid(),
+    }
+
+
+@route("/oversize")
+def oversize(query):
+    big = error_of(lambda: to_mule1("big", b"x" * 300000))
+    return {"big": big, "fits": to_mule1("fits", b"x" * 150000)}
+
+
+@route("/unpicklable")
+def unpicklable(query):
+    return error_of(lambda: to_mule1(lambda: None))
+
+
+@route("/boom")
+def boom_route(query):
+    return [boom("1"), after_boom("2")]
+
+
+@route("/burst")
+def burst(query):
+    for i in range(int(query)):
+        count(i)
+    return "sent"
+'''
+
+
+@pytest.fixture
+def server(uwsgi_server: Callable[..., Server]) -> Server:
+    return uwsgi_server(DESIGN, APP, modules={
+        "tasks_a": TASKS_MODULE.format(impl="A"), "tasks_b": TASKS_MODULE.format(impl="B")})
+
+
+def test_offloads_run_in_the_declared_mules_and_farms(server: Server) -> None:
+    status, body = server.get("/offload")
+    assert status == 200, body
+    assert body == [True] * 9
+    default = server.wait_lines("default", 1)
+    assert [(r["mule"], r["current"]) for r in default] == [(1, "Mule(1)")]
+    assert [r["mule"] for r in server.wait_lines("mule1", 1)] == [1]
+    fast = server.wait_lines("fast", 3)
+    assert {r["mule"] for r in fast} <= {1, 2}
+    assert all(r["fast"] is True and r["slow"] is False for r in fast)
+    slow = server.wait_lines("slow", 2)
+    assert {r["mule"] for r in slow} <= {3, 4}
+    assert all(r["slow"] is True and r["fast"] is False for r in slow)
+
+
+def test_same_named_functions_in_two_modules_each_run_their_own_code(server: Server) -> None:
+    server.get("/offload")
+    runs = sorted((r["module"], r["impl"], r["tag"], r["mule"]) for r in server.wait_lines("process", 2))
+    assert runs == [("tasks_a", "A", "a", 2), ("tasks_b", "B", "b", 2)]
+
+
+def test_worker_sees_the_declared_farms(server: Server) -> None:
+    status, info = server.get("/info")
+    assert status == 200, info
+    assert info["farms"] == [["fast", [1, 2]], ["slow", [3, 4]]]
+    assert info["declared"] is True
+    assert info["slow_mules"] == [3, 4]
+    assert info["current"] == "None"
+    assert info["current_id"] == 0
+    assert info["is_mine"] == [False, False]
+    assert (info["name"], info["doc"], info["wrapped"]) == ("to_mule1", "Runs in mule 1.", "to_mule1")
+    assert info["key"] == "app:to_mule1"
+    assert info["keys"] == ["tasks_a:process", "tasks_b:process"]
+
+
+def test_bad_targets_raise_value_errors_and_the_worker_survives(server: Server) -> None:
+    status, errors = server.get("/bad")
+    assert status == 200, errors
+    for key in ("mule5", "mule99", "mule1000000", "mule-1", "farm", "farm_offload", "farm_mules"):
+        name, is_value_error, message = errors[key]
+        assert (name, is_value_error) == ("UnknownTargetError", True), errors[key]
+    assert "declared: mules 1..4; farms: 'fast' (mules 1, 2), 'slow' (mules 3, 4)" in errors["mule1000000"][2]
+    assert "farm 'nope' is not declared" in errors["farm"][2]
+    assert errors["get_message"][:2] == ["NotInMuleError", True]
+    assert errors["farm_get_message"][:2] == ["NotInMuleError", True]
+    # Nothing crashed: the server still answers and no worker died.
+    assert server.get("/ping") == (200, "pong")
+    assert "segmentation" not in server.log().lower()
+    assert "DAMN ! worker" not in server.log()
+
+
+def test_oversize_payload_is_refused_at_the_call_site(server: Server) -> None:
+    status, body = server.get("/oversize")
+    assert status == 200, body
+    name, is_value_error, message = body["big"]
+    assert (name, is_value_error) == ("PayloadError", True)
+    assert "app:to_mule1" in message and "bytes exceeds the" in message and "mule 1" in message
+    assert body["fits"] is True
+    # 150,000 bytes, past uWSGI's 64 KiB hook buffer, arrive whole.
+    assert [r["size"] for r in server.wait_lines("mule1", 1)] == [150000]
+
+
+def test_unpicklable_argument_fails_at_the_call(server: Server) -> None:
+    status, body = server.get("/unpicklable")
+    assert body[0] == "PayloadError" and "cannot be pickled" in body[2]
+
+
+def test_a_raising_task_is_logged_and_the_mule_goes_on(server: Server) -> None:
+    pid_before = server.mule_pids()[3]
+    assert server.get("/boom")[1] == [True, True]
+    after = server.wait_lines("after_boom", 1)
+    assert after[0]["mule"] == 3 and after[0]["pid"] == pid_before
+    log = server.wait_for(lambda: "RuntimeError: boom 1" in server.log() and server.log())
+    assert "task app:boom failed" in log
+    assert server.mule_pids()[3] == pid_before
+
+
+def test_a_burst_of_10000_offloads_all_run_in_order(server: Server) -> None:
+    status, body = server.get("/burst?10000", timeout=60)
+    assert (status, body) == (200, "sent")
+    runs = server.wait_lines("burst", 10000, timeout=60)
+    assert [r["i"] for r in runs] == list(range(10000))
+    assert {r["mule"] for r in runs} == {4}
+    # The default queue holds a few hundred messages: the burst did fill it, and nothing was lost.
+    assert "MULE MSG QUEUE IS FULL" in server.log()
