@@ -10,14 +10,15 @@ import pytest
 
 from declarations_cases import CASES, source
 from harness import BIN
+from uwsgiconf_mules.declarations import DISPATCH_MULE
 
 EXPECTED = Path(__file__).parent / "expected"
 STAMP = re.compile(r"(uwsgiconf v)\S+ on .*")
 
 
 def normalise(text: str) -> str:
-    """Replace the generation stamp (version and date) with a fixed text."""
-    return STAMP.sub(r"\1<version> on <date>", text)
+    """Replace the generation stamp and this installation's dispatch mule path with fixed texts."""
+    return STAMP.sub(r"\1<version> on <date>", text).replace(DISPATCH_MULE, "<dispatch_mule>")
 
 
 def compile_with(tmp_path: Path, body: str, *command: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +39,7 @@ def test_design_example_emits_farms_mules_and_record(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert "farm = fast:1,2" in lines
     assert "farm = slow:3,4" in lines
-    assert lines.count("mule = uwsgiconf_mules.runtime:mule_loop") == 4
+    assert lines.count(f"mule = {DISPATCH_MULE}") == 4
     assert "env = UWSGICONF_MULES=v1;mules=4;send-timeout=5;farm=fast:1,2;farm=slow:3,4" in lines
 
 

@@ -235,3 +235,133 @@ def test_a_burst_of_10000_offloads_all_run_in_order(server: Server) -> None:
     assert {r["mule"] for r in runs} == {4}
     # The default queue holds a few hundred messages: the burst did fill it, and nothing was lost.
     assert "MULE MSG QUEUE IS FULL" in server.log()
+
+
+PROGRAMMED = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=['consumer.py', None],
+                                 farms=[section.workers.mule_farm('inbox', [1])])
+uwsgi_configuration = section.as_configuration()
+"""
+
+CONSUMER = '''
+import json, os
+from uwsgiconf_mules.runtime import Mule
+
+while True:
+    message = Mule.get_message(farms=True)
+    with open(os.path.join(os.environ["TEST_RESULTS"], "consumer"), "a") as handle:
+        handle.write(json.dumps({"message": message, "mule": Mule.get_current_id()}) + "\\n")
+'''
+
+PROGRAMMED_APP = '''
+@mule_offload(1)
+def offloaded_to_programmed(tag):
+    record("offloaded", tag=tag)
+
+
+@route("/send")
+def send(query):
+    return [Mule(1).send("hello"), Farm("inbox").send("to the farm"), Mule(1).send(b"bytes \\xff"),
+            offloaded_to_programmed("runs inside get_message")]
+'''
+
+
+def test_programmed_mule_receives_direct_and_farm_messages(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(PROGRAMMED, PROGRAMMED_APP, modules={"consumer": CONSUMER})
+    assert server.get("/send") == (200, [True, True, True, True])
+    messages = server.wait_lines("consumer", 3)
+    assert sorted(r["message"] for r in messages) == ["bytes \udcff", "hello", "to the farm"]
+    assert {r["mule"] for r in messages} == {1}
+    # An offloaded call reaching a programmed mule runs while it waits in get_message().
+    assert server.wait_lines("offloaded", 1)[0]["mule"] == 1
+
+
+CRASH = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=1)
+uwsgi_configuration = section.as_configuration()
+"""
+
+CRASH_APP = '''
+import time
+
+@mule_offload()
+def task(tag):
+    if tag == "die":
+        time.sleep(0.2)  # let the calls behind it queue up
+        os._exit(3)
+    record("task", tag=tag)
+
+
+@route("/crash")
+def crash(query):
+    return [task("before"), task("die")] + [task(f"after{i}") for i in range(5)]
+'''
+
+
+def test_mule_killed_mid_task_is_respawned_and_queued_calls_run(
+        uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(CRASH, CRASH_APP)
+    first_pid = server.mule_pids()[1]
+    assert server.get("/crash")[1] == [True] * 7
+    runs = server.wait_lines("task", 6, timeout=30)
+    assert [r["tag"] for r in runs] == ["before"] + [f"after{i}" for i in range(5)]
+    assert runs[0]["pid"] == first_pid
+    assert {r["pid"] for r in runs[1:]} == {server.mule_pids()[1]} != {first_pid}
+
+
+LAZY_APP = '''
+@Farm("fast").offload()
+def lazy_fast(tag):
+    record("lazy", tag=tag, target="fast")
+
+
+@mule_offload(3)
+def lazy_mule(tag):
+    record("lazy", tag=tag, target="mule3")
+
+
+@route("/lazy")
+def lazy(query):
+    return [lazy_fast("f"), lazy_mule("m")]
+'''
+
+
+def test_lazy_apps_offloads_run(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(DESIGN, LAZY_APP, extra_args=["--lazy-apps"])
+    assert server.get("/lazy") == (200, [True, True])
+    runs = {r["target"]: r["mule"] for r in server.wait_lines("lazy", 2)}
+    assert runs["fast"] in {1, 2} and runs["mule3"] == 3
+
+
+COEXIST_APP = '''
+import uwsgidecorators  # imported after the runtime: replaces uwsgi.mule_msg_hook
+
+
+@mule_offload(1)
+def ours(tag):
+    record("coexist", tag=tag, by="uwsgiconf-mules")
+
+
+@uwsgidecorators.mulefunc(2)
+def theirs(tag):
+    record("coexist", tag=tag, by="uwsgidecorators")
+
+
+@route("/both")
+def both(query):
+    ours("a")
+    theirs("b")
+    return "ok"
+'''
+
+
+def test_uwsgidecorators_imported_after_the_runtime_does_not_break_offloads(
+        uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(DESIGN, COEXIST_APP)
+    assert server.get("/both") == (200, "ok")
+    runs = sorted((r["by"], r["mule"]) for r in server.wait_lines("coexist", 2))
+    assert runs == [("uwsgiconf-mules", 1), ("uwsgidecorators", 2)]

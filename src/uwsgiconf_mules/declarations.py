@@ -15,7 +15,7 @@ A declaration renders as:
 
 Mule ids are positional, as in uWSGI: mule *n* is the *n*-th ``mule`` line. A mule is either a
 *dispatch* mule, which runs the project's own message loop (``mule =
-uwsgiconf_mules.runtime:mule_loop``) and executes offloaded calls, or a *programmed* mule, which
+.../uwsgiconf_mules/dispatch_mule.py``) and executes offloaded calls, or a *programmed* mule, which
 runs the user's own script (``script.py``) or callable (``package.module:callable``).
 """
 
@@ -24,12 +24,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import MulesConfigurationError
 
 __all__ = [
     "DEFAULT_SEND_TIMEOUT",
-    "LOOP_SPEC",
+    "DISPATCH_MULE",
     "PROGRAMMED_READ_LIMIT",
     "RECORD_ENV",
     "Declarations",
@@ -45,8 +46,13 @@ RECORD_ENV = "UWSGICONF_MULES"
 
 RECORD_VERSION = "v1"
 
-LOOP_SPEC = "uwsgiconf_mules.runtime:mule_loop"
-"""The ``mule`` value of a dispatch mule: the project's own message loop."""
+DISPATCH_MULE = str(Path(__file__).resolve().with_name("dispatch_mule.py"))
+"""The ``mule`` value of a dispatch mule: the path of the script that runs the project's loop.
+
+A path, not ``uwsgiconf_mules.runtime:mule_loop``: uWSGI 2.0.x crashes a ``module:callable``
+mule under ``--lazy-apps``. The config therefore names this installation of the package:
+compile it where uWSGI runs it (same environment), as ``uwsgiconf run`` does.
+"""
 
 PROGRAMMED_READ_LIMIT = 65536
 """Largest message a programmed mule reads whole with the default ``get_message`` buffer."""
@@ -248,7 +254,7 @@ class Declarations:
 
     def options(self) -> list[tuple[str, str]]:
         """uWSGI options for this declaration, in the order they are emitted."""
-        opts = [("mule", LOOP_SPEC if program is None else program) for program in self.programs]
+        opts = [("mule", DISPATCH_MULE if program is None else program) for program in self.programs]
         opts.extend(("farm", farm.option()) for farm in self.farms)
         for key, value in (
             ("mule-msg-size", self.msg_size),

@@ -15,7 +15,7 @@ farms and mules it knows are exactly the ones declared. What it guarantees:
   :class:`~uwsgiconf_mules.errors.PayloadError`; so are arguments that cannot be pickled.
 * Offloaded functions are registered by ``module:qualname``.
 * Dispatch mules run :func:`mule_loop` (the builders declare them as
-  ``mule = uwsgiconf_mules.runtime:mule_loop``): it reads its own queue and its farms' queues,
+  ``mule = .../uwsgiconf_mules/dispatch_mule.py``): it reads its own queue and its farms' queues,
   runs offloaded calls (importing a task's module by name when the mule has not imported it,
   as under ``--lazy-apps``), logs a failing task with its key and traceback and goes on, and
   hands every message that is not an envelope to ``uwsgi.mule_msg_hook`` when another library
@@ -599,8 +599,8 @@ def _pass_on(message: bytes) -> None:
 def mule_loop() -> None:
     """The message loop of dispatch mules; never returns.
 
-    The builders declare dispatch mules as ``mule = uwsgiconf_mules.runtime:mule_loop``. The
-    loop reads the mule's own queue and the queues of its farms (messages up to the socket
+    The builders declare dispatch mules as ``mule = .../uwsgiconf_mules/dispatch_mule.py``,
+    a script that calls this. The loop reads the mule's own queue and the queues of its farms (messages up to the socket
     limit, beyond uWSGI's 64 KiB hook buffer), handles uWSGI signals while waiting, runs
     offloaded calls under the declared harakiri, and passes other messages on to
     ``uwsgi.mule_msg_hook``.

@@ -1,0 +1,12 @@
+"""Entry script of dispatch mules: ``mule = <path of this file>``.
+
+The builders declare every dispatch mule with this file's path. uWSGI runs a ``.py`` mule as
+``__main__`` -- also under ``--lazy-apps``, where a ``package.module:callable`` mule crashes
+uWSGI 2.0.x (its Python loaders are not set up in mules then). Importing this module under
+another name does nothing.
+"""
+
+from uwsgiconf_mules.runtime import mule_loop
+
+if __name__ == "__main__":  # pragma: no cover - runs inside a uWSGI mule
+    mule_loop()
