@@ -189,7 +189,7 @@ def test_bad_targets_raise_value_errors_and_the_worker_survives(server: Server) 
     status, errors = server.get("/bad")
     assert status == 200, errors
     for key in ("mule5", "mule99", "mule1000000", "mule-1", "farm", "farm_offload", "farm_mules"):
-        name, is_value_error, message = errors[key]
+        name, is_value_error, _ = errors[key]
         assert (name, is_value_error) == ("UnknownTargetError", True), errors[key]
     assert "declared: mules 1..4; farms: 'fast' (mules 1, 2), 'slow' (mules 3, 4)" in errors["mule1000000"][2]
     assert "farm 'nope' is not declared" in errors["farm"][2]
@@ -213,7 +213,7 @@ def test_oversize_payload_is_refused_at_the_call_site(server: Server) -> None:
 
 
 def test_unpicklable_argument_fails_at_the_call(server: Server) -> None:
-    status, body = server.get("/unpicklable")
+    body = server.get("/unpicklable")[1]
     assert body[0] == "PayloadError" and "cannot be pickled" in body[2]
 
 

@@ -25,8 +25,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .config import MuleFarm as MuleFarm
-    from .config import Section as Section
+    from .config import MuleFarm as MuleFarm, Section as Section
 
 __all__ = [
     "DeclarationsMissingError",

@@ -38,7 +38,7 @@ class MulesError(Exception):
     """Root of every exception raised by uwsgiconf-mules."""
 
 
-class MulesConfigurationError(MulesError, ConfigurationError):
+class MulesConfigurationError(MulesError, ConfigurationError):  # type: ignore[misc]
     """A mules/farms declaration that uWSGI would reject or that could not work.
 
     :param message: What is wrong, naming the culprit.

@@ -33,10 +33,9 @@ import functools
 import importlib
 import logging
 import os
-import pickle
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from .declarations import PROGRAMMED_READ_LIMIT, RECORD_ENV, Declarations, parse_record
 from .errors import (
@@ -54,11 +53,13 @@ try:  # Only importable inside a uWSGI process.
 except ImportError:  # pragma: no cover - depends on the process
     _uwsgi = None
 
-__all__ = ["Farm", "Mule", "OffloadedFunction", "TypeMuleFarm", "mule_loop", "mule_offload"]
+__all__ = [
+    "Farm", "Mule", "OffloadedFunction", "TypeMuleFarm", "mule_loop", "mule_offload", "socket_message_limit",
+]
 
 logger = logging.getLogger("uwsgiconf_mules")
 
-F = TypeVar("F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _MISSING: Any = object()
 _declarations_cache: Any = _MISSING
@@ -276,7 +277,7 @@ class Mule:
                 continue
             return str(message.decode("utf-8", "surrogateescape"))
 
-    def offload(self) -> Callable[[F], OffloadedFunction]:
+    def offload(self) -> Callable[[_F], OffloadedFunction]:
         """Decorator: calls of the decorated function run in this mule.
 
         .. code-block:: python
@@ -402,7 +403,7 @@ class Farm:
                 continue
             return str(message.decode("utf-8", "surrogateescape"))
 
-    def offload(self) -> Callable[[F], OffloadedFunction]:
+    def offload(self) -> Callable[[_F], OffloadedFunction]:
         """Decorator: calls of the decorated function run in one mule of this farm.
 
         .. code-block:: python
@@ -425,7 +426,7 @@ class Farm:
         return self._route().send(_as_bytes(message), "message")
 
 
-TypeMuleFarm = Union[int, str, Mule, Farm, None]
+TypeMuleFarm = int | str | Mule | Farm | None
 """What ``mule_offload`` accepts as a target."""
 
 
@@ -488,7 +489,7 @@ class OffloadedFunction:
         return _deliver(message, route.dest, f"{self.key} to {route.label}", route.timeout)
 
 
-def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[F], OffloadedFunction]:
+def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[_F], OffloadedFunction]:
     """Decorator: calls of the decorated function run in a mule or in a farm.
 
     .. code-block:: python
@@ -517,7 +518,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[F], OffloadedFu
             f"offload target must be a mule id, a farm name, a Mule or a Farm, not {mule_or_farm!r}",
             target=mule_or_farm)
 
-    def decorator(func: F) -> OffloadedFunction:
+    def decorator(func: _F) -> OffloadedFunction:
         return OffloadedFunction(func, target)
 
     return decorator
@@ -543,7 +544,7 @@ def _find_task(key: bytes) -> Callable[..., Any] | None:
     func = _registry.get(key)
     if func is not None:
         return func
-    module, _, qualname = key.decode().partition(":")
+    module = key.decode().partition(":")[0]
     try:
         importlib.import_module(module)
     except Exception:

@@ -1,0 +1,159 @@
+"""Declarations and builders: pure logic, no uWSGI."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from uwsgiconf.exceptions import ConfigurationError
+from uwsgiconf.options.workers import MuleFarm as UwsgiconfMuleFarm
+
+from uwsgiconf_mules import MuleFarm, MulesConfigurationError, MulesError, Section
+from uwsgiconf_mules.declarations import (
+    DISPATCH_MULE,
+    RECORD_ENV,
+    Declarations,
+    FarmSpec,
+    declare,
+    parse_record,
+)
+
+
+def options(section: Section) -> list[tuple[str, str]]:
+    return [(str(key), str(value)) for key, value in section._get_options()]
+
+
+def test_farms_by_count_are_numbered_one_after_the_other() -> None:
+    decl = declare(farms=[MuleFarm("a", 2), MuleFarm("b", 3), MuleFarm("c", [1, 5])])
+    assert decl.farms == (FarmSpec("a", (1, 2)), FarmSpec("b", (3, 4, 5)), FarmSpec("c", (1, 5)))
+    assert decl.mule_count == 5
+
+
+def test_explicit_count_may_exceed_what_farms_need() -> None:
+    decl = declare(mules=6, farms=MuleFarm("a", 2))
+    assert decl.mule_count == 6 and decl.dispatchers == (1, 2, 3, 4, 5, 6)
+
+
+def test_programmed_and_dispatch_mules_in_order() -> None:
+    decl = declare(mules=["feeder.py", None, "pkg.mod:main"])
+    assert decl.programmed == (1, 3) and decl.dispatchers == (2,)
+    assert [value for key, value in decl.options() if key == "mule"] == ["feeder.py", DISPATCH_MULE,
+                                                                          "pkg.mod:main"]
+
+
+def test_a_mule_may_belong_to_two_farms() -> None:
+    decl = declare(farms=[MuleFarm("a", [1, 2]), MuleFarm("b", [2])])
+    assert [farm.name for farm in decl.farms_of(2)] == ["a", "b"]
+
+
+def test_record_round_trips_and_is_safe_for_ini_and_yaml() -> None:
+    decl = declare(mules=["x.py", None, None], farms=[MuleFarm("f-1.x", [2, 3])], msg_buffer=4096,
+                   harakiri_timeout=9, send_timeout=0.5)
+    record = decl.record()
+    assert record == "v1;mules=3;programmed=1;msg-size=4096;harakiri=9;send-timeout=0.5;farm=f-1.x:2,3"
+    assert not any(c in record for c in "#%'\"\n") and record[0] not in "-[{"
+    back = parse_record(record)
+    assert (back.mule_count, back.programmed, back.farms, back.msg_size, back.harakiri, back.send_timeout) == (
+        3, (1,), decl.farms, 4096, 9, 0.5)
+    assert ("env", f"{RECORD_ENV}={record}") == decl.options()[-1]
+
+
+@pytest.mark.parametrize("record, message", [
+    ("v9;mules=1", "record version 'v9' is not 'v1'"),
+    ("v1;mules=x", "malformed UWSGICONF_MULES record"),
+    ("v1;colour=blue", "unknown field 'colour'"),
+])
+def test_bad_record_is_a_clear_error(record: str, message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        parse_record(record)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mules": True}, "mules must be a count or a list"),
+    ({"mules": -1}, "must not be negative"),
+    ({"mules": [3]}, "mules list item 3 is not a programmed mule"),
+    ({"mules": ["script"]}, "neither a 'script.py' path nor 'package.module:callable'"),
+    ({"mules": [" "]}, "programmed mule is empty"),
+    ({"mules": ["a#b.py"]}, "contains a newline or '#'"),
+    ({"farms": "fast"}, "farms must be a mule_farm"),
+    ({"mules": 1, "harakiri_timeout": 0}, "harakiri_timeout must be a positive integer, not 0"),
+    ({"mules": 1, "reload_mercy": "10"}, "reload_mercy must be a positive integer, not '10'"),
+    ({"mules": 1, "send_timeout": 0}, "send_timeout must be a positive number"),
+    ({"mules": 1, "touch_reload": [""]}, "touch_reload path '' must be"),
+    ({"mules": 1, "spooler": 1}, "unknown argument 'spooler'"),
+])
+def test_bad_arguments_are_named(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        declare(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("a%b", "'%' (uWSGI expands magic variables there)"),
+    ("-a", "start with a letter, digit or '_'"),
+    ("é", "contains 'é'"),
+    ("x" * 255, "uWSGI keeps at most 254"),
+    (3, "must be a string"),
+])
+def test_farm_name_rules(name: object, message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        MuleFarm(name, 1)  # type: ignore[arg-type]
+
+
+def test_farm_errors_carry_the_culprit_and_subclass_uwsgiconf_error() -> None:
+    with pytest.raises(MulesConfigurationError) as info:
+        declare(farms=[MuleFarm("a", 1), MuleFarm("a", 1)])
+    assert info.value.culprit == "a"
+    assert isinstance(info.value, ConfigurationError) and isinstance(info.value, MulesError)
+
+
+@pytest.mark.parametrize("numbers, message", [
+    ([], "empty list of mules"), ([1, 1], "lists mule 1 twice"), (["1"], "mule id '1' is not an integer"),
+    (1.5, "must be a count or a list"),
+])
+def test_farm_mule_numbers_rules(numbers: object, message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        MuleFarm("a", numbers)  # type: ignore[arg-type]
+
+
+def test_builder_keeps_uwsgiconf_signature_and_chains() -> None:
+    section = Section()
+    farm = section.workers.mule_farm("fast", "2")  # uwsgiconf accepts digit strings
+    assert section.workers.set_mules_params(farms=farm) is section
+    assert ("farm", "fast:1,2") in options(section)
+
+
+def test_builder_never_mutates_the_callers_farms() -> None:
+    section = Section()
+    ours, theirs = MuleFarm("a", 2), UwsgiconfMuleFarm("b", 2)
+    farms = [ours, theirs]
+    section.workers.set_mules_params(farms=farms)
+    assert (ours.mule_numbers, theirs.mule_numbers, farms) == (2, 2, [ours, theirs])
+    assert ("farm", "b:3,4") in options(section)
+
+
+def test_second_call_updates_the_declaration_without_duplicating_options() -> None:
+    section = Section()
+    section.env("OTHER", "1")
+    section.workers.set_mules_params(mules=2, farms=MuleFarm("a", 2))
+    section.workers.set_mules_params(harakiri_timeout=5)
+    section.workers.set_mules_params(mules=3)
+    opts = options(section)
+    assert [value for key, value in opts if key == "mule"] == [DISPATCH_MULE] * 3
+    assert [value for key, value in opts if key == "farm"] == ["a:1,2"]
+    assert [value for key, value in opts if key == "env"] == [
+        "OTHER=1", "UWSGICONF_MULES=v1;mules=3;harakiri=5;send-timeout=5;farm=a:1,2"]
+    assert section.mules_declarations == declare(mules=3, farms=MuleFarm("a", 2), harakiri_timeout=5)
+
+
+def test_a_rejected_call_leaves_the_section_as_it_was() -> None:
+    section = Section()
+    section.workers.set_mules_params(mules=2)
+    before = options(section)
+    with pytest.raises(MulesConfigurationError):
+        section.workers.set_mules_params(farms=MuleFarm("a", 3))
+    assert options(section) == before
+
+
+def test_describe_lists_what_is_declared() -> None:
+    assert Declarations().describe() == "no mules; farms: none"
+    assert declare(farms=MuleFarm("a", 2)).describe() == "mules 1..2; farms: 'a' (mules 1, 2)"

@@ -1,0 +1,43 @@
+"""``__all__`` of each public module lists exactly its public names."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import uwsgiconf_mules
+
+PUBLIC_MODULES = ["uwsgiconf_mules", "uwsgiconf_mules.runtime", "uwsgiconf_mules.errors",
+                  "uwsgiconf_mules.declarations", "uwsgiconf_mules.config", "uwsgiconf_mules.protocol"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_matches_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    for exported in module.__all__:
+        assert hasattr(module, exported), f"{name}.__all__ names missing {exported}"
+    defined_here = {
+        attr for attr, value in vars(module).items()
+        if not attr.startswith("_") and getattr(value, "__module__", None) == module.__name__
+    }
+    missing = defined_here - set(module.__all__)
+    assert not missing, f"{name}: public but not in __all__: {missing}"
+
+
+def test_package_exports() -> None:
+    assert sorted(uwsgiconf_mules.__all__) == [
+        "DeclarationsMissingError", "DeliveryError", "MuleFarm", "MulesConfigurationError", "MulesError",
+        "MulesRuntimeError", "NotInMuleError", "PayloadError", "Section", "UnknownTargetError", "__version__",
+    ]
+    assert uwsgiconf_mules.__version__ == importlib.metadata.version("uwsgiconf-mules")
+    from uwsgiconf_mules.config import Section
+
+    assert uwsgiconf_mules.Section is Section
+
+
+def test_every_error_has_one_root() -> None:
+    from uwsgiconf_mules import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.MulesError)

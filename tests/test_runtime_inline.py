@@ -1,0 +1,113 @@
+"""The runtime outside uWSGI: calls run inline after the production checks."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from uwsgiconf_mules import errors
+from uwsgiconf_mules.runtime import Farm, Mule, OffloadedFunction, mule_offload, socket_message_limit
+
+CALLS: list[tuple[object, ...]] = []
+
+
+@mule_offload()
+def record_call(value: object, *, flag: bool = False) -> None:
+    """Records its arguments."""
+    CALLS.append((value, flag))
+
+
+@mule_offload(2)
+def fails() -> None:
+    raise RuntimeError("task failed")
+
+
+def test_offloaded_call_runs_inline_with_copied_arguments(declared: Callable[[str], None]) -> None:
+    CALLS.clear()
+    payload = {"a": [1, 2]}
+    assert record_call(payload, flag=True) is True
+    assert CALLS == [(payload, True)]
+    assert CALLS[0][0] is not payload  # went through pickle, as in production
+
+
+def test_metadata_is_kept() -> None:
+    assert isinstance(record_call, OffloadedFunction)
+    assert (record_call.__name__, record_call.__doc__, record_call.__module__) == (
+        "record_call", "Records its arguments.", __name__)
+    assert record_call.key == f"{__name__}:record_call"
+    CALLS.clear()
+    record_call.__wrapped__("direct")  # runs here, no serialisation
+    assert CALLS == [("direct", False)]
+
+
+def test_unpicklable_argument_raises_at_the_call() -> None:
+    with pytest.raises(errors.PayloadError, match="arguments cannot be pickled"):
+        record_call(lambda: None)
+
+
+def test_oversize_payload_raises_at_the_call() -> None:
+    limit = socket_message_limit(None)
+    with pytest.raises(errors.PayloadError, match=f"exceeds the {limit}-byte limit of mule 1") as info:
+        record_call(b"x" * (limit + 1))
+    assert isinstance(info.value, ValueError) and info.value.limit == limit
+
+
+def test_task_exception_is_logged_like_in_a_mule(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, "uwsgiconf_mules"):
+        assert fails() is True
+    assert f"task {__name__}:fails failed" in caplog.text
+    assert "RuntimeError: task failed" in caplog.text
+
+
+def test_local_functions_cannot_be_offloaded() -> None:
+    def inner() -> None:
+        pass
+
+    with pytest.raises(errors.MulesRuntimeError, match="must be defined at module level"):
+        mule_offload()(inner)
+
+
+def test_mule_only_calls_raise_value_error_outside_mules() -> None:
+    for call in (Mule.get_message, Farm.get_message):
+        with pytest.raises(ValueError, match="can only be called in a uWSGI mule"):
+            call()
+    assert Mule.get_current_id() == 0 and Mule.get_current() is None
+
+
+def test_raw_send_outside_uwsgi_is_refused(declared: Callable[[str], None]) -> None:
+    with pytest.raises(errors.MulesRuntimeError, match="not running under uWSGI"):
+        Mule(1).send("hello")
+
+
+def test_declared_targets_are_checked_when_the_record_is_known(declared: Callable[[str], None]) -> None:
+    declared("v1;mules=4;programmed=4;send-timeout=5;farm=fast:1,2;farm=slow:3,4")
+    assert [(f.name, [m.id for m in f.mules]) for f in Farm.get_farms()] == [("fast", [1, 2]), ("slow", [3, 4])]
+    assert Farm("slow") == Farm("slow", [4, 3]) and repr(Farm("slow")) == "Farm('slow', mules=[3, 4])"
+    assert repr(Mule(2)) == "Mule(2)" and Mule(2) == Mule(2) and Mule(2) != Mule(3)
+    assert Farm("fast").is_mine() is False
+    for bad in (lambda: Mule(5), lambda: Mule(0), lambda: Mule(1000000), lambda: mule_offload("nope"),
+                lambda: Farm("fast", [1, 3]), lambda: mule_offload(2.5)):  # type: ignore[arg-type]
+        with pytest.raises(errors.UnknownTargetError) as info:
+            bad()
+        assert isinstance(info.value, ValueError)
+    with pytest.raises(errors.UnknownTargetError, match=r"declared: mules 1\.\.4; farms: 'fast'"):
+        Mule(5)
+    # A programmed mule reads 64 KiB whole: a larger offload to it is refused.
+    with pytest.raises(errors.PayloadError, match="65536-byte limit of mule 4"):
+        mule_offload(4)(record_call.__wrapped__)(b"x" * 70000)
+
+
+def test_no_farms_outside_uwsgi_without_a_record(declared: Callable[[str], None]) -> None:
+    assert Farm.get_farms() == []
+
+
+def test_importing_the_runtime_is_light_and_has_no_side_effects() -> None:
+    code = ("import sys, uwsgiconf_mules.runtime as r; "
+            "heavy = {'jinja2', 'click', 'uwsgiconf.config', 'uwsgiconf_mules.config', 'subprocess'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
