@@ -1,4 +1,5 @@
-"""Real uWSGI under --strict on each compiled declaration: exactly the declared farms and mules."""
+"""Real uWSGI under --strict on each compiled declaration, ini and YAML: exactly the declared
+farms and mules, and offloads through the runtime run in the right mule."""
 
 from __future__ import annotations
 
@@ -9,40 +10,62 @@ import pytest
 
 from declarations_cases import CASES, source
 from harness import Server
-from uwsgiconf_mules.declarations import declare
 
 pytestmark = pytest.mark.integration
 
-# Programmed mules of the "programmed" case: a script and a module callable.
+# Programmed mules of the "programmed" case: a script and a module callable. Both read with
+# Mule.get_message(), which also runs offloaded calls that reach them.
 PROGRAMMED_MODULES = {
-    "feeder": "from uwsgiconf_mules.runtime import Mule\nwhile True:\n    Mule.get_message()\n",
-    "jobs": "from uwsgiconf_mules.runtime import Mule\ndef consume():\n    while True:\n        Mule.get_message()\n",
+    "feeder": "from uwsgiconf_mules.runtime import Mule\nwhile True:\n    Mule.get_message(farms=True)\n",
+    "jobs": "from uwsgiconf_mules.runtime import Mule\ndef consume():\n    while True:\n"
+            "        Mule.get_message(farms=True)\n",
 }
+
+# Offloads one call to every declared farm and every declared mule; the call records where it ran.
+APP = '''
+def where(target):
+    record("where", target=target)
+
+
+@route("/everywhere")
+def everywhere(query):
+    sent = [mule_offload(farm)(where)(f"farm:{farm.name}") for farm in Farm.get_farms()]
+    sent += [mule_offload(mule)(where)(f"mule:{mule.id}") for mule in Mule.get_mules()]
+    return {"sent": sent, "farms": {farm.name: [m.id for m in farm.mules] for farm in Farm.get_farms()},
+            "mules": [mule.id for mule in Mule.get_mules()]}
+'''
 
 
 def declared(name: str) -> tuple[int, list[tuple[str, str]]]:
-    """(mule count, [(farm name, 'ids')]) that the case declares, from its own source."""
+    """(mule count, [(farm name, 'ids')]) that the case declares, from the builders' declaration."""
     namespace: dict[str, object] = {}
     exec(source(name), namespace)
-    section = namespace["section"]
-    declarations = section.mules_declarations  # type: ignore[attr-defined]
-    assert declarations is not None
+    declarations = namespace["section"].mules_declarations  # type: ignore[attr-defined]
     return declarations.mule_count, [(f.name, ",".join(map(str, f.mules))) for f in declarations.farms]
 
 
+@pytest.mark.parametrize("fmt", ["ini", "yaml"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_uwsgi_creates_exactly_the_declared_farms_and_mules(
-        uwsgi_server: Callable[..., Server], name: str) -> None:
-    server = uwsgi_server(source(name), modules=PROGRAMMED_MODULES)
+def test_uwsgi_runs_exactly_the_declared_farms_and_mules(
+        uwsgi_server: Callable[..., Server], name: str, fmt: str) -> None:
+    server = uwsgi_server(source(name), APP, fmt=fmt, modules=PROGRAMMED_MODULES)
     log = server.log()
+    assert f"getting {fmt.upper()} configuration" in log
     mules, farms = declared(name)
-    created = re.findall(r"created farm \d+ name: (\S+) mules:(\S+)", log)
-    assert created == farms
+    assert re.findall(r"created farm \d+ name: (\S+) mules:(\S+)", log) == farms
     assert sorted(server.mule_pids()) == list(range(1, mules + 1))
-    assert "unknown option" not in log.lower()
+
+    status, body = server.get("/everywhere")
+    assert status == 200, body
+    assert body["mules"] == list(range(1, mules + 1))
+    assert [(farm, ",".join(map(str, ids))) for farm, ids in body["farms"].items()] == farms
+    runs = server.wait_lines("where", len(body["sent"]))
+    ran = {run["target"]: run["mule"] for run in runs}
+    for farm, ids in body["farms"].items():
+        assert ran[f"farm:{farm}"] in ids
+    for mule in body["mules"]:
+        assert ran[f"mule:{mule}"] == mule
 
 
-def test_declare_is_what_the_cases_use() -> None:
-    # The helper above reads the builders' own declaration; check it against a hand count.
+def test_declared_helper_reads_the_builders_declaration() -> None:
     assert declared("design") == (4, [("fast", "1,2"), ("slow", "3,4")])
-    assert declare(mules=2).mule_count == 2

@@ -19,9 +19,14 @@ from uwsgiconf.base import Options
 from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
 
+from . import formats
 from .declarations import RECORD_ENV, Declarations, MuleFarm, declare
 
 __all__ = ["MuleFarm", "Section", "Workers"]
+
+# Configuration-time only (workers and mules never import this module): lets
+# ``Configuration.format(formatter='yaml')`` render uWSGI YAML.
+formats.register()
 
 _DECLARATION_KEYS = ("mule", "mules", "farm", "mule-msg-size", "mule-harakiri", "mule-reload-mercy",
                      "touch-mules-reload")

@@ -231,6 +231,15 @@ class Mule:
         return _Route(self.id, f"mule {self.id}", _mule_limit(declarations, self.id), timeout)
 
     @classmethod
+    def get_mules(cls) -> list[Mule]:
+        """All declared mules, in id order (empty outside uWSGI when nothing is declared).
+
+        :raises DeclarationsMissingError: under uWSGI, when the config has no declarations.
+        """
+        declarations = _required_declarations()
+        return [cls(i) for i in range(1, declarations.mule_count + 1)] if declarations else []
+
+    @classmethod
     def get_current_id(cls) -> int:
         """The id of the current mule; 0 when not in a mule."""
         return int(_uwsgi.mule_id()) if _uwsgi is not None else 0
@@ -544,13 +553,21 @@ def _find_task(key: bytes) -> Callable[..., Any] | None:
     func = _registry.get(key)
     if func is not None:
         return func
-    module = key.decode().partition(":")[0]
+    module_name, _, qualname = key.decode().partition(":")
     try:
-        importlib.import_module(module)
+        found: Any = importlib.import_module(module_name)
     except Exception:
-        logger.exception("uwsgiconf-mules: cannot import module %r for task %s", module, key.decode())
+        logger.exception("uwsgiconf-mules: cannot import module %r for task %s", module_name, key.decode())
         return None
-    return _registry.get(key)
+    func = _registry.get(key)
+    if func is None:
+        # Decorated after import (e.g. ``mule_offload(target)(func)`` in a view): find it by name.
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        func = getattr(found, "__wrapped__", found) if callable(found) else None
+        if func is not None:
+            _registry[key] = func
+    return func
 
 
 def _run_envelope(message: bytes) -> bool:

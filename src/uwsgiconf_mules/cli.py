@@ -1,0 +1,165 @@
+"""``uwsgiconf-mules``: compile uwsgiconf modules to ini or uWSGI YAML, and check declarations.
+
+Errors follow uwsgiconf's command: a configuration error is one red line on stderr and exit
+code 1; a usage error (unknown option, missing file) exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from typing import Any
+
+import click
+from uwsgiconf.exceptions import ConfigurationError
+from uwsgiconf.utils import ConfModule
+
+from .declarations import PROGRAMMED_READ_LIMIT, Declarations
+from .formats import FORMATS, collect, render
+from .runtime import socket_message_limit
+
+__all__ = ["main", "summary"]
+
+SMALL_BUFFER = 8192
+
+
+def _fail(message: str) -> None:
+    click.secho(message, err=True, fg="red")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """One red line and exit 1 for a configuration error or a module that does not load."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        _fail(f"{exc}")
+        sys.exit(1)
+    except Exception as exc:
+        _fail(f"cannot load the configuration module: {type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+def _configurations(conf: str) -> list[Any]:
+    configurations = ConfModule(conf).configurations
+    if not configurations:
+        raise ConfigurationError(f"{conf} defines no uwsgi_configuration")
+    return list(configurations)
+
+
+arg_conf = click.argument("conf", type=click.Path(exists=True, dir_okay=False), default=ConfModule.default_name)
+
+
+@click.group()
+@click.version_option(version=version("uwsgiconf-mules"), prog_name="uwsgiconf-mules")
+def cli() -> None:
+    """uwsgiconf-mules: uWSGI mules and mule farms, declared once and used safely."""
+
+
+@cli.command("compile")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ini", show_default=True,
+              help="ini (the same text as `uwsgiconf compile`) or yaml (uWSGI's own dialect).")
+@arg_conf
+def compile_(fmt: str, conf: str) -> None:
+    """Compile the configurations of CONF (default uwsgicfg.py) and print them.
+
+    Every section of every configuration is rendered. Nothing is printed when any value cannot
+    be written in the chosen format.
+    """
+    with _errors():
+        outputs = []
+        for configuration in _configurations(conf):
+            if configuration.sections:
+                configuration.sections[0].print_stamp()  # as `uwsgiconf compile` does
+            outputs.append(render(collect(configuration.sections), fmt))
+    for output in outputs:
+        click.echo(output)
+
+
+@cli.command()
+@arg_conf
+def check(conf: str) -> None:
+    """Load CONF (default uwsgicfg.py), validate its mules and farms, and print a summary.
+
+    Exits 0 when valid; otherwise prints one red line per problem and exits 1.
+    """
+    with _errors():
+        configurations = _configurations(conf)
+    problems: list[str] = []
+    for configuration in configurations:
+        for section in configuration.sections:
+            lines, section_problems = summary(section)
+            click.echo(f"section '{section.name}' of configuration '{configuration.alias}':")
+            for line in lines:
+                click.echo(f"  {line}")
+            problems.extend(section_problems)
+    for problem in problems:
+        _fail(problem)
+    sys.exit(1 if problems else 0)
+
+
+def summary(section: Any) -> tuple[list[str], list[str]]:
+    """Describe the mules and farms of a section: (summary lines, problems).
+
+    :param section: A uwsgiconf section, ideally a :class:`uwsgiconf_mules.Section`.
+    """
+    keys = {str(key) for key in section._opts}
+    declarations: Declarations | None = getattr(section, "mules_declarations", None)
+    problems = []
+    if "mule-msg-recv-size" in keys:
+        problems.append(f"section '{section.name}': option mule-msg-recv-size does not exist in uWSGI 2.0.x "
+                        "(--strict rejects it)")
+    if declarations is None:
+        if keys & {"mule", "mules", "farm"}:
+            problems.append(f"section '{section.name}' declares mules or farms without uwsgiconf_mules.Section: "
+                            "the runtime cannot see them; use `from uwsgiconf_mules import Section`")
+        return ["no mules declared"], problems
+
+    lines = [f"mules: {declarations.mule_count}"]
+    lines.append(f"dispatch mules (run offloaded calls): {_ids(declarations.dispatchers)}")
+    programs = [f"{i} {declarations.programs[i - 1]}" for i in declarations.programmed]
+    lines.append(f"programmed mules: {', '.join(programs) or 'none'}")
+    for farm in declarations.farms:
+        lines.append(f"farm {farm.name}: mules {_ids(farm.mules)}")
+    if not declarations.farms:
+        lines.append("farms: none")
+    limit = socket_message_limit(declarations.msg_size)
+    programmed_limit = min(limit, PROGRAMMED_READ_LIMIT)
+    lines.append(f"largest message: {limit} bytes to dispatch mules, {programmed_limit} bytes to programmed "
+                 f"mules (this machine, mule-msg-size {declarations.msg_size or 'default'})")
+    lines.append(f"send timeout: {declarations.send_timeout:g} s; harakiri: "
+                 f"{f'{declarations.harakiri} s' if declarations.harakiri else 'none'}")
+    lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
+    return lines, problems
+
+
+def _ids(ids: tuple[int, ...]) -> str:
+    return ", ".join(map(str, ids)) if ids else "none"
+
+
+def _warnings(declarations: Declarations, limit: int) -> list[str]:
+    warnings = []
+    for mule_id in range(1, declarations.mule_count + 1):
+        farms = declarations.farms_of(mule_id)
+        if len(farms) > 1:
+            warnings.append(f"mule {mule_id} is in farms {', '.join(repr(f.name) for f in farms)}: their work "
+                            "shares one process")
+    for farm in declarations.farms:
+        programmed = [i for i in farm.mules if i in declarations.programmed]
+        if programmed:
+            warnings.append(f"farm {farm.name!r} includes programmed mule(s) {_ids(tuple(programmed))}: they take "
+                            "farm messages only while waiting in get_message(farms=True)")
+    if declarations.mule_count and not declarations.dispatchers:
+        warnings.append("no dispatch mules: offloaded calls run only while a programmed mule waits in "
+                        "get_message()")
+    if declarations.msg_size is not None and declarations.msg_size < SMALL_BUFFER:
+        warnings.append(f"msg_buffer {declarations.msg_size} is small: messages over {limit} bytes are refused "
+                        "and bursts fill the queue quickly")
+    return warnings
+
+
+def main() -> None:
+    """Entry point of the ``uwsgiconf-mules`` command."""
+    cli()
