@@ -163,6 +163,8 @@ def start_server(
     extra_args: Sequence[str] = (),
     modules: dict[str, str] | None = None,
     expect_mules: int | None = None,
+    prelude: bool = True,
+    workers: int = 2,
 ) -> Server:
     """Write, compile and start; see the module docstring.
 
@@ -173,19 +175,22 @@ def start_server(
     :param extra_args: More uWSGI command-line arguments (``--lazy-apps``, ...).
     :param modules: More modules to write beside ``app.py``: name -> source.
     :param expect_mules: Mules to wait for; by default the number of ``mule`` options compiled.
+    :param prelude: Whether ``app.py`` starts with ``APP_PRELUDE`` (routes, ``record``).
+    :param workers: Number of uWSGI workers.
     """
     directory.mkdir(parents=True, exist_ok=True)
     results = directory / "results"
     results.mkdir(exist_ok=True)
     (directory / "uwsgicfg.py").write_text(textwrap.dedent(config))
-    (directory / "app.py").write_text(APP_PRELUDE + textwrap.dedent(app))
+    (directory / "app.py").write_text((APP_PRELUDE if prelude else "") + textwrap.dedent(app))
     for name, source in (modules or {}).items():
         (directory / f"{name}.py").write_text(textwrap.dedent(source))
     path, compiled = compile_config(directory, fmt)
     if compiled.returncode != 0:
         raise AssertionError(f"compile failed: {compiled.stderr}")
     if expect_mules is None:
-        expect_mules = len(re.findall(r"^\s*mule\s*[=:]", compiled.stdout, re.M))
+        expect_mules = len(re.findall(r"^\s*mule\s*[=:]", compiled.stdout, re.M)) + sum(
+            int(n) for n in re.findall(r"^\s*mules\s*[=:]\s*(\d+)", compiled.stdout, re.M))
 
     port = free_port()
     log_path = directory / "uwsgi.log"
@@ -193,7 +198,7 @@ def start_server(
     env.pop("UWSGICONF_MULES", None)
     cmd = [str(UWSGI), f"--{fmt}", str(path), "--strict", "--master", "--die-on-term",
            "--http-socket", f"127.0.0.1:{port}", "--module", "app:application",
-           "--pythonpath", str(directory), "--chdir", str(directory), "--workers", "2",
+           "--pythonpath", str(directory), "--chdir", str(directory), "--workers", str(workers),
            *extra_args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL, stdout=log,

@@ -11,8 +11,6 @@ the builders (and uwsgiconf's configuration machinery) lazily, on first use of a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .errors import (
     DeclarationsMissingError as DeclarationsMissingError,
     DeliveryError as DeliveryError,
@@ -24,6 +22,7 @@ from .errors import (
     UnknownTargetError as UnknownTargetError,
 )
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is not free for worker processes
 if TYPE_CHECKING:
     from .config import MuleFarm as MuleFarm, Section as Section
 
@@ -44,7 +43,7 @@ __all__ = [
 _LAZY = {"Section": "config", "MuleFarm": "config"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         from importlib import import_module
 

@@ -21,12 +21,13 @@ runs the user's own script (``script.py``) or callable (``package.module:callabl
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+import os
 
 from .errors import MulesConfigurationError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "DEFAULT_SEND_TIMEOUT",
@@ -46,7 +47,7 @@ RECORD_ENV = "UWSGICONF_MULES"
 
 RECORD_VERSION = "v1"
 
-DISPATCH_MULE = str(Path(__file__).resolve().with_name("dispatch_mule.py"))
+DISPATCH_MULE = os.path.join(os.path.dirname(os.path.realpath(__file__)), "dispatch_mule.py")
 """The ``mule`` value of a dispatch mule: the path of the script that runs the project's loop.
 
 A path, not ``uwsgiconf_mules.runtime:mule_loop``: uWSGI 2.0.x crashes a ``module:callable``
@@ -62,7 +63,8 @@ DEFAULT_SEND_TIMEOUT = 5.0
 
 FARM_NAME_MAX = 254  # uWSGI copies the name into a 255-byte buffer (core/mule.c).
 
-_FARM_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_FARM_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_FARM_NAME_CHARS = _FARM_NAME_FIRST | frozenset(".-")
 _FARM_NAME_RULE = "farm names use letters, digits, '_', '-' and '.', and start with a letter, digit or '_'"
 _CHAR_NAMES = {
     ":": "':' (uWSGI separates a farm name from its mule ids with it)",
@@ -97,8 +99,8 @@ def validate_farm_name(name: object) -> str:
         raise MulesConfigurationError(
             f"farm name {name[:20]!r}... is {len(name.encode())} bytes long; uWSGI keeps at most "
             f"{FARM_NAME_MAX}", culprit=name)
-    if not _FARM_NAME_RE.match(name):
-        bad = next((c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))), name[0])
+    if name[0] not in _FARM_NAME_FIRST or not _FARM_NAME_CHARS.issuperset(name):
+        bad = next((c for c in name if c not in _FARM_NAME_CHARS), name[0])
         raise MulesConfigurationError(
             f"farm name {name!r} contains {_describe_char(bad)}; {_FARM_NAME_RULE}", culprit=name)
     return name
@@ -171,7 +173,6 @@ def _farm_mules(name: str, mule_numbers: object) -> int | tuple[int, ...]:
         culprit=name)
 
 
-@dataclass(frozen=True)
 class FarmSpec:
     """A farm as declared: its name and the ids of its mules, in declared order.
 
@@ -179,20 +180,34 @@ class FarmSpec:
     :param mules: Mule ids (1-based).
     """
 
-    name: str
-    mules: tuple[int, ...]
+    __slots__ = ("mules", "name")
+
+    def __init__(self, name: str, mules: tuple[int, ...]) -> None:
+        self.name = name
+        self.mules = mules
+
+    def __repr__(self) -> str:
+        return f"FarmSpec({self.name!r}, {self.mules!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FarmSpec):
+            return NotImplemented
+        return (self.name, self.mules) == (other.name, other.mules)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.mules))
 
     def option(self) -> str:
         """The value of this farm's uWSGI ``farm`` option, e.g. ``fast:1,2``."""
         return f"{self.name}:{','.join(map(str, self.mules))}"
 
 
-@dataclass(frozen=True)
 class Declarations:
     """A validated declaration of mules and farms.
 
     Build one with :func:`declare` (from builder arguments) or :func:`parse_record` (from the
-    record written into the config).
+    record written into the config). Plain slots, no dataclasses: worker and mule processes
+    import this module, and it stays cheap to import.
 
     :param programs: One item per mule, in id order: ``None`` for a dispatch mule, the script or
         callable for a programmed mule (``""`` when read back from the record, which does not
@@ -205,17 +220,44 @@ class Declarations:
     :param send_timeout: Seconds a sender retries while a queue is full before raising.
     """
 
-    programs: tuple[str | None, ...] = ()
-    farms: tuple[FarmSpec, ...] = ()
-    msg_size: int | None = None
-    harakiri: int | None = None
-    reload_mercy: int | None = None
-    touch_reload: tuple[str, ...] = ()
-    send_timeout: float = DEFAULT_SEND_TIMEOUT
-    _farms_by_name: dict[str, FarmSpec] = field(init=False, repr=False, compare=False)
+    __slots__ = ("_farms_by_name", "farms", "harakiri", "msg_size", "programs", "reload_mercy", "send_timeout",
+                 "touch_reload")
+    _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_farms_by_name", {farm.name: farm for farm in self.farms})
+    def __init__(
+        self,
+        programs: tuple[str | None, ...] = (),
+        *,
+        farms: tuple[FarmSpec, ...] = (),
+        msg_size: int | None = None,
+        harakiri: int | None = None,
+        reload_mercy: int | None = None,
+        touch_reload: tuple[str, ...] = (),
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    ) -> None:
+        self.programs = programs
+        self.farms = farms
+        self.msg_size = msg_size
+        self.harakiri = harakiri
+        self.reload_mercy = reload_mercy
+        self.touch_reload = touch_reload
+        self.send_timeout = send_timeout
+        self._farms_by_name = {farm.name: farm for farm in farms}
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Declarations):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self._FIELDS, self._values(), strict=True))
+        return f"Declarations({fields})"
 
     @property
     def mule_count(self) -> int:

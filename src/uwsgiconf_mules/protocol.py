@@ -15,7 +15,10 @@ Layout (bytes)::
 from __future__ import annotations
 
 import pickle
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep worker imports cheap
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["HEADER", "MAGIC", "VERSION", "decode", "encode", "task_header"]
 

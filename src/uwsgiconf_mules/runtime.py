@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from .declarations import PROGRAMMED_READ_LIMIT, RECORD_ENV, Declarations, parse_record
 from .errors import (
@@ -48,6 +45,14 @@ from .errors import (
 )
 from .protocol import decode, encode, task_header
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
 try:  # Only importable inside a uWSGI process.
     import uwsgi as _uwsgi
 except ImportError:  # pragma: no cover - depends on the process
@@ -57,17 +62,26 @@ __all__ = [
     "Farm", "Mule", "OffloadedFunction", "TypeMuleFarm", "mule_loop", "mule_offload", "socket_message_limit",
 ]
 
-logger = logging.getLogger("uwsgiconf_mules")
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
 _MISSING: Any = object()
 _declarations_cache: Any = _MISSING
 _socket_limits: dict[int | None, int] = {}
 _registry: dict[bytes, Callable[..., Any]] = {}
 
+_logger: logging.Logger | None = None
+_harakiri = 0  # seconds; set by mule_loop() from the declarations
+
 _SOCK_MIN_SNDBUF = 4608
 _SEQPACKET_OVERHEAD = 32  # Linux refuses an AF_UNIX datagram larger than sk_sndbuf - 32.
+
+
+def _log() -> logging.Logger:
+    """The ``uwsgiconf_mules`` logger; logging is imported on first use (error paths only)."""
+    global _logger
+    if _logger is None:
+        import logging
+
+        _logger = logging.getLogger("uwsgiconf_mules")
+    return _logger
 
 
 # --- declarations --------------------------------------------------------------------------------
@@ -557,7 +571,7 @@ def _find_task(key: bytes) -> Callable[..., Any] | None:
     try:
         found: Any = importlib.import_module(module_name)
     except Exception:
-        logger.exception("uwsgiconf-mules: cannot import module %r for task %s", module_name, key.decode())
+        _log().exception("uwsgiconf-mules: cannot import module %r for task %s", module_name, key.decode())
         return None
     func = _registry.get(key)
     if func is None:
@@ -575,14 +589,14 @@ def _run_envelope(message: bytes) -> bool:
     try:
         decoded = decode(message)
     except Exception:
-        logger.exception("uwsgiconf-mules: cannot decode a message of %d bytes", len(message))
+        _log().exception("uwsgiconf-mules: cannot decode a message of %d bytes", len(message))
         return True
     if decoded is None:
         return False
     key, args, kwargs = decoded
     func = _find_task(key)
     if func is None:
-        logger.error("uwsgiconf-mules: unknown task %s: no offloaded function has this key in mule %d",
+        _log().error("uwsgiconf-mules: unknown task %s: no offloaded function has this key in mule %d",
                      key.decode(), Mule.get_current_id())
         return True
     harakiri = _harakiri
@@ -591,27 +605,24 @@ def _run_envelope(message: bytes) -> bool:
             _uwsgi.set_user_harakiri(harakiri)
         func(*args, **kwargs)
     except Exception:
-        logger.exception("uwsgiconf-mules: task %s failed", key.decode())
+        _log().exception("uwsgiconf-mules: task %s failed", key.decode())
     finally:
         if harakiri:
             _uwsgi.set_user_harakiri(0)
     return True
 
 
-_harakiri = 0
-
-
 def _pass_on(message: bytes) -> None:
     """Hand a message that is not ours to the mule message hook another library installed."""
     hook = getattr(_uwsgi, "mule_msg_hook", None)
     if hook is None:
-        logger.warning("uwsgiconf-mules: mule %d dropped a %d-byte message that is not an offloaded "
+        _log().warning("uwsgiconf-mules: mule %d dropped a %d-byte message that is not an offloaded "
                        "call (no uwsgi.mule_msg_hook is installed)", Mule.get_current_id(), len(message))
         return
     try:
         hook(message)
     except Exception:
-        logger.exception("uwsgiconf-mules: uwsgi.mule_msg_hook failed")
+        _log().exception("uwsgiconf-mules: uwsgi.mule_msg_hook failed")
 
 
 def mule_loop() -> None:

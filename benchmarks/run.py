@@ -1,0 +1,354 @@
+"""Benchmarks: offload throughput, sender cost, import cost and idle mule memory.
+
+Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by side in one run:
+
+* raw ``uwsgi.mule_msg`` of a small bytes payload to a hook that counts (the physical limit);
+* uwsgiconf 2.4.0 ``mule_offload`` of a trivial function;
+* uwsgidecorators ``@mulefunc`` (it returns None, so it cannot retry: run with the largest queue
+  this machine allows, and any loss is reported);
+* this project's ``Mule(1).offload()`` and a farm target.
+
+Senders that can retry do so on a full queue with the same backoff as uwsgiconf-mules. End to
+end means from the first send until the mule has run call N; a run that loses calls is reported
+as lost, not as fast. Prints a markdown table, writes ``benchmarks/results/latest.json``, and ends
+with the line ``offload/raw = X.XX``.
+
+    python benchmarks/run.py            # full run (a few minutes)
+    python benchmarks/run.py --smoke    # tiny N, one run: checks that the benchmark works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import Server, start_server  # noqa: E402
+
+COMMON = '''
+import json
+import os
+import struct
+import time
+
+RESULTS = os.environ["TEST_RESULTS"]
+state = {"count": 0}
+
+
+def finish(i, n):
+    """Mule side: count calls of a run; at the last one, record the time and the count."""
+    if i == 0:
+        state["count"] = 0
+    state["count"] += 1
+    if i == n - 1:
+        with open(os.path.join(RESULTS, "done"), "a") as handle:
+            handle.write(json.dumps({"end": time.monotonic_ns(), "count": state["count"]}) + "\\n")
+
+
+def retry(send, *args):
+    """Retry on a full queue with the backoff uwsgiconf-mules uses."""
+    if send(*args):
+        return
+    delay = 0.0001
+    while not send(*args):
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def run(n, size):
+    payload = b"x" * size
+    start = time.monotonic_ns()
+    for i in range(n):
+        send_one(i, n, payload)
+    return {"start": start, "sent": time.monotonic_ns()}
+
+
+def sender(rounds, batch):
+    """Sender cost: batches small enough for the queue, drained between batches."""
+    total = 0
+    for _ in range(rounds):
+        begin = time.perf_counter_ns()
+        for i in range(batch):
+            send_one(i, 1 << 30, b"")
+        total += time.perf_counter_ns() - begin
+        time.sleep(0.02)
+    return {"us_per_call": total / (rounds * batch) / 1000}
+
+
+def application(environ, start_response):
+    query = dict(item.split("=") for item in environ["QUERY_STRING"].split("&") if item)
+    path = environ["PATH_INFO"]
+    if path == "/run":
+        body = run(int(query["n"]), int(query["size"]))
+    elif path == "/sender":
+        body = sender(int(query["rounds"]), int(query["batch"]))
+    else:
+        body = "pong"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [(body if isinstance(body, str) else json.dumps(body)).encode()]
+'''
+
+PLAIN_CONFIG = """
+from uwsgiconf.config import Section
+section = Section()
+section.workers.set_mules_params(mules=1{extra})
+uwsgi_configuration = section.as_configuration()
+"""
+
+OURS_CONFIG = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(farms=[section.workers.mule_farm('bench', 1)])
+uwsgi_configuration = section.as_configuration()
+"""
+
+VARIANTS: dict[str, dict[str, str]] = {
+    "raw mule_msg": {
+        "config": PLAIN_CONFIG.format(extra=""),
+        "app": '''
+import uwsgi
+
+def hook(message):
+    i, n = struct.unpack_from("!II", message)
+    finish(i, n)
+
+uwsgi.mule_msg_hook = hook
+
+def send_one(i, n, payload):
+    retry(uwsgi.mule_msg, struct.pack("!II", i, n) + payload, 1)
+''',
+    },
+    "uwsgiconf 2.4 mule_offload": {
+        "config": PLAIN_CONFIG.format(extra=""),
+        "app": '''
+from uwsgiconf.runtime.mules import mule_offload
+
+@mule_offload(1)
+def task(i, n, payload):
+    finish(i, n)
+
+def send_one(i, n, payload):
+    retry(task, i, n, payload)
+''',
+    },
+    "uwsgidecorators @mulefunc": {
+        "config": PLAIN_CONFIG.format(extra=", msg_buffer={wmem_max}"),
+        "app": '''
+from uwsgidecorators import mulefunc
+
+@mulefunc(1)
+def task(i, n, payload):
+    finish(i, n)
+
+def send_one(i, n, payload):
+    task(i, n, payload)  # returns None: cannot know whether it was queued
+''',
+    },
+    "uwsgiconf-mules Mule(1)": {
+        "config": OURS_CONFIG,
+        "app": '''
+from uwsgiconf_mules.runtime import Mule
+
+@Mule(1).offload()
+def task(i, n, payload):
+    finish(i, n)
+
+def send_one(i, n, payload):
+    task(i, n, payload)
+''',
+    },
+    "uwsgiconf-mules Farm": {
+        "config": OURS_CONFIG,
+        "app": '''
+from uwsgiconf_mules.runtime import Farm
+
+@Farm("bench").offload()
+def task(i, n, payload):
+    finish(i, n)
+
+def send_one(i, n, payload):
+    task(i, n, payload)
+''',
+    },
+}
+RAW = "raw mule_msg"
+OURS = "uwsgiconf-mules Mule(1)"
+
+
+def _wmem_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/wmem_max").read_text())
+    except (OSError, ValueError):
+        return 4194304
+
+
+def _measure_throughput(server: Server, n: int, size: int, timeout: float) -> dict[str, Any]:
+    done_before = len(server.lines("done"))
+    status, sent = server.get(f"/run?n={n}&size={size}", timeout=timeout)
+    if status != 200:
+        raise RuntimeError(f"run failed: {sent}")
+    deadline = time.monotonic() + timeout
+    while len(server.lines("done")) <= done_before:
+        if time.monotonic() > deadline:
+            return {"rate": None, "lost": "run did not complete"}
+        time.sleep(0.01)
+    done = server.lines("done")[-1]
+    seconds = (done["end"] - sent["start"]) / 1e9
+    lost = n - done["count"]
+    return {"rate": None if lost else n / seconds, "lost": lost, "seconds": seconds,
+            "sender_seconds": (sent["sent"] - sent["start"]) / 1e9}
+
+
+def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, variant in VARIANTS.items():
+        config = variant["config"].replace("{wmem_max}", str(_wmem_max()))
+        server = start_server(workdir / re.sub(r"\W+", "_", name), config, COMMON + variant["app"],
+                              prelude=False, workers=1)
+        try:
+            server.get("/run?n=1000&size=0")  # warm up
+            time.sleep(0.5)
+            per_size = {}
+            for size, n in sizes.items():
+                samples = [_measure_throughput(server, n, size, timeout) for _ in range(runs)]
+                rates = [s["rate"] for s in samples if s["rate"]]
+                losses = [s["lost"] for s in samples if s["lost"]]
+                per_size[str(size)] = {
+                    "n": n, "runs": runs,
+                    "median": statistics.median(rates) if len(rates) == runs else None,
+                    "min": min(rates) if rates else None, "max": max(rates) if rates else None,
+                    "lost": losses,
+                }
+            batch = 100
+            cost = server.get(f"/sender?rounds={max(2, runs * 4)}&batch={batch}", timeout=timeout)[1]
+            per_size["sender_us_per_call"] = cost["us_per_call"]
+            time.sleep(0.2)
+            results[name] = per_size
+        finally:
+            server.stop()
+    return results
+
+
+def import_cost(repeat: int) -> dict[str, Any]:
+    def once(module: str) -> float:
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                              capture_output=True, text=True, check=True)
+        for line in proc.stderr.splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) == 3 and parts[2] == module:
+                return int(parts[1]) / 1000
+        raise RuntimeError(f"no import time for {module}")
+
+    ours, theirs = [], []
+    for _ in range(repeat):
+        ours.append(once("uwsgiconf_mules.runtime"))
+        theirs.append(once("uwsgiconf.runtime.mules"))
+    return {"uwsgiconf_mules.runtime_ms": statistics.median(ours),
+            "uwsgiconf.runtime.mules_ms": statistics.median(theirs),
+            "ratio": statistics.median(ours) / statistics.median(theirs)}
+
+
+def _memory(pid: int) -> dict[str, int]:
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            values[key.lower() + "_kb"] = int(rest.split()[0])
+    return values
+
+
+def mule_memory(workdir: Path) -> dict[str, Any]:
+    cases = {
+        "bare mule": (PLAIN_CONFIG.format(extra=""), ""),
+        "uwsgiconf runtime": (PLAIN_CONFIG.format(extra=""), "import uwsgiconf.runtime.mules\n"),
+        "uwsgiconf-mules runtime": (OURS_CONFIG, "import uwsgiconf_mules.runtime\n"),
+    }
+    app = "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'pong']\n"
+    results = {}
+    for name, (config, imports) in cases.items():
+        server = start_server(workdir / ("mem_" + re.sub(r"\W+", "_", name)), config, imports + app,
+                              prelude=False, workers=1)
+        try:
+            time.sleep(1.0)
+            results[name] = _memory(server.mule_pids()[1])
+        finally:
+            server.stop()
+    bare = results["bare mule"]
+    for values in results.values():
+        values["pss_overhead_kb"] = values["pss_kb"] - bare["pss_kb"]
+        values["rss_overhead_kb"] = values["rss_kb"] - bare["rss_kb"]
+    return results
+
+
+def _fmt_rate(value: float | None) -> str:
+    return f"{value:,.0f}" if value else "-"
+
+
+def report(results: dict[str, Any]) -> str:
+    thr = results["throughput"]
+    sizes = [key for key in thr[RAW] if key != "sender_us_per_call"]
+    lines = [f"Machine: {results['machine']}", "",
+             "| variant | payload | msgs/s (median) | min | max | x raw | lost |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, per_size in thr.items():
+        for size in sizes:
+            row = per_size[size]
+            raw = thr[RAW][size]["median"]
+            ratio = f"{row['median'] / raw:.2f}" if row["median"] and raw else "-"
+            lost = ", ".join(map(str, row["lost"])) or "0"
+            lines.append(f"| {name} | {size} B | {_fmt_rate(row['median'])} | {_fmt_rate(row['min'])} | "
+                         f"{_fmt_rate(row['max'])} | {ratio} | {lost} |")
+    lines += ["", "| variant | sender cost (µs/call, small) |", "|---|---:|"]
+    lines += [f"| {name} | {per_size['sender_us_per_call']:.2f} |" for name, per_size in thr.items()]
+    imp = results["import"]
+    lines += ["", "| import (fresh interpreter, median) | ms |", "|---|---:|",
+              f"| uwsgiconf_mules.runtime | {imp['uwsgiconf_mules.runtime_ms']:.2f} |",
+              f"| uwsgiconf.runtime.mules | {imp['uwsgiconf.runtime.mules_ms']:.2f} |",
+              f"| ratio | {imp['ratio']:.2f} |"]
+    lines += ["", "| idle mule | RSS kB | PSS kB | PSS overhead kB |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} |"
+              for name, m in results["memory"].items()]
+    ours, raw = thr[OURS][sizes[0]]["median"], thr[RAW][sizes[0]]["median"]
+    lines += ["", f"offload/raw = {ours / raw:.2f}" if ours and raw else "offload/raw = n/a"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny N, one run")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    args = parser.parse_args()
+    if args.smoke:
+        sizes, runs, repeat, timeout = {0: 300, 1024: 100, 32768: 20}, 1, 2, 30.0
+    else:
+        sizes, runs, repeat, timeout = {0: 100_000, 1024: 50_000, 32768: 10_000}, args.runs, 15, 120.0
+    with tempfile.TemporaryDirectory(prefix="uwsgiconf-mules-bench-") as tmp:
+        workdir = Path(tmp)
+        results = {
+            "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+                       f"{__import__('os').cpu_count()} cores, {platform.platform()}",
+            "smoke": args.smoke,
+            "throughput": throughput(workdir, sizes, runs, timeout),
+            "import": import_cost(repeat),
+            "memory": mule_memory(workdir),
+        }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
