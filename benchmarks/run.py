@@ -198,46 +198,58 @@ def _measure_throughput(server: Server, n: int, size: int, timeout: float) -> di
     status, sent = server.get(f"/run?n={n}&size={size}", timeout=timeout)
     if status != 200:
         raise RuntimeError(f"run failed: {sent}")
-    deadline = time.monotonic() + timeout
+    # Once the sender is done, the mule gets a bounded time to finish: a variant that cannot
+    # retry may have lost the last call, and then no completion is ever recorded.
+    sender_seconds = (sent["sent"] - sent["start"]) / 1e9
+    deadline = time.monotonic() + min(timeout, 5 + 10 * sender_seconds)
     while len(server.lines("done")) <= done_before:
         if time.monotonic() > deadline:
-            return {"rate": None, "lost": "run did not complete"}
+            return {"rate": None, "lost": "the last call never ran"}
         time.sleep(0.01)
     done = server.lines("done")[-1]
     seconds = (done["end"] - sent["start"]) / 1e9
     lost = n - done["count"]
     return {"rate": None if lost else n / seconds, "lost": lost, "seconds": seconds,
-            "sender_seconds": (sent["sent"] - sent["start"]) / 1e9}
+            "sender_seconds": sender_seconds}
 
 
-def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for name, variant in VARIANTS.items():
-        config = variant["config"].replace("{wmem_max}", str(_wmem_max()))
-        server = start_server(workdir / re.sub(r"\W+", "_", name), config, COMMON + variant["app"],
-                              prelude=False, workers=1)
-        try:
+def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
+               only: list[str] | None = None) -> dict[str, Any]:
+    """All servers up at once; runs interleaved variant by variant, so drift hits all alike."""
+    names = [name for name in VARIANTS if not only or name in only or name == RAW]
+    servers: dict[str, Server] = {}
+    try:
+        for name in names:
+            config = VARIANTS[name]["config"].replace("{wmem_max}", str(_wmem_max()))
+            servers[name] = start_server(workdir / re.sub(r"\W+", "_", name), config,
+                                         COMMON + VARIANTS[name]["app"], prelude=False, workers=1)
+        for server in servers.values():
             server.get("/run?n=1000&size=0")  # warm up
-            time.sleep(0.5)
+        time.sleep(0.5)
+        samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for size, n in sizes.items():
+            for _ in range(runs):
+                for name, server in servers.items():
+                    samples.setdefault((name, size), []).append(_measure_throughput(server, n, size, timeout))
+        results: dict[str, Any] = {}
+        for name, server in servers.items():
             per_size = {}
             for size, n in sizes.items():
-                samples = [_measure_throughput(server, n, size, timeout) for _ in range(runs)]
-                rates = [s["rate"] for s in samples if s["rate"]]
-                losses = [s["lost"] for s in samples if s["lost"]]
+                taken = samples[(name, size)]
+                rates = [s["rate"] for s in taken if s["rate"]]
                 per_size[str(size)] = {
                     "n": n, "runs": runs,
                     "median": statistics.median(rates) if len(rates) == runs else None,
                     "min": min(rates) if rates else None, "max": max(rates) if rates else None,
-                    "lost": losses,
+                    "lost": [s["lost"] for s in taken if s["lost"]],
                 }
-            batch = 100
-            cost = server.get(f"/sender?rounds={max(2, runs * 4)}&batch={batch}", timeout=timeout)[1]
-            per_size["sender_us_per_call"] = cost["us_per_call"]
-            time.sleep(0.2)
-            results[name] = per_size
-        finally:
+            cost = server.get(f"/sender?rounds={max(2, runs * 4)}&batch=100", timeout=timeout)[1]
+            results[name] = {"sizes": per_size, "sender_us_per_call": cost["us_per_call"],
+                             "queue_full_events": server.log().count("MULE MSG QUEUE IS FULL")}
+        return results
+    finally:
+        for server in servers.values():
             server.stop()
-    return results
 
 
 def import_cost(repeat: int) -> dict[str, Any]:
@@ -297,20 +309,23 @@ def _fmt_rate(value: float | None) -> str:
 
 def report(results: dict[str, Any]) -> str:
     thr = results["throughput"]
-    sizes = [key for key in thr[RAW] if key != "sender_us_per_call"]
+    sizes = list(thr[RAW]["sizes"])
     lines = [f"Machine: {results['machine']}", "",
              "| variant | payload | msgs/s (median) | min | max | x raw | lost |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    for name, per_size in thr.items():
+    for name, variant in thr.items():
         for size in sizes:
-            row = per_size[size]
-            raw = thr[RAW][size]["median"]
+            row = variant["sizes"][size]
+            raw = thr[RAW]["sizes"][size]["median"]
             ratio = f"{row['median'] / raw:.2f}" if row["median"] and raw else "-"
             lost = ", ".join(map(str, row["lost"])) or "0"
             lines.append(f"| {name} | {size} B | {_fmt_rate(row['median'])} | {_fmt_rate(row['min'])} | "
                          f"{_fmt_rate(row['max'])} | {ratio} | {lost} |")
     lines += ["", "| variant | sender cost (µs/call, small) |", "|---|---:|"]
-    lines += [f"| {name} | {per_size['sender_us_per_call']:.2f} |" for name, per_size in thr.items()]
+    lines += [f"| {name} | {variant['sender_us_per_call']:.2f} |" for name, variant in thr.items()]
+    if "import" not in results:
+        lines += ["", f"offload/raw = {_ratio(thr, sizes[0])}"]
+        return "\n".join(lines)
     imp = results["import"]
     lines += ["", "| import (fresh interpreter, median) | ms |", "|---|---:|",
               f"| uwsgiconf_mules.runtime | {imp['uwsgiconf_mules.runtime_ms']:.2f} |",
@@ -319,31 +334,44 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "| idle mule | RSS kB | PSS kB | PSS overhead kB |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} |"
               for name, m in results["memory"].items()]
-    ours, raw = thr[OURS][sizes[0]]["median"], thr[RAW][sizes[0]]["median"]
-    lines += ["", f"offload/raw = {ours / raw:.2f}" if ours and raw else "offload/raw = n/a"]
+    lines += ["", f"offload/raw = {_ratio(thr, sizes[0])}"]
     return "\n".join(lines)
+
+
+def _ratio(thr: dict[str, Any], size: str) -> str:
+    ours = thr[OURS]["sizes"][size]["median"] if OURS in thr else None
+    raw = thr[RAW]["sizes"][size]["median"]
+    return f"{ours / raw:.2f}" if ours and raw else "n/a"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny N, one run")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", action="append", choices=list(VARIANTS),
+                        help="measure only these variants (and raw); repeatable")
+    parser.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",")],
+                        help="payload sizes to measure, e.g. 0,1024 (default 0,1024,32768)")
+    parser.add_argument("--skip-extras", action="store_true", help="throughput only: no import or memory")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = parser.parse_args()
     if args.smoke:
         sizes, runs, repeat, timeout = {0: 300, 1024: 100, 32768: 20}, 1, 2, 30.0
     else:
         sizes, runs, repeat, timeout = {0: 100_000, 1024: 50_000, 32768: 10_000}, args.runs, 15, 120.0
+    if args.sizes:
+        sizes = {size: n for size, n in sizes.items() if size in args.sizes}
     with tempfile.TemporaryDirectory(prefix="uwsgiconf-mules-bench-") as tmp:
         workdir = Path(tmp)
         results = {
             "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
                        f"{__import__('os').cpu_count()} cores, {platform.platform()}",
             "smoke": args.smoke,
-            "throughput": throughput(workdir, sizes, runs, timeout),
-            "import": import_cost(repeat),
-            "memory": mule_memory(workdir),
+            "throughput": throughput(workdir, sizes, runs, timeout, args.only),
         }
+        if not args.skip_extras:
+            results["import"] = import_cost(repeat)
+            results["memory"] = mule_memory(workdir)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
     print(report(results))

@@ -77,15 +77,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def compile_config(directory: Path, fmt: str = "ini") -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """Compile ``directory/uwsgicfg.py`` with the real command; returns (config path, process)."""
+def compile_config(directory: Path, fmt: str = "ini", out_dir: Path | None = None,
+                   ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Compile ``directory/uwsgicfg.py`` with the real command into ``out_dir`` (default: directory).
+
+    Returns (config path, process).
+    """
     if fmt == "ini":
         cmd = [str(BIN / "uwsgiconf"), "compile", "uwsgicfg.py"]
     else:
         cmd = [str(BIN / "uwsgiconf-mules"), "compile", "--format", fmt, "uwsgicfg.py"]
     proc = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, check=False)
-    path = directory / f"app.{fmt}"
+    path = (out_dir or directory) / f"app.{fmt}"
     path.write_text(proc.stdout)
     return path, proc
 
@@ -179,8 +183,6 @@ def start_server(
     :param workers: Number of uWSGI workers.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    results = directory / "results"
-    results.mkdir(exist_ok=True)
     (directory / "uwsgicfg.py").write_text(textwrap.dedent(config))
     (directory / "app.py").write_text((APP_PRELUDE if prelude else "") + textwrap.dedent(app))
     for name, source in (modules or {}).items():
@@ -192,17 +194,45 @@ def start_server(
         expect_mules = len(re.findall(r"^\s*mule\s*[=:]", compiled.stdout, re.M)) + sum(
             int(n) for n in re.findall(r"^\s*mules\s*[=:]\s*(\d+)", compiled.stdout, re.M))
 
+    return launch(path, directory, fmt=fmt, extra_args=extra_args, expect_mules=expect_mules, workers=workers)
+
+
+def launch(
+    config: Path,
+    directory: Path,
+    *,
+    fmt: str = "ini",
+    extra_args: Sequence[str] = (),
+    expect_mules: int = 0,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    run_dir: Path | None = None,
+) -> Server:
+    """Start real uWSGI on a compiled config and wait (bounded) until it is ready.
+
+    :param config: The compiled config file.
+    :param directory: The application directory (``--chdir``; ``app.py`` is imported from it).
+    :param fmt: ``ini`` or ``yaml``.
+    :param extra_args: More uWSGI command-line arguments.
+    :param expect_mules: Mules to wait for.
+    :param workers: Number of uWSGI workers.
+    :param env: More environment variables.
+    :param run_dir: Where the log and results go (default: ``directory``).
+    """
+    run_dir = run_dir or directory
+    results = run_dir / "results"
+    results.mkdir(exist_ok=True)
     port = free_port()
-    log_path = directory / "uwsgi.log"
-    env = dict(os.environ, TEST_RESULTS=str(results))
-    env.pop("UWSGICONF_MULES", None)
-    cmd = [str(UWSGI), f"--{fmt}", str(path), "--strict", "--master", "--die-on-term",
+    log_path = run_dir / "uwsgi.log"
+    full_env = dict(os.environ, TEST_RESULTS=str(results), **(env or {}))
+    full_env.pop("UWSGICONF_MULES", None)
+    cmd = [str(UWSGI), f"--{fmt}", str(config), "--strict", "--master", "--die-on-term",
            "--http-socket", f"127.0.0.1:{port}", "--module", "app:application",
            "--pythonpath", str(directory), "--chdir", str(directory), "--workers", str(workers),
            *extra_args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     server = Server(directory, port, proc, log_path, results)
     try:
         deadline = time.monotonic() + START_TIMEOUT

@@ -33,6 +33,8 @@ import functools
 import importlib
 import os
 import time
+from marshal import dumps as _marshal, loads as _unmarshal
+from pickle import dumps as _dumps, loads as _loads
 
 from .declarations import PROGRAMMED_READ_LIMIT, RECORD_ENV, Declarations, parse_record
 from .errors import (
@@ -43,15 +45,32 @@ from .errors import (
     PayloadError,
     UnknownTargetError,
 )
-from .protocol import decode, encode, task_header
+from .protocol import ARGS, KEY_START, KWARGS, MARSHAL, MARSHAL_SAFE, PICKLE_PROTOCOL, decode, task_header
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     import logging
     from collections.abc import Callable
-    from typing import Any, TypeVar
+    from typing import Any, Protocol, TypeVar
 
     _F = TypeVar("_F", bound=Callable[..., Any])
+
+    class OffloadedFunction(Protocol):
+        """What ``mule_offload`` returns (for type annotations; import it under TYPE_CHECKING).
+
+        Calling it queues a call of the wrapped function for ``target`` and returns True once
+        queued; outside uWSGI it runs the call here, after the same checks. It keeps the wrapped
+        function's ``__name__``, ``__qualname__``, ``__doc__``, ``__module__``; ``__wrapped__(...)``
+        runs the function here, synchronously.
+        """
+
+        key: str
+        """The task key, ``module:qualname``."""
+        target: Mule | Farm
+        """The ``Mule`` or ``Farm`` calls are sent to."""
+        __wrapped__: Callable[..., Any]
+
+        def __call__(self, *args: Any, **kwargs: Any) -> bool: ...
 
 try:  # Only importable inside a uWSGI process.
     import uwsgi as _uwsgi
@@ -59,13 +78,15 @@ except ImportError:  # pragma: no cover - depends on the process
     _uwsgi = None
 
 __all__ = [
-    "Farm", "Mule", "OffloadedFunction", "TypeMuleFarm", "mule_loop", "mule_offload", "socket_message_limit",
+    "Farm", "Mule", "TypeMuleFarm", "mule_loop", "mule_offload", "socket_message_limit",
 ]
 
 _MISSING: Any = object()
 _declarations_cache: Any = _MISSING
 _socket_limits: dict[int | None, int] = {}
-_registry: dict[bytes, Callable[..., Any]] = {}
+_registry: dict[bytes, Callable[..., Any]] = {}  # task key -> function
+# Envelope head (before the first NUL) of a positional-only call -> (function, decoder of the body).
+_heads: dict[bytes, tuple[Callable[..., Any], Callable[[bytes], Any]]] = {}
 
 _logger: logging.Logger | None = None
 _harakiri = 0  # seconds; set by mule_loop() from the declarations
@@ -453,63 +474,67 @@ TypeMuleFarm = int | str | Mule | Farm | None
 """What ``mule_offload`` accepts as a target."""
 
 
-class OffloadedFunction:
-    """What ``mule_offload`` returns: calling it queues the call for a mule.
+def _offloaded(func: Callable[..., Any], target: Mule | Farm) -> OffloadedFunction:
+    """Build what ``mule_offload`` returns: a function that queues calls of ``func`` for ``target``.
 
-    Keeps the wrapped function's ``__name__``, ``__qualname__``, ``__doc__``, ``__module__``
-    and ``__wrapped__``; ``__wrapped__(...)`` runs the function here, synchronously.
-
-    :param func: The function to offload; it must be defined at module level.
-    :param target: Where calls go: a ``Mule`` or a ``Farm``.
+    A closure rather than an object with ``__call__``: this is the hot path of every offload.
     """
+    qualname = getattr(func, "__qualname__", None)
+    module = getattr(func, "__module__", None)
+    if not callable(func) or not qualname or not module:
+        raise MulesRuntimeError(f"mule_offload() needs a function, not {func!r}")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        raise MulesRuntimeError(
+            f"cannot offload {module}.{qualname}: offloaded functions must be defined at module "
+            "level (or as class attributes), so that a mule can find them by name")
+    key = f"{module}:{qualname}"
+    header, header_kw, header_m = task_header(key, ARGS), task_header(key, KWARGS), task_header(key, MARSHAL)
+    _register(key, func)
+    safe = MARSHAL_SAFE
+    # Where calls go, resolved once (at decoration when the declarations are known, which also
+    # checks the target; otherwise at the first call) and kept in closure cells for the hot path.
+    route: _Route | None = None
+    limit = -1
+    dest: int | bytes = 0
+    send: Callable[[bytes, int | bytes], bool] = _run_inline
 
-    def __init__(self, func: Callable[..., Any], target: Mule | Farm) -> None:
-        qualname = getattr(func, "__qualname__", None)
-        module = getattr(func, "__module__", None)
-        if not callable(func) or not qualname or not module:
-            raise MulesRuntimeError(f"mule_offload() needs a function, not {func!r}")
-        if "<locals>" in qualname or "<lambda>" in qualname:
-            raise MulesRuntimeError(
-                f"cannot offload {module}.{qualname}: offloaded functions must be defined at module "
-                "level (or as class attributes), so that a mule can find them by name")
-        functools.update_wrapper(self, func)
-        self.key = f"{module}:{qualname}"
-        """The task key, ``module:qualname``."""
-        self.target = target
-        """The ``Mule`` or ``Farm`` calls are sent to."""
-        self._header = task_header(self.key)
-        self._func = func
-        self._route: _Route | None = None
-        _registry[self.key.encode()] = func
-        if _declarations() is not None:
-            self._route = target._route()  # checks the target now
-
-    def __repr__(self) -> str:
-        return f"<offloaded {self.key} -> {self.target!r}>"
-
-    def __call__(self, *args: Any, **kwargs: Any) -> bool:
-        """Queue a call of the function for the target; returns True once queued.
-
-        Outside uWSGI the call runs here, synchronously, after the same checks.
-
-        :raises PayloadError: if the arguments cannot be pickled or the message is too large.
-        :raises DeliveryError: if the queue stayed full until the send timeout.
-        """
-        try:
-            message = encode(self._header, args, kwargs)
-        except Exception as exc:
-            raise PayloadError(f"{self.key}: arguments cannot be pickled: {exc}") from exc
-        route = self._route
+    def resolve() -> _Route:
+        nonlocal route, limit, dest, send
         if route is None:
-            route = self._route = self.target._route()
-        if len(message) > route.limit:
-            route.check_size(len(message), self.key)
-        if _uwsgi is None:
-            _run_envelope(message)
+            route = target._route()
+            limit, dest = route.limit, route.dest
+            send = _uwsgi.mule_msg if _uwsgi is not None else _run_inline
+        return route
+
+    if _declarations() is not None:
+        resolve()
+
+    def offloaded(*args: Any, **kwargs: Any) -> bool:
+        if kwargs:
+            try:
+                message = header_kw + _dumps((args, kwargs), PICKLE_PROTOCOL)
+            except Exception as exc:
+                raise PayloadError(f"{key}: arguments cannot be pickled: {exc}") from exc
+        elif not args:
+            message = header
+        elif safe.issuperset(map(type, args)):
+            message = header_m + _marshal(args)
+        else:
+            try:
+                message = header + _dumps(args, PICKLE_PROTOCOL)
+            except Exception as exc:
+                raise PayloadError(f"{key}: arguments cannot be pickled: {exc}") from exc
+        if len(message) > limit:  # also true before the route is resolved (limit -1)
+            resolve().check_size(len(message), key)
+        if send(message, dest):
             return True
-        if _uwsgi.mule_msg(message, route.dest):
-            return True
-        return _deliver(message, route.dest, f"{self.key} to {route.label}", route.timeout)
+        current = resolve()
+        return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
+
+    functools.update_wrapper(offloaded, func)
+    offloaded.key = key  # type: ignore[attr-defined]
+    offloaded.target = target  # type: ignore[attr-defined]
+    return offloaded  # type: ignore[return-value]
 
 
 def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[_F], OffloadedFunction]:
@@ -542,7 +567,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[_F], OffloadedF
             target=mule_or_farm)
 
     def decorator(func: _F) -> OffloadedFunction:
-        return OffloadedFunction(func, target)
+        return _offloaded(func, target)
 
     return decorator
 
@@ -565,22 +590,32 @@ def _require_mule(what: str) -> Any:
 
 def _find_task(key: bytes) -> Callable[..., Any] | None:
     func = _registry.get(key)
-    if func is not None:
-        return func
+    if func is None:
+        func = _import_task(key)
+        if func is not None:
+            _register(key.decode(), func)  # later calls take the mule loop's fast path
+    return func
+
+
+def _register(key: str, func: Callable[..., Any]) -> None:
+    _registry[key.encode()] = func
+    _heads[task_header(key, ARGS)[:-1]] = (func, _loads)
+    _heads[task_header(key, MARSHAL)[:-1]] = (func, _unmarshal)
+
+
+def _import_task(key: bytes) -> Callable[..., Any] | None:
     module_name, _, qualname = key.decode().partition(":")
     try:
         found: Any = importlib.import_module(module_name)
     except Exception:
         _log().exception("uwsgiconf-mules: cannot import module %r for task %s", module_name, key.decode())
         return None
-    func = _registry.get(key)
+    func = _registry.get(key)  # registered when its module was imported
     if func is None:
         # Decorated after import (e.g. ``mule_offload(target)(func)`` in a view): find it by name.
         for part in qualname.split("."):
             found = getattr(found, part, None)
         func = getattr(found, "__wrapped__", found) if callable(found) else None
-        if func is not None:
-            _registry[key] = func
     return func
 
 
@@ -609,6 +644,12 @@ def _run_envelope(message: bytes) -> bool:
     finally:
         if harakiri:
             _uwsgi.set_user_harakiri(0)
+    return True
+
+
+def _run_inline(message: bytes, dest: int | bytes) -> bool:
+    """Outside uWSGI, an offloaded call runs here, from its encoded message."""
+    _run_envelope(message)
     return True
 
 
@@ -642,11 +683,28 @@ def mule_loop() -> None:
     msg_size = declarations.msg_size if declarations else None
     _harakiri = (declarations.harakiri or 0) if declarations else 0
     buffer_size = socket_message_limit(msg_size)
+    # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
+    farms = bool(declarations.farms_of(int(uwsgi.mule_id()))) if declarations else True
     get = uwsgi.mule_get_msg
-    run = _run_envelope
+    heads = _heads
+    fast = not _harakiri
     while True:
-        message = get(False, True, buffer_size, -1)  # signals handled while waiting; farms read
+        message = get(False, farms, buffer_size, -1)  # signals handled while waiting
         if message is None:
             continue
-        if not run(message):
+        if fast:
+            # Fast path, inlined for throughput: a positional-only call of a known task, no
+            # harakiri to arm. The head (before the first NUL) names both the kind and the task.
+            head, _, body = message.partition(b"\x00")
+            entry = heads.get(head)
+            if entry is not None:
+                try:
+                    if body:
+                        entry[0](*entry[1](body))
+                    else:
+                        entry[0]()
+                except Exception:
+                    _log().exception("uwsgiconf-mules: task %s failed", head[KEY_START:].decode())
+                continue
+        if not _run_envelope(message):
             _pass_on(message)
