@@ -169,6 +169,7 @@ def start_server(
     expect_mules: int | None = None,
     prelude: bool = True,
     workers: int = 2,
+    app_first: str = "",
 ) -> Server:
     """Write, compile and start; see the module docstring.
 
@@ -181,10 +182,11 @@ def start_server(
     :param expect_mules: Mules to wait for; by default the number of ``mule`` options compiled.
     :param prelude: Whether ``app.py`` starts with ``APP_PRELUDE`` (routes, ``record``).
     :param workers: Number of uWSGI workers.
+    :param app_first: Code placed at the very top of ``app.py``, before the prelude.
     """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "uwsgicfg.py").write_text(textwrap.dedent(config))
-    (directory / "app.py").write_text((APP_PRELUDE if prelude else "") + textwrap.dedent(app))
+    (directory / "app.py").write_text(app_first + (APP_PRELUDE if prelude else "") + textwrap.dedent(app))
     for name, source in (modules or {}).items():
         (directory / f"{name}.py").write_text(textwrap.dedent(source))
     path, compiled = compile_config(directory, fmt)

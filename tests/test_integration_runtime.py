@@ -365,3 +365,129 @@ def test_uwsgidecorators_imported_after_the_runtime_does_not_break_offloads(
     assert server.get("/both") == (200, "ok")
     runs = sorted((r["by"], r["mule"]) for r in server.wait_lines("coexist", 2))
     assert runs == [("uwsgiconf-mules", 1), ("uwsgidecorators", 2)]
+
+
+HARAKIRI = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=1, harakiri_timeout=1)
+uwsgi_configuration = section.as_configuration()
+"""
+
+HARAKIRI_APP = '''
+import time
+
+@mule_offload()
+def slow(tag):
+    record("harakiri", tag=tag, state="started")
+    time.sleep(30)
+    record("harakiri", tag=tag, state="finished")
+
+
+@mule_offload()
+def quick(tag):
+    record("harakiri", tag=tag, state="finished")
+
+
+@route("/slow")
+def slow_route(query):
+    return [slow("slow"), quick("quick")]
+'''
+
+
+def test_declared_harakiri_applies_to_offloaded_calls(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(HARAKIRI, HARAKIRI_APP)
+    first_pid = server.mule_pids()[1]
+    assert server.get("/slow")[1] == [True, True]
+    runs = server.wait_lines("harakiri", 2, timeout=20)
+    assert [(r["tag"], r["state"]) for r in runs] == [("slow", "started"), ("quick", "finished")]
+    assert runs[0]["pid"] == first_pid != runs[1]["pid"]  # killed by harakiri, respawned
+    assert "HARAKIRI" in server.log().upper()
+
+
+SIGNALS = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=['waiter.py', None])
+uwsgi_configuration = section.as_configuration()
+"""
+
+WAITER = '''
+from uwsgiconf_mules.runtime import Mule
+while True:
+    Mule.get_message()  # signals=True: signals to this mule are handled while it waits
+'''
+
+SIGNALS_APP = '''
+import uwsgi
+
+
+def on_signal(signum):
+    record("signals", signum=signum)
+
+
+uwsgi.register_signal(17, "mule1", on_signal)
+uwsgi.register_signal(18, "mule2", on_signal)
+
+
+@route("/signal")
+def send_signals(query):
+    uwsgi.signal(17)
+    uwsgi.signal(18)
+    return "sent"
+'''
+
+
+def test_signals_are_handled_by_waiting_programmed_and_dispatch_mules(
+        uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(SIGNALS, SIGNALS_APP, modules={"waiter": WAITER})
+    assert server.get("/signal") == (200, "sent")
+    runs = server.wait_lines("signals", 2)
+    assert sorted((r["signum"], r["mule"]) for r in runs) == [(17, 1), (18, 2)]
+
+
+COEXIST_BEFORE_APP = COEXIST_APP.replace(
+    "import uwsgidecorators  # imported after the runtime: replaces uwsgi.mule_msg_hook", "").replace(
+    "@uwsgidecorators.mulefunc(2)", "@theirs_decorator(2)")
+
+
+def test_uwsgidecorators_imported_before_the_runtime_does_not_break_offloads(
+        uwsgi_server: Callable[..., Server]) -> None:
+    # The prelude imports the runtime, so put uwsgidecorators first in a module imported before it.
+    first = "import uwsgidecorators\ntheirs_decorator = uwsgidecorators.mulefunc\n"
+    server = uwsgi_server(DESIGN, "from first import theirs_decorator\n" + COEXIST_BEFORE_APP,
+                          modules={"first": first}, app_first="import first\n")
+    assert server.get("/both") == (200, "ok")
+    runs = sorted((r["by"], r["mule"]) for r in server.wait_lines("coexist", 2))
+    assert runs == [("uwsgiconf-mules", 1), ("uwsgidecorators", 2)]
+
+
+UNKNOWN_APP = '''
+from uwsgiconf_mules import protocol
+
+
+@route("/unknown")
+def unknown(query):
+    return [Mule(1).send(protocol.encode("app:no_such_task", (1,), {})),
+            Mule(1).send(protocol.encode("no_such_module:task", (), {}))]
+
+
+@mule_offload(1)
+def after(tag):
+    record("after_unknown", tag=tag)
+
+
+@route("/after")
+def after_route(query):
+    return after("ok")
+'''
+
+
+def test_unknown_task_keys_are_logged_and_the_mule_goes_on(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(DESIGN, UNKNOWN_APP)
+    pid = server.mule_pids()[1]
+    assert server.get("/unknown")[1] == [True, True]
+    server.wait_for(lambda: "unknown task app:no_such_task" in server.log(), what="unknown task log")
+    server.wait_for(lambda: "cannot import module 'no_such_module'" in server.log(), what="import log")
+    assert server.get("/after")[1] is True
+    assert server.wait_lines("after_unknown", 1)[0]["pid"] == pid
