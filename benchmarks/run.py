@@ -347,7 +347,7 @@ def _ratio(thr: dict[str, Any], size: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny N, one run")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--only", action="append", choices=list(VARIANTS),
                         help="measure only these variants (and raw); repeatable")
     parser.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",")],
@@ -358,7 +358,7 @@ def main() -> int:
     if args.smoke:
         sizes, runs, repeat, timeout = {0: 300, 1024: 100, 32768: 20}, 1, 2, 30.0
     else:
-        sizes, runs, repeat, timeout = {0: 100_000, 1024: 50_000, 32768: 10_000}, args.runs, 15, 120.0
+        sizes, runs, repeat, timeout = {0: 200_000, 1024: 100_000, 32768: 20_000}, args.runs, 15, 120.0
     if args.sizes:
         sizes = {size: n for size, n in sizes.items() if size in args.sizes}
     with tempfile.TemporaryDirectory(prefix="uwsgiconf-mules-bench-") as tmp:

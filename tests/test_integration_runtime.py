@@ -491,3 +491,79 @@ def test_unknown_task_keys_are_logged_and_the_mule_goes_on(uwsgi_server: Callabl
     server.wait_for(lambda: "cannot import module 'no_such_module'" in server.log(), what="import log")
     assert server.get("/after")[1] is True
     assert server.wait_lines("after_unknown", 1)[0]["pid"] == pid
+
+
+STUCK = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=1, send_timeout=0.5)
+uwsgi_configuration = section.as_configuration()
+"""
+
+STUCK_APP = '''
+import time
+
+
+@mule_offload()
+def block(seconds):
+    time.sleep(seconds)
+
+
+@mule_offload()
+def small(i):
+    pass
+
+
+@route("/flood")
+def flood(query):
+    block(3)
+    queued = 0
+    started = time.monotonic()
+    try:
+        for i in range(100000):
+            small(i)
+            queued += 1
+    except Exception as exc:
+        return {"queued": queued, "error": type(exc).__name__, "message": str(exc),
+                "waited": time.monotonic() - started}
+    return {"queued": queued}
+'''
+
+
+def test_a_queue_that_stays_full_raises_delivery_error(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(STUCK, STUCK_APP)
+    status, body = server.get("/flood")
+    assert status == 200, body
+    assert body["error"] == "DeliveryError"
+    assert "app:small to mule 1: the queue stayed full for 0.5 s" in body["message"]
+    assert 100 < body["queued"] < 100000  # the queue took some, then the sender was told
+    assert 0.5 <= body["waited"] < 3
+
+
+PLAIN = """
+from uwsgiconf.config import Section
+section = Section()
+section.workers.set_mules_params(mules=1)
+uwsgi_configuration = section.as_configuration()
+"""
+
+PLAIN_APP = '''
+from uwsgiconf_mules import errors
+
+
+@route("/missing")
+def missing(query):
+    def error(call):
+        try:
+            call()
+        except errors.DeclarationsMissingError as exc:
+            return str(exc)
+    return [error(Farm.get_farms), error(lambda: Mule(1).send("x"))]
+'''
+
+
+def test_without_declarations_the_runtime_says_so(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(PLAIN, PLAIN_APP, expect_mules=1)
+    status, body = server.get("/missing")
+    assert status == 200, body
+    assert all(message and "has no uwsgiconf-mules declarations" in message for message in body)
