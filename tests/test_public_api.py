@@ -41,3 +41,16 @@ def test_every_error_has_one_root() -> None:
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.MulesError)
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_callables_have_docstrings(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__doc__
+    for exported in module.__all__:
+        value = getattr(module, exported)
+        if callable(value) and not isinstance(value, type(int | None)):
+            assert (value.__doc__ or "").strip(), f"{name}.{exported} has no docstring"
+            for attr, member in vars(value).items() if isinstance(value, type) else ():
+                if callable(member) and not attr.startswith("_"):
+                    assert (member.__doc__ or "").strip(), f"{name}.{exported}.{attr} has no docstring"
