@@ -71,6 +71,16 @@ def application(environ, start_response):
 '''
 
 
+def declaration(params: str) -> str:
+    """A ``uwsgicfg.py`` whose one section calls ``set_mules_params(<params>)``."""
+    return (
+        "from uwsgiconf_mules import Section\n"
+        "section = Section()\n"
+        f"section.workers.set_mules_params({params})\n"
+        "uwsgi_configuration = section.as_configuration()\n"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,17 +6,11 @@ from collections.abc import Callable
 
 import pytest
 
-from harness import Server
+from harness import Server, declaration
 
 pytestmark = pytest.mark.integration
 
-DESIGN = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(
-    farms=[section.workers.mule_farm('fast', 2), section.workers.mule_farm('slow', [3, 4])])
-uwsgi_configuration = section.as_configuration()
-"""
+DESIGN = declaration("farms=[section.workers.mule_farm('fast', 2), section.workers.mule_farm('slow', [3, 4])]")
 
 TASKS_MODULE = '''
 import json, os
@@ -237,13 +231,7 @@ def test_a_burst_of_10000_offloads_all_run_in_order(server: Server) -> None:
     assert "MULE MSG QUEUE IS FULL" in server.log()
 
 
-PROGRAMMED = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(mules=['consumer.py', None],
-                                 farms=[section.workers.mule_farm('inbox', [1])])
-uwsgi_configuration = section.as_configuration()
-"""
+PROGRAMMED = declaration("mules=['consumer.py', None], farms=[section.workers.mule_farm('inbox', [1])]")
 
 CONSUMER = '''
 import json, os
@@ -278,12 +266,7 @@ def test_programmed_mule_receives_direct_and_farm_messages(uwsgi_server: Callabl
     assert server.wait_lines("offloaded", 1)[0]["mule"] == 1
 
 
-CRASH = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(mules=1)
-uwsgi_configuration = section.as_configuration()
-"""
+CRASH = declaration("mules=1")
 
 CRASH_APP = '''
 import time
@@ -367,12 +350,7 @@ def test_uwsgidecorators_imported_after_the_runtime_does_not_break_offloads(
     assert runs == [("uwsgiconf-mules", 1), ("uwsgidecorators", 2)]
 
 
-HARAKIRI = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(mules=1, harakiri_timeout=1)
-uwsgi_configuration = section.as_configuration()
-"""
+HARAKIRI = declaration("mules=1, harakiri_timeout=1")
 
 HARAKIRI_APP = '''
 import time
@@ -405,12 +383,7 @@ def test_declared_harakiri_applies_to_offloaded_calls(uwsgi_server: Callable[...
     assert "HARAKIRI" in server.log().upper()
 
 
-SIGNALS = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(mules=['waiter.py', None])
-uwsgi_configuration = section.as_configuration()
-"""
+SIGNALS = declaration("mules=['waiter.py', None]")
 
 WAITER = '''
 from uwsgiconf_mules.runtime import Mule
@@ -493,12 +466,7 @@ def test_unknown_task_keys_are_logged_and_the_mule_goes_on(uwsgi_server: Callabl
     assert server.wait_lines("after_unknown", 1)[0]["pid"] == pid
 
 
-STUCK = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(mules=1, send_timeout=0.5)
-uwsgi_configuration = section.as_configuration()
-"""
+STUCK = declaration("mules=1, send_timeout=0.5")
 
 STUCK_APP = '''
 import time
