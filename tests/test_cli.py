@@ -156,7 +156,7 @@ def test_yaml_formatter_is_registered_with_uwsgiconf() -> None:
 
 
 @pytest.mark.integration
-def test_wheel_in_a_fresh_venv_compiles_yaml(tmp_path: Path) -> None:
+def test_wheel_in_a_fresh_venv_compiles_ini_and_yaml(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(root)],
@@ -175,6 +175,9 @@ def test_wheel_in_a_fresh_venv_compiles_yaml(tmp_path: Path) -> None:
     work.mkdir()
     proc = compile_with(work, source("design"), str(venv / "bin" / "uwsgiconf-mules"), "compile", "--format", "yaml")
     assert proc.returncode == 0, proc.stderr
-    installed = next(venv.glob("lib/python*/site-packages/uwsgiconf_mules/dispatch_mule.py"))
-    text = proc.stdout.replace(str(installed.resolve()), "<dispatch_mule>")
-    assert normalise(text) == (EXPECTED / "design.yaml").read_text()
+    installed = str(next(venv.glob("lib/python*/site-packages/uwsgiconf_mules/dispatch_mule.py")).resolve())
+    assert normalise(proc.stdout.replace(installed, "<dispatch_mule>")) == (EXPECTED / "design.yaml").read_text()
+    # A plain install is enough for uwsgiconf's own command, too (uwsgiconf[cli] is a dependency).
+    ini = compile_with(work, source("design"), str(venv / "bin" / "uwsgiconf"), "compile")
+    assert ini.returncode == 0, ini.stderr
+    assert normalise(ini.stdout.replace(installed, "<dispatch_mule>")) == (EXPECTED / "design.ini").read_text()

@@ -510,6 +510,7 @@ def _offloaded(func: Callable[..., Any], target: Mule | Farm) -> OffloadedFuncti
         resolve()
 
     def offloaded(*args: Any, **kwargs: Any) -> bool:
+        # Same envelope as protocol.encode(), built inline from prepared headers: the hot path.
         if kwargs:
             try:
                 message = header_kw + _dumps((args, kwargs), PICKLE_PROTOCOL)
