@@ -109,6 +109,13 @@ uwsgi_configuration = section.as_configuration()
 OURS_CONFIG = """
 from uwsgiconf_mules import Section
 section = Section()
+section.workers.set_mules_params(mules=1)
+uwsgi_configuration = section.as_configuration()
+"""
+
+OURS_FARM_CONFIG = """
+from uwsgiconf_mules import Section
+section = Section()
 section.workers.set_mules_params(farms=[section.workers.mule_farm('bench', 1)])
 uwsgi_configuration = section.as_configuration()
 """
@@ -169,7 +176,7 @@ def send_one(i, n, payload):
 ''',
     },
     "uwsgiconf-mules Farm": {
-        "config": OURS_CONFIG,
+        "config": OURS_FARM_CONFIG,
         "app": '''
 from uwsgiconf_mules.runtime import Farm
 
