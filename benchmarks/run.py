@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import Server, start_server  # noqa: E402
+from harness import Server, declaration, start_server  # noqa: E402
 
 COMMON = '''
 import json
@@ -106,19 +106,8 @@ section.workers.set_mules_params(mules=1{extra})
 uwsgi_configuration = section.as_configuration()
 """
 
-OURS_CONFIG = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(mules=1)
-uwsgi_configuration = section.as_configuration()
-"""
-
-OURS_FARM_CONFIG = """
-from uwsgiconf_mules import Section
-section = Section()
-section.workers.set_mules_params(farms=[section.workers.mule_farm('bench', 1)])
-uwsgi_configuration = section.as_configuration()
-"""
+OURS_CONFIG = declaration("mules=1")
+OURS_FARM_CONFIG = declaration("farms=[section.workers.mule_farm('bench', 1)]")
 
 VARIANTS: dict[str, dict[str, str]] = {
     "raw mule_msg": {

@@ -11,7 +11,7 @@ from uwsgiconf.config import Configuration
 
 from declarations_cases import CASES, source
 from harness import BIN
-from test_compile import EXPECTED, compile_with, normalise
+from test_compile import EXPECTED, assert_one_line_error, compile_with, normalise
 from uwsgiconf_mules import Section
 
 CLI = str(BIN / "uwsgiconf-mules")
@@ -60,13 +60,8 @@ def test_yaml_refuses_values_the_embedded_parser_would_mangle(tmp_path: Path, ca
     value, problem = BAD_VALUES[case]
     body = source("design").replace(
         "uwsgi_configuration =", f"section.main_process.set_naming_params(name={value})\nuwsgi_configuration =")
-    proc = compile_with(tmp_path, body, CLI, "compile", "--format", "yaml")
-    assert proc.returncode == 1
-    assert proc.stdout == ""
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "option 'procname' of section 'uwsgi' cannot be written as uWSGI YAML" in proc.stderr
-    assert problem in proc.stderr
+    assert_one_line_error(compile_with(tmp_path, body, CLI, "compile", "--format", "yaml"),
+                          "option 'procname' of section 'uwsgi' cannot be written as uWSGI YAML", problem)
 
 
 def test_invalid_declaration_through_our_compile_is_one_line(tmp_path: Path) -> None:

@@ -21,6 +21,16 @@ def normalise(text: str) -> str:
     return STAMP.sub(r"\1<version> on <date>", text).replace(DISPATCH_MULE, "<dispatch_mule>")
 
 
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *parts: str) -> None:
+    """Exit 1, nothing on stdout, one line on stderr that contains every part, no traceback."""
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for part in parts:
+        assert part in proc.stderr
+
+
 def compile_with(tmp_path: Path, body: str, *command: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "uwsgicfg.py").write_text(body)
     return subprocess.run([*command, "uwsgicfg.py"], cwd=tmp_path, capture_output=True, text=True,
@@ -67,9 +77,4 @@ INVALID = {
 def test_invalid_declaration_is_one_line_exit_1(tmp_path: Path, case: str) -> None:
     args, message = INVALID[case]
     body = source("design").replace(CASES["design"], f"workers.set_mules_params({args})\n")
-    proc = compile_with(tmp_path, body, str(BIN / "uwsgiconf"), "compile")
-    assert proc.returncode == 1
-    assert proc.stdout == ""
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert message in proc.stderr
+    assert_one_line_error(compile_with(tmp_path, body, str(BIN / "uwsgiconf"), "compile"), message)
