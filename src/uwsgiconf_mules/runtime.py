@@ -670,11 +670,11 @@ def _pass_on(message: bytes) -> None:
 def mule_loop() -> None:
     """The message loop of dispatch mules; never returns.
 
-    The builders declare dispatch mules as ``mule = .../uwsgiconf_mules/dispatch_mule.py``,
-    a script that calls this. The loop reads the mule's own queue and the queues of its farms (messages up to the socket
-    limit, beyond uWSGI's 64 KiB hook buffer), handles uWSGI signals while waiting, runs
-    offloaded calls under the declared harakiri, and passes other messages on to
-    ``uwsgi.mule_msg_hook``.
+    The builders declare dispatch mules as ``mule = .../uwsgiconf_mules/dispatch_mule.py``, a
+    script that calls this. The loop reads the mule's own queue and the queues of its farms
+    (messages up to the socket limit, beyond uWSGI's 64 KiB hook buffer), handles uWSGI signals
+    while waiting, runs offloaded calls under the declared harakiri, and passes other messages on
+    to ``uwsgi.mule_msg_hook``.
 
     :raises NotInMuleError: when not called in a mule.
     """
