@@ -9,7 +9,8 @@ import pytest
 import uwsgiconf_mules
 
 PUBLIC_MODULES = ["uwsgiconf_mules", "uwsgiconf_mules.runtime", "uwsgiconf_mules.errors",
-                  "uwsgiconf_mules.declarations", "uwsgiconf_mules.config", "uwsgiconf_mules.protocol"]
+                  "uwsgiconf_mules.declarations", "uwsgiconf_mules.config", "uwsgiconf_mules.protocol",
+                  "uwsgiconf_mules.formats", "uwsgiconf_mules.cli"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

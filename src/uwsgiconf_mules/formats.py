@@ -23,7 +23,9 @@ from uwsgiconf.formatters import FORMATTERS, FormatterBase
 
 from .errors import MulesConfigurationError
 
-__all__ = ["FORMATS", "SectionOptions", "YamlFormatter", "collect", "register", "render", "templates_dir"]
+__all__ = [
+    "FORMATS", "SectionOptions", "YamlFormatter", "check_yaml", "collect", "register", "render", "templates_dir",
+]
 
 FORMATS = ("ini", "yaml")
 """Formats :func:`render` knows."""
