@@ -228,7 +228,9 @@ def test_a_burst_of_10000_offloads_all_run_in_order(server: Server) -> None:
     assert [r["i"] for r in runs] == list(range(10000))
     assert {r["mule"] for r in runs} == {4}
     # The default queue holds a few hundred messages: the burst did fill it, and nothing was lost.
-    assert "MULE MSG QUEUE IS FULL" in server.log()
+    # uWSGI logs each send that finds it full; the sender waits for room instead of retrying
+    # blindly, so that is a few dozen lines here (a fixed backoff logged about 2,500).
+    assert 0 < server.log().count("MULE MSG QUEUE IS FULL") < 1000
 
 
 PROGRAMMED = declaration("mules=['consumer.py', None], farms=[section.workers.mule_farm('inbox', [1])]")

@@ -2,10 +2,11 @@
 
 Layout (bytes)::
 
-    b"\\x00UCM" | version (1 byte) | kind (1 byte) | task key (UTF-8) | b"\\x00" | body
+    b"\\xfeUCM" | version (1 byte) | kind (1 byte) | task key (UTF-8) | b"\\x00" | body
 
-* The leading NUL byte and ``UCM`` tag tell our messages from anybody else's (plain text from
-  ``Mule.send``, uwsgidecorators' pickled dicts, ...), which are passed on untouched.
+* The leading ``\\xfe`` byte (never the start of UTF-8 text nor of a pickle) and the ``UCM`` tag
+  tell our messages from anybody else's (plain text from ``Mule.send``, uwsgidecorators' pickled
+  dicts, ...), which are passed on untouched.
 * The version byte lets a mule refuse, with a log line, an envelope from another version.
 * The kind says how the body encodes the arguments: ``m``, a ``marshal``-ed tuple of positional
   arguments, used only when every argument is exactly an ``int``, ``float``, ``complex``,
@@ -13,6 +14,8 @@ Layout (bytes)::
   and marshal is faster both ways); ``a``, a pickled tuple of positional arguments; ``k``, a
   pickled ``(args, kwargs)`` pair. An empty body means no arguments. Worker and mule run the
   same interpreter, so the marshal format always matches.
+* A *probe* (kind ``p``, then random bytes, no key) is what a dispatch mule sends to its own
+  queues to find which socket receives them (see ``mule_loop``); every mule drops probes.
 * The task key is ``module:qualname`` of the offloaded function, so two functions with the same
   name in two modules never collide. It never contains a NUL byte, so everything before the first
   NUL -- the *head* -- identifies the task and the kind in one lookup (see ``mule_loop``).
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = ["ARGS", "HEADER", "KEY_START", "KWARGS", "MAGIC", "MARSHAL", "MARSHAL_SAFE", "PICKLE_PROTOCOL",
-           "VERSION", "decode", "encode", "task_header"]
+           "PROBE", "VERSION", "decode", "encode", "task_header"]
 
 MAGIC = b"\xfeUCM"
 VERSION = 1
@@ -39,6 +42,8 @@ KWARGS = b"k"
 """Kind byte: the body is a pickled ``(args, kwargs)`` pair."""
 MARSHAL = b"m"
 """Kind byte: the body is a marshal-ed tuple of positional arguments of :data:`MARSHAL_SAFE` types."""
+PROBE = HEADER + b"p"
+"""Start of a probe: a message a dispatch mule sends to its own queues and every mule drops."""
 MARSHAL_SAFE = frozenset({int, float, complex, str, bytes, bool, type(None)})
 """Exact argument types sent with marshal (subclasses and buffers such as bytearray are pickled)."""
 _LOADS = {ARGS: pickle.loads, MARSHAL: marshal.loads}

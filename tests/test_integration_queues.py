@@ -1,0 +1,169 @@
+"""Dispatch mules read their queues directly, on a real uWSGI: found, fair, lossless."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from harness import Server, declaration
+
+pytestmark = pytest.mark.integration
+
+QUEUES = declaration(
+    "mules=[None, None, None, 'consumer.py'], farms=[section.workers.mule_farm('solo', [1]), "
+    "section.workers.mule_farm('pair', [2, 3]), section.workers.mule_farm('mixed', [3, 4])]")
+
+CONSUMER = '''
+import json, os
+import uwsgi
+
+while True:  # uWSGI's own reader: a probe would show up here
+    message = uwsgi.mule_get_msg(farms=True)
+    with open(os.path.join(os.environ["TEST_RESULTS"], "consumer"), "a") as handle:
+        handle.write(json.dumps({"message": repr(message)}) + "\\n")
+'''
+
+QUEUES_APP = '''
+import time
+
+from uwsgiconf_mules import runtime
+
+
+def report(tag):
+    direct = [d.decode() if isinstance(d, bytes) else d for d in runtime._queues.direct]
+    record("direct", tag=tag, direct=direct)
+
+
+report1, report2, report3 = (mule_offload(i)(report) for i in (1, 2, 3))
+
+
+@mule_offload(1)
+def block(seconds):
+    time.sleep(seconds)
+
+
+@mule_offload(1)
+def direct(i):
+    record("order", via="mule", i=i)
+
+
+@mule_offload("solo")
+def farmed(i):
+    record("order", via="farm", i=i)
+
+
+@mule_offload("pair")
+def paired(i):
+    record("pair", i=i)
+
+
+@route("/report")
+def report_all(query):
+    return [report1("1"), report2("2"), report3("3")]
+
+
+@route("/interleave")
+def interleave(query):
+    block(1.0)
+    return [direct(i) for i in range(150)] + [farmed(i) for i in range(150)]
+
+
+@route("/pair")
+def pair(query):
+    return all(paired(i) for i in range(int(query)))
+
+
+@route("/consumer")
+def consumer(query):
+    return Mule(4).send("for the consumer")
+'''
+
+
+@pytest.fixture
+def server(uwsgi_server: Callable[..., Server]) -> Server:
+    return uwsgi_server(QUEUES, QUEUES_APP, modules={"consumer": CONSUMER})
+
+
+def found_queues(server: Server) -> dict[int, list[int | str]]:
+    """What mules 1-3 read directly, once each has been in use (the search starts then)."""
+    for attempt in range(1, 51):
+        assert server.get("/report")[1] == [True, True, True]
+        lines = server.wait_lines("direct", 3 * attempt)
+        direct = {r["mule"]: r["direct"] for r in lines[-3:]}
+        if all(mule in found for mule, found in direct.items()):
+            return direct
+        time.sleep(0.1)
+    raise AssertionError(f"the mules did not find their own queues: {direct}")
+
+
+def test_dispatch_mules_read_their_own_queue_and_their_farms_directly(server: Server) -> None:
+    direct = found_queues(server)
+    assert set(direct[1]) == {1, "solo"}  # the only reader of its farm: always found
+    assert 2 in direct[2] and 3 in direct[3]
+    # 'mixed' has a programmed mule, which would not know a probe: never probed, read through uWSGI.
+    assert "mixed" not in direct[3]
+
+
+def test_queues_read_directly_take_turns(server: Server) -> None:
+    assert "solo" in found_queues(server)[1]
+    status, body = server.get("/interleave")
+    assert (status, body) == (200, [True] * 300)
+    order = [(r["via"], r["i"]) for r in server.wait_lines("order", 300, timeout=30)]
+    assert sorted(order) == sorted([("mule", i) for i in range(150)] + [("farm", i) for i in range(150)])
+    assert [i for via, i in order if via == "mule"] == list(range(150))
+    assert [i for via, i in order if via == "farm"] == list(range(150))
+    # uWSGI's own reader would run all 150 direct calls first; turns of 64 let the farm in.
+    assert order.index(("farm", 0)) < order.index(("mule", 149))
+
+
+def test_farm_probes_are_never_lost_calls_nor_passed_on(server: Server) -> None:
+    assert server.get("/pair?3000", timeout=60) == (200, True)
+    runs = server.wait_lines("pair", 3000, timeout=60)
+    assert sorted(r["i"] for r in runs) == list(range(3000))  # each call ran exactly once
+    assert {r["mule"] for r in runs} <= {2, 3}
+    # The programmed mule of farm 'mixed' got what was sent to it, and never a probe.
+    assert server.get("/consumer") == (200, True)
+    assert [r["message"] for r in server.wait_lines("consumer", 1)] == ["b'for the consumer'"]
+    log = server.log()
+    for sign in ("dropped a", "cannot decode", "unknown task", "Traceback"):
+        assert sign not in log
+
+
+BACKLOG = declaration("mules=1")
+
+BACKLOG_APP = '''
+import time
+
+from uwsgiconf_mules import runtime
+
+
+@mule_offload()
+def task(tag):
+    if tag == "die":
+        time.sleep(0.2)  # let the calls behind it queue up
+        os._exit(3)
+    record("task", tag=tag, direct=runtime._queues.direct)
+
+
+@route("/crash")
+def crash(query):
+    return [task("die")] + [task(f"queued{i}") for i in range(200)]
+
+
+@route("/later")
+def later(query):
+    return task("later")
+'''
+
+
+def test_a_mule_respawned_with_a_backlog_finds_its_queue_behind_it(
+        uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(BACKLOG, BACKLOG_APP)
+    assert server.get("/crash")[1] == [True] * 201
+    runs = server.wait_lines("task", 200, timeout=30)
+    assert [r["tag"] for r in runs] == [f"queued{i}" for i in range(200)]
+    assert runs[0]["direct"] == []  # the probe was sent behind the backlog
+    assert server.get("/later")[1] is True
+    assert server.wait_lines("task", 201)[-1]["direct"] == [1]

@@ -1,0 +1,217 @@
+"""Direct queue reads and waits for room, on real socket pairs like uWSGI's (no uWSGI needed)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from uwsgiconf_mules import runtime
+from uwsgiconf_mules.declarations import parse_record
+from uwsgiconf_mules.protocol import PROBE
+
+
+class FakeUwsgi:
+    """``mule_msg`` and ``mule_get_msg`` over socket pairs, as uWSGI's queues are."""
+
+    def __init__(self) -> None:
+        self.queues: dict[int | bytes, tuple[socket.socket, socket.socket]] = {}
+        self.sent: list[bytes] = []
+        self.finders: list[runtime._QueueFinder] = []  # their sockets are closed at the end
+
+    def queue(self, dest: int | bytes) -> tuple[socket.socket, socket.socket]:
+        pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in pair:
+            end.setblocking(False)
+        self.queues[dest] = pair
+        return pair
+
+    def mule_msg(self, message: bytes, dest: int | bytes) -> bool:
+        self.sent.append(message)
+        try:
+            self.queues[dest][0].send(message)
+        except BlockingIOError:
+            return False
+        return True
+
+    def mule_get_msg(self, signals: bool, farms: bool, size: int, timeout: int) -> bytes | None:
+        for _, receiver in self.queues.values():
+            try:
+                return receiver.recv(size)
+            except BlockingIOError:
+                continue
+        return None  # uWSGI returns None when it handled a signal instead
+
+    def finder(self, destinations: list[int | bytes]) -> runtime._QueueFinder:
+        finder = runtime._QueueFinder(self, destinations)
+        self.finders.append(finder)
+        return finder
+
+    def close(self) -> None:
+        for finder in self.finders:
+            finder.close()
+            for sock in finder.found.values():
+                sock.close()
+        for pair in self.queues.values():
+            for end in pair:
+                end.close()
+
+
+@pytest.fixture
+def uwsgi() -> Iterator[FakeUwsgi]:
+    fake = FakeUwsgi()
+    yield fake
+    fake.close()
+
+
+def reads_queue(found: Any, pair: tuple[socket.socket, socket.socket]) -> bool:
+    """Whether ``found`` (a socket of the finder) receives what is sent into ``pair``."""
+    pair[0].send(b"marker")
+    return found.recv(100).startswith(PROBE) and found.recv(100) == b"marker"  # type: ignore[no-any-return]
+
+
+def test_finder_finds_the_own_queue_and_a_farm_queue(uwsgi: FakeUwsgi) -> None:
+    own, farm, other = uwsgi.queue(1), uwsgi.queue(b"farm"), uwsgi.queue(2)
+    other[0].send(b"for another mule")  # a decoy with a message waiting
+    finder = uwsgi.finder([1, b"farm"])
+    assert [m[:len(PROBE)] for m in uwsgi.sent] == [PROBE, PROBE]
+    finder.scan()
+    assert set(finder.found) == {1, b"farm"}
+    assert not finder.searching
+    assert reads_queue(finder.found[1], own) and reads_queue(finder.found[b"farm"], farm)
+    assert other[1].recv(100) == b"for another mule"  # peeking took nothing
+
+
+def test_a_probe_behind_older_messages_is_found_once_they_are_read(uwsgi: FakeUwsgi) -> None:
+    own = uwsgi.queue(1)
+    for i in range(3):
+        own[0].send(b"older %d" % i)
+    finder = uwsgi.finder([1])
+    for i in range(3):
+        finder.scan()
+        assert finder.found == {}
+        assert own[1].recv(100) == b"older %d" % i  # what uWSGI's reader does meanwhile
+    finder.scan()
+    assert list(finder.found) == [1]
+    assert own[1].recv(100).startswith(PROBE)  # left in the queue; the loop drops it
+
+
+def test_a_farm_probe_read_by_another_mule_is_sent_again(uwsgi: FakeUwsgi) -> None:
+    farm = uwsgi.queue(b"farm")
+    finder = uwsgi.finder([b"farm"])
+    assert farm[1].recv(100).startswith(PROBE)  # another mule of the farm took it
+    for _ in range(runtime._PROBE_RESEND):
+        assert finder.found == {}
+        finder.scan()
+    assert len(uwsgi.sent) == 2  # sent again
+    finder.scan()
+    assert list(finder.found) == [b"farm"]
+
+
+def test_the_finder_gives_up_after_a_bounded_number_of_probes(uwsgi: FakeUwsgi) -> None:
+    farm = uwsgi.queue(b"farm")
+    finder = uwsgi.finder([b"farm"])
+    scans = 0
+    while finder.searching:
+        while True:  # every probe is taken by another mule
+            try:
+                farm[1].recv(100)
+            except BlockingIOError:
+                break
+        finder.scan()
+        scans += 1
+        assert scans <= runtime._PROBE_RESEND * (runtime._PROBE_TRIES + 1)
+    assert finder.found == {}
+    assert len(uwsgi.sent) == runtime._PROBE_TRIES
+
+
+def test_without_proc_nothing_is_probed(uwsgi: FakeUwsgi, monkeypatch: pytest.MonkeyPatch) -> None:
+    uwsgi.queue(1)
+    monkeypatch.setattr(runtime, "_packet_sockets", lambda: [])
+    finder = uwsgi.finder([1])
+    assert uwsgi.sent == [] and not finder.searching
+
+
+def test_only_farms_of_dispatch_mules_are_probed() -> None:
+    declarations = parse_record("v1;mules=4;programmed=4;farm=solo:1;farm=pair:2,3;farm=mixed:3,4")
+    assert runtime._probe_destinations(declarations, 1) == [1, b"solo"]
+    assert runtime._probe_destinations(declarations, 3) == [3, b"pair"]
+    assert runtime._probe_destinations(None, 1) == []
+
+
+def test_every_mule_drops_probes_silently(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, "uwsgiconf_mules"):
+        assert runtime._run_envelope(PROBE + b"\x00" * 12) is True
+    assert caplog.records == []
+
+
+def waited(queues: runtime._Queues) -> bytes | None:
+    """The next message ``_Queues.wait`` puts in the buffer."""
+    size = queues.wait()
+    return None if size is None else queues.buffer[:size]
+
+
+def test_queues_take_turns_and_wait_in_uwsgi_when_all_are_empty(uwsgi: FakeUwsgi) -> None:
+    own, farm = uwsgi.queue(1), uwsgi.queue(b"farm")
+    queues = runtime._Queues(uwsgi, [1, b"farm"], True, 1000)
+    own[0].send(b"first")
+    # Nothing is looked for until the mule gets its first message (through uWSGI).
+    assert uwsgi.sent == []
+    assert waited(queues) == b"first"
+    assert [m[:len(PROBE)] for m in uwsgi.sent] == [PROBE, PROBE]
+    assert queues._finder is not None
+    uwsgi.finders.append(queues._finder)
+    # The next wait finds both queues, then reads through uWSGI: the probe to the own queue.
+    assert (waited(queues) or b"").startswith(PROBE)
+    assert queues.direct == [1, b"farm"] and queues.current is runtime._empty
+    own[0].send(b"own 1")
+    assert (waited(queues) or b"").startswith(PROBE)  # the farm's turn first: its probe
+    with pytest.raises(BlockingIOError):
+        queues.current(queues.buffer)  # the farm queue is empty now
+    assert waited(queues) == b"own 1"
+    farm[0].send(b"farm 1")
+    own[0].send(b"own 2")
+    assert waited(queues) == b"farm 1"  # the other queue first
+    size = queues.rotate()(queues.buffer)
+    assert queues.buffer[:size] == b"own 2"
+    assert waited(queues) is None  # every queue empty: uWSGI's reader (here: a signal handled)
+
+
+def test_wait_for_room_wakes_when_a_full_queue_drains(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sender.setblocking(False)
+    monkeypatch.setattr(runtime, "_send_sockets", None)  # list this process's sockets again
+    try:
+        sent = 0
+        while True:
+            try:
+                sender.send(b"x" * 1000)
+                sent += 1
+            except BlockingIOError:
+                break
+        waiter = threading.Thread(target=runtime._wait_for_room, args=(60.0, 60.0))
+        waiter.start()
+        for _ in range(sent):
+            receiver.recv(2000)
+        waiter.join(30)
+        assert not waiter.is_alive()  # woken by the room made, long before its 60 s
+        sender.send(b"x" * 1000)
+    finally:
+        sender.close()
+        receiver.close()
+        for sock in runtime._send_sockets or ():
+            sock.close()
+
+
+def test_wait_for_room_sleeps_when_no_queue_is_blocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No socket to watch (no /proc, or a message too large for any queue to poll writable):
+    # a short sleep, not the long wait for room.
+    monkeypatch.setattr(runtime, "_send_sockets", [])
+    waiter = threading.Thread(target=runtime._wait_for_room, args=(0.001, 600.0))
+    waiter.start()
+    waiter.join(30)
+    assert not waiter.is_alive()
