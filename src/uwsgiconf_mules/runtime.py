@@ -881,9 +881,11 @@ class _Queues:
     def wait(self) -> int | None:
         """Put the next message in the buffer once the current queue ran empty and return its
         size: from another queue read directly, or from uWSGI (None: it handled a signal)."""
-        readers = self._readers
+        readers, emptied = self._readers, self.current
         for step in range(1, len(readers) + 1):
             turn = (self._turn + step) % len(readers)
+            if readers[turn] is emptied:  # just ran empty: one failed read (an exception) is enough
+                continue
             try:
                 size: int = readers[turn](self.buffer)
             except BlockingIOError:
@@ -892,8 +894,9 @@ class _Queues:
             return size
         if self._finder is not None:
             self._search(self._finder)
-        self.current = _empty
         message = self._get(False, self._farms, self._size, -1)  # signals handled while waiting
+        # Next, the queue read last: a burst that woke the mule is likely to go on there.
+        self.current = readers[self._turn] if readers else _empty
         if self._destinations:  # the mule is in use: look for its queues from now on
             self._finder = _QueueFinder(self._uwsgi, self._destinations)
             self._found, self._destinations = self._finder.found, []
