@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -198,12 +199,19 @@ def test_wait_for_room_wakes_when_a_full_queue_drains(monkeypatch: pytest.Monkey
                 sent += 1
             except BlockingIOError:
                 break
-        waiter = threading.Thread(target=runtime._wait_for_room, args=(60.0, 60.0))
-        waiter.start()
-        for _ in range(sent):
-            receiver.recv(2000)
-        waiter.join(30)
-        assert not waiter.is_alive()  # woken by the room made, long before its 60 s
+
+        def drain() -> None:
+            time.sleep(0.3)  # the waiter is polling by then
+            for _ in range(sent):
+                receiver.recv(2000)
+
+        drainer = threading.Thread(target=drain)
+        drainer.start()
+        started = time.monotonic()
+        runtime._wait_for_room(0.0, 60.0)
+        waited = time.monotonic() - started
+        drainer.join()
+        assert waited < 30  # woken by the room made, not by the end of its 60 s
         sender.send(b"x" * 1000)
     finally:
         sender.close()
