@@ -7,19 +7,20 @@ farms and mules it knows are exactly the ones declared. What it guarantees:
 * Targets are checked against the declarations before uWSGI is called: an undeclared mule id or
   farm name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError` (a ``ValueError``),
   listing what is declared -- at decoration time when the declarations are known.
-* Messages go through ``uwsgi.mule_msg`` (to a farm by its name as bytes); while a queue is
-  full the sender retries with a bounded backoff and raises
+* Messages go through ``uwsgi.mule_msg`` (to a farm by its name as bytes); a sender that finds
+  a queue full waits until it has room again (see :func:`_wait_for_room`) and raises
   :class:`~uwsgiconf_mules.errors.DeliveryError` when the declared ``send_timeout`` runs out.
   A send that returns has been queued.
 * A message larger than the target reads whole is refused at the call site with
   :class:`~uwsgiconf_mules.errors.PayloadError`; so are arguments that cannot be pickled.
 * Offloaded functions are registered by ``module:qualname``.
 * Dispatch mules run :func:`mule_loop` (the builders declare them as
-  ``mule = .../uwsgiconf_mules/dispatch_mule.py``): it reads its own queue and its farms' queues,
-  runs offloaded calls (importing a task's module by name when the mule has not imported it,
-  as under ``--lazy-apps``), logs a failing task with its key and traceback and goes on, and
-  hands every message that is not an envelope to ``uwsgi.mule_msg_hook`` when another library
-  installed one (uwsgidecorators, for instance), whether it was imported before or after us.
+  ``mule = .../uwsgiconf_mules/dispatch_mule.py``): it reads its own queue and its farms' queues
+  (directly once found, see :class:`_QueueFinder`), runs offloaded calls (importing a task's
+  module by name when the mule has not imported it, as under ``--lazy-apps``), logs a failing
+  task with its key and traceback and goes on, and hands every message that is not an envelope
+  to ``uwsgi.mule_msg_hook`` when another library installed one (uwsgidecorators, for
+  instance), whether it was imported before or after us.
 * Outside uWSGI (scripts, tests, development servers) an offloaded call runs inline, after the
   same serialisation and size checks.
 
