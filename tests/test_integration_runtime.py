@@ -273,17 +273,25 @@ CRASH = declaration("mules=1")
 CRASH_APP = '''
 import time
 
+from uwsgiconf_mules import runtime
+
+
 @mule_offload()
 def task(tag):
     if tag == "die":
         time.sleep(0.2)  # let the calls behind it queue up
         os._exit(3)
-    record("task", tag=tag)
+    record("task", tag=tag, direct=runtime._queues.direct)
 
 
 @route("/crash")
 def crash(query):
-    return [task("before"), task("die")] + [task(f"after{i}") for i in range(5)]
+    return [task("before"), task("die")] + [task(f"after{i}") for i in range(200)]
+
+
+@route("/later")
+def later(query):
+    return task("later")
 '''
 
 
@@ -291,11 +299,15 @@ def test_mule_killed_mid_task_is_respawned_and_queued_calls_run(
         uwsgi_server: Callable[..., Server]) -> None:
     server = uwsgi_server(CRASH, CRASH_APP)
     first_pid = server.mule_pids()[1]
-    assert server.get("/crash")[1] == [True] * 7
-    runs = server.wait_lines("task", 6, timeout=30)
-    assert [r["tag"] for r in runs] == ["before"] + [f"after{i}" for i in range(5)]
+    assert server.get("/crash")[1] == [True] * 202
+    runs = server.wait_lines("task", 201, timeout=30)
+    assert [r["tag"] for r in runs] == ["before"] + [f"after{i}" for i in range(200)]
     assert runs[0]["pid"] == first_pid
     assert {r["pid"] for r in runs[1:]} == {server.mule_pids()[1]} != {first_pid}
+    # The new mule looked for its queue behind the backlog, found it, and reads it directly.
+    assert runs[1]["direct"] == []
+    assert server.get("/later")[1] is True
+    assert server.wait_lines("task", 202)[-1]["direct"] == [1]
 
 
 LAZY_APP = '''
