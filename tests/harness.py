@@ -135,7 +135,9 @@ class Server:
         path = self.results / name
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        complete = text[:text.rfind("\n") + 1]  # a line still being written is read next time
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def wait_for(self, condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
         """Poll ``condition`` until it returns a truthy value; fail with the log after ``timeout``."""
