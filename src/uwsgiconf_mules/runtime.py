@@ -747,6 +747,7 @@ def _pass_on(message: bytes) -> None:
         _log().exception("uwsgiconf-mules: uwsgi.mule_msg_hook failed")
 
 
+_PROBE_SIZE = len(PROBE) + 12  # the probe header, then random bytes
 _PROBE_TRIES = 8  # probes per queue before it is read through uWSGI for the life of the mule
 _PROBE_RESEND = 32  # scans between two probes to a queue not found yet
 _STREAK = 64  # messages read from one queue in a row while others may be waiting
@@ -785,7 +786,7 @@ class _QueueFinder:
             self._tries[dest] -= 1
             if not self._tries[dest]:
                 del self._tries[dest]
-            probe = PROBE + os.urandom(12)
+            probe = PROBE + os.urandom(_PROBE_SIZE - len(PROBE))
             if self._send(probe, dest):
                 self._pending[probe] = dest
 
@@ -800,10 +801,9 @@ class _QueueFinder:
     def scan(self) -> None:
         """Peek at the next message of every socket not yet assigned; record the probes found."""
         peek = _socket.MSG_PEEK | _socket.MSG_DONTWAIT
-        size = len(PROBE) + 12
         for sock in list(self._sockets):
             try:
-                head = sock.recv(size, peek)
+                head = sock.recv(_PROBE_SIZE, peek)
             except OSError:
                 continue
             dest = self._pending.pop(head, None)
@@ -827,9 +827,9 @@ def _probe_destinations(declarations: Declarations | None, mule_id: int) -> list
     (a programmed mule of the farm would receive probes it does not know)."""
     if declarations is None:
         return []
-    return [mule_id] + [
-        spec.name.encode() for spec in declarations.farms_of(mule_id)
-        if all(declarations.programs[member - 1] is None for member in spec.mules)]
+    programmed = set(declarations.programmed)
+    return [mule_id] + [spec.name.encode() for spec in declarations.farms_of(mule_id)
+                        if programmed.isdisjoint(spec.mules)]
 
 
 def _empty(buffer: Any) -> int:
