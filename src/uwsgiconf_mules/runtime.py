@@ -250,14 +250,12 @@ def _wait_for_room(sleep: float, wait: float) -> None:
     poller = select.poll()
     for sock in _send_sockets:
         poller.register(sock, select.POLLOUT)
-    writable = {fd for fd, _ in poller.poll(0)}
-    blocked = [sock for sock in _send_sockets if sock.fileno() not in writable]
-    if not blocked:
+    writable = [fd for fd, _ in poller.poll(0)]
+    if len(writable) == len(_send_sockets):
         time.sleep(sleep)
         return
-    poller = select.poll()
-    for sock in blocked:
-        poller.register(sock, select.POLLOUT)
+    for fd in writable:  # watch the blocked ones only
+        poller.unregister(fd)
     poller.poll(wait * 1000)
 
 
