@@ -9,7 +9,7 @@ Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by 
 * this project's ``Mule(1).offload()`` and a farm target.
 
 Senders that can retry do so on a full queue the way uwsgiconf-mules does (they wait until the
-queue polls writable again, see ``runtime._wait_for_room``), so the rows compare what each
+queue polls writable again, with ``uwsgiconf_mules._sending.retry``), so the rows compare what each
 variant costs per call, not how it waits. End to end means from the first send until the mule
 has run call N; a run that loses calls is reported as lost, not as fast. ``x raw`` is the median
 over runs of the ratio to the raw run of the same round (variants run interleaved, round by
@@ -45,7 +45,7 @@ import os
 import struct
 import time
 
-from uwsgiconf_mules.runtime import _wait_for_room as wait_for_room
+from uwsgiconf_mules._sending import retry as retry_until_sent
 
 RESULTS = os.environ["TEST_RESULTS"]
 state = {"count": 0}
@@ -62,15 +62,9 @@ def finish(i, n):
 
 
 def retry(send, *args):
-    """Retry on a full queue as uwsgiconf-mules does: wait until the queue has room, then send."""
-    if send(*args):
-        return
-    delay = 0.0001
-    while True:
-        wait_for_room(delay, 0.05)
-        if send(*args):
-            return
-        delay = min(delay * 2, 0.01)
+    """Retry on a full queue with uwsgiconf-mules' own loop: wait until the queue has room, then send."""
+    if not send(*args):
+        retry_until_sent(lambda: send(*args), 3600.0, "benchmark call", 0)
 
 
 def run(n, size):

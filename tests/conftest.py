@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from harness import Server, start_server
-from uwsgiconf_mules import runtime
+from uwsgiconf_mules import _instance
 
 
 @pytest.fixture
@@ -32,9 +32,9 @@ def declared(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]
 
     def use(record: str) -> None:
         monkeypatch.setenv("UWSGICONF_MULES", record)
-        runtime._reset_declarations()
+        _instance.reset()
 
     monkeypatch.delenv("UWSGICONF_MULES", raising=False)
-    runtime._reset_declarations()
+    _instance.reset()
     yield use
-    runtime._reset_declarations()
+    _instance.reset()

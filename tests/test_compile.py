@@ -10,7 +10,7 @@ import pytest
 
 from declarations_cases import CASES, source
 from harness import BIN
-from uwsgiconf_mules.declarations import DISPATCH_MULE
+from uwsgiconf_mules._declarations import DISPATCH_MULE
 
 EXPECTED = Path(__file__).parent / "expected"
 STAMP = re.compile(r"(uwsgiconf v)\S+ on .*")

@@ -28,11 +28,11 @@ while True:  # uWSGI's own reader: a probe would show up here
 QUEUES_APP = '''
 import time
 
-from uwsgiconf_mules import runtime
+from uwsgiconf_mules import _dispatch
 
 
 def report(tag):
-    direct = [d.decode() if isinstance(d, bytes) else d for d in runtime._queues.direct]
+    direct = [d.decode() if isinstance(d, bytes) else d for d in _dispatch.current_queues().direct]
     record("direct", tag=tag, direct=direct)
 
 

@@ -273,7 +273,7 @@ CRASH = declaration("mules=1")
 CRASH_APP = '''
 import time
 
-from uwsgiconf_mules import runtime
+from uwsgiconf_mules import _dispatch
 
 
 @mule_offload()
@@ -281,7 +281,7 @@ def task(tag):
     if tag == "die":
         time.sleep(0.2)  # let the calls behind it queue up
         os._exit(3)
-    record("task", tag=tag, direct=runtime._queues.direct)
+    record("task", tag=tag, direct=_dispatch.current_queues().direct)
 
 
 @route("/crash")
@@ -450,13 +450,13 @@ def test_uwsgidecorators_imported_before_the_runtime_does_not_break_offloads(
 
 
 UNKNOWN_APP = '''
-from uwsgiconf_mules import protocol
+from uwsgiconf_mules import _protocol
 
 
 @route("/unknown")
 def unknown(query):
-    return [Mule(1).send(protocol.encode("app:no_such_task", (1,), {})),
-            Mule(1).send(protocol.encode("no_such_module:task", (), {}))]
+    return [Mule(1).send(_protocol.encoder("app:no_such_task")((1,), {})),
+            Mule(1).send(_protocol.encoder("no_such_module:task")((), {}))]
 
 
 @mule_offload(1)

@@ -1,16 +1,25 @@
-"""``__all__`` of each public module lists exactly its public names."""
+"""What is public: the package root, ``runtime``, ``errors``, ``config`` and the ``cli`` entry
+point. ``__all__`` of each lists exactly its public names; every other module is internal
+(``_name``), except the dispatch mules' entry script."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 import pytest
 
 import uwsgiconf_mules
 
 PUBLIC_MODULES = ["uwsgiconf_mules", "uwsgiconf_mules.runtime", "uwsgiconf_mules.errors",
-                  "uwsgiconf_mules.declarations", "uwsgiconf_mules.config", "uwsgiconf_mules.protocol",
-                  "uwsgiconf_mules.formats", "uwsgiconf_mules.cli"]
+                  "uwsgiconf_mules.config", "uwsgiconf_mules.cli"]
+
+
+def test_every_other_module_is_visibly_internal() -> None:
+    names = {info.name for info in pkgutil.iter_modules(uwsgiconf_mules.__path__)}
+    public = {name.rpartition(".")[2] for name in PUBLIC_MODULES[1:]}
+    assert public <= names
+    assert {name for name in names - public if not name.startswith("_")} == {"dispatch_mule"}
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -29,7 +38,8 @@ def test_all_matches_public_names(name: str) -> None:
 def test_package_exports() -> None:
     assert sorted(uwsgiconf_mules.__all__) == [
         "DeclarationsMissingError", "DeliveryError", "MuleFarm", "MulesConfigurationError", "MulesError",
-        "MulesRuntimeError", "NotInMuleError", "PayloadError", "Section", "UnknownTargetError", "__version__",
+        "MulesRuntimeError", "NotInMuleError", "PayloadError", "Section", "UnknownTargetError", "UsageError",
+        "__version__",
     ]
     assert uwsgiconf_mules.__version__ == importlib.metadata.version("uwsgiconf-mules")
     from uwsgiconf_mules.config import Section

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from uwsgiconf_mules import runtime
-from uwsgiconf_mules.declarations import parse_record
-from uwsgiconf_mules.protocol import PROBE
+from uwsgiconf_mules import _queues, _sending, _tasks
+from uwsgiconf_mules._declarations import parse_record
+from uwsgiconf_mules._protocol import PROBE
 
 
 class FakeUwsgi:
@@ -22,7 +22,7 @@ class FakeUwsgi:
     def __init__(self) -> None:
         self.queues: dict[int | bytes, tuple[socket.socket, socket.socket]] = {}
         self.sent: list[bytes] = []
-        self.finders: list[runtime._QueueFinder] = []  # their sockets are closed at the end
+        self.finders: list[_queues.QueueFinder] = []  # their sockets are closed at the end
 
     def queue(self, dest: int | bytes) -> tuple[socket.socket, socket.socket]:
         pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -47,8 +47,8 @@ class FakeUwsgi:
                 continue
         return None  # uWSGI returns None when it handled a signal instead
 
-    def finder(self, destinations: list[int | bytes]) -> runtime._QueueFinder:
-        finder = runtime._QueueFinder(self, destinations)
+    def finder(self, destinations: list[int | bytes]) -> _queues.QueueFinder:
+        finder = _queues.QueueFinder(self, destinations)
         self.finders.append(finder)
         return finder
 
@@ -105,7 +105,7 @@ def test_a_farm_probe_read_by_another_mule_is_sent_again(uwsgi: FakeUwsgi) -> No
     farm = uwsgi.queue(b"farm")
     finder = uwsgi.finder([b"farm"])
     assert farm[1].recv(100).startswith(PROBE)  # another mule of the farm took it
-    for _ in range(runtime._PROBE_RESEND):
+    for _ in range(_queues.PROBE_RESEND):
         assert finder.found == {}
         finder.scan()
     assert len(uwsgi.sent) == 2  # sent again
@@ -125,32 +125,32 @@ def test_the_finder_gives_up_after_a_bounded_number_of_probes(uwsgi: FakeUwsgi) 
                 break
         finder.scan()
         scans += 1
-        assert scans <= runtime._PROBE_RESEND * (runtime._PROBE_TRIES + 1)
+        assert scans <= _queues.PROBE_RESEND * (_queues.PROBE_TRIES + 1)
     assert finder.found == {}
-    assert len(uwsgi.sent) == runtime._PROBE_TRIES
+    assert len(uwsgi.sent) == _queues.PROBE_TRIES
 
 
 def test_without_proc_nothing_is_probed(uwsgi: FakeUwsgi, monkeypatch: pytest.MonkeyPatch) -> None:
     uwsgi.queue(1)
-    monkeypatch.setattr(runtime, "_packet_sockets", lambda: [])
+    monkeypatch.setattr(_queues, "packet_sockets", lambda: [])
     finder = uwsgi.finder([1])
     assert uwsgi.sent == [] and not finder.searching
 
 
 def test_only_farms_of_dispatch_mules_are_probed() -> None:
     declarations = parse_record("v1;mules=4;programmed=4;farm=solo:1;farm=pair:2,3;farm=mixed:3,4")
-    assert runtime._probe_destinations(declarations, 1) == [1, b"solo"]
-    assert runtime._probe_destinations(declarations, 3) == [3, b"pair"]
-    assert runtime._probe_destinations(None, 1) == []
+    assert _queues.probe_destinations(declarations, 1) == [1, b"solo"]
+    assert _queues.probe_destinations(declarations, 3) == [3, b"pair"]
+    assert _queues.probe_destinations(None, 1) == []
 
 
 def test_every_mule_drops_probes_silently(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, "uwsgiconf_mules"):
-        assert runtime._run_envelope(PROBE + b"\x00" * 12) is True
+        assert _tasks.run_envelope(PROBE + b"\x00" * 12) is True
     assert caplog.records == []
 
 
-def next_message(queues: runtime._Queues) -> bytes | None:
+def next_message(queues: _queues.Queues) -> bytes | None:
     """What ``mule_loop`` reads next: from the current queue, or else through ``_Queues.wait``."""
     try:
         size: int | None = queues.current(queues.buffer)
@@ -161,7 +161,7 @@ def next_message(queues: runtime._Queues) -> bytes | None:
 
 def test_queues_take_turns_and_wait_in_uwsgi_when_all_are_empty(uwsgi: FakeUwsgi) -> None:
     own, farm = uwsgi.queue(1), uwsgi.queue(b"farm")
-    queues = runtime._Queues(uwsgi, [1, b"farm"], True, 1000)
+    queues = _queues.Queues(uwsgi, [1, b"farm"], True, 1000)
     own[0].send(b"first")
     # Nothing is looked for until the mule gets its first message (through uWSGI).
     assert uwsgi.sent == []
@@ -190,7 +190,7 @@ def test_queues_take_turns_and_wait_in_uwsgi_when_all_are_empty(uwsgi: FakeUwsgi
 def test_wait_for_room_wakes_when_a_full_queue_drains(monkeypatch: pytest.MonkeyPatch) -> None:
     sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sender.setblocking(False)
-    monkeypatch.setattr(runtime, "_send_sockets", None)  # list this process's sockets again
+    monkeypatch.setattr(_sending, "_send_sockets", None)  # list this process's sockets again
     try:
         sent = 0
         while True:
@@ -208,23 +208,26 @@ def test_wait_for_room_wakes_when_a_full_queue_drains(monkeypatch: pytest.Monkey
         drainer = threading.Thread(target=drain)
         drainer.start()
         started = time.monotonic()
-        runtime._wait_for_room(0.0, 60.0)
+        _sending.wait_for_room(0.0, 60.0)
         waited = time.monotonic() - started
         drainer.join()
-        assert waited < 30  # woken by the room made, not by the end of its 60 s
+        # Woken by the room made: not before the drain started, nor at the end of its 60 s.
+        assert 0.25 <= waited < 30
         sender.send(b"x" * 1000)
     finally:
         sender.close()
         receiver.close()
-        for sock in runtime._send_sockets or ():
+        for sock in _sending._send_sockets or ():
             sock.close()
 
 
 def test_wait_for_room_sleeps_when_no_queue_is_blocked(monkeypatch: pytest.MonkeyPatch) -> None:
     # No socket to watch (no /proc, or a message too large for any queue to poll writable):
     # a short sleep, not the long wait for room.
-    monkeypatch.setattr(runtime, "_send_sockets", [])
-    waiter = threading.Thread(target=runtime._wait_for_room, args=(0.001, 600.0))
+    monkeypatch.setattr(_sending, "_send_sockets", [])
+    started = time.monotonic()
+    waiter = threading.Thread(target=_sending.wait_for_room, args=(0.2, 600.0))
     waiter.start()
     waiter.join(30)
     assert not waiter.is_alive()
+    assert time.monotonic() - started >= 0.2  # it slept

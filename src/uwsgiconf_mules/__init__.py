@@ -20,11 +20,13 @@ from .errors import (
     NotInMuleError as NotInMuleError,
     PayloadError as PayloadError,
     UnknownTargetError as UnknownTargetError,
+    UsageError as UsageError,
 )
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is not free for worker processes
 if TYPE_CHECKING:
-    from .config import MuleFarm as MuleFarm, Section as Section
+    from ._declarations import MuleFarm as MuleFarm
+    from .config import Section as Section
 
 __all__ = [
     "DeclarationsMissingError",
@@ -37,10 +39,11 @@ __all__ = [
     "PayloadError",
     "Section",
     "UnknownTargetError",
+    "UsageError",
     "__version__",
 ]
 
-_LAZY = {"Section": "config", "MuleFarm": "config"}
+_LAZY = {"Section": "config", "MuleFarm": "_declarations"}  # MuleFarm needs neither jinja2 nor uwsgiconf.config
 
 
 def __getattr__(name: str) -> object:

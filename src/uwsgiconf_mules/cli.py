@@ -16,9 +16,9 @@ import click
 from uwsgiconf.exceptions import ConfigurationError
 from uwsgiconf.utils import ConfModule
 
-from .declarations import PROGRAMMED_READ_LIMIT, Declarations
-from .formats import FORMATS, collect, render
-from .runtime import socket_message_limit
+from ._declarations import Declarations
+from ._formats import FORMATS, collect, render
+from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 
 __all__ = ["main", "summary"]
 

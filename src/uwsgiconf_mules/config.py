@@ -19,8 +19,8 @@ from uwsgiconf.base import Options
 from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
 
-from . import formats
-from .declarations import RECORD_ENV, Declarations, MuleFarm, declare
+from . import _formats as formats
+from ._declarations import RECORD_ENV, Declarations, MuleFarm, declare
 
 __all__ = ["MuleFarm", "Section", "Workers"]
 

@@ -12,8 +12,10 @@ Every exception the project raises derives from one root::
         ├── PayloadError          (also ValueError) a message too large, or arguments that
         │                         cannot be pickled
         ├── DeliveryError         the queue stayed full until the send timeout ran out
-        └── DeclarationsMissingError
-                                  running under uWSGI without the declarations record
+        ├── DeclarationsMissingError
+        │                         running under uWSGI without the declarations record
+        └── UsageError            (also TypeError) the API used in a way that cannot be right,
+                                  such as ``if farm.is_mine:`` without the call
 
 Each error carries the object at fault as an attribute where there is one.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "NotInMuleError",
     "PayloadError",
     "UnknownTargetError",
+    "UsageError",
 ]
 
 
@@ -98,3 +101,8 @@ class DeliveryError(MulesRuntimeError):
 
 class DeclarationsMissingError(MulesRuntimeError):
     """Running under uWSGI, but the config carries no uwsgiconf-mules declarations record."""
+
+
+class UsageError(MulesRuntimeError, TypeError):
+    """The runtime API used in a way that cannot be right, such as ``if farm.is_mine:``, which
+    uwsgiconf 2.4 allowed (a property there) and which would always be true with the method."""

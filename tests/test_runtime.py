@@ -1,4 +1,4 @@
-"""The runtime outside uWSGI: calls run inline after the production checks."""
+"""The runtime API outside uWSGI: calls run inline after the production checks."""
 
 from __future__ import annotations
 
@@ -21,9 +21,27 @@ def record_call(value: object, *, flag: bool = False) -> None:
     CALLS.append((value, flag))
 
 
+@mule_offload(1)
+def record_many(*args: object, **kwargs: object) -> None:
+    CALLS.append((args, kwargs))
+
+
 @mule_offload(2)
 def fails() -> None:
     raise RuntimeError("task failed")
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [
+    ((), {}),  # no body
+    ((7,), {}),  # marshal
+    ((bytearray(b"x"),), {}),  # pickled positional arguments
+    ((8,), {"flag": True}),  # pickled (args, kwargs)
+])
+def test_every_kind_of_call_runs_inline_with_its_arguments(args: tuple[object, ...], kwargs: dict[str, bool]) -> None:
+    CALLS.clear()
+    assert record_many(*args, **kwargs) is True
+    assert CALLS == [(args, kwargs)]
+    assert [type(a) for a in CALLS[0][0]] == [type(a) for a in args]  # type: ignore[attr-defined]
 
 
 def test_offloaded_call_runs_inline_with_copied_arguments(declared: Callable[[str], None]) -> None:
@@ -101,8 +119,36 @@ def test_declared_targets_are_checked_when_the_record_is_known(declared: Callabl
         mule_offload(4)(record_call.__wrapped__)(b"x" * 70000)
 
 
+def test_routes_cached_by_decorated_functions_are_forgotten_on_reset(declared: Callable[[str], None]) -> None:
+    declared("v1;mules=2;programmed=2;send-timeout=5")
+    to_programmed = mule_offload(2)(record_many.__wrapped__)  # a programmed mule reads 64 KiB whole
+    with pytest.raises(errors.PayloadError, match="65536-byte limit of mule 2"):
+        to_programmed(b"x" * 70000)
+    declared("v1;mules=2;send-timeout=5")  # mule 2 is a dispatch mule now
+    CALLS.clear()
+    assert to_programmed(b"x" * 70000) is True
+    assert len(CALLS) == 1
+
+
+def test_is_mine_is_a_method_and_the_property_spelling_fails_loudly(declared: Callable[[str], None]) -> None:
+    declared("v1;mules=2;send-timeout=5;farm=fast:1,2")
+    farm = Farm("fast")
+    assert farm.is_mine() is False
+    with pytest.raises(errors.UsageError, match=r"write Farm\('fast', mules=\[1, 2\]\)\.is_mine\(\)") as info:
+        if farm.is_mine:  # the uwsgiconf 2.4 spelling
+            pass
+    assert isinstance(info.value, TypeError)
+
+
 def test_no_farms_outside_uwsgi_without_a_record(declared: Callable[[str], None]) -> None:
     assert Farm.get_farms() == []
+
+
+def imported_by(code: str) -> list[str]:
+    """Modules a fresh interpreter loads for ``code`` (which sets ``before``), beyond ``before``."""
+    script = f"import sys\n{code}\nprint(sorted(set(sys.modules) - before))"
+    return eval(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,  # type: ignore[no-any-return]
+                               check=True).stdout)
 
 
 def test_importing_the_runtime_is_light_and_has_no_side_effects() -> None:
@@ -111,3 +157,18 @@ def test_importing_the_runtime_is_light_and_has_no_side_effects() -> None:
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_mule_imports_nothing_the_runtime_did_not_load_before_the_fork() -> None:
+    # The app imports the runtime in the master (pre-fork mode); a dispatch mule then imports its
+    # entry script and starts its loop: everything it needs must already be loaded, and shared.
+    assert imported_by("import uwsgiconf_mules.runtime\nbefore = set(sys.modules)\n"
+                       "import uwsgiconf_mules.dispatch_mule, uwsgiconf_mules._dispatch, uwsgiconf_mules._queues, "
+                       "mmap, _socket") == ["uwsgiconf_mules.dispatch_mule"]
+
+
+def test_the_configuration_side_does_not_import_the_worker_runtime() -> None:
+    assert not {"uwsgiconf_mules.runtime", "uwsgiconf_mules._sending", "uwsgiconf_mules._dispatch"} & set(
+        imported_by("before = set()\nimport uwsgiconf_mules.cli"))
+    loaded = imported_by("before = set()\nfrom uwsgiconf_mules import MuleFarm")
+    assert not {"jinja2", "uwsgiconf.config", "uwsgiconf_mules.config"} & set(loaded)

@@ -1,4 +1,4 @@
-"""The message envelope of an offloaded call.
+"""The message envelope of an offloaded call: the one place that writes and reads it.
 
 Layout (bytes)::
 
@@ -15,23 +15,31 @@ Layout (bytes)::
   pickled ``(args, kwargs)`` pair. An empty body means no arguments. Worker and mule run the
   same interpreter, so the marshal format always matches.
 * A *probe* (kind ``p``, then random bytes, no key) is what a dispatch mule sends to its own
-  queues to find which socket receives them (see ``mule_loop``); every mule drops probes.
+  queues to find which socket receives them (see :mod:`uwsgiconf_mules._queues`); every mule
+  drops probes.
 * The task key is ``module:qualname`` of the offloaded function, so two functions with the same
   name in two modules never collide. It never contains a NUL byte, so everything before the first
-  NUL -- the *head* -- identifies the task and the kind in one lookup (see ``mule_loop``).
+  NUL -- the *head* -- names both the task and the kind: :func:`heads` gives a task's heads with
+  the decoder of each, which the mule loop looks up in one step.
+
+Senders build envelopes with :func:`encoder` (headers prepared once per task, the hot path);
+mules read them with :func:`heads` (the fast path) or :func:`decode`.
 """
 
 from __future__ import annotations
 
-import marshal
-import pickle
+from marshal import dumps as _marshal, loads as _unmarshal
+from pickle import dumps as _pickle, loads as _unpickle
+
+from .errors import PayloadError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep worker imports cheap
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-__all__ = ["ARGS", "HEADER", "KEY_START", "KWARGS", "MAGIC", "MARSHAL", "MARSHAL_SAFE", "PICKLE_PROTOCOL",
-           "PROBE", "VERSION", "decode", "encode", "task_header"]
+    Encoder = Callable[[tuple[Any, ...], dict[str, Any]], bytes]
+    Decoder = Callable[[Any], Any]
 
 MAGIC = b"\xfeUCM"
 VERSION = 1
@@ -44,15 +52,20 @@ MARSHAL = b"m"
 """Kind byte: the body is a marshal-ed tuple of positional arguments of :data:`MARSHAL_SAFE` types."""
 PROBE = HEADER + b"p"
 """Start of a probe: a message a dispatch mule sends to its own queues and every mule drops."""
+PROBE_SIZE = len(PROBE) + 12
+"""Length of a probe: :data:`PROBE`, then random bytes."""
 MARSHAL_SAFE = frozenset({int, float, complex, str, bytes, bool, type(None)})
 """Exact argument types sent with marshal (subclasses and buffers such as bytearray are pickled)."""
-_LOADS = {ARGS: pickle.loads, MARSHAL: marshal.loads}
 KEY_START = len(HEADER) + 1
+"""Offset of the task key in an envelope."""
 PICKLE_PROTOCOL = 5
 
+_POSITIONAL: dict[bytes, Decoder] = {ARGS: _unpickle, MARSHAL: _unmarshal}
 
-def task_header(key: str, kind: bytes = ARGS) -> bytes:
-    """The constant part of every envelope for the task ``key``: tag, version, kind, key, NUL.
+
+def task_header(key: str, kind: bytes) -> bytes:
+    """The constant part of every envelope of kind ``kind`` for the task ``key``: tag, version,
+    kind, key, NUL.
 
     :param key: ``module:qualname`` of the offloaded function.
     :param kind: :data:`ARGS`, :data:`MARSHAL` or :data:`KWARGS`.
@@ -60,21 +73,39 @@ def task_header(key: str, kind: bytes = ARGS) -> bytes:
     return HEADER + kind + key.encode() + b"\x00"
 
 
-def encode(key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Build the envelope of one call.
+def encoder(key: str) -> Encoder:
+    """The envelope builder of one task: ``encode(args, kwargs) -> bytes``.
+
+    Its headers are prepared once, here; a call costs one serialisation and one concatenation.
 
     :param key: ``module:qualname`` of the offloaded function.
-    :param args: Positional arguments of the call.
-    :param kwargs: Keyword arguments of the call.
-    :raises Exception: whatever ``pickle`` raises for arguments it cannot serialise.
+    :raises PayloadError: (from the builder) for arguments that cannot be pickled, naming the task.
     """
-    if kwargs:
-        return task_header(key, KWARGS) + pickle.dumps((args, kwargs), PICKLE_PROTOCOL)
-    if not args:
-        return task_header(key)
-    if MARSHAL_SAFE.issuperset(map(type, args)):
-        return task_header(key, MARSHAL) + marshal.dumps(args)
-    return task_header(key) + pickle.dumps(args, PICKLE_PROTOCOL)
+    header, header_kw, header_m = task_header(key, ARGS), task_header(key, KWARGS), task_header(key, MARSHAL)
+    safe = MARSHAL_SAFE
+
+    def encode(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        if not kwargs:
+            if not args:
+                return header
+            if safe.issuperset(map(type, args)):
+                return header_m + _marshal(args)
+        try:
+            return header_kw + _pickle((args, kwargs), PICKLE_PROTOCOL) if kwargs else \
+                header + _pickle(args, PICKLE_PROTOCOL)
+        except Exception as exc:
+            raise PayloadError(f"{key}: arguments cannot be pickled: {exc}") from exc
+
+    return encode
+
+
+def heads(key: str) -> dict[bytes, Decoder]:
+    """The heads (envelope up to the first NUL) of a task's positional calls, each with the
+    decoder of its body; a body decodes to the tuple of positional arguments.
+
+    :param key: ``module:qualname`` of the offloaded function.
+    """
+    return {task_header(key, kind)[:-1]: loads for kind, loads in _POSITIONAL.items()}
 
 
 def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]] | None:
@@ -82,6 +113,7 @@ def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]] | No
 
     :param message: A message as received by a mule.
     :raises ValueError: for an envelope of another protocol version or a damaged one.
+    :raises Exception: whatever ``pickle`` or ``marshal`` raise for a body they cannot read.
     """
     if not message.startswith(HEADER):
         if message.startswith(MAGIC):
@@ -94,7 +126,8 @@ def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]] | No
     key = message[KEY_START:end]
     if end + 1 == len(message):
         return key, (), {}
+    body = memoryview(message)[end + 1:]
     if kind == KWARGS:
-        args, kwargs = pickle.loads(memoryview(message)[end + 1:])
+        args, kwargs = _unpickle(body)
         return key, args, kwargs
-    return key, _LOADS[kind](message[end + 1:]), {}
+    return key, _POSITIONAL[kind](body), {}

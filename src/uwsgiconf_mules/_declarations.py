@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SEND_TIMEOUT",
     "DISPATCH_MULE",
-    "PROGRAMMED_READ_LIMIT",
     "RECORD_ENV",
     "Declarations",
     "FarmSpec",
@@ -54,9 +53,6 @@ A path, not ``uwsgiconf_mules.runtime:mule_loop``: uWSGI 2.0.x crashes a ``modul
 mule under ``--lazy-apps``. The config therefore names this installation of the package:
 compile it where uWSGI runs it (same environment), as ``uwsgiconf run`` does.
 """
-
-PROGRAMMED_READ_LIMIT = 65536
-"""Largest message a programmed mule reads whole with the default ``get_message`` buffer."""
 
 DEFAULT_SEND_TIMEOUT = 5.0
 """Seconds a sender keeps retrying while a mule queue is full before raising ``DeliveryError``."""

@@ -1,0 +1,55 @@
+"""How large a message a mule queue carries on this machine.
+
+uWSGI's mule and farm queues are AF_UNIX SEQPACKET socket pairs. Linux refuses a message larger
+than the sending socket's buffer minus 32 bytes, so the limit follows from the buffer size:
+``wmem_default`` by default, or, with ``mule-msg-size`` (uWSGI's ``SO_SNDBUF``), twice the
+requested size (the kernel doubles it) capped at twice ``wmem_max`` and never below the kernel's
+floor. Used by the runtime (size checks at the call site) and by ``uwsgiconf-mules check``;
+this module imports nothing of the runtime, so the configuration side can use it alone.
+"""
+
+from __future__ import annotations
+
+PROGRAMMED_READ_LIMIT = 65536
+"""Largest message a programmed mule reads whole: ``get_message``'s default buffer, and the fixed
+buffer uWSGI's own mule loop reads into (``core/mule.c``)."""
+
+SOCK_MIN_SNDBUF = 4608
+"""The kernel's floor for ``SO_SNDBUF``: ``SOCK_MIN_SNDBUF`` in ``include/net/sock.h``, twice
+(2,048 bytes + an aligned ``struct sk_buff``), 4,608 bytes on x86-64. A smaller ``mule-msg-size``
+still gets this buffer."""
+
+SEQPACKET_OVERHEAD = 32
+"""Linux refuses an AF_UNIX datagram larger than the send buffer minus this many bytes."""
+
+_limits: dict[int | None, int] = {}  # mule-msg-size -> limit, read once per process
+
+
+def _sysctl(name: str) -> int | None:
+    try:
+        with open(f"/proc/sys/net/core/{name}") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def socket_message_limit(msg_size: int | None) -> int:
+    """Largest message a mule queue accepts on this machine, in bytes.
+
+    Where ``/proc`` does not tell, the limit is the 64 KiB a programmed mule reads by default.
+
+    :param msg_size: The declared ``mule-msg-size``, or None when not declared.
+    """
+    if msg_size not in _limits:
+        if msg_size:
+            wmem_max = _sysctl("wmem_max")
+            sndbuf = None if wmem_max is None else max(2 * min(msg_size, wmem_max), SOCK_MIN_SNDBUF)
+        else:
+            sndbuf = _sysctl("wmem_default")
+        _limits[msg_size] = PROGRAMMED_READ_LIMIT if sndbuf is None else sndbuf - SEQPACKET_OVERHEAD
+    return _limits[msg_size]
+
+
+def clear_cache() -> None:
+    """Forget the limits read so far (tests change ``/proc`` readings through ``_sysctl``)."""
+    _limits.clear()

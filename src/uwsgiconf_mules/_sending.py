@@ -1,0 +1,197 @@
+"""The sending side: where a message goes, how large it may be, and waiting for room.
+
+Messages go through ``uwsgi.mule_msg`` (to a farm by its name as bytes), which never blocks: it
+returns False when the queue is full. A sender then waits until the queue has room again
+(:func:`wait_for_room`) and tries again, for at most the declared ``send_timeout``, after which
+:class:`~uwsgiconf_mules.errors.DeliveryError` says the message was not sent (:func:`retry`).
+A message larger than the target reads whole is refused before sending (:meth:`Route.check_size`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import _instance
+from ._declarations import Declarations
+from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from .errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+BACKOFF_FIRST = 0.0001
+"""Seconds slept after the first failed retry when no queue can be watched (doubles each time)."""
+BACKOFF_MAX = 0.01
+"""Longest of those sleeps, in seconds."""
+ROOM_WAIT = 0.05
+"""Longest single wait for a full queue to poll writable, in seconds."""
+
+_send_sockets: list[Any] | None = None  # this process's packet sockets, listed at the first full queue
+
+
+def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
+    """Return ``mule_id`` if it names a declared mule (any id from 1 when nothing is declared).
+
+    uWSGI does not check ids: one out of range fails with EBADF or segfaults the worker.
+
+    :param mule_id: The id to check.
+    :param declarations: This instance's declarations, or None outside uWSGI.
+    :raises UnknownTargetError: naming the id and what is declared.
+    """
+    if isinstance(mule_id, bool) or not isinstance(mule_id, int):
+        raise UnknownTargetError(f"mule id must be an integer, not {mule_id!r}", target=mule_id)
+    if declarations is not None:
+        if not 1 <= mule_id <= declarations.mule_count:
+            raise UnknownTargetError(
+                f"mule {mule_id} is not declared; declared: {declarations.describe()}", target=mule_id)
+    elif mule_id < 1:
+        raise UnknownTargetError(f"mule id {mule_id} is out of range: mule ids start at 1", target=mule_id)
+    return mule_id
+
+
+def mule_limit(declarations: Declarations | None, mule_id: int) -> int:
+    """Largest message mule ``mule_id`` reads whole: the socket limit, and 64 KiB for a
+    programmed mule (the buffer of ``get_message``).
+
+    :param declarations: This instance's declarations, or None outside uWSGI.
+    :param mule_id: A declared mule id.
+    """
+    limit = socket_message_limit(declarations.msg_size if declarations else None)
+    if declarations is not None and declarations.programs[mule_id - 1] is not None:
+        return min(limit, PROGRAMMED_READ_LIMIT)
+    return limit
+
+
+def as_bytes(message: str | bytes) -> bytes:
+    """A message to send as bytes (text as UTF-8).
+
+    :param message: Text or bytes-like.
+    :raises PayloadError: for anything else.
+    """
+    if isinstance(message, str):
+        return message.encode()
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return bytes(message)
+    raise PayloadError(f"message must be str or bytes, not {type(message).__name__}")
+
+
+def wait_for_room(sleep: float, wait: float) -> None:
+    """Wait until a full queue has room again.
+
+    A queue's sending socket polls writable again once the mule has read three quarters of what
+    it holds, so the sender wakes when there is room instead of after a guessed time. Which socket
+    belongs to the queue is not known here: every packet socket that is not writable now is
+    watched, at most ``wait`` seconds (any of them waking the sender costs one more attempt).
+    With none (a message so large that it needs a queue emptier than writable), this sleeps
+    ``sleep`` seconds.
+
+    :param sleep: Seconds to sleep when no socket can be watched.
+    :param wait: Longest wait for a socket to become writable, in seconds.
+    """
+    global _send_sockets
+    import select
+
+    if _send_sockets is None:
+        from ._queues import packet_sockets
+
+        _send_sockets = packet_sockets()
+    poller = select.poll()
+    for sock in _send_sockets:
+        poller.register(sock, select.POLLOUT)
+    writable = [fd for fd, _ in poller.poll(0)]
+    if len(writable) == len(_send_sockets):
+        time.sleep(sleep)
+        return
+    for fd in writable:  # watch the blocked ones only
+        poller.unregister(fd)
+    poller.poll(wait * 1000)
+
+
+def retry(attempt: Callable[[], object], timeout: float, what: str, size: int, target: object = None) -> bool:
+    """Call ``attempt`` until it returns a true value, waiting for room between attempts; for a
+    send whose first attempt found the queue full.
+
+    :param attempt: One send; true when the message was queued.
+    :param timeout: Seconds to keep trying.
+    :param what: What is sent and where to, for the error message.
+    :param size: Size of the message in bytes, for the error message.
+    :param target: The mule id or farm name, for the error.
+    :returns: True once ``attempt`` succeeded.
+    :raises DeliveryError: when ``timeout`` ran out; the message was not sent.
+    """
+    deadline = time.monotonic() + timeout
+    delay = BACKOFF_FIRST
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeliveryError(
+                f"{what}: the queue stayed full for {timeout:g} s; the message ({size} bytes) was "
+                "not sent (raise send_timeout or msg_buffer, or add mules)", target=target)
+        wait_for_room(min(delay, left), min(ROOM_WAIT, left))
+        if attempt():
+            return True
+        delay = min(delay * 2, BACKOFF_MAX)
+
+
+def deliver(message: bytes, dest: int | bytes, what: str, timeout: float) -> bool:
+    """Send ``message`` to ``dest`` with :func:`retry`, once a first attempt found the queue full.
+
+    :param message: The message.
+    :param dest: A mule id, or a farm name as bytes.
+    :param what: What is sent and where to, for the error message.
+    :param timeout: Seconds to keep trying.
+    """
+    send = _instance.uwsgi.mule_msg
+    return retry(lambda: send(message, dest), timeout, what, len(message), dest)
+
+
+class Route:
+    """Where messages for one target go, and how large they may be.
+
+    :param dest: A mule id, or a farm name as bytes (as ``uwsgi.mule_msg`` takes them).
+    :param label: The target as the error messages name it.
+    :param limit: Largest message the target reads whole, in bytes.
+    :param timeout: Seconds a sender waits for room in a full queue.
+    """
+
+    __slots__ = ("dest", "label", "limit", "timeout")
+
+    def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float) -> None:
+        self.dest = dest
+        self.label = label
+        self.limit = limit
+        self.timeout = timeout
+
+    def check_size(self, size: int, what: str) -> None:
+        """Refuse a message larger than :attr:`limit`.
+
+        :param size: Size of the message in bytes.
+        :param what: What is sent (a task key, ``message``), for the error message.
+        :raises PayloadError: naming ``what``, the size, the limit and the target.
+        """
+        if size > self.limit:
+            raise PayloadError(
+                f"{what}: message of {size} bytes exceeds the {self.limit}-byte limit of {self.label}; "
+                "it would arrive truncated or not at all (pass large data by reference: a file "
+                "path, a cache key, a database id)", size=size, limit=self.limit)
+
+    def send(self, message: bytes, what: str) -> bool:
+        """Send one message, waiting for room when the queue is full.
+
+        :param message: The message.
+        :param what: What is sent, for error messages.
+        :returns: True once queued.
+        :raises PayloadError: when the message is too large.
+        :raises MulesRuntimeError: outside uWSGI.
+        :raises DeliveryError: when the queue stayed full until the timeout.
+        """
+        self.check_size(len(message), what)
+        uwsgi = _instance.uwsgi
+        if uwsgi is None:
+            raise MulesRuntimeError(
+                f"{what} to {self.label}: not running under uWSGI, there is no mule to receive it")
+        if uwsgi.mule_msg(message, self.dest):
+            return True
+        return deliver(message, self.dest, f"{what} to {self.label}", self.timeout)
