@@ -13,6 +13,7 @@ from declarations_cases import CASES, source
 from harness import BIN
 from test_compile import EXPECTED, assert_one_line_error, compile_with, normalise
 from uwsgiconf_mules import Section
+from uwsgiconf_mules._declarations import DISPATCH_MULE
 
 CLI = str(BIN / "uwsgiconf-mules")
 
@@ -147,7 +148,7 @@ def test_yaml_formatter_is_registered_with_uwsgiconf() -> None:
     section.workers.set_mules_params(mules=1)
     text = Configuration([section]).format(formatter="yaml", stamp=False)
     assert text.splitlines()[0] == "uwsgi:"
-    assert "  env: UWSGICONF_MULES=v1;mules=1;send-timeout=5" in text.splitlines()
+    assert f"  env: UWSGICONF_MULES=v2;mules=1;send-timeout=5;dispatch={DISPATCH_MULE}" in text.splitlines()
 
 
 @pytest.mark.integration

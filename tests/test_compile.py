@@ -50,7 +50,8 @@ def test_design_example_emits_farms_mules_and_record(tmp_path: Path) -> None:
     assert "farm = fast:1,2" in lines
     assert "farm = slow:3,4" in lines
     assert lines.count(f"mule = {DISPATCH_MULE}") == 4
-    assert "env = UWSGICONF_MULES=v1;mules=4;send-timeout=5;farm=fast:1,2;farm=slow:3,4" in lines
+    assert "shared-import = uwsgiconf_mules.runtime" in lines
+    assert f"env = UWSGICONF_MULES=v2;mules=4;send-timeout=5;farm=fast:1,2;farm=slow:3,4;dispatch={DISPATCH_MULE}" in lines
 
 
 INVALID = {

@@ -50,18 +50,21 @@ def test_record_round_trips_and_is_safe_for_ini_and_yaml() -> None:
     decl = declare(mules=["x.py", None, None], farms=[MuleFarm("f-1.x", [2, 3])], msg_buffer=4096,
                    harakiri_timeout=9, send_timeout=0.5)
     record = decl.record()
-    assert record == "v1;mules=3;programmed=1;msg-size=4096;harakiri=9;send-timeout=0.5;farm=f-1.x:2,3"
+    assert record == ("v2;mules=3;programmed=1;msg-size=4096;harakiri=9;send-timeout=0.5;farm=f-1.x:2,3;"
+                      f"dispatch={DISPATCH_MULE}")
     assert not any(c in record for c in "#%'\"\n") and record[0] not in "-[{"
     back = parse_record(record)
-    assert (back.mule_count, back.programmed, back.farms, back.msg_size, back.harakiri, back.send_timeout) == (
-        3, (1,), decl.farms, 4096, 9, 0.5)
+    assert (back.mule_count, back.programmed, back.farms, back.msg_size, back.harakiri, back.send_timeout,
+            back.dispatch_script) == (3, (1,), decl.farms, 4096, 9, 0.5, DISPATCH_MULE)
+    assert parse_record(declare(mules=["x.py"]).record()).dispatch_script is None  # no dispatch mules
     assert ("env", f"{RECORD_ENV}={record}") == decl.options()[-1]
 
 
 @pytest.mark.parametrize("record, message", [
-    ("v9;mules=1", "record version 'v9' is not 'v1'"),
-    ("v1;mules=x", "malformed UWSGICONF_MULES record"),
-    ("v1;colour=blue", "unknown field 'colour'"),
+    ("v9;mules=1", "record version 'v9' is not 'v2'"),
+    ("v1;mules=1", "compiled by another uwsgiconf-mules version; compile it again"),
+    ("v2;mules=x", "malformed UWSGICONF_MULES record"),
+    ("v2;colour=blue", "unknown field 'colour'"),
 ])
 def test_bad_record_is_a_clear_error(record: str, message: str) -> None:
     with pytest.raises(MulesConfigurationError, match=re.escape(message)):
@@ -141,7 +144,8 @@ def test_second_call_updates_the_declaration_without_duplicating_options() -> No
     assert [value for key, value in opts if key == "mule"] == [DISPATCH_MULE] * 3
     assert [value for key, value in opts if key == "farm"] == ["a:1,2"]
     assert [value for key, value in opts if key == "env"] == [
-        "OTHER=1", "UWSGICONF_MULES=v1;mules=3;harakiri=5;send-timeout=5;farm=a:1,2"]
+        "OTHER=1", f"UWSGICONF_MULES=v2;mules=3;harakiri=5;send-timeout=5;farm=a:1,2;dispatch={DISPATCH_MULE}"]
+    assert [value for key, value in opts if key == "shared-import"] == ["uwsgiconf_mules.runtime"]
     assert section.mules_declarations == declare(mules=3, farms=MuleFarm("a", 2), harakiri_timeout=5)
 
 

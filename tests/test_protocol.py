@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -22,7 +24,7 @@ CALLS = [
 @pytest.mark.parametrize(("args", "kwargs", "kind"), CALLS)
 def test_round_trip(args: tuple[object, ...], kwargs: dict[str, object], kind: bytes) -> None:
     message = protocol.encoder(KEY)(args, kwargs)
-    assert message.startswith(protocol.HEADER + kind + KEY.encode() + b"\x00")
+    assert message.startswith(protocol.PREFIX + kind + KEY.encode() + b"\x00")
     key, got_args, got_kwargs = protocol.decode(message)  # type: ignore[misc]
     assert (key, got_args, got_kwargs) == (KEY.encode(), args, kwargs)
     assert [type(a) for a in got_args] == [type(a) for a in args]
@@ -52,15 +54,36 @@ def test_subclasses_are_pickled_not_marshalled() -> None:
         protocol.encoder(KEY)((Number(3),), {})
 
 
-def test_foreign_messages_are_not_envelopes() -> None:
+def test_the_token_is_random_per_instance_and_starts_every_envelope() -> None:
+    assert len(protocol.TOKEN) == 16 and protocol.PREFIX == protocol.HEADER + protocol.TOKEN
+    other = subprocess.run([sys.executable, "-c", "from uwsgiconf_mules import _protocol; print(_protocol.TOKEN.hex())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert bytes.fromhex(other) != protocol.TOKEN
+    assert protocol.PROBE.startswith(protocol.PREFIX)
+
+
+def test_plain_data_that_looks_like_ours_is_wrapped_and_nothing_else_is() -> None:
+    for plain in (b"hello", b"", protocol.MAGIC + b"\x02forged", protocol.HEADER + bytes(16) + b"a"):
+        assert protocol.data(plain) is plain
+    envelope = protocol.encoder(KEY)((1,), {})
+    assert protocol.data(envelope) == protocol.PREFIX + protocol.DATA + envelope
+
+
+def test_foreign_messages_are_not_refused_as_envelopes() -> None:
     for message in (b"hello", b"", pickle.dumps({"service": "uwsgi_mulefunc"}), "text é".encode()):
-        assert protocol.decode(message) is None
+        assert protocol.refusal(message) is None
 
 
-def test_other_version_and_damaged_envelopes_are_errors() -> None:
-    with pytest.raises(ValueError, match="protocol version"):
-        protocol.decode(protocol.MAGIC + b"\x09akey\x00")
+def test_messages_claiming_to_be_envelopes_without_the_token_are_refused() -> None:
+    assert protocol.refusal(protocol.MAGIC + b"\x09akey\x00") == "envelope of protocol version 9, this runtime reads 2"
+    assert protocol.refusal(protocol.MAGIC) == "truncated envelope"
+    for forged in (protocol.HEADER + b"akey\x00", protocol.HEADER + bytes(16) + b"mos:system\x00",
+                   protocol.HEADER + protocol.TOKEN[:-1]):
+        assert protocol.refusal(forged) == "not sent by this uWSGI instance (wrong or missing token)"
+
+
+def test_damaged_envelopes_are_errors() -> None:
     with pytest.raises(ValueError, match="damaged envelope"):
-        protocol.decode(protocol.HEADER + b"akey-without-end")
+        protocol.decode(protocol.PREFIX + b"akey-without-end")
     with pytest.raises(ValueError, match="damaged envelope"):
-        protocol.decode(protocol.HEADER + b"zkey\x00")
+        protocol.decode(protocol.PREFIX + b"zkey\x00")

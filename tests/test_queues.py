@@ -138,7 +138,7 @@ def test_without_proc_nothing_is_probed(uwsgi: FakeUwsgi, monkeypatch: pytest.Mo
 
 
 def test_only_farms_of_dispatch_mules_are_probed() -> None:
-    declarations = parse_record("v1;mules=4;programmed=4;farm=solo:1;farm=pair:2,3;farm=mixed:3,4")
+    declarations = parse_record("v2;mules=4;programmed=4;farm=solo:1;farm=pair:2,3;farm=mixed:3,4")
     assert _queues.probe_destinations(declarations, 1) == [1, b"solo"]
     assert _queues.probe_destinations(declarations, 3) == [3, b"pair"]
     assert _queues.probe_destinations(None, 1) == []
@@ -146,7 +146,7 @@ def test_only_farms_of_dispatch_mules_are_probed() -> None:
 
 def test_every_mule_drops_probes_silently(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, "uwsgiconf_mules"):
-        assert _tasks.run_envelope(PROBE + b"\x00" * 12) is True
+        assert _tasks.receive(PROBE + b"\x00" * 12) is None
     assert caplog.records == []
 
 

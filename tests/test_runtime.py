@@ -102,7 +102,7 @@ def test_raw_send_outside_uwsgi_is_refused(declared: Callable[[str], None]) -> N
 
 
 def test_declared_targets_are_checked_when_the_record_is_known(declared: Callable[[str], None]) -> None:
-    declared("v1;mules=4;programmed=4;send-timeout=5;farm=fast:1,2;farm=slow:3,4")
+    declared("v2;mules=4;programmed=4;send-timeout=5;farm=fast:1,2;farm=slow:3,4")
     assert [(f.name, [m.id for m in f.mules]) for f in Farm.get_farms()] == [("fast", [1, 2]), ("slow", [3, 4])]
     assert Farm("slow") == Farm("slow", [4, 3]) and repr(Farm("slow")) == "Farm('slow', mules=[3, 4])"
     assert repr(Mule(2)) == "Mule(2)" and Mule(2) == Mule(2) and Mule(2) != Mule(3)
@@ -120,18 +120,18 @@ def test_declared_targets_are_checked_when_the_record_is_known(declared: Callabl
 
 
 def test_routes_cached_by_decorated_functions_are_forgotten_on_reset(declared: Callable[[str], None]) -> None:
-    declared("v1;mules=2;programmed=2;send-timeout=5")
+    declared("v2;mules=2;programmed=2;send-timeout=5")
     to_programmed = mule_offload(2)(record_many.__wrapped__)  # a programmed mule reads 64 KiB whole
     with pytest.raises(errors.PayloadError, match="65536-byte limit of mule 2"):
         to_programmed(b"x" * 70000)
-    declared("v1;mules=2;send-timeout=5")  # mule 2 is a dispatch mule now
+    declared("v2;mules=2;send-timeout=5")  # mule 2 is a dispatch mule now
     CALLS.clear()
     assert to_programmed(b"x" * 70000) is True
     assert len(CALLS) == 1
 
 
 def test_is_mine_is_a_method_and_the_property_spelling_fails_loudly(declared: Callable[[str], None]) -> None:
-    declared("v1;mules=2;send-timeout=5;farm=fast:1,2")
+    declared("v2;mules=2;send-timeout=5;farm=fast:1,2")
     farm = Farm("fast")
     assert farm.is_mine() is False
     with pytest.raises(errors.UsageError, match=r"write Farm\('fast', mules=\[1, 2\]\)\.is_mine\(\)") as info:

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_SEND_TIMEOUT",
     "DISPATCH_MULE",
     "RECORD_ENV",
+    "RUNTIME_MODULE",
     "Declarations",
     "FarmSpec",
     "MuleFarm",
@@ -44,7 +45,7 @@ __all__ = [
 RECORD_ENV = "UWSGICONF_MULES"
 """Environment variable that carries the declarations record into every uWSGI process."""
 
-RECORD_VERSION = "v1"
+RECORD_VERSION = "v2"
 
 DISPATCH_MULE = os.path.join(os.path.dirname(os.path.realpath(__file__)), "dispatch_mule.py")
 """The ``mule`` value of a dispatch mule: the path of the script that runs the project's loop.
@@ -53,6 +54,9 @@ A path, not ``uwsgiconf_mules.runtime:mule_loop``: uWSGI 2.0.x crashes a ``modul
 mule under ``--lazy-apps``. The config therefore names this installation of the package:
 compile it where uWSGI runs it (same environment), as ``uwsgiconf run`` does.
 """
+
+RUNTIME_MODULE = "uwsgiconf_mules.runtime"
+"""The module the builders import in the uWSGI master (``shared-import``)."""
 
 DEFAULT_SEND_TIMEOUT = 5.0
 """Seconds a sender keeps retrying while a mule queue is full before raising ``DeliveryError``."""
@@ -214,11 +218,14 @@ class Declarations:
     :param reload_mercy: ``mule-reload-mercy`` (seconds) or None.
     :param touch_reload: ``touch-mules-reload`` paths.
     :param send_timeout: Seconds a sender retries while a queue is full before raising.
+    :param dispatch_script: Path of the dispatch mules' entry script the config names (None when
+        there are no dispatch mules); senders check that it exists where they run.
     """
 
-    __slots__ = ("_farms_by_name", "farms", "harakiri", "msg_size", "programs", "reload_mercy", "send_timeout",
-                 "touch_reload")
-    _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout")
+    __slots__ = ("_farms_by_name", "dispatch_script", "farms", "harakiri", "msg_size", "programs", "reload_mercy",
+                 "send_timeout", "touch_reload")
+    _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
+               "dispatch_script")
 
     def __init__(
         self,
@@ -230,8 +237,10 @@ class Declarations:
         reload_mercy: int | None = None,
         touch_reload: tuple[str, ...] = (),
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        dispatch_script: str | None = None,
     ) -> None:
         self.programs = programs
+        self.dispatch_script = dispatch_script
         self.farms = farms
         self.msg_size = msg_size
         self.harakiri = harakiri
@@ -302,6 +311,9 @@ class Declarations:
             if value is not None:
                 opts.append((key, str(value)))
         opts.extend(("touch-mules-reload", path) for path in self.touch_reload)
+        # Imported in the master before the fork, in every mode (--lazy-apps too): every process
+        # of the instance shares the runtime's token and its already loaded modules.
+        opts.append(("shared-import", RUNTIME_MODULE))
         opts.append(("env", f"{RECORD_ENV}={self.record()}"))
         return opts
 
@@ -315,6 +327,8 @@ class Declarations:
                 fields.append(f"{key}={value}")
         fields.append(f"send-timeout={self.send_timeout:g}")
         fields.extend(f"farm={farm.option()}" for farm in self.farms)
+        if self.dispatch_script is not None:
+            fields.append(f"dispatch={self.dispatch_script}")
         return ";".join(fields)
 
 
@@ -440,6 +454,7 @@ def declare(
 
     paths = _touch_paths(touch_reload)
     return Declarations(
+        dispatch_script=_dispatch_script() if None in programs else None,
         programs=programs,
         farms=tuple(specs),
         msg_size=None if msg_buffer is None else _positive_int(msg_buffer, "msg_buffer"),
@@ -448,6 +463,16 @@ def declare(
         touch_reload=paths,
         send_timeout=_send_timeout(send_timeout),
     )
+
+
+def _dispatch_script() -> str:
+    """The dispatch mules' script path, checked for what the record cannot carry."""
+    bad = next((c for c in DISPATCH_MULE if c in ";#%'\"\r\n"), None)
+    if bad is not None:
+        raise MulesConfigurationError(
+            f"this installation's path {DISPATCH_MULE!r} contains {_describe_char(bad)}, which the declarations "
+            "record cannot carry; install the project under a path without it", culprit=DISPATCH_MULE)
+    return DISPATCH_MULE
 
 
 def _farm_list(farms: object) -> list[object]:
@@ -502,6 +527,7 @@ def parse_record(text: str) -> Declarations:
     programmed: set[int] = set()
     farms: list[FarmSpec] = []
     numbers: dict[str, float] = {}
+    dispatch = None
     try:
         for item in fields[1:]:
             key, _, value = item.partition("=")
@@ -512,6 +538,8 @@ def parse_record(text: str) -> Declarations:
             elif key == "farm":
                 name, _, ids = value.partition(":")
                 farms.append(FarmSpec(name, tuple(int(i) for i in ids.split(","))))
+            elif key == "dispatch":
+                dispatch = value
             elif key in ("msg-size", "harakiri", "send-timeout"):
                 numbers[key] = float(value)
             else:
@@ -526,4 +554,5 @@ def parse_record(text: str) -> Declarations:
         msg_size=None if msg_size is None else int(msg_size),
         harakiri=None if harakiri is None else int(harakiri),
         send_timeout=numbers.get("send-timeout", DEFAULT_SEND_TIMEOUT),
+        dispatch_script=dispatch,
     )

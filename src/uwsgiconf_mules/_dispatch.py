@@ -4,8 +4,9 @@ The builders declare dispatch mules as ``mule = .../uwsgiconf_mules/dispatch_mul
 script that calls :func:`mule_loop`. The loop reads the mule's own queue and the queues of its
 farms (messages up to the socket limit, beyond uWSGI's 64 KiB hook buffer), directly where
 :class:`~uwsgiconf_mules._queues.QueueFinder` found them; handles uWSGI signals while waiting;
-runs offloaded calls under the declared harakiri; and passes other messages on to
-``uwsgi.mule_msg_hook``.
+runs offloaded calls of this instance under the declared harakiri; refuses, with a log line,
+messages that claim to be calls but do not carry this instance's token; and passes other
+messages on to ``uwsgi.mule_msg_hook``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import _instance, _tasks
 from ._limits import socket_message_limit
 from ._protocol import KEY_START
 from ._queues import STREAK, Queues, probe_destinations
-from .errors import NotInMuleError
+from .errors import MulesError, NotInMuleError
 
 _queues: Queues | None = None  # this dispatch mule's queues, once mule_loop() runs
 
@@ -35,7 +36,11 @@ def mule_loop() -> None:
     if uwsgi is None or not uwsgi.mule_id():
         raise NotInMuleError("mule_loop() can only be called in a uWSGI mule")
     mule_id = int(uwsgi.mule_id())
-    declarations = _instance.declarations()
+    try:
+        declarations = _instance.required_declarations()
+    except MulesError as exc:  # the senders raise it too; say it here once
+        _tasks.log().error("uwsgiconf-mules: mule %d: %s", mule_id, exc)
+        declarations = _instance.declarations()
     harakiri = (declarations.harakiri or 0) if declarations else 0
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
@@ -45,7 +50,7 @@ def mule_loop() -> None:
     find = buffer.find
     current, streak = queues.current, STREAK
     heads = _tasks.HEADS
-    run_envelope, pass_on = _tasks.run_envelope, _tasks.pass_on
+    receive, pass_on = _tasks.receive, _tasks.pass_on
     fast = not harakiri
     while True:
         try:
@@ -63,7 +68,8 @@ def mule_loop() -> None:
         if fast:
             # Fast path, inlined for throughput: a positional-only call of a known task, no
             # harakiri to arm, arguments decoded from the buffer by the decoder the head names
-            # (see _protocol.heads). Everything else takes run_envelope below.
+            # (see _protocol.heads), which exist only for authenticated envelopes of registered tasks.
+            # Everything else takes receive() below.
             end = find(b"\x00", 0, size)
             entry = heads.get(buffer[:end]) if end > 0 else None
             if entry is not None:
@@ -75,6 +81,6 @@ def mule_loop() -> None:
                 except Exception:
                     _tasks.failed(buffer[KEY_START:end])
                 continue
-        message = buffer[:size]
-        if not run_envelope(message, harakiri):
-            pass_on(message)
+        rest = receive(buffer[:size], harakiri)
+        if rest is not None:
+            pass_on(rest)

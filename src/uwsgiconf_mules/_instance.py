@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import weakref
 
-from ._declarations import RECORD_ENV, Declarations, parse_record
+from ._declarations import RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
 from ._limits import clear_cache
+from ._protocol import TOKEN_PID
 from .errors import DeclarationsMissingError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -48,16 +49,25 @@ def declarations() -> Declarations | None:
 
 
 def required_declarations() -> Declarations | None:
-    """The declarations, or None outside uWSGI.
+    """The declarations, or None outside uWSGI; under uWSGI, checked to be usable for sending.
 
-    :raises DeclarationsMissingError: under uWSGI, when the config carries no record.
+    :raises DeclarationsMissingError: under uWSGI, when the config carries no record, or when the
+        runtime was not imported in the master (processes would not share the token).
     """
     found = declarations()
-    if found is None and uwsgi is not None:
+    if uwsgi is None:
+        return found
+    if found is None:
         raise DeclarationsMissingError(
             f"this uWSGI instance has no uwsgiconf-mules declarations (no {RECORD_ENV} in the "
             "environment): declare mules with uwsgiconf_mules.Section and compile the config with "
             "`uwsgiconf compile` or `uwsgiconf-mules compile`")
+    master = uwsgi.masterpid()
+    if master and master != TOKEN_PID:
+        raise DeclarationsMissingError(
+            f"{RUNTIME_MODULE} was not imported in the uWSGI master (the config's `shared-import = "
+            f"{RUNTIME_MODULE}` is missing), so this process cannot sign calls that mules accept: "
+            "compile the config again with uwsgiconf-mules")
     return found
 
 

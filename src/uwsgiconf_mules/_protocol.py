@@ -2,18 +2,27 @@
 
 Layout (bytes)::
 
-    b"\\xfeUCM" | version (1 byte) | kind (1 byte) | task key (UTF-8) | b"\\x00" | body
+    b"\\xfeUCM" | version (1 byte) | token (16 bytes) | kind (1 byte) | task key (UTF-8) | b"\\x00" | body
 
 * The leading ``\\xfe`` byte (never the start of UTF-8 text nor of a pickle) and the ``UCM`` tag
   tell our messages from anybody else's (plain text from ``Mule.send``, uwsgidecorators' pickled
   dicts, ...), which are passed on untouched.
 * The version byte lets a mule refuse, with a log line, an envelope from another version.
+* The *token* authenticates the sender: 16 random bytes drawn when this module is imported,
+  which happens once in the uWSGI master (the builders declare ``shared-import =
+  uwsgiconf_mules.runtime``), so every worker and mule of the instance inherits the same token
+  in memory, and nothing outside the instance's processes ever sees it: it is in no config
+  file, no environment variable and no message that leaves the instance. A message is run as a
+  call only when it starts with :data:`PREFIX` (magic, version, token), compared as bytes before
+  anything is unpickled; everything else is at most data.
 * The kind says how the body encodes the arguments: ``m``, a ``marshal``-ed tuple of positional
   arguments, used only when every argument is exactly an ``int``, ``float``, ``complex``,
   ``str``, ``bytes``, ``bool`` or ``None`` (for those marshal and pickle give back equal values,
   and marshal is faster both ways); ``a``, a pickled tuple of positional arguments; ``k``, a
   pickled ``(args, kwargs)`` pair. An empty body means no arguments. Worker and mule run the
   same interpreter, so the marshal format always matches.
+* Kind ``d`` wraps plain data sent with ``Mule.send``/``Farm.send`` that happens to start with
+  :data:`PREFIX` (see :func:`data`): readers unwrap it, and it is never run.
 * A *probe* (kind ``p``, then random bytes, no key) is what a dispatch mule sends to its own
   queues to find which socket receives them (see :mod:`uwsgiconf_mules._queues`); every mule
   drops probes.
@@ -28,6 +37,7 @@ mules read them with :func:`heads` (the fast path) or :func:`decode`.
 
 from __future__ import annotations
 
+import os
 from marshal import dumps as _marshal, loads as _unmarshal
 from pickle import dumps as _pickle, loads as _unpickle
 
@@ -42,21 +52,29 @@ if TYPE_CHECKING:
     Decoder = Callable[[Any], Any]
 
 MAGIC = b"\xfeUCM"
-VERSION = 1
+VERSION = 2
 HEADER = MAGIC + bytes([VERSION])
+TOKEN = os.urandom(16)
+"""This instance's token: drawn at import, in the uWSGI master (see the module docstring)."""
+TOKEN_PID = os.getpid()
+"""The process that drew :data:`TOKEN`: under uWSGI, the master, or the token is not shared."""
+PREFIX = HEADER + TOKEN
+"""Start of every message this instance's runtime sends as a call, a probe or wrapped data."""
 ARGS = b"a"
 """Kind byte: the body is a pickled tuple of positional arguments, or empty."""
 KWARGS = b"k"
 """Kind byte: the body is a pickled ``(args, kwargs)`` pair."""
 MARSHAL = b"m"
 """Kind byte: the body is a marshal-ed tuple of positional arguments of :data:`MARSHAL_SAFE` types."""
-PROBE = HEADER + b"p"
+DATA = b"d"
+"""Kind byte: the rest of the message is plain data, wrapped by :func:`data`."""
+PROBE = PREFIX + b"p"
 """Start of a probe: a message a dispatch mule sends to its own queues and every mule drops."""
 PROBE_SIZE = len(PROBE) + 12
 """Length of a probe: :data:`PROBE`, then random bytes."""
 MARSHAL_SAFE = frozenset({int, float, complex, str, bytes, bool, type(None)})
 """Exact argument types sent with marshal (subclasses and buffers such as bytearray are pickled)."""
-KEY_START = len(HEADER) + 1
+KEY_START = len(PREFIX) + 1
 """Offset of the task key in an envelope."""
 PICKLE_PROTOCOL = 5
 
@@ -65,12 +83,12 @@ _POSITIONAL: dict[bytes, Decoder] = {ARGS: _unpickle, MARSHAL: _unmarshal}
 
 def task_header(key: str, kind: bytes) -> bytes:
     """The constant part of every envelope of kind ``kind`` for the task ``key``: tag, version,
-    kind, key, NUL.
+    token, kind, key, NUL.
 
     :param key: ``module:qualname`` of the offloaded function.
     :param kind: :data:`ARGS`, :data:`MARSHAL` or :data:`KWARGS`.
     """
-    return HEADER + kind + key.encode() + b"\x00"
+    return PREFIX + kind + key.encode() + b"\x00"
 
 
 def encoder(key: str) -> Encoder:
@@ -108,17 +126,23 @@ def heads(key: str) -> dict[bytes, Decoder]:
     return {task_header(key, kind)[:-1]: loads for kind, loads in _POSITIONAL.items()}
 
 
-def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]] | None:
-    """Split an envelope into (task key, args, kwargs); None if the message is not an envelope.
+def data(message: bytes) -> bytes:
+    """A plain message as ``Mule.send``/``Farm.send`` send it: unchanged, unless it starts with
+    :data:`PREFIX`, when it is wrapped so that no reader can take it for a call.
 
-    :param message: A message as received by a mule.
-    :raises ValueError: for an envelope of another protocol version or a damaged one.
+    :param message: The bytes to deliver.
+    """
+    return PREFIX + DATA + message if message.startswith(PREFIX) else message
+
+
+def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]]:
+    """Split an authenticated envelope (one that starts with :data:`PREFIX`, a call) into
+    (task key, args, kwargs).
+
+    :param message: A message that starts with :data:`PREFIX`.
+    :raises ValueError: for a damaged envelope or one of another kind.
     :raises Exception: whatever ``pickle`` or ``marshal`` raise for a body they cannot read.
     """
-    if not message.startswith(HEADER):
-        if message.startswith(MAGIC):
-            raise ValueError(f"envelope of protocol version {message[4:5]!r}, this runtime reads {VERSION}")
-        return None
     end = message.find(b"\x00", KEY_START)
     kind = message[KEY_START - 1:KEY_START]
     if end < 0 or kind not in (ARGS, MARSHAL, KWARGS):
@@ -131,3 +155,18 @@ def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]] | No
         args, kwargs = _unpickle(body)
         return key, args, kwargs
     return key, _POSITIONAL[kind](body), {}
+
+
+def refusal(message: bytes) -> str | None:
+    """Why a message that starts with :data:`MAGIC` but not with :data:`PREFIX` is no call of
+    this instance; None for a message that does not claim to be an envelope.
+
+    :param message: A message as received.
+    """
+    if not message.startswith(MAGIC):
+        return None
+    if len(message) <= len(MAGIC):
+        return "truncated envelope"
+    if message[len(MAGIC)] != VERSION:
+        return f"envelope of protocol version {message[len(MAGIC)]}, this runtime reads {VERSION}"
+    return "not sent by this uWSGI instance (wrong or missing token)"

@@ -9,6 +9,7 @@ A message larger than the target reads whole is refused before sending (:meth:`R
 
 from __future__ import annotations
 
+import os
 import time
 
 from . import _instance
@@ -28,6 +29,10 @@ BACKOFF_MAX = 0.01
 ROOM_WAIT = 0.05
 """Longest single wait for a full queue to poll writable, in seconds."""
 
+RECOMPILE = (" (if the config changed, compile it again and reload uWSGI: the runtime reads the declarations "
+             "the running uWSGI was started with)")
+"""Said with every undeclared target."""
+
 _send_sockets: list[Any] | None = None  # this process's packet sockets, listed at the first full queue
 
 
@@ -45,7 +50,7 @@ def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
     if declarations is not None:
         if not 1 <= mule_id <= declarations.mule_count:
             raise UnknownTargetError(
-                f"mule {mule_id} is not declared; declared: {declarations.describe()}", target=mule_id)
+                f"mule {mule_id} is not declared; declared: {declarations.describe()}{RECOMPILE}", target=mule_id)
     elif mule_id < 1:
         raise UnknownTargetError(f"mule id {mule_id} is out of range: mule ids start at 1", target=mule_id)
     return mule_id
@@ -62,6 +67,22 @@ def mule_limit(declarations: Declarations | None, mule_id: int) -> int:
     if declarations is not None and declarations.programs[mule_id - 1] is not None:
         return min(limit, PROGRAMMED_READ_LIMIT)
     return limit
+
+
+def missing_script(declarations: Declarations | None, mule_ids: tuple[int, ...]) -> str | None:
+    """Why dispatch mules among ``mule_ids`` cannot run: the entry script the config names does
+    not exist here (a config compiled in another environment); None when they can.
+
+    :param declarations: This instance's declarations, or None outside uWSGI.
+    :param mule_ids: The target's mules.
+    """
+    if declarations is None or declarations.dispatch_script is None:
+        return None
+    script = declarations.dispatch_script
+    if os.path.exists(script) or not set(mule_ids) & set(declarations.dispatchers):
+        return None
+    return (f"the config names the dispatch mule script {script}, which does not exist here, so its dispatch "
+            "mules cannot start: compile the config again in the environment that runs it, and reload uWSGI")
 
 
 def as_bytes(message: str | bytes) -> bytes:
@@ -154,15 +175,26 @@ class Route:
     :param label: The target as the error messages name it.
     :param limit: Largest message the target reads whole, in bytes.
     :param timeout: Seconds a sender waits for room in a full queue.
+    :param refused: Why nothing may be sent to this target, or None.
     """
 
-    __slots__ = ("dest", "label", "limit", "timeout")
+    __slots__ = ("dest", "label", "limit", "refused", "timeout")
 
-    def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float) -> None:
+    def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float, refused: str | None = None) -> None:
         self.dest = dest
         self.label = label
         self.limit = limit
         self.timeout = timeout
+        self.refused = refused
+
+    def refuse(self, message: bytes, dest: int | bytes) -> bool:
+        """Raise :class:`~uwsgiconf_mules.errors.DeliveryError` for :attr:`refused` (the sending
+        function of a target that cannot receive).
+
+        :param message: The message not sent.
+        :param dest: The target.
+        """
+        raise DeliveryError(f"nothing sent to {self.label}: {self.refused}", target=dest)
 
     def check_size(self, size: int, what: str) -> None:
         """Refuse a message larger than :attr:`limit`.
@@ -185,9 +217,12 @@ class Route:
         :returns: True once queued.
         :raises PayloadError: when the message is too large.
         :raises MulesRuntimeError: outside uWSGI.
-        :raises DeliveryError: when the queue stayed full until the timeout.
+        :raises DeliveryError: when the queue stayed full until the timeout, or the target cannot
+            receive (:attr:`refused`).
         """
         self.check_size(len(message), what)
+        if self.refused is not None:
+            return self.refuse(message, self.dest)
         uwsgi = _instance.uwsgi
         if uwsgi is None:
             raise MulesRuntimeError(

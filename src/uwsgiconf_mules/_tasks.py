@@ -1,10 +1,12 @@
-"""Offloaded functions by key, and running the call an envelope carries.
+"""Offloaded functions by key, and what a mule does with each message it receives.
 
 ``mule_offload`` registers every function under its key, ``module:qualname``
-(:func:`register`); a mule finds it there, or imports the key's module first when it has not
-(under ``--lazy-apps`` mules import no app code), and runs the call (:func:`run_envelope`).
-:data:`HEADS` is the table the mule loop's fast path reads: the head of every positional
-envelope of every registered task, with its function and body decoder.
+(:func:`register`). A mule runs a message as a call only when it carries this instance's token
+(see :mod:`uwsgiconf_mules._protocol`) and its key names a registered function, importing the
+key's module first when the mule has not (under ``--lazy-apps`` mules import no app code); it
+never looks up any other attribute by name (:func:`receive`). :data:`HEADS` is the table the
+mule loop's fast path reads: the head of every positional envelope of every registered task,
+with its function and body decoder.
 """
 
 from __future__ import annotations
@@ -37,43 +39,69 @@ def log() -> logging.Logger:
     return _logger
 
 
+CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def is_async(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` is an ``async def`` function.
+
+    :param func: A function.
+    """
+    code = getattr(func, "__code__", None)
+    return bool(code is not None and code.co_flags & CO_COROUTINE)
+
+
+def _awaited(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A function that runs the coroutine function ``func`` to completion: a fresh event loop
+    per call (``asyncio.run``), closed when the call returns."""
+    import asyncio
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(func(*args, **kwargs))
+
+    return run
+
+
 def register(key: str, func: Callable[..., Any]) -> None:
-    """Make ``func`` the task ``key``, for :func:`find` and the fast path.
+    """Make ``func`` the task ``key``, for :func:`find` and the fast path; an ``async def``
+    function is run with ``asyncio.run``.
 
     :param key: ``module:qualname``.
     :param func: The function to run.
     """
+    if is_async(func):
+        func = _awaited(func)
     REGISTRY[key.encode()] = func
     for head, loads in _protocol.heads(key).items():
         HEADS[head] = (func, loads)
 
 
-def find(key: bytes) -> Callable[..., Any] | None:
-    """The function of task ``key``, importing its module when needed; None if there is none.
+def find(key: bytes) -> Callable[..., Any] | str:
+    """The function registered as task ``key``, importing the key's module when the task is not
+    registered yet; otherwise why there is none.
 
-    :param key: ``module:qualname`` as bytes.
+    :param key: ``module:qualname`` as bytes, from an authenticated envelope.
     """
     func = REGISTRY.get(key)
-    if func is None:
-        func = _import(key)
-        if func is not None:
-            register(key.decode(), func)  # later calls take the mule loop's fast path
-    return func
-
-
-def _import(key: bytes) -> Callable[..., Any] | None:
-    module_name, _, qualname = key.decode().partition(":")
+    if func is not None:
+        return func
     try:
-        found: Any = importlib.import_module(module_name)
-    except Exception:
-        log().exception("uwsgiconf-mules: cannot import module %r for task %s", module_name, key.decode())
-        return None
+        text = key.decode()
+    except UnicodeDecodeError:
+        return f"task key {key[:80]!r} is not UTF-8"
+    module_name, colon, _ = text.partition(":")
+    if not colon or not module_name:
+        return f"task key {text[:200]!r} is not module:qualname"
+    try:
+        importlib.import_module(module_name)
+    except Exception as exc:
+        log().error("uwsgiconf-mules: mule %d cannot import module %r for task %s", current_mule(), module_name,
+                    text, exc_info=True)
+        return f"cannot import module {module_name!r} for task {text} ({type(exc).__name__}: {exc})"
     func = REGISTRY.get(key)  # registered when its module was imported
     if func is None:
-        # Decorated after import (e.g. ``mule_offload(target)(func)`` in a view): find it by name.
-        for part in qualname.split("."):
-            found = getattr(found, part, None)
-        func = getattr(found, "__wrapped__", found) if callable(found) else None
+        return (f"unknown task {text}: module {module_name!r} registers no function under this key with "
+                "mule_offload (decorate it at module level, and reload the mules after a deploy)")
     return func
 
 
@@ -91,30 +119,31 @@ def failed(key: bytes | str) -> None:
     log().exception("uwsgiconf-mules: task %s failed", key.decode() if isinstance(key, bytes) else key)
 
 
-def run_envelope(message: bytes, harakiri: int = 0) -> bool:
-    """Run the call carried by an envelope; False if the message is not an envelope.
+def refuse(message: bytes | memoryview, reason: str) -> None:
+    """Log, in one line, that this mule refused a message; it is neither run nor decoded.
 
-    A probe is dropped; an envelope that cannot be decoded or names no known task is logged and
-    dropped; a call that raises is logged. None of them stops the caller.
+    :param message: The message refused.
+    :param reason: Why.
+    """
+    log().error("uwsgiconf-mules: mule %d refused a %d-byte message: %s", current_mule(), len(message), reason)
 
-    :param message: A message as a mule received it.
+
+def run(message: bytes, harakiri: int = 0) -> None:
+    """Run the call in an authenticated envelope (one that starts with ``_protocol.PREFIX``);
+    refuse it, with a log line, when it cannot run. Never raises.
+
+    :param message: The envelope.
     :param harakiri: Seconds the call may run before uWSGI kills the mule; 0 for no limit.
     """
-    if message.startswith(_protocol.PROBE):
-        return True  # another dispatch mule of a farm looking for its queues
     try:
-        decoded = _protocol.decode(message)
-    except Exception:
-        log().exception("uwsgiconf-mules: cannot decode a message of %d bytes", len(message))
-        return True
-    if decoded is None:
-        return False
-    key, args, kwargs = decoded
+        key, args, kwargs = _protocol.decode(message)
+    except Exception as exc:
+        refuse(message, f"cannot decode the envelope ({type(exc).__name__}: {exc})")
+        return
     func = find(key)
-    if func is None:
-        log().error("uwsgiconf-mules: unknown task %s: no offloaded function has this key in mule %d",
-                    key.decode(), current_mule())
-        return True
+    if isinstance(func, str):
+        refuse(message, func)
+        return
     uwsgi = _instance.uwsgi
     try:
         if harakiri:
@@ -125,11 +154,36 @@ def run_envelope(message: bytes, harakiri: int = 0) -> bool:
     finally:
         if harakiri:
             uwsgi.set_user_harakiri(0)
-    return True
+
+
+def receive(message: bytes, harakiri: int = 0, *, strict: bool = True) -> bytes | None:
+    """Handle a message a mule received: run a call of this instance, drop a probe; return what
+    is left for the reader (plain data, unwrapped), or None.
+
+    :param message: The message.
+    :param harakiri: Seconds a call may run before uWSGI kills the mule; 0 for no limit.
+    :param strict: Whether a message that claims to be an envelope but does not carry this
+        instance's token is refused with a log line (a dispatch mule), rather than returned as
+        the plain data that ``send()`` may deliver (a programmed mule's ``get_message``).
+    """
+    prefix = _protocol.PREFIX
+    if message.startswith(prefix):
+        kind = message[len(prefix):len(prefix) + 1]
+        if kind == _protocol.DATA:
+            return message[len(prefix) + 1:]
+        if kind != _protocol.PROBE[-1:]:  # a probe: another dispatch mule looking for its queues
+            run(message, harakiri)
+        return None
+    if strict:
+        reason = _protocol.refusal(message)
+        if reason is not None:
+            refuse(message, reason)
+            return None
+    return message
 
 
 def pass_on(message: bytes) -> None:
-    """Hand a message that is not ours to the mule message hook another library installed
+    """Hand a message that is not a call to the mule message hook another library installed
     (uwsgidecorators, for instance); without one, log that it was dropped.
 
     :param message: The message.

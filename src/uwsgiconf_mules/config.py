@@ -20,7 +20,7 @@ from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
 
 from . import _formats as formats
-from ._declarations import RECORD_ENV, Declarations, MuleFarm, declare
+from ._declarations import RECORD_ENV, RUNTIME_MODULE, Declarations, MuleFarm, declare
 
 __all__ = ["MuleFarm", "Section", "Workers"]
 
@@ -93,11 +93,13 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         opts: dict[Any, Any] = self._section._opts
         for key in _DECLARATION_KEYS:
             opts.pop(key, None)
-        env = [value for value in opts.get("env", []) if not str(value).startswith(f"{RECORD_ENV}=")]
-        if env:
-            opts["env"] = env
-        else:
-            opts.pop("env", None)
+        for key, ours in (("env", lambda value: value.startswith(f"{RECORD_ENV}=")),
+                          ("shared-import", lambda value: value == RUNTIME_MODULE)):
+            kept = [value for value in opts.get(key, []) if not ours(str(value))]
+            if kept:
+                opts[key] = kept
+            else:
+                opts.pop(key, None)
         for key, value in declarations.options():
             self._set(key, value, multi=True)
 

@@ -27,6 +27,7 @@ click nor uwsgiconf's configuration machinery.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 
 from . import (
@@ -37,10 +38,12 @@ from . import (
 )
 from ._limits import socket_message_limit
 from ._sending import (
+    RECOMPILE as _RECOMPILE,
     Route as _Route,
     as_bytes as _as_bytes,
     check_mule_id as _check_mule_id,
     deliver as _deliver,
+    missing_script as _missing_script,
     mule_limit as _mule_limit,
 )
 from .errors import MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
@@ -117,7 +120,8 @@ class Mule:
         declarations = _instance.required_declarations()
         _check_mule_id(self.id, declarations)
         timeout = declarations.send_timeout if declarations else 0.0
-        return _Route(self.id, f"mule {self.id}", _mule_limit(declarations, self.id), timeout)
+        return _Route(self.id, f"mule {self.id}", _mule_limit(declarations, self.id), timeout,
+                      _missing_script(declarations, (self.id,)))
 
     @classmethod
     def get_mules(cls) -> list[Mule]:
@@ -171,9 +175,9 @@ class Mule:
                 if deadline is not None and time.monotonic() >= deadline:
                     return ""
                 continue
-            if _tasks.run_envelope(message):
-                continue
-            return _as_text(message)
+            data = _tasks.receive(message, strict=False)
+            if data is not None:
+                return _as_text(data)
 
     def offload(self) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in this mule.
@@ -189,13 +193,17 @@ class Mule:
     def send(self, message: str | bytes) -> bool:
         """Send a message to this mule; a programmed mule reads it with ``get_message``.
 
+        The bytes arrive exactly as given, and are never run, whatever they contain. A dispatch
+        mule hands them to the ``uwsgi.mule_msg_hook`` another library installed, or drops them
+        with a log line.
+
         :param message: Text (sent as UTF-8) or bytes.
         :returns: True once queued.
         :raises UnknownTargetError: if the mule is not declared (or no mules are).
         :raises PayloadError: if the message is larger than the mule reads whole.
         :raises DeliveryError: if the queue stayed full until the send timeout.
         """
-        return self._route().send(_as_bytes(message), "message")
+        return self._route().send(_protocol.data(_as_bytes(message)), "message")
 
 
 class Farm:
@@ -221,7 +229,7 @@ class Farm:
             spec = declarations.get_farm(name)
             if spec is None:
                 raise UnknownTargetError(
-                    f"farm {name!r} is not declared; declared: {declarations.describe()}", target=name)
+                    f"farm {name!r} is not declared; declared: {declarations.describe()}{_RECOMPILE}", target=name)
             if ids is not None and sorted(ids) != sorted(spec.mules):
                 raise UnknownTargetError(
                     f"farm {name!r} is declared with mules {list(spec.mules)}, not {ids}", target=name)
@@ -246,16 +254,17 @@ class Farm:
     def _route(self) -> _Route:
         declarations = _instance.required_declarations()
         if declarations is None:
-            limit, timeout = socket_message_limit(None), 0.0
+            limit, timeout, refused = socket_message_limit(None), 0.0, None
         else:
             spec = declarations.get_farm(self.name)
             if spec is None:
                 raise UnknownTargetError(
-                    f"farm {self.name!r} is not declared; declared: {declarations.describe()}",
+                    f"farm {self.name!r} is not declared; declared: {declarations.describe()}{_RECOMPILE}",
                     target=self.name)
             limit = min(_mule_limit(declarations, mule) for mule in spec.mules)
             timeout = declarations.send_timeout
-        return _Route(self.name.encode(), f"farm {self.name!r}", limit, timeout)
+            refused = _missing_script(declarations, spec.mules)
+        return _Route(self.name.encode(), f"farm {self.name!r}", limit, timeout, refused)
 
     @classmethod
     def get_farms(cls) -> list[Farm]:
@@ -303,9 +312,9 @@ class Farm:
             raise NotInMuleError(f"Farm.get_message(): mule {mule_id} belongs to no farm")
         while True:
             message = uwsgi.farm_get_msg()
-            if message is None or _tasks.run_envelope(message):
-                continue
-            return _as_text(message)
+            data = None if message is None else _tasks.receive(message, strict=False)
+            if data is not None:
+                return _as_text(data)
 
     def offload(self) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in one mule of this farm.
@@ -319,15 +328,27 @@ class Farm:
         return mule_offload(self)
 
     def send(self, message: str | bytes) -> bool:
-        """Send a message to this farm; exactly one of its mules receives it.
+        """Send a message to this farm of programmed mules; exactly one of them receives it, as
+        given, and never runs it.
 
         :param message: Text (sent as UTF-8) or bytes.
         :returns: True once queued.
         :raises UnknownTargetError: if the farm is not declared.
         :raises PayloadError: if the message is larger than the farm's mules read whole.
         :raises DeliveryError: if the queue stayed full until the send timeout.
+        :raises UsageError: if the farm has dispatch mules: they run offloaded calls and would
+            drop a plain message.
         """
-        return self._route().send(_as_bytes(message), "message")
+        declarations = _instance.declarations()
+        if declarations is not None:
+            spec = declarations.get_farm(self.name)
+            dispatchers = [i for i in (spec.mules if spec else ()) if i in declarations.dispatchers]
+            if dispatchers:
+                raise UsageError(
+                    f"Farm({self.name!r}).send(): farm {self.name!r} has dispatch mules "
+                    f"({', '.join(map(str, dispatchers))}), which run offloaded calls and would drop a plain "
+                    "message; send to a farm of programmed mules only, or offload a function to this farm")
+        return self._route().send(_protocol.data(_as_bytes(message)), "message")
 
 
 class _IsMine:
@@ -351,9 +372,29 @@ TypeMuleFarm = int | str | Mule | Farm | None
 """What ``mule_offload`` accepts as a target."""
 
 
+_CO_GENERATORS = 0x20 | 0x200  # inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
+def _unrunnable(func: Callable[..., Any], module: str, qualname: str) -> str:
+    """Why a mule could not run ``func`` from its key; empty when it can."""
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        return ("offloaded functions must be defined at module level (or as class attributes), so that a "
+                "mule can find them by name")
+    loaded = sys.modules.get(module)
+    if module == "__main__" or module.startswith("uwsgi_file_") or (
+            loaded is not None and getattr(loaded, "__spec__", None) is None):
+        return (f"module {module!r} cannot be imported by name in a mule (a script run as __main__, or "
+                "uWSGI's --wsgi-file): define offloaded functions in a module of your project that is "
+                "imported by name (and point uWSGI at it with --module)")
+    code = getattr(func, "__code__", None)
+    if code is not None and code.co_flags & _CO_GENERATORS:
+        return "a generator function would only create a generator in the mule, and never run"
+    return ""
+
+
 def _run_inline(message: bytes, dest: int | bytes) -> bool:
     """Outside uWSGI, an offloaded call runs here, from its encoded message."""
-    _tasks.run_envelope(message)
+    _tasks.run(message)
     return True
 
 
@@ -366,10 +407,9 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
     module = getattr(func, "__module__", None)
     if not callable(func) or not qualname or not module:
         raise MulesRuntimeError(f"mule_offload() needs a function, not {func!r}")
-    if "<locals>" in qualname or "<lambda>" in qualname:
-        raise MulesRuntimeError(
-            f"cannot offload {module}.{qualname}: offloaded functions must be defined at module "
-            "level (or as class attributes), so that a mule can find them by name")
+    problem = _unrunnable(func, module, qualname)
+    if problem:
+        raise MulesRuntimeError(f"cannot offload {module}.{qualname}: {problem}")
     key = f"{module}:{qualname}"
     encode = _protocol.encoder(key)
     _tasks.register(key, func)
@@ -386,7 +426,7 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
             route = target._route()
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
-            send = uwsgi.mule_msg if uwsgi is not None else _run_inline
+            send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
         return route
 
     def forget() -> None:
