@@ -56,8 +56,8 @@ def test_subclasses_are_pickled_not_marshalled() -> None:
 
 def test_the_token_is_random_per_instance_and_starts_every_envelope() -> None:
     assert len(protocol.TOKEN) == 16 and protocol.PREFIX == protocol.HEADER + protocol.TOKEN
-    other = subprocess.run([sys.executable, "-c", "from uwsgiconf_mules import _protocol; print(_protocol.TOKEN.hex())"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    code = "from uwsgiconf_mules import _protocol; print(_protocol.TOKEN.hex())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert bytes.fromhex(other) != protocol.TOKEN
     assert protocol.PROBE.startswith(protocol.PREFIX)
 

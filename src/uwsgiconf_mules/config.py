@@ -93,9 +93,9 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         opts: dict[Any, Any] = self._section._opts
         for key in _DECLARATION_KEYS:
             opts.pop(key, None)
-        for key, ours in (("env", lambda value: value.startswith(f"{RECORD_ENV}=")),
-                          ("shared-import", lambda value: value == RUNTIME_MODULE)):
-            kept = [value for value in opts.get(key, []) if not ours(str(value))]
+        ours = {"env": f"{RECORD_ENV}=", "shared-import": RUNTIME_MODULE}  # what an earlier call emitted
+        for key, emitted in ours.items():
+            kept = [value for value in opts.get(key, []) if not str(value).startswith(emitted)]
             if kept:
                 opts[key] = kept
             else:
