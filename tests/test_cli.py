@@ -116,6 +116,8 @@ def test_check_warns_about_what_matters(tmp_path: Path) -> None:
         "warning: mule 2 is in farms 'a', 'b': their work shares one process",
         "warning: farm 'a' includes programmed mule(s) 1: they take farm messages only while waiting in "
         "get_message(farms=True)",
+        "warning: farm 'a' includes dispatch mule(s) 2: Farm('a').send() is refused (a dispatch mule would drop a "
+        "plain message); offloads run in either",
         "warning: msg_buffer 1024 is small: messages over 4576 bytes are refused and bursts fill the queue quickly",
     ]
 
