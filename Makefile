@@ -1,17 +1,20 @@
 # Two commands do everything on a fresh clone: `make demo` and `make test`.
+# `make test-matrix` runs `make test` on every supported Python and uWSGI (see .ci/matrix).
 PYTHON ?= python3
 VENV := .venv
+# More requirements installed with '.[test]', e.g. uwsgi==2.0.28 (.ci/matrix uses it for the oldest uWSGI).
+EXTRA_REQUIREMENTS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test test-matrix lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(EXTRA_REQUIREMENTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +29,9 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest
 
+test-matrix:
+	.ci/matrix
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 
@@ -33,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-matrix dist build .pytest_cache .mypy_cache .ruff_cache
