@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from harness import Server, start_server
+from harness import Server, start_server, stop_all
 from uwsgiconf_mules import runtime
 
 
@@ -22,8 +22,7 @@ def uwsgi_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         return server
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all(servers)
 
 
 @pytest.fixture

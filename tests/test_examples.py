@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, compile_config, launch
+from harness import Server, compile_config, launch, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -23,8 +23,7 @@ LAZY = ROOT / "examples" / "lazy_yaml"
 def servers() -> Iterator[list[Server]]:
     started: list[Server] = []
     yield started
-    for server in started:
-        server.stop()
+    stop_all(started)
 
 
 def journal(server: Server, path: Path, count: int) -> list[dict[str, object]]:
