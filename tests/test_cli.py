@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from uwsgiconf.config import Configuration
 
-from declarations_cases import CASES, source
 from harness import BIN
-from test_compile import EXPECTED, assert_one_line_error, compile_with, normalise
+from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, normalise, source
 from uwsgiconf_mules import Section
 
 CLI = str(BIN / "uwsgiconf-mules")

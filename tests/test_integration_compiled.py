@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from declarations_cases import CASES, source
 from harness import Server
+from helpers import CASES, source
 
 pytestmark = pytest.mark.integration
 

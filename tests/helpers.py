@@ -1,7 +1,19 @@
-"""Declarations compiled by the tests, by name: the body of a ``uwsgicfg.py``.
+"""Helpers shared by the test modules (``tests/harness.py`` is the real-uWSGI harness).
 
-Each has expected outputs in ``tests/expected/<name>.ini`` (and ``.yaml``).
+``CASES``: declarations compiled by the tests, by name: the body of a ``uwsgicfg.py``. Each has
+expected outputs in ``tests/expected/<name>.ini`` (and ``.yaml``).
 """
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from uwsgiconf_mules.declarations import DISPATCH_MULE
+
+EXPECTED = Path(__file__).parent / "expected"
+STAMP = re.compile(r"(uwsgiconf v)\S+ on .*")
 
 HEADER = "from uwsgiconf_mules import Section\nsection = Section()\nworkers = section.workers\n"
 FOOTER = "uwsgi_configuration = section.as_configuration()\n"
@@ -40,3 +52,24 @@ workers.set_mules_params(harakiri_timeout=60)
 
 def source(name: str) -> str:
     return HEADER + CASES[name] + FOOTER
+
+
+def normalise(text: str) -> str:
+    """Replace the generation stamp and this installation's dispatch mule path with fixed texts."""
+    return STAMP.sub(r"\1<version> on <date>", text).replace(DISPATCH_MULE, "<dispatch_mule>")
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *parts: str) -> None:
+    """Exit 1, nothing on stdout, one line on stderr that contains every part, no traceback."""
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for part in parts:
+        assert part in proc.stderr
+
+
+def compile_with(tmp_path: Path, body: str, *command: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "uwsgicfg.py").write_text(body)
+    return subprocess.run([*command, "uwsgicfg.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, check=False)
