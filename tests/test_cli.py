@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from uwsgiconf.config import Configuration
 
 from harness import BIN
 from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, normalise, source
-from uwsgiconf_mules import Section
 
 CLI = str(BIN / "uwsgiconf-mules")
 
@@ -139,14 +137,6 @@ def test_check_rejects_an_invalid_declaration(tmp_path: Path) -> None:
     proc = compile_with(tmp_path, body, CLI, "check")
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("farm name 'fa st' contains whitespace")
-
-
-def test_yaml_formatter_is_registered_with_uwsgiconf() -> None:
-    section = Section()
-    section.workers.set_mules_params(mules=1)
-    text = Configuration([section]).format(formatter="yaml", stamp=False)
-    assert text.splitlines()[0] == "uwsgi:"
-    assert "  env: UWSGICONF_MULES=v1;mules=1;send-timeout=5" in text.splitlines()
 
 
 @pytest.mark.integration

@@ -1,4 +1,6 @@
-"""``uwsgiconf compile`` on declarations: whole outputs against expected files, and errors."""
+"""The uwsgiconf side (``uwsgiconf_mules.config``): what ``Section`` emits, compiled by uwsgiconf's own
+``uwsgiconf compile`` (uwsgiconf's ini formatter, not ours): whole outputs against expected files,
+and invalid declarations as one-line errors."""
 
 from __future__ import annotations
 
