@@ -12,9 +12,7 @@ import pytest
 
 from harness import Server, compile_config, launch, stop_all
 
-pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASIC = ROOT / "examples" / "basic"
 LAZY = ROOT / "examples" / "lazy_yaml"
 

@@ -11,8 +11,6 @@ import pytest
 from harness import Server
 from helpers import CASES, source
 
-pytestmark = pytest.mark.integration
-
 # Programmed mules of the "programmed" case: a script and a module callable. Both read with
 # Mule.get_message(), which also runs offloaded calls that reach them.
 PROGRAMMED_MODULES = {

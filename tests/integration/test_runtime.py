@@ -8,8 +8,6 @@ import pytest
 
 from harness import Server, declaration
 
-pytestmark = pytest.mark.integration
-
 DESIGN = declaration("farms=[section.workers.mule_farm('fast', 2), section.workers.mule_farm('slow', [3, 4])]")
 
 TASKS_MODULE = '''

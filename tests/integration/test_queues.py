@@ -9,8 +9,6 @@ import pytest
 
 from harness import Server, declaration
 
-pytestmark = pytest.mark.integration
-
 QUEUES = declaration(
     "mules=[None, None, None, 'consumer.py'], farms=[section.workers.mule_farm('solo', [1]), "
     "section.workers.mule_farm('pair', [2, 3]), section.workers.mule_farm('mixed', [3, 4])]")
