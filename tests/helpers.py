@@ -2,13 +2,24 @@
 
 ``CASES``: declarations compiled by the tests, by name: the body of a ``uwsgicfg.py``. Each has
 expected outputs in ``tests/expected/<name>.ini`` (and ``.yaml``).
+
+A command runs on a ``uwsgicfg.py`` written into a directory, either as a real command
+(``compile_with``, a subprocess) or in this process through click's ``CliRunner``
+(``invoke_with``); both return a ``CompletedProcess`` with the exit code, stdout and stderr.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+import click
+from click.testing import CliRunner
 
 from uwsgiconf_mules.declarations import DISPATCH_MULE
 
@@ -69,7 +80,53 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *parts: str) -
         assert part in proc.stderr
 
 
+CONF = "uwsgicfg.py"
+
+
+def write_conf(directory: Path, body: str) -> Path:
+    """Write ``body`` as ``directory/uwsgicfg.py``."""
+    path = directory / CONF
+    path.write_text(body)
+    return path
+
+
 def compile_with(tmp_path: Path, body: str, *command: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "uwsgicfg.py").write_text(body)
-    return subprocess.run([*command, "uwsgicfg.py"], cwd=tmp_path, capture_output=True, text=True,
+    """Write ``body`` as ``uwsgicfg.py`` and run the real ``command`` on it, in ``tmp_path``."""
+    write_conf(tmp_path, body)
+    return subprocess.run([*command, CONF], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL, check=False)
+
+
+def invoke_with(tmp_path: Path, body: str, command: click.Command, *args: str) -> subprocess.CompletedProcess[str]:
+    """Like ``compile_with``, in this process: ``command`` is a click command (``uwsgiconf_mules.cli:cli``,
+    ``uwsgiconf.cli:base``) and gets ``args`` and ``uwsgicfg.py``."""
+    write_conf(tmp_path, body)
+    return invoke(tmp_path, command, *args, CONF)
+
+
+def invoke(directory: Path, command: click.Command, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a click command in this process as its console script would run in ``directory``.
+
+    The working directory is ``directory`` meanwhile (relative paths, as a user types them), and
+    the configuration module is imported afresh: uwsgiconf imports it by name (``uwsgicfg``),
+    so the module of an earlier call is dropped from ``sys.modules`` and no bytecode is written.
+    ``sys.exit`` gives the exit code, as the command's own ``sys.exit`` would; any other
+    exception propagates and fails the test (the real command would print a traceback).
+    """
+    # click 8.2 separates stderr by default and has no mix_stderr any more.
+    separate = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+    runner = CliRunner(**separate)
+    module = Path(CONF).stem
+    cwd = os.getcwd()
+    dont_write_bytecode = sys.dont_write_bytecode
+    sys.modules.pop(module, None)
+    importlib.invalidate_caches()
+    os.chdir(directory)
+    sys.dont_write_bytecode = True
+    try:
+        result = runner.invoke(command, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+        sys.dont_write_bytecode = dont_write_bytecode
+        sys.modules.pop(module, None)
+    return subprocess.CompletedProcess([command.name or "", *args], result.exit_code, result.stdout, result.stderr)

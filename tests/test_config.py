@@ -1,21 +1,25 @@
 """The uwsgiconf side (``uwsgiconf_mules.config``): what ``Section`` emits, compiled by uwsgiconf's own
 ``uwsgiconf compile`` (uwsgiconf's ini formatter, not ours): whole outputs against expected files,
-and invalid declarations as one-line errors."""
+and invalid declarations as one-line errors.
+
+The command runs in this process through click's ``CliRunner``; the design example also through
+the installed ``uwsgiconf`` console script, as a subprocess."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from uwsgiconf.cli import base as uwsgiconf_cli
 
 from harness import BIN
-from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, normalise, source
+from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, invoke_with, normalise, source
 from uwsgiconf_mules.declarations import DISPATCH_MULE
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ini_matches_expected_file(tmp_path: Path, name: str) -> None:
-    proc = compile_with(tmp_path, source(name), str(BIN / "uwsgiconf"), "compile")
+    proc = invoke_with(tmp_path, source(name), uwsgiconf_cli, "compile")
     assert proc.returncode == 0, proc.stderr
     assert normalise(proc.stdout) == (EXPECTED / f"{name}.ini").read_text()
 
@@ -53,4 +57,4 @@ INVALID = {
 def test_invalid_declaration_is_one_line_exit_1(tmp_path: Path, case: str) -> None:
     args, message = INVALID[case]
     body = source("design").replace(CASES["design"], f"workers.set_mules_params({args})\n")
-    assert_one_line_error(compile_with(tmp_path, body, str(BIN / "uwsgiconf"), "compile"), message)
+    assert_one_line_error(invoke_with(tmp_path, body, uwsgiconf_cli, "compile"), message)
