@@ -123,8 +123,13 @@ class Server:
         self.log_path = log_path
         self.results = results
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def log(self, since: int = 0) -> str:
+        """The uWSGI log, from byte offset ``since`` (see ``log_size``) on."""
+        return self.log_path.read_bytes()[since:].decode(errors="replace")
+
+    def log_size(self) -> int:
+        """Bytes logged so far: ``log(since=log_size())`` later reads only what was logged meanwhile."""
+        return self.log_path.stat().st_size
 
     def get(self, path: str, timeout: float = 30.0) -> tuple[int, Any]:
         """GET ``path``; returns (status, JSON-decoded body or text)."""
