@@ -24,7 +24,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -p xdist -n 2
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
