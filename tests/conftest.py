@@ -1,29 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from harness import Server, start_server
 from uwsgiconf_mules import _instance
-
-
-@pytest.fixture
-def uwsgi_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start real uWSGI servers (see tests/harness.py); every one is stopped at teardown."""
-    servers: list[Server] = []
-    counter = iter(range(1000))
-
-    def start(config: str, app: str = "", **kwargs: Any) -> Server:
-        server = start_server(tmp_path / f"server{next(counter)}", config, app, **kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

@@ -4,8 +4,14 @@
 config with the real ``uwsgiconf compile`` (or ``uwsgiconf-mules compile --format yaml``),
 starts real uWSGI on it under ``--strict --master --die-on-term`` with stdin from /dev/null and
 an HTTP socket on a free loopback port, and waits (bounded) until the port is bound, every
-declared mule has spawned and an HTTP probe answers. ``Server.stop`` always stops it: SIGINT,
-then SIGKILL after a bound.
+declared mule has spawned, every worker and mule has installed its own signal handlers (logged by
+an ``accepting`` and an ``as-mule`` hook) and an HTTP probe answers. (One worker answering is not
+enough: a worker that got SIGINT before reaching its accepting loop kept running, on a loaded
+machine about one stop in ten, until uWSGI's 60 s reload mercy.)
+
+``Server.stop`` always stops it: SIGINT, then, after a bound, SIGKILL to the whole process group,
+and that fails (``AssertionError`` with the log tail): a server that does not stop on SIGINT is a
+bug to see, not to hide.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ BIN = Path(sys.executable).parent
 UWSGI = BIN / "uwsgi"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+WORKER_READY = "harness: worker accepting"
+MULE_READY = "harness: mule ready"
 
 APP_PRELUDE = '''
 import json
@@ -115,8 +123,13 @@ class Server:
         self.log_path = log_path
         self.results = results
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def log(self, since: int = 0) -> str:
+        """The uWSGI log, from byte offset ``since`` (see ``log_size``) on."""
+        return self.log_path.read_bytes()[since:].decode(errors="replace")
+
+    def log_size(self) -> int:
+        """Bytes logged so far: ``log(since=log_size())`` later reads only what was logged meanwhile."""
+        return self.log_path.stat().st_size
 
     def get(self, path: str, timeout: float = 30.0) -> tuple[int, Any]:
         """GET ``path``; returns (status, JSON-decoded body or text)."""
@@ -160,14 +173,34 @@ class Server:
         return {int(m[1]): int(m[2]) for m in re.finditer(r"spawned uWSGI mule (\d+) \(pid: (\d+)\)",
                                                           self.log())}
 
+    def ready_count(self, line: str) -> int:
+        """How many processes logged ``line`` (a readiness hook), respawns included."""
+        return len(re.findall(rf"^{re.escape(line)}$", self.log(), re.M))
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(STOP_TIMEOUT)
+        """SIGINT; if uWSGI is still running after ``STOP_TIMEOUT``, SIGKILL its process group and fail."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(STOP_TIMEOUT)
+            raise AssertionError(f"uWSGI did not stop within {STOP_TIMEOUT} s of SIGINT and was killed with "
+                                 f"SIGKILL\n--- uWSGI log ---\n{self.log()[-6000:]}") from None
+
+
+def stop_all(servers: Sequence[Server]) -> None:
+    """Stop every server, then raise the first failure to stop (in a fixture: an error of the test)."""
+    failures = []
+    for server in servers:
+        try:
+            server.stop()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def start_server(
@@ -221,6 +254,7 @@ def launch(
     workers: int = 2,
     env: dict[str, str] | None = None,
     run_dir: Path | None = None,
+    app: Sequence[str] = ("--module", "app:application"),
 ) -> Server:
     """Start real uWSGI on a compiled config and wait (bounded) until it is ready.
 
@@ -232,6 +266,7 @@ def launch(
     :param workers: Number of uWSGI workers.
     :param env: More environment variables.
     :param run_dir: Where the log and results go (default: ``directory``).
+    :param app: The options that load the application (``--wsgi-file``, ``script.py`` instead).
     """
     run_dir = run_dir or directory
     results = run_dir / "results"
@@ -241,9 +276,9 @@ def launch(
     full_env = dict(os.environ, TEST_RESULTS=str(results), **(env or {}))
     full_env.pop("UWSGICONF_MULES", None)
     cmd = [str(UWSGI), f"--{fmt}", str(config), "--strict", "--master", "--die-on-term",
-           "--http-socket", f"127.0.0.1:{port}", "--module", "app:application",
+           "--http-socket", f"127.0.0.1:{port}", *app,
            "--pythonpath", str(directory), "--chdir", str(directory), "--workers", str(workers),
-           *extra_args]
+           "--hook-accepting", f"log:{WORKER_READY}", "--hook-as-mule", f"log:{MULE_READY}", *extra_args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
@@ -253,13 +288,18 @@ def launch(
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"uWSGI exited with {proc.returncode}\n{server.log()[-6000:]}")
-            if len(server.mule_pids()) >= expect_mules and _answers(port):
+            if (len(server.mule_pids()) >= expect_mules and server.ready_count(MULE_READY) >= expect_mules
+                    and server.ready_count(WORKER_READY) >= workers and _answers(port)):
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"uWSGI not ready after {START_TIMEOUT} s\n{server.log()[-6000:]}")
             time.sleep(0.05)
-    except BaseException:
-        server.stop()
+    except BaseException as exc:
+        try:
+            server.stop()
+        except AssertionError as stop_error:
+            if isinstance(exc, Exception):
+                raise AssertionError(f"{exc}\n\nThen, stopping it: {stop_error}") from exc
         raise
     return server
 

@@ -1,34 +1,36 @@
-"""The ``uwsgiconf-mules`` command, run as a subprocess: compile (ini, yaml) and check."""
+"""The ``uwsgiconf-mules`` command: compile (ini, yaml) and check.
+
+In this process through click's ``CliRunner`` (``helpers.invoke_with``), and a few smoke tests of
+the installed console script as a subprocess (``main()``, real exit codes).
+"""
 
 from __future__ import annotations
 
 import subprocess
-import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from uwsgiconf.config import Configuration
+from uwsgiconf.cli import base as uwsgiconf_cli
 
-from declarations_cases import CASES, source
 from harness import BIN
-from test_compile import EXPECTED, assert_one_line_error, compile_with, normalise
-from uwsgiconf_mules import Section
-from uwsgiconf_mules._declarations import DISPATCH_MULE
+from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, invoke, invoke_with, normalise, source
+from uwsgiconf_mules.cli import cli
 
 CLI = str(BIN / "uwsgiconf-mules")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_yaml_matches_expected_file(tmp_path: Path, name: str) -> None:
-    proc = compile_with(tmp_path, source(name), CLI, "compile", "--format", "yaml")
+    proc = invoke_with(tmp_path, source(name), cli, "compile", "--format", "yaml")
     assert proc.returncode == 0, proc.stderr
     assert normalise(proc.stdout) == (EXPECTED / f"{name}.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ini_is_identical_to_uwsgiconf_compile(tmp_path: Path, name: str) -> None:
-    ours = compile_with(tmp_path, source(name), CLI, "compile")
-    theirs = compile_with(tmp_path, source(name), str(BIN / "uwsgiconf"), "compile")
+    ours = invoke_with(tmp_path, source(name), cli, "compile")
+    theirs = invoke_with(tmp_path, source(name), uwsgiconf_cli, "compile")
     assert ours.returncode == theirs.returncode == 0
     assert normalise(ours.stdout) == normalise(theirs.stdout) == (EXPECTED / f"{name}.ini").read_text()
 
@@ -40,7 +42,7 @@ def test_all_sections_of_a_module_are_rendered(tmp_path: Path) -> None:
         "b = Section(name='other')\nb.workers.set_mules_params(farms=b.workers.mule_farm('x', 1))\n"
         "uwsgi_configuration = Configuration([a, b])\n"
     )
-    proc = compile_with(tmp_path, body, CLI, "compile", "--format", "yaml")
+    proc = invoke_with(tmp_path, body, cli, "compile", "--format", "yaml")
     assert normalise(proc.stdout) == (EXPECTED / "two_sections.yaml").read_text()
 
 
@@ -61,36 +63,34 @@ def test_yaml_refuses_values_the_embedded_parser_would_mangle(tmp_path: Path, ca
     value, problem = BAD_VALUES[case]
     body = source("design").replace(
         "uwsgi_configuration =", f"section.main_process.set_naming_params(name={value})\nuwsgi_configuration =")
-    assert_one_line_error(compile_with(tmp_path, body, CLI, "compile", "--format", "yaml"),
+    assert_one_line_error(invoke_with(tmp_path, body, cli, "compile", "--format", "yaml"),
                           "option 'procname' of section 'uwsgi' cannot be written as uWSGI YAML", problem)
 
 
 def test_invalid_declaration_through_our_compile_is_one_line(tmp_path: Path) -> None:
     body = source("design").replace("workers.mule_farm('slow', [3, 4])", "workers.mule_farm('fast', [3, 4])")
-    proc = compile_with(tmp_path, body, CLI, "compile", "--format", "yaml")
+    proc = invoke_with(tmp_path, body, cli, "compile", "--format", "yaml")
     assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (1, "", "farm 'fast' is declared twice")
 
 
 def test_a_module_that_fails_to_load_is_one_line(tmp_path: Path) -> None:
-    proc = compile_with(tmp_path, "raise RuntimeError('broken module')\n", CLI, "compile")
+    proc = invoke_with(tmp_path, "raise RuntimeError('broken module')\n", cli, "compile")
     assert proc.returncode == 1
     assert proc.stderr.strip() == "cannot load the configuration module: RuntimeError: broken module"
 
 
 def test_usage_errors_exit_2_and_version_comes_from_metadata(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, *args], cwd=tmp_path, capture_output=True, text=True, check=False)
+        return invoke(tmp_path, cli, *args)
 
     assert run("compile", "--format", "xml").returncode == 2
     assert run("compile", "missing.py").returncode == 2
     assert run("--help").returncode == 0 and "check" in run("--help").stdout
-    from importlib.metadata import version
-
     assert run("--version").stdout.strip() == f"uwsgiconf-mules, version {version('uwsgiconf-mules')}"
 
 
 def test_check_prints_a_summary(tmp_path: Path) -> None:
-    proc = compile_with(tmp_path, source("design"), CLI, "check")
+    proc = invoke_with(tmp_path, source("design"), cli, "check")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:6] == [
@@ -109,7 +109,7 @@ def test_check_warns_about_what_matters(tmp_path: Path) -> None:
     body = source("design").replace(
         CASES["design"], "workers.set_mules_params(mules=['feed.py', None], msg_buffer=1024, "
         "farms=[workers.mule_farm('a', [1, 2]), workers.mule_farm('b', [2])])\n")
-    proc = compile_with(tmp_path, body, CLI, "check")
+    proc = invoke_with(tmp_path, body, cli, "check")
     assert proc.returncode == 0
     warnings = [line.strip() for line in proc.stdout.splitlines() if "warning:" in line]
     assert warnings == [
@@ -122,60 +122,50 @@ def test_check_warns_about_what_matters(tmp_path: Path) -> None:
     ]
 
 
+CHECK_PROBLEMS = (
+    "from uwsgiconf.config import Configuration, Section as Plain\nfrom uwsgiconf_mules import Section\n"
+    "plain = Plain(name='plain')\nplain.workers.set_mules_params(mules=2, msg_buffer_recv=1024)\n"
+    "ours = Section()\nours.workers.set_mules_params(mules=1)\n"
+    "uwsgi_configuration = Configuration([ours, plain])\n"
+)
+CHECK_PROBLEM_LINES = [
+    "section 'plain': option mule-msg-recv-size does not exist in uWSGI 2.0.x (--strict rejects it)",
+    "section 'plain' declares mules or farms without uwsgiconf_mules.Section: the runtime cannot see them; "
+    "use `from uwsgiconf_mules import Section`",
+]
+
+
 def test_check_reports_each_problem_and_exits_1(tmp_path: Path) -> None:
-    body = (
-        "from uwsgiconf.config import Configuration, Section as Plain\nfrom uwsgiconf_mules import Section\n"
-        "plain = Plain(name='plain')\nplain.workers.set_mules_params(mules=2, msg_buffer_recv=1024)\n"
-        "ours = Section()\nours.workers.set_mules_params(mules=1)\n"
-        "uwsgi_configuration = Configuration([ours, plain])\n"
-    )
-    proc = compile_with(tmp_path, body, CLI, "check")
+    proc = invoke_with(tmp_path, CHECK_PROBLEMS, cli, "check")
     assert proc.returncode == 1
-    assert proc.stderr.splitlines() == [
-        "section 'plain': option mule-msg-recv-size does not exist in uWSGI 2.0.x (--strict rejects it)",
-        "section 'plain' declares mules or farms without uwsgiconf_mules.Section: the runtime cannot see them; "
-        "use `from uwsgiconf_mules import Section`",
-    ]
+    assert proc.stderr.splitlines() == CHECK_PROBLEM_LINES
 
 
 def test_check_rejects_an_invalid_declaration(tmp_path: Path) -> None:
     body = source("design").replace("mule_farm('fast', 2)", "mule_farm('fa st', 2)")
-    proc = compile_with(tmp_path, body, CLI, "check")
+    proc = invoke_with(tmp_path, body, cli, "check")
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("farm name 'fa st' contains whitespace")
 
 
-def test_yaml_formatter_is_registered_with_uwsgiconf() -> None:
-    section = Section()
-    section.workers.set_mules_params(mules=1)
-    text = Configuration([section]).format(formatter="yaml", stamp=False)
-    assert text.splitlines()[0] == "uwsgi:"
-    assert f"  env: UWSGICONF_MULES=v2;mules=1;send-timeout=5;dispatch={DISPATCH_MULE}" in text.splitlines()
+# The installed console script, as a subprocess: main(), the process exit codes, stdout and stderr.
+
+def test_command_prints_its_version_and_exits_2_on_a_usage_error(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL, check=False)
+
+    assert run("--version").stdout.strip() == f"uwsgiconf-mules, version {version('uwsgiconf-mules')}"
+    assert run("compile", "--format", "xml").returncode == 2
 
 
-@pytest.mark.integration
-def test_wheel_in_a_fresh_venv_compiles_ini_and_yaml(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(root)],
-                   check=True, capture_output=True, timeout=300)
-    wheel = next(wheels.glob("uwsgiconf_mules-*.whl"))
-    import zipfile
-
-    names = zipfile.ZipFile(wheel).namelist()
-    assert {"uwsgiconf_mules/templates/yaml.j2", "uwsgiconf_mules/templates/ini.j2",
-            "uwsgiconf_mules/py.typed", "uwsgiconf_mules/dispatch_mule.py"} <= set(names)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True, capture_output=True,
-                   timeout=300)
-    work = tmp_path / "work"
-    work.mkdir()
-    proc = compile_with(work, source("design"), str(venv / "bin" / "uwsgiconf-mules"), "compile", "--format", "yaml")
+def test_command_compiles_yaml(tmp_path: Path) -> None:
+    proc = compile_with(tmp_path, source("design"), CLI, "compile", "--format", "yaml")
     assert proc.returncode == 0, proc.stderr
-    installed = str(next(venv.glob("lib/python*/site-packages/uwsgiconf_mules/dispatch_mule.py")).resolve())
-    assert normalise(proc.stdout.replace(installed, "<dispatch_mule>")) == (EXPECTED / "design.yaml").read_text()
-    # A plain install is enough for uwsgiconf's own command, too (uwsgiconf[cli] is a dependency).
-    ini = compile_with(work, source("design"), str(venv / "bin" / "uwsgiconf"), "compile")
-    assert ini.returncode == 0, ini.stderr
-    assert normalise(ini.stdout.replace(installed, "<dispatch_mule>")) == (EXPECTED / "design.ini").read_text()
+    assert normalise(proc.stdout) == (EXPECTED / "design.yaml").read_text()
+
+
+def test_command_check_exits_1_with_one_line_per_problem(tmp_path: Path) -> None:
+    proc = compile_with(tmp_path, CHECK_PROBLEMS, CLI, "check")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == CHECK_PROBLEM_LINES

@@ -81,7 +81,7 @@ def test_an_async_task_is_awaited() -> None:
     protocol.HEADER + bytes(16) + b"a" + f"{__name__}:task\x00".encode() + pickle.dumps((Exploit(),)),
     protocol.HEADER + protocol.TOKEN[:8] + bytes(8) + b"a" + f"{__name__}:task\x00".encode() + pickle.dumps((1,)),
     protocol.MAGIC,
-])
+], ids=["v1 os:system", "no token", "zero token", "half token", "magic only"])  # ids: the token is random
 def test_forged_calls_are_refused_with_one_line_and_never_unpickled(
         forged: bytes, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, "uwsgiconf_mules"):

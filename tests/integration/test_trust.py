@@ -3,15 +3,12 @@ mule, and nothing is accepted that cannot run."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import UWSGI, Server, compile_config, declaration, free_port, launch, start_server
+from harness import Server, compile_config, declaration, launch, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -278,22 +275,13 @@ def test_offloaded_functions_of_a_wsgi_file_script_are_refused_when_decorated(tm
         "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n")
     path, compiled = compile_config(tmp_path)
     assert compiled.returncode == 0, compiled.stderr
-    log = tmp_path / "uwsgi.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(UWSGI), "--ini", str(path), "--strict", "--master", "--die-on-term", "--http-socket",
-             f"127.0.0.1:{free_port()}", "--wsgi-file", str(tmp_path / "script.py"), "--workers", "1"],
-            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = launch(path, tmp_path, expect_mules=1, workers=1, app=("--wsgi-file", str(tmp_path / "script.py")))
     try:
-        deadline = time.monotonic() + 30
-        while "REFUSED" not in log.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.05)
+        server.wait_for(lambda: "REFUSED" in server.log(), what="the refusal")
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-    assert ("REFUSED MulesRuntimeError cannot offload uwsgi_file_" in log.read_text()
-            and "cannot be imported by name in a mule" in log.read_text())
+        server.stop()
+    assert "REFUSED MulesRuntimeError cannot offload uwsgi_file_" in server.log()
+    assert "cannot be imported by name in a mule" in server.log()
 
 
 def test_unknown_targets_say_to_recompile(uwsgi_server: Callable[..., Server]) -> None:

@@ -8,10 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from declarations_cases import CASES, source
 from harness import Server
-
-pytestmark = pytest.mark.integration
+from helpers import CASES, source
 
 # Programmed mules of the "programmed" case: a script and a module callable. Both read with
 # Mule.get_message(), which also runs offloaded calls that reach them.

@@ -1,15 +1,17 @@
-"""Dispatch mules read their queues directly, on a real uWSGI: found, fair, lossless."""
+"""Dispatch mules read their queues directly, on a real uWSGI: found, fair, lossless.
+
+The tests share one server (``server``, module-scoped); each passes its own run name
+(``?run=...``), under which the calls it makes record their results.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import pytest
 
-from harness import Server, declaration
-
-pytestmark = pytest.mark.integration
+from harness import Server, declaration, start_server
 
 QUEUES = declaration(
     "mules=[None, None, None, 'consumer.py'], farms=[section.workers.mule_farm('solo', [1]), "
@@ -27,13 +29,18 @@ while True:  # uWSGI's own reader: a probe would show up here
 
 QUEUES_APP = '''
 import time
+from urllib.parse import parse_qsl
 
 from uwsgiconf_mules import _dispatch
 
 
-def report(tag):
+def params(query):
+    return dict(parse_qsl(query))
+
+
+def report(run, tag):
     direct = [d.decode() if isinstance(d, bytes) else d for d in _dispatch.current_queues().direct]
-    record("direct", tag=tag, direct=direct)
+    record(f"{run}.direct", tag=tag, direct=direct)
 
 
 report1, report2, report3 = (mule_offload(i)(report) for i in (1, 2, 3))
@@ -45,34 +52,37 @@ def block(seconds):
 
 
 @mule_offload(1)
-def direct(i):
-    record("order", via="mule", i=i)
+def direct(run, i):
+    record(f"{run}.order", via="mule", i=i)
 
 
 @mule_offload("solo")
-def farmed(i):
-    record("order", via="farm", i=i)
+def farmed(run, i):
+    record(f"{run}.order", via="farm", i=i)
 
 
 @mule_offload("pair")
-def paired(i):
-    record("pair", i=i)
+def paired(run, i):
+    record(f"{run}.pair", i=i)
 
 
 @route("/report")
 def report_all(query):
-    return [report1("1"), report2("2"), report3("3")]
+    run = params(query)["run"]
+    return [report1(run, "1"), report2(run, "2"), report3(run, "3")]
 
 
 @route("/interleave")
 def interleave(query):
+    run = params(query)["run"]
     block(1.0)
-    return [direct(i) for i in range(150)] + [farmed(i) for i in range(150)]
+    return [direct(run, i) for i in range(150)] + [farmed(run, i) for i in range(150)]
 
 
 @route("/pair")
 def pair(query):
-    return all(paired(i) for i in range(int(query)))
+    run, n = params(query)["run"], int(params(query)["n"])
+    return all(paired(run, i) for i in range(n))
 
 
 @route("/consumer")
@@ -81,16 +91,19 @@ def consumer(query):
 '''
 
 
-@pytest.fixture
-def server(uwsgi_server: Callable[..., Server]) -> Server:
-    return uwsgi_server(QUEUES, QUEUES_APP, modules={"consumer": CONSUMER})
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module; each test records under its own run name."""
+    server = start_server(tmp_path_factory.mktemp("queues"), QUEUES, QUEUES_APP, modules={"consumer": CONSUMER})
+    yield server
+    server.stop()
 
 
-def found_queues(server: Server) -> dict[int, list[int | str]]:
+def found_queues(server: Server, run: str) -> dict[int, list[int | str]]:
     """What mules 1-3 read directly, once each has been in use (the search starts then)."""
     for attempt in range(1, 51):
-        assert server.get("/report")[1] == [True, True, True]
-        lines = server.wait_lines("direct", 3 * attempt)
+        assert server.get(f"/report?run={run}")[1] == [True, True, True]
+        lines = server.wait_lines(f"{run}.direct", 3 * attempt)
         direct = {r["mule"]: r["direct"] for r in lines[-3:]}
         if all(mule in found for mule, found in direct.items()):
             return direct
@@ -99,7 +112,7 @@ def found_queues(server: Server) -> dict[int, list[int | str]]:
 
 
 def test_dispatch_mules_read_their_own_queue_and_their_farms_directly(server: Server) -> None:
-    direct = found_queues(server)
+    direct = found_queues(server, "own-queue")
     assert set(direct[1]) == {1, "solo"}  # the only reader of its farm: always found
     assert 2 in direct[2] and 3 in direct[3]
     # 'mixed' has a programmed mule, which would not know a probe: never probed, read through uWSGI.
@@ -107,10 +120,10 @@ def test_dispatch_mules_read_their_own_queue_and_their_farms_directly(server: Se
 
 
 def test_queues_read_directly_take_turns(server: Server) -> None:
-    assert "solo" in found_queues(server)[1]
-    status, body = server.get("/interleave")
+    assert "solo" in found_queues(server, "turns")[1]
+    status, body = server.get("/interleave?run=turns")
     assert (status, body) == (200, [True] * 300)
-    order = [(r["via"], r["i"]) for r in server.wait_lines("order", 300, timeout=30)]
+    order = [(r["via"], r["i"]) for r in server.wait_lines("turns.order", 300, timeout=30)]
     assert sorted(order) == sorted([("mule", i) for i in range(150)] + [("farm", i) for i in range(150)])
     assert [i for via, i in order if via == "mule"] == list(range(150))
     assert [i for via, i in order if via == "farm"] == list(range(150))
@@ -119,8 +132,8 @@ def test_queues_read_directly_take_turns(server: Server) -> None:
 
 
 def test_farm_probes_are_never_lost_calls_nor_passed_on(server: Server) -> None:
-    assert server.get("/pair?3000", timeout=60) == (200, True)
-    runs = server.wait_lines("pair", 3000, timeout=60)
+    assert server.get("/pair?run=probes&n=3000", timeout=60) == (200, True)
+    runs = server.wait_lines("probes.pair", 3000, timeout=60)
     assert sorted(r["i"] for r in runs) == list(range(3000))  # each call ran exactly once
     assert {r["mule"] for r in runs} <= {2, 3}
     # The programmed mule of farm 'mixed' got what was sent to it, and never a probe.

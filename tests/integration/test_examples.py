@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, compile_config, launch
+from harness import Server, compile_config, launch, stop_all
 
-pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASIC = ROOT / "examples" / "basic"
 LAZY = ROOT / "examples" / "lazy_yaml"
 
@@ -23,8 +21,7 @@ LAZY = ROOT / "examples" / "lazy_yaml"
 def servers() -> Iterator[list[Server]]:
     started: list[Server] = []
     yield started
-    for server in started:
-        server.stop()
+    stop_all(started)
 
 
 def journal(server: Server, path: Path, count: int) -> list[dict[str, object]]:

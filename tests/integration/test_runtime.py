@@ -1,14 +1,18 @@
-"""The runtime on a real uWSGI: Mule, Farm and mule_offload, consistent and lossless."""
+"""The runtime on a real uWSGI: Mule, Farm and mule_offload, consistent and lossless.
+
+The tests that only send requests share one server (``server``, module-scoped): each passes its
+own run name (``?run=...``), under which the calls it makes record their results, and reads
+only the part of the log written during the test where it counts lines. Tests that need another
+configuration or app, or that kill or respawn a mule, start their own (``uwsgi_server``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from harness import Server, declaration
-
-pytestmark = pytest.mark.integration
+from harness import Server, declaration, start_server
 
 DESIGN = declaration("farms=[section.workers.mule_farm('fast', 2), section.workers.mule_farm('slow', [3, 4])]")
 
@@ -17,16 +21,22 @@ import json, os
 from uwsgiconf_mules.runtime import Mule, mule_offload
 
 @mule_offload(2)
-def process(tag):
-    with open(os.path.join(os.environ["TEST_RESULTS"], "process"), "a") as handle:
+def process(run, tag):
+    with open(os.path.join(os.environ["TEST_RESULTS"], run + ".process"), "a") as handle:
         handle.write(json.dumps({{"module": __name__, "impl": "{impl}", "tag": tag,
                                  "mule": Mule.get_current_id()}}) + "\\n")
 '''
 
 APP = '''
+from urllib.parse import parse_qsl
+
 import tasks_a
 import tasks_b
-from uwsgiconf_mules import errors
+from uwsgiconf_mules import _protocol, errors
+
+
+def params(query):
+    return dict(parse_qsl(query))
 
 
 def where():
@@ -35,24 +45,24 @@ def where():
 
 
 @mule_offload()
-def to_default(tag):
-    record("default", tag=tag, **where())
+def to_default(run, tag):
+    record(f"{run}.default", tag=tag, **where())
 
 
 @Mule(1).offload()
-def to_mule1(tag, payload=b""):
+def to_mule1(run, tag, payload=b""):
     """Runs in mule 1."""
-    record("mule1", tag=tag, size=len(payload), **where())
+    record(f"{run}.mule1", tag=tag, size=len(payload), **where())
 
 
 @Farm("fast").offload()
-def to_fast(tag):
-    record("fast", tag=tag, **where())
+def to_fast(run, tag):
+    record(f"{run}.fast", tag=tag, **where())
 
 
 @mule_offload("slow")
-def to_slow(tag):
-    record("slow", tag=tag, **where())
+def to_slow(run, tag):
+    record(f"{run}.slow", tag=tag, **where())
 
 
 @mule_offload(3)
@@ -61,13 +71,13 @@ def boom(tag):
 
 
 @mule_offload(3)
-def after_boom(tag):
-    record("after_boom", tag=tag)
+def after_boom(run, tag):
+    record(f"{run}.after_boom", tag=tag)
 
 
 @mule_offload(4)
-def count(i):
-    record("burst", i=i)
+def count(run, i):
+    record(f"{run}.burst", i=i)
 
 
 def error_of(call):
@@ -80,8 +90,9 @@ def error_of(call):
 
 @route("/offload")
 def offload_all(query):
-    return [to_default("d"), to_mule1("m"), to_fast("f1"), to_fast("f2"), to_fast("f3"),
-            to_slow("s1"), to_slow("s2"), tasks_a.process("a"), tasks_b.process("b")]
+    run = params(query)["run"]
+    return [to_default(run, "d"), to_mule1(run, "m"), to_fast(run, "f1"), to_fast(run, "f2"), to_fast(run, "f3"),
+            to_slow(run, "s1"), to_slow(run, "s2"), tasks_a.process(run, "a"), tasks_b.process(run, "b")]
 
 
 @route("/info")
@@ -116,52 +127,75 @@ def bad_targets(query):
 
 @route("/oversize")
 def oversize(query):
-    big = error_of(lambda: to_mule1("big", b"x" * 300000))
-    return {"big": big, "fits": to_mule1("fits", b"x" * 150000)}
+    run = params(query)["run"]
+    big = error_of(lambda: to_mule1(run, "big", b"x" * 300000))
+    return {"big": big, "fits": to_mule1(run, "fits", b"x" * 150000)}
 
 
 @route("/unpicklable")
 def unpicklable(query):
-    return error_of(lambda: to_mule1(lambda: None))
+    return error_of(lambda: to_mule1(params(query)["run"], lambda: None))
 
 
 @route("/boom")
 def boom_route(query):
-    return [boom("1"), after_boom("2")]
+    return [boom("1"), after_boom(params(query)["run"], "2")]
 
 
 @route("/burst")
 def burst(query):
-    for i in range(int(query)):
-        count(i)
+    run, n = params(query)["run"], int(params(query)["n"])
+    for i in range(n):
+        count(run, i)
     return "sent"
+
+
+@route("/unknown")
+def unknown(query):
+    # Signed envelopes, as this instance's sender makes them, naming no registered task.
+    import uwsgi
+    return [uwsgi.mule_msg(_protocol.encoder("app:no_such_task")((1,), {}), 1),
+            uwsgi.mule_msg(_protocol.encoder("no_such_module:task")((), {}), 1)]
+
+
+@mule_offload(1)
+def after(run, tag):
+    record(f"{run}.after_unknown", tag=tag)
+
+
+@route("/after")
+def after_route(query):
+    return after(params(query)["run"], "ok")
 '''
 
 
-@pytest.fixture
-def server(uwsgi_server: Callable[..., Server]) -> Server:
-    return uwsgi_server(DESIGN, APP, modules={
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module's request-only tests; each test records under its own run name."""
+    server = start_server(tmp_path_factory.mktemp("design"), DESIGN, APP, modules={
         "tasks_a": TASKS_MODULE.format(impl="A"), "tasks_b": TASKS_MODULE.format(impl="B")})
+    yield server
+    server.stop()
 
 
 def test_offloads_run_in_the_declared_mules_and_farms(server: Server) -> None:
-    status, body = server.get("/offload")
+    status, body = server.get("/offload?run=offloads")
     assert status == 200, body
     assert body == [True] * 9
-    default = server.wait_lines("default", 1)
+    default = server.wait_lines("offloads.default", 1)
     assert [(r["mule"], r["current"]) for r in default] == [(1, "Mule(1)")]
-    assert [r["mule"] for r in server.wait_lines("mule1", 1)] == [1]
-    fast = server.wait_lines("fast", 3)
+    assert [r["mule"] for r in server.wait_lines("offloads.mule1", 1)] == [1]
+    fast = server.wait_lines("offloads.fast", 3)
     assert {r["mule"] for r in fast} <= {1, 2}
     assert all(r["fast"] is True and r["slow"] is False for r in fast)
-    slow = server.wait_lines("slow", 2)
+    slow = server.wait_lines("offloads.slow", 2)
     assert {r["mule"] for r in slow} <= {3, 4}
     assert all(r["slow"] is True and r["fast"] is False for r in slow)
 
 
 def test_same_named_functions_in_two_modules_each_run_their_own_code(server: Server) -> None:
-    server.get("/offload")
-    runs = sorted((r["module"], r["impl"], r["tag"], r["mule"]) for r in server.wait_lines("process", 2))
+    server.get("/offload?run=same-named")
+    runs = sorted((r["module"], r["impl"], r["tag"], r["mule"]) for r in server.wait_lines("same-named.process", 2))
     assert runs == [("tasks_a", "A", "a", 2), ("tasks_b", "B", "b", 2)]
 
 
@@ -196,41 +230,52 @@ def test_bad_targets_raise_value_errors_and_the_worker_survives(server: Server) 
 
 
 def test_oversize_payload_is_refused_at_the_call_site(server: Server) -> None:
-    status, body = server.get("/oversize")
+    status, body = server.get("/oversize?run=oversize")
     assert status == 200, body
     name, is_value_error, message = body["big"]
     assert (name, is_value_error) == ("PayloadError", True)
     assert "app:to_mule1" in message and "bytes exceeds the" in message and "mule 1" in message
     assert body["fits"] is True
     # 150,000 bytes, past uWSGI's 64 KiB hook buffer, arrive whole.
-    assert [r["size"] for r in server.wait_lines("mule1", 1)] == [150000]
+    assert [r["size"] for r in server.wait_lines("oversize.mule1", 1)] == [150000]
 
 
 def test_unpicklable_argument_fails_at_the_call(server: Server) -> None:
-    body = server.get("/unpicklable")[1]
+    body = server.get("/unpicklable?run=unpicklable")[1]
     assert body[0] == "PayloadError" and "cannot be pickled" in body[2]
 
 
 def test_a_raising_task_is_logged_and_the_mule_goes_on(server: Server) -> None:
     pid_before = server.mule_pids()[3]
-    assert server.get("/boom")[1] == [True, True]
-    after = server.wait_lines("after_boom", 1)
+    assert server.get("/boom?run=boom")[1] == [True, True]
+    after = server.wait_lines("boom.after_boom", 1)
     assert after[0]["mule"] == 3 and after[0]["pid"] == pid_before
     log = server.wait_for(lambda: "RuntimeError: boom 1" in server.log() and server.log())
     assert "task app:boom failed" in log
     assert server.mule_pids()[3] == pid_before
 
 
+def test_unknown_task_keys_are_logged_and_the_mule_goes_on(server: Server) -> None:
+    pid = server.mule_pids()[1]
+    assert server.get("/unknown")[1] == [True, True]
+    server.wait_for(lambda: "unknown task app:no_such_task" in server.log(), what="unknown task log")
+    server.wait_for(lambda: "cannot import module 'no_such_module'" in server.log(), what="import log")
+    assert "unknown task no_such_module" not in server.log()  # an import failure is reported as such
+    assert server.get("/after?run=unknown")[1] is True
+    assert server.wait_lines("unknown.after_unknown", 1)[0]["pid"] == pid
+
+
 def test_a_burst_of_10000_offloads_all_run_in_order(server: Server) -> None:
-    status, body = server.get("/burst?10000", timeout=60)
+    start = server.log_size()
+    status, body = server.get("/burst?run=burst&n=10000", timeout=60)
     assert (status, body) == (200, "sent")
-    runs = server.wait_lines("burst", 10000, timeout=60)
+    runs = server.wait_lines("burst.burst", 10000, timeout=60)
     assert [r["i"] for r in runs] == list(range(10000))
     assert {r["mule"] for r in runs} == {4}
     # The default queue holds a few hundred messages: the burst did fill it, and nothing was lost.
     # uWSGI logs each send that finds it full; the sender waits for room instead of retrying
     # blindly, so that is a few dozen lines here (a fixed backoff logged about 2,500).
-    assert 0 < server.log().count("MULE MSG QUEUE IS FULL") < 1000
+    assert 0 < server.log(since=start).count("MULE MSG QUEUE IS FULL") < 1000
 
 
 PROGRAMMED = declaration("mules=['consumer.py', None], farms=[section.workers.mule_farm('inbox', [1])]")
@@ -447,40 +492,6 @@ def test_uwsgidecorators_imported_before_the_runtime_does_not_break_offloads(
     assert server.get("/both") == (200, "ok")
     runs = sorted((r["by"], r["mule"]) for r in server.wait_lines("coexist", 2))
     assert runs == [("uwsgiconf-mules", 1), ("uwsgidecorators", 2)]
-
-
-UNKNOWN_APP = '''
-from uwsgiconf_mules import _protocol
-
-
-@route("/unknown")
-def unknown(query):
-    # Signed envelopes, as this instance's sender makes them, naming no registered task.
-    import uwsgi
-    return [uwsgi.mule_msg(_protocol.encoder("app:no_such_task")((1,), {}), 1),
-            uwsgi.mule_msg(_protocol.encoder("no_such_module:task")((), {}), 1)]
-
-
-@mule_offload(1)
-def after(tag):
-    record("after_unknown", tag=tag)
-
-
-@route("/after")
-def after_route(query):
-    return after("ok")
-'''
-
-
-def test_unknown_task_keys_are_logged_and_the_mule_goes_on(uwsgi_server: Callable[..., Server]) -> None:
-    server = uwsgi_server(DESIGN, UNKNOWN_APP)
-    pid = server.mule_pids()[1]
-    assert server.get("/unknown")[1] == [True, True]
-    server.wait_for(lambda: "unknown task app:no_such_task" in server.log(), what="unknown task log")
-    server.wait_for(lambda: "cannot import module 'no_such_module'" in server.log(), what="import log")
-    assert "unknown task no_such_module" not in server.log()  # an import failure is reported as such
-    assert server.get("/after")[1] is True
-    assert server.wait_lines("after_unknown", 1)[0]["pid"] == pid
 
 
 STUCK = declaration("mules=1, send_timeout=0.5")

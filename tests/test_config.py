@@ -1,45 +1,25 @@
-"""``uwsgiconf compile`` on declarations: whole outputs against expected files, and errors."""
+"""The uwsgiconf side (``uwsgiconf_mules.config``): what ``Section`` emits, compiled by uwsgiconf's own
+``uwsgiconf compile`` (uwsgiconf's ini formatter, not ours): whole outputs against expected files,
+and invalid declarations as one-line errors.
+
+The command runs in this process through click's ``CliRunner``; the design example also through
+the installed ``uwsgiconf`` console script, as a subprocess."""
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from uwsgiconf.cli import base as uwsgiconf_cli
 
-from declarations_cases import CASES, source
 from harness import BIN
+from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, invoke_with, normalise, source
 from uwsgiconf_mules._declarations import DISPATCH_MULE
-
-EXPECTED = Path(__file__).parent / "expected"
-STAMP = re.compile(r"(uwsgiconf v)\S+ on .*")
-
-
-def normalise(text: str) -> str:
-    """Replace the generation stamp and this installation's dispatch mule path with fixed texts."""
-    return STAMP.sub(r"\1<version> on <date>", text).replace(DISPATCH_MULE, "<dispatch_mule>")
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *parts: str) -> None:
-    """Exit 1, nothing on stdout, one line on stderr that contains every part, no traceback."""
-    assert proc.returncode == 1
-    assert proc.stdout == ""
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    for part in parts:
-        assert part in proc.stderr
-
-
-def compile_with(tmp_path: Path, body: str, *command: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "uwsgicfg.py").write_text(body)
-    return subprocess.run([*command, "uwsgicfg.py"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL, check=False)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ini_matches_expected_file(tmp_path: Path, name: str) -> None:
-    proc = compile_with(tmp_path, source(name), str(BIN / "uwsgiconf"), "compile")
+    proc = invoke_with(tmp_path, source(name), uwsgiconf_cli, "compile")
     assert proc.returncode == 0, proc.stderr
     assert normalise(proc.stdout) == (EXPECTED / f"{name}.ini").read_text()
 
@@ -79,4 +59,4 @@ INVALID = {
 def test_invalid_declaration_is_one_line_exit_1(tmp_path: Path, case: str) -> None:
     args, message = INVALID[case]
     body = source("design").replace(CASES["design"], f"workers.set_mules_params({args})\n")
-    assert_one_line_error(compile_with(tmp_path, body, str(BIN / "uwsgiconf"), "compile"), message)
+    assert_one_line_error(invoke_with(tmp_path, body, uwsgiconf_cli, "compile"), message)

@@ -1,0 +1,132 @@
+"""Helpers shared by the test modules (``tests/harness.py`` is the real-uWSGI harness).
+
+``CASES``: declarations compiled by the tests, by name: the body of a ``uwsgicfg.py``. Each has
+expected outputs in ``tests/expected/<name>.ini`` (and ``.yaml``).
+
+A command runs on a ``uwsgicfg.py`` written into a directory, either as a real command
+(``compile_with``, a subprocess) or in this process through click's ``CliRunner``
+(``invoke_with``); both return a ``CompletedProcess`` with the exit code, stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from uwsgiconf_mules._declarations import DISPATCH_MULE
+
+EXPECTED = Path(__file__).parent / "expected"
+STAMP = re.compile(r"(uwsgiconf v)\S+ on .*")
+
+HEADER = "from uwsgiconf_mules import Section\nsection = Section()\nworkers = section.workers\n"
+FOOTER = "uwsgi_configuration = section.as_configuration()\n"
+
+CASES = {
+    # The example of the design brief: a farm by count, a farm by ids.
+    "design": """
+workers.set_mules_params(farms=[workers.mule_farm('fast', 2), workers.mule_farm('slow', [3, 4])])
+""",
+    # Counts only: farms numbered one after the other from mule 1.
+    "counts": """
+workers.set_mules_params(farms=[workers.mule_farm('a', 2), workers.mule_farm('b', 3)])
+""",
+    # Explicit ids, a mule in two farms, an explicit count with a mule in no farm.
+    "explicit": """
+workers.set_mules_params(mules=5, farms=[
+    workers.mule_farm('odd', [1, 3]), workers.mule_farm('even', [2, 4]), workers.mule_farm('all', [1, 2, 3, 4])])
+""",
+    # Programmed mules next to dispatch mules (None), a farm of dispatch mules.
+    "programmed": """
+workers.set_mules_params(mules=['feeder.py', 'jobs:consume', None, None],
+                         farms=workers.mule_farm('work', [3, 4]))
+""",
+    # Message buffer, harakiri, reload mercy, touch-reload and send timeout.
+    "options": """
+workers.set_mules_params(mules=2, harakiri_timeout=30, reload_mercy=10, msg_buffer=1048576,
+                         touch_reload=['/tmp/reload-mules'], send_timeout=2.5)
+""",
+    # Mixed: a count farm, an id farm, more mules than the farms need, set in two calls.
+    "mixed": """
+workers.set_mules_params(mules=6, farms=[workers.mule_farm('io', 2), workers.mule_farm('cpu', [5, 6])])
+workers.set_mules_params(harakiri_timeout=60)
+""",
+}
+
+
+def source(name: str) -> str:
+    return HEADER + CASES[name] + FOOTER
+
+
+def normalise(text: str) -> str:
+    """Replace the generation stamp and this installation's dispatch mule path with fixed texts."""
+    return STAMP.sub(r"\1<version> on <date>", text).replace(DISPATCH_MULE, "<dispatch_mule>")
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *parts: str) -> None:
+    """Exit 1, nothing on stdout, one line on stderr that contains every part, no traceback."""
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for part in parts:
+        assert part in proc.stderr
+
+
+CONF = "uwsgicfg.py"
+
+
+def write_conf(directory: Path, body: str) -> Path:
+    """Write ``body`` as ``directory/uwsgicfg.py``."""
+    path = directory / CONF
+    path.write_text(body)
+    return path
+
+
+def compile_with(tmp_path: Path, body: str, *command: str) -> subprocess.CompletedProcess[str]:
+    """Write ``body`` as ``uwsgicfg.py`` and run the real ``command`` on it, in ``tmp_path``."""
+    write_conf(tmp_path, body)
+    return subprocess.run([*command, CONF], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, check=False)
+
+
+def invoke_with(tmp_path: Path, body: str, command: click.Command, *args: str) -> subprocess.CompletedProcess[str]:
+    """Like ``compile_with``, in this process: ``command`` is a click command (``uwsgiconf_mules.cli:cli``,
+    ``uwsgiconf.cli:base``) and gets ``args`` and ``uwsgicfg.py``."""
+    write_conf(tmp_path, body)
+    return invoke(tmp_path, command, *args, CONF)
+
+
+def invoke(directory: Path, command: click.Command, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a click command in this process as its console script would run in ``directory``.
+
+    The working directory is ``directory`` meanwhile (relative paths, as a user types them), and
+    the configuration module is imported afresh: uwsgiconf imports it by name (``uwsgicfg``),
+    so the module of an earlier call is dropped from ``sys.modules`` and no bytecode is written.
+    ``sys.exit`` gives the exit code, as the command's own ``sys.exit`` would; any other
+    exception propagates and fails the test (the real command would print a traceback).
+    """
+    # click 8.2 separates stderr by default and has no mix_stderr any more.
+    separate = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+    runner = CliRunner(**separate)
+    module = Path(CONF).stem
+    cwd = os.getcwd()
+    dont_write_bytecode = sys.dont_write_bytecode
+    sys.modules.pop(module, None)
+    importlib.invalidate_caches()
+    os.chdir(directory)
+    sys.dont_write_bytecode = True
+    try:
+        result = runner.invoke(command, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+        sys.dont_write_bytecode = dont_write_bytecode
+        sys.modules.pop(module, None)
+    return subprocess.CompletedProcess([command.name or "", *args], result.exit_code, result.stdout, result.stderr)
