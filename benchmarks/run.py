@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -256,15 +257,21 @@ def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
 
 
 def import_cost(repeat: int) -> dict[str, Any]:
+    # Both packages import from cached bytecode, as installed packages do: an editable install
+    # under PYTHONDONTWRITEBYTECODE=1 would otherwise compile this project's sources at every import.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+
     def once(module: str) -> float:
         proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env=env)
         for line in proc.stderr.splitlines():
             parts = [p.strip() for p in line.split("|")]
             if len(parts) == 3 and parts[2] == module:
                 return int(parts[1]) / 1000
         raise RuntimeError(f"no import time for {module}")
 
+    once("uwsgiconf_mules.runtime")  # writes the bytecode caches
+    once("uwsgiconf.runtime.mules")
     ours, theirs = [], []
     for _ in range(repeat):
         ours.append(once("uwsgiconf_mules.runtime"))
