@@ -25,6 +25,7 @@ from uwsgiconf_mules._declarations import DISPATCH_MULE
 
 EXPECTED = Path(__file__).parent / "expected"
 STAMP = re.compile(r"(uwsgiconf v)\S+ on .*")
+DEFAULT_SPOOL = re.compile(r"spool=/var/tmp/uwsgiconf-mules-\d+/[0-9a-f]{16}")
 
 HEADER = "from uwsgiconf_mules import Section\nsection = Section()\nworkers = section.workers\n"
 FOOTER = "uwsgi_configuration = section.as_configuration()\n"
@@ -66,8 +67,10 @@ def source(name: str) -> str:
 
 
 def normalise(text: str) -> str:
-    """Replace the generation stamp and this installation's dispatch mule path with fixed texts."""
-    return STAMP.sub(r"\1<version> on <date>", text).replace(DISPATCH_MULE, "<dispatch_mule>")
+    """Replace the generation stamp, this installation's dispatch mule path and the default spool
+    directory (named after the directory compiled in) with fixed texts."""
+    text = STAMP.sub(r"\1<version> on <date>", text).replace(DISPATCH_MULE, "<dispatch_mule>")
+    return DEFAULT_SPOOL.sub("spool=<default_spool>", text)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *parts: str) -> None:

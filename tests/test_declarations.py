@@ -15,6 +15,7 @@ from uwsgiconf_mules._declarations import (
     Declarations,
     FarmSpec,
     declare,
+    default_spool_dir,
     parse_record,
 )
 
@@ -48,14 +49,15 @@ def test_a_mule_may_belong_to_two_farms() -> None:
 
 def test_record_round_trips_and_is_safe_for_ini_and_yaml() -> None:
     decl = declare(mules=["x.py", None, None], farms=[MuleFarm("f-1.x", [2, 3])], msg_buffer=4096,
-                   harakiri_timeout=9, send_timeout=0.5)
+                   harakiri_timeout=9, send_timeout=0.5, reload_mercy=20, spool_dir="/srv/app/spool/")
     record = decl.record()
-    assert record == ("v2;mules=3;programmed=1;msg-size=4096;harakiri=9;send-timeout=0.5;farm=f-1.x:2,3;"
-                      f"dispatch={DISPATCH_MULE}")
+    assert record == ("v2;mules=3;programmed=1;msg-size=4096;harakiri=9;reload-mercy=20;send-timeout=0.5;"
+                      f"farm=f-1.x:2,3;dispatch={DISPATCH_MULE};spool=/srv/app/spool")
     assert not any(c in record for c in "#%'\"\n") and record[0] not in "-[{"
     back = parse_record(record)
-    assert (back.mule_count, back.programmed, back.farms, back.msg_size, back.harakiri, back.send_timeout,
-            back.dispatch_script) == (3, (1,), decl.farms, 4096, 9, 0.5, DISPATCH_MULE)
+    assert (back.mule_count, back.programmed, back.farms, back.msg_size, back.harakiri, back.reload_mercy,
+            back.send_timeout, back.dispatch_script, back.spool_dir) == (
+        3, (1,), decl.farms, 4096, 9, 20, 0.5, DISPATCH_MULE, "/srv/app/spool")
     assert parse_record(declare(mules=["x.py"]).record()).dispatch_script is None  # no dispatch mules
     assert ("env", f"{RECORD_ENV}={record}") == decl.options()[-1]
 
@@ -144,7 +146,8 @@ def test_second_call_updates_the_declaration_without_duplicating_options() -> No
     assert [value for key, value in opts if key == "mule"] == [DISPATCH_MULE] * 3
     assert [value for key, value in opts if key == "farm"] == ["a:1,2"]
     assert [value for key, value in opts if key == "env"] == [
-        "OTHER=1", f"UWSGICONF_MULES=v2;mules=3;harakiri=5;send-timeout=5;farm=a:1,2;dispatch={DISPATCH_MULE}"]
+        "OTHER=1", f"UWSGICONF_MULES=v2;mules=3;harakiri=5;send-timeout=5;farm=a:1,2;dispatch={DISPATCH_MULE};"
+        f"spool={default_spool_dir()}"]
     assert [value for key, value in opts if key == "shared-import"] == ["uwsgiconf_mules.runtime"]
     assert section.mules_declarations == declare(mules=3, farms=MuleFarm("a", 2), harakiri_timeout=5)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from uwsgiconf.config import Configuration
 
 from uwsgiconf_mules import Section
-from uwsgiconf_mules._declarations import DISPATCH_MULE
+from uwsgiconf_mules._declarations import DISPATCH_MULE, default_spool_dir
 
 
 def test_yaml_formatter_is_registered_with_uwsgiconf() -> None:
@@ -14,4 +14,5 @@ def test_yaml_formatter_is_registered_with_uwsgiconf() -> None:
     section.workers.set_mules_params(mules=1)
     text = Configuration([section]).format(formatter="yaml", stamp=False)
     assert text.splitlines()[0] == "uwsgi:"
-    assert f"  env: UWSGICONF_MULES=v2;mules=1;send-timeout=5;dispatch={DISPATCH_MULE}" in text.splitlines()
+    record = f"v2;mules=1;send-timeout=5;dispatch={DISPATCH_MULE};spool={default_spool_dir()}"
+    assert f"  env: UWSGICONF_MULES={record}" in text.splitlines()

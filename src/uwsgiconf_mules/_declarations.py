@@ -38,6 +38,7 @@ __all__ = [
     "FarmSpec",
     "MuleFarm",
     "declare",
+    "default_spool_dir",
     "parse_record",
     "validate_farm_name",
 ]
@@ -220,12 +221,14 @@ class Declarations:
     :param send_timeout: Seconds a sender retries while a queue is full before raising.
     :param dispatch_script: Path of the dispatch mules' entry script the config names (None when
         there are no dispatch mules); senders check that it exists where they run.
+    :param spool_dir: Directory of this instance's spool (see :mod:`uwsgiconf_mules._spool`); None
+        when there are no dispatch mules.
     """
 
     __slots__ = ("_farms_by_name", "dispatch_script", "farms", "harakiri", "msg_size", "programs", "reload_mercy",
-                 "send_timeout", "touch_reload")
+                 "send_timeout", "spool_dir", "touch_reload")
     _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
-               "dispatch_script")
+               "dispatch_script", "spool_dir")
 
     def __init__(
         self,
@@ -238,9 +241,11 @@ class Declarations:
         touch_reload: tuple[str, ...] = (),
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         dispatch_script: str | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         self.programs = programs
         self.dispatch_script = dispatch_script
+        self.spool_dir = spool_dir
         self.farms = farms
         self.msg_size = msg_size
         self.harakiri = harakiri
@@ -322,13 +327,16 @@ class Declarations:
         fields = [RECORD_VERSION, f"mules={self.mule_count}"]
         if self.programmed:
             fields.append(f"programmed={','.join(map(str, self.programmed))}")
-        for key, value in (("msg-size", self.msg_size), ("harakiri", self.harakiri)):
+        for key, value in (("msg-size", self.msg_size), ("harakiri", self.harakiri),
+                           ("reload-mercy", self.reload_mercy)):
             if value is not None:
                 fields.append(f"{key}={value}")
         fields.append(f"send-timeout={self.send_timeout:g}")
         fields.extend(f"farm={farm.option()}" for farm in self.farms)
         if self.dispatch_script is not None:
             fields.append(f"dispatch={self.dispatch_script}")
+        if self.spool_dir is not None:
+            fields.append(f"spool={self.spool_dir}")
         return ";".join(fields)
 
 
@@ -392,6 +400,7 @@ def declare(
     reload_mercy: object = None,
     msg_buffer: object = None,
     send_timeout: object = None,
+    spool_dir: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -412,6 +421,8 @@ def declare(
     :param msg_buffer: Mule message queue socket buffer (``mule-msg-size``), bytes.
     :param send_timeout: Seconds a sender retries while a queue is full before raising
         :class:`~uwsgiconf_mules.errors.DeliveryError` (default 5).
+    :param spool_dir: Directory where calls still queued when uWSGI reloads or stops are kept (and
+        calls that could not run); default: :func:`default_spool_dir`.
     :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
     :raises MulesConfigurationError: naming what is wrong.
     """
@@ -455,6 +466,7 @@ def declare(
     paths = _touch_paths(touch_reload)
     return Declarations(
         dispatch_script=_dispatch_script() if None in programs else None,
+        spool_dir=_spool_dir(spool_dir) if None in programs else None,
         programs=programs,
         farms=tuple(specs),
         msg_size=None if msg_buffer is None else _positive_int(msg_buffer, "msg_buffer"),
@@ -465,14 +477,39 @@ def declare(
     )
 
 
-def _dispatch_script() -> str:
-    """The dispatch mules' script path, checked for what the record cannot carry."""
-    bad = next((c for c in DISPATCH_MULE if c in ";#%'\"\r\n"), None)
+def default_spool_dir(section: str = "uwsgi") -> str:
+    """The spool directory used when none is declared: under ``/var/tmp`` (kept across reboots,
+    unlike ``/tmp``), one per user and per project: the directory the config is compiled in (the
+    one uWSGI runs it from) and the section's name.
+
+    :param section: The config section's name.
+    """
+    import hashlib
+
+    where = f"{os.path.realpath(os.getcwd())}\0{section}".encode()
+    return os.path.join("/var/tmp", f"uwsgiconf-mules-{os.getuid()}", hashlib.sha256(where).hexdigest()[:16])
+
+
+def _record_path(path: str, what: str) -> str:
+    bad = next((c for c in path if c in ";#%'\"\r\n"), None)
     if bad is not None:
         raise MulesConfigurationError(
-            f"this installation's path {DISPATCH_MULE!r} contains {_describe_char(bad)}, which the declarations "
-            "record cannot carry; install the project under a path without it", culprit=DISPATCH_MULE)
-    return DISPATCH_MULE
+            f"{what} {path!r} contains {_describe_char(bad)}, which the declarations record cannot carry",
+            culprit=path)
+    return path
+
+
+def _spool_dir(value: object) -> str:
+    if value is None:
+        return default_spool_dir()
+    if not isinstance(value, str) or not value.strip() or not os.path.isabs(value):
+        raise MulesConfigurationError(f"spool_dir must be an absolute path, not {value!r}", culprit=value)
+    return _record_path(os.path.normpath(value), "spool_dir")
+
+
+def _dispatch_script() -> str:
+    """The dispatch mules' script path, checked for what the record cannot carry."""
+    return _record_path(DISPATCH_MULE, "this installation's path")
 
 
 def _farm_list(farms: object) -> list[object]:
@@ -527,7 +564,7 @@ def parse_record(text: str) -> Declarations:
     programmed: set[int] = set()
     farms: list[FarmSpec] = []
     numbers: dict[str, float] = {}
-    dispatch = None
+    dispatch = spool = None
     try:
         for item in fields[1:]:
             key, _, value = item.partition("=")
@@ -540,7 +577,9 @@ def parse_record(text: str) -> Declarations:
                 farms.append(FarmSpec(name, tuple(int(i) for i in ids.split(","))))
             elif key == "dispatch":
                 dispatch = value
-            elif key in ("msg-size", "harakiri", "send-timeout"):
+            elif key == "spool":
+                spool = value
+            elif key in ("msg-size", "harakiri", "reload-mercy", "send-timeout"):
                 numbers[key] = float(value)
             else:
                 raise ValueError(f"unknown field {key!r}")
@@ -555,4 +594,6 @@ def parse_record(text: str) -> Declarations:
         harakiri=None if harakiri is None else int(harakiri),
         send_timeout=numbers.get("send-timeout", DEFAULT_SEND_TIMEOUT),
         dispatch_script=dispatch,
+        spool_dir=spool,
+        reload_mercy=None if "reload-mercy" not in numbers else int(numbers["reload-mercy"]),
     )

@@ -7,15 +7,41 @@ farms (messages up to the socket limit, beyond uWSGI's 64 KiB hook buffer), dire
 runs offloaded calls of this instance under the declared harakiri; refuses, with a log line,
 messages that claim to be calls but do not carry this instance's token; and passes other
 messages on to ``uwsgi.mule_msg_hook``.
+
+Its life, around the loop (see :mod:`uwsgiconf_mules._spool`): at start, the mule reports a
+predecessor that died without a clean stop, and runs the calls kept in the spool for it. Told to
+stop (SIGHUP, SIGTERM or SIGINT: a reload, a stop, a mules reload), it finishes the call it is
+running, takes no new one, moves every call still queued in its queues into the spool, keeps
+doing so while workers may still be sending (at most :data:`LINGER` seconds, within the declared
+mercy), and exits.
 """
 
 from __future__ import annotations
 
-from . import _instance, _tasks
+import os
+import signal
+import time
+
+from . import _instance, _protocol, _spool, _tasks
 from ._limits import socket_message_limit
 from ._protocol import KEY_START
 from ._queues import STREAK, Queues, probe_destinations
 from .errors import MulesError, NotInMuleError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._declarations import Declarations
+
+LINGER = 5.0
+"""Longest time a stopping mule keeps moving newly queued calls to the spool while workers are
+busy (a worker finishing its request during a graceful reload may still offload)."""
+QUIET = 0.3
+"""A stopping mule leaves once no call arrived and no worker was busy for this long."""
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+_stopping = False
 
 _queues: Queues | None = None  # this dispatch mule's queues, once mule_loop() runs
 
@@ -26,33 +52,171 @@ def current_queues() -> Queues | None:
     return _queues
 
 
-def mule_loop() -> None:
-    """Run the message loop of this dispatch mule; never returns.
+def _stop(signum: int, frame: Any) -> None:
+    """Handler of the stop signals: the loop stops after the running call. Clearing the fast
+    path's table sends every next message through the loop's slow path, which checks the flag."""
+    global _stopping
+    _stopping = True
+    _tasks.HEADS.clear()
 
-    :raises NotInMuleError: when not called in a mule.
-    """
+
+def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
+    farms = declarations.farms_of(mule_id) if declarations else ()
+    return frozenset([_spool.ANY, f"mule:{mule_id}", *(f"farm:{farm.name}" for farm in farms)])
+
+
+def _note(dest: int | bytes | None) -> str:
+    if dest is None:
+        return _spool.ANY
+    return f"mule:{dest}" if isinstance(dest, int) else f"farm:{dest.decode()}"
+
+
+def _keep(spool: _spool.Spool | None, message: bytes, dest: int | bytes | None) -> int:
+    """What a stopping mule does with a message it took from a queue: a call goes to the spool
+    (1 is returned), anything else as it would while running."""
+    prefix = _protocol.PREFIX
+    if message.startswith(prefix) and message[len(prefix):len(prefix) + 1] in _protocol.CALL_KINDS:
+        if spool is None:
+            _tasks.log().error("uwsgiconf-mules: mule %d has no spool: a queued call of %d bytes is lost",
+                               _tasks.current_mule(), len(message))
+            return 0
+        try:
+            spool.write("queue", message[len(prefix):], _note(dest))
+        except OSError as exc:
+            _tasks.log().error("uwsgiconf-mules: mule %d could not spool a queued call of %d bytes (%s): it is "
+                               "lost", _tasks.current_mule(), len(message), exc)
+            return 0
+        return 1
+    rest = _tasks.receive(message)  # a probe, foreign bytes or a forgery: never a call here
+    if rest is not None:
+        _tasks.pass_on(rest)
+    return 0
+
+
+def _busy_workers(uwsgi: Any) -> bool:
+    try:
+        return any(worker["pid"] and worker["status"] == b"busy" for worker in uwsgi.workers())
+    except Exception:
+        return False
+
+
+def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.Spool | None,
+               declarations: Declarations | None) -> None:
+    """Spool what is queued, linger while workers may still send, and exit."""
+    started = time.monotonic()
+    mercy = (declarations.reload_mercy if declarations and declarations.reload_mercy else 60)
+    hard = started + max(0.5, min(LINGER, mercy - 1.0))
+    kept = _keep(spool, pending, None) if pending is not None else 0
+    quiet_until = started + QUIET
+    while True:
+        moved = sum(_keep(spool, message, dest) for dest, message in queues.drain())
+        kept += moved
+        now = time.monotonic()
+        if moved or _busy_workers(uwsgi):
+            quiet_until = now + QUIET
+        if now >= quiet_until or now >= hard:
+            break
+        time.sleep(0.02)
+    kept += sum(_keep(spool, message, dest) for dest, message in queues.drain())
+    mule_id = _tasks.current_mule()
+    _tasks.log().warning("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, kept,
+                         spool.path if spool else "(none)")
+    if spool is not None:
+        _forget_pid(spool, mule_id)
+    import logging
+
+    logging.shutdown()
+    os._exit(0)
+
+
+def _pid_file(spool: _spool.Spool, mule_id: int) -> str:
+    return os.path.join(spool.part("mules"), f"{mule_id}.pid")
+
+
+def _forget_pid(spool: _spool.Spool, mule_id: int) -> None:
+    from contextlib import suppress
+
+    with suppress(OSError):
+        os.unlink(_pid_file(spool, mule_id))
+
+
+def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri: int) -> None:
+    """Report a predecessor that died without a clean stop, set orphaned calls aside, and run
+    the calls kept for this mule."""
+    path = _pid_file(spool, mule_id)
+    try:
+        with open(path) as handle:
+            previous = int(handle.read() or 0)
+    except (OSError, ValueError):
+        previous = 0
+    if previous and previous != os.getpid() and not _spool._alive(previous):
+        _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
+                           "the call it was running, if any, is lost; the calls queued behind it run now",
+                           mule_id, previous)
+    with open(path, "w") as handle:
+        handle.write(str(os.getpid()))
+    for orphan in spool.orphans():
+        spool.bury(orphan, "the mule running it died; it may have run: replay it only if that is safe")
+    for claimed, payload in spool.claim(targets):
+        if _stopping:
+            os.rename(claimed, os.path.join(spool.part("queue"), os.path.basename(claimed).partition("-")[2]))
+            break
+        _tasks.run(_protocol.PREFIX + payload, harakiri)
+        spool.done(claimed)
+
+
+def _open_spool(declarations: Declarations | None, mule_id: int) -> _spool.Spool | None:
+    if declarations is None or declarations.spool_dir is None:
+        return None
+    spool = _spool.Spool(declarations.spool_dir)
+    try:
+        spool.create()
+    except OSError as exc:
+        _tasks.log().error("uwsgiconf-mules: mule %d cannot use the spool %s (%s): calls still queued at a reload "
+                           "or stop will be lost", mule_id, spool.path, exc)
+        return None
+    return spool
+
+
+def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
+    """Set this mule up: stop signals, spool (and what it kept for this mule), queues."""
     global _queues
-    uwsgi = _instance.uwsgi
-    if uwsgi is None or not uwsgi.mule_id():
-        raise NotInMuleError("mule_loop() can only be called in a uWSGI mule")
-    mule_id = int(uwsgi.mule_id())
     try:
         declarations = _instance.required_declarations()
     except MulesError as exc:  # the senders raise it too; say it here once
         _tasks.log().error("uwsgiconf-mules: mule %d: %s", mule_id, exc)
         declarations = _instance.declarations()
-    harakiri = (declarations.harakiri or 0) if declarations else 0
+    for signum in STOP_SIGNALS:  # instead of uWSGI's handler, which exits at once, mid-call
+        signal.signal(signum, _stop)
+    spool = _open_spool(declarations, mule_id)
+    _tasks.set_dead_letters(spool)
+    if spool is not None:
+        _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
-    queues = _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size)
+    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size)
+    return declarations, spool, _queues
+
+
+def mule_loop() -> None:
+    """Run the message loop of this dispatch mule; returns only by exiting the process.
+
+    :raises NotInMuleError: when not called in a mule.
+    """
+    uwsgi = _instance.uwsgi
+    if uwsgi is None or not uwsgi.mule_id():
+        raise NotInMuleError("mule_loop() can only be called in a uWSGI mule")
+    declarations, spool, queues = _prepare(uwsgi, int(uwsgi.mule_id()))
+    harakiri = (declarations.harakiri or 0) if declarations else 0
     buffer, view = queues.buffer, queues.view
     find = buffer.find
     current, streak = queues.current, STREAK
     heads = _tasks.HEADS
     receive, pass_on = _tasks.receive, _tasks.pass_on
     fast = not harakiri
-    while True:
+    pending = None
+    while not _stopping:
         try:
             size = current(buffer)  # a queue read directly, into the buffer
         except BlockingIOError:
@@ -68,8 +232,9 @@ def mule_loop() -> None:
         if fast:
             # Fast path, inlined for throughput: a positional-only call of a known task, no
             # harakiri to arm, arguments decoded from the buffer by the decoder the head names
-            # (see _protocol.heads), which exist only for authenticated envelopes of registered tasks.
-            # Everything else takes receive() below.
+            # (see _protocol.heads), which exist only for authenticated envelopes of registered
+            # tasks. Everything else takes receive() below; so does everything once the mule is
+            # told to stop (_stop empties the table).
             end = find(b"\x00", 0, size)
             entry = heads.get(buffer[:end]) if end > 0 else None
             if entry is not None:
@@ -81,6 +246,10 @@ def mule_loop() -> None:
                 except Exception:
                     _tasks.failed(buffer[KEY_START:end])
                 continue
+        if _stopping:
+            pending = buffer[:size]
+            break
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)
+    _shut_down(uwsgi, queues, pending, spool, declarations)

@@ -72,6 +72,8 @@ PROBE = PREFIX + b"p"
 """Start of a probe: a message a dispatch mule sends to its own queues and every mule drops."""
 PROBE_SIZE = len(PROBE) + 12
 """Length of a probe: :data:`PROBE`, then random bytes."""
+CALL_KINDS = (ARGS, MARSHAL, KWARGS)
+"""Kind bytes of calls."""
 MARSHAL_SAFE = frozenset({int, float, complex, str, bytes, bool, type(None)})
 """Exact argument types sent with marshal (subclasses and buffers such as bytearray are pickled)."""
 KEY_START = len(PREFIX) + 1
@@ -145,7 +147,7 @@ def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]]:
     """
     end = message.find(b"\x00", KEY_START)
     kind = message[KEY_START - 1:KEY_START]
-    if end < 0 or kind not in (ARGS, MARSHAL, KWARGS):
+    if end < 0 or kind not in CALL_KINDS:
         raise ValueError("damaged envelope")
     key = message[KEY_START:end]
     if end + 1 == len(message):

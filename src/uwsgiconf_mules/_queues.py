@@ -19,7 +19,7 @@ from ._protocol import PROBE, PROBE_SIZE
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from ._declarations import Declarations
@@ -212,10 +212,26 @@ class Queues:
         if self._destinations:  # the mule is in use: look for its queues from now on
             self._finder = QueueFinder(self._uwsgi, self._destinations)
             self._found, self._destinations = self._finder.found, []
-        if message is None:
+        if not message:  # None: a uWSGI signal was handled; b"": interrupted by a signal of the system
             return None
         self.buffer[:len(message)] = message
         return len(message)
+
+    def drain(self) -> Iterator[tuple[int | bytes | None, bytes]]:
+        """Take every message queued now, without waiting and without running uWSGI signal
+        handlers: (destination, message), the destination None where uWSGI read it (its queue
+        is not known)."""
+        for dest, sock in list(self._found.items()):
+            while True:
+                try:
+                    yield dest, sock.recv(self._size, _socket.MSG_DONTWAIT)
+                except OSError:  # BlockingIOError: empty
+                    break
+        while True:
+            message = self._get(True, self._farms, self._size, 0)  # True: leave signals alone; 0: no wait
+            if not message:
+                return
+            yield None, message
 
     def _search(self, finder: QueueFinder) -> None:
         finder.scan()

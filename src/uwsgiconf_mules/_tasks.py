@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import _instance, _protocol
+from . import _instance, _protocol, _spool
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -119,13 +119,39 @@ def failed(key: bytes | str) -> None:
     log().exception("uwsgiconf-mules: task %s failed", key.decode() if isinstance(key, bytes) else key)
 
 
-def refuse(message: bytes | memoryview, reason: str) -> None:
-    """Log, in one line, that this mule refused a message; it is neither run nor decoded.
+_dead_letters: _spool.Spool | None = None  # where a dispatch mule keeps what it refuses
+
+
+def set_dead_letters(spool: _spool.Spool | None) -> None:
+    """Keep every message this process refuses in ``spool``'s ``dead/`` part (None: log only).
+
+    :param spool: The instance's spool.
+    """
+    global _dead_letters
+    _dead_letters = spool
+
+
+def refuse(message: bytes, reason: str) -> None:
+    """Log, in one line, that this mule refused a message; it is neither run nor decoded. A
+    dispatch mule also keeps it as a dead letter: a call of this instance (unknown key, import
+    failure) can be replayed after a fix; anything else is marked untrusted and never replayed.
 
     :param message: The message refused.
     :param reason: Why.
     """
     log().error("uwsgiconf-mules: mule %d refused a %d-byte message: %s", current_mule(), len(message), reason)
+    spool = _dead_letters
+    if spool is None:
+        return
+    prefix = _protocol.PREFIX
+    try:
+        if message.startswith(prefix):
+            spool.write("dead", message[len(prefix):], reason)
+        else:
+            spool.write("dead", message, _spool.UNTRUSTED + reason)
+    except OSError as exc:
+        log().error("uwsgiconf-mules: mule %d could not keep the refused message as a dead letter (%s)",
+                    current_mule(), exc)
 
 
 def run(message: bytes, harakiri: int = 0) -> None:

@@ -20,7 +20,7 @@ from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
 
 from . import _formats as formats
-from ._declarations import RECORD_ENV, RUNTIME_MODULE, Declarations, MuleFarm, declare
+from ._declarations import RECORD_ENV, RUNTIME_MODULE, Declarations, MuleFarm, declare, default_spool_dir
 
 __all__ = ["MuleFarm", "Section", "Workers"]
 
@@ -48,6 +48,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         msg_buffer: int | None = None,
         msg_buffer_recv: int | None = None,
         send_timeout: float | None = None,
+        spool_dir: str | None = None,
     ) -> Section:
         """Declare mules and mule farms.
 
@@ -72,16 +73,21 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             option; passing it raises ``MulesConfigurationError``. Use ``msg_buffer``.
         :param send_timeout: Seconds a sender retries while a mule queue is full before raising
             ``DeliveryError`` (default 5).
+        :param spool_dir: Absolute path of the directory where calls still queued when uWSGI
+            reloads or stops are kept until the next mules run them, and calls that could not
+            run are set aside. Default: a directory under ``/var/tmp`` named after the user, the
+            directory the config is compiled in and the section.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
         section: Section = self._section
         given = {
             "mules": mules, "touch_reload": touch_reload, "harakiri_timeout": harakiri_timeout,
             "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
-            "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout,
+            "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout, "spool_dir": spool_dir,
         }
         params = dict(section._mules_params)
         params.update({key: value for key, value in given.items() if value is not None})
+        params.setdefault("spool_dir", default_spool_dir(str(section.name)))
         declarations = declare(**params)  # validates before anything is changed
 
         section._mules_params = params

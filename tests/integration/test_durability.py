@@ -1,0 +1,158 @@
+"""Durability on a real uWSGI: calls queued when uWSGI reloads or stops are kept in the spool and
+run once by the next mules; calls that cannot run become dead letters; a killed mule is reported."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness import Server, compile_config, declaration, launch
+
+# One dispatch mule whose queue holds the calls of one /fill request: 250 calls of 20 ms each,
+# sent at once (the queue takes about 278 small messages), so that when the trigger comes,
+# nearly all of them are still queued.
+CALLS = 250
+
+APP = '''
+import time
+
+
+@mule_offload()
+def work(i):
+    time.sleep(0.02)
+    record("work", i=i)
+
+
+@route("/fill")
+def fill(query):
+    return sum(work(i) for i in range(int(query)))
+
+
+@route("/ping-mule")
+def ping_mule(query):
+    return work(-1)
+'''
+
+
+def config(spool: Path, touch: Path) -> str:
+    return declaration(f"mules=1, spool_dir={str(spool)!r}, touch_reload={str(touch)!r}, reload_mercy=20")
+
+
+def start(tmp_path: Path, extra: tuple[str, ...] = ()) -> tuple[Server, Path]:
+    spool, mules_reload = tmp_path / "spool", tmp_path / "mules-reload"
+    for name in ("mules-reload", "reload"):
+        (tmp_path / name).write_text("")
+        touch(tmp_path / name, ago=60)  # so that touching it now changes its second
+    (tmp_path / "uwsgicfg.py").write_text(config(spool, mules_reload))
+    from harness import APP_PRELUDE
+
+    (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    return launch(path, tmp_path, expect_mules=1, extra_args=extra), path
+
+
+def runs(server: Server) -> collections.Counter[int]:
+    return collections.Counter(r["i"] for r in server.lines("work") if r["i"] >= 0)
+
+
+def wait_respawned(server: Server, spawns: int) -> None:
+    server.wait_for(lambda: server.log().count("spawned uWSGI mule 1 ") >= spawns, 30, f"mule spawn {spawns}")
+
+
+def touch(path: Path, ago: float = 0) -> None:
+    """Set the file's modification time (uWSGI compares whole seconds, and no later than now)."""
+    when = time.time() - ago
+    os.utime(path, (when, when))
+
+
+def reload_master(server: Server, how: str, tmp_path: Path) -> None:
+    if how == "SIGHUP":
+        os.kill(server.proc.pid, signal.SIGHUP)
+    elif how == "touch-reload":
+        touch(tmp_path / "reload")
+    elif how == "fifo r":
+        (tmp_path / "fifo").write_bytes(b"r")
+
+
+TRIGGERS = {
+    # name: (extra uWSGI options, how it restarts the mule)
+    "SIGHUP": ((), "master"),
+    "touch-reload": (("--touch-reload", "{tmp}/reload"), "master"),
+    "fifo r": (("--master-fifo", "{tmp}/fifo"), "master"),
+    "touch-mules-reload": ((), "mules"),
+    "fifo c (chain reload)": (("--master-fifo", "{tmp}/fifo"), "chain"),
+    "SIGINT, then start": ((), "stop"),
+    "SIGTERM, then start": ((), "stop"),
+}
+
+
+@pytest.mark.parametrize("trigger", sorted(TRIGGERS))
+def test_a_full_queue_loses_nothing_and_runs_nothing_twice(tmp_path: Path, trigger: str) -> None:
+    extra, kind = TRIGGERS[trigger]
+    server, path = start(tmp_path, tuple(arg.format(tmp=tmp_path) for arg in extra))
+    before = ""  # the log of the first server, when it is stopped and started again
+    try:
+        if "touch" in trigger:
+            time.sleep(1.5)  # uWSGI's master reads the files' times in its first cycles, after start
+        assert server.get(f"/fill?{CALLS}") == (200, CALLS)
+        time.sleep(0.2)  # the mule is running the first calls; the rest are queued
+        assert len(runs(server)) < CALLS // 2
+        if kind == "master":
+            reload_master(server, trigger, tmp_path)
+            wait_respawned(server, 2)
+        elif kind == "mules":
+            touch(tmp_path / "mules-reload")
+            wait_respawned(server, 2)
+        elif kind == "chain":
+            (tmp_path / "fifo").write_bytes(b"c")
+        else:
+            server.proc.send_signal(signal.SIGTERM if "SIGTERM" in trigger else signal.SIGINT)
+            server.proc.wait(30)
+            before = server.log()
+            server = launch(path, tmp_path, expect_mules=1)
+        server.wait_for(lambda: len(runs(server)) >= CALLS, 60, f"{CALLS} calls run")
+        time.sleep(0.3)  # a duplicate would show up now
+        counts = runs(server)
+        assert sorted(counts) == list(range(CALLS)), f"lost: {sorted(set(range(CALLS)) - set(counts))}"
+        assert [i for i, n in counts.items() if n > 1] == []
+        if kind in ("master", "stop"):
+            assert "queued call(s) kept in the spool" in before + server.log()
+        # And the next call goes through as always.
+        assert server.get("/ping-mule") == (200, True)
+        server.wait_for(lambda: any(r["i"] == -1 for r in server.lines("work")), 30, "a call after the restart")
+    finally:
+        server.stop()
+
+
+UNRUNNABLE = '''
+import uwsgi
+from uwsgiconf_mules import _protocol
+
+
+@route("/unrunnable")
+def unrunnable(query):
+    return [uwsgi.mule_msg(_protocol.encoder("app:no_such_task")((1,), {}), 1),
+            uwsgi.mule_msg(b"\\xfeUCM\\x02" + bytes(16) + b"mos:system\\x00", 1)]
+'''
+
+
+def test_calls_that_cannot_run_are_dead_letters_and_a_killed_mule_is_reported(
+        tmp_path: Path, uwsgi_server: Callable[..., Server]) -> None:
+    spool = tmp_path / "spool"
+    server = uwsgi_server(declaration(f"mules=1, spool_dir={str(spool)!r}"), UNRUNNABLE)
+    assert server.get("/unrunnable") == (200, [True, True])
+    server.wait_for(lambda: len(list((spool / "dead").iterdir())) == 2, what="two dead letters")
+    notes = sorted((spool / "dead" / name).read_bytes().split(b"\n")[1] for name in os.listdir(spool / "dead"))
+    assert notes[0].startswith(b"unknown task app:no_such_task")
+    assert notes[1].startswith(b"untrusted: not sent by this uWSGI instance")
+    pid = server.mule_pids()[1]
+    os.kill(pid, signal.SIGKILL)
+    server.wait_for(lambda: server.mule_pids()[1] != pid, 30, "the respawn")
+    server.wait_for(lambda: f"mule 1 (pid {pid}) ended without a clean stop" in server.log(), 30, "the report")
