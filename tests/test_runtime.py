@@ -130,6 +130,38 @@ def test_routes_cached_by_decorated_functions_are_forgotten_on_reset(declared: C
     assert len(CALLS) == 1
 
 
+def test_a_farm_takes_the_smallest_limit_of_its_mules(declared: Callable[[str], None]) -> None:
+    declared("v2;mules=2;programmed=2;send-timeout=5;farm=mixed:1,2")  # mule 2 reads 64 KiB whole
+    with pytest.raises(errors.PayloadError, match="65536-byte limit of farm 'mixed'"):
+        mule_offload("mixed")(record_many.__wrapped__)(b"x" * 70000)
+
+
+def test_a_message_of_exactly_the_limit_passes_the_size_check(declared: Callable[[str], None]) -> None:
+    declared("v2;mules=2;programmed=2;send-timeout=5")
+    with pytest.raises(errors.MulesRuntimeError, match="not running under uWSGI"):  # past the size check
+        Mule(2).send(b"x" * 65536)
+    with pytest.raises(errors.PayloadError, match="65536-byte limit of mule 2"):
+        Mule(2).send(b"x" * 65537)
+
+
+MISSING_SCRIPT = "/nonexistent/venv/uwsgiconf_mules/dispatch_mule.py"
+
+
+def test_plain_sends_to_a_dispatch_mule_whose_script_is_missing_are_refused(declared: Callable[[str], None]) -> None:
+    # A config compiled in another environment: its dispatch mules cannot start here.
+    declared(f"v2;mules=1;send-timeout=5;dispatch={MISSING_SCRIPT}")
+    with pytest.raises(errors.DeliveryError, match=f"nothing sent to mule 1: the config names the dispatch mule "
+                                                   f"script {MISSING_SCRIPT}, which does not exist here"):
+        Mule(1).send("hello")
+
+
+def test_a_missing_dispatch_script_does_not_refuse_programmed_mules(declared: Callable[[str], None]) -> None:
+    declared(f"v2;mules=2;programmed=2;send-timeout=5;farm=readers:2;dispatch={MISSING_SCRIPT}")
+    for target in (Mule(2), Farm("readers")):
+        with pytest.raises(errors.MulesRuntimeError, match="not running under uWSGI"):  # not refused
+            target.send("hello")
+
+
 def test_is_mine_is_a_method_and_the_property_spelling_fails_loudly(declared: Callable[[str], None]) -> None:
     declared("v2;mules=2;send-timeout=5;farm=fast:1,2")
     farm = Farm("fast")

@@ -8,6 +8,7 @@ configuration or app, or that kill or respawn a mule, start their own (``uwsgi_s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -158,6 +159,16 @@ def unknown(query):
             uwsgi.mule_msg(_protocol.encoder("no_such_module:task")((), {}), 1)]
 
 
+@mule_offload(2)
+def without_arguments():
+    record("no-arguments")
+
+
+@route("/no-arguments")
+def no_arguments(query):
+    return without_arguments()
+
+
 @mule_offload(1)
 def after(run, tag):
     record(f"{run}.after_unknown", tag=tag)
@@ -265,6 +276,11 @@ def test_unknown_task_keys_are_logged_and_the_mule_goes_on(server: Server) -> No
     assert server.wait_lines("unknown.after_unknown", 1)[0]["pid"] == pid
 
 
+def test_a_call_without_arguments_runs(server: Server) -> None:
+    assert server.get("/no-arguments") == (200, True)
+    assert [r["mule"] for r in server.wait_lines("no-arguments", 1)] == [2]
+
+
 def test_a_burst_of_10000_offloads_all_run_in_order(server: Server) -> None:
     start = server.log_size()
     status, body = server.get("/burst?run=burst&n=10000", timeout=60)
@@ -311,6 +327,23 @@ def test_programmed_mule_receives_direct_and_farm_messages(uwsgi_server: Callabl
     assert {r["mule"] for r in messages} == {1}
     # An offloaded call reaching a programmed mule runs while it waits in get_message().
     assert server.wait_lines("offloaded", 1)[0]["mule"] == 1
+
+
+TIMEOUT_READER = '''
+import json, os
+from uwsgiconf_mules.runtime import Mule
+
+message = Mule.get_message(timeout=1)  # nothing is sent to this mule
+with open(os.path.join(os.environ["TEST_RESULTS"], "timeout"), "a") as handle:
+    handle.write(json.dumps({"message": message}) + "\\n")
+while True:
+    Mule.get_message()
+'''
+
+
+def test_get_message_returns_an_empty_string_on_timeout(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(declaration("mules=['reader.py']"), modules={"reader": TIMEOUT_READER})
+    assert server.wait_lines("timeout", 1) == [{"message": ""}]
 
 
 CRASH = declaration("mules=1")
@@ -440,6 +473,29 @@ def test_declared_harakiri_applies_to_offloaded_calls(uwsgi_server: Callable[...
     assert [(r["tag"], r["state"]) for r in runs] == [("slow", "started"), ("quick", "finished")]
     assert runs[0]["pid"] == first_pid != runs[1]["pid"]  # killed by harakiri, respawned
     assert "HARAKIRI" in server.log().upper()
+
+
+HARAKIRI_IDLE_APP = '''
+@mule_offload()
+def quick(tag):
+    record("idle", tag=tag)
+
+
+@route("/quick")
+def quick_route(query):
+    return quick(query)
+'''
+
+
+def test_harakiri_is_disarmed_when_a_call_returns(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(HARAKIRI, HARAKIRI_IDLE_APP)
+    assert server.get("/quick?first") == (200, True)
+    first = server.wait_lines("idle", 1)[0]
+    time.sleep(3)  # idle for longer than the declared harakiri (1 s): a harakiri left armed fires
+    assert server.get("/quick?second") == (200, True)
+    second = server.wait_lines("idle", 2)[1]
+    assert second["pid"] == first["pid"]
+    assert "HARAKIRI ON MULE" not in server.log()
 
 
 SIGNALS = declaration("mules=['waiter.py', None]")

@@ -266,6 +266,31 @@ def test_a_missing_dispatch_script_raises_delivery_error_naming_it(tmp_path: Pat
         server.stop()
 
 
+def test_without_the_shared_import_workers_refuse_to_send(tmp_path: Path) -> None:
+    # A config whose master does not import the runtime: under --lazy-apps each worker imports it,
+    # draws a token of its own, and mules would refuse (or take) its calls; the worker says so.
+    (tmp_path / "uwsgicfg.py").write_text(declaration("mules=1"))
+    (tmp_path / "app.py").write_text(
+        "from uwsgiconf_mules.runtime import Mule\n"
+        "def application(environ, start_response):\n"
+        "    try:\n        body = repr(Mule(1).send('x'))\n"
+        "    except Exception as exc:\n        body = type(exc).__name__ + ': ' + str(exc)\n"
+        "    start_response('200 OK', [])\n    return [body.encode()]\n")
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    shared = "shared-import = uwsgiconf_mules.runtime\n"
+    assert shared in path.read_text()
+    path.write_text(path.read_text().replace(shared, ""))
+    server = launch(path, tmp_path, expect_mules=1, extra_args=["--lazy-apps"])
+    try:
+        status, body = server.get("/")
+    finally:
+        server.stop()
+    assert status == 200
+    assert body.startswith("DeclarationsMissingError: uwsgiconf_mules.runtime was not imported in the uWSGI "
+                           "master"), body
+
+
 def test_offloaded_functions_of_a_wsgi_file_script_are_refused_when_decorated(tmp_path: Path) -> None:
     (tmp_path / "uwsgicfg.py").write_text(declaration("mules=1"))
     (tmp_path / "script.py").write_text(
