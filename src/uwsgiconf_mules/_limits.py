@@ -22,6 +22,11 @@ still gets this buffer."""
 SEQPACKET_OVERHEAD = 32
 """Linux refuses an AF_UNIX datagram larger than the send buffer minus this many bytes."""
 
+DATAGRAM_CEILING = 4 * 1024 * 1024
+"""Largest message counted on whatever the buffer: Linux allocates an AF_UNIX datagram in one
+piece, and refuses one much above 4 MiB with ENOBUFS (4,263,616 bytes went through on Linux 6.18,
+more did not), which uWSGI reports as a failed send."""
+
 _limits: dict[int | None, int] = {}  # mule-msg-size -> limit, read once per process
 
 
@@ -46,7 +51,8 @@ def socket_message_limit(msg_size: int | None) -> int:
             sndbuf = None if wmem_max is None else max(2 * min(msg_size, wmem_max), SOCK_MIN_SNDBUF)
         else:
             sndbuf = _sysctl("wmem_default")
-        _limits[msg_size] = PROGRAMMED_READ_LIMIT if sndbuf is None else sndbuf - SEQPACKET_OVERHEAD
+        limit = PROGRAMMED_READ_LIMIT if sndbuf is None else sndbuf - SEQPACKET_OVERHEAD
+        _limits[msg_size] = min(limit, DATAGRAM_CEILING)
     return _limits[msg_size]
 
 

@@ -160,7 +160,8 @@ class Mule:
             (their handlers run and the wait goes on).
         :param farms: Whether messages to the farms of this mule are read too.
         :param buffer_size: Largest message read whole, in bytes; a longer one is truncated.
-        :param timeout: Seconds to wait; -1 waits forever. On timeout, returns ``''``.
+        :param timeout: Seconds to wait; -1 waits forever. On timeout, returns ``''``. uWSGI
+            waits whole seconds, so a wait may end up to a second after the timeout.
         :returns: The message, decoded as UTF-8 (undecodable bytes are kept as surrogates, so
             ``message.encode('utf-8', 'surrogateescape')`` gives the original bytes back).
         :raises NotInMuleError: when not called in a mule.
@@ -168,12 +169,15 @@ class Mule:
         uwsgi = _require_mule("Mule.get_message()")
         deadline = None if timeout < 0 else time.monotonic() + timeout
         while True:
-            wait = -1 if deadline is None else max(0, round(deadline - time.monotonic()))
+            wait = -1
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return ""
+                wait = int(-(-left // 1))  # uWSGI waits whole seconds: round up, never spin at 0
             # uWSGI's own flag is inverted: signals=False makes it poll and handle signals.
             message = uwsgi.mule_get_msg(not signals, farms, buffer_size, wait)
-            if message is None:  # a signal was handled
-                if deadline is not None and time.monotonic() >= deadline:
-                    return ""
+            if not message:  # None: a uWSGI signal was handled; b"": timed out, or interrupted
                 continue
             data = _tasks.receive(message, strict=False)
             if data is not None:
