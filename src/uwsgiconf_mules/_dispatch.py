@@ -8,6 +8,10 @@ runs offloaded calls of this instance under the declared harakiri; refuses, with
 messages that claim to be calls but do not carry this instance's token; and passes other
 messages on to ``uwsgi.mule_msg_hook``.
 
+uWSGI signals sent to the mule (``mule``, ``muleN``, ``mules`` targets, timers) are handled by a
+thread of their own as they arrive, concurrently with the call being run: within milliseconds,
+not when the queues next run empty.
+
 Its life, around the loop (see :mod:`uwsgiconf_mules._spool`): at start, the mule reports a
 predecessor that died without a clean stop, and runs the calls kept in the spool for it. Told to
 stop (SIGHUP, SIGTERM or SIGINT: a reload, a stop, a mules reload), it finishes the call it is
@@ -18,6 +22,7 @@ mercy), and exits.
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import time
@@ -178,6 +183,23 @@ def _open_spool(declarations: Declarations | None, mule_id: int) -> _spool.Spool
     return spool
 
 
+def _handle_signals(uwsgi: Any) -> None:
+    """Run the handlers of uWSGI signals sent to this mule as they arrive, even while the loop
+    is busy: uWSGI's own reader handles them only when every queue is empty."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # those are the main thread's
+    while True:
+        try:
+            uwsgi.signal_wait()  # waits without the GIL, then runs the registered handler
+        except SystemError:  # interrupted by a signal of the system
+            continue
+        except Exception:
+            _tasks.log().exception("uwsgiconf-mules: mule %d: a uWSGI signal handler failed", _tasks.current_mule())
+
+
+def _start_signal_thread(uwsgi: Any) -> None:
+    _thread.start_new_thread(_handle_signals, (uwsgi,))  # _thread: built in, nothing to import in the mule
+
+
 def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
     """Set this mule up: stop signals, spool (and what it kept for this mule), queues."""
     global _queues
@@ -188,6 +210,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
         declarations = _instance.declarations()
     for signum in STOP_SIGNALS:  # instead of uWSGI's handler, which exits at once, mid-call
         signal.signal(signum, _stop)
+    _start_signal_thread(uwsgi)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
     if spool is not None:

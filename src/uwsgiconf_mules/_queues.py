@@ -153,8 +153,8 @@ class Queues:
 
     Queues found by :class:`QueueFinder` are read directly into one buffer, each for at most
     :data:`STREAK` messages in a row while others wait; when they are all empty, the mule waits
-    in ``uwsgi.mule_get_msg``, which reads the queues not found and handles uWSGI signals. Like
-    uWSGI's own reader, this handles signals when the queues run empty. The search starts with
+    in ``uwsgi.mule_get_msg``, which reads the queues not found (uWSGI signals are handled by a
+    thread of the mule loop's, see :mod:`uwsgiconf_mules._dispatch`). The search starts with
     the first message: a mule that never gets one spends nothing on it.
 
     :param uwsgi: The ``uwsgi`` module.
@@ -192,7 +192,7 @@ class Queues:
 
     def wait(self) -> int | None:
         """Put the next message in the buffer once the current queue ran empty and return its
-        size: from another queue read directly, or from uWSGI (None: it handled a signal)."""
+        size: from another queue read directly, or from uWSGI (None: interrupted)."""
         readers, emptied = self._readers, self.current
         for step in range(1, len(readers) + 1):
             turn = (self._turn + step) % len(readers)
@@ -206,7 +206,7 @@ class Queues:
             return size
         if self._finder is not None:
             self._search(self._finder)
-        message = self._get(False, self._farms, self._size, -1)  # signals handled while waiting
+        message = self._get(True, self._farms, self._size, -1)  # True: signals are the signal thread's
         # Next, the queue read last: a burst that woke the mule is likely to go on there.
         self.current = readers[self._turn] if readers else empty
         if self._destinations:  # the mule is in use: look for its queues from now on

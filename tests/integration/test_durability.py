@@ -156,3 +156,56 @@ def test_calls_that_cannot_run_are_dead_letters_and_a_killed_mule_is_reported(
     os.kill(pid, signal.SIGKILL)
     server.wait_for(lambda: server.mule_pids()[1] != pid, 30, "the respawn")
     server.wait_for(lambda: f"mule 1 (pid {pid}) ended without a clean stop" in server.log(), 30, "the report")
+
+
+SIGNALS_UNDER_LOAD = '''
+import time
+import uwsgi
+
+
+def on_signal(signum):
+    record("signal", received=time.time())
+
+
+uwsgi.register_signal(21, "mule1", on_signal)
+
+
+@mule_offload()
+def busy(i):
+    time.sleep(0.001)
+
+
+@route("/stream")
+def stream(query):
+    """Keep the mule's queue from running empty for about as long as asked."""
+    end = time.monotonic() + float(query)
+    sent = 0
+    while time.monotonic() < end:
+        busy(sent)
+        sent += 1
+    return sent
+
+
+@route("/signal")
+def send_signal(query):
+    sent = time.time()
+    uwsgi.signal(21)
+    return sent
+'''
+
+
+def test_signals_reach_a_busy_dispatch_mule_within_100_ms(uwsgi_server: Callable[..., Server]) -> None:
+    import threading
+
+    server = uwsgi_server(declaration("mules=1"), SIGNALS_UNDER_LOAD)
+    streaming = threading.Thread(target=server.get, args=("/stream?6", 60))
+    streaming.start()
+    try:
+        time.sleep(1.0)  # the queue is full by now, and stays so
+        sent = [server.get("/signal")[1] for _ in range(5) if not time.sleep(0.5)]
+        received = server.wait_lines("signal", 5, 30)
+        assert streaming.is_alive()  # the stream was still going when the signals were handled
+    finally:
+        streaming.join(60)
+    latencies = [r["received"] - s for r, s in zip(received, sent, strict=True)]
+    assert max(latencies) < 0.1, latencies
