@@ -169,3 +169,59 @@ def test_command_check_exits_1_with_one_line_per_problem(tmp_path: Path) -> None
     proc = compile_with(tmp_path, CHECK_PROBLEMS, CLI, "check")
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == CHECK_PROBLEM_LINES
+
+
+SPOOLED = ("from uwsgiconf_mules import Section\nsection = Section()\n"
+           "section.workers.set_mules_params(mules=2, spool_dir={spool!r})\n"
+           "uwsgi_configuration = section.as_configuration()\n")
+
+
+def test_spool_lists_replays_and_purges(tmp_path: Path) -> None:
+    from uwsgiconf_mules import _spool
+
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    body = SPOOLED.format(spool=kept.path)
+    listed = invoke_with(tmp_path, body, cli, "spool", "list")
+    assert (listed.returncode, listed.stdout.splitlines()[1]) == (0, "  empty (nothing was kept yet)")
+    kept.create()
+    kept.write("queue", b"mtasks:resize\x00", "farm:fast")
+    kept.write("dead", b"atasks:gone\x00body", "unknown task tasks:gone: ...")
+    kept.write("dead", b"atasks:gone\x00body", "unknown task tasks:gone: ...")
+    kept.write("dead", b"\xfeUCM\x02forged", _spool.UNTRUSTED + "not sent by this uWSGI instance")
+    listed = invoke_with(tmp_path, body, cli, "spool", "list")
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines() == [
+        f"section 'uwsgi': spool {kept.path}",
+        "  queued for the next mules: 1",
+        "    1 x tasks:resize",
+        "  being run, or left by dead mules: 0",
+        "  dead letters: 3",
+        "    1 x ? (untrusted: not sent by this uWSGI instance)",
+        "    2 x tasks:gone (unknown task tasks:gone: ...)",
+    ]
+    replayed = invoke_with(tmp_path, body, cli, "spool", "replay")
+    assert replayed.stdout.splitlines()[1:] == [
+        "  replayed 2 dead letter(s): they run when the dispatch mules next start",
+        "  kept 1 untrusted message(s): never replayed (purge them)"]
+    assert len(kept.files("queue")) == 3 and len(kept.files("dead")) == 1
+    purged = invoke_with(tmp_path, body, cli, "spool", "purge")
+    assert purged.stdout.splitlines()[1] == "  purged 1 file(s) from dead"
+    purged = invoke_with(tmp_path, body, cli, "spool", "purge", "--all")
+    assert purged.stdout.splitlines()[1] == "  purged 3 file(s) from queue, claimed, dead"
+    assert kept.files("queue") == kept.files("dead") == []
+
+
+def test_spool_reads_a_compiled_config_and_says_what_it_cannot_read(tmp_path: Path) -> None:
+    from uwsgiconf_mules import _spool
+
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    (Path(kept.part("dead")) / "0-0-0.call").write_bytes(b"garbage")
+    ini = tmp_path / "app.ini"
+    ini.write_text(f"[uwsgi]\nenv = UWSGICONF_MULES=v2;mules=1;send-timeout=5;spool={kept.path}\n")
+    listed = invoke(tmp_path, cli, "spool", "list", str(ini))
+    assert listed.returncode == 1
+    assert listed.stdout.splitlines()[0] == f"line 2: spool {kept.path}"
+    assert listed.stderr.strip() == f"{kept.part('dead')}/0-0-0.call: not a spool file"
+    (tmp_path / "plain.ini").write_text("[uwsgi]\nworkers = 2\n")
+    assert_one_line_error(invoke(tmp_path, cli, "spool", "list", "plain.ini"), "declares no dispatch mules")

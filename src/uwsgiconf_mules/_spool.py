@@ -160,6 +160,13 @@ class Spool:
         self.write("dead", payload, reason)
         os.unlink(path)
 
+    def files(self, part: str) -> list[str]:
+        """Paths of the calls in ``part``, oldest first.
+
+        :param part: ``queue``, ``claimed`` or ``dead``.
+        """
+        return sorted(entry.path for entry in _scandir(self.part(part)))
+
     def orphans(self) -> list[str]:
         """Claimed files whose mule is gone (the pid in their name is not running)."""
         found = []

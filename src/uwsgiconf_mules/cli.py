@@ -6,7 +6,9 @@ code 1; a usage error (unknown option, missing file) exits 2.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -16,7 +18,8 @@ import click
 from uwsgiconf.exceptions import ConfigurationError
 from uwsgiconf.utils import ConfModule
 
-from ._declarations import Declarations
+from . import _spool
+from ._declarations import RECORD_ENV, Declarations, parse_record
 from ._formats import FORMATS, collect, render
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 
@@ -98,6 +101,109 @@ def check(conf: str) -> None:
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
+
+
+def _spools(conf: str) -> list[tuple[str, _spool.Spool]]:
+    """(what, spool) for every section of CONF with dispatch mules: CONF is a configuration
+    module, or a compiled config (its declarations record is read)."""
+    found = []
+    if conf.endswith(".py"):
+        for configuration in _configurations(conf):
+            for section in configuration.sections:
+                declarations = getattr(section, "mules_declarations", None)
+                if declarations is not None and declarations.spool_dir:
+                    found.append((f"section '{section.name}'", _spool.Spool(declarations.spool_dir)))
+        return found
+    with open(conf, encoding="utf-8") as handle:
+        text = handle.read()
+    for number, line in enumerate(text.splitlines(), 1):
+        _, marker, record = line.partition(f"{RECORD_ENV}=")
+        if marker:
+            spool_dir = parse_record(record.strip()).spool_dir
+            if spool_dir:
+                found.append((f"line {number}", _spool.Spool(spool_dir)))
+    if not found:
+        raise ConfigurationError(f"{conf} declares no dispatch mules (no {RECORD_ENV} record with a spool)")
+    return found
+
+
+def _key(payload: bytes) -> str:
+    return payload[1:payload.find(b"\x00")].decode("utf-8", "replace") if b"\x00" in payload else "?"
+
+
+@cli.command()
+@click.argument("action", type=click.Choice(["list", "replay", "purge"]))
+@click.option("--all", "everything", is_flag=True,
+              help="purge: queued calls and calls left by dead mules too, not only dead letters.")
+@click.argument("conf", type=click.Path(exists=True, dir_okay=False), default=ConfModule.default_name)
+def spool(action: str, everything: bool, conf: str) -> None:
+    """List, replay or purge the spool of CONF (a uwsgicfg.py, default, or a compiled config).
+
+    list: calls kept for the next mules, calls left by mules that died, and dead letters, by task
+    and reason. replay: dead letters back to the queue (the dispatch mules run them when they
+    next start: touch the touch_reload file); untrusted ones never. purge: dead letters (with
+    --all, everything). One red line per problem, exit 1 on errors.
+    """
+    with _errors():
+        spools = _spools(conf)
+    problems: list[str] = []
+    for what, kept in spools:
+        click.echo(f"{what}: spool {kept.path}")
+        if not os.path.isdir(kept.path):
+            click.echo("  empty (nothing was kept yet)")
+            continue
+        for line in _spool_action(kept, action, everything, problems):
+            click.echo(f"  {line}")
+    for problem in problems:
+        _fail(problem)
+    sys.exit(1 if problems else 0)
+
+
+def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: list[str]) -> list[str]:
+    entries: dict[str, list[tuple[str, str, bytes]]] = {}
+    for part in ("queue", "claimed", "dead"):
+        entries[part] = []
+        for path in kept.files(part):
+            try:
+                note, payload = _spool.read(path)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{path}: {exc}")
+                continue
+            entries[part].append((path, note, payload))
+    if action == "list":
+        lines = []
+        for part, title in (("queue", "queued for the next mules"), ("claimed", "being run, or left by dead mules"),
+                            ("dead", "dead letters")):
+            lines.append(f"{title}: {len(entries[part])}")
+            counts = Counter((_key(payload), note if part == "dead" else "") for _, note, payload in entries[part])
+            lines.extend(f"  {n} x {key}{f' ({note})' if note else ''}" for (key, note), n in sorted(counts.items()))
+        return lines
+    if action == "replay":
+        replayed = untrusted = 0
+        for path, note, payload in entries["dead"]:
+            if note.startswith(_spool.UNTRUSTED):
+                untrusted += 1
+                continue
+            try:
+                kept.write("queue", payload)
+                os.unlink(path)
+            except OSError as exc:
+                problems.append(f"{path}: cannot replay: {exc}")
+                continue
+            replayed += 1
+        return [f"replayed {replayed} dead letter(s): they run when the dispatch mules next start",
+                f"kept {untrusted} untrusted message(s): never replayed (purge them)"]
+    parts = ("queue", "claimed", "dead") if everything else ("dead",)
+    removed = 0
+    for part in parts:
+        for path, _, _ in entries[part]:
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                problems.append(f"{path}: cannot purge: {exc}")
+                continue
+            removed += 1
+    return [f"purged {removed} file(s) from {', '.join(parts)}"]
 
 
 def summary(section: Any) -> tuple[list[str], list[str]]:
