@@ -164,3 +164,26 @@ def test_a_rejected_call_leaves_the_section_as_it_was() -> None:
 def test_describe_lists_what_is_declared() -> None:
     assert Declarations().describe() == "no mules; farms: none"
     assert declare(farms=MuleFarm("a", 2)).describe() == "mules 1..2; farms: 'a' (mules 1, 2)"
+
+
+def test_deploy_touch_emits_the_reload_for_the_mode_and_keeps_options_set_elsewhere() -> None:
+    section = Section()
+    section.main_process.set_basic_params(touch_reload="/srv/app/settings.py")
+    section.workers.set_mules_params(mules=1, deploy_touch="/srv/app/deploy")
+    assert [(k, v) for k, v in options(section) if k.startswith("touch")] == [
+        ("touch-reload", "/srv/app/settings.py"), ("touch-reload", "/srv/app/deploy")]
+    section.workers.set_mules_params(deploy_mode="chain")  # for --lazy-apps
+    assert [(k, v) for k, v in options(section) if k.startswith("touch")] == [
+        ("touch-reload", "/srv/app/settings.py"), ("touch-chain-reload", "/srv/app/deploy"),
+        ("touch-mules-reload", "/srv/app/deploy")]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"deploy_touch": "/d", "deploy_mode": "soon"}, "deploy_mode must be 'reload' or 'chain', not 'soon'"),
+    ({"deploy_mode": "chain"}, "deploy_mode needs deploy_touch, the file to touch"),
+    ({"spool_dir": "relative/spool"}, "spool_dir must be an absolute path, not 'relative/spool'"),
+    ({"spool_dir": "/srv/a;b"}, "spool_dir '/srv/a;b' contains"),
+])
+def test_bad_deploy_and_spool_declarations_name_the_argument(params: dict[str, str], message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        declare(mules=1, **params)

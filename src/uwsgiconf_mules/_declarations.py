@@ -223,12 +223,15 @@ class Declarations:
         there are no dispatch mules); senders check that it exists where they run.
     :param spool_dir: Directory of this instance's spool (see :mod:`uwsgiconf_mules._spool`); None
         when there are no dispatch mules.
+    :param deploy: ``(path, mode)``: touching ``path`` makes workers and mules run new code, by a
+        graceful reload of the whole instance (``reload``) or a chain reload of the workers and a
+        reload of the mules (``chain``, for ``--lazy-apps``); or None.
     """
 
-    __slots__ = ("_farms_by_name", "dispatch_script", "farms", "harakiri", "msg_size", "programs", "reload_mercy",
-                 "send_timeout", "spool_dir", "touch_reload")
+    __slots__ = ("_farms_by_name", "deploy", "dispatch_script", "farms", "harakiri", "msg_size", "programs",
+                 "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
     _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
-               "dispatch_script", "spool_dir")
+               "dispatch_script", "spool_dir", "deploy")
 
     def __init__(
         self,
@@ -242,8 +245,10 @@ class Declarations:
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         dispatch_script: str | None = None,
         spool_dir: str | None = None,
+        deploy: tuple[str, str] | None = None,
     ) -> None:
         self.programs = programs
+        self.deploy = deploy
         self.dispatch_script = dispatch_script
         self.spool_dir = spool_dir
         self.farms = farms
@@ -316,6 +321,12 @@ class Declarations:
             if value is not None:
                 opts.append((key, str(value)))
         opts.extend(("touch-mules-reload", path) for path in self.touch_reload)
+        if self.deploy is not None:
+            path, mode = self.deploy
+            if mode == "reload":
+                opts.append(("touch-reload", path))
+            else:
+                opts.extend((("touch-chain-reload", path), ("touch-mules-reload", path)))
         # Imported in the master before the fork, in every mode (--lazy-apps too): every process
         # of the instance shares the runtime's token and its already loaded modules.
         opts.append(("shared-import", RUNTIME_MODULE))
@@ -401,6 +412,8 @@ def declare(
     msg_buffer: object = None,
     send_timeout: object = None,
     spool_dir: object = None,
+    deploy_touch: object = None,
+    deploy_mode: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -423,6 +436,10 @@ def declare(
         :class:`~uwsgiconf_mules.errors.DeliveryError` (default 5).
     :param spool_dir: Directory where calls still queued when uWSGI reloads or stops are kept (and
         calls that could not run); default: :func:`default_spool_dir`.
+    :param deploy_touch: A path; touching it makes workers and mules run new code (a deploy).
+    :param deploy_mode: ``reload`` (default): a graceful reload of the whole instance, the only
+        way for mules to get new code when the app is loaded before the fork; ``chain``: with
+        ``--lazy-apps``, a chain reload of the workers and a reload of the mules.
     :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
     :raises MulesConfigurationError: naming what is wrong.
     """
@@ -467,6 +484,7 @@ def declare(
     return Declarations(
         dispatch_script=_dispatch_script() if None in programs else None,
         spool_dir=_spool_dir(spool_dir) if None in programs else None,
+        deploy=_deploy(deploy_touch, deploy_mode),
         programs=programs,
         farms=tuple(specs),
         msg_size=None if msg_buffer is None else _positive_int(msg_buffer, "msg_buffer"),
@@ -505,6 +523,16 @@ def _spool_dir(value: object) -> str:
     if not isinstance(value, str) or not value.strip() or not os.path.isabs(value):
         raise MulesConfigurationError(f"spool_dir must be an absolute path, not {value!r}", culprit=value)
     return _record_path(os.path.normpath(value), "spool_dir")
+
+
+def _deploy(touch: object, mode: object) -> tuple[str, str] | None:
+    if mode not in (None, "reload", "chain"):
+        raise MulesConfigurationError(f"deploy_mode must be 'reload' or 'chain', not {mode!r}", culprit=mode)
+    if touch is None:
+        if mode is not None:
+            raise MulesConfigurationError("deploy_mode needs deploy_touch, the file to touch", culprit=mode)
+        return None
+    return _touch_paths(touch)[0], str(mode or "reload")
 
 
 def _dispatch_script() -> str:

@@ -20,7 +20,7 @@ from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
 
 from . import _formats as formats
-from ._declarations import RECORD_ENV, RUNTIME_MODULE, Declarations, MuleFarm, declare, default_spool_dir
+from ._declarations import Declarations, MuleFarm, declare, default_spool_dir
 
 __all__ = ["MuleFarm", "Section", "Workers"]
 
@@ -49,6 +49,8 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         msg_buffer_recv: int | None = None,
         send_timeout: float | None = None,
         spool_dir: str | None = None,
+        deploy_touch: str | None = None,
+        deploy_mode: str | None = None,
     ) -> Section:
         """Declare mules and mule farms.
 
@@ -77,6 +79,13 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             reloads or stops are kept until the next mules run them, and calls that could not
             run are set aside. Default: a directory under ``/var/tmp`` named after the user, the
             directory the config is compiled in and the section.
+        :param deploy_touch: A file to touch after a deploy: workers and mules then run the new
+            code, and calls queued meanwhile are kept (see ``deploy_mode``).
+        :param deploy_mode: ``'reload'`` (default): a graceful reload of the whole instance
+            (``touch-reload``), needed when the app is loaded before the fork, since mules are
+            forked from the master; ``'chain'``: with ``--lazy-apps``, a chain reload of the
+            workers (``touch-chain-reload``) and a reload of the mules (``touch-mules-reload``),
+            whose dispatch mules import the tasks afresh.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
         section: Section = self._section
@@ -84,28 +93,34 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             "mules": mules, "touch_reload": touch_reload, "harakiri_timeout": harakiri_timeout,
             "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
             "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout, "spool_dir": spool_dir,
+            "deploy_touch": deploy_touch, "deploy_mode": deploy_mode,
         }
         params = dict(section._mules_params)
         params.update({key: value for key, value in given.items() if value is not None})
         params.setdefault("spool_dir", default_spool_dir(str(section.name)))
         declarations = declare(**params)  # validates before anything is changed
 
+        previous = section._mules_declarations
         section._mules_params = params
         section._mules_declarations = declarations
-        self._emit(declarations)
+        self._emit(declarations, previous)
         return section
 
-    def _emit(self, declarations: Declarations) -> None:
+    def _emit(self, declarations: Declarations, previous: Declarations | None) -> None:
         opts: dict[Any, Any] = self._section._opts
         for key in _DECLARATION_KEYS:
             opts.pop(key, None)
-        ours = {"env": f"{RECORD_ENV}=", "shared-import": RUNTIME_MODULE}  # what an earlier call emitted
-        for key, emitted in ours.items():
-            kept = [value for value in opts.get(key, []) if not str(value).startswith(emitted)]
+        # Of options others may set too (env, shared-import, touch-reload, ...), remove exactly the
+        # values an earlier call emitted.
+        for key, emitted in previous.options() if previous is not None else ():
+            if key in _DECLARATION_KEYS or key not in opts:
+                continue
+            values = opts[key] if isinstance(opts[key], list) else [opts[key]]
+            kept = [value for value in values if str(value) != emitted]
             if kept:
                 opts[key] = kept
             else:
-                opts.pop(key, None)
+                opts.pop(key)
         for key, value in declarations.options():
             self._set(key, value, multi=True)
 

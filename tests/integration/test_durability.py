@@ -209,3 +209,48 @@ def test_signals_reach_a_busy_dispatch_mule_within_100_ms(uwsgi_server: Callable
         streaming.join(60)
     latencies = [r["received"] - s for r, s in zip(received, sent, strict=True)]
     assert max(latencies) < 0.1, latencies
+
+
+TASKS = '''
+import json, os
+from uwsgiconf_mules.runtime import mule_offload
+
+
+@mule_offload()
+def versioned(tag):
+    with open(os.path.join(os.environ["TEST_RESULTS"], "versions"), "a") as handle:
+        handle.write(json.dumps({{"tag": tag, "version": {version}}}) + "\\n")
+'''
+
+DEPLOYED_APP = '''
+import tasks
+
+
+@route("/versioned")
+def run_versioned(query):
+    return tasks.versioned(query)
+'''
+
+
+@pytest.mark.parametrize(("mode", "extra"), [("reload", ()), ("chain", ("--lazy-apps",))])
+def test_a_deploy_runs_the_new_task_version_in_the_mules(
+        tmp_path: Path, uwsgi_server: Callable[..., Server], mode: str, extra: tuple[str, ...]) -> None:
+    deploy = tmp_path / "deploy"
+    deploy.write_text("")
+    touch(deploy, ago=60)
+    server = uwsgi_server(declaration(f"mules=1, deploy_touch={str(deploy)!r}, deploy_mode={mode!r}"), DEPLOYED_APP,
+                          modules={"tasks": TASKS.format(version=1)}, extra_args=extra)
+
+    def version_of(tag: str) -> int:
+        line = server.wait_for(lambda: [r for r in server.lines("versions") if r["tag"] == tag], 30, tag)
+        return int(line[0]["version"])
+
+    assert server.get("/versioned?before") == (200, True)
+    assert version_of("before") == 1
+    app_dir = next(path for path in tmp_path.iterdir() if (path / "tasks.py").exists())
+    (app_dir / "tasks.py").write_text(TASKS.format(version=2))
+    time.sleep(1.5)  # uWSGI's master reads the files' times in its first cycles, after start
+    touch(deploy)
+    wait_respawned(server, 2)
+    server.wait_for(lambda: server.get("/versioned?after")[0] == 200, 30, "the app after the deploy")
+    assert version_of("after") == 2
