@@ -76,26 +76,42 @@ def _note(dest: int | bytes | None) -> str:
     return f"mule:{dest}" if isinstance(dest, int) else f"farm:{dest.decode()}"
 
 
-def _keep(spool: _spool.Spool | None, message: bytes, dest: int | bytes | None) -> int:
-    """What a stopping mule does with a message it took from a queue: a call goes to the spool
-    (1 is returned), anything else as it would while running."""
-    prefix = _protocol.PREFIX
-    if message.startswith(prefix) and message[len(prefix):len(prefix) + 1] in _protocol.CALL_KINDS:
-        if spool is None:
-            _tasks.log().error("uwsgiconf-mules: mule %d has no spool: a queued call of %d bytes is lost",
-                               _tasks.current_mule(), len(message))
+class _Keeper:
+    """What a stopping mule does with each message it takes from a queue: a call goes to the
+    spool, within its size limit; anything else is handled as while running. Counts what it kept
+    and what it could not keep (the spool is full, or the disk refused).
+
+    :param spool: The instance's spool, or None when it cannot be used.
+    """
+
+    def __init__(self, spool: _spool.Spool | None) -> None:
+        self.spool = spool
+        self.kept = 0
+        self.lost: dict[str, int] = {}  # why -> how many
+        self.room = spool.limit - spool.size() if spool is not None else 0
+
+    def __call__(self, message: bytes, dest: int | bytes | None) -> int:
+        prefix = _protocol.PREFIX
+        if not (message.startswith(prefix) and message[len(prefix):len(prefix) + 1] in _protocol.CALL_KINDS):
+            rest = _tasks.receive(message)  # a probe, foreign bytes or a forgery: never a call here
+            if rest is not None:
+                _tasks.pass_on(rest)
             return 0
+        if self.spool is None:
+            return self._lose("there is no usable spool")
+        if len(message) > self.room:
+            return self._lose(f"the spool {self.spool.path} holds its limit of {self.spool.limit} bytes")
         try:
-            spool.write("queue", message[len(prefix):], _note(dest))
+            self.spool.write("queue", message[len(prefix):], _note(dest))
         except OSError as exc:
-            _tasks.log().error("uwsgiconf-mules: mule %d could not spool a queued call of %d bytes (%s): it is "
-                               "lost", _tasks.current_mule(), len(message), exc)
-            return 0
+            return self._lose(f"the disk refused it ({exc.strerror or exc})")
+        self.room -= len(message)
+        self.kept += 1
         return 1
-    rest = _tasks.receive(message)  # a probe, foreign bytes or a forgery: never a call here
-    if rest is not None:
-        _tasks.pass_on(rest)
-    return 0
+
+    def _lose(self, why: str) -> int:
+        self.lost[why] = self.lost.get(why, 0) + 1
+        return 0
 
 
 def _busy_workers(uwsgi: Any) -> bool:
@@ -111,21 +127,26 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
     started = time.monotonic()
     mercy = (declarations.reload_mercy if declarations and declarations.reload_mercy else 60)
     hard = started + max(0.5, min(LINGER, mercy - 1.0))
-    kept = _keep(spool, pending, None) if pending is not None else 0
+    keep = _Keeper(spool)
+    if pending is not None:
+        keep(pending, None)
     quiet_until = started + QUIET
     while True:
-        moved = sum(_keep(spool, message, dest) for dest, message in queues.drain())
-        kept += moved
+        moved = sum(keep(message, dest) for dest, message in queues.drain())
         now = time.monotonic()
         if moved or _busy_workers(uwsgi):
             quiet_until = now + QUIET
         if now >= quiet_until or now >= hard:
             break
         time.sleep(0.02)
-    kept += sum(_keep(spool, message, dest) for dest, message in queues.drain())
+    for dest, message in queues.drain():
+        keep(message, dest)
     mule_id = _tasks.current_mule()
-    _tasks.log().warning("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, kept,
-                         spool.path if spool else "(none)")
+    log = _tasks.log()
+    log.warning("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, keep.kept,
+                spool.path if spool else "(none)")
+    for why, count in keep.lost.items():
+        log.error("uwsgiconf-mules: mule %d stopped; %d queued call(s) LOST: %s", mule_id, count, why)
     if spool is not None:
         _forget_pid(spool, mule_id)
     import logging

@@ -386,6 +386,8 @@ def test_mule_killed_mid_task_is_respawned_and_queued_calls_run(
     assert runs[1]["direct"] == []
     assert server.get("/later")[1] is True
     assert server.wait_lines("task", 202)[-1]["direct"] == [1]
+    # The running call is lost, and the log says so.
+    assert f"mule 1 (pid {first_pid}) ended without a clean stop (killed or crashed): the call it was " in server.log()
 
 
 LAZY_APP = '''
