@@ -37,6 +37,7 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/reload.py
 
 clean:
 	rm -rf $(VENV) .venv-matrix dist build .pytest_cache .mypy_cache .ruff_cache
