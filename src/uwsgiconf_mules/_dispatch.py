@@ -175,7 +175,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
             previous = int(handle.read() or 0)
     except (OSError, ValueError):
         previous = 0
-    if previous and previous != os.getpid() and not _spool._alive(previous):
+    if previous and previous != os.getpid() and not _spool.alive(previous):
         _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
                            "the call it was running, if any, is lost; the calls queued behind it run now",
                            mule_id, previous)
@@ -235,7 +235,11 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
     if spool is not None:
-        _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
+        try:
+            _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
+        except OSError as exc:  # never a mule that dies at start, and respawns in a loop
+            _tasks.log().error("uwsgiconf-mules: mule %d could not run the calls kept in the spool %s (%s); they stay "
+                               "there", mule_id, spool.path, exc)
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)

@@ -172,7 +172,7 @@ class Spool:
         found = []
         for entry in _scandir(self.part("claimed")):
             pid = int(entry.name.partition("-")[0] or 0)
-            if not _alive(pid):
+            if not alive(pid):
                 found.append(entry.path)
         return found
 
@@ -207,7 +207,11 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists.
+
+    :param pid: A process id.
+    """
     if pid <= 0:
         return False
     try:

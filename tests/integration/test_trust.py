@@ -239,18 +239,24 @@ def test_plain_messages_to_a_farm_with_a_dispatch_mule_are_refused(server: Serve
     assert "farm 'mixed' has dispatch mules (1)" in message
 
 
-def test_a_missing_dispatch_script_raises_delivery_error_naming_it(tmp_path: Path) -> None:
-    # A config compiled in another environment: its dispatch script path does not exist here.
-    (tmp_path / "uwsgicfg.py").write_text(declaration("mules=1"))
-    (tmp_path / "app.py").write_text(
-        "from uwsgiconf_mules.runtime import mule_offload\n"
-        "@mule_offload()\ndef task():\n    pass\n"
+def compiled_app(directory: Path, definitions: str, call: str) -> Path:
+    """Compile a one-mule config, and write an app whose every request answers what ``call``
+    returns, or the error it raises; returns the compiled config's path."""
+    (directory / "uwsgicfg.py").write_text(declaration("mules=1"))
+    (directory / "app.py").write_text(
+        f"from uwsgiconf_mules.runtime import Mule, mule_offload\n{definitions}"
         "def application(environ, start_response):\n"
-        "    try:\n        body = repr(task())\n"
+        f"    try:\n        body = repr({call})\n"
         "    except Exception as exc:\n        body = type(exc).__name__ + ': ' + str(exc)\n"
         "    start_response('200 OK', [])\n    return [body.encode()]\n")
-    path, compiled = compile_config(tmp_path)
+    path, compiled = compile_config(directory)
     assert compiled.returncode == 0, compiled.stderr
+    return path
+
+
+def test_a_missing_dispatch_script_raises_delivery_error_naming_it(tmp_path: Path) -> None:
+    # A config compiled in another environment: its dispatch script path does not exist here.
+    path = compiled_app(tmp_path, "@mule_offload()\ndef task():\n    pass\n", "task()")
     from uwsgiconf_mules._declarations import DISPATCH_MULE
 
     elsewhere = "/nonexistent/venv/uwsgiconf_mules/dispatch_mule.py"
@@ -269,15 +275,7 @@ def test_a_missing_dispatch_script_raises_delivery_error_naming_it(tmp_path: Pat
 def test_without_the_shared_import_workers_refuse_to_send(tmp_path: Path) -> None:
     # A config whose master does not import the runtime: under --lazy-apps each worker imports it,
     # draws a token of its own, and mules would refuse (or take) its calls; the worker says so.
-    (tmp_path / "uwsgicfg.py").write_text(declaration("mules=1"))
-    (tmp_path / "app.py").write_text(
-        "from uwsgiconf_mules.runtime import Mule\n"
-        "def application(environ, start_response):\n"
-        "    try:\n        body = repr(Mule(1).send('x'))\n"
-        "    except Exception as exc:\n        body = type(exc).__name__ + ': ' + str(exc)\n"
-        "    start_response('200 OK', [])\n    return [body.encode()]\n")
-    path, compiled = compile_config(tmp_path)
-    assert compiled.returncode == 0, compiled.stderr
+    path = compiled_app(tmp_path, "", "Mule(1).send('x')")
     shared = "shared-import = uwsgiconf_mules.runtime\n"
     assert shared in path.read_text()
     path.write_text(path.read_text().replace(shared, ""))
