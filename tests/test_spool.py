@@ -68,3 +68,40 @@ def test_other_files_are_not_spool_files(spool: _spool.Spool) -> None:
         _spool.read(str(path))
     assert list(spool.claim(frozenset({_spool.ANY}))) == []  # claimed, then set aside as a dead letter
     assert _spool.read(spool.files("dead")[0])[0].startswith("unreadable spool file")
+
+
+@pytest.mark.parametrize("spoil", ["group-writable", "another user's", "a link", "below a world-writable directory"])
+def test_a_spool_others_could_change_is_refused(tmp_path: Path, spoil: str) -> None:
+    path = tmp_path / "shared" / "spool"
+    path.parent.mkdir()
+    if spoil == "below a world-writable directory":
+        path.parent.chmod(0o777)  # no sticky bit: anyone could rename the spool away
+    elif spoil == "a link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        path.mkdir(mode=0o700)
+        if spoil == "group-writable":
+            path.chmod(0o770)
+        elif os.geteuid() == 0:
+            os.chown(path, 65534, 65534)
+        else:
+            pytest.skip("making a directory of another user's needs root")
+    with pytest.raises(PermissionError, match=r"^spool: "):
+        _spool.Spool(str(path)).create()
+
+
+def test_a_sticky_world_writable_parent_is_fine_and_foreign_files_are_ignored(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp and /var/tmp
+    spool = _spool.Spool(str(shared / "spool"))
+    spool.create()
+    assert os.stat(spool.path).st_mode & 0o777 == 0o700
+    os.mkdir(os.path.join(spool.part("queue"), "0-0-0.call"))  # not a regular file
+    spool.write("queue", b"ak:x\x00")
+    if os.geteuid() == 0:
+        foreign = Path(spool.part("queue")) / "1-1-1.call"
+        foreign.write_bytes(_spool.MAGIC + b"any\nak:forged\x00")
+        os.chown(foreign, 65534, 65534)
+    assert [payload for _, payload in spool.claim(frozenset({_spool.ANY}))] == [b"ak:x\x00"]

@@ -237,7 +237,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     if spool is not None:
         try:
             _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
-        except OSError as exc:  # never a mule that dies at start, and respawns in a loop
+        except Exception as exc:  # never a mule that dies at start, and respawns in a loop
             _tasks.log().error("uwsgiconf-mules: mule %d could not run the calls kept in the spool %s (%s); they stay "
                                "there", mule_id, spool.path, exc)
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.

@@ -206,7 +206,9 @@ class Queues:
             return size
         if self._finder is not None:
             self._search(self._finder)
-        message = self._get(True, self._farms, self._size, -1)  # True: signals are the signal thread's
+        # True: signals are the signal thread's. A wait of at most a second: a stop signal that
+        # arrives just before the wait begins is seen at the latest then.
+        message = self._get(True, self._farms, self._size, 1)
         # Next, the queue read last: a burst that woke the mule is likely to go on there.
         self.current = readers[self._turn] if readers else empty
         if self._destinations:  # the mule is in use: look for its queues from now on

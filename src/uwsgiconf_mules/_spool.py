@@ -25,6 +25,7 @@ trusted through its directory's permissions (0700, the uWSGI user).
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -70,9 +71,16 @@ class Spool:
         return os.path.join(self.path, name)
 
     def create(self) -> None:
-        """Create the directory and its parts (mode 0700) if missing."""
-        for name in PARTS:
-            os.makedirs(self.part(name), mode=0o700, exist_ok=True)
+        """Create the directory and its parts (mode 0700) if missing, and check that only this
+        user can change them: the spool is trusted through its permissions.
+
+        :raises PermissionError: naming the directory that others could write to, or that is not
+            this user's (an existing one is never trusted blindly: ``/var/tmp`` is shared).
+        """
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        _check_ancestors(self.path)
+        for path in (self.path, *(self.part(name) for name in PARTS)):
+            _private_dir(path)
 
     def size(self) -> int:
         """Bytes held in ``queue/`` and ``dead/``."""
@@ -158,7 +166,7 @@ class Spool:
         except (OSError, ValueError):
             payload = b""
         self.write("dead", payload, reason)
-        os.unlink(path)
+        os.unlink(path)  # a regular file (see _scandir)
 
     def files(self, part: str) -> list[str]:
         """Paths of the calls in ``part``, oldest first.
@@ -171,8 +179,8 @@ class Spool:
         """Claimed files whose mule is gone (the pid in their name is not running)."""
         found = []
         for entry in _scandir(self.part("claimed")):
-            pid = int(entry.name.partition("-")[0] or 0)
-            if not alive(pid):
+            head = entry.name.partition("-")[0]
+            if not (head.isdigit() and alive(int(head))):
                 found.append(entry.path)
         return found
 
@@ -191,10 +199,41 @@ def read(path: str) -> tuple[str, bytes]:
     return reason.decode("utf-8", "replace"), payload
 
 
+def _private_dir(path: str) -> None:
+    """Create ``path`` (0700) if missing; refuse it unless it is a directory of this user's that
+    nobody else can write to."""
+    os.makedirs(path, 0o700, exist_ok=True)  # exist_ok: mules starting together race to create it
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"spool: {path} is not a directory (a link or a file)")
+    if info.st_uid != os.geteuid():
+        raise PermissionError(f"spool: {path} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
+    if info.st_mode & 0o022:
+        raise PermissionError(f"spool: {path} can be written by others (mode {info.st_mode & 0o777:o})")
+
+
+def _check_ancestors(path: str) -> None:
+    """Refuse a spool below a directory that someone else could rename it out of: one writable
+    by others without the sticky bit, or one of another user's (root's is fine)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        info = os.stat(parent)
+        if info.st_mode & 0o002 and not info.st_mode & stat.S_ISVTX:
+            raise PermissionError(f"spool: {parent} can be written by anyone (and has no sticky bit)")
+        if info.st_uid not in (0, os.geteuid()) and info.st_mode & 0o022:
+            raise PermissionError(f"spool: {parent} belongs to uid {info.st_uid} and can be written by others")
+        up = os.path.dirname(parent)
+        if up == parent:
+            return
+        parent = up
+
+
 def _scandir(path: str) -> list[os.DirEntry[str]]:
+    """The spool files of a part: regular files of this user's (anything else is ignored)."""
     try:
         with os.scandir(path) as entries:
-            return [entry for entry in entries if entry.name.endswith(".call")]
+            return [entry for entry in entries if entry.name.endswith(".call") and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == os.geteuid()]
     except FileNotFoundError:
         return []
 
