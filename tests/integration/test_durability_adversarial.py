@@ -1,4 +1,4 @@
-"""Red-team checks on a real uWSGI: durability across reloads, trust of the spool, mule start."""
+"""Adversarial checks on a real uWSGI: durability across reloads under load, trust of the spool, mule start."""
 
 from __future__ import annotations
 
