@@ -86,7 +86,7 @@ def compile_(fmt: str, yaml_dialect: str, uwsgi: str | None, conf: str) -> None:
                 configuration.sections[0].print_stamp()  # as `uwsgiconf compile` does
             outputs.append(render(collect(configuration.sections), fmt, yaml_dialect))
     for output in outputs:
-        click.echo(output, color=True)  # as written: click strips ANSI codes (uwsgiconf's styled prints) from pipes
+        click.echo(output, color=True)  # as written: click would strip escape codes when not printing to a terminal
 
 
 @cli.command()
