@@ -9,6 +9,13 @@ an ``accepting`` and an ``as-mule`` hook) and an HTTP probe answers. (One worker
 enough: a worker that got SIGINT before reaching its accepting loop kept running, on a loaded
 machine about one stop in ten, until uWSGI's 60 s reload mercy.)
 
+The uWSGI is the ``uwsgi`` next to this Python (``pip install uwsgi`` in the venv), or the binary
+named by ``UWSGICONF_MULES_TEST_UWSGI`` with the arguments of ``UWSGICONF_MULES_TEST_UWSGI_ARGS``
+(shell words) first on its command line: a distribution's uWSGI, for instance
+``UWSGICONF_MULES_TEST_UWSGI=/usr/bin/uwsgi UWSGICONF_MULES_TEST_UWSGI_ARGS="--plugin python3
+--virtualenv $VIRTUAL_ENV"``. YAML is compiled for that binary (``--uwsgi``), as a user compiles
+where uWSGI runs.
+
 ``Server.stop`` always stops it: SIGINT, then, after a bound, SIGKILL to the whole process group,
 and that fails (``AssertionError`` with the log tail): a server that does not stop on SIGINT is a
 bug to see, not to hide.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -31,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
-UWSGI = BIN / "uwsgi"
+UWSGI = Path(os.environ.get("UWSGICONF_MULES_TEST_UWSGI") or BIN / "uwsgi")
+UWSGI_ARGS = tuple(shlex.split(os.environ.get("UWSGICONF_MULES_TEST_UWSGI_ARGS", "")))
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 WORKER_READY = "harness: worker accepting"
@@ -95,16 +104,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def compile_config(directory: Path, fmt: str = "ini", out_dir: Path | None = None,
+def compile_config(directory: Path, fmt: str = "ini", out_dir: Path | None = None, yaml_args: Sequence[str] = (),
                    ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """Compile ``directory/uwsgicfg.py`` with the real command into ``out_dir`` (default: directory).
 
+    YAML is compiled for ``UWSGI`` unless ``yaml_args`` says otherwise (``--yaml-dialect libyaml``).
     Returns (config path, process).
     """
     if fmt == "ini":
         cmd = [str(BIN / "uwsgiconf"), "compile", "uwsgicfg.py"]
     else:
-        cmd = [str(BIN / "uwsgiconf-mules"), "compile", "--format", fmt, "uwsgicfg.py"]
+        cmd = [str(BIN / "uwsgiconf-mules"), "compile", "--format", fmt, *(yaml_args or ("--uwsgi", str(UWSGI))),
+               "uwsgicfg.py"]
     proc = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, check=False)
     path = (out_dir or directory) / f"app.{fmt}"
@@ -275,7 +286,7 @@ def launch(
     log_path = run_dir / "uwsgi.log"
     full_env = dict(os.environ, TEST_RESULTS=str(results), **(env or {}))
     full_env.pop("UWSGICONF_MULES", None)
-    cmd = [str(UWSGI), f"--{fmt}", str(config), "--strict", "--master", "--die-on-term",
+    cmd = [str(UWSGI), *UWSGI_ARGS, f"--{fmt}", str(config), "--strict", "--master", "--die-on-term",
            "--http-socket", f"127.0.0.1:{port}", *app,
            "--pythonpath", str(directory), "--chdir", str(directory), "--workers", str(workers),
            "--hook-accepting", f"log:{WORKER_READY}", "--hook-as-mule", f"log:{MULE_READY}", *extra_args]
@@ -302,6 +313,25 @@ def launch(
                 raise AssertionError(f"{exc}\n\nThen, stopping it: {stop_error}") from exc
         raise
     return server
+
+
+def read_options(config: Path, fmt: str, uwsgi: Path = UWSGI, args: Sequence[str] = UWSGI_ARGS,
+                 ) -> tuple[list[tuple[str, str]], str]:
+    """The options a real uWSGI reads from ``config``, in order, and its log: it runs ``--show-config``
+    (which logs every option as ``key = value``) and exits before it binds or forks anything.
+
+    The first option (``--ini``/``--yaml`` itself) is left out; an empty list means uWSGI printed no
+    configuration (it failed first: see the log).
+    """
+    cmd = [str(uwsgi), *args, f"--{fmt}", str(config), "--show-config", "--hook-pre-jail", "exit:"]
+    proc = subprocess.run(cmd, cwd=config.parent, capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+                          check=False)
+    log = (proc.stdout + proc.stderr).decode(errors="surrogateescape")
+    shown = re.search(r"^\[uwsgi\]\n(.*?)^;end of configuration$", log, re.M | re.S)
+    if not shown:
+        return [], log
+    options = [line.partition(" = ") for line in shown[1].split("\n")[:-1]]  # not splitlines(): values keep \x85
+    return [(key, value) for key, _, value in options if key != fmt], log
 
 
 def _answers(port: int) -> bool:

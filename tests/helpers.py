@@ -1,7 +1,11 @@
 """Helpers shared by the test modules (``tests/harness.py`` is the real-uWSGI harness).
 
 ``CASES``: declarations compiled by the tests, by name: the body of a ``uwsgicfg.py``. Each has
-expected outputs in ``tests/expected/<name>.ini`` (and ``.yaml``).
+expected outputs in ``tests/expected/<name>.ini``, ``<name>.yaml`` (YAML for uWSGI's embedded
+parser) and ``libyaml/<name>.yaml`` (for uWSGI built with libyaml): ``expected(name, fmt, dialect)``.
+
+``fake_uwsgi`` writes a stand-in ``uwsgi`` that answers ``--cflags`` and ``--version`` as a pip or a
+Debian build does, for the tests of how the uWSGI of the environment is found and read.
 
 A command runs on a ``uwsgicfg.py`` written into a directory, either as a real command
 (``compile_with``, a subprocess) or in this process through click's ``CliRunner``
@@ -14,6 +18,7 @@ import importlib
 import inspect
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +29,7 @@ from click.testing import CliRunner
 from uwsgiconf_mules._declarations import DISPATCH_MULE
 
 EXPECTED = Path(__file__).parent / "expected"
-STAMP = re.compile(r"(uwsgiconf v)\S+ on .*")
+STAMP = re.compile(r'(uwsgiconf v)\S+ on [^"\n]*')
 DEFAULT_SPOOL = re.compile(r"spool=/var/tmp/uwsgiconf-mules-\d+/[0-9a-f]{16}")
 
 HEADER = "from uwsgiconf_mules import Section\nsection = Section()\nworkers = section.workers\n"
@@ -64,6 +69,41 @@ workers.set_mules_params(harakiri_timeout=60)
 
 def source(name: str) -> str:
     return HEADER + CASES[name] + FOOTER
+
+
+def expected(name: str, fmt: str = "yaml", dialect: str = "embedded") -> str:
+    """The expected output of case ``name`` (or ``two_sections``) in ``fmt`` (YAML: for ``dialect``)."""
+    folder = EXPECTED / "libyaml" if fmt == "yaml" and dialect == "libyaml" else EXPECTED
+    return (folder / f"{name}.{fmt}").read_text()
+
+
+# What `uwsgi --cflags` prints, shortened (the flags that matter kept as printed): uWSGI 2.0.31 as
+# `pip install uwsgi` builds it, and Debian 12's uwsgi-core 2.0.21.
+PIP_CFLAGS = (
+    '-O2 -I. -Wall -D_LARGEFILE_SOURCE -D_FILE_OFFSET_BITS=64 -DUWSGI_HAS_IFADDRS -DUWSGI_ZLIB '
+    '-DUWSGI_VERSION="\\"2.0.31\\"" -DUWSGI_VERSION_BASE="2" -DUWSGI_VERSION_MAJOR="0" -DUWSGI_VERSION_MINOR="31" '
+    '-DUWSGI_VERSION_REVISION="0" -DUWSGI_VERSION_CUSTOM="\\"\\"" -DUWSGI_YAML -DUWSGI_SSL -DUWSGI_XML '
+    '-DUWSGI_PLUGIN_DIR="\\".\\"" -DUWSGI_DECLARE_EMBEDDED_PLUGINS="UDEP(python);UDEP(gevent);UDEP(ping);" '
+    '-DUWSGI_LOAD_EMBEDDED_PLUGINS="ULEP(python);ULEP(gevent);ULEP(ping);"'
+)
+DEBIAN_CFLAGS = (
+    '-O2 -I. -Wall -D_LARGEFILE_SOURCE -D_FILE_OFFSET_BITS=64 -g -O2 -DUWSGI_HAS_IFADDRS -DUWSGI_ZLIB -DUWSGI_PCRE '
+    '-DUWSGI_ROUTING -DUWSGI_VERSION="\\"2.0.21-debian\\"" -DUWSGI_VERSION_BASE="2" -DUWSGI_VERSION_MAJOR="0" '
+    '-DUWSGI_VERSION_MINOR="21" -DUWSGI_VERSION_REVISION="0" -DUWSGI_VERSION_CUSTOM="\\"debian\\"" -DUWSGI_YAML '
+    '-DUWSGI_LIBYAML -I/usr/include/yajl -DUWSGI_JSON -DUWSGI_JSON_YAJL -DUWSGI_SSL '
+    '-DUWSGI_PLUGIN_DIR="\\"/usr/lib/uwsgi/plugins\\""'
+)
+
+
+def fake_uwsgi(directory: Path, cflags: str = PIP_CFLAGS, version: str = "", status: int = 0) -> Path:
+    """Write ``directory/uwsgi``: prints ``cflags`` for ``--cflags`` and ``version`` for ``--version``,
+    and exits with ``status``; anything else exits 1. Only shell builtins: it runs with any PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "uwsgi"
+    path.write_text(f"#!/bin/sh\ncase \"$1\" in\n--cflags) printf '%s\\n' {shlex.quote(cflags)} ;;\n"
+                    f"--version) printf '%s\\n' {shlex.quote(version)} ;;\n*) exit 1 ;;\nesac\nexit {status}\n")
+    path.chmod(0o755)
+    return path
 
 
 def normalise(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The ``uwsgiconf-mules`` command: compile (ini, yaml) and check.
+"""The ``uwsgiconf-mules`` command: compile (ini, yaml for each YAML dialect) and check.
 
 In this process through click's ``CliRunner`` (``helpers.invoke_with``), and a few smoke tests of
 the installed console script as a subprocess (``main()``, real exit codes).
@@ -6,7 +6,9 @@ the installed console script as a subprocess (``main()``, real exit codes).
 
 from __future__ import annotations
 
+import ast
 import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,17 +16,33 @@ import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
 
 from harness import BIN
-from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, invoke, invoke_with, normalise, source
+from helpers import (
+    CASES,
+    DEBIAN_CFLAGS,
+    EXPECTED,
+    PIP_CFLAGS,
+    assert_one_line_error,
+    compile_with,
+    expected,
+    fake_uwsgi,
+    invoke,
+    invoke_with,
+    normalise,
+    source,
+)
+from uwsgiconf_mules._formats import double_quoted
 from uwsgiconf_mules.cli import cli
 
 CLI = str(BIN / "uwsgiconf-mules")
+DIALECTS = ["embedded", "libyaml"]
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_yaml_matches_expected_file(tmp_path: Path, name: str) -> None:
-    proc = invoke_with(tmp_path, source(name), cli, "compile", "--format", "yaml")
+def test_yaml_matches_expected_file(tmp_path: Path, name: str, dialect: str) -> None:
+    proc = invoke_with(tmp_path, source(name), cli, "compile", "--format", "yaml", "--yaml-dialect", dialect)
     assert proc.returncode == 0, proc.stderr
-    assert normalise(proc.stdout) == (EXPECTED / f"{name}.yaml").read_text()
+    assert normalise(proc.stdout) == expected(name, "yaml", dialect)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -35,36 +53,183 @@ def test_ini_is_identical_to_uwsgiconf_compile(tmp_path: Path, name: str) -> Non
     assert normalise(ours.stdout) == normalise(theirs.stdout) == (EXPECTED / f"{name}.ini").read_text()
 
 
-def test_all_sections_of_a_module_are_rendered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_all_sections_of_a_module_are_rendered(tmp_path: Path, dialect: str) -> None:
     body = (
         "from uwsgiconf.config import Configuration\nfrom uwsgiconf_mules import Section\n"
         "a = Section()\na.workers.set_mules_params(mules=1)\n"
         "b = Section(name='other')\nb.workers.set_mules_params(farms=b.workers.mule_farm('x', 1))\n"
         "uwsgi_configuration = Configuration([a, b])\n"
     )
-    proc = invoke_with(tmp_path, body, cli, "compile", "--format", "yaml")
-    assert normalise(proc.stdout) == (EXPECTED / "two_sections.yaml").read_text()
+    proc = invoke_with(tmp_path, body, cli, "compile", "--format", "yaml", "--yaml-dialect", dialect)
+    assert normalise(proc.stdout) == expected("two_sections", "yaml", dialect)
 
 
+def with_procname(value: str) -> str:
+    """The design case with ``procname = <value>`` (``value`` is Python source)."""
+    return source("design").replace(
+        "uwsgi_configuration =", f"section.main_process.set_naming_params(name={value})\nuwsgi_configuration =")
+
+
+# What the embedded parser cannot carry; libyaml carries each but the line breaks.
 BAD_VALUES = {
     "hash": ("'a#b'", "contains '#'"),
-    "newline": ("'a\\nb'", "contains a newline"),
+    "newline": ("'a\\nb'", "contains a line break"),
+    "carriage return": ("'a\\rb'", "contains a line break"),
     "quote": ("'\"a'", "starts with a quote"),
     "single quote": ("\"'a\"", "starts with a quote"),
     "bracket": ("'[a'", "starts with '['"),
     "brace": ("'{a'", "starts with '{'"),
     "dash": ("'-a'", "starts with '-'"),
     "empty": ("''", "is empty"),
+    "lone percent at the end": ("'100%'", "ends with a lone '%'"),
+    "nul": ("'a\\0b'", "contains a NUL character"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
 def test_yaml_refuses_values_the_embedded_parser_would_mangle(tmp_path: Path, case: str) -> None:
     value, problem = BAD_VALUES[case]
-    body = source("design").replace(
-        "uwsgi_configuration =", f"section.main_process.set_naming_params(name={value})\nuwsgi_configuration =")
-    assert_one_line_error(invoke_with(tmp_path, body, cli, "compile", "--format", "yaml"),
-                          "option 'procname' of section 'uwsgi' cannot be written as uWSGI YAML", problem)
+    assert_one_line_error(invoke_with(tmp_path, with_procname(value), cli, "compile", "--format", "yaml",
+                                      "--yaml-dialect", "embedded"),
+                          "option 'procname' of section 'uwsgi' cannot be written as uWSGI YAML for the embedded "
+                          "parser: its value", problem)
+
+
+LIBYAML_BAD_VALUES = {
+    "newline": ("'a\\nb'", "contains a line break"),
+    "carriage return": ("'a\\rb'", "contains a line break"),
+    "nul": ("'a\\0b'", "contains a NUL character"),
+    "lone percent at the end": ("'100%'", "ends with a lone '%'"),
+    "percent before a double quote": ("'100%\"'", "has '%' before '\"'"),
+    "percent before a backslash": ("'100%\\\\'", "has '%' before '\\\\'"),
+    "percent before a tab": ("'100%\\tx'", "has '%' before '\\t'"),
+    "percent before non-ASCII": ("'100%é'", "has '%' before 'é'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIBYAML_BAD_VALUES))
+def test_libyaml_dialect_refuses_what_libyaml_cannot_carry(tmp_path: Path, case: str) -> None:
+    value, problem = LIBYAML_BAD_VALUES[case]
+    assert_one_line_error(invoke_with(tmp_path, with_procname(value), cli, "compile", "--format", "yaml",
+                                      "--yaml-dialect", "libyaml"),
+                          "option 'procname' of section 'uwsgi' cannot be written as uWSGI YAML for libyaml: its "
+                          "value", problem)
+
+
+@pytest.mark.parametrize("case", sorted(set(BAD_VALUES) - set(LIBYAML_BAD_VALUES)))
+def test_libyaml_dialect_carries_what_the_embedded_parser_cannot(tmp_path: Path, case: str) -> None:
+    value, _ = BAD_VALUES[case]
+    proc = invoke_with(tmp_path, with_procname(value), cli, "compile", "--format", "yaml", "--yaml-dialect", "libyaml")
+    assert proc.returncode == 0, proc.stderr
+    assert f"  procname: {double_quoted(ast.literal_eval(value))}" in proc.stdout.splitlines()
+
+
+def test_libyaml_values_are_double_quoted_and_escaped(tmp_path: Path) -> None:
+    value = "'%%k say \"hi\" C:\\\\dir\\ttab \\x1b[31m caf\\u00e9 \\u2028 \\x85 \\U0001f600 #x'"
+    proc = invoke_with(tmp_path, with_procname(value), cli, "compile", "--format", "yaml", "--yaml-dialect", "libyaml")
+    assert proc.returncode == 0, proc.stderr
+    assert ('  procname: "%%k say \\"hi\\" C:\\\\dir\\ttab \\x1b[31m caf\u00e9 \\u2028 \\x85 \U0001f600 #x"'
+            in proc.stdout.splitlines())
+
+
+NAMES = {
+    "option name": ("section._set('bad key', 'x')", "option name 'bad key' of section 'uwsgi' cannot be a uWSGI "
+                    "YAML key"),
+    "section name": ("section.name = 'my app'", "section name 'my app' cannot be a uWSGI YAML key"),
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("case", sorted(NAMES))
+def test_yaml_refuses_names_that_are_not_plain_keys(tmp_path: Path, case: str, dialect: str) -> None:
+    code, message = NAMES[case]
+    body = source("design").replace("uwsgi_configuration =", f"{code}\nuwsgi_configuration =")
+    assert_one_line_error(invoke_with(tmp_path, body, cli, "compile", "--format", "yaml", "--yaml-dialect", dialect),
+                          message)
+
+
+# Which YAML `compile --format yaml` writes: the parser of the uWSGI of this environment (`uwsgi --cflags`).
+
+def compile_yaml_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, beside: str | None, on_path: str | None,
+                      *args: str) -> subprocess.CompletedProcess[str]:
+    """Compile the design case as YAML where this Python's folder holds a fake uwsgi with ``beside`` flags
+    and PATH one with ``on_path`` flags (None: no uwsgi there)."""
+    venv_bin, path_dir = tmp_path / "venv" / "bin", tmp_path / "path"
+    venv_bin.mkdir(parents=True)
+    path_dir.mkdir()
+    if beside is not None:
+        fake_uwsgi(venv_bin, beside)
+    if on_path is not None:
+        fake_uwsgi(path_dir, on_path)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", str(path_dir))
+    work = tmp_path / "work"
+    work.mkdir()
+    return invoke_with(work, source("design"), cli, "compile", "--format", "yaml", *args)
+
+
+DETECTION = {
+    "pip uwsgi in the venv": (PIP_CFLAGS, None, "embedded"),
+    "debian uwsgi on PATH": (None, DEBIAN_CFLAGS, "libyaml"),
+    "the venv's before PATH": (PIP_CFLAGS, DEBIAN_CFLAGS, "embedded"),
+    "the venv's libyaml build": (DEBIAN_CFLAGS, PIP_CFLAGS, "libyaml"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DETECTION))
+def test_yaml_is_written_for_the_parser_of_the_uwsgi_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           case: str) -> None:
+    beside, on_path, dialect = DETECTION[case]
+    proc = compile_yaml_here(tmp_path, monkeypatch, beside, on_path)
+    assert proc.returncode == 0, proc.stderr
+    assert normalise(proc.stdout) == expected("design", "yaml", dialect)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_explicit_yaml_dialect_overrides_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   dialect: str) -> None:
+    other = DEBIAN_CFLAGS if dialect == "embedded" else PIP_CFLAGS
+    proc = compile_yaml_here(tmp_path, monkeypatch, other, None, "--yaml-dialect", dialect)
+    assert normalise(proc.stdout) == expected("design", "yaml", dialect)
+    proc = compile_yaml_here(tmp_path / "none", monkeypatch, None, None, "--yaml-dialect", dialect)
+    assert normalise(proc.stdout) == expected("design", "yaml", dialect)
+
+
+def test_uwsgi_option_names_the_binary_to_ask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    debian = fake_uwsgi(tmp_path / "debian", DEBIAN_CFLAGS)
+    proc = compile_yaml_here(tmp_path, monkeypatch, PIP_CFLAGS, PIP_CFLAGS, "--uwsgi", str(debian))
+    assert normalise(proc.stdout) == expected("design", "yaml", "libyaml")
+
+
+def test_no_uwsgi_found_is_one_line_saying_to_pass_the_dialect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              ) -> None:
+    assert_one_line_error(compile_yaml_here(tmp_path, monkeypatch, None, None),
+                          "no uwsgi next to", "or on PATH", "--yaml-dialect embedded", "--yaml-dialect libyaml")
+
+
+UNREADABLE = {
+    "without YAML": ("-O2 -DUWSGI_VERSION=\"\\\"2.0.28\\\"\" -DUWSGI_SSL", 0,
+                     "(uWSGI 2.0.28) was built without YAML support: use --format ini"),
+    "not uWSGI": ("hello", 0, "--cflags printed no uWSGI build flags"),
+    "failing": (PIP_CFLAGS, 3, "--cflags exited with 3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE))
+def test_a_uwsgi_that_cannot_tell_its_parser_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         case: str) -> None:
+    cflags, status, message = UNREADABLE[case]
+    uwsgi = fake_uwsgi(tmp_path / "odd", cflags, status=status)
+    assert_one_line_error(compile_yaml_here(tmp_path, monkeypatch, None, None, "--uwsgi", str(uwsgi)), message)
+
+
+def test_ini_never_asks_uwsgi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = fake_uwsgi(tmp_path / "broken", "", status=3)
+    monkeypatch.setenv("PATH", str(broken.parent))
+    proc = invoke_with(tmp_path, source("design"), cli, "compile", "--uwsgi", str(broken))
+    assert proc.returncode == 0, proc.stderr
+    assert normalise(proc.stdout) == expected("design", "ini")
 
 
 def test_invalid_declaration_through_our_compile_is_one_line(tmp_path: Path) -> None:
@@ -90,7 +255,8 @@ def test_usage_errors_exit_2_and_version_comes_from_metadata(tmp_path: Path) -> 
 
 
 def test_check_prints_a_summary(tmp_path: Path) -> None:
-    proc = invoke_with(tmp_path, source("design"), cli, "check")
+    uwsgi = fake_uwsgi(tmp_path / "bin", PIP_CFLAGS)
+    proc = invoke_with(tmp_path, source("design"), cli, "check", "--uwsgi", str(uwsgi))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:6] == [
@@ -102,7 +268,59 @@ def test_check_prints_a_summary(tmp_path: Path) -> None:
         "  farm slow: mules 3, 4",
     ]
     assert lines[6].startswith("  largest message: ") and "bytes to dispatch mules" in lines[6]
-    assert lines[7:] == ["  send timeout: 5 s; harakiri: none"]
+    assert lines[7:] == [
+        "  send timeout: 5 s; harakiri: none",
+        f"uWSGI here: {uwsgi}, version 2.0.31: supported (2.0.21 or a later 2.0.x)",
+        "  build: YAML read by uWSGI's embedded parser (as pip builds it); python built in",
+    ]
+
+
+UWSGI_HERE = {
+    "debian": (DEBIAN_CFLAGS, "", [
+        "uWSGI here: {uwsgi}, version 2.0.21-debian: supported (2.0.21 or a later 2.0.x)",
+        "  build: YAML read by libyaml (as Debian and Ubuntu build it); python as a plugin (start it with "
+        "--plugin python3 and, for a virtualenv, --virtualenv)"]),
+    "too old": (PIP_CFLAGS.replace("2.0.31", "2.0.20"), "", [
+        "uWSGI here: {uwsgi}, version 2.0.20: not supported: uwsgiconf-mules supports uWSGI 2.0.21 to 2.0.x",
+        "  build: YAML read by uWSGI's embedded parser (as pip builds it); python built in",
+        "  warning: uWSGI 2.0.20 is not supported"]),
+    "too new": (PIP_CFLAGS.replace("2.0.31", "2.1.0"), "", [
+        "uWSGI here: {uwsgi}, version 2.1.0: not supported: uwsgiconf-mules supports uWSGI 2.0.21 to 2.0.x",
+        "  build: YAML read by uWSGI's embedded parser (as pip builds it); python built in",
+        "  warning: uWSGI 2.1.0 is not supported"]),
+    "version from --version, no YAML": ("-O2 -DUWSGI_SSL", "2.0.23", [
+        "uWSGI here: {uwsgi}, version 2.0.23: supported (2.0.21 or a later 2.0.x)",
+        "  build: no YAML support (use --format ini); python as a plugin (start it with --plugin python3 and, for "
+        "a virtualenv, --virtualenv)"]),
+    "not uWSGI": ("hello", "", [
+        "uWSGI here: {uwsgi}",
+        "  warning: cannot tell how it was built: {uwsgi} --cflags printed no uWSGI build flags: is it uWSGI?"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UWSGI_HERE))
+def test_check_says_which_uwsgi_is_here_and_whether_it_is_supported(tmp_path: Path, case: str) -> None:
+    cflags, version_text, lines = UWSGI_HERE[case]
+    uwsgi = fake_uwsgi(tmp_path / "bin", cflags, version_text)
+    proc = invoke_with(tmp_path, source("design"), cli, "check", "--uwsgi", str(uwsgi))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[8:] == [line.format(uwsgi=uwsgi) for line in lines]
+
+
+def test_check_finds_the_uwsgi_of_this_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    venv_bin = tmp_path / "venv" / "bin"
+    uwsgi = fake_uwsgi(venv_bin, DEBIAN_CFLAGS)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    proc = invoke_with(tmp_path, source("design"), cli, "check")
+    assert proc.stdout.splitlines()[8] == (
+        f"uWSGI here: {uwsgi}, version 2.0.21-debian: supported (2.0.21 or a later 2.0.x)")
+    uwsgi.unlink()
+    proc = invoke_with(tmp_path, source("design"), cli, "check")
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[8:] == [
+        f"uWSGI here: none next to {venv_bin / 'python'} or on PATH (compile where uWSGI runs; compile --format yaml "
+        "needs --yaml-dialect then)"]
 
 
 def test_check_warns_about_what_matters(tmp_path: Path) -> None:
@@ -159,10 +377,32 @@ def test_command_prints_its_version_and_exits_2_on_a_usage_error(tmp_path: Path)
     assert run("compile", "--format", "xml").returncode == 2
 
 
-def test_command_compiles_yaml(tmp_path: Path) -> None:
-    proc = compile_with(tmp_path, source("design"), CLI, "compile", "--format", "yaml")
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_command_compiles_yaml(tmp_path: Path, dialect: str) -> None:
+    proc = compile_with(tmp_path, source("design"), CLI, "compile", "--format", "yaml", "--yaml-dialect", dialect)
     assert proc.returncode == 0, proc.stderr
-    assert normalise(proc.stdout) == (EXPECTED / "design.yaml").read_text()
+    assert normalise(proc.stdout) == expected("design", "yaml", dialect)
+
+
+def test_command_keeps_escape_codes_as_uwsgiconf_compile_does(tmp_path: Path) -> None:
+    """click would strip ANSI codes from a pipe; the config must keep what the user wrote."""
+    body = source("design").replace("uwsgi_configuration =", "section.print_out('\\x1b[31mred', indent='')\n"
+                                    "uwsgi_configuration =")
+    ours = compile_with(tmp_path, body, CLI, "compile")
+    theirs = compile_with(tmp_path, body, str(BIN / "uwsgiconf"), "compile")
+    assert "print = \x1b[31mred" in theirs.stdout.splitlines()
+    assert normalise(ours.stdout) == normalise(theirs.stdout)
+
+
+def test_styled_prints_are_written_for_libyaml(tmp_path: Path) -> None:
+    """uwsgiconf's styled prints use uWSGI's %[ (ESC): libyaml gets it as an escape, not a raw control character."""
+    body = source("design").replace("Section()", "Section(style_prints=True)")
+    proc = invoke_with(tmp_path, body, cli, "compile", "--format", "yaml", "--yaml-dialect", "libyaml")
+    assert '  print: "\\e[31;49m>   This configuration was automatically generated using\\e[0m"' in (
+        proc.stdout.splitlines())
+    embedded = invoke_with(tmp_path, body, cli, "compile", "--format", "yaml", "--yaml-dialect", "embedded")
+    assert "  print: %[[31;49m>   This configuration was automatically generated using%[[0m" in (
+        embedded.stdout.splitlines())
 
 
 def test_command_check_exits_1_with_one_line_per_problem(tmp_path: Path) -> None:

@@ -20,10 +20,11 @@ from uwsgiconf.utils import ConfModule
 
 from . import _spool
 from ._declarations import RECORD_ENV, Declarations, parse_record
-from ._formats import FORMATS, collect, render
+from ._formats import FORMATS, YAML_DIALECTS, collect, render
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from ._uwsgi_build import find_uwsgi, inspect_uwsgi, resolve_dialect
 
-__all__ = ["main", "summary"]
+__all__ = ["main", "summary", "uwsgi_summary"]
 
 SMALL_BUFFER = 8192
 
@@ -53,6 +54,9 @@ def _configurations(conf: str) -> list[Any]:
 
 
 arg_conf = click.argument("conf", type=click.Path(exists=True, dir_okay=False), default=ConfModule.default_name)
+opt_uwsgi = click.option("--uwsgi", "uwsgi", metavar="BINARY", default=None,
+                         help="The uWSGI to ask how it was built (default: the uwsgi next to this Python, else "
+                              "on PATH).")
 
 
 @click.group()
@@ -64,27 +68,36 @@ def cli() -> None:
 @cli.command("compile")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="ini", show_default=True,
               help="ini (the same text as `uwsgiconf compile`) or yaml (uWSGI's own dialect).")
+@click.option("--yaml-dialect", type=click.Choice(("auto", *YAML_DIALECTS)), default="auto", show_default=True,
+              help="For yaml, the YAML parser of the uWSGI that will read it: embedded (pip's uWSGI) or libyaml "
+                   "(Debian's, Ubuntu's); auto asks the uWSGI of this environment (`uwsgi --cflags`).")
+@opt_uwsgi
 @arg_conf
-def compile_(fmt: str, conf: str) -> None:
+def compile_(fmt: str, yaml_dialect: str, uwsgi: str | None, conf: str) -> None:
     """Compile the configurations of CONF (default uwsgicfg.py) and print them.
 
     Every section of every configuration is rendered. Nothing is printed when any value cannot
     be written in the chosen format.
     """
     with _errors():
+        configurations = _configurations(conf)
+        if fmt == "yaml":
+            yaml_dialect = resolve_dialect(yaml_dialect, uwsgi)
         outputs = []
-        for configuration in _configurations(conf):
+        for configuration in configurations:
             if configuration.sections:
                 configuration.sections[0].print_stamp()  # as `uwsgiconf compile` does
-            outputs.append(render(collect(configuration.sections), fmt))
+            outputs.append(render(collect(configuration.sections), fmt, yaml_dialect))
     for output in outputs:
-        click.echo(output)
+        click.echo(output, color=True)  # as written: click would strip escape codes when not printing to a terminal
 
 
 @cli.command()
+@opt_uwsgi
 @arg_conf
-def check(conf: str) -> None:
-    """Load CONF (default uwsgicfg.py), validate its mules and farms, and print a summary.
+def check(uwsgi: str | None, conf: str) -> None:
+    """Load CONF (default uwsgicfg.py), validate its mules and farms, and print a summary, then which
+    uWSGI is here (version, build) and whether it is supported.
 
     Exits 0 when valid; otherwise prints one red line per problem and exits 1.
     """
@@ -98,6 +111,8 @@ def check(conf: str) -> None:
             for line in lines:
                 click.echo(f"  {line}")
             problems.extend(section_problems)
+    for line in uwsgi_summary(uwsgi):
+        click.echo(line)
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
@@ -239,6 +254,25 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
                  f"{f'{declarations.harakiri} s' if declarations.harakiri else 'none'}")
     lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
     return lines, problems
+
+
+def uwsgi_summary(uwsgi: str | None = None) -> list[str]:
+    """Describe the uWSGI of this environment: where, which version, which build, whether supported.
+
+    :param uwsgi: The binary (default: the ``uwsgi`` next to this Python, else on PATH).
+    """
+    path = find_uwsgi(uwsgi)
+    if path is None:
+        return [f"uWSGI here: none next to {sys.executable} or on PATH (compile where uWSGI runs; "
+                "compile --format yaml needs --yaml-dialect then)"]
+    try:
+        build = inspect_uwsgi(path)
+    except ConfigurationError as exc:
+        return [f"uWSGI here: {path}", f"  warning: cannot tell how it was built: {exc}"]
+    lines = build.describe()
+    if not build.supported:
+        lines.append(f"  warning: uWSGI {build.version} is not supported")
+    return lines
 
 
 def _ids(ids: tuple[int, ...]) -> str:

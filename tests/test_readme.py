@@ -1,0 +1,66 @@
+"""The README's claims about distributions' uWSGI that a test can hold it to: the section's YAML is
+what `compile` writes for libyaml, its command loads the plugin first, and the supported versions
+are the matrix's, oldest first. (Its commands were run as written on Debian 12; the matrix runs
+them through the harness: `.ci/matrix debian-uwsgi`.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from helpers import invoke_with, normalise
+from uwsgiconf_mules._uwsgi_build import OLDEST_SUPPORTED
+from uwsgiconf_mules.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    return README[start:README.index("\n## ", start + 1)]
+
+
+def test_distribution_section_comes_before_limitations() -> None:
+    headings = re.findall(r"^## (.+)$", README, re.M)
+    assert headings.index("Running with your distribution's uWSGI") < headings.index("Limitations")
+
+
+def test_distribution_yaml_is_what_compile_writes_for_libyaml(tmp_path: Path) -> None:
+    shown = re.search(r"```yaml\n(.*?)```", section("Running with your distribution's uWSGI"), re.S)
+    assert shown
+    lines = [normalise(line.strip()) for line in shown[1].splitlines() if line.strip()]
+    proc = invoke_with(tmp_path, (ROOT / "examples" / "basic" / "uwsgicfg.py").read_text(), cli, "compile",
+                       "--format", "yaml", "--yaml-dialect", "libyaml")
+    assert proc.returncode == 0, proc.stderr
+    shown_path = "/root/mules-venv/lib/python3.11/site-packages/uwsgiconf_mules/dispatch_mule.py"
+    compiled = [normalise(line.strip()).replace("<dispatch_mule>", shown_path) for line in proc.stdout.splitlines()]
+    assert len(lines) == len(compiled)
+    for shown_line, line in zip(lines, compiled, strict=True):
+        if shown_line.endswith('..."'):  # shortened
+            assert line.startswith(shown_line.removesuffix('..."'))
+        else:
+            assert shown_line == line
+
+
+def test_distribution_command_loads_the_plugin_first() -> None:
+    commands = re.search(r"```sh\n(.*?)```", section("Running with your distribution's uWSGI"), re.S)
+    assert commands
+    command = commands[1].replace("\\\n", " ")
+    uwsgi = next(line for line in command.splitlines() if line.startswith("uwsgi "))
+    assert uwsgi.startswith("uwsgi --plugin python3 --virtualenv ~/mules-venv --yaml app.yaml ")
+    assert "~/mules-venv/bin/uwsgiconf-mules compile --format yaml > app.yaml" in command
+
+
+def test_supported_versions_are_the_matrix_oldest_first() -> None:
+    rows = re.findall(r"^\| ([^|]+) \| [^|]+ \| [^|]+ \| ([^|]+) \|$", section("Supported versions"), re.M)
+    versions = [version.strip() for version, _ in rows[1:]]  # after the heading row
+    assert versions == ["2.0.21", "2.0.21-debian", "newest 2.0.x"]
+    assert versions[0] == ".".join(map(str, OLDEST_SUPPORTED))
+    matrix = (ROOT / ".ci" / "matrix").read_text()
+    combinations = matrix[matrix.index("COMBINATIONS=("):matrix.index("\n)\n")]
+    names = re.findall(r"^    \"(\S+)\s", combinations, re.M)
+    assert names == ["py3.10", "py3.11", "py3.11-uwsgi$OLDEST_UWSGI", "py3.12", "py3.13", "debian-uwsgi"]
+    assert 'OLDEST_UWSGI=2.0.21' in matrix
+    assert [name.strip() for _, name in rows[1:]] == [
+        "`py3.11-uwsgi2.0.21`", "`debian-uwsgi`", "`py3.10` ... `py3.13`"]
