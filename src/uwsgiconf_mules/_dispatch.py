@@ -283,7 +283,7 @@ def mule_loop() -> None:
             # (see _protocol.heads), which exist only for authenticated envelopes of registered
             # tasks. Everything else takes receive() below; so does everything once the mule is
             # told to stop (_stop empties the table).
-            end = find(b"\x00", 0, size)
+            end = find(b"\x00", KEY_START, size)  # after the token, which may hold NUL bytes
             entry = heads.get(buffer[:end]) if end > 0 else None
             if entry is not None:
                 try:
