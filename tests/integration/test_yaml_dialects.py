@@ -26,12 +26,14 @@ DIALECTS = ["embedded", "libyaml"]
 
 @functools.cache
 def parsers() -> tuple[tuple[Path, tuple[str, ...], str | None], ...]:
-    """(binary, arguments, YAML parser) of the harness's uWSGI and of the ``uwsgi`` on PATH."""
+    """(binary, arguments, YAML parser) of the harness's uWSGI and of the ``uwsgi`` on PATH, if another."""
     on_path = shutil.which("uwsgi")
     found = []
+    seen = set()
     for path, args in ((UWSGI, UWSGI_ARGS), (Path(on_path) if on_path else None, ())):
-        if path is None or not path.exists():
+        if path is None or not path.exists() or path.resolve() in seen:
             continue
+        seen.add(path.resolve())
         flags = subprocess.run([str(path), "--cflags"], capture_output=True, text=True, timeout=30,
                                stdin=subprocess.DEVNULL, check=False).stdout.split()
         found.append((path, args, "libyaml" if "-DUWSGI_LIBYAML" in flags else
