@@ -17,22 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import _answers, declaration, start_server
-
-APP = '''
-import time
-
-
-@mule_offload()
-def work(i):
-    time.sleep(0.02)
-    record("work", i=i)
-
-
-@route("/fill")
-def fill(query):
-    return sum(work(i) for i in range(int(query)))
-'''
+from harness import QUEUED_WORK_APP, _answers, declaration, start_server
 
 
 def main() -> None:
@@ -40,7 +25,8 @@ def main() -> None:
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(runs):
-            server = start_server(Path(tmp) / f"run{run}", declaration(f"mules=1, spool_dir='{tmp}/spool{run}'"), APP)
+            config = declaration(f"mules=1, spool_dir='{tmp}/spool{run}'")
+            server = start_server(Path(tmp) / f"run{run}", config, QUEUED_WORK_APP)
             try:
                 assert server.get("/fill?250")[1] == 250
                 time.sleep(0.2)  # the mule runs the first calls; about 240 are queued

@@ -88,6 +88,29 @@ def application(environ, start_response):
 '''
 
 
+QUEUED_WORK_APP = '''
+import time
+
+
+@mule_offload()
+def work(i):
+    time.sleep(0.02)
+    record("work", i=i)
+
+
+@route("/fill")
+def fill(query):
+    return sum(work(i) for i in range(int(query)))
+
+
+@route("/ping-mule")
+def ping_mule(query):
+    return work(-1)
+'''
+"""App code (after ``APP_PRELUDE``) whose ``/fill?N`` queues N calls of 20 ms for mule 1 at once,
+each recording its number: what the durability tests and the reload benchmark fill a queue with."""
+
+
 def declaration(params: str) -> str:
     """A ``uwsgicfg.py`` whose one section calls ``set_mules_params(<params>)``."""
     return (

@@ -12,33 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, compile_config, declaration, launch
+from harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
 
 # One dispatch mule whose queue holds the calls of one /fill request: 250 calls of 20 ms each,
 # sent at once (the queue takes about 278 small messages), so that when the trigger comes,
 # nearly all of them are still queued.
 CALLS = 250
-
-APP = '''
-import time
-
-
-@mule_offload()
-def work(i):
-    time.sleep(0.02)
-    record("work", i=i)
-
-
-@route("/fill")
-def fill(query):
-    return sum(work(i) for i in range(int(query)))
-
-
-@route("/ping-mule")
-def ping_mule(query):
-    return work(-1)
-'''
-
 
 def config(spool: Path, touch: Path) -> str:
     return declaration(f"mules=1, spool_dir={str(spool)!r}, touch_reload={str(touch)!r}, reload_mercy=20")
@@ -50,9 +29,7 @@ def start(tmp_path: Path, extra: tuple[str, ...] = ()) -> tuple[Server, Path]:
         (tmp_path / name).write_text("")
         touch(tmp_path / name, ago=60)  # so that touching it now changes its second
     (tmp_path / "uwsgicfg.py").write_text(config(spool, mules_reload))
-    from harness import APP_PRELUDE
-
-    (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
+    (tmp_path / "app.py").write_text(APP_PRELUDE + QUEUED_WORK_APP)
     path, compiled = compile_config(tmp_path)
     assert compiled.returncode == 0, compiled.stderr
     return launch(path, tmp_path, expect_mules=1, extra_args=extra), path
