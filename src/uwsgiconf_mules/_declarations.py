@@ -330,6 +330,10 @@ class Declarations:
         # Imported in the master before the fork, in every mode (--lazy-apps too): every process
         # of the instance shares the runtime's token and its already loaded modules.
         opts.append(("shared-import", RUNTIME_MODULE))
+        if self.dispatchers:
+            # Dispatch mules handle uWSGI signals in a thread of their own; uWSGI releases the GIL
+            # while waiting only with threads enabled (not the default of older releases, 2.0.21 here).
+            opts.append(("enable-threads", "true"))
         opts.append(("env", f"{RECORD_ENV}={self.record()}"))
         return opts
 
