@@ -16,6 +16,8 @@ Every exception the project raises derives from one root::
         │                         running under uWSGI without the declarations record
         └── UsageError            (also TypeError) the API used in a way that cannot be right,
                                   such as ``if farm.is_mine:`` without the call
+    ReturnValueWarning            (also UserWarning) an offloaded task returned a value, which
+                                  nobody receives (warned once per task)
 
 Each error carries the object at fault as an attribute where there is one.
 """
@@ -32,6 +34,7 @@ __all__ = [
     "MulesRuntimeError",
     "NotInMuleError",
     "PayloadError",
+    "ReturnValueWarning",
     "UnknownTargetError",
     "UsageError",
 ]
@@ -106,3 +109,9 @@ class DeclarationsMissingError(MulesRuntimeError):
 class UsageError(MulesRuntimeError, TypeError):
     """The runtime API used in a way that cannot be right, such as ``if farm.is_mine:``, which
     uwsgiconf 2.4 allowed (a property there) and which would always be true with the method."""
+
+
+class ReturnValueWarning(MulesError, UserWarning):
+    """An offloaded task returned something other than None: offloaded calls have no results
+    (the caller is told True once the call is queued), so the value is discarded. Warned once per
+    task outside uWSGI (inline calls, :mod:`uwsgiconf_mules.testing`); a mule logs it instead."""

@@ -430,7 +430,10 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
             route = target._route()
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
-            send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+            if uwsgi is None:  # a test mode (uwsgiconf_mules.testing) records or runs calls its own way
+                send = _instance.local_send or _run_inline
+            else:
+                send = route.refuse if route.refused else uwsgi.mule_msg
         return route
 
     def forget() -> None:
