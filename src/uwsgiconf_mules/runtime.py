@@ -46,7 +46,7 @@ from ._sending import (
     missing_script as _missing_script,
     mule_limit as _mule_limit,
 )
-from .errors import MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
+from .errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ if TYPE_CHECKING:
         __wrapped__: Callable[_P, _R]
 
         def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
+
+        def nowait(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
+            """Queue a call as calling the function does, but never wait: a full queue raises
+            ``DeliveryError`` at once."""
 
 __all__ = ["Farm", "Mule", "TypeMuleFarm", "mule_offload", "socket_message_limit"]
 
@@ -452,7 +456,17 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
         current = resolve()
         return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
 
+    def nowait(*args: Any, **kwargs: Any) -> bool:
+        message = encode(args, kwargs)
+        if len(message) > limit:
+            resolve().check_size(len(message), key)
+        if send(message, dest):
+            return True
+        raise _DeliveryError(f"{key} to {resolve().label}: the queue is full; the message ({len(message)} bytes) "
+                             "was not sent (nowait: no wait for room)", target=dest)
+
     functools.update_wrapper(offloaded, func)
+    offloaded.nowait = nowait  # type: ignore[attr-defined]
     offloaded.key = key  # type: ignore[attr-defined]
     offloaded.target = target  # type: ignore[attr-defined]
     offloaded._forget = forget  # type: ignore[attr-defined]
