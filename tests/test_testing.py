@@ -95,8 +95,10 @@ def test_config_env_makes_undeclared_targets_fail_outside_uwsgi(config: Path, mo
     use_config(monkeypatch, str(config))
     with pytest.raises(errors.UnknownTargetError, match=r"farm 'emails' is not declared; .*'mail' \(mules 1\)"):
         Farm("emails")
-    with pytest.raises(errors.UnknownTargetError, match="mule 7 is not declared"):
+    with pytest.raises(errors.UnknownTargetError, match="mule 7 is not declared") as info:
         Mule(7)
+    assert str(info.value).endswith(
+        f"(declarations of UWSGICONF_MULES_CONFIG={config}, as uWSGI reads them once the config is compiled)")
     with pytest.raises(errors.UnknownTargetError, match="farm 'emails' is not declared"):
         misnamed(2)  # decorated before: checked at its next call
     with pytest.raises(errors.UnknownTargetError, match="mule 7 is not declared"):
@@ -172,7 +174,8 @@ def test_capture_records_calls_and_does_not_run_them(config: Path) -> None:
 def test_capture_checks_targets_and_arguments_as_production(config: Path) -> None:
     payload = {"a": [1]}
     with capture(str(config)) as outbox:
-        with pytest.raises(errors.UnknownTargetError, match="farm 'emails' is not declared"):
+        with pytest.raises(errors.UnknownTargetError, match=f"farm 'emails' is not declared; .* \\(declarations "
+                                                            f"of config={config}, as uWSGI"):
             misnamed(1)
         with pytest.raises(errors.UnknownTargetError, match="mule 7 is not declared"):
             seventh()

@@ -44,6 +44,10 @@ _MISSING: Any = object()
 _cache: Any = _MISSING
 _caches: weakref.WeakSet[Any] = weakref.WeakSet()  # offloaded functions holding a resolved route
 
+loaded_from: str | None = None
+"""Outside uWSGI, where the declarations were loaded from (``UWSGICONF_MULES_CONFIG=...``, or a test
+mode's config), for error messages; None for the record."""
+
 local_send: Callable[[bytes, int | bytes], bool] | None = None
 """Outside uWSGI, what offloaded functions do with a call instead of running it inline (a test
 mode's recorder); read when a route is resolved, so set it, then :func:`reset`."""
@@ -58,14 +62,16 @@ def declarations() -> Declarations | None:
     :raises MulesConfigurationError: outside uWSGI, when the configuration module named cannot
         be loaded or names no single section with mules (every call raises again).
     """
-    global _cache
+    global _cache, loaded_from
     if _cache is _MISSING:
+        loaded_from = None
         record = os.environ.get(RECORD_ENV)
         conf = os.environ.get(CONFIG_ENV) if uwsgi is None and record is None else None
         if conf:
             from ._project import load_declarations
 
             _cache = load_declarations(conf)
+            loaded_from = f"{CONFIG_ENV}={conf}"
         else:
             _cache = None if record is None else parse_record(record)
     return _cache  # type: ignore[no-any-return]
@@ -102,14 +108,16 @@ def remember(cache: Forgetful) -> None:
     _caches.add(cache)
 
 
-def reset(known: Declarations | None = _MISSING) -> None:
+def reset(known: Declarations | None = _MISSING, source: str | None = None) -> None:
     """Forget the declarations, the socket limits and every cached route (for tests, which
     change the environment between cases, and test modes).
 
     :param known: Declarations to use from now on instead of reading them again (None: none).
+    :param source: Where ``known`` comes from, for error messages.
     """
-    global _cache
+    global _cache, loaded_from
     _cache = known
+    loaded_from = source
     clear_cache()
     for cache in list(_caches):
         cache._forget()

@@ -39,6 +39,15 @@ RECOMPILE = (" (if the config changed, compile it again and reload uWSGI: the ru
              "the running uWSGI was started with)")
 """Said with every undeclared target."""
 
+
+def recompile() -> str:
+    """What to say with an undeclared target: :data:`RECOMPILE`, or, for declarations loaded from
+    the project's config outside uWSGI, which config they are."""
+    source = _instance.loaded_from
+    if source is None:
+        return RECOMPILE
+    return f" (declarations of {source}, as uWSGI reads them once the config is compiled)"
+
 _send_sockets: list[Any] | None = None  # this process's packet sockets, listed at the first full queue
 _budgets: dict[int, tuple[int, float]] = {}  # thread -> (request id, seconds its request may still wait)
 
@@ -57,7 +66,7 @@ def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
     if declarations is not None:
         if not 1 <= mule_id <= declarations.mule_count:
             raise UnknownTargetError(
-                f"mule {mule_id} is not declared; declared: {declarations.describe()}{RECOMPILE}", target=mule_id)
+                f"mule {mule_id} is not declared; declared: {declarations.describe()}{recompile()}", target=mule_id)
     elif mule_id < 1:
         raise UnknownTargetError(f"mule id {mule_id} is out of range: mule ids start at 1", target=mule_id)
     return mule_id

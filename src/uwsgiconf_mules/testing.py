@@ -166,12 +166,13 @@ def _mode(config: str | None, run: bool) -> Iterator[Outbox]:
     if _instance.uwsgi is not None:
         raise UsageError("uwsgiconf_mules.testing modes work outside uWSGI (tests, scripts, development servers)")
     declarations: Declarations | None
+    source: str | None
     if config is not None:
         from ._project import load_declarations
 
-        declarations = load_declarations(config)
+        declarations, source = load_declarations(config), f"config={config}"
     else:
-        declarations = _instance.declarations()
+        declarations, source = _instance.declarations(), _instance.loaded_from
     if declarations is None:
         raise DeclarationsMissingError(
             "a test mode checks targets against the project's declarations, and none are known: set "
@@ -180,7 +181,7 @@ def _mode(config: str | None, run: bool) -> Iterator[Outbox]:
     outbox = Outbox()
     previous = _instance.local_send
     _instance.local_send = _recorder(outbox, run)
-    _instance.reset(declarations)
+    _instance.reset(declarations, source)
     _tasks.RETURNED.clear()
     try:
         yield outbox
