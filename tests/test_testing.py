@@ -194,6 +194,17 @@ def test_after_a_mode_calls_run_inline_again(config: Path) -> None:
     assert RAN == [("mail", 2, ""), ("emails", 3)]
 
 
+def test_a_mode_within_a_mode_gives_the_outer_one_back(config: Path) -> None:
+    with capture(str(config)) as outer:
+        with eager(str(config)) as inner:
+            send_mail(1)
+        send_mail(2)
+        with pytest.raises(errors.UnknownTargetError):
+            seventh()
+    assert [call.args for call in inner] == [(1,)] and [call.args for call in outer] == [(2,)]
+    assert RAN == [("mail", 1, "")]
+
+
 def test_eager_runs_calls_and_propagates_their_exceptions(config: Path) -> None:
     with eager(str(config)) as outbox:
         assert send_mail(9) is True

@@ -179,15 +179,15 @@ def _mode(config: str | None, run: bool) -> Iterator[Outbox]:
             f"{CONFIG_ENV} to the configuration module (a path to uwsgicfg.py, or a module name such as "
             f"shop.uwsgicfg), or pass config=..., or set {RECORD_ENV}")
     outbox = Outbox()
-    previous = _instance.local_send
+    previous = _instance.local_send, _instance._cache, _instance.loaded_from  # a mode within a mode
     _instance.local_send = _recorder(outbox, run)
     _instance.reset(declarations, source)
     _tasks.RETURNED.clear()
     try:
         yield outbox
     finally:
-        _instance.local_send = previous
-        _instance.reset()
+        _instance.local_send = previous[0]
+        _instance.reset(previous[1], previous[2])
 
 
 def capture(config: str | None = None) -> AbstractContextManager[Outbox]:
