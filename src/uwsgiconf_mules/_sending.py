@@ -146,18 +146,27 @@ def wait_for_room(sleep: float, wait: float) -> None:
     poller.poll(wait * 1000)
 
 
+def serves_requests() -> bool:
+    """Whether this thread is one of uWSGI's request threads (cores): the main thread, or a thread
+    uWSGI started (Python sees those as dummy threads), not one the app started."""
+    import threading
+
+    current = threading.current_thread()
+    return current is threading.main_thread() or isinstance(current, threading._DummyThread)
+
+
 def request_budget(timeout: float) -> tuple[int, int, float] | None:
     """In a worker, during a request: (thread, request id, seconds the request may still wait on
     full queues), a fresh ``timeout`` at a request's first wait; None elsewhere (mules, the master,
-    threads of the app's own: each send is bounded alone).
+    threads the app started: each send is bounded alone).
 
     :param timeout: The declared ``send_timeout``: the budget of one request.
     """
     uwsgi = _instance.uwsgi
     try:
-        if uwsgi is None or not uwsgi.worker_id():
+        if uwsgi is None or not uwsgi.worker_id() or not serves_requests():
             return None
-        request = int(uwsgi.request_id())
+        request = int(uwsgi.request_id())  # the requests its core finished: constant during one
     except Exception:  # a thread uWSGI does not know: no request
         return None
     thread = get_ident()
