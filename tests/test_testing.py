@@ -171,6 +171,18 @@ def test_capture_records_calls_and_does_not_run_them(config: Path) -> None:
     assert RAN == [("mail", 7, "hi")] and len(outbox) == 0
 
 
+def test_nowait_calls_are_recorded_and_run_alike(config: Path) -> None:
+    with capture(str(config)) as outbox:
+        assert send_mail.nowait(8) is True
+    assert [call.args for call in outbox] == [(8,)] and RAN == []
+    with eager(str(config)):
+        send_mail.nowait(9)
+        with pytest.raises(RuntimeError, match="at once"):
+            broken.nowait("at once")
+    assert send_mail.nowait(10) is True  # inline
+    assert RAN == [("mail", 9, ""), ("mail", 10, "")]
+
+
 def test_capture_checks_targets_and_arguments_as_production(config: Path) -> None:
     payload = {"a": [1]}
     with capture(str(config)) as outbox:
