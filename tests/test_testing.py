@@ -108,6 +108,18 @@ def test_config_env_makes_undeclared_targets_fail_outside_uwsgi(config: Path, mo
     assert RAN == [("emails", 1), ("mail", 5, "")]
 
 
+def test_a_fresh_process_with_the_config_env_refuses_an_undeclared_farm(config: Path, tmp_path: Path) -> None:
+    # As a development server started with UWSGICONF_MULES_CONFIG=...: the tasks module fails to import.
+    (tmp_path / "tasks.py").write_text(TASKS.replace('"mail"', '"emails"'))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "UWSGICONF_MULES_CONFIG": str(config)}
+    proc = subprocess.run([sys.executable, "-c", "import tasks"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env=env, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1].startswith(
+        "uwsgiconf_mules.errors.UnknownTargetError: farm 'emails' is not declared; declared: mules 1..3; farms: "
+        "'mail' (mules 1), 'inbox' (mules 3) (declarations of UWSGICONF_MULES_CONFIG=")
+
+
 def test_config_env_takes_a_module_name(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(config.parent))
     use_config(monkeypatch, config.stem)
