@@ -111,6 +111,64 @@ def ping_mule(query):
 each recording its number: what the durability tests and the reload benchmark fill a queue with."""
 
 
+BURST_APP = '''
+import time
+
+from uwsgiconf_mules.errors import DeliveryError
+
+TASK_SECONDS = float(os.environ.get("TEST_TASK_SECONDS", "0.002"))
+
+
+@mule_offload()
+def quick(i):
+    time.sleep(TASK_SECONDS)
+
+
+@mule_offload()
+def block(seconds):
+    time.sleep(seconds)
+
+
+@route("/burst")
+def burst(query):
+    queued = 0
+    started = time.monotonic()
+    try:
+        for i in range(int(query)):
+            quick(i)
+            queued += 1
+    except Exception as exc:
+        return {"queued": queued, "error": type(exc).__name__, "message": str(exc),
+                "waited": time.monotonic() - started}
+    return {"queued": queued, "waited": time.monotonic() - started}
+
+
+@route("/nowait")
+def nowait(query):
+    block(2)
+    queued = 0
+    try:
+        while True:
+            quick.nowait(queued)
+            queued += 1
+    except DeliveryError as exc:
+        error = {"queued": queued, "error": type(exc).__name__, "message": str(exc)}
+    times = []
+    for _ in range(int(query or 0)):
+        started = time.perf_counter()
+        try:
+            quick.nowait(-1)
+        except DeliveryError:
+            times.append(time.perf_counter() - started)
+    return dict(error, times=times)
+'''
+"""App code (after ``APP_PRELUDE``) for waits on a full queue of mule 1: ``/burst?N`` offloads N
+calls of ``TEST_TASK_SECONDS`` (default 2 ms) from one request and says how many were queued, how
+it ended and how long it waited; ``/nowait?N`` blocks the mule for 2 s, queues ``nowait`` calls
+until one raises, then times N more that raise: what the send-bound tests and
+``benchmarks/budget.py`` run."""
+
+
 def declaration(params: str) -> str:
     """A ``uwsgicfg.py`` whose one section calls ``set_mules_params(<params>)``."""
     return (

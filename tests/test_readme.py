@@ -6,6 +6,8 @@ them through the harness: `.ci/matrix debian-uwsgi`.)"""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers import invoke_with, normalise
@@ -64,3 +66,25 @@ def test_supported_versions_are_the_matrix_oldest_first() -> None:
     assert 'OLDEST_UWSGI=2.0.21' in matrix
     assert [name.strip() for _, name in rows[1:]] == [
         "`py3.11-uwsgi2.0.21`", "`debian-uwsgi`", "`py3.10` ... `py3.13`"]
+
+
+def test_testing_example_runs_with_the_plugin(tmp_path: Path) -> None:
+    example = re.search(r"```python\n(.*?)```", section("Tests and development servers"), re.S)
+    assert example
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "tasks.py").write_text(
+        "from uwsgiconf_mules.runtime import mule_offload\n\n\n"
+        "@mule_offload('mail')\ndef send_welcome_email(user_id):\n"
+        "    if not user_id:\n        raise ValueError('no user 0')\n")
+    (tmp_path / "uwsgicfg.py").write_text(
+        "from uwsgiconf_mules import Section\nsection = Section()\n"
+        "section.workers.set_mules_params(mules=3, farms=section.workers.mule_farm('mail', [1]))\n"
+        "uwsgi_configuration = section.as_configuration()\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nuwsgiconf_mules_config = uwsgicfg.py\npythonpath = .\n")
+    (tmp_path / "test_signup.py").write_text(example[1])
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_signup.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed" in proc.stdout

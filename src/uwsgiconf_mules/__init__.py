@@ -19,6 +19,7 @@ from .errors import (
     MulesRuntimeError as MulesRuntimeError,
     NotInMuleError as NotInMuleError,
     PayloadError as PayloadError,
+    ReturnValueWarning as ReturnValueWarning,
     UnknownTargetError as UnknownTargetError,
     UsageError as UsageError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "MulesRuntimeError",
     "NotInMuleError",
     "PayloadError",
+    "ReturnValueWarning",
     "Section",
     "UnknownTargetError",
     "UsageError",

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "CONFIG_ENV",
     "DEFAULT_SEND_TIMEOUT",
     "DISPATCH_MULE",
     "RECORD_ENV",
@@ -45,6 +46,11 @@ __all__ = [
 
 RECORD_ENV = "UWSGICONF_MULES"
 """Environment variable that carries the declarations record into every uWSGI process."""
+
+CONFIG_ENV = "UWSGICONF_MULES_CONFIG"
+"""Environment variable naming the project's configuration module (``uwsgicfg.py``, a path or a
+module name, optionally ``:SECTION``), whose declarations the runtime uses outside uWSGI when no
+record is set: development servers and tests then refuse undeclared targets as uWSGI does."""
 
 RECORD_VERSION = "v2"
 

@@ -261,7 +261,7 @@ def mule_loop() -> None:
     find = buffer.find
     current, streak = queues.current, STREAK
     heads = _tasks.HEADS
-    receive, pass_on = _tasks.receive, _tasks.pass_on
+    receive, pass_on, returned = _tasks.receive, _tasks.pass_on, _tasks.returned
     fast = not harakiri
     pending = None
     while not _stopping:
@@ -287,10 +287,9 @@ def mule_loop() -> None:
             entry = heads.get(buffer[:end]) if end > 0 else None
             if entry is not None:
                 try:
-                    if end + 1 < size:
-                        entry[0](*entry[1](view[end + 1:size]))
-                    else:
-                        entry[0]()
+                    result = entry[0](*entry[1](view[end + 1:size])) if end + 1 < size else entry[0]()
+                    if result is not None:  # said once per task: nobody receives it
+                        returned(buffer[KEY_START:end], result)
                 except Exception:
                     _tasks.failed(buffer[KEY_START:end])
                 continue

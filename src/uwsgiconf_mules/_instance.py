@@ -3,8 +3,13 @@
 The declarations record (the ``UWSGICONF_MULES`` environment variable, see
 :mod:`uwsgiconf_mules._declarations`) is read once per process, so the farms and mules the
 runtime knows are exactly the ones the builders declared. Outside uWSGI (scripts, tests,
-development servers) ``uwsgi`` is None and the declarations are read from the environment when
-someone set them.
+development servers) ``uwsgi`` is None and the declarations are the record when someone set it,
+else those of the configuration module named by ``UWSGICONF_MULES_CONFIG`` (loaded with
+uwsgiconf, on demand: see :mod:`uwsgiconf_mules._project`), else none.
+
+Test modes (:mod:`uwsgiconf_mules.testing`) replace how offloaded calls are handled outside uWSGI
+through :func:`reset` and :data:`local_send`: offloaded functions choose their sending function
+when they resolve their route, so production calls never test for a mode.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import os
 import weakref
 
-from ._declarations import RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
+from ._declarations import CONFIG_ENV, RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
 from ._limits import clear_cache
 from ._protocol import TOKEN_PID
 from .errors import DeclarationsMissingError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Protocol
 
     class Forgetful(Protocol):
@@ -38,13 +44,36 @@ _MISSING: Any = object()
 _cache: Any = _MISSING
 _caches: weakref.WeakSet[Any] = weakref.WeakSet()  # offloaded functions holding a resolved route
 
+loaded_from: str | None = None
+"""Outside uWSGI, where the declarations were loaded from (``UWSGICONF_MULES_CONFIG=...``, or a test
+mode's config), for error messages; None for the record."""
+
+local_send: Callable[[bytes, int | bytes], bool] | None = None
+"""Outside uWSGI, what offloaded functions do with a call instead of running it inline (a test
+mode's recorder); read when a route is resolved, so set it, then :func:`reset`."""
+
 
 def declarations() -> Declarations | None:
-    """The declarations of this uWSGI instance, read once; None when none are known."""
-    global _cache
+    """The declarations of this uWSGI instance, read once; None when none are known.
+
+    Under uWSGI, the record of the compiled config. Outside uWSGI, the record when set, else the
+    declarations of the configuration module named by ``UWSGICONF_MULES_CONFIG``.
+
+    :raises MulesConfigurationError: outside uWSGI, when the configuration module named cannot
+        be loaded or names no single section with mules (every call raises again).
+    """
+    global _cache, loaded_from
     if _cache is _MISSING:
+        loaded_from = None
         record = os.environ.get(RECORD_ENV)
-        _cache = None if record is None else parse_record(record)
+        conf = os.environ.get(CONFIG_ENV) if uwsgi is None and record is None else None
+        if conf:
+            from ._project import load_declarations
+
+            _cache = load_declarations(conf)
+            loaded_from = f"{CONFIG_ENV}={conf}"
+        else:
+            _cache = None if record is None else parse_record(record)
     return _cache  # type: ignore[no-any-return]
 
 
@@ -79,11 +108,16 @@ def remember(cache: Forgetful) -> None:
     _caches.add(cache)
 
 
-def reset() -> None:
+def reset(known: Declarations | None = _MISSING, source: str | None = None) -> None:
     """Forget the declarations, the socket limits and every cached route (for tests, which
-    change the environment between cases)."""
-    global _cache
-    _cache = _MISSING
+    change the environment between cases, and test modes).
+
+    :param known: Declarations to use from now on instead of reading them again (None: none).
+    :param source: Where ``known`` comes from, for error messages.
+    """
+    global _cache, loaded_from
+    _cache = known
+    loaded_from = source
     clear_cache()
     for cache in list(_caches):
         cache._forget()

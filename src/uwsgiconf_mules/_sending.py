@@ -4,6 +4,11 @@ Messages go through ``uwsgi.mule_msg`` (to a farm by its name as bytes), which n
 returns False when the queue is full. A sender then waits until the queue has room again
 (:func:`wait_for_room`) and tries again, for at most the declared ``send_timeout``, after which
 :class:`~uwsgiconf_mules.errors.DeliveryError` says the message was not sent (:func:`retry`).
+In a worker, ``send_timeout`` is also the budget of one request: the total time all the sends of
+one request may wait on full queues (a burst of sends that each wait a little would otherwise
+hold the request for as long as the mules take to run the burst). The budget is kept per thread
+and request (``uwsgi.request_id()``, the request count of the thread's core) and spent only on
+this slow path.
 A message larger than the target reads whole is refused before sending (:meth:`Route.check_size`).
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from _thread import get_ident
 
 from . import _instance
 from ._declarations import Declarations
@@ -33,7 +39,17 @@ RECOMPILE = (" (if the config changed, compile it again and reload uWSGI: the ru
              "the running uWSGI was started with)")
 """Said with every undeclared target."""
 
+
+def recompile() -> str:
+    """What to say with an undeclared target: :data:`RECOMPILE`, or, for declarations loaded from
+    the project's config outside uWSGI, which config they are."""
+    source = _instance.loaded_from
+    if source is None:
+        return RECOMPILE
+    return f" (declarations of {source}, as uWSGI reads them once the config is compiled)"
+
 _send_sockets: list[Any] | None = None  # this process's packet sockets, listed at the first full queue
+_budgets: dict[int, tuple[int, float]] = {}  # thread -> (request id, seconds its request may still wait)
 
 
 def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
@@ -50,7 +66,7 @@ def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
     if declarations is not None:
         if not 1 <= mule_id <= declarations.mule_count:
             raise UnknownTargetError(
-                f"mule {mule_id} is not declared; declared: {declarations.describe()}{RECOMPILE}", target=mule_id)
+                f"mule {mule_id} is not declared; declared: {declarations.describe()}{recompile()}", target=mule_id)
     elif mule_id < 1:
         raise UnknownTargetError(f"mule id {mule_id} is out of range: mule ids start at 1", target=mule_id)
     return mule_id
@@ -130,30 +146,74 @@ def wait_for_room(sleep: float, wait: float) -> None:
     poller.poll(wait * 1000)
 
 
+def serves_requests() -> bool:
+    """Whether this thread is one of uWSGI's request threads (cores): the main thread, or a thread
+    uWSGI started (Python sees those as dummy threads), not one the app started."""
+    import threading
+
+    current = threading.current_thread()
+    return current is threading.main_thread() or isinstance(current, threading._DummyThread)
+
+
+def request_budget(timeout: float) -> tuple[int, int, float] | None:
+    """In a worker, during a request: (thread, request id, seconds the request may still wait on
+    full queues), a fresh ``timeout`` at a request's first wait; None elsewhere (mules, the master,
+    threads the app started: each send is bounded alone).
+
+    :param timeout: The declared ``send_timeout``: the budget of one request.
+    """
+    uwsgi = _instance.uwsgi
+    try:
+        if uwsgi is None or not uwsgi.worker_id() or not serves_requests():
+            return None
+        request = int(uwsgi.request_id())  # the requests its core finished: constant during one
+    except Exception:  # a thread uWSGI does not know: no request
+        return None
+    thread = get_ident()
+    known = _budgets.get(thread)
+    return thread, request, known[1] if known is not None and known[0] == request else timeout
+
+
 def retry(attempt: Callable[[], object], timeout: float, what: str, size: int, target: object = None) -> bool:
     """Call ``attempt`` until it returns a true value, waiting for room between attempts; for a
-    send whose first attempt found the queue full.
+    send whose first attempt found the queue full. In a worker, the wait also counts against the
+    request's budget (see :func:`request_budget`).
 
     :param attempt: One send; true when the message was queued.
-    :param timeout: Seconds to keep trying.
+    :param timeout: Seconds to keep trying; in a worker, also the seconds all the sends of one
+        request may wait in total.
     :param what: What is sent and where to, for the error message.
     :param size: Size of the message in bytes, for the error message.
     :param target: The mule id or farm name, for the error.
     :returns: True once ``attempt`` succeeded.
-    :raises DeliveryError: when ``timeout`` ran out; the message was not sent.
+    :raises DeliveryError: when ``timeout``, or the request's budget, ran out; the message was not
+        sent.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    budget = request_budget(timeout)
+    allowed = timeout if budget is None else min(timeout, budget[2])
+    deadline = started + allowed
     delay = BACKOFF_FIRST
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise DeliveryError(
-                f"{what}: the queue stayed full for {timeout:g} s; the message ({size} bytes) was "
-                "not sent (raise send_timeout or msg_buffer, or add mules)", target=target)
-        wait_for_room(min(delay, left), min(ROOM_WAIT, left))
-        if attempt():
-            return True
-        delay = min(delay * 2, BACKOFF_MAX)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if allowed < timeout:
+                    raise DeliveryError(
+                        f"{what}: the queue is full and this request already waited {timeout:g} s on full queues "
+                        f"(send_timeout bounds the total wait of one request); the message ({size} bytes) was not "
+                        "sent (offload fewer calls per request, raise send_timeout or msg_buffer, or add mules)",
+                        target=target)
+                raise DeliveryError(
+                    f"{what}: the queue stayed full for {timeout:g} s; the message ({size} bytes) was "
+                    "not sent (raise send_timeout or msg_buffer, or add mules)", target=target)
+            wait_for_room(min(delay, left), min(ROOM_WAIT, left))
+            if attempt():
+                return True
+            delay = min(delay * 2, BACKOFF_MAX)
+    finally:
+        if budget is not None:
+            _budgets[budget[0]] = (budget[1], budget[2] - (time.monotonic() - started))
 
 
 def deliver(message: bytes, dest: int | bytes, what: str, timeout: float) -> bool:
@@ -225,6 +285,8 @@ class Route:
             return self.refuse(message, self.dest)
         uwsgi = _instance.uwsgi
         if uwsgi is None:
+            if _instance.local_send is not None:  # a test mode records it
+                return _instance.local_send(message, self.dest)
             raise MulesRuntimeError(
                 f"{what} to {self.label}: not running under uWSGI, there is no mule to receive it")
         if uwsgi.mule_msg(message, self.dest):

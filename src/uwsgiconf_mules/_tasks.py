@@ -111,6 +111,34 @@ def current_mule() -> int:
     return int(uwsgi.mule_id()) if uwsgi is not None else 0
 
 
+RETURNED: set[bytes] = set()
+"""Keys of the tasks :func:`returned` spoke of (once per task and process)."""
+
+
+def returned(key: bytes, result: object) -> None:
+    """Say, once per task, that task ``key`` returned something other than None, which nobody
+    receives: in a mule, a warning in the log; outside uWSGI (inline calls, test modes), a
+    :class:`~uwsgiconf_mules.errors.ReturnValueWarning`.
+
+    :param key: The task key.
+    :param result: What the task returned.
+    """
+    if key in RETURNED:
+        return
+    RETURNED.add(key)
+    message = (f"uwsgiconf-mules: task {key.decode(errors='replace')} returned a {type(result).__name__}, which "
+               "is discarded: offloaded calls have no results (the caller got True once the call was queued); "
+               "return None, or store what the caller needs (a database row, a cache key)")
+    if _instance.uwsgi is not None:
+        log().warning(message)
+        return
+    import warnings
+
+    from .errors import ReturnValueWarning
+
+    warnings.warn(ReturnValueWarning(message), stacklevel=2)
+
+
 def failed(key: bytes | str) -> None:
     """Log the exception being handled as the failure of task ``key``.
 
@@ -156,7 +184,8 @@ def refuse(message: bytes, reason: str) -> None:
 
 def run(message: bytes, harakiri: int = 0) -> None:
     """Run the call in an authenticated envelope (one that starts with ``_protocol.PREFIX``);
-    refuse it, with a log line, when it cannot run. Never raises.
+    refuse it, with a log line, when it cannot run. Never raises under uWSGI (outside, a warnings
+    filter may turn the :func:`returned` warning into an exception).
 
     :param message: The envelope.
     :param harakiri: Seconds the call may run before uWSGI kills the mule; 0 for no limit.
@@ -171,15 +200,18 @@ def run(message: bytes, harakiri: int = 0) -> None:
         refuse(message, func)
         return
     uwsgi = _instance.uwsgi
+    result = None
     try:
         if harakiri:
             uwsgi.set_user_harakiri(harakiri)
-        func(*args, **kwargs)
+        result = func(*args, **kwargs)
     except Exception:
         failed(key)
     finally:
         if harakiri:
             uwsgi.set_user_harakiri(0)
+    if result is not None:
+        returned(key, result)
 
 
 def receive(message: bytes, harakiri: int = 0, *, strict: bool = True) -> bytes | None:

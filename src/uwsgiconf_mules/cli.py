@@ -22,6 +22,7 @@ from . import _spool
 from ._declarations import RECORD_ENV, Declarations, parse_record
 from ._formats import FORMATS, YAML_DIALECTS, collect, render
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from ._project import configurations
 from ._uwsgi_build import find_uwsgi, inspect_uwsgi, resolve_dialect
 
 __all__ = ["main", "summary", "uwsgi_summary"]
@@ -44,13 +45,6 @@ def _errors() -> Iterator[None]:
     except Exception as exc:
         _fail(f"cannot load the configuration module: {type(exc).__name__}: {exc}")
         sys.exit(1)
-
-
-def _configurations(conf: str) -> list[Any]:
-    configurations = ConfModule(conf).configurations
-    if not configurations:
-        raise ConfigurationError(f"{conf} defines no uwsgi_configuration")
-    return list(configurations)
 
 
 arg_conf = click.argument("conf", type=click.Path(exists=True, dir_okay=False), default=ConfModule.default_name)
@@ -80,11 +74,11 @@ def compile_(fmt: str, yaml_dialect: str, uwsgi: str | None, conf: str) -> None:
     be written in the chosen format.
     """
     with _errors():
-        configurations = _configurations(conf)
+        loaded = configurations(conf)
         if fmt == "yaml":
             yaml_dialect = resolve_dialect(yaml_dialect, uwsgi)
         outputs = []
-        for configuration in configurations:
+        for configuration in loaded:
             if configuration.sections:
                 configuration.sections[0].print_stamp()  # as `uwsgiconf compile` does
             outputs.append(render(collect(configuration.sections), fmt, yaml_dialect))
@@ -102,9 +96,9 @@ def check(uwsgi: str | None, conf: str) -> None:
     Exits 0 when valid; otherwise prints one red line per problem and exits 1.
     """
     with _errors():
-        configurations = _configurations(conf)
+        loaded = configurations(conf)
     problems: list[str] = []
-    for configuration in configurations:
+    for configuration in loaded:
         for section in configuration.sections:
             lines, section_problems = summary(section)
             click.echo(f"section '{section.name}' of configuration '{configuration.alias}':")
@@ -123,7 +117,7 @@ def _spools(conf: str) -> list[tuple[str, _spool.Spool]]:
     module, or a compiled config (its declarations record is read)."""
     found = []
     if conf.endswith(".py"):
-        for configuration in _configurations(conf):
+        for configuration in configurations(conf):
             for section in configuration.sections:
                 declarations = getattr(section, "mules_declarations", None)
                 if declarations is not None and declarations.spool_dir:

@@ -1,21 +1,24 @@
 """Exceptions raised by uwsgiconf-mules.
 
-Every exception the project raises derives from one root::
+Every exception (and the one warning) the project raises derives from one root::
 
     MulesError
     ├── MulesConfigurationError   (also uwsgiconf.exceptions.ConfigurationError)
     │                             a declaration that cannot work; `uwsgiconf compile` prints it
     │                             as one line and exits 1
-    └── MulesRuntimeError         raised inside (or outside) uWSGI when using the runtime
-        ├── UnknownTargetError    (also ValueError) a mule id or farm name that is not declared
-        ├── NotInMuleError        (also ValueError) reading messages outside a mule
-        ├── PayloadError          (also ValueError) a message too large, or arguments that
-        │                         cannot be pickled
-        ├── DeliveryError         the queue stayed full until the send timeout ran out
-        ├── DeclarationsMissingError
-        │                         running under uWSGI without the declarations record
-        └── UsageError            (also TypeError) the API used in a way that cannot be right,
-                                  such as ``if farm.is_mine:`` without the call
+    ├── MulesRuntimeError         raised inside (or outside) uWSGI when using the runtime
+    │   ├── UnknownTargetError    (also ValueError) a mule id or farm name that is not declared
+    │   ├── NotInMuleError        (also ValueError) reading messages outside a mule
+    │   ├── PayloadError          (also ValueError) a message too large, or arguments that
+    │   │                         cannot be pickled
+    │   ├── DeliveryError         the queue stayed full until the send timeout (of the send, or
+    │   │                         of the request) ran out, or was full for a ``nowait`` call
+    │   ├── DeclarationsMissingError
+    │   │                         running under uWSGI without the declarations record
+    │   └── UsageError            (also TypeError) the API used in a way that cannot be right,
+    │                             such as ``if farm.is_mine:`` without the call
+    └── ReturnValueWarning        (also UserWarning) a warning: an offloaded task returned a
+                                  value, which nobody receives (warned once per task)
 
 Each error carries the object at fault as an attribute where there is one.
 """
@@ -32,6 +35,7 @@ __all__ = [
     "MulesRuntimeError",
     "NotInMuleError",
     "PayloadError",
+    "ReturnValueWarning",
     "UnknownTargetError",
     "UsageError",
 ]
@@ -88,7 +92,8 @@ class PayloadError(MulesRuntimeError, ValueError):
 
 
 class DeliveryError(MulesRuntimeError):
-    """The target's queue stayed full until the send timeout ran out; the message was not sent.
+    """The target's queue stayed full until the send timeout (of this send, or of all the sends of
+    the request) ran out, or was full for a ``nowait`` call; the message was not sent.
 
     :param message: What was not delivered, where to, and for how long it was retried.
     :param target: The mule id or farm name.
@@ -106,3 +111,9 @@ class DeclarationsMissingError(MulesRuntimeError):
 class UsageError(MulesRuntimeError, TypeError):
     """The runtime API used in a way that cannot be right, such as ``if farm.is_mine:``, which
     uwsgiconf 2.4 allowed (a property there) and which would always be true with the method."""
+
+
+class ReturnValueWarning(MulesError, UserWarning):
+    """An offloaded task returned something other than None: offloaded calls have no results
+    (the caller is told True once the call is queued), so the value is discarded. Warned once per
+    task outside uWSGI (inline calls, :mod:`uwsgiconf_mules.testing`); a mule logs it instead."""

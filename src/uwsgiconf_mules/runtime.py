@@ -7,7 +7,8 @@ farms and mules it knows are exactly the ones declared. What it guarantees:
   farm name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError` (a ``ValueError``),
   listing what is declared -- at decoration time when the declarations are known.
 * A send that returns has been queued; a full queue is waited on for at most the declared
-  ``send_timeout``, then :class:`~uwsgiconf_mules.errors.DeliveryError` is raised.
+  ``send_timeout`` (and all the sends of one request together wait no longer), then
+  :class:`~uwsgiconf_mules.errors.DeliveryError` is raised; ``f.nowait(...)`` never waits.
 * A message larger than the target reads whole is refused at the call site with
   :class:`~uwsgiconf_mules.errors.PayloadError`; so are arguments that cannot be pickled.
 * Offloaded functions are registered by ``module:qualname``; dispatch mules run them.
@@ -38,15 +39,15 @@ from . import (
 )
 from ._limits import socket_message_limit
 from ._sending import (
-    RECOMPILE as _RECOMPILE,
     Route as _Route,
     as_bytes as _as_bytes,
     check_mule_id as _check_mule_id,
     deliver as _deliver,
     missing_script as _missing_script,
     mule_limit as _mule_limit,
+    recompile as _recompile,
 )
-from .errors import MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
+from .errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ if TYPE_CHECKING:
         __wrapped__: Callable[_P, _R]
 
         def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
+
+        def nowait(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
+            """Queue a call as calling the function does, but never wait: a full queue raises
+            ``DeliveryError`` at once."""
 
 __all__ = ["Farm", "Mule", "TypeMuleFarm", "mule_offload", "socket_message_limit"]
 
@@ -233,7 +238,7 @@ class Farm:
             spec = declarations.get_farm(name)
             if spec is None:
                 raise UnknownTargetError(
-                    f"farm {name!r} is not declared; declared: {declarations.describe()}{_RECOMPILE}", target=name)
+                    f"farm {name!r} is not declared; declared: {declarations.describe()}{_recompile()}", target=name)
             if ids is not None and sorted(ids) != sorted(spec.mules):
                 raise UnknownTargetError(
                     f"farm {name!r} is declared with mules {list(spec.mules)}, not {ids}", target=name)
@@ -263,7 +268,7 @@ class Farm:
             spec = declarations.get_farm(self.name)
             if spec is None:
                 raise UnknownTargetError(
-                    f"farm {self.name!r} is not declared; declared: {declarations.describe()}{_RECOMPILE}",
+                    f"farm {self.name!r} is not declared; declared: {declarations.describe()}{_recompile()}",
                     target=self.name)
             limit = min(_mule_limit(declarations, mule) for mule in spec.mules)
             timeout = declarations.send_timeout
@@ -430,7 +435,10 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
             route = target._route()
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
-            send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+            if uwsgi is None:  # a test mode (uwsgiconf_mules.testing) records or runs calls its own way
+                send = _instance.local_send or _run_inline
+            else:
+                send = route.refuse if route.refused else uwsgi.mule_msg
         return route
 
     def forget() -> None:
@@ -449,7 +457,17 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
         current = resolve()
         return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
 
+    def nowait(*args: Any, **kwargs: Any) -> bool:
+        message = encode(args, kwargs)
+        if len(message) > limit:
+            resolve().check_size(len(message), key)
+        if send(message, dest):
+            return True
+        raise _DeliveryError(f"{key} to {resolve().label}: the queue is full; the message ({len(message)} bytes) "
+                             "was not sent (nowait: no wait for room)", target=dest)
+
     functools.update_wrapper(offloaded, func)
+    offloaded.nowait = nowait  # type: ignore[attr-defined]
     offloaded.key = key  # type: ignore[attr-defined]
     offloaded.target = target  # type: ignore[attr-defined]
     offloaded._forget = forget  # type: ignore[attr-defined]
@@ -467,6 +485,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R
             ...
 
         resize(42)  # queued for farm `fast`; returns True
+        resize.nowait(42)  # the same, but a full queue raises DeliveryError at once
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.

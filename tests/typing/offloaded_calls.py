@@ -35,7 +35,9 @@ def calls() -> None:
     resize(1, colour=2)  # type: ignore[call-arg]
     notify()  # type: ignore[call-arg]
     fetch(b"bytes")  # type: ignore[arg-type]
+    now: bool = resize.nowait(1, quality=5)
+    resize.nowait("one")  # type: ignore[arg-type]
     here: str = resize.__wrapped__(2)
     key: str = resize.key
     typed: OffloadedFunction[[str], None] = notify
-    del queued, here, key, typed
+    del queued, now, here, key, typed

@@ -1,0 +1,57 @@
+"""The pytest plugin of uwsgiconf-mules (registered with the ``pytest11`` entry point).
+
+It adds the fixtures ``mules_outbox`` and ``mules_eager`` (see :mod:`uwsgiconf_mules.testing`) and
+the ini option ``uwsgiconf_mules_config``. Nothing else: loading the plugin imports neither the
+runtime nor the project's config, and changes nothing until a test uses one of the fixtures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .testing import Outbox
+
+CONFIG_INI = "uwsgiconf_mules_config"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare the ini option naming the project's configuration module.
+
+    :param parser: pytest's parser.
+    """
+    parser.addini(CONFIG_INI, "uwsgiconf configuration module whose mule and farm declarations the uwsgiconf-mules "
+                              "test fixtures check targets against: a path to uwsgicfg.py or a module name, "
+                              "optionally :SECTION (default: the UWSGICONF_MULES_CONFIG environment variable)")
+
+
+def _config(request: pytest.FixtureRequest) -> str | None:
+    value = request.config.getini(CONFIG_INI)
+    return str(value) if value else None
+
+
+@pytest.fixture
+def mules_outbox(request: pytest.FixtureRequest) -> Iterator[Outbox]:
+    """Offloaded calls are recorded in the returned ``Outbox``, not run (``uwsgiconf_mules.testing.capture``).
+
+    :param request: pytest's request.
+    """
+    from .testing import capture
+
+    with capture(_config(request)) as outbox:
+        yield outbox
+
+
+@pytest.fixture
+def mules_eager(request: pytest.FixtureRequest) -> Iterator[Outbox]:
+    """Offloaded calls run at once and their exceptions propagate (``uwsgiconf_mules.testing.eager``).
+
+    :param request: pytest's request.
+    """
+    from .testing import eager
+
+    with eager(_config(request)) as outbox:
+        yield outbox
