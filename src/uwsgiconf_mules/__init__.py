@@ -20,6 +20,7 @@ from .errors import (
     NotInMuleError as NotInMuleError,
     PayloadError as PayloadError,
     UnknownTargetError as UnknownTargetError,
+    UnknownTaskError as UnknownTaskError,
     UsageError as UsageError,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadError",
     "Section",
     "UnknownTargetError",
+    "UnknownTaskError",
     "UsageError",
     "__version__",
 ]

@@ -11,7 +11,10 @@ Every exception the project raises derives from one root::
         ├── NotInMuleError        (also ValueError) reading messages outside a mule
         ├── PayloadError          (also ValueError) a message too large, or arguments that
         │                         cannot be pickled
-        ├── DeliveryError         the queue stayed full until the send timeout ran out
+        ├── DeliveryError         the queue stayed full until the send timeout ran out, or
+        │                         the offload backend did not accept the call
+        ├── UnknownTaskError      (also LookupError) a job naming a task key that no
+        │                         mule_offload registered
         ├── DeclarationsMissingError
         │                         running under uWSGI without the declarations record
         └── UsageError            (also TypeError) the API used in a way that cannot be right,
@@ -33,6 +36,7 @@ __all__ = [
     "NotInMuleError",
     "PayloadError",
     "UnknownTargetError",
+    "UnknownTaskError",
     "UsageError",
 ]
 
@@ -88,7 +92,8 @@ class PayloadError(MulesRuntimeError, ValueError):
 
 
 class DeliveryError(MulesRuntimeError):
-    """The target's queue stayed full until the send timeout ran out; the message was not sent.
+    """The target's queue stayed full until the send timeout ran out, or the offload backend a
+    farm is routed to did not accept the call (down, silent, refusing); the message was not sent.
 
     :param message: What was not delivered, where to, and for how long it was retried.
     :param target: The mule id or farm name.
@@ -97,6 +102,19 @@ class DeliveryError(MulesRuntimeError):
     def __init__(self, message: str, *, target: object = None) -> None:
         super().__init__(message)
         self.target = target
+
+
+class UnknownTaskError(MulesRuntimeError, LookupError):
+    """A job (of a farm routed to an offload backend) names a task key that no ``mule_offload``
+    registered: nothing is run.
+
+    :param message: What was refused and why.
+    :param key: The task key at fault.
+    """
+
+    def __init__(self, message: str, *, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DeclarationsMissingError(MulesRuntimeError):

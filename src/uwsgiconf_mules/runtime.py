@@ -36,6 +36,8 @@ from . import (
     _protocol,
     _tasks,
 )
+from ._backends import ENGINES as _ENGINES
+from ._declarations import FarmSpec as _FarmSpec
 from ._limits import socket_message_limit
 from ._sending import (
     RECOMPILE as _RECOMPILE,
@@ -52,6 +54,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, ParamSpec, Protocol, TypeVar
+
+    from ._backends import Backend as _Backend
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
@@ -231,6 +235,11 @@ class Farm:
         ids = None if mules is None else [_check_mule_id(mule, declarations) for mule in mules]
         if declarations is not None:
             spec = declarations.get_farm(name)
+            if spec is None and declarations.get_backend(name) is not None:
+                if ids:
+                    raise UnknownTargetError(
+                        f"farm {name!r} is routed to an offload backend and has no mules, not {ids}", target=name)
+                spec = _FarmSpec(name, ())
             if spec is None:
                 raise UnknownTargetError(
                     f"farm {name!r} is not declared; declared: {declarations.describe()}{_RECOMPILE}", target=name)
@@ -257,8 +266,11 @@ class Farm:
 
     def _route(self) -> _Route:
         declarations = _instance.required_declarations()
+        backend = declarations.get_backend(self.name) if declarations is not None else None
         if declarations is None:
             limit, timeout, refused = socket_message_limit(None), 0.0, None
+        elif backend is not None:
+            return _remote_route(self.name, backend, declarations.send_timeout)
         else:
             spec = declarations.get_farm(self.name)
             if spec is None:
@@ -284,7 +296,7 @@ class Farm:
         declarations = _instance.required_declarations()
         if declarations is None:
             return []
-        return [cls(spec.name) for spec in declarations.farms]
+        return [cls(spec.name) for spec in declarations.farms] + [cls(b.farm) for b in declarations.backends]
 
     @property
     def is_mine(self) -> _IsMine:
@@ -341,9 +353,13 @@ class Farm:
         :raises PayloadError: if the message is larger than the farm's mules read whole.
         :raises DeliveryError: if the queue stayed full until the send timeout.
         :raises UsageError: if the farm has dispatch mules: they run offloaded calls and would
-            drop a plain message.
+            drop a plain message; or if the farm is routed to an offload backend, which runs
+            offloaded calls only.
         """
         declarations = _instance.declarations()
+        if declarations is not None and declarations.get_backend(self.name) is not None:
+            raise UsageError(f"Farm({self.name!r}).send(): farm {self.name!r} is routed to an offload backend, "
+                             "which runs offloaded calls only; offload a function to it")
         if declarations is not None:
             spec = declarations.get_farm(self.name)
             dispatchers = [i for i in (spec.mules if spec else ()) if i in declarations.dispatchers]
@@ -396,6 +412,16 @@ def _unrunnable(func: Callable[..., Any], module: str, qualname: str) -> str:
     return ""
 
 
+def _remote_route(name: str, backend: _Backend, timeout: float) -> _Route:
+    """The route of a farm routed to an offload backend: no size limit of a mule queue, and the
+    backend's own send function (its engine's module is imported here, only for such a farm)."""
+    from importlib import import_module
+
+    engine = import_module(_ENGINES[backend.scheme])
+    label = f"farm {name!r} ({backend.where()})"
+    return _Route(name.encode(), label, sys.maxsize, timeout, sender=engine.sender(backend, label, timeout))
+
+
 def _run_inline(message: bytes, dest: int | bytes) -> bool:
     """Outside uWSGI, an offloaded call runs here, from its encoded message."""
     _tasks.run(message)
@@ -430,7 +456,7 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
             route = target._route()
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
-            send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+            send = route.sender or (_run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg)
         return route
 
     def forget() -> None:
