@@ -26,10 +26,12 @@ class RedisServer:
     """One redis-server process; see the module docstring.
 
     :param directory: An empty directory for its working files and log.
+    :param password: Clients must authenticate with this password (``requirepass``).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
+        self.password = password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -42,7 +44,8 @@ class RedisServer:
         """A redis-py client of this server (for checks, not the code under test)."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, socket_connect_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5,
+                           socket_connect_timeout=5)
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -53,7 +56,8 @@ class RedisServer:
         with open(self.directory / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(self.directory), "--daemonize", "no"],
+                 "--dir", str(self.directory), "--daemonize", "no",
+                 *(("--requirepass", self.password) if self.password else ())],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         client = self.client()

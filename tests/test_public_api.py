@@ -38,8 +38,8 @@ def test_all_matches_public_names(name: str) -> None:
 def test_package_exports() -> None:
     assert sorted(uwsgiconf_mules.__all__) == [
         "DeclarationsMissingError", "DeliveryError", "MuleFarm", "MulesConfigurationError", "MulesError",
-        "MulesRuntimeError", "NotInMuleError", "PayloadError", "Section", "UnknownTargetError", "UnknownTaskError", "UsageError",
-        "__version__",
+        "MulesRuntimeError", "NotInMuleError", "PayloadError", "Section", "UnknownTargetError", "UnknownTaskError",
+        "UsageError", "__version__",
     ]
     assert uwsgiconf_mules.__version__ == importlib.metadata.version("uwsgiconf-mules")
     from uwsgiconf_mules.config import Section

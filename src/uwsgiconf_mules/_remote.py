@@ -36,17 +36,20 @@ if TYPE_CHECKING:
 
     from ._backends import Backend
 
-__all__ = ["RUN", "SERIALIZER_PATHS", "check_json", "redis_url", "sender", "worker_command"]
+__all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "redis_url", "sender", "worker_command"]
 
 RUN = "uwsgiconf_mules.remote.run"
 """The function every job names: it runs the registered function of the job's task key."""
+
+JOB_CLASS = "uwsgiconf_mules.remote.Job"
+"""The job class of the workers: it runs :data:`RUN` and nothing else."""
 
 SERIALIZER_PATHS = {"json": "rq.serializers.JSONSerializer", "pickle": "rq.serializers.PickleSerializer"}
 """The RQ serializer of each declared ``serializer``: the same on both sides, always."""
 
 _JSON_SCALARS = frozenset((str, int, float, bool, type(None)))
 _MAX_DEPTH = 64
-_clients: dict[tuple[str, str | None, int, int, str | None], tuple[int, Any]] = {}  # -> (pid, Redis client)
+_clients: dict[tuple[object, ...], tuple[int, Any]] = {}  # server and timeouts -> (pid, Redis client)
 
 
 def _argument(func: Callable[..., Any] | None, index: int) -> str:
@@ -127,7 +130,8 @@ def _env(backend: Backend, name: str, environ: Any, error: type[Exception]) -> s
 
 def _client(backend: Backend, timeout: float) -> Any:
     """This process's Redis client for ``backend``'s server, made on first use."""
-    ident = (backend.url_env or "", backend.host, backend.port, backend.db, backend.password_env)
+    ident = (backend.url_env or "", backend.host, backend.port, backend.db, backend.password_env,
+             backend.connect_timeout, timeout)
     pid = os.getpid()
     found = _clients.get(ident)
     if found is not None and found[0] == pid:
@@ -211,7 +215,8 @@ def worker_command(backends: Sequence[Backend], burst: bool = False, worker_clas
         raise MulesConfigurationError(
             f"the farms routed to RQ use several Redis servers or serializers ({listed}); a worker reads one "
             "server with one serializer: start one worker per server with --farm")
-    command = [sys.executable, "-m", "rq.cli", "worker", "--serializer", SERIALIZER_PATHS[serializers.pop()]]
+    command = [sys.executable, "-m", "rq.cli", "worker", "--serializer", SERIALIZER_PATHS[serializers.pop()],
+               "--job-class", JOB_CLASS]
     if burst:
         command.append("--burst")
     if worker_class:

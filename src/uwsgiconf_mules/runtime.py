@@ -284,7 +284,8 @@ class Farm:
 
     @classmethod
     def get_farms(cls) -> list[Farm]:
-        """All declared farms, in declared order, with their mules.
+        """All declared farms of mules, in declared order, with their mules (farms routed to an
+        offload backend are no uWSGI farms, and are not listed).
 
         .. code-block:: python
 
@@ -296,7 +297,7 @@ class Farm:
         declarations = _instance.required_declarations()
         if declarations is None:
             return []
-        return [cls(spec.name) for spec in declarations.farms] + [cls(b.farm) for b in declarations.backends]
+        return [cls(spec.name) for spec in declarations.farms]
 
     @property
     def is_mine(self) -> _IsMine:
