@@ -59,7 +59,7 @@ def work(server: RedisServer, name: str = "reports", serializer: str = "json") -
     """Run RQ's SimpleWorker in burst mode, with the job class ``uwsgiconf-mules worker`` gives it."""
     worker = rq.SimpleWorker([queue(server, name, serializer)], connection=server.client(),
                              serializer=_remote.SERIALIZER_PATHS[serializer], job_class=remote.Job)
-    worker.work(burst=True)
+    worker.work(burst=True, max_jobs=100)  # bounded: a job that queued itself again would never end a burst
 
 
 def our_clients(server: RedisServer) -> list[str]:
