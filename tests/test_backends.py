@@ -47,8 +47,8 @@ def test_nothing_of_it_is_written_when_no_farm_is_routed() -> None:
 
 def test_the_canonical_url_names_every_default() -> None:
     backend = parse_backend("reports", "rq://redis.internal")
-    assert (backend.host, backend.port, backend.db, backend.queue, backend.serializer) == (
-        "redis.internal", 6379, 0, "reports", "json")
+    assert (backend.host, backend.port, backend.db, backend.queue, backend.serializer, backend.connect_timeout) == (
+        "redis.internal", 6379, 0, "reports", "json", 1.0)
     assert backend.url() == "rq://redis.internal:6379/0?queue=reports"
     assert parse_backend("reports", backend.url()) == backend
     env = parse_backend("mail", "rq://?url_env=REDIS_URL&serializer=pickle&connect_timeout=2")

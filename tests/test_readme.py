@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers import invoke_with, normalise
+from helpers import invoke, invoke_with, normalise
 from uwsgiconf_mules._uwsgi_build import OLDEST_SUPPORTED
 from uwsgiconf_mules.cli import cli
 
@@ -64,3 +64,21 @@ def test_supported_versions_are_the_matrix_oldest_first() -> None:
     assert 'OLDEST_UWSGI=2.0.21' in matrix
     assert [name.strip() for _, name in rows[1:]] == [
         "`py3.11-uwsgi2.0.21`", "`debian-uwsgi`", "`py3.10` ... `py3.13`"]
+
+
+def test_routing_section_declaration_compiles_and_its_commands_exist(tmp_path: Path) -> None:
+    text = section("When one machine is not enough")
+    declaration = re.search(r"```python\n(.*?)```", text, re.S)
+    assert declaration
+    body = ("from uwsgiconf_mules import Section\nsection = Section()\n" + declaration[1]
+            + "uwsgi_configuration = section.as_configuration()\n")
+    record = invoke_with(tmp_path, body, cli, "record")
+    assert record.returncode == 0, record.stderr
+    assert ";farm=thumbnails:1,2;" in record.stdout
+    assert record.stdout.strip().endswith(";route=reports:rq://redis.internal:6379/0?queue=reports")
+    synopsis = re.search(r"```sh\n(uwsgiconf-mules worker .*?)\n```", text, re.S)
+    assert synopsis
+    helped = invoke(tmp_path, cli, "worker", "--help").stdout
+    for option in re.findall(r"--[a-z-]+", synopsis[1]):
+        assert option in helped
+    assert 'export UWSGICONF_MULES="$(uwsgiconf-mules record)"' in text
