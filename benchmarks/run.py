@@ -8,8 +8,8 @@ Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by 
   this machine allows, and any loss is reported);
 * this project's ``Mule(1).offload()`` and a farm target;
 * a farm routed to RQ (a real redis-server on loopback): the cost of an offload against a bare
-  ``Queue.enqueue_call`` of the same function, in the same process, rounds interleaved (``x bare``
-  is the median of the per-round ratios of calls per second), and end-to-end jobs per second with
+  ``Queue.enqueue_call`` of the same function, in the same process, alternating every 25 calls
+  (``x bare`` is the median of the per-round ratios of calls per second), and end-to-end jobs per second with
   one worker (``uwsgiconf-mules worker --burst``: RQ's forking worker and its SimpleWorker), from
   the first offload until the worker has run the last job and exited.
 
@@ -298,18 +298,20 @@ def rq_cost(workdir: Path, rounds: int, batch: int, jobs: int) -> dict[str, Any]
         offload(0, 1, "")  # connects
         bare.enqueue_call(func, args=(0, 1, ""))
         ratios, ours_us, bare_us = [], [], []
-        for round_ in range(rounds):
+        block = 25  # the two alternate every `block` calls, so that the machine's drift hits both alike
+        for _ in range(rounds):
             client.flushdb()
-            timings = {}
-            for name in (("ours", "bare") if round_ % 2 else ("bare", "ours")):
-                begin = time.perf_counter()
-                if name == "ours":
-                    for i in range(batch):
-                        offload(i, batch, "")
-                else:
-                    for i in range(batch):
-                        bare.enqueue_call(func, args=(i, batch, ""))
-                timings[name] = time.perf_counter() - begin
+            timings = {"ours": 0.0, "bare": 0.0}
+            for start in range(0, batch, block):
+                for name in (("ours", "bare") if start // block % 2 else ("bare", "ours")):
+                    begin = time.perf_counter()
+                    if name == "ours":
+                        for i in range(start, start + block):
+                            offload(i, batch, "")
+                    else:
+                        for i in range(start, start + block):
+                            bare.enqueue_call(func, args=(i, batch, ""))
+                    timings[name] += time.perf_counter() - begin
             ratios.append(timings["bare"] / timings["ours"])
             ours_us.append(timings["ours"] / batch * 1e6)
             bare_us.append(timings["bare"] / batch * 1e6)

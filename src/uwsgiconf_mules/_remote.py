@@ -44,7 +44,7 @@ RUN = "uwsgiconf_mules.remote.run"
 JOB_CLASS = "uwsgiconf_mules.remote.Job"
 """The job class of the workers: it runs :data:`RUN` and nothing else."""
 
-SERIALIZER_PATHS = {"json": "rq.serializers.JSONSerializer", "pickle": "rq.serializers.PickleSerializer"}
+SERIALIZER_PATHS = {"json": "rq.serializers.JSONSerializer", "pickle": "rq.serializers.DefaultSerializer"}
 """The RQ serializer of each declared ``serializer``: the same on both sides, always."""
 
 _JSON_SCALARS = frozenset((str, int, float, bool, type(None)))

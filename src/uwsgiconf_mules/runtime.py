@@ -18,7 +18,9 @@ How a call travels: ``mule_offload`` registers the function (:mod:`._tasks`) and
 envelope encoder (:mod:`._protocol`); a call encodes its arguments and sends the envelope
 through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is full
 (:mod:`._sending`); a dispatch mule reads its queues (:mod:`._queues`) in its loop
-(:mod:`._dispatch`) and runs the call.
+(:mod:`._dispatch`) and runs the call. A farm routed to an offload backend (declared with
+``set_offload_backends``, see :mod:`._backends`) has no mules: its route's send function hands
+the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside alike.
 
 Importing this module has no side effects: it installs no hook and imports neither jinja2,
 click nor uwsgiconf's configuration machinery.
@@ -221,7 +223,8 @@ class Farm:
     ``section.workers.set_mules_params(farms=section.workers.mule_farm('myfarm', 2))``.
 
     :param name: Farm name. When the declarations are known (always inside uWSGI), an
-        undeclared name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError`.
+        undeclared name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError`. A farm
+        routed to an offload backend has no mules; calls offloaded to it become the engine's jobs.
     :param mules: Mule ids of the farm. Optional: the declared ones are used; given ids that
         differ from the declared ones raise :class:`~uwsgiconf_mules.errors.UnknownTargetError`.
     """
