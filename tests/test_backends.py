@@ -113,3 +113,16 @@ def test_a_bad_url_is_one_line_from_uwsgiconf_compile(tmp_path: Path) -> None:
             "uwsgi_configuration = section.as_configuration()\n")
     assert_one_line_error(invoke_with(tmp_path, body, uwsgiconf_cli, "compile"),
                           "offload backend of farm 'reports'", "port '0'")
+
+
+def test_a_second_call_replaces_the_routes_and_keeps_the_mules() -> None:
+    section = Section()
+    section.workers.set_mules_params(mules=1)
+    section.workers.set_offload_backends(reports="rq://h/0", mail="rq://h/1")
+    section.workers.set_offload_backends(mail="rq://h/2")
+    declarations = section.mules_declarations
+    assert declarations is not None
+    assert declarations.mule_count == 1
+    assert [backend.url() for backend in declarations.backends] == ["rq://h:6379/2?queue=mail"]
+    envs = [value for key, value in section._opts.items() if str(key) == "env"]
+    assert len(envs) == 1 and str(envs[0]).count("route=") == 1
