@@ -7,7 +7,14 @@ EXTRA_REQUIREMENTS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-matrix lint typecheck unit bench clean
+.PHONY: demo test test-matrix lint typecheck unit bench clean redis-server
+
+# The tests and benchmarks of farms routed to RQ start a real redis-server (Debian's package),
+# installed here when it is missing (as root, as on CI; DEBIAN_FRONTEND keeps apt quiet).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "redis-server is missing: installing Debian's package"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,16 +33,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck redis-server
 	$(BIN)/python -m pytest -p xdist -n 2
 
 test-matrix:
 	.ci/matrix
 
-unit: $(STAMP)
+unit: $(STAMP) redis-server
 	$(BIN)/python -m pytest -m "not integration"
 
-bench: $(STAMP)
+bench: $(STAMP) redis-server
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/reload.py
 

@@ -6,7 +6,12 @@ Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by 
 * uwsgiconf 2.4.0 ``mule_offload`` of a trivial function;
 * uwsgidecorators ``@mulefunc`` (it returns None, so it cannot retry: run with the largest queue
   this machine allows, and any loss is reported);
-* this project's ``Mule(1).offload()`` and a farm target.
+* this project's ``Mule(1).offload()`` and a farm target;
+* a farm routed to RQ (a real redis-server on loopback): the cost of an offload against a bare
+  ``Queue.enqueue_call`` of the same function, in the same process, alternating every 25 calls
+  (``x bare`` is the median of the per-round ratios of calls per second), and end-to-end jobs per second with
+  one worker (``uwsgiconf-mules worker --burst``: RQ's forking worker and its SimpleWorker), from
+  the first offload until the worker has run the last job and exited.
 
 Senders that can retry do so on a full queue the way uwsgiconf-mules does (they wait until the
 queue polls writable again, with ``uwsgiconf_mules._sending.retry``), so the rows compare what each
@@ -18,6 +23,7 @@ writes ``benchmarks/results/latest.json``, and ends with the line ``offload/raw 
 
     python benchmarks/run.py            # full run (a few minutes)
     python benchmarks/run.py --smoke    # tiny N, one run: checks that the benchmark works
+    python benchmarks/run.py --rq-only  # the RQ rows only
 """
 
 from __future__ import annotations
@@ -256,6 +262,82 @@ def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
             server.stop()
 
 
+RQ_TASKS = """
+from uwsgiconf_mules.runtime import Farm
+
+
+@Farm("bench").offload()
+def task(i, n, payload):
+    pass
+"""
+
+
+def rq_cost(workdir: Path, rounds: int, batch: int, jobs: int) -> dict[str, Any]:
+    """A farm routed to RQ against a bare ``Queue.enqueue_call``, and jobs/s with one worker."""
+    import redis
+    import rq
+
+    from redis_server import RedisServer
+    from uwsgiconf_mules import _instance
+    from uwsgiconf_mules._declarations import declare
+
+    server = RedisServer(workdir / "redis").start()
+    try:
+        record = declare(backends={"bench": f"rq://127.0.0.1:{server.port}/0?queue=bench"}).record()
+        (workdir / "rq_bench_tasks.py").write_text(RQ_TASKS)
+        (workdir / "app.ini").write_text(f"[uwsgi]\nenv = UWSGICONF_MULES={record}\n")
+        sys.path.insert(0, str(workdir))
+        os.environ["UWSGICONF_MULES"] = record
+        _instance.reset()
+        import rq_bench_tasks
+
+        offload = rq_bench_tasks.task
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        bare = rq.Queue("bare", connection=client, serializer="rq.serializers.JSONSerializer")
+        func = offload.__wrapped__
+        offload(0, 1, "")  # connects
+        bare.enqueue_call(func, args=(0, 1, ""))
+        ratios, ours_us, bare_us = [], [], []
+        block = 25  # the two alternate every `block` calls, so that the machine's drift hits both alike
+        for _ in range(rounds):
+            client.flushdb()
+            timings = {"ours": 0.0, "bare": 0.0}
+            for start in range(0, batch, block):
+                for name in (("ours", "bare") if start // block % 2 else ("bare", "ours")):
+                    begin = time.perf_counter()
+                    if name == "ours":
+                        for i in range(start, start + block):
+                            offload(i, batch, "")
+                    else:
+                        for i in range(start, start + block):
+                            bare.enqueue_call(func, args=(i, batch, ""))
+                    timings[name] += time.perf_counter() - begin
+            ratios.append(timings["bare"] / timings["ours"])
+            ours_us.append(timings["ours"] / batch * 1e6)
+            bare_us.append(timings["bare"] / batch * 1e6)
+        end_to_end = {}
+        for name, args in (("forking worker", ()), ("SimpleWorker", ("--worker-class", "rq.worker.SimpleWorker"))):
+            client.flushdb()
+            begin = time.perf_counter()
+            for i in range(jobs):
+                offload(i, jobs, "")
+            subprocess.run([str(Path(sys.executable).parent / "uwsgiconf-mules"), "worker", "--burst", *args,
+                            "app.ini"], cwd=workdir, check=True, capture_output=True, timeout=600,
+                           stdin=subprocess.DEVNULL)
+            seconds = time.perf_counter() - begin
+            left = len(rq.Queue("bench", connection=client))
+            finished = len(rq.registry.FinishedJobRegistry("bench", connection=client))
+            end_to_end[name] = {"jobs": jobs, "seconds": seconds, "jobs_per_s": jobs / seconds, "left": left,
+                                "finished": finished}
+        client.close()
+        return {"rounds": rounds, "batch": batch, "x_bare": statistics.median(ratios), "ratios": ratios,
+                "offload_us": statistics.median(ours_us), "enqueue_call_us": statistics.median(bare_us),
+                "end_to_end": end_to_end}
+    finally:
+        del os.environ["UWSGICONF_MULES"]
+        server.stop()
+
+
 def import_cost(repeat: int) -> dict[str, Any]:
     # Both packages import from cached bytecode, as installed packages do: an editable install
     # under PYTHONDONTWRITEBYTECODE=1 would otherwise compile this project's sources at every import.
@@ -317,7 +399,20 @@ def _fmt_rate(value: float | None) -> str:
     return f"{value:,.0f}" if value else "-"
 
 
+def rq_report(rq_results: dict[str, Any]) -> list[str]:
+    lines = ["", "| farm routed to RQ (redis-server on loopback) | µs/call (median) | x bare (paired) |",
+             "|---|---:|---:|",
+             f"| bare Queue.enqueue_call | {rq_results['enqueue_call_us']:.0f} | 1.00 |",
+             f"| @Farm('bench').offload() routed to RQ | {rq_results['offload_us']:.0f} | {rq_results['x_bare']:.2f} |",
+             "", "| end to end, one worker | jobs | s | jobs/s | finished | left |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {row['jobs']} | {row['seconds']:.2f} | {row['jobs_per_s']:.0f} | {row['finished']} | "
+              f"{row['left']} |" for name, row in rq_results["end_to_end"].items()]
+    return [*lines, "", f"rq offload/enqueue_call = {rq_results['x_bare']:.2f}"]
+
+
 def report(results: dict[str, Any]) -> str:
+    if "throughput" not in results:
+        return "\n".join(rq_report(results["rq"]))
     thr = results["throughput"]
     sizes = list(thr[RAW]["sizes"])
     lines = [f"Machine: {results['machine']}", "",
@@ -332,6 +427,8 @@ def report(results: dict[str, Any]) -> str:
                          f"{_fmt_rate(row['max'])} | {ratio} | {lost} |")
     lines += ["", "| variant | sender cost (µs/call, small) |", "|---|---:|"]
     lines += [f"| {name} | {variant['sender_us_per_call']:.2f} |" for name, variant in thr.items()]
+    if "rq" in results:
+        lines += rq_report(results["rq"])
     if "import" not in results:
         lines += ["", f"offload/raw = {_ratio(thr, sizes[0])}"]
         return "\n".join(lines)
@@ -360,24 +457,30 @@ def main() -> int:
                         help="measure only these variants (and raw); repeatable")
     parser.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",")],
                         help="payload sizes to measure, e.g. 0,1024 (default 0,1024,32768)")
-    parser.add_argument("--skip-extras", action="store_true", help="throughput only: no import or memory")
+    parser.add_argument("--skip-extras", action="store_true", help="throughput only: no import, memory or RQ")
+    parser.add_argument("--rq-only", action="store_true", help="the farm routed to RQ only")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = parser.parse_args()
     if args.smoke:
         sizes, runs, repeat, timeout = {0: 300, 1024: 100, 32768: 20}, 1, 2, 30.0
+        rq_rounds, rq_batch, rq_jobs = 2, 50, 50
     else:
         sizes, runs, repeat, timeout = {0: 200_000, 1024: 100_000, 32768: 20_000}, args.runs, 15, 120.0
+        rq_rounds, rq_batch, rq_jobs = 21, 500, 1000
     if args.sizes:
         sizes = {size: n for size, n in sizes.items() if size in args.sizes}
     with tempfile.TemporaryDirectory(prefix="uwsgiconf-mules-bench-") as tmp:
         workdir = Path(tmp)
-        results = {
+        results: dict[str, Any] = {
             "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
                        f"{__import__('os').cpu_count()} cores, {platform.platform()}",
             "smoke": args.smoke,
-            "throughput": throughput(workdir, sizes, runs, timeout, args.only),
         }
+        if not args.rq_only:
+            results["throughput"] = throughput(workdir, sizes, runs, timeout, args.only)
         if not args.skip_extras:
+            results["rq"] = rq_cost(workdir, rq_rounds, rq_batch, rq_jobs)
+        if not args.skip_extras and not args.rq_only:
             results["import"] = import_cost(repeat)
             results["memory"] = mule_memory(workdir)
     args.output.parent.mkdir(parents=True, exist_ok=True)

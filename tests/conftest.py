@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from redis_server import RedisServer
 from uwsgiconf_mules import _instance
 
 
@@ -19,3 +21,28 @@ def declared(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]
     _instance.reset()
     yield use
     _instance.reset()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole session (one per xdist worker); tests empty it first."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def empty_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session's redis-server, emptied."""
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    yield redis_server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may stop and start."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

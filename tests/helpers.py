@@ -64,6 +64,13 @@ workers.set_mules_params(mules=2, harakiri_timeout=30, reload_mercy=10, msg_buff
 workers.set_mules_params(mules=6, farms=[workers.mule_farm('io', 2), workers.mule_farm('cpu', [5, 6])])
 workers.set_mules_params(harakiri_timeout=60)
 """,
+    # Farms routed to RQ next to a farm of mules: no mules for them, one record field each.
+    "routed": """
+workers.set_mules_params(farms=workers.mule_farm('local', 1), send_timeout=3)
+workers.set_offload_backends(
+    reports='rq://redis.internal:6380/2?queue=reports',
+    mail='rq://?url_env=REDIS_URL&queue=mail&serializer=pickle&connect_timeout=0.5')
+""",
 }
 
 

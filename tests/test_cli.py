@@ -465,3 +465,72 @@ def test_spool_reads_a_compiled_config_and_says_what_it_cannot_read(tmp_path: Pa
     assert listed.stderr.strip() == f"{kept.part('dead')}/0-0-0.call: not a spool file"
     (tmp_path / "plain.ini").write_text("[uwsgi]\nworkers = 2\n")
     assert_one_line_error(invoke(tmp_path, cli, "spool", "list", "plain.ini"), "declares no dispatch mules")
+
+
+def test_record_prints_the_record_of_a_module_or_of_a_compiled_config(tmp_path: Path) -> None:
+    printed = invoke_with(tmp_path, source("routed"), cli, "record")
+    assert printed.returncode == 0, printed.stderr
+    namespace: dict[str, object] = {}
+    exec(source("routed"), namespace)
+    record = namespace["section"].mules_declarations.record()  # type: ignore[attr-defined]
+    assert normalise(printed.stdout) == normalise(record) + "\n"  # the default spool is named after the directory
+    for fmt, dialect in (("ini", "embedded"), ("yaml", "embedded"), ("yaml", "libyaml")):
+        compiled = invoke(tmp_path, cli, "compile", "--format", fmt, "--yaml-dialect", dialect, "uwsgicfg.py")
+        (tmp_path / f"app.{fmt}").write_text(compiled.stdout)
+        assert invoke(tmp_path, cli, "record", f"app.{fmt}").stdout == printed.stdout
+
+
+def test_record_and_worker_name_what_they_cannot_find(tmp_path: Path) -> None:
+    (tmp_path / "plain.ini").write_text("[uwsgi]\nworkers = 2\n")
+    assert_one_line_error(invoke(tmp_path, cli, "record", "plain.ini"),
+                          "plain.ini has no declarations (UWSGICONF_MULES record)")
+    assert_one_line_error(invoke_with(tmp_path, source("design"), cli, "worker"),
+                          "uwsgicfg.py has no farms routed to an offload backend")
+    assert_one_line_error(invoke_with(tmp_path, source("routed"), cli, "worker", "--farm", "local"),
+                          "farm 'local' is not routed to an offload backend in uwsgicfg.py; routed: reports, mail")
+    two = source("routed").replace("uwsgi_configuration = section.as_configuration()",
+                                   "other = Section(name='other')\nother.workers.set_offload_backends(x='rq://h')\n"
+                                   "uwsgi_configuration = [section.as_configuration(), other.as_configuration()]")
+    assert_one_line_error(invoke_with(tmp_path, two, cli, "record"),
+                          "has declarations (UWSGICONF_MULES record) in section 'uwsgi', section 'other': name one "
+                          "with --section")
+    assert invoke_with(tmp_path, two, cli, "record", "--section", "other").stdout.startswith("v2;mules=0;")
+
+
+def test_worker_refuses_farms_that_one_worker_cannot_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert_one_line_error(invoke_with(tmp_path, source("routed"), cli, "worker", "--burst"),
+                          "farm 'mail' is routed to RQ queue 'mail' at $REDIS_URL, and environment variable REDIS_URL "
+                          "is not set here")
+    # 'reports' and 'mail' are on two Redis servers with two serializers: one worker reads one of each.
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    assert_one_line_error(invoke_with(tmp_path, source("routed"), cli, "worker", "--burst"),
+                          "use several Redis servers or serializers", "start one worker per server with --farm")
+
+
+def test_worker_command_is_rq_worker_with_the_declared_url_queues_and_serializer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules._backends import parse_backend
+    from uwsgiconf_mules._remote import worker_command
+
+    monkeypatch.setenv("PW", "p w/@")
+    backends = [parse_backend("reports", "rq://h:6380/2?password_env=PW&serializer=pickle"),
+                parse_backend("mail", "rq://h:6380/2?password_env=PW&serializer=pickle&queue=reports")]
+    command, env = worker_command(backends, burst=True, worker_class="rq.worker.SimpleWorker")
+    assert command == [sys.executable, "-m", "rq.cli", "worker", "--serializer", "rq.serializers.DefaultSerializer",
+                       "--job-class", "uwsgiconf_mules.remote.Job", "--burst", "--worker-class",
+                       "rq.worker.SimpleWorker", "reports"]
+    assert env == {"RQ_REDIS_URL": "redis://:p%20w%2F%40@h:6380/2"}  # the password is not on the command line
+    command, env = worker_command([parse_backend("mail", "rq://h")])
+    assert command[-3:] == ["--job-class", "uwsgiconf_mules.remote.Job", "mail"]
+    assert command[5] == "rq.serializers.JSONSerializer"
+    assert env == {"RQ_REDIS_URL": "redis://h:6379/0"}
+
+
+def test_check_describes_routed_farms(tmp_path: Path) -> None:
+    uwsgi = fake_uwsgi(tmp_path / "bin", PIP_CFLAGS)
+    lines = invoke_with(tmp_path, source("routed"), cli, "check", "--uwsgi", str(uwsgi)).stdout.splitlines()
+    assert ("  farm reports: routed to RQ queue 'reports' at redis.internal:6380/2, json arguments (no mules; "
+            "workers: uwsgiconf-mules worker)") in lines
+    assert "  farm mail: routed to RQ queue 'mail' at $REDIS_URL, pickle arguments (no mules; workers: " \
+           "uwsgiconf-mules worker)" in lines

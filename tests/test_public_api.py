@@ -12,7 +12,8 @@ import pytest
 import uwsgiconf_mules
 
 PUBLIC_MODULES = ["uwsgiconf_mules", "uwsgiconf_mules.runtime", "uwsgiconf_mules.errors",
-                  "uwsgiconf_mules.config", "uwsgiconf_mules.cli", "uwsgiconf_mules.testing"]
+                  "uwsgiconf_mules.config", "uwsgiconf_mules.cli", "uwsgiconf_mules.testing",
+                  "uwsgiconf_mules.remote"]
 
 
 def test_every_other_module_is_visibly_internal() -> None:
@@ -39,6 +40,7 @@ def test_package_exports() -> None:
     assert sorted(uwsgiconf_mules.__all__) == [
         "DeclarationsMissingError", "DeliveryError", "MuleFarm", "MulesConfigurationError", "MulesError",
         "MulesRuntimeError", "NotInMuleError", "PayloadError", "ReturnValueWarning", "Section", "UnknownTargetError",
+        "UnknownTaskError",
         "UsageError", "__version__",
     ]
     assert uwsgiconf_mules.__version__ == importlib.metadata.version("uwsgiconf-mules")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import invoke_with, normalise
+from helpers import invoke, invoke_with, normalise
 from uwsgiconf_mules._uwsgi_build import OLDEST_SUPPORTED
 from uwsgiconf_mules.cli import cli
 
@@ -88,3 +88,21 @@ def test_testing_example_runs_with_the_plugin(tmp_path: Path) -> None:
                           env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
+
+
+def test_routing_section_declaration_compiles_and_its_commands_exist(tmp_path: Path) -> None:
+    text = section("When one machine is not enough")
+    declaration = re.search(r"```python\n(.*?)```", text, re.S)
+    assert declaration
+    body = ("from uwsgiconf_mules import Section\nsection = Section()\n" + declaration[1]
+            + "uwsgi_configuration = section.as_configuration()\n")
+    record = invoke_with(tmp_path, body, cli, "record")
+    assert record.returncode == 0, record.stderr
+    assert ";farm=thumbnails:1,2;" in record.stdout
+    assert record.stdout.strip().endswith(";route=reports:rq://redis.internal:6379/0?queue=reports")
+    synopsis = re.search(r"```sh\n(uwsgiconf-mules worker .*?)\n```", text, re.S)
+    assert synopsis
+    helped = invoke(tmp_path, cli, "worker", "--help").stdout
+    for option in re.findall(r"--[a-z-]+", synopsis[1]):
+        assert option in helped
+    assert 'export UWSGICONF_MULES="$(uwsgiconf-mules record)"' in text

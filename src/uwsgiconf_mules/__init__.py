@@ -21,6 +21,7 @@ from .errors import (
     PayloadError as PayloadError,
     ReturnValueWarning as ReturnValueWarning,
     UnknownTargetError as UnknownTargetError,
+    UnknownTaskError as UnknownTaskError,
     UsageError as UsageError,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "ReturnValueWarning",
     "Section",
     "UnknownTargetError",
+    "UnknownTaskError",
     "UsageError",
     "__version__",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+from ._backends import Backend, parse_backend
 from .errors import MulesConfigurationError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -232,12 +233,14 @@ class Declarations:
     :param deploy: ``(path, mode)``: touching ``path`` makes workers and mules run new code, by a
         graceful reload of the whole instance (``reload``) or a chain reload of the workers and a
         reload of the mules (``chain``, for ``--lazy-apps``); or None.
+    :param backends: Farms routed to a distributed task engine instead of mules (see
+        :mod:`uwsgiconf_mules._backends`), in declared order.
     """
 
-    __slots__ = ("_farms_by_name", "deploy", "dispatch_script", "farms", "harakiri", "msg_size", "programs",
-                 "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
+    __slots__ = ("_backends_by_name", "_farms_by_name", "backends", "deploy", "dispatch_script", "farms", "harakiri",
+                 "msg_size", "programs", "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
     _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
-               "dispatch_script", "spool_dir", "deploy")
+               "dispatch_script", "spool_dir", "deploy", "backends")
 
     def __init__(
         self,
@@ -252,8 +255,11 @@ class Declarations:
         dispatch_script: str | None = None,
         spool_dir: str | None = None,
         deploy: tuple[str, str] | None = None,
+        backends: tuple[Backend, ...] = (),
     ) -> None:
         self.programs = programs
+        self.backends = backends
+        self._backends_by_name = {backend.farm: backend for backend in backends}
         self.deploy = deploy
         self.dispatch_script = dispatch_script
         self.spool_dir = spool_dir
@@ -302,6 +308,13 @@ class Declarations:
         """
         return self._farms_by_name.get(name)
 
+    def get_backend(self, name: str) -> Backend | None:
+        """The backend farm ``name`` is routed to, or None (a farm of mules, or no such farm).
+
+        :param name: Farm name.
+        """
+        return self._backends_by_name.get(name)
+
     def farms_of(self, mule_id: int) -> tuple[FarmSpec, ...]:
         """Farms that mule ``mule_id`` belongs to, in declared order.
 
@@ -313,7 +326,8 @@ class Declarations:
         """A one-line summary of what is declared, for error messages."""
         farms = ", ".join(f"{farm.name!r} (mules {', '.join(map(str, farm.mules))})" for farm in self.farms)
         mules = f"mules 1..{self.mule_count}" if self.mule_count else "no mules"
-        return f"{mules}; farms: {farms or 'none'}"
+        routed = "".join(f", {backend.farm!r} (routed to {backend.scheme.upper()})" for backend in self.backends)
+        return f"{mules}; farms: {(farms + routed).lstrip(', ') or 'none'}"
 
     def options(self) -> list[tuple[str, str]]:
         """uWSGI options for this declaration, in the order they are emitted."""
@@ -358,6 +372,7 @@ class Declarations:
             fields.append(f"dispatch={self.dispatch_script}")
         if self.spool_dir is not None:
             fields.append(f"spool={self.spool_dir}")
+        fields.extend(f"route={backend.farm}:{backend.url()}" for backend in self.backends)
         return ";".join(fields)
 
 
@@ -424,6 +439,7 @@ def declare(
     spool_dir: object = None,
     deploy_touch: object = None,
     deploy_mode: object = None,
+    backends: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -450,6 +466,8 @@ def declare(
     :param deploy_mode: ``reload`` (default): a graceful reload of the whole instance, the only
         way for mules to get new code when the app is loaded before the fork; ``chain``: with
         ``--lazy-apps``, a chain reload of the workers and a reload of the mules.
+    :param backends: Farm name -> backend URL: farms routed to a distributed task engine instead
+        of mules (see :mod:`uwsgiconf_mules._backends`); they spend no mules.
     :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
     :raises MulesConfigurationError: naming what is wrong.
     """
@@ -492,6 +510,7 @@ def declare(
 
     paths = _touch_paths(touch_reload)
     return Declarations(
+        backends=_backends(backends, seen),
         dispatch_script=_dispatch_script() if None in programs else None,
         spool_dir=_spool_dir(spool_dir) if None in programs else None,
         deploy=_deploy(deploy_touch, deploy_mode),
@@ -503,6 +522,23 @@ def declare(
         touch_reload=paths,
         send_timeout=_send_timeout(send_timeout),
     )
+
+
+def _backends(backends: object, farms: set[str]) -> tuple[Backend, ...]:
+    if backends is None:
+        return ()
+    if not isinstance(backends, dict):
+        raise MulesConfigurationError(
+            f"offload backends must be a mapping of farm name to URL, not {backends!r}", culprit=backends)
+    routed = []
+    for name, url in backends.items():
+        validate_farm_name(name)
+        if name in farms:
+            raise MulesConfigurationError(
+                f"farm {name!r} is declared with mules and routed to an offload backend; a routed farm spends no "
+                "mules: remove it from the mule farms", culprit=name)
+        routed.append(parse_backend(name, url))
+    return tuple(routed)
 
 
 def default_spool_dir(section: str = "uwsgi") -> str:
@@ -603,6 +639,7 @@ def parse_record(text: str) -> Declarations:
     farms: list[FarmSpec] = []
     numbers: dict[str, float] = {}
     dispatch = spool = None
+    backends: list[Backend] = []
     try:
         for item in fields[1:]:
             key, _, value = item.partition("=")
@@ -617,11 +654,14 @@ def parse_record(text: str) -> Declarations:
                 dispatch = value
             elif key == "spool":
                 spool = value
+            elif key == "route":
+                name, _, url = value.partition(":")
+                backends.append(parse_backend(name, url))
             elif key in ("msg-size", "harakiri", "reload-mercy", "send-timeout"):
                 numbers[key] = float(value)
             else:
                 raise ValueError(f"unknown field {key!r}")
-    except ValueError as exc:
+    except (ValueError, MulesConfigurationError) as exc:
         raise MulesConfigurationError(f"malformed {RECORD_ENV} record {text!r}: {exc}", culprit=text) from None
     msg_size = numbers.get("msg-size")
     harakiri = numbers.get("harakiri")
@@ -634,4 +674,5 @@ def parse_record(text: str) -> Declarations:
         dispatch_script=dispatch,
         spool_dir=spool,
         reload_mercy=None if "reload-mercy" not in numbers else int(numbers["reload-mercy"]),
+        backends=tuple(backends),
     )

@@ -236,16 +236,20 @@ class Route:
     :param limit: Largest message the target reads whole, in bytes.
     :param timeout: Seconds a sender waits for room in a full queue.
     :param refused: Why nothing may be sent to this target, or None.
+    :param sender: For a farm routed to an offload backend, the function that sends an
+        offloaded call's envelope there (see :mod:`uwsgiconf_mules._backends`); None for mules.
     """
 
-    __slots__ = ("dest", "label", "limit", "refused", "timeout")
+    __slots__ = ("dest", "label", "limit", "refused", "sender", "timeout")
 
-    def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float, refused: str | None = None) -> None:
+    def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float, refused: str | None = None,
+                 *, sender: Callable[[bytes, int | bytes], bool] | None = None) -> None:
         self.dest = dest
         self.label = label
         self.limit = limit
         self.timeout = timeout
         self.refused = refused
+        self.sender = sender
 
     def refuse(self, message: bytes, dest: int | bytes) -> bool:
         """Raise :class:`~uwsgiconf_mules.errors.DeliveryError` for :attr:`refused` (the sending

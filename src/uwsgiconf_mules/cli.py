@@ -19,6 +19,7 @@ from uwsgiconf.exceptions import ConfigurationError
 from uwsgiconf.utils import ConfModule
 
 from . import _spool
+from ._backends import ENGINES
 from ._declarations import RECORD_ENV, Declarations, parse_record
 from ._formats import FORMATS, YAML_DIALECTS, collect, render
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
@@ -112,28 +113,106 @@ def check(uwsgi: str | None, conf: str) -> None:
     sys.exit(1 if problems else 0)
 
 
-def _spools(conf: str) -> list[tuple[str, _spool.Spool]]:
-    """(what, spool) for every section of CONF with dispatch mules: CONF is a configuration
-    module, or a compiled config (its declarations record is read)."""
+def _declared(conf: str) -> list[tuple[str, Declarations]]:
+    """(what, declarations) for every section of CONF that declares mules or routed farms: CONF is a
+    configuration module, or a compiled config (its declarations records are read)."""
     found = []
     if conf.endswith(".py"):
         for configuration in configurations(conf):
             for section in configuration.sections:
                 declarations = getattr(section, "mules_declarations", None)
-                if declarations is not None and declarations.spool_dir:
-                    found.append((f"section '{section.name}'", _spool.Spool(declarations.spool_dir)))
+                if declarations is not None:
+                    found.append((f"section '{section.name}'", declarations))
         return found
     with open(conf, encoding="utf-8") as handle:
         text = handle.read()
     for number, line in enumerate(text.splitlines(), 1):
         _, marker, record = line.partition(f"{RECORD_ENV}=")
         if marker:
-            spool_dir = parse_record(record.strip()).spool_dir
-            if spool_dir:
-                found.append((f"line {number}", _spool.Spool(spool_dir)))
-    if not found:
+            found.append((f"line {number}", parse_record(record.strip().rstrip('"'))))
+    return found
+
+
+def _spools(conf: str) -> list[tuple[str, _spool.Spool]]:
+    """(what, spool) for every section of CONF with dispatch mules (see :func:`_declared`)."""
+    found = [(what, _spool.Spool(declarations.spool_dir)) for what, declarations in _declared(conf)
+             if declarations.spool_dir]
+    if not found and not conf.endswith(".py"):
         raise ConfigurationError(f"{conf} declares no dispatch mules (no {RECORD_ENV} record with a spool)")
     return found
+
+
+def _one(conf: str, section: str | None, routed: bool = False) -> Declarations:
+    """The declarations of the one section of CONF that has them (with ``routed``: that routes farms),
+    or of ``section`` (its name, or ``line N`` of a compiled config)."""
+    found = [(what, declarations) for what, declarations in _declared(conf)
+             if declarations.backends or not routed]
+    if section is not None:
+        found = [(what, declarations) for what, declarations in found if what in (f"section '{section}'", section)]
+    kind = "farms routed to an offload backend" if routed else f"declarations ({RECORD_ENV} record)"
+    if not found:
+        raise ConfigurationError(f"{conf} has no {kind}{f' in {section!r}' if section else ''}")
+    if len(found) > 1:
+        raise ConfigurationError(f"{conf} has {kind} in {', '.join(what for what, _ in found)}: name one with "
+                                 "--section")
+    return found[0][1]
+
+
+opt_section = click.option("--section", metavar="NAME", default=None,
+                           help="The section to read, when CONF has several (its name; `line N` of a compiled "
+                                "config).")
+
+
+@cli.command()
+@opt_section
+@arg_conf
+def record(section: str | None, conf: str) -> None:
+    """Print the declarations record of CONF (a uwsgicfg.py, default, or a compiled config): the value
+    of UWSGICONF_MULES, which the runtime reads outside uWSGI (scripts, RQ workers on other hosts).
+
+    \b
+        export UWSGICONF_MULES="$(uwsgiconf-mules record)"
+    """
+    with _errors():
+        declarations = _one(conf, section)
+    click.echo(declarations.record())
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option("--farm", "farms", metavar="NAME", multiple=True,
+              help="Work for this routed farm only (repeatable); default: every routed farm.")
+@click.option("--worker-class", metavar="CLASS", default=None,
+              help="The engine's worker class, e.g. rq.worker.SimpleWorker (default: the engine's forking worker).")
+@opt_section
+@arg_conf
+def worker(burst: bool, farms: tuple[str, ...], worker_class: str | None, section: str | None, conf: str) -> None:
+    """Start a worker for the farms CONF (a uwsgicfg.py, default, or a compiled config) routes to RQ:
+    `rq worker` with the Redis URL, the queues and the serializer the declaration names, and the
+    declarations record in its environment. Credentials are read from the environment variables the
+    URL names; the URL reaches the worker in its environment, not on its command line.
+    """
+    from importlib import import_module
+
+    with _errors():
+        declarations = _one(conf, section, routed=True)
+        backends = list(declarations.backends)
+        unknown = [farm for farm in farms if declarations.get_backend(farm) is None]
+        if unknown:
+            raise ConfigurationError(f"farm {unknown[0]!r} is not routed to an offload backend in {conf}; routed: "
+                                     f"{', '.join(b.farm for b in backends)}")
+        if farms:
+            backends = [backend for backend in backends if backend.farm in farms]
+        schemes = sorted({backend.scheme for backend in backends})
+        if len(schemes) > 1:
+            raise ConfigurationError(f"the routed farms use several engines ({', '.join(schemes)}): start one worker "
+                                     "per engine with --farm")
+        command, env = import_module(ENGINES[schemes[0]]).worker_command(backends, burst, worker_class)
+    click.echo(f"uwsgiconf-mules: starting {schemes[0]} worker for farm(s) {', '.join(b.farm for b in backends)}",
+               err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, {**os.environ, **env, RECORD_ENV: declarations.record()})
 
 
 def _key(payload: bytes) -> str:
@@ -240,6 +319,8 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
         lines.append(f"farm {farm.name}: mules {_ids(farm.mules)}")
     if not declarations.farms:
         lines.append("farms: none")
+    lines.extend(f"farm {backend.farm}: routed to {backend.where()}, {backend.serializer} arguments (no mules; "
+                 "workers: uwsgiconf-mules worker)" for backend in declarations.backends)
     limit = socket_message_limit(declarations.msg_size)
     programmed_limit = min(limit, PROGRAMMED_READ_LIMIT)
     lines.append(f"largest message: {limit} bytes to dispatch mules, {programmed_limit} bytes to programmed "

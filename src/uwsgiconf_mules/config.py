@@ -97,6 +97,33 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         }
         params = dict(section._mules_params)
         params.update({key: value for key, value in given.items() if value is not None})
+        return self._declare(params)
+
+    def set_offload_backends(self, **farms: str) -> Section:
+        """Route farms to a distributed task engine (RQ) instead of mules: offloaded calls to
+        such a farm become jobs that the engine's workers run, on this machine or others.
+
+        .. code-block:: python
+
+            section.workers.set_offload_backends(reports='rq://redis.internal:6379/0?queue=reports')
+
+        Application code is unchanged: ``@Farm('reports').offload()`` and
+        ``@mule_offload('reports')`` enqueue jobs. A routed farm spends no mules; start its
+        workers with ``uwsgiconf-mules worker``. Calling it again replaces the routes given
+        before. Credentials never go into the config: the URL names environment variables.
+
+        :param farms: Farm name -> URL, ``rq://HOST[:PORT][/DB][?queue=NAME]`` with optional
+            ``serializer=json|pickle`` (default ``json``), ``password_env=VAR``,
+            ``connect_timeout=SECONDS``; or ``rq://?url_env=VAR`` where environment variable
+            ``VAR`` holds the whole Redis URL, read at run time.
+        :raises MulesConfigurationError: naming the farm and the part of the URL at fault.
+        """
+        params = dict(self._section._mules_params)
+        params["backends"] = dict(farms)
+        return self._declare(params)
+
+    def _declare(self, params: dict[str, object]) -> Section:
+        section: Section = self._section
         params.setdefault("spool_dir", default_spool_dir(str(section.name)))
         declarations = declare(**params)  # validates before anything is changed
 

@@ -10,9 +10,12 @@ Every exception (and the one warning) the project raises derives from one root::
     │   ├── UnknownTargetError    (also ValueError) a mule id or farm name that is not declared
     │   ├── NotInMuleError        (also ValueError) reading messages outside a mule
     │   ├── PayloadError          (also ValueError) a message too large, or arguments that
-    │   │                         cannot be pickled
+    │   │                         cannot be pickled (or, for a farm routed to RQ, encoded as JSON)
     │   ├── DeliveryError         the queue stayed full until the send timeout (of the send, or
-    │   │                         of the request) ran out, or was full for a ``nowait`` call
+    │   │                         of the request) ran out, or was full for a ``nowait`` call, or
+    │   │                         the offload backend did not accept the call
+    │   ├── UnknownTaskError      (also LookupError) a job naming a task key that no
+    │   │                         mule_offload registered
     │   ├── DeclarationsMissingError
     │   │                         running under uWSGI without the declarations record
     │   └── UsageError            (also TypeError) the API used in a way that cannot be right,
@@ -37,6 +40,7 @@ __all__ = [
     "PayloadError",
     "ReturnValueWarning",
     "UnknownTargetError",
+    "UnknownTaskError",
     "UsageError",
 ]
 
@@ -93,7 +97,8 @@ class PayloadError(MulesRuntimeError, ValueError):
 
 class DeliveryError(MulesRuntimeError):
     """The target's queue stayed full until the send timeout (of this send, or of all the sends of
-    the request) ran out, or was full for a ``nowait`` call; the message was not sent.
+    the request) ran out, or was full for a ``nowait`` call, or the offload backend a farm is
+    routed to did not accept the call (down, silent, refusing); the message was not sent.
 
     :param message: What was not delivered, where to, and for how long it was retried.
     :param target: The mule id or farm name.
@@ -102,6 +107,19 @@ class DeliveryError(MulesRuntimeError):
     def __init__(self, message: str, *, target: object = None) -> None:
         super().__init__(message)
         self.target = target
+
+
+class UnknownTaskError(MulesRuntimeError, LookupError):
+    """A job (of a farm routed to an offload backend) names a task key that no ``mule_offload``
+    registered: nothing is run.
+
+    :param message: What was refused and why.
+    :param key: The task key at fault.
+    """
+
+    def __init__(self, message: str, *, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DeclarationsMissingError(MulesRuntimeError):

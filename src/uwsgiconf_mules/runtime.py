@@ -19,7 +19,9 @@ How a call travels: ``mule_offload`` registers the function (:mod:`._tasks`) and
 envelope encoder (:mod:`._protocol`); a call encodes its arguments and sends the envelope
 through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is full
 (:mod:`._sending`); a dispatch mule reads its queues (:mod:`._queues`) in its loop
-(:mod:`._dispatch`) and runs the call.
+(:mod:`._dispatch`) and runs the call. A farm routed to an offload backend (declared with
+``set_offload_backends``, see :mod:`._backends`) has no mules: its route's send function hands
+the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside alike.
 
 Importing this module has no side effects: it installs no hook and imports neither jinja2,
 click nor uwsgiconf's configuration machinery.
@@ -37,6 +39,8 @@ from . import (
     _protocol,
     _tasks,
 )
+from ._backends import ENGINES as _ENGINES
+from ._declarations import FarmSpec as _FarmSpec
 from ._limits import socket_message_limit
 from ._sending import (
     Route as _Route,
@@ -53,6 +57,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, ParamSpec, Protocol, TypeVar
+
+    from ._backends import Backend as _Backend
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
@@ -222,7 +228,8 @@ class Farm:
     ``section.workers.set_mules_params(farms=section.workers.mule_farm('myfarm', 2))``.
 
     :param name: Farm name. When the declarations are known (always inside uWSGI), an
-        undeclared name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError`.
+        undeclared name raises :class:`~uwsgiconf_mules.errors.UnknownTargetError`. A farm
+        routed to an offload backend has no mules; calls offloaded to it become the engine's jobs.
     :param mules: Mule ids of the farm. Optional: the declared ones are used; given ids that
         differ from the declared ones raise :class:`~uwsgiconf_mules.errors.UnknownTargetError`.
     """
@@ -236,6 +243,11 @@ class Farm:
         ids = None if mules is None else [_check_mule_id(mule, declarations) for mule in mules]
         if declarations is not None:
             spec = declarations.get_farm(name)
+            if spec is None and declarations.get_backend(name) is not None:
+                if ids:
+                    raise UnknownTargetError(
+                        f"farm {name!r} is routed to an offload backend and has no mules, not {ids}", target=name)
+                spec = _FarmSpec(name, ())
             if spec is None:
                 raise UnknownTargetError(
                     f"farm {name!r} is not declared; declared: {declarations.describe()}{_recompile()}", target=name)
@@ -262,8 +274,11 @@ class Farm:
 
     def _route(self) -> _Route:
         declarations = _instance.required_declarations()
+        backend = declarations.get_backend(self.name) if declarations is not None else None
         if declarations is None:
             limit, timeout, refused = socket_message_limit(None), 0.0, None
+        elif backend is not None:
+            return _remote_route(self.name, backend, declarations.send_timeout)
         else:
             spec = declarations.get_farm(self.name)
             if spec is None:
@@ -277,7 +292,8 @@ class Farm:
 
     @classmethod
     def get_farms(cls) -> list[Farm]:
-        """All declared farms, in declared order, with their mules.
+        """All declared farms of mules, in declared order, with their mules (farms routed to an
+        offload backend are no uWSGI farms, and are not listed).
 
         .. code-block:: python
 
@@ -346,9 +362,13 @@ class Farm:
         :raises PayloadError: if the message is larger than the farm's mules read whole.
         :raises DeliveryError: if the queue stayed full until the send timeout.
         :raises UsageError: if the farm has dispatch mules: they run offloaded calls and would
-            drop a plain message.
+            drop a plain message; or if the farm is routed to an offload backend, which runs
+            offloaded calls only.
         """
         declarations = _instance.declarations()
+        if declarations is not None and declarations.get_backend(self.name) is not None:
+            raise UsageError(f"Farm({self.name!r}).send(): farm {self.name!r} is routed to an offload backend, "
+                             "which runs offloaded calls only; offload a function to it")
         if declarations is not None:
             spec = declarations.get_farm(self.name)
             dispatchers = [i for i in (spec.mules if spec else ()) if i in declarations.dispatchers]
@@ -401,6 +421,16 @@ def _unrunnable(func: Callable[..., Any], module: str, qualname: str) -> str:
     return ""
 
 
+def _remote_route(name: str, backend: _Backend, timeout: float) -> _Route:
+    """The route of a farm routed to an offload backend: no size limit of a mule queue, and the
+    backend's own send function (its engine's module is imported here, only for such a farm)."""
+    from importlib import import_module
+
+    engine = import_module(_ENGINES[backend.scheme])
+    label = f"farm {name!r} ({backend.where()})"
+    return _Route(name.encode(), label, sys.maxsize, timeout, sender=engine.sender(backend, label, timeout))
+
+
 def _run_inline(message: bytes, dest: int | bytes) -> bool:
     """Outside uWSGI, an offloaded call runs here, from its encoded message."""
     _tasks.run(message)
@@ -435,10 +465,12 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
             route = target._route()
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
-            if uwsgi is None:  # a test mode (uwsgiconf_mules.testing) records or runs calls its own way
-                send = _instance.local_send or _run_inline
+            if uwsgi is None and _instance.local_send is not None:  # a test mode (uwsgiconf_mules.testing)
+                send = _instance.local_send  # records or runs calls its own way, routed farms' calls too
+            elif route.sender is not None:  # a farm routed to an offload backend
+                send = route.sender
             else:
-                send = route.refuse if route.refused else uwsgi.mule_msg
+                send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
         return route
 
     def forget() -> None:

@@ -1,0 +1,130 @@
+"""Farms routed to RQ in a real uWSGI: workers and mules enqueue to a real redis-server, with and
+without ``--lazy-apps``, and ``uwsgiconf-mules worker --burst`` (RQ's forking worker, and its
+SimpleWorker) runs every call exactly once; a Redis stopped mid-run gives ``DeliveryError``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+import rq
+
+from harness import BIN, Server
+from redis_server import RedisServer
+
+CONFIG = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=1, send_timeout={send_timeout})
+section.workers.set_offload_backends(reports='rq://127.0.0.1:{port}/0?queue=reports')
+uwsgi_configuration = section.as_configuration()
+"""
+
+APP = '''
+@Farm("reports").offload()
+def report(i, origin):
+    record("report", i=i, origin=origin)
+
+
+@mule_offload(1)
+def relay(i):
+    report(i, "mule")  # offloaded from a mule to RQ
+
+
+@route("/fill")
+def fill(query):
+    return sum(report(i, "worker") for i in range(int(query)))
+
+
+@route("/relay")
+def relay_many(query):
+    return sum(relay(i) for i in range(int(query)))
+
+
+@route("/send")
+def send(query):
+    try:
+        return report(int(query), "worker")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+'''
+
+
+def run_worker(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """``uwsgiconf-mules worker --burst ARGS uwsgicfg.py`` in the app's directory, as a worker host runs it."""
+    proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", *args, "uwsgicfg.py"],
+                          cwd=server.directory, env=dict(os.environ, TEST_RESULTS=str(server.results)),
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def queued(redis: RedisServer) -> int:
+    return len(rq.Queue("reports", connection=redis.client()))
+
+
+def wait_queued(redis: RedisServer, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while queued(redis) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{queued(redis)} jobs queued, not {count}, after {timeout} s")
+        time.sleep(0.05)
+
+
+def our_client_pids(redis: RedisServer) -> list[int]:
+    names = [client["name"] for client in redis.client().client_list()]
+    return sorted(int(name.rpartition(":")[2]) for name in names if name.startswith("uwsgiconf-mules:"))
+
+
+@pytest.mark.parametrize(("lazy", "worker_args"), [(False, ()), (True, ("--worker-class", "rq.worker.SimpleWorker"))],
+                         ids=["prefork-forking-worker", "lazy-apps-simple-worker"])
+def test_workers_and_mules_enqueue_and_an_rq_worker_runs_each_call_once(
+        uwsgi_server: Callable[..., Server], empty_redis: RedisServer, lazy: bool, worker_args: tuple[str, ...],
+        ) -> None:
+    server = uwsgi_server(CONFIG.format(port=empty_redis.port, send_timeout=5), APP,
+                          extra_args=("--lazy-apps",) if lazy else ())
+    assert server.get("/fill?20") == (200, 20)
+    assert server.get("/fill?20") == (200, 20)
+    assert server.get("/relay?10") == (200, 10)
+    wait_queued(empty_redis, 50)
+    assert server.lines("report") == []  # nothing ran in uWSGI: the farm has no mules
+
+    # No connection from the master (the app is loaded there before the fork, without --lazy-apps);
+    # at most one per process that sent.
+    pids = our_client_pids(empty_redis)
+    assert server.proc.pid not in pids
+    assert len(pids) == len(set(pids))
+    mule = server.mule_pids()[1]
+    assert mule in pids
+    workers = [int(pid) for pid in re.findall(r"spawned uWSGI worker \d+ \(pid: (\d+)", server.log())]
+    assert set(pids) - {mule} <= set(workers)
+
+    worker = run_worker(server, *worker_args)
+    assert "starting rq worker for farm(s) reports" in worker.stderr
+    runs = server.lines("report")
+    assert sorted((run["origin"], run["i"]) for run in runs) == sorted(
+        [("worker", i) for i in range(20)] * 2 + [("mule", i) for i in range(10)])
+    assert {run["mule"] for run in runs} == {0}  # run by RQ, outside uWSGI
+    assert queued(empty_redis) == 0
+
+
+def test_redis_stopped_mid_run_is_a_delivery_error_not_a_lost_call(
+        uwsgi_server: Callable[..., Server], own_redis: RedisServer) -> None:
+    server = uwsgi_server(CONFIG.format(port=own_redis.port, send_timeout=1), APP)
+    assert server.get("/send?1") == (200, True)
+    run_worker(server, "--worker-class", "rq.worker.SimpleWorker")
+    own_redis.stop()
+    for i in (2, 3):  # both workers may answer: neither reports a call queued
+        status, body = server.get(f"/send?{i}")
+        assert status == 200
+        assert body.startswith("DeliveryError: app:report to farm 'reports' (RQ queue 'reports' at 127.0.0.1:"), body
+        assert "the call was not queued" in body
+    own_redis.start()  # same port, empty: the workers' clients connect again
+    assert server.get("/send?4") == (200, True)
+    assert server.get("/send?5") == (200, True)
+    run_worker(server, "--worker-class", "rq.worker.SimpleWorker")
+    assert sorted(run["i"] for run in server.lines("report")) == [1, 4, 5]

@@ -1,0 +1,30 @@
+"""Offloaded functions of the RQ tests (a module imported by name, as offloaded functions must
+be): each appends its call to ``CALLS``, in whichever process runs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uwsgiconf_mules.runtime import Farm, mule_offload
+
+CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+
+@Farm("reports").offload()
+def report(number: Any, *more: Any, **options: Any) -> str:
+    CALLS.append(("report", (number, *more), options))
+    return f"report {number}"
+
+
+@mule_offload("reports")
+def send_mail(to: Any, when: Any = None) -> None:
+    CALLS.append(("send_mail", (to,), {"when": when}))
+
+
+@Farm("pickled").offload()
+def pickled(value: Any) -> None:
+    CALLS.append(("pickled", (value,), {}))
+
+
+def not_offloaded(value: Any) -> None:
+    CALLS.append(("not_offloaded", (value,), {}))
