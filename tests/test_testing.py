@@ -331,3 +331,31 @@ def test_pytest_plugin_provides_the_fixtures(tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout
+
+
+ROUTED = """
+from uwsgiconf_mules import Section
+
+section = Section(name="uwsgi")
+section.workers.set_mules_params(mules=1, farms=section.workers.mule_farm("mail", [1]))
+section.workers.set_offload_backends(reports="rq://127.0.0.1:1/0?queue=reports&connect_timeout=0.2")
+uwsgi_configuration = section.as_configuration()
+"""
+
+
+@mule_offload("reports")
+def report(day: str) -> None:
+    RAN.append(("reports", day))
+
+
+def test_test_modes_capture_and_run_calls_to_a_farm_routed_to_rq(config: Path) -> None:
+    """A farm routed to RQ (here to a port where nothing listens) is recorded or run by the test
+    modes like any other target: nothing is sent to Redis."""
+    config.write_text(ROUTED)
+    with capture(str(config)) as outbox:
+        assert report("monday") is True
+    assert [(c.key, c.args) for c in outbox] == [(f"{__name__}:report", ("monday",))]
+    assert RAN == []
+    with eager(str(config)):
+        report("tuesday")
+    assert RAN == [("reports", "tuesday")]
