@@ -41,6 +41,7 @@ __all__ = [
     "default_spool_dir",
     "parse_record",
     "validate_farm_name",
+    "validate_mule_init",
 ]
 
 RECORD_ENV = "UWSGICONF_MULES"
@@ -226,12 +227,14 @@ class Declarations:
     :param deploy: ``(path, mode)``: touching ``path`` makes workers and mules run new code, by a
         graceful reload of the whole instance (``reload``) or a chain reload of the workers and a
         reload of the mules (``chain``, for ``--lazy-apps``); or None.
+    :param mule_init: ``package.module:function`` every dispatch mule calls once when it starts,
+        before it runs any call; or None.
     """
 
-    __slots__ = ("_farms_by_name", "deploy", "dispatch_script", "farms", "harakiri", "msg_size", "programs",
-                 "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
+    __slots__ = ("_farms_by_name", "deploy", "dispatch_script", "farms", "harakiri", "msg_size", "mule_init",
+                 "programs", "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
     _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
-               "dispatch_script", "spool_dir", "deploy")
+               "dispatch_script", "spool_dir", "deploy", "mule_init")
 
     def __init__(
         self,
@@ -246,8 +249,10 @@ class Declarations:
         dispatch_script: str | None = None,
         spool_dir: str | None = None,
         deploy: tuple[str, str] | None = None,
+        mule_init: str | None = None,
     ) -> None:
         self.programs = programs
+        self.mule_init = mule_init
         self.deploy = deploy
         self.dispatch_script = dispatch_script
         self.spool_dir = spool_dir
@@ -352,6 +357,8 @@ class Declarations:
             fields.append(f"dispatch={self.dispatch_script}")
         if self.spool_dir is not None:
             fields.append(f"spool={self.spool_dir}")
+        if self.mule_init is not None:
+            fields.append(f"init={self.mule_init}")
         return ";".join(fields)
 
 
@@ -418,6 +425,7 @@ def declare(
     spool_dir: object = None,
     deploy_touch: object = None,
     deploy_mode: object = None,
+    mule_init: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -444,6 +452,8 @@ def declare(
     :param deploy_mode: ``reload`` (default): a graceful reload of the whole instance, the only
         way for mules to get new code when the app is loaded before the fork; ``chain``: with
         ``--lazy-apps``, a chain reload of the workers and a reload of the mules.
+    :param mule_init: ``package.module:function``, called once in every dispatch mule when it
+        starts, before it runs any call (see :func:`validate_mule_init`).
     :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
     :raises MulesConfigurationError: naming what is wrong.
     """
@@ -489,6 +499,7 @@ def declare(
         dispatch_script=_dispatch_script() if None in programs else None,
         spool_dir=_spool_dir(spool_dir) if None in programs else None,
         deploy=_deploy(deploy_touch, deploy_mode),
+        mule_init=None if mule_init is None else validate_mule_init(mule_init),
         programs=programs,
         farms=tuple(specs),
         msg_size=None if msg_buffer is None else _positive_int(msg_buffer, "msg_buffer"),
@@ -527,6 +538,25 @@ def _spool_dir(value: object) -> str:
     if not isinstance(value, str) or not value.strip() or not os.path.isabs(value):
         raise MulesConfigurationError(f"spool_dir must be an absolute path, not {value!r}", culprit=value)
     return _record_path(os.path.normpath(value), "spool_dir")
+
+
+def validate_mule_init(value: object) -> str:
+    """Check a mule start-up hook, ``package.module:function``, and return it.
+
+    :param value: The hook: a dotted module path and a function name (or a dotted attribute path
+        in the module), separated by ``:``.
+    :raises MulesConfigurationError: naming the hook at fault.
+    """
+    if not isinstance(value, str):
+        raise MulesConfigurationError(
+            f"mule_init must be a 'package.module:function' string, not {value!r}", culprit=value)
+    module, colon, name = value.partition(":")
+    parts = [*module.split("."), *name.split(".")]
+    if not colon or not all(part.isidentifier() for part in parts):
+        raise MulesConfigurationError(
+            f"mule_init {value!r} is not 'package.module:function' (a dotted module path, ':', a function "
+            "name in that module)", culprit=value)
+    return value
 
 
 def _deploy(touch: object, mode: object) -> tuple[str, str] | None:
@@ -596,7 +626,7 @@ def parse_record(text: str) -> Declarations:
     programmed: set[int] = set()
     farms: list[FarmSpec] = []
     numbers: dict[str, float] = {}
-    dispatch = spool = None
+    dispatch = spool = init = None
     try:
         for item in fields[1:]:
             key, _, value = item.partition("=")
@@ -611,6 +641,8 @@ def parse_record(text: str) -> Declarations:
                 dispatch = value
             elif key == "spool":
                 spool = value
+            elif key == "init":
+                init = value
             elif key in ("msg-size", "harakiri", "reload-mercy", "send-timeout"):
                 numbers[key] = float(value)
             else:
@@ -627,5 +659,6 @@ def parse_record(text: str) -> Declarations:
         send_timeout=numbers.get("send-timeout", DEFAULT_SEND_TIMEOUT),
         dispatch_script=dispatch,
         spool_dir=spool,
+        mule_init=init,
         reload_mercy=None if "reload-mercy" not in numbers else int(numbers["reload-mercy"]),
     )
