@@ -222,7 +222,8 @@ def _start_signal_thread(uwsgi: Any) -> None:
 
 
 def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
-    """Set this mule up: stop signals, spool (and what it kept for this mule), queues."""
+    """Set this mule up: stop signals, start-up steps (:mod:`._startup`), spool (and what it kept for this
+    mule), queues."""
     global _queues
     try:
         declarations = _instance.required_declarations()
@@ -232,6 +233,9 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     for signum in STOP_SIGNALS:  # instead of uWSGI's handler, which exits at once, mid-call
         signal.signal(signum, _stop)
     _start_signal_thread(uwsgi)
+    from . import _startup  # once per mule: the start-up hook, Django, logging
+
+    _startup.start(mule_id, declarations)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
     if spool is not None:
