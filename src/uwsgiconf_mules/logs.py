@@ -65,13 +65,14 @@ def _from_loop(frame: FrameType) -> str | None:
     # The loop's fast path runs a call straight from its buffer: a registered head up to ``end``.
     local = frame.f_locals
     buffer, end = local.get("buffer"), local.get("end")
-    if not isinstance(buffer, bytearray) or not isinstance(end, int) or end <= 0:
+    if buffer is None or not isinstance(end, int) or end <= 0:
         return NO_TASK
-    if _tasks.HEADS.get(bytes(buffer[:end])) is None:
+    head = bytes(buffer[:end])
+    if _tasks.HEADS.get(head) is None:  # not a call the fast path runs (the loop is elsewhere)
         return NO_TASK
     from ._protocol import KEY_START
 
-    return _text(buffer[KEY_START:end])
+    return _text(head[KEY_START:])
 
 
 def _register_core() -> None:
