@@ -140,6 +140,17 @@ def test_a_failing_task_is_logged_with_its_path(tmp_path: Path) -> None:
     assert "RuntimeError: boom in a task" in proc.stderr
 
 
+def test_a_task_that_cannot_be_imported_in_the_mule_is_reported_as_such(tmp_path: Path) -> None:
+    proc, _ = run_django(tmp_path, """
+        from uwsgiconf_mules.django import _run
+        _run("shop.gone.welcome", "some-id", "default", [], {})
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert ("uwsgiconf-mules: mule 0 cannot import the Django task shop.gone.welcome (ModuleNotFoundError: No module "
+            "named 'shop')") in proc.stderr
+    assert "failed" not in proc.stderr
+
+
 def test_unsupported_features_are_refused_at_enqueue(tmp_path: Path) -> None:
     proc, lines = run_django(tmp_path, """
         import datetime

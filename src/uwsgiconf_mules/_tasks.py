@@ -95,7 +95,7 @@ def find(key: bytes) -> Callable[..., Any] | str:
     try:
         importlib.import_module(module_name)
     except Exception as exc:
-        hint = _import_hint(exc)
+        hint = import_hint(exc)
         log().error("uwsgiconf-mules: mule %d cannot import module %r for task %s%s", current_mule(), module_name,
                     text, hint, exc_info=True)
         return f"cannot import module {module_name!r} for task {text} ({type(exc).__name__}: {exc}){hint}"
@@ -111,8 +111,11 @@ DJANGO_NOT_SET_UP = ("; Django is not set up in this mule: set DJANGO_SETTINGS_M
                      "dispatch mules then call django.setup() (or declare set_mules_params(mule_init=...))")
 
 
-def _import_hint(exc: BaseException) -> str:
-    """What to do about an import failure that says Django is not set up; empty otherwise."""
+def import_hint(exc: BaseException) -> str:
+    """What to do about an import failure that says Django is not set up; empty otherwise.
+
+    :param exc: The exception the import raised.
+    """
     kind = type(exc)
     if kind.__module__.startswith("django.") and kind.__name__ in ("AppRegistryNotReady", "ImproperlyConfigured"):
         return DJANGO_NOT_SET_UP

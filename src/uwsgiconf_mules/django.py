@@ -93,7 +93,13 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
     from django.db import close_old_connections
     from django.utils.module_loading import import_string
 
-    task = import_string(path)
+    try:
+        task = import_string(path)
+    except Exception as exc:  # the task's module: reported as such, not as a failure of this function
+        _tasks.log().error("uwsgiconf-mules: mule %d cannot import the Django task %s (%s: %s)%s",
+                           _tasks.current_mule(), path, type(exc).__name__, exc, _tasks.import_hint(exc),
+                           exc_info=True)
+        return
     started = _now()
     result = _new_result(task, result_id, alias, args, kwargs, status=_base.TaskResultStatus.RUNNING,
                          enqueued_at=started, started_at=started, last_attempted_at=started,
@@ -160,6 +166,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         from django.utils.crypto import get_random_string
 
         result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=_now())
+        # Before the send: outside uWSGI the task runs within it, and its signals follow this one.
         _signals.task_enqueued.send(sender=type(self), task_result=result)
         self._sender(task.queue_name)(task.module_path, result.id, self.alias, list(result.args),
                                       dict(result.kwargs))
