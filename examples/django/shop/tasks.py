@@ -32,3 +32,4 @@ def welcome_task(email: str) -> None:
 async def welcome_async(email: str) -> None:
     """An ``async def`` task: the mule runs it to completion."""
     await Welcome.objects.acreate(email=email, via="async", mule=Mule.get_current_id())
+    log.info("welcomed %s", email)
