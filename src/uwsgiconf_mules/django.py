@@ -105,6 +105,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
                          enqueued_at=started, started_at=started, last_attempted_at=started,
                          worker_ids=[f"mule{_tasks.current_mule()}"])
     backend = type(task.get_backend())
+    running = logs.RUNNING.set(path)  # for the thread asgiref runs an async task in
     close_old_connections()
     try:
         _signals.task_started.send(sender=backend, task_result=result)
@@ -124,6 +125,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         _signals.task_finished.send(sender=backend, task_result=result)
     finally:
         close_old_connections()
+        logs.RUNNING.reset(running)
 
 
 _tasks.register(f"{__name__}:{_run.__qualname__}", _run)  # a mule that imports this module can run it at once

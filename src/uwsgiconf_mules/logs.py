@@ -14,7 +14,8 @@ format (for Django, in ``LOGGING``)::
     "formatters": {"mule": {"format": "mule %(mule)s [%(task)s] %(levelname)s %(name)s: %(message)s"}},
 
 The running task is found only when a record is emitted, from the stack of the thread that emits
-it: running a call costs nothing more. Records emitted outside a task (at start, by a uWSGI signal
+it (or, in a thread a runner handed the task to, from :data:`RUNNING`): running a call costs
+nothing more. Records emitted outside a task (at start, by a uWSGI signal
 handler, in a worker) have ``task`` ``-``; outside a mule ``mule`` is 0.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 from . import _tasks
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import CodeType, FrameType
 
-__all__ = ["FORMAT", "NO_TASK", "MuleFilter", "MuleFormatter", "add_runner", "current_task"]
+__all__ = ["FORMAT", "NO_TASK", "RUNNING", "MuleFilter", "MuleFormatter", "add_runner", "current_task"]
 
 FORMAT = "%(asctime)s mule %(mule)s [%(task)s] %(levelname)s %(name)s: %(message)s"
 """The format of :class:`MuleFormatter`."""
@@ -41,6 +43,12 @@ NO_TASK = "-"
 # Code object of a function that runs a call -> what tells the running task from its frame: a key,
 # None when this frame has none (look further out), or NO_TASK (it runs no known task: stop).
 _RUNNERS: dict[CodeType, Callable[[FrameType], str | None]] = {}
+
+
+RUNNING: ContextVar[str] = ContextVar("uwsgiconf_mules_task", default=NO_TASK)
+"""The task a runner that hands work to other threads is running (the Django backend's, whose
+``async def`` tasks asgiref runs in a thread of its own, with a copy of this context); read when no
+frame of the emitting thread tells."""
 
 
 def add_runner(code: CodeType, key: Callable[[FrameType], str | None]) -> None:
@@ -96,7 +104,7 @@ def current_task() -> str:
             if key is not None:
                 return key
         frame = frame.f_back
-    return NO_TASK
+    return RUNNING.get()
 
 
 class MuleFilter(logging.Filter):
