@@ -233,11 +233,11 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     for signum in STOP_SIGNALS:  # instead of uWSGI's handler, which exits at once, mid-call
         signal.signal(signum, _stop)
     _start_signal_thread(uwsgi)
-    from . import _startup  # once per mule: the start-up hook, Django, logging
-
-    _startup.start(mule_id, declarations)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
+    from . import _startup  # once per mule, before any call runs: the start-up hook, Django, logging
+
+    _startup.start(mule_id, declarations)
     if spool is not None:
         try:
             _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
