@@ -32,7 +32,7 @@ from typing import Any
 
 from django.apps import AppConfig
 
-from . import _instance, _tasks, logs
+from . import _instance, _protocol, _tasks, logs
 from .runtime import Farm, mule_offload
 
 __all__ = ["MulesBackend", "MulesConfig"]
@@ -95,10 +95,10 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
 
     try:
         task = import_string(path)
-    except Exception as exc:  # the task's module: reported as such, not as a failure of this function
-        _tasks.log().error("uwsgiconf-mules: mule %d cannot import the Django task %s (%s: %s)%s",
-                           _tasks.current_mule(), path, type(exc).__name__, exc, _tasks.import_hint(exc),
-                           exc_info=True)
+    except Exception as exc:  # the task's module: reported as such, and kept as a dead letter to replay
+        reason = f"cannot import the Django task {path} ({type(exc).__name__}: {exc}){_tasks.import_hint(exc)}"
+        _tasks.log().error("uwsgiconf-mules: mule %d %s", _tasks.current_mule(), reason, exc_info=True)
+        _tasks.refuse(_encode((path, result_id, alias, args, kwargs), {}), reason)
         return
     started = _now()
     result = _new_result(task, result_id, alias, args, kwargs, status=_base.TaskResultStatus.RUNNING,
@@ -128,7 +128,9 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         logs.RUNNING.reset(running)
 
 
-_tasks.register(f"{__name__}:{_run.__qualname__}", _run)  # a mule that imports this module can run it at once
+_KEY = f"{__name__}:{_run.__qualname__}"
+_tasks.register(_KEY, _run)  # a mule that imports this module can run it at once
+_encode = _protocol.encoder(_KEY)  # the call again, for the dead letter of a task that cannot be imported
 logs.add_runner(_run.__code__, lambda frame: str(frame.f_locals.get("path") or logs.NO_TASK))
 
 

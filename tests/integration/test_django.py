@@ -97,8 +97,15 @@ def test_lazy_apps_without_the_settings_in_the_config_says_why(tmp_path: Path, s
     line = 'section.env("DJANGO_SETTINGS_MODULE", "mysite.settings")'
     server, db = start(tmp_path, "lazy-apps", servers, (line, "pass"))
     assert server.get("/signup?email=lost@example.com") == (200, {"queued": True})
-    log = server.wait_for(lambda: "refused a" in server.log() and server.log(), what="the refusal")
+    assert server.get("/signup?email=lost@example.com&via=task") == (200, {"queued": True})
+    log = server.wait_for(lambda: server.log().count("refused a") == 2 and server.log(), what="two refusals")
     assert "cannot import module 'shop.tasks' for task shop.tasks:welcome" in log
-    assert "Django is not set up in this mule: set DJANGO_SETTINGS_MODULE in the uWSGI config" in log
+    assert "cannot import the Django task shop.tasks.welcome_task" in log
+    assert log.count("Django is not set up in this mule: set DJANGO_SETTINGS_MODULE in the uWSGI config") == 4
     assert "unknown task" not in log
     assert rows(db) == []
+    # Both are kept as dead letters, to replay once the config is fixed.
+    listed = subprocess.run([str(Path(sys.executable).parent / "uwsgiconf-mules"), "spool", "list", "app.ini"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert "dead letters: 2" in listed.stdout, listed.stdout + listed.stderr
+    assert "1 x uwsgiconf_mules.django:_run (cannot import the Django task shop.tasks.welcome_task" in listed.stdout
