@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def start(tmp_path: Path, mode: str, servers: list[Server], config_edit: tuple[s
 
 
 def rows(db: Path) -> list[tuple[str, str, int]]:
-    with sqlite3.connect(db, timeout=10) as connection:
+    with closing(sqlite3.connect(db, timeout=10)) as connection:  # closed: Python 3.13 warns about an unclosed one
         return sorted(connection.execute("select email, via, mule from shop_welcome").fetchall())
 
 
