@@ -59,6 +59,10 @@ workers.set_mules_params(mules=['feeder.py', 'jobs:consume', None, None],
 workers.set_mules_params(mules=2, harakiri_timeout=30, reload_mercy=10, msg_buffer=1048576,
                          touch_reload=['/tmp/reload-mules'], send_timeout=2.5)
 """,
+    # A start-up hook every dispatch mule calls before it runs any call.
+    "init": """
+workers.set_mules_params(farms=workers.mule_farm('mail', 2), mule_init='shop.startup:prepare')
+""",
     # Mixed: a count farm, an id farm, more mules than the farms need, set in two calls.
     "mixed": """
 workers.set_mules_params(mules=6, farms=[workers.mule_farm('io', 2), workers.mule_farm('cpu', [5, 6])])

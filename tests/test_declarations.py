@@ -62,6 +62,14 @@ def test_record_round_trips_and_is_safe_for_ini_and_yaml() -> None:
     assert ("env", f"{RECORD_ENV}={record}") == decl.options()[-1]
 
 
+def test_mule_init_is_recorded_only_when_declared_and_read_back() -> None:
+    assert "init=" not in declare(mules=1).record()
+    decl = declare(mules=1, mule_init="shop.startup:prepare")
+    assert decl.record().endswith(";init=shop.startup:prepare")
+    assert parse_record(decl.record()) == decl
+    assert parse_record(decl.record()).mule_init == "shop.startup:prepare"
+
+
 @pytest.mark.parametrize("record, message", [
     ("v9;mules=1", "record version 'v9' is not 'v2'"),
     ("v1;mules=1", "compiled by another uwsgiconf-mules version; compile it again"),

@@ -1,6 +1,6 @@
-"""What is public: the package root, ``runtime``, ``errors``, ``config`` and the ``cli`` entry
-point. ``__all__`` of each lists exactly its public names; every other module is internal
-(``_name``), except the dispatch mules' entry script."""
+"""What is public: the package root, ``runtime``, ``errors``, ``config``, the ``cli`` entry
+point, ``logs`` and ``django`` (the Django task backend). ``__all__`` of each lists exactly its
+public names; every other module is internal (``_name``), except the dispatch mules' entry script."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import uwsgiconf_mules
 
 PUBLIC_MODULES = ["uwsgiconf_mules", "uwsgiconf_mules.runtime", "uwsgiconf_mules.errors",
                   "uwsgiconf_mules.config", "uwsgiconf_mules.cli", "uwsgiconf_mules.testing",
-                  "uwsgiconf_mules.remote"]
+                  "uwsgiconf_mules.remote", "uwsgiconf_mules.logs",
+                  "uwsgiconf_mules.django"]
 
 
 def test_every_other_module_is_visibly_internal() -> None:

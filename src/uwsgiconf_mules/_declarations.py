@@ -43,6 +43,7 @@ __all__ = [
     "default_spool_dir",
     "parse_record",
     "validate_farm_name",
+    "validate_mule_init",
 ]
 
 RECORD_ENV = "UWSGICONF_MULES"
@@ -233,14 +234,16 @@ class Declarations:
     :param deploy: ``(path, mode)``: touching ``path`` makes workers and mules run new code, by a
         graceful reload of the whole instance (``reload``) or a chain reload of the workers and a
         reload of the mules (``chain``, for ``--lazy-apps``); or None.
+    :param mule_init: ``package.module:function`` every dispatch mule calls once when it starts,
+        before it runs any call; or None.
     :param backends: Farms routed to a distributed task engine instead of mules (see
         :mod:`uwsgiconf_mules._backends`), in declared order.
     """
 
     __slots__ = ("_backends_by_name", "_farms_by_name", "backends", "deploy", "dispatch_script", "farms", "harakiri",
-                 "msg_size", "programs", "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
+                 "msg_size", "mule_init", "programs", "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
     _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
-               "dispatch_script", "spool_dir", "deploy", "backends")
+               "dispatch_script", "spool_dir", "deploy", "mule_init", "backends")
 
     def __init__(
         self,
@@ -255,9 +258,11 @@ class Declarations:
         dispatch_script: str | None = None,
         spool_dir: str | None = None,
         deploy: tuple[str, str] | None = None,
+        mule_init: str | None = None,
         backends: tuple[Backend, ...] = (),
     ) -> None:
         self.programs = programs
+        self.mule_init = mule_init
         self.backends = backends
         self._backends_by_name = {backend.farm: backend for backend in backends}
         self.deploy = deploy
@@ -372,6 +377,8 @@ class Declarations:
             fields.append(f"dispatch={self.dispatch_script}")
         if self.spool_dir is not None:
             fields.append(f"spool={self.spool_dir}")
+        if self.mule_init is not None:
+            fields.append(f"init={self.mule_init}")
         fields.extend(f"route={backend.farm}:{backend.url()}" for backend in self.backends)
         return ";".join(fields)
 
@@ -439,6 +446,7 @@ def declare(
     spool_dir: object = None,
     deploy_touch: object = None,
     deploy_mode: object = None,
+    mule_init: object = None,
     backends: object = None,
     **unsupported: object,
 ) -> Declarations:
@@ -466,6 +474,8 @@ def declare(
     :param deploy_mode: ``reload`` (default): a graceful reload of the whole instance, the only
         way for mules to get new code when the app is loaded before the fork; ``chain``: with
         ``--lazy-apps``, a chain reload of the workers and a reload of the mules.
+    :param mule_init: ``package.module:function``, called once in every dispatch mule when it
+        starts, before it runs any call (see :func:`validate_mule_init`).
     :param backends: Farm name -> backend URL: farms routed to a distributed task engine instead
         of mules (see :mod:`uwsgiconf_mules._backends`); they spend no mules.
     :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
@@ -514,6 +524,7 @@ def declare(
         dispatch_script=_dispatch_script() if None in programs else None,
         spool_dir=_spool_dir(spool_dir) if None in programs else None,
         deploy=_deploy(deploy_touch, deploy_mode),
+        mule_init=None if mule_init is None else validate_mule_init(mule_init),
         programs=programs,
         farms=tuple(specs),
         msg_size=None if msg_buffer is None else _positive_int(msg_buffer, "msg_buffer"),
@@ -569,6 +580,25 @@ def _spool_dir(value: object) -> str:
     if not isinstance(value, str) or not value.strip() or not os.path.isabs(value):
         raise MulesConfigurationError(f"spool_dir must be an absolute path, not {value!r}", culprit=value)
     return _record_path(os.path.normpath(value), "spool_dir")
+
+
+def validate_mule_init(value: object) -> str:
+    """Check a mule start-up hook, ``package.module:function``, and return it.
+
+    :param value: The hook: a dotted module path and a function name (or a dotted attribute path
+        in the module), separated by ``:``.
+    :raises MulesConfigurationError: naming the hook at fault.
+    """
+    if not isinstance(value, str):
+        raise MulesConfigurationError(
+            f"mule_init must be a 'package.module:function' string, not {value!r}", culprit=value)
+    module, colon, name = value.partition(":")
+    parts = [*module.split("."), *name.split(".")]
+    if not colon or not all(part.isidentifier() for part in parts):
+        raise MulesConfigurationError(
+            f"mule_init {value!r} is not 'package.module:function' (a dotted module path, ':', a function "
+            "name in that module)", culprit=value)
+    return value
 
 
 def _deploy(touch: object, mode: object) -> tuple[str, str] | None:
@@ -638,7 +668,7 @@ def parse_record(text: str) -> Declarations:
     programmed: set[int] = set()
     farms: list[FarmSpec] = []
     numbers: dict[str, float] = {}
-    dispatch = spool = None
+    dispatch = spool = init = None
     backends: list[Backend] = []
     try:
         for item in fields[1:]:
@@ -657,6 +687,8 @@ def parse_record(text: str) -> Declarations:
             elif key == "route":
                 name, _, url = value.partition(":")
                 backends.append(parse_backend(name, url))
+            elif key == "init":
+                init = value
             elif key in ("msg-size", "harakiri", "reload-mercy", "send-timeout"):
                 numbers[key] = float(value)
             else:
@@ -673,6 +705,7 @@ def parse_record(text: str) -> Declarations:
         send_timeout=numbers.get("send-timeout", DEFAULT_SEND_TIMEOUT),
         dispatch_script=dispatch,
         spool_dir=spool,
+        mule_init=init,
         reload_mercy=None if "reload-mercy" not in numbers else int(numbers["reload-mercy"]),
         backends=tuple(backends),
     )

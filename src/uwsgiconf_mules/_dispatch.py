@@ -222,7 +222,8 @@ def _start_signal_thread(uwsgi: Any) -> None:
 
 
 def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
-    """Set this mule up: stop signals, spool (and what it kept for this mule), queues."""
+    """Set this mule up: stop signals, start-up steps (:mod:`._startup`), spool (and what it kept for this
+    mule), queues."""
     global _queues
     try:
         declarations = _instance.required_declarations()
@@ -234,6 +235,9 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     _start_signal_thread(uwsgi)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
+    from . import _startup  # once per mule, before any call runs: the start-up hook, Django, logging
+
+    _startup.start(mule_id, declarations)
     if spool is not None:
         try:
             _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)

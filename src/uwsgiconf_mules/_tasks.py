@@ -95,14 +95,31 @@ def find(key: bytes) -> Callable[..., Any] | str:
     try:
         importlib.import_module(module_name)
     except Exception as exc:
-        log().error("uwsgiconf-mules: mule %d cannot import module %r for task %s", current_mule(), module_name,
-                    text, exc_info=True)
-        return f"cannot import module {module_name!r} for task {text} ({type(exc).__name__}: {exc})"
+        hint = import_hint(exc)
+        log().error("uwsgiconf-mules: mule %d cannot import module %r for task %s%s", current_mule(), module_name,
+                    text, hint, exc_info=True)
+        return f"cannot import module {module_name!r} for task {text} ({type(exc).__name__}: {exc}){hint}"
     func = REGISTRY.get(key)  # registered when its module was imported
     if func is None:
         return (f"unknown task {text}: module {module_name!r} registers no function under this key with "
                 "mule_offload (decorate it at module level, and reload the mules after a deploy)")
     return func
+
+
+DJANGO_NOT_SET_UP = ("; Django is not set up in this mule: set DJANGO_SETTINGS_MODULE in the uWSGI config "
+                     "(env), not only in the app's WSGI module, which mules do not run under --lazy-apps; "
+                     "dispatch mules then call django.setup() (or declare set_mules_params(mule_init=...))")
+
+
+def import_hint(exc: BaseException) -> str:
+    """What to do about an import failure that says Django is not set up; empty otherwise.
+
+    :param exc: The exception the import raised.
+    """
+    kind = type(exc)
+    if kind.__module__.startswith("django.") and kind.__name__ in ("AppRegistryNotReady", "ImproperlyConfigured"):
+        return DJANGO_NOT_SET_UP
+    return ""
 
 
 def current_mule() -> int:

@@ -51,6 +51,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         spool_dir: str | None = None,
         deploy_touch: str | None = None,
         deploy_mode: str | None = None,
+        mule_init: str | None = None,
     ) -> Section:
         """Declare mules and mule farms.
 
@@ -86,6 +87,12 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             forked from the master; ``'chain'``: with ``--lazy-apps``, a chain reload of the
             workers (``touch-chain-reload``) and a reload of the mules (``touch-mules-reload``),
             whose dispatch mules import the tasks afresh.
+        :param mule_init: ``'package.module:function'``: every dispatch mule calls it once when it
+            starts, before it runs any call (calls kept in the spool included) and before it
+            imports any task module; for what the app does at start that mules need under
+            ``--lazy-apps`` (which loads the app in workers only). With ``DJANGO_SETTINGS_MODULE``
+            set and Django not set up yet (``--lazy-apps``), dispatch mules then call
+            ``django.setup()``.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
         section: Section = self._section
@@ -93,7 +100,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             "mules": mules, "touch_reload": touch_reload, "harakiri_timeout": harakiri_timeout,
             "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
             "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout, "spool_dir": spool_dir,
-            "deploy_touch": deploy_touch, "deploy_mode": deploy_mode,
+            "deploy_touch": deploy_touch, "deploy_mode": deploy_mode, "mule_init": mule_init,
         }
         params = dict(section._mules_params)
         params.update({key: value for key, value in given.items() if value is not None})

@@ -1,0 +1,9 @@
+"""URLs of the Django example."""
+
+from django.urls import path
+from shop import views
+
+urlpatterns = [
+    path("signup", views.signup),
+    path("ping", views.ping),
+]

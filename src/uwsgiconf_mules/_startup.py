@@ -1,0 +1,113 @@
+"""What a dispatch mule does once when it starts, before it runs any call.
+
+1. The declared start-up hook (``set_mules_params(mule_init='package.module:function')``).
+2. ``django.setup()`` when ``DJANGO_SETTINGS_MODULE`` is set and Django is not set up yet: under
+   ``--lazy-apps`` uWSGI loads the app (whose WSGI module sets Django up) in workers only, and a
+   task module importing models would fail with ``AppRegistryNotReady``. In the pre-fork mode the
+   mule inherits a Django already set up from the master, and nothing is done.
+3. Logging, when nobody configured it (see :mod:`uwsgiconf_mules.logs`).
+
+A step that fails is logged on one line naming it, with its traceback, and the mule goes on:
+a mule that exits at start is respawned by uWSGI at once, again and again, while calls pile up in
+its queue until senders get ``DeliveryError``; running, it keeps taking calls, and a call whose
+task module cannot be imported without the step is refused with a log line and kept as a dead
+letter in the spool, to be replayed after the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import _tasks
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
+if TYPE_CHECKING:
+    from ._declarations import Declarations
+
+DJANGO_SETTINGS = "DJANGO_SETTINGS_MODULE"
+
+
+def run_hook(hook: str, mule_id: int) -> bool:
+    """Import and call ``hook`` (``package.module:function``); log on one line when it fails.
+
+    :param hook: The hook, as declared.
+    :param mule_id: This mule's id, for the log.
+    :returns: Whether the hook ran without an exception.
+    """
+    import importlib
+
+    module_name, _, name = hook.partition(":")
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in name.split("."):
+            target = getattr(target, part)
+        if not callable(target):
+            raise TypeError(f"{hook} is not callable")
+        target()
+    except Exception as exc:
+        _tasks.log().error("uwsgiconf-mules: mule %d: the mule_init hook %s failed (%s: %s); the mule runs on "
+                           "without it", mule_id, hook, type(exc).__name__, exc, exc_info=True)
+        return False
+    return True
+
+
+def django_needs_setup() -> bool:
+    """Whether ``DJANGO_SETTINGS_MODULE`` is set and Django's apps are not loaded yet in this process."""
+    if not os.environ.get(DJANGO_SETTINGS):
+        return False
+    apps = sys.modules.get("django.apps")
+    return apps is None or not apps.apps.ready
+
+
+def setup_django(mule_id: int) -> bool:
+    """``django.setup()``, logged on one line when it fails.
+
+    :param mule_id: This mule's id, for the log.
+    :returns: Whether it succeeded.
+    """
+    try:
+        import django
+
+        django.setup()
+    except Exception as exc:
+        _tasks.log().error("uwsgiconf-mules: mule %d: django.setup() failed (%s: %s) with %s=%s; tasks that use "
+                           "Django will not run", mule_id, type(exc).__name__, exc, DJANGO_SETTINGS,
+                           os.environ.get(DJANGO_SETTINGS), exc_info=True)
+        return False
+    return True
+
+
+def install_logging() -> bool:
+    """Send records of level INFO and up to stderr (uWSGI's log) with :class:`~uwsgiconf_mules.logs.MuleFormatter`,
+    unless the root logger already has a handler (the app configured logging: it is left alone).
+
+    :returns: Whether the handler was installed.
+    """
+    import logging
+
+    root = logging.getLogger()
+    if root.handlers:
+        return False
+    from .logs import MuleFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(MuleFormatter())
+    root.addHandler(handler)
+    if root.level == logging.WARNING:  # the default: nobody chose it
+        root.setLevel(logging.INFO)
+    return True
+
+
+def start(mule_id: int, declarations: Declarations | None) -> None:
+    """Run the start-up steps of a dispatch mule (see the module docstring).
+
+    :param mule_id: This mule's id.
+    :param declarations: The instance's declarations, if known.
+    """
+    hook = declarations.mule_init if declarations is not None else None
+    if hook:
+        run_hook(hook, mule_id)
+    if django_needs_setup():
+        setup_django(mule_id)
+    install_logging()

@@ -1,0 +1,222 @@
+"""A Django task backend that runs tasks in the dispatch mules of uWSGI farms.
+
+Django 6 ships ``django.tasks``; Django 4.2 to 5.x get the same API from the ``django-tasks``
+backport (module ``django_tasks``). :class:`MulesBackend` serves both (whichever is importable,
+``django.tasks`` first)::
+
+    TASKS = {"default": {"BACKEND": "uwsgiconf_mules.django.MulesBackend", "QUEUES": ["mail"]}}
+    INSTALLED_APPS = [..., "uwsgiconf_mules.django"]   # registers the system check
+
+Each queue is a farm declared in the uWSGI config (``mule_farm('mail', 2)``): ``task.enqueue()``
+in a view queues the call for one mule of the farm and returns a ``TaskResult`` at once; the mule
+runs the task (sync or ``async def``), sends the ``task_started`` and ``task_finished`` signals,
+and closes the database connections Django would close at the end of a request (those that are
+unusable or older than ``CONN_MAX_AGE``; with the default 0, all of them), before and after each
+task. Outside uWSGI (``manage.py runserver``, tests) a task runs at once, in the caller.
+
+What it does not support, declared through the backend's flags: deferring (``run_after``,
+``supports_defer = False``), results (``supports_get_result = False``: the ``TaskResult`` returned by
+``enqueue`` stays ``READY``; the mule's outcome goes to the signals and the log, not back to the
+caller), priorities (``supports_priority = False``). Arguments must be JSON-serialisable, as
+``django.tasks`` requires.
+
+This module imports Django: the runtime never imports it; a mule imports it when it runs its
+first Django task.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.apps import AppConfig
+
+from . import _instance, _protocol, _tasks, logs
+from .runtime import Farm, mule_offload
+
+__all__ = ["MulesBackend", "MulesConfig"]
+
+
+def _tasks_api() -> Any:
+    """``django.tasks`` (Django 6) or the ``django_tasks`` backport, with its checks and signals loaded."""
+    for name in ("django.tasks", "django_tasks"):
+        try:
+            api = importlib.import_module(name)
+        except ImportError:
+            continue
+        importlib.import_module(f"{name}.checks")  # registers the check of every task backend
+        importlib.import_module(f"{name}.signals")
+        return api
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("uwsgiconf_mules.django.MulesBackend needs django.tasks (Django 6) or the "
+                               "django-tasks backport: pip install 'uwsgiconf-mules[django]'")
+
+
+_api = _tasks_api()
+_base: Any = importlib.import_module(f"{_api.__name__}.base")
+_signals: Any = importlib.import_module(f"{_api.__name__}.signals")
+_BaseTaskBackend: Any = importlib.import_module(f"{_api.__name__}.backends.base").BaseTaskBackend
+
+
+def _now() -> Any:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def _new_result(task: Any, result_id: str, alias: str, args: Any, kwargs: Any, **changes: Any) -> Any:
+    values = {"task": task, "id": result_id, "status": _base.TaskResultStatus.READY, "enqueued_at": None,
+              "started_at": None, "last_attempted_at": None, "finished_at": None, "args": args, "kwargs": kwargs,
+              "backend": alias, "errors": [], "worker_ids": []}
+    values.update(changes)
+    return _base.TaskResult(**values)
+
+
+def _set(result: Any, **values: Any) -> None:
+    for name, value in values.items():  # TaskResult is a frozen dataclass, as Django's backends do
+        object.__setattr__(result, name, value)
+
+
+def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Run the Django task at ``path`` in this mule (the function dispatch mules are sent).
+
+    :param path: The task's ``module_path``.
+    :param result_id: The id of the ``TaskResult`` that ``enqueue`` returned.
+    :param alias: The backend's alias.
+    :param args: Positional arguments.
+    :param kwargs: Keyword arguments.
+    """
+    import traceback
+
+    from django.db import close_old_connections
+    from django.utils.module_loading import import_string
+
+    try:
+        task = import_string(path)
+    except Exception as exc:  # the task's module: reported as such, and kept as a dead letter to replay
+        reason = f"cannot import the Django task {path} ({type(exc).__name__}: {exc}){_tasks.import_hint(exc)}"
+        _tasks.log().error("uwsgiconf-mules: mule %d %s", _tasks.current_mule(), reason, exc_info=True)
+        _tasks.refuse(_encode((path, result_id, alias, args, kwargs), {}), reason)
+        return
+    started = _now()
+    result = _new_result(task, result_id, alias, args, kwargs, status=_base.TaskResultStatus.RUNNING,
+                         enqueued_at=started, started_at=started, last_attempted_at=started,
+                         worker_ids=[f"mule{_tasks.current_mule()}"])
+    backend = type(task.get_backend())
+    running = logs.RUNNING.set(path)  # for the thread asgiref runs an async task in
+    close_old_connections()
+    try:
+        _signals.task_started.send(sender=backend, task_result=result)
+        if task.takes_context:
+            value = task.call(_base.TaskContext(task_result=result), *args, **kwargs)
+        else:
+            value = task.call(*args, **kwargs)
+    except Exception as exc:
+        kind = type(exc)
+        result.errors.append(_base.TaskError(exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
+                                             traceback="".join(traceback.format_exception(exc))))
+        _set(result, status=_base.TaskResultStatus.FAILED, finished_at=_now())
+        _tasks.failed(path)
+        _signals.task_finished.send(sender=backend, task_result=result)
+    else:
+        _set(result, status=_base.TaskResultStatus.SUCCESSFUL, finished_at=_now(), _return_value=value)
+        _signals.task_finished.send(sender=backend, task_result=result)
+    finally:
+        close_old_connections()
+        logs.RUNNING.reset(running)
+
+
+_KEY = f"{__name__}:{_run.__qualname__}"
+_tasks.register(_KEY, _run)  # a mule that imports this module can run it at once
+_encode = _protocol.encoder(_KEY)  # the call again, for the dead letter of a task that cannot be imported
+logs.add_runner(_run.__code__, lambda frame: str(frame.f_locals.get("path") or logs.NO_TASK))
+
+
+class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
+    """``django.tasks`` backend: each queue is a farm of dispatch mules (see the module docstring).
+
+    :param alias: The backend's name in ``TASKS``.
+    :param params: Its settings: ``QUEUES`` (farm names; default ``["default"]``), ``OPTIONS``.
+    """
+
+    supports_defer = False
+    supports_async_task = True
+    supports_get_result = False
+    supports_priority = False
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self._senders: dict[str, Callable[..., bool]] = {}
+
+    def _sender(self, queue: str) -> Callable[..., bool]:
+        sender = self._senders.get(queue)
+        if sender is None:  # raises UnknownTargetError when the farm is not declared
+            sender = self._senders[queue] = mule_offload(Farm(queue))(_run)
+        return sender
+
+    def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
+        """Queue a call of ``task`` for one mule of the farm named by its ``queue_name``.
+
+        :param task: The task.
+        :param args: Positional arguments (JSON-serialisable).
+        :param kwargs: Keyword arguments (JSON-serialisable).
+        :returns: A ``TaskResult`` in status ``READY``; it is not updated (``supports_get_result`` is False).
+        :raises UnknownTargetError: when the farm is not declared.
+        :raises DeliveryError: when the farm's queue stayed full until the send timeout.
+        """
+        self.validate_task(task)
+        from django.utils.crypto import get_random_string
+
+        result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=_now())
+        # Before the send: outside uWSGI the task runs within it, and its signals follow this one.
+        _signals.task_enqueued.send(sender=type(self), task_result=result)
+        self._sender(task.queue_name)(task.module_path, result.id, self.alias, list(result.args),
+                                      dict(result.kwargs))
+        return result
+
+    def check(self, **kwargs: Any) -> Iterable[Any]:
+        """Django system check: every queue is a declared farm with dispatch mules.
+
+        The farms are those of the declarations this process knows (``UWSGICONF_MULES``, set in
+        every uWSGI process by the config). When none are known (``manage.py check`` or
+        ``runserver`` outside uWSGI, without the record), nothing can be compared: the check
+        reports that on one ``Info`` line (``uwsgiconf_mules.I001``) and passes.
+
+        :param kwargs: What Django passes to checks.
+        """
+        from django.core import checks
+
+        yield from super().check(**kwargs)
+        declarations = _instance.declarations()
+        if declarations is None:
+            yield checks.Info(
+                f"task backend {self.alias!r}: no uwsgiconf-mules declarations are known in this process, so its "
+                f"queues {sorted(self.queues)} cannot be checked against the farms of the uWSGI config",
+                hint="Outside uWSGI tasks run at once in the caller.", id="uwsgiconf_mules.I001")
+            return
+        for queue in sorted(self.queues):
+            farm = declarations.get_farm(queue)
+            if farm is None:
+                yield checks.Error(
+                    f"task backend {self.alias!r}: queue {queue!r} is not a farm declared in the uWSGI config; "
+                    f"declared: {declarations.describe()}",
+                    hint=f"Declare section.workers.mule_farm({queue!r}, N) or fix QUEUES.",
+                    obj=self.alias, id="uwsgiconf_mules.E001")
+            elif not set(farm.mules) & set(declarations.dispatchers):
+                yield checks.Error(
+                    f"task backend {self.alias!r}: farm {queue!r} has only programmed mules "
+                    f"({', '.join(map(str, farm.mules))}), which do not run tasks",
+                    hint="Make the farm's mules dispatch mules (None in set_mules_params(mules=[...])).",
+                    obj=self.alias, id="uwsgiconf_mules.E002")
+
+
+class MulesConfig(AppConfig):  # type: ignore[misc]
+    """The Django app ``uwsgiconf_mules.django``: listed in ``INSTALLED_APPS``, it loads this module
+    when Django starts, which registers the system check of task backends (:meth:`MulesBackend.check`)."""
+
+    name = "uwsgiconf_mules.django"
+    label = "uwsgiconf_mules"
+    verbose_name = "uwsgiconf-mules"
+    default = True

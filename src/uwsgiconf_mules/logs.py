@@ -1,0 +1,143 @@
+"""Log records of tasks, with the mule and the task they come from.
+
+A dispatch mule whose logging nobody configured (no handler on the root logger once the app, the
+``mule_init`` hook and ``django.setup()`` have run) gets one handler: records of level INFO and
+up go to the mule's stderr, which is uWSGI's log, formatted by :class:`MuleFormatter`::
+
+    2026-11-27 17:30:00,123 mule 1 [shop.tasks:send_welcome_email] INFO shop.tasks: sent to 42
+
+A mule where the app configured logging keeps that configuration; to add the mule and the task to
+its lines, give its handlers :class:`MuleFilter` and use ``%(mule)s`` and ``%(task)s`` in their
+format (for Django, in ``LOGGING``)::
+
+    "filters": {"mule": {"()": "uwsgiconf_mules.logs.MuleFilter"}},
+    "formatters": {"mule": {"format": "mule %(mule)s [%(task)s] %(levelname)s %(name)s: %(message)s"}},
+
+The running task is found only when a record is emitted, from the stack of the thread that emits
+it (or, in a thread a runner handed the task to, from :data:`RUNNING`): running a call costs
+nothing more. Records emitted outside a task (at start, by a uWSGI signal
+handler, in a worker) have ``task`` ``-``; outside a mule ``mule`` is 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+
+from . import _tasks
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import CodeType, FrameType
+
+__all__ = ["FORMAT", "NO_TASK", "RUNNING", "MuleFilter", "MuleFormatter", "add_runner", "current_task"]
+
+FORMAT = "%(asctime)s mule %(mule)s [%(task)s] %(levelname)s %(name)s: %(message)s"
+"""The format of :class:`MuleFormatter`."""
+
+NO_TASK = "-"
+"""The ``task`` of a record emitted outside any task."""
+
+# Code object of a function that runs a call -> what tells the running task from its frame: a key,
+# None when this frame has none (look further out), or NO_TASK (it runs no known task: stop).
+_RUNNERS: dict[CodeType, Callable[[FrameType], str | None]] = {}
+
+
+RUNNING: ContextVar[str] = ContextVar("uwsgiconf_mules_task", default=NO_TASK)
+"""The task a runner that hands work to other threads is running (the Django backend's, whose
+``async def`` tasks asgiref runs in a thread of its own, with a copy of this context); read when no
+frame of the emitting thread tells."""
+
+
+def add_runner(code: CodeType, key: Callable[[FrameType], str | None]) -> None:
+    """Make :func:`current_task` recognise frames of ``code`` as running a task.
+
+    :param code: The code object of the function that runs tasks.
+    :param key: Reads the task key from such a frame; None when the frame tells nothing.
+    """
+    _RUNNERS[code] = key
+
+
+def _text(key: object) -> str:
+    return key.decode(errors="replace") if isinstance(key, (bytes, bytearray)) else str(key)
+
+
+def _from_run(frame: FrameType) -> str | None:
+    key = frame.f_locals.get("key")
+    return NO_TASK if key is None else _text(key)  # not decoded (yet): nothing runs
+
+
+def _from_loop(frame: FrameType) -> str | None:
+    # The loop's fast path runs a call straight from its buffer: a registered head up to ``end``.
+    local = frame.f_locals
+    buffer, end = local.get("buffer"), local.get("end")
+    if buffer is None or not isinstance(end, int) or end <= 0:
+        return NO_TASK
+    head = bytes(buffer[:end])
+    if _tasks.HEADS.get(head) is None:  # not a call the fast path runs (the loop is elsewhere)
+        return NO_TASK
+    from ._protocol import KEY_START
+
+    return _text(head[KEY_START:])
+
+
+def _register_core() -> None:
+    from . import _dispatch
+
+    add_runner(_tasks.run.__code__, _from_run)
+    add_runner(_dispatch.mule_loop.__code__, _from_loop)
+
+
+_register_core()
+
+
+def current_task() -> str:
+    """The key of the task this thread is running (``module:qualname``), or ``-``."""
+    frame: FrameType | None = sys._getframe(1)
+    runners = _RUNNERS
+    while frame is not None:
+        read = runners.get(frame.f_code)
+        if read is not None:
+            key = read(frame)
+            if key is not None:
+                return key
+        frame = frame.f_back
+    return RUNNING.get()
+
+
+class MuleFilter(logging.Filter):
+    """Adds ``mule`` (the mule id; 0 outside mules) and ``task`` (see :func:`current_task`) to
+    every record it sees; lets every record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add the attributes.
+
+        :param record: The record.
+        """
+        if not hasattr(record, "task"):
+            record.mule = _tasks.current_mule()
+            record.task = current_task()
+        return True
+
+
+class MuleFormatter(logging.Formatter):
+    """A formatter for :data:`FORMAT` by default; it adds ``mule`` and ``task`` to records itself.
+
+    :param fmt: The format; default :data:`FORMAT`.
+    :param datefmt: The date format.
+    """
+
+    _filter = MuleFilter()
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt or FORMAT, datefmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format ``record``, with its mule and task.
+
+        :param record: The record.
+        """
+        self._filter.filter(record)
+        return super().format(record)

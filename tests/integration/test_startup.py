@@ -1,0 +1,119 @@
+"""What a dispatch mule does when it starts, on a real uWSGI: the ``mule_init`` hook (before any call,
+calls kept in the spool included; a failing hook is logged and the mule runs on) and logging (a
+handler only when nobody configured logging; the app's own configuration is kept)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
+
+HOOKS = '''
+import json
+import logging
+import os
+
+from uwsgiconf_mules.logs import MuleFilter
+
+
+def ready():
+    """Writes a line, as the work does, so that the order of both shows."""
+    with open(os.path.join(os.environ["TEST_RESULTS"], "work"), "a") as handle:
+        handle.write(json.dumps({"i": -2, "pid": os.getpid()}) + "\\n")
+
+
+def broken():
+    raise RuntimeError("no settings here")
+
+
+def configure_logging():
+    handler = logging.StreamHandler()
+    handler.addFilter(MuleFilter())
+    handler.setFormatter(logging.Formatter("APP mule=%(mule)s task=%(task)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+'''
+
+LOGGED_APP = '''
+import logging
+
+log = logging.getLogger("shop")
+
+
+@mule_offload()
+def logged(text):
+    log.info("task says %s", text)
+    record("logged", text=text)
+
+
+@route("/logged")
+def run_logged(query):
+    return logged(query)
+'''
+
+
+def pids_in_order(server: Server) -> list[tuple[int, int]]:
+    return [(line["pid"], line["i"]) for line in server.lines("work")]
+
+
+def test_the_hook_runs_before_any_call_also_before_calls_kept_in_the_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules=1, spool_dir={str(spool)!r}, mule_init='hooks:ready'"))
+    (tmp_path / "app.py").write_text(APP_PRELUDE + QUEUED_WORK_APP)
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    server = launch(path, tmp_path, expect_mules=1, extra_args=("--lazy-apps",))
+    try:
+        assert server.get("/fill?200") == (200, 200)
+        time.sleep(0.2)  # a few calls run, the rest are queued
+        server.proc.send_signal(signal.SIGINT)
+        server.proc.wait(30)
+        assert "queued call(s) kept in the spool" in server.log()
+        server = launch(path, tmp_path, expect_mules=1, extra_args=("--lazy-apps",))
+        server.wait_for(lambda: len({i for _, i in pids_in_order(server) if i >= 0}) >= 200, 60, "200 calls run")
+    finally:
+        server.stop()
+    lines = pids_in_order(server)
+    first_mule, second_mule = dict.fromkeys(pid for pid, _ in lines)  # in order of their first line
+    for pid in (first_mule, second_mule):
+        assert next(i for p, i in lines if p == pid) == -2  # the hook, before the mule's first call
+    assert [i for p, i in lines if p == second_mule].count(-2) == 1
+    assert any(i >= 0 for p, i in lines if p == second_mule)  # the calls kept in the spool, run after the hook
+
+
+def test_a_failing_hook_is_logged_by_name_and_the_mule_runs_on(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(declaration("mules=1, mule_init='hooks:broken'"), QUEUED_WORK_APP,
+                          modules={"hooks": HOOKS}, extra_args=("--lazy-apps",))
+    assert server.get("/ping-mule") == (200, True)
+    server.wait_lines("work", 1)
+    log = server.log()
+    assert ("uwsgiconf-mules: mule 1: the mule_init hook hooks:broken failed (RuntimeError: no settings here); "
+            "the mule runs on without it") in log
+    assert log.count("RuntimeError: no settings here") == 2  # the line, and the last line of its traceback
+
+
+def test_task_logs_reach_the_uwsgi_log_with_mule_and_task(uwsgi_server: Callable[..., Server]) -> None:
+    server = uwsgi_server(declaration("mules=1"), LOGGED_APP, extra_args=("--lazy-apps",))
+    assert server.get("/logged?hi") == (200, True)
+    server.wait_lines("logged", 1)
+    log = server.wait_for(lambda: "task says hi" in server.log() and server.log(), what="the task's log line")
+    assert " mule 1 [app:logged] INFO shop: task says hi\n" in log
+
+
+def test_an_apps_own_logging_config_is_kept(uwsgi_server: Callable[..., Server]) -> None:
+    # Pre-fork: the app configures logging in the master, the mule inherits it.
+    configured = "import hooks\nhooks.configure_logging()\n"
+    server = uwsgi_server(declaration("mules=1"), LOGGED_APP, modules={"hooks": HOOKS}, app_first=configured)
+    # --lazy-apps: the app's configuration runs in workers only; mule_init runs it in mules.
+    lazy = uwsgi_server(declaration("mules=1, mule_init='hooks:configure_logging'"), LOGGED_APP,
+                        modules={"hooks": HOOKS}, app_first=configured, extra_args=("--lazy-apps",))
+    for each in (server, lazy):
+        assert each.get("/logged?there") == (200, True)
+        each.wait_lines("logged", 1)
+        log = each.wait_for(lambda each=each: "task says there" in each.log() and each.log(), what="the log line")
+        assert "APP mule=1 task=app:logged shop: task says there\n" in log
+        assert "[app:logged]" not in log  # the default handler was not added

@@ -1,0 +1,221 @@
+"""The Django task backend outside uWSGI (``uwsgiconf_mules.django``), each case in a fresh Python
+process: Django's settings are process-wide, and configuring them here would leak into other tests.
+
+In uWSGI, with a real Django project: tests/integration/test_django.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uwsgiconf_mules._declarations import RECORD_ENV, MuleFarm, declare
+
+JOBS = '''
+import asyncio
+import json
+import os
+
+from django.db import connection
+
+try:
+    from django.tasks import task
+except ImportError:
+    from django_tasks import task
+
+OUT = os.environ["JOBS_OUT"]
+
+
+def note(**data):
+    with open(OUT, "a") as handle:
+        handle.write(json.dumps(data) + "\\n")
+
+
+@task(queue_name="mail")
+def touch_db(n):
+    with connection.cursor() as cursor:
+        cursor.execute("select 1")
+    note(n=n, connected=connection.connection is not None)
+
+
+@task(queue_name="mail")
+async def later(n):
+    await asyncio.sleep(0)
+    note(n=n, coroutine=True)
+
+
+@task(queue_name="mail")
+def boom():
+    raise RuntimeError("boom in a task")
+
+
+@task(queue_name="mail", takes_context=True)
+def with_context(context, n):
+    note(n=n, result_id=context.task_result.id)
+'''
+
+SETUP = '''
+import json, sys
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["uwsgiconf_mules.django"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}},
+    TASKS={"default": {"BACKEND": "uwsgiconf_mules.django.MulesBackend", "QUEUES": @QUEUES@}},
+    USE_TZ=True,
+)
+django.setup()
+import logging
+logging.basicConfig(level=logging.INFO, format="LOG %(name)s %(levelname)s %(message)s")
+'''
+
+
+def run_django(tmp_path: Path, code: str, queues: tuple[str, ...] = ("mail",), record: str | None = None,
+               ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """Run ``code`` in a new Python with Django configured (queues of the backend, declarations
+    record or none); returns the process and the lines the jobs wrote."""
+    (tmp_path / "jobs.py").write_text(JOBS)
+    (tmp_path / "script.py").write_text(SETUP.replace("@QUEUES@", repr(list(queues))) + textwrap.dedent(code))
+    out = tmp_path / "out.jsonl"
+    env = {key: value for key, value in os.environ.items() if key not in (RECORD_ENV, "DJANGO_SETTINGS_MODULE")}
+    env.update(JOBS_OUT=str(out), PYTHONPATH=str(tmp_path))
+    if record is not None:
+        env[RECORD_ENV] = record
+    proc = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=env, check=False)
+    lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return proc, lines
+
+
+MAIL = declare(farms=[MuleFarm("mail", 2)]).record()
+
+
+def test_outside_uwsgi_a_task_runs_at_once_and_its_connections_are_closed(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, """
+        from django.db import connection
+        from django.tasks.signals import task_enqueued, task_finished, task_started
+        import jobs
+        seen = []
+        for name, signal in (("enqueued", task_enqueued), ("started", task_started), ("finished", task_finished)):
+            signal.connect(lambda sender, task_result, name=name, **kw: seen.append((name, task_result.status)),
+                           weak=False)
+        result = jobs.touch_db.enqueue(1)
+        print(json.dumps({"status": result.status, "seen": seen, "open": connection.connection is not None}))
+    """.replace("django.tasks.signals", "django.tasks.signals" if _django6() else "django_tasks.signals"))
+    assert proc.returncode == 0, proc.stderr
+    assert lines == [{"n": 1, "connected": True}]
+    report = json.loads(proc.stdout)
+    assert report == {"status": "READY", "seen": [["enqueued", "READY"], ["started", "RUNNING"],
+                                                  ["finished", "SUCCESSFUL"]],
+                      "open": False}
+
+
+def test_async_and_context_tasks_run(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, """
+        import jobs
+        jobs.later.enqueue(2)
+        result = jobs.with_context.enqueue(3)
+        print(result.id)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert lines == [{"n": 2, "coroutine": True}, {"n": 3, "result_id": proc.stdout.strip()}]
+
+
+def test_a_failing_task_is_logged_with_its_path(tmp_path: Path) -> None:
+    proc, _ = run_django(tmp_path, """
+        import jobs
+        print(jobs.boom.enqueue().status)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "READY"
+    assert "LOG uwsgiconf_mules ERROR uwsgiconf-mules: task jobs.boom failed" in proc.stderr
+    assert "RuntimeError: boom in a task" in proc.stderr
+
+
+def test_a_task_that_cannot_be_imported_in_the_mule_is_reported_as_such(tmp_path: Path) -> None:
+    proc, _ = run_django(tmp_path, """
+        from uwsgiconf_mules.django import _run
+        _run("shop.gone.welcome", "some-id", "default", [], {})
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert ("uwsgiconf-mules: mule 0 cannot import the Django task shop.gone.welcome (ModuleNotFoundError: No module "
+            "named 'shop')") in proc.stderr
+    assert "failed" not in proc.stderr
+
+
+def test_unsupported_features_are_refused_at_enqueue(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, """
+        import datetime
+        import jobs
+        from uwsgiconf_mules.django import MulesBackend
+        print(MulesBackend.supports_defer, MulesBackend.supports_get_result, MulesBackend.supports_priority,
+              MulesBackend.supports_async_task)
+        for change in ({"priority": 5}, {"run_after": datetime.datetime.now(datetime.timezone.utc)}):
+            try:
+                jobs.touch_db.using(**change).enqueue(1)
+            except Exception as exc:
+                print(type(exc).__name__)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False", "False", "True", *(["InvalidTask"] if _django6()
+                                                                        else ["InvalidTaskError"]) * 2]
+    assert lines == []
+
+
+def test_a_queue_that_is_not_a_declared_farm_fails_at_enqueue(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, """
+        import jobs
+        try:
+            jobs.touch_db.enqueue(1)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """, record=declare(farms=[MuleFarm("emails", 1)]).record())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("UnknownTargetError farm 'mail' is not declared; declared: mules 1..1; farms: "
+                                  "'emails' (mules 1)")
+    assert lines == []
+
+
+CHECK = """
+    from django.core import checks
+    for message in checks.run_checks():
+        print(message.id, message.msg)
+"""
+
+
+@pytest.mark.parametrize("queues, record, expected", [
+    (("mail",), MAIL, []),
+    (("mail", "emails"), MAIL, ["uwsgiconf_mules.E001 task backend 'default': queue 'emails' is not a farm declared "
+                                "in the uWSGI config; declared: mules 1..2; farms: 'mail' (mules 1, 2)"]),
+    (("mail",), declare(mules=["feed.py", None], farms=[MuleFarm("mail", [1])]).record(),
+     ["uwsgiconf_mules.E002 task backend 'default': farm 'mail' has only programmed mules (1), which do not run "
+      "tasks"]),
+    (("mail",), None, ["uwsgiconf_mules.I001 task backend 'default': no uwsgiconf-mules declarations are known in "
+                       "this process, so its queues ['mail'] cannot be checked against the farms of the uWSGI "
+                       "config"]),
+], ids=["declared", "undeclared", "programmed", "no-declarations"])
+def test_system_check_compares_queues_with_declared_farms(
+        tmp_path: Path, queues: tuple[str, ...], record: str | None, expected: list[str]) -> None:
+    proc, _ = run_django(tmp_path, CHECK, queues, record)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == expected
+
+
+def test_the_runtime_never_imports_django(tmp_path: Path) -> None:
+    code = "import sys, uwsgiconf_mules.runtime, uwsgiconf_mules.logs\nprint(any('django' in m for m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
+def _django6() -> bool:
+    import django
+
+    return django.VERSION >= (6,)
