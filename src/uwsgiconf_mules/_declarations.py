@@ -40,6 +40,7 @@ __all__ = [
     "declare",
     "default_spool_dir",
     "parse_record",
+    "validate_callable_path",
     "validate_farm_name",
 ]
 
@@ -58,6 +59,11 @@ compile it where uWSGI runs it (same environment), as ``uwsgiconf run`` does.
 
 RUNTIME_MODULE = "uwsgiconf_mules.runtime"
 """The module the builders import in the uWSGI master (``shared-import``)."""
+
+MULE_COUNTERS = ("queued", "started", "succeeded", "failed", "spooled", "dead", "run_ms")
+"""Counters of a dispatch mule, as uWSGI metrics ``mule.<id>.<counter>`` (programmed mules: ``queued``)."""
+MULE_GAUGES = ("queue_bytes", "running_ms", "pid")
+"""Gauges of a dispatch mule, as uWSGI metrics ``mule.<id>.<gauge>``."""
 
 DEFAULT_SEND_TIMEOUT = 5.0
 """Seconds a sender keeps retrying while a mule queue is full before raising ``DeliveryError``."""
@@ -226,12 +232,17 @@ class Declarations:
     :param deploy: ``(path, mode)``: touching ``path`` makes workers and mules run new code, by a
         graceful reload of the whole instance (``reload``) or a chain reload of the workers and a
         reload of the mules (``chain``, for ``--lazy-apps``); or None.
+    :param stats: Address of uWSGI's stats server (``127.0.0.1:9191``, or an absolute unix socket
+        path); when set, the counters of every mule and farm are declared as uWSGI metrics (see
+        :mod:`uwsgiconf_mules._metrics`). None: no counters, and nothing counted.
+    :param on_failure: ``package.module:function`` called with every failed offloaded call (see
+        :mod:`uwsgiconf_mules._failures`); or None.
     """
 
-    __slots__ = ("_farms_by_name", "deploy", "dispatch_script", "farms", "harakiri", "msg_size", "programs",
-                 "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
+    __slots__ = ("_farms_by_name", "deploy", "dispatch_script", "farms", "harakiri", "msg_size", "on_failure",
+                 "programs", "reload_mercy", "send_timeout", "spool_dir", "stats", "touch_reload")
     _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
-               "dispatch_script", "spool_dir", "deploy")
+               "dispatch_script", "spool_dir", "deploy", "stats", "on_failure")
 
     def __init__(
         self,
@@ -246,8 +257,12 @@ class Declarations:
         dispatch_script: str | None = None,
         spool_dir: str | None = None,
         deploy: tuple[str, str] | None = None,
+        stats: str | None = None,
+        on_failure: str | None = None,
     ) -> None:
         self.programs = programs
+        self.stats = stats
+        self.on_failure = on_failure
         self.deploy = deploy
         self.dispatch_script = dispatch_script
         self.spool_dir = spool_dir
@@ -334,7 +349,33 @@ class Declarations:
             # Dispatch mules handle uWSGI signals in a thread of their own; uWSGI releases the GIL
             # while waiting only with threads enabled (not the default of older releases, 2.0.21 here).
             opts.append(("enable-threads", "true"))
+        if self.stats is not None:
+            opts.extend(self._stats_options())
         opts.append(("env", f"{RECORD_ENV}={self.record()}"))
+        return opts
+
+    def metric_names(self) -> list[tuple[str, str]]:
+        """The uWSGI metrics that hold the counters, ``(name, type)``, in declared order; empty
+        without ``stats``. Names are those of :mod:`uwsgiconf_mules._metrics`."""
+        if self.stats is None:
+            return []
+        names: list[tuple[str, str]] = []
+        dispatchers = set(self.dispatchers)
+        for mule_id in range(1, self.mule_count + 1):
+            counters = MULE_COUNTERS if mule_id in dispatchers else ("queued",)
+            names.extend((f"mule.{mule_id}.{name}", "counter") for name in counters)
+            if mule_id in dispatchers:
+                names.extend((f"mule.{mule_id}.{name}", "gauge") for name in MULE_GAUGES)
+        for farm in self.farms:
+            names.append((f"farm.{farm.name}.queued", "counter"))
+            names.append((f"farm.{farm.name}.queue_bytes", "gauge"))
+        return names
+
+    def _stats_options(self) -> list[tuple[str, str]]:
+        opts = [("enable-metrics", "true"), ("stats", str(self.stats))]
+        if not self.dispatchers:  # the counters are flushed by a thread of each sending process
+            opts.append(("enable-threads", "true"))
+        opts.extend(("metric", f"name={name},type={kind}") for name, kind in self.metric_names())
         return opts
 
     def record(self) -> str:
@@ -352,6 +393,10 @@ class Declarations:
             fields.append(f"dispatch={self.dispatch_script}")
         if self.spool_dir is not None:
             fields.append(f"spool={self.spool_dir}")
+        if self.stats is not None:
+            fields.append(f"stats={self.stats}")
+        if self.on_failure is not None:
+            fields.append(f"on-failure={self.on_failure}")
         return ";".join(fields)
 
 
@@ -418,6 +463,8 @@ def declare(
     spool_dir: object = None,
     deploy_touch: object = None,
     deploy_mode: object = None,
+    stats: object = None,
+    on_failure: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -444,6 +491,9 @@ def declare(
     :param deploy_mode: ``reload`` (default): a graceful reload of the whole instance, the only
         way for mules to get new code when the app is loaded before the fork; ``chain``: with
         ``--lazy-apps``, a chain reload of the workers and a reload of the mules.
+    :param stats: Address of uWSGI's stats server: ``host:port`` on a loopback address, or an
+        absolute unix socket path; declares the counters (see :meth:`Declarations.metric_names`).
+    :param on_failure: ``package.module:function`` called with every failed offloaded call.
     :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
     :raises MulesConfigurationError: naming what is wrong.
     """
@@ -496,7 +546,44 @@ def declare(
         reload_mercy=None if reload_mercy is None else _positive_int(reload_mercy, "reload_mercy"),
         touch_reload=paths,
         send_timeout=_send_timeout(send_timeout),
+        stats=None if stats is None else _stats_address(stats),
+        on_failure=None if on_failure is None else validate_callable_path(on_failure, "on_failure"),
     )
+
+
+_LOOPBACK = ("127.", "localhost:", "[::1]:")
+
+
+def _stats_address(value: object) -> str:
+    """A stats server address uWSGI binds and nobody else can reach: loopback or a unix socket."""
+    rule = ("stats must be 'host:port' on a loopback address (127.0.0.1:9191, localhost:9191, [::1]:9191) or "
+            "an absolute unix socket path")
+    if not isinstance(value, str) or not value.strip():
+        raise MulesConfigurationError(f"{rule}, not {value!r}", culprit=value)
+    if value.startswith("/"):
+        return _record_path(os.path.normpath(value), "stats")
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MulesConfigurationError(f"{rule}; {value!r} has no valid port", culprit=value)
+    if not value.startswith(_LOOPBACK) or any(c in value for c in ";#%'\" \t"):
+        raise MulesConfigurationError(
+            f"{rule}; {host!r} is not loopback (the stats server answers anyone who connects)", culprit=value)
+    return value
+
+
+def validate_callable_path(value: object, what: str) -> str:
+    """Check a ``package.module:function`` reference and return it.
+
+    :param value: The reference.
+    :param what: What it is, for the error message.
+    :raises MulesConfigurationError: when it is not ``package.module:function``.
+    """
+    text = value if isinstance(value, str) else ""
+    module, colon, name = text.partition(":")
+    if not (colon and module and name and all(part.isidentifier() for part in module.split("."))
+            and all(part.isidentifier() for part in name.split("."))):
+        raise MulesConfigurationError(f"{what} must be 'package.module:function', not {value!r}", culprit=value)
+    return text
 
 
 def default_spool_dir(section: str = "uwsgi") -> str:
@@ -596,7 +683,7 @@ def parse_record(text: str) -> Declarations:
     programmed: set[int] = set()
     farms: list[FarmSpec] = []
     numbers: dict[str, float] = {}
-    dispatch = spool = None
+    dispatch = spool = stats = on_failure = None
     try:
         for item in fields[1:]:
             key, _, value = item.partition("=")
@@ -611,6 +698,10 @@ def parse_record(text: str) -> Declarations:
                 dispatch = value
             elif key == "spool":
                 spool = value
+            elif key == "stats":
+                stats = value
+            elif key == "on-failure":
+                on_failure = value
             elif key in ("msg-size", "harakiri", "reload-mercy", "send-timeout"):
                 numbers[key] = float(value)
             else:
@@ -628,4 +719,6 @@ def parse_record(text: str) -> Declarations:
         dispatch_script=dispatch,
         spool_dir=spool,
         reload_mercy=None if "reload-mercy" not in numbers else int(numbers["reload-mercy"]),
+        stats=stats,
+        on_failure=on_failure,
     )

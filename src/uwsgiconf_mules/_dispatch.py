@@ -27,7 +27,7 @@ import os
 import signal
 import time
 
-from . import _instance, _protocol, _spool, _tasks
+from . import _instance, _metrics, _protocol, _spool, _tasks
 from ._limits import socket_message_limit
 from ._protocol import KEY_START
 from ._queues import STREAK, Queues, probe_destinations
@@ -142,6 +142,10 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
     for dest, message in queues.drain():
         keep(message, dest)
     mule_id = _tasks.current_mule()
+    counters = _tasks.COUNTING
+    if counters is not None:
+        counters.spooled += keep.kept
+        _metrics.flush()
     log = _tasks.log()
     log.warning("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, keep.kept,
                 spool.path if spool else "(none)")
@@ -234,6 +238,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     _start_signal_thread(uwsgi)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
+    _tasks.COUNTING = _metrics.mule_counters(mule_id, declarations, spool.path if spool is not None else None)
     if spool is not None:
         try:
             _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
@@ -244,10 +249,21 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
     _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size)
+    if _tasks.COUNTING is not None:
+        _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues
 
 
-def mule_loop() -> None:
+def _failed(view: memoryview, end: int, size: int, entry: tuple[Any, Any], began: float) -> None:
+    """Report the failure of a call the fast path ran, with its arguments decoded again."""
+    try:
+        args = tuple(entry[1](view[end + 1:size])) if end + 1 < size else ()
+    except Exception:
+        args = ()
+    _tasks.failed(bytes(view[KEY_START:end]), args, None, began)
+
+
+def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for throughput
     """Run the message loop of this dispatch mule; returns only by exiting the process.
 
     :raises NotInMuleError: when not called in a mule.
@@ -262,7 +278,11 @@ def mule_loop() -> None:
     current, streak = queues.current, STREAK
     heads = _tasks.HEADS
     receive, pass_on = _tasks.receive, _tasks.pass_on
-    fast = not harakiri
+    counters = _tasks.COUNTING
+    fast = not harakiri and counters is None
+    counted = not harakiri and counters is not None
+    cells = counters.heads if counters is not None else {}
+    clock = time.perf_counter
     pending = None
     while not _stopping:
         try:
@@ -286,13 +306,34 @@ def mule_loop() -> None:
             end = find(b"\x00", KEY_START, size)  # after the token, which may hold NUL bytes
             entry = heads.get(buffer[:end]) if end > 0 else None
             if entry is not None:
+                began = clock()  # for the failure's log line
                 try:
                     if end + 1 < size:
                         entry[0](*entry[1](view[end + 1:size]))
                     else:
                         entry[0]()
                 except Exception:
-                    _tasks.failed(buffer[KEY_START:end])
+                    _failed(view, end, size, entry, began)
+                continue
+        elif counted:
+            # The same, counting per task (see _metrics.MuleCounters) for a thread to flush.
+            end = find(b"\x00", KEY_START, size)
+            head = buffer[:end] if end > 0 else b""
+            entry = heads.get(head) if end > 0 else None
+            if entry is not None:
+                cell = cells.get(head) or counters.head(head, buffer[KEY_START:end])
+                cell[0] += 1
+                cell[3] = began = clock()
+                try:
+                    if end + 1 < size:
+                        entry[0](*entry[1](view[end + 1:size]))
+                    else:
+                        entry[0]()
+                except Exception:
+                    cell[1] += 1
+                    _failed(view, end, size, entry, began)
+                cell[3] = 0.0
+                cell[2] += clock() - began
                 continue
         if _stopping:
             pending = buffer[:size]

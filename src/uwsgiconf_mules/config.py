@@ -51,6 +51,8 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         spool_dir: str | None = None,
         deploy_touch: str | None = None,
         deploy_mode: str | None = None,
+        stats: str | None = None,
+        on_failure: str | None = None,
     ) -> Section:
         """Declare mules and mule farms.
 
@@ -86,6 +88,14 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             forked from the master; ``'chain'``: with ``--lazy-apps``, a chain reload of the
             workers (``touch-chain-reload``) and a reload of the mules (``touch-mules-reload``),
             whose dispatch mules import the tasks afresh.
+        :param stats: Where uWSGI's stats server listens: ``'127.0.0.1:9191'`` (a loopback
+            address) or an absolute unix socket path. Turns the counters on: every mule and farm
+            gets its uWSGI metrics (``mule.1.started``, ``farm.fast.queued``, ...; see "Watching
+            your mules" in the README), shown by the stats server, pushed by ``stats-push`` /
+            ``carbon``, and read by ``uwsgiconf-mules top``. Without it nothing is counted.
+        :param on_failure: ``'package.module:function'``, called in the mule with every
+            offloaded call that raised: ``function(key, args, kwargs, exception, mule_id)``.
+            An exception it raises is logged, never fatal to the mule.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
         section: Section = self._section
@@ -93,7 +103,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             "mules": mules, "touch_reload": touch_reload, "harakiri_timeout": harakiri_timeout,
             "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
             "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout, "spool_dir": spool_dir,
-            "deploy_touch": deploy_touch, "deploy_mode": deploy_mode,
+            "deploy_touch": deploy_touch, "deploy_mode": deploy_mode, "stats": stats, "on_failure": on_failure,
         }
         params = dict(section._mules_params)
         params.update({key: value for key, value in given.items() if value is not None})

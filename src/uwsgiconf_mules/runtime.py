@@ -33,6 +33,7 @@ import time
 from . import (
     _dispatch,  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
     _instance,
+    _metrics,
     _protocol,
     _tasks,
 )
@@ -431,6 +432,8 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
             send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+            if send is not _run_inline and _metrics.enabled():
+                send = _metrics.counting(send, dest)
         return route
 
     def forget() -> None:
