@@ -36,17 +36,10 @@ def bounded_repr(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> str:
     shorter = reprlib.Repr()
     shorter.maxstring = shorter.maxother = 60
     shorter.maxlevel = 3
-    parts = [_safe(shorter.repr, value) for value in args]
-    parts.extend(f"{name}={_safe(shorter.repr, value)}" for name, value in (kwargs or {}).items())
+    parts = [shorter.repr(value) for value in args]  # reprlib shows a repr that raises as <X instance at ...>
+    parts.extend(f"{name}={shorter.repr(value)}" for name, value in (kwargs or {}).items())
     text = f"({', '.join(parts)})"
     return text if len(text) <= ARGS_REPR_MAX else text[:ARGS_REPR_MAX - 4] + "...)"
-
-
-def _safe(render: Callable[[Any], str], value: Any) -> str:
-    try:
-        return render(value)
-    except Exception as exc:  # a __repr__ that raises must not hide the failure being reported
-        return f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
 
 
 def hook() -> Callable[..., Any] | None:

@@ -241,8 +241,12 @@ def test_top_under_load(uwsgi_server: Callable[..., Server], tmp_path: Path) -> 
     assert views[1]["mules"][0]["started"] > 0
     total = sum(sent)
     server.wait_lines("ok", total)
-    final = server.wait_for(lambda: (lambda v: v if v["mules"][0]["started"] == total else None)(top_json(server)),
-                            what="all calls counted")
+
+    def counted() -> dict[str, Any] | None:
+        view = top_json(server)
+        return view if view["mules"][0]["started"] == total else None
+
+    final = server.wait_for(counted, what="all calls counted")
     assert final["mules"][0]["tasks"]["app:ok"] == {"started": total, "succeeded": total, "failed": 0,
                                                     "run_ms": final["mules"][0]["tasks"]["app:ok"]["run_ms"]}
     assert final["mules"][0]["queued"] == total
