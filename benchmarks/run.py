@@ -6,7 +6,8 @@ Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by 
 * uwsgiconf 2.4.0 ``mule_offload`` of a trivial function;
 * uwsgidecorators ``@mulefunc`` (it returns None, so it cannot retry: run with the largest queue
   this machine allows, and any loss is reported);
-* this project's ``Mule(1).offload()`` and a farm target.
+* this project's ``Mule(1).offload()``, the same with the counters on (``stats=...``), and a farm
+  target.
 
 Senders that can retry do so on a full queue the way uwsgiconf-mules does (they wait until the
 queue polls writable again, with ``uwsgiconf_mules._sending.retry``), so the rows compare what each
@@ -166,6 +167,19 @@ def send_one(i, n, payload):
     task(i, n, payload)
 ''',
     },
+    "uwsgiconf-mules Mule(1), counters on": {
+        "config": declaration("mules=1, stats='{stats}'"),
+        "app": '''
+from uwsgiconf_mules.runtime import Mule
+
+@Mule(1).offload()
+def task(i, n, payload):
+    finish(i, n)
+
+def send_one(i, n, payload):
+    task(i, n, payload)
+''',
+    },
     "uwsgiconf-mules Farm": {
         "config": OURS_FARM_CONFIG,
         "app": '''
@@ -182,6 +196,7 @@ def send_one(i, n, payload):
 }
 RAW = "raw mule_msg"
 OURS = "uwsgiconf-mules Mule(1)"
+COUNTED = "uwsgiconf-mules Mule(1), counters on"
 
 
 def _wmem_max() -> int:
@@ -218,7 +233,8 @@ def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
     servers: dict[str, Server] = {}
     try:
         for name in names:
-            config = VARIANTS[name]["config"].replace("{wmem_max}", str(_wmem_max()))
+            config = VARIANTS[name]["config"].replace("{wmem_max}", str(_wmem_max())).replace(
+                "{stats}", str(workdir / f"stats-{len(servers)}.sock"))
             servers[name] = start_server(workdir / re.sub(r"\W+", "_", name), config,
                                          COMMON + VARIANTS[name]["app"], prelude=False, workers=1)
         for server in servers.values():
@@ -333,7 +349,7 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "| variant | sender cost (µs/call, small) |", "|---|---:|"]
     lines += [f"| {name} | {variant['sender_us_per_call']:.2f} |" for name, variant in thr.items()]
     if "import" not in results:
-        lines += ["", f"offload/raw = {_ratio(thr, sizes[0])}"]
+        lines += ["", f"counters on/raw = {_ratio(thr, sizes[0], COUNTED)}", f"offload/raw = {_ratio(thr, sizes[0])}"]
         return "\n".join(lines)
     imp = results["import"]
     lines += ["", "| import (fresh interpreter, median) | ms |", "|---|---:|",
@@ -343,12 +359,12 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "| idle mule | RSS kB | PSS kB | PSS overhead kB |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} |"
               for name, m in results["memory"].items()]
-    lines += ["", f"offload/raw = {_ratio(thr, sizes[0])}"]
+    lines += ["", f"counters on/raw = {_ratio(thr, sizes[0], COUNTED)}", f"offload/raw = {_ratio(thr, sizes[0])}"]
     return "\n".join(lines)
 
 
-def _ratio(thr: dict[str, Any], size: str) -> str:
-    ours = thr[OURS]["sizes"][size]["x_raw"] if OURS in thr else None
+def _ratio(thr: dict[str, Any], size: str, name: str = OURS) -> str:
+    ours = thr[name]["sizes"][size]["x_raw"] if name in thr else None
     return f"{ours:.2f}" if ours else "n/a"
 
 

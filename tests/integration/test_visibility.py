@@ -4,8 +4,11 @@ reported with their context and passed to the on_failure hook, and ``uwsgiconf-m
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +73,8 @@ def send_message(query):
 HOOKS = '''
 import json
 import os
+import socket
+import os
 
 
 def report(key, args, kwargs, exc, mule_id):
@@ -91,13 +96,13 @@ def run():
 '''
 
 
-def config(stats: str, on_failure: str = "hooks:report") -> str:
+def config(stats: str, on_failure: str = "hooks:report", more: str = "") -> str:
     return f'''
 from uwsgiconf_mules import Section
 section = Section()
 workers = section.workers
 workers.set_mules_params(mules=[None, None, 'reader:run'], farms=workers.mule_farm('pair', [1, 2]),
-                         stats={stats!r}, on_failure={on_failure!r})
+                         stats={stats!r}, on_failure={on_failure!r}{more})
 uwsgi_configuration = section.as_configuration()
 '''
 
@@ -250,3 +255,71 @@ def test_top_under_load(uwsgi_server: Callable[..., Server], tmp_path: Path) -> 
     assert final["mules"][0]["tasks"]["app:ok"] == {"started": total, "succeeded": total, "failed": 0,
                                                     "run_ms": final["mules"][0]["tasks"]["app:ok"]["run_ms"]}
     assert final["mules"][0]["queued"] == total
+
+
+def test_uwsgi_pushes_the_counters_with_no_code_of_ours(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(20)
+    port = receiver.getsockname()[1]
+    pushed = config(str(tmp_path / "stats.sock")).replace("uwsgi_configuration =", (
+        "section.monitoring.register_stats_pusher(section.monitoring.pushers.socket("
+        f"'127.0.0.1:{port}', prefix='myapp'))\n"
+        "section.monitoring.set_stats_params(push_interval=1)\n"
+        "uwsgi_configuration ="))
+    server = uwsgi_server(pushed, APP, modules={"hooks": HOOKS, "reader": READER})
+    with receiver:
+        assert server.get("/ok?5") == (200, 5)
+        server.wait_lines("ok", 5)
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + 20
+        while seen.get("myapp.mule.1.succeeded") != "5" or seen.get("myapp.mule.1.queued") != "5":
+            assert time.monotonic() < deadline, seen
+            name, _, value = receiver.recv(4096).decode().partition(" ")
+            seen[name] = value.partition(" ")[2]  # "<type> <value>"
+    assert seen["myapp.farm.pair.queued"] == "0"
+
+
+WORKERS_ONLY = '''
+import uwsgi
+
+from uwsgiconf_mules.runtime import mule_offload
+
+if uwsgi.worker_id():  # registered in the workers only: the mule refuses its calls, as dead letters
+    @mule_offload()
+    def nowhere():
+        pass
+'''
+
+SPOOL_APP = APP + '''
+
+@route("/nowhere")
+def send_nowhere(query):
+    import workers_only
+
+    return workers_only.nowhere()
+'''
+
+
+def test_spooled_calls_and_dead_letters_are_counted(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
+    stats, reload_file, release = str(tmp_path / "stats.sock"), tmp_path / "mules-reload", tmp_path / "release"
+    reload_file.write_text("")
+    os.utime(reload_file, (time.time() - 60,) * 2)  # so that touching it now changes its second
+    more = f", touch_reload={str(reload_file)!r}, spool_dir={str(tmp_path / 'spool')!r}"
+    server = uwsgi_server(config(stats, more=more), SPOOL_APP,
+                          modules={"hooks": HOOKS, "reader": READER, "workers_only": WORKERS_ONLY})
+    time.sleep(1.5)  # uWSGI's master reads the touch files' times in its first cycles
+    assert server.get("/nowhere") == (200, True)
+    wait_metrics(server, stats, {"mule.1.dead": 1, "mule.1.started": 0})
+    assert server.get(f"/hold?{release}") == (200, True)
+    server.wait_lines("holding", 1)
+    assert server.get("/ok?5") == (200, 5)
+    since = server.log_size()
+    reload_file.touch()
+    server.wait_for(lambda: "mules reload !!!" in server.log(since), what="the mules reload")
+    time.sleep(0.5)  # the stop signal reaches the mule, which finishes its call and spools the rest
+    release.write_text("")
+    server.wait_lines("ok", 5)  # run by the next mule, from the spool
+    wait_metrics(server, stats, {"mule.1.spooled": 5, "mule.1.started": 6, "mule.1.succeeded": 6,
+                                 "mule.1.dead": 1, "mule.1.queued": 7})
+    assert "5 queued call(s) kept in the spool" in server.log()
