@@ -161,15 +161,15 @@ def test_queue_depth_and_the_running_call(uwsgi_server: Callable[..., Server], t
     release = tmp_path / "release"
     assert server.get(f"/hold?{release}") == (200, True)
     server.wait_lines("holding", 1)
-    assert server.get("/ok?10") == (200, 10)
-    held = wait_metrics(server, stats, {"mule.1.queue_bytes": 10 * 768})  # small messages: 768 bytes each
-    view = top_json(server)
-    mule = view["mules"][0]
-    assert mule["running"] == "app:hold"
-    assert mule["queue_bytes"] == 10 * 768
-    assert held["mule.1.running_ms"] >= 0
-    server.wait_for(lambda: top_json(server)["mules"][0]["running_ms"] > 0, what="running_ms")
-    release.write_text("")
+    try:
+        assert server.get("/ok?10") == (200, 10)
+        wait_metrics(server, stats, {"mule.1.queue_bytes": 10 * 768})  # small messages: 768 bytes each
+        mule = top_json(server)["mules"][0]
+        assert mule["running"] == "app:hold"
+        assert mule["queue_bytes"] == 10 * 768
+        server.wait_for(lambda: top_json(server)["mules"][0]["running_ms"] > 0, what="running_ms")
+    finally:
+        release.write_text("")  # else the mule finishes its call, and stops, only after 30 s
     server.wait_lines("ok", 11)
     wait_metrics(server, stats, {"mule.1.queue_bytes": 0, "mule.1.running_ms": 0, "mule.1.started": 12})
     assert top_json(server)["mules"][0]["running"] is None
@@ -316,10 +316,31 @@ def test_spooled_calls_and_dead_letters_are_counted(uwsgi_server: Callable[..., 
     assert server.get("/ok?5") == (200, 5)
     since = server.log_size()
     reload_file.touch()
-    server.wait_for(lambda: "mules reload !!!" in server.log(since), what="the mules reload")
-    time.sleep(0.5)  # the stop signal reaches the mule, which finishes its call and spools the rest
-    release.write_text("")
+    try:
+        server.wait_for(lambda: "mules reload !!!" in server.log(since), what="the mules reload")
+        time.sleep(0.5)  # the stop signal reaches the mule, which finishes its call and spools the rest
+    finally:
+        release.write_text("")
     server.wait_lines("ok", 5)  # run by the next mule, from the spool
     wait_metrics(server, stats, {"mule.1.spooled": 5, "mule.1.started": 6, "mule.1.succeeded": 6,
                                  "mule.1.dead": 1, "mule.1.queued": 7})
     assert "5 queued call(s) kept in the spool" in server.log()
+
+
+def test_calls_that_waited_for_room_are_counted_once(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
+    server, stats = start(uwsgi_server, tmp_path)
+    release, calls = tmp_path / "release", 600  # more than the queue holds (about 278 small messages)
+    assert server.get(f"/hold?{release}") == (200, True)
+    server.wait_lines("holding", 1)
+    sent: list[object] = []
+    sender = threading.Thread(target=lambda: sent.append(server.get(f"/ok?{calls}")))
+    sender.start()
+    try:
+        server.wait_for(lambda: "MULE MSG QUEUE IS FULL" in server.log(), what="a full queue")
+    finally:
+        release.write_text("")
+        sender.join(30)
+    assert sent == [(200, calls)]
+    server.wait_lines("ok", calls)
+    wait_metrics(server, stats, {"mule.1.queued": calls + 1, "mule.1.started": calls + 1,
+                                 "mule.1.succeeded": calls + 1, "mule.1.queue_bytes": 0})
