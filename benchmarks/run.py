@@ -110,6 +110,16 @@ uwsgi_configuration = section.as_configuration()
 """
 
 OURS_CONFIG = declaration("mules=1")
+OURS_APP = '''
+from uwsgiconf_mules.runtime import Mule
+
+@Mule(1).offload()
+def task(i, n, payload):
+    finish(i, n)
+
+def send_one(i, n, payload):
+    task(i, n, payload)
+'''
 OURS_FARM_CONFIG = declaration("farms=[section.workers.mule_farm('bench', 1)]")
 
 VARIANTS: dict[str, dict[str, str]] = {
@@ -154,32 +164,8 @@ def send_one(i, n, payload):
     task(i, n, payload)  # returns None: cannot know whether it was queued
 ''',
     },
-    "uwsgiconf-mules Mule(1)": {
-        "config": OURS_CONFIG,
-        "app": '''
-from uwsgiconf_mules.runtime import Mule
-
-@Mule(1).offload()
-def task(i, n, payload):
-    finish(i, n)
-
-def send_one(i, n, payload):
-    task(i, n, payload)
-''',
-    },
-    "uwsgiconf-mules Mule(1), counters on": {
-        "config": declaration("mules=1, stats='{stats}'"),
-        "app": '''
-from uwsgiconf_mules.runtime import Mule
-
-@Mule(1).offload()
-def task(i, n, payload):
-    finish(i, n)
-
-def send_one(i, n, payload):
-    task(i, n, payload)
-''',
-    },
+    "uwsgiconf-mules Mule(1)": {"config": OURS_CONFIG, "app": OURS_APP},
+    "uwsgiconf-mules Mule(1), counters on": {"config": declaration("mules=1, stats='{stats}'"), "app": OURS_APP},
     "uwsgiconf-mules Farm": {
         "config": OURS_FARM_CONFIG,
         "app": '''

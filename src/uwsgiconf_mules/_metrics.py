@@ -45,6 +45,9 @@ FLUSH_EVERY = 1.0
 """Seconds between two flushes of a process's counts into the uWSGI metrics."""
 STATUS_DIR = "status"
 """Part of the spool where dispatch mules write their per-task counters."""
+STATUS_REFRESH = 2.0
+"""Seconds after which a mule writes its status file again even when nothing changed (``top``
+trusts what it says of the running call for 5 seconds)."""
 
 _cells: dict[str, list[int]] = {}  # uWSGI metric name -> [counted, flushed]
 _samplers: list[Callable[[], None]] = []
@@ -120,6 +123,9 @@ def start(sampler: Callable[[], None] | None = None) -> None:
     if _started or uwsgi is None or uwsgi.masterpid() == os.getpid():
         return
     _started = True
+    import atexit
+
+    atexit.register(flush)  # what a worker counted in its last second, when uWSGI stops or reloads it
     _thread.start_new_thread(_loop, ())
 
 
@@ -246,8 +252,10 @@ class MuleCounters:
         self._flushed = {"started": 0, "succeeded": 0, "failed": 0, "spooled": 0, "dead": 0, "run_ms": 0}
         self._farms = [farm.name for farm in declarations.farms_of(mule_id)]
         self._status = None if status_dir is None else os.path.join(status_dir, f"{mule_id}.json")
-        self._ends: dict[int | bytes, Any] | None = None
+        self._ends: dict[int | bytes, Any] = {}
+        self._ends_for = 0  # how many queues were read directly when the sending ends were looked for
         self._queues: Any = None
+        self._written: tuple[float, Any] = (0.0, None)  # when the status file was written, and what
         self._load()
         totals = self.totals()
         for name in ("started", "succeeded", "failed", "run_ms"):  # the previous process flushed them
@@ -335,7 +343,10 @@ class MuleCounters:
         queues = self._queues
         if queues is None or not queues.direct:
             return {}
-        if self._ends is None or len(self._ends) < len(queues.direct):
+        if self._ends_for != len(queues.direct):  # looked for once per queue found, not every second
+            self._ends_for = len(queues.direct)
+            for end in self._ends.values():
+                end.close()
             self._ends = sending_ends(dict(queues._found))
         depths = {}
         for dest, end in self._ends.items():
@@ -351,13 +362,18 @@ class MuleCounters:
         import json
 
         status = {
-            "mule": self.mule_id, "pid": os.getpid(), "farms": self._farms, "time": time.time(),
-            "running": totals["running"], "running_ms": totals["running_ms"],
+            "mule": self.mule_id, "pid": os.getpid(), "farms": self._farms, "running": totals["running"],
             "queue_bytes": {str(dest) if isinstance(dest, int) else dest.decode(): depth
                             for dest, depth in depths.items()},
             "tasks": {key: {"started": cell[0], "failed": cell[1], "succeeded": cell[0] - cell[1] - bool(cell[3]),
                             "run_ms": int(cell[2] * 1000)} for key, cell in list(self.tasks.items())},
         }
+        now = time.time()
+        written, previous = self._written
+        if status == previous and now - written < STATUS_REFRESH:  # an idle mule writes every few seconds
+            return
+        self._written = (now, dict(status))
+        status["time"] = now
         temporary = f"{self._status}.{os.getpid()}.tmp"
         with open(temporary, "w") as handle:
             json.dump(status, handle)

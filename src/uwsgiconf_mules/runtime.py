@@ -432,7 +432,7 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
             send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
-            if send is not _run_inline and _metrics.enabled():
+            if uwsgi is not None and not route.refused and _metrics.enabled():
                 send = _metrics.counting(send, dest)
         return route
 

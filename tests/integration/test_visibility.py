@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import BIN, Server
+from harness import BIN, WORKER_READY, Server
 from uwsgiconf_mules._top import read_stats
 
 APP = '''
@@ -344,3 +344,15 @@ def test_calls_that_waited_for_room_are_counted_once(uwsgi_server: Callable[...,
     server.wait_lines("ok", calls)
     wait_metrics(server, stats, {"mule.1.queued": calls + 1, "mule.1.started": calls + 1,
                                  "mule.1.succeeded": calls + 1, "mule.1.queue_bytes": 0})
+
+
+def test_a_worker_that_ends_flushes_its_counts(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
+    stats, fifo = str(tmp_path / "stats.sock"), tmp_path / "fifo"
+    server = uwsgi_server(config(stats), APP, modules={"hooks": HOOKS, "reader": READER},
+                          extra_args=("--master-fifo", str(fifo)))
+    assert server.get("/ok?5") == (200, 5)
+    fifo.write_bytes(b"w")  # reload the workers now, well within the second before their first flush
+    server.wait_lines("ok", 5)
+    # New workers accepting (one stopped before its accepting loop would outlive the test's stop).
+    server.wait_for(lambda: server.ready_count(WORKER_READY) >= 4, what="the workers' reload")
+    wait_metrics(server, stats, {"mule.1.queued": 5, "mule.1.succeeded": 5})
