@@ -9,24 +9,75 @@ throughput on a real uWSGI, with the counters off and on).
 
 Each figure is the best of 15 runs of a million calls, minus the same loop doing nothing.
 
-    python benchmarks/counters.py
+Then, on a real uWSGI (one server with the counters off, one with them on, measured in turns):
+how long a dispatch mule takes per call to run a queue of :data:`DRAIN` small calls queued while
+it was held, without a sender competing for the CPU. The mule's own cost, in µs per call, median
+of the rounds.
+
+    python benchmarks/counters.py [--rounds N]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import sys
+import tempfile
 import time
 import timeit
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-
 from uwsgiconf_mules import _metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import Server, declaration, start_server  # noqa: E402
 
 NUMBER = 1_000_000
 REPEAT = 15
+DRAIN = 4000
+"""Calls queued behind a held call, then run in a row (a 4 MiB queue holds about 5,400)."""
+
+DRAIN_APP = '''
+import os
+import time
+
+from uwsgiconf_mules.runtime import mule_offload
+
+RESULTS = os.environ["TEST_RESULTS"]
+
+
+@mule_offload()
+def hold(path):
+    while not os.path.exists(path):
+        time.sleep(0.001)
+    os.unlink(path)
+    state["start"] = time.perf_counter_ns()
+
+
+state = {}
+
+
+@mule_offload()
+def task(i, n):
+    if i == n - 1:
+        with open(os.path.join(RESULTS, "drained"), "a") as handle:
+            handle.write(str((time.perf_counter_ns() - state["start"]) / n / 1000) + "\\n")
+
+
+def application(environ, start_response):
+    start_response("200 OK", [])
+    if environ["PATH_INFO"] == "/ping":
+        return [b"pong"]
+    n = int(environ["QUERY_STRING"])
+    hold(os.path.join(RESULTS, "go"))
+    for i in range(n):
+        task(i, n)
+    return [b"queued"]
+'''
 
 
 def best(statement: str, namespace: dict[str, Any]) -> float:
@@ -34,7 +85,42 @@ def best(statement: str, namespace: dict[str, Any]) -> float:
     return min(timeit.repeat(statement, globals=namespace, number=NUMBER, repeat=REPEAT)) / NUMBER * 1e9
 
 
+def drain(server: Server) -> float:
+    """µs per call for the mule to run :data:`DRAIN` queued calls."""
+    before = len(server.lines("drained"))
+    status, body = server.get(f"/drain?{DRAIN}")
+    assert status == 200, body
+    (server.results / "go").write_text("")
+    server.wait_for(lambda: len(server.lines("drained")) > before, 60, "the drain")
+    return float(server.lines("drained")[-1])
+
+
+def mule_cost(rounds: int) -> dict[str, Any]:
+    """The drain, counters off and on, measured in turns."""
+    configs = {"off": "mules=1, msg_buffer=4194304", "on": "mules=1, msg_buffer=4194304, stats='{stats}'"}
+    with tempfile.TemporaryDirectory(prefix="uwsgiconf-mules-counters-") as tmp:
+        servers: dict[str, Server] = {}
+        try:
+            for name, params in configs.items():
+                servers[name] = start_server(Path(tmp) / name, declaration(params.format(stats=f"{tmp}/stats.sock")),
+                                             DRAIN_APP, prelude=False, workers=1)
+            for server in servers.values():
+                drain(server)  # warm up: the mule finds its queue
+            samples: dict[str, list[float]] = {name: [] for name in servers}
+            for _ in range(rounds):
+                for name, server in servers.items():
+                    samples[name].append(drain(server))
+        finally:
+            for server in servers.values():
+                server.stop()
+    return {name: {"median_us": statistics.median(values), "min_us": min(values), "runs": values}
+            for name, values in samples.items()}
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
     _metrics._started = True  # the flushing thread runs: what every call after a worker's first sees
     stub = {}.get  # a C function of two arguments, as uwsgi.mule_msg
     head = b"x" * 40
@@ -53,7 +139,12 @@ def main() -> int:
     }
     for name, value in results.items():
         print(f"{name}: {value:.0f}")
-    print(json.dumps({"python": sys.version.split()[0], **{k: round(v, 1) for k, v in results.items()}}))
+    mule = mule_cost(args.rounds)
+    for name, values in mule.items():
+        print(f"mule on a real uWSGI, counters {name}: {values['median_us']:.2f} µs/call (median), "
+              f"{values['min_us']:.2f} (min)")
+    print(json.dumps({"python": sys.version.split()[0], **{k: round(v, 1) for k, v in results.items()},
+                      "mule_us_per_call": {name: round(v["median_us"], 3) for name, v in mule.items()}}))
     return 0
 
 
