@@ -325,6 +325,12 @@ def test_spooled_calls_and_dead_letters_are_counted(uwsgi_server: Callable[..., 
     wait_metrics(server, stats, {"mule.1.spooled": 5, "mule.1.started": 6, "mule.1.succeeded": 6,
                                  "mule.1.dead": 1, "mule.1.queued": 7})
     assert "5 queued call(s) kept in the spool" in server.log()
+    # The per-task counters continue across the respawn: the call held ran in the mule before it.
+    def succeeded() -> dict[str, int] | None:
+        tasks = top_json(server)["mules"][0]["tasks"]
+        return {key: counts["succeeded"] for key, counts in tasks.items()} if "app:ok" in tasks else None
+
+    assert server.wait_for(succeeded, what="the new mule's status file") == {"app:hold": 1, "app:ok": 5}
 
 
 def test_calls_that_waited_for_room_are_counted_once(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
