@@ -114,6 +114,8 @@ def test_the_view_joins_metrics_and_status_files(tmp_path: Path) -> None:
     assert lines[3].split() == ["1", "101", "dispatch", "f", "7", "6", "4", "1", "0", "0", "2.5", "768", "app:slow",
                                 "(1.2", "s)"]
     assert lines[4].split() == ["2", "-", "programmed", "-", "3", "-", "-", "-", "-", "-", "-", "-", "-"]
+    first["queue_bytes"] = -1
+    assert render(view).splitlines()[3].split()[11] == "?"  # not measured yet
     assert "app:slow  1     6        4   1       2.5" in text
 
 

@@ -8,7 +8,8 @@ update metrics but never create them. The names:
 * ``mule.<id>.queued`` and ``farm.<name>.queued``: messages queued for the target (sender side);
 * ``mule.<id>.started``, ``succeeded``, ``failed``, ``spooled`` (kept at a stop or reload),
   ``dead`` (dead letters), ``run_ms`` (time spent running calls): a dispatch mule's counters;
-* gauges: ``mule.<id>.queue_bytes`` and ``farm.<name>.queue_bytes`` (see :func:`queue_bytes`),
+* gauges: ``mule.<id>.queue_bytes`` and ``farm.<name>.queue_bytes`` (see :func:`queue_bytes`; -1
+  for a mule's queue not measured yet),
   ``mule.<id>.running_ms`` (how long the running call has run, 0 when idle), ``mule.<id>.pid``.
 
 uWSGI keeps metrics in the master's shared memory: they outlive mule respawns, show on the stats
@@ -333,6 +334,8 @@ class MuleCounters:
         uwsgi.metric_set(prefix + "running_ms", totals["running_ms"])
         uwsgi.metric_set(prefix + "pid", os.getpid())
         depths = self.depths()
+        if self.mule_id not in depths:
+            uwsgi.metric_set(prefix + "queue_bytes", -1)  # not measured (yet): never a false 0
         for dest, depth in depths.items():
             name = f"mule.{dest}.queue_bytes" if isinstance(dest, int) else f"farm.{dest.decode()}.queue_bytes"
             uwsgi.metric_set(name, depth)

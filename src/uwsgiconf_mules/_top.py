@@ -107,6 +107,10 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _bytes(value: Any) -> str:
+    return "?" if value == -1 else _cell(value)  # -1: a queue not measured yet
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
@@ -133,14 +137,14 @@ def render(view: dict[str, Any]) -> str:
         rows.append([str(mule["id"]), _cell(mule.get("pid")), mule["kind"], ",".join(mule["farms"]) or "-",
                      _cell(mule.get("queued")), _cell(mule.get("started")), _cell(mule.get("succeeded")),
                      _cell(mule.get("failed")), _cell(mule.get("spooled")), _cell(mule.get("dead")),
-                     "-" if run_ms is None else f"{run_ms / 1000:.1f}", _cell(mule.get("queue_bytes")), running])
+                     "-" if run_ms is None else f"{run_ms / 1000:.1f}", _bytes(mule.get("queue_bytes")), running])
     lines += _table(["MULE", "PID", "KIND", "FARMS", "QUEUED", "STARTED", "OK", "FAILED", "SPOOLED", "DEAD",
                      "RUN s", "QUEUE B", "RUNNING"], rows)
     if view["farms"]:
         lines.append("")
         lines += _table(["FARM", "MULES", "QUEUED", "QUEUE B"],
                         [[farm["name"], ",".join(map(str, farm["mules"])), _cell(farm["queued"]),
-                          _cell(farm["queue_bytes"])] for farm in view["farms"]])
+                          _bytes(farm["queue_bytes"])] for farm in view["farms"]])
     tasks = [[key, str(mule["id"]), str(counts.get("started")), str(counts.get("succeeded")),
               str(counts.get("failed")), f"{counts.get('run_ms', 0) / 1000:.1f}"]
              for mule in view["mules"] for key, counts in sorted(mule["tasks"].items())]

@@ -133,7 +133,7 @@ def start(uwsgi_server: Callable[..., Server], tmp_path: Path, on_failure: str =
 
 def test_counters_read_back_from_the_stats_server(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
     server, stats = start(uwsgi_server, tmp_path)
-    assert metrics(server, stats)["mule.1.started"] == 0
+    wait_metrics(server, stats, {"mule.1.started": 0, "mule.1.queue_bytes": -1})  # not measured yet
     assert server.get("/ok?20") == (200, 20)
     assert server.get("/fail?3") == (200, 4)
     assert server.get("/farm?6") == (200, 6)
@@ -357,7 +357,10 @@ def test_a_worker_that_ends_flushes_its_counts(uwsgi_server: Callable[..., Serve
     server = uwsgi_server(config(stats), APP, modules={"hooks": HOOKS, "reader": READER},
                           extra_args=("--master-fifo", str(fifo)))
     assert server.get("/ok?5") == (200, 5)
-    fifo.write_bytes(b"w")  # reload the workers now, well within the second before their first flush
+    # Once the worker logged the request (uWSGI skips Python's exit handlers for a worker that is
+    # busy when it exits), reload the workers: well within the second before their first flush.
+    server.wait_for(lambda: "GET /ok?5 " in server.log(), what="the request's log line")
+    fifo.write_bytes(b"w")
     server.wait_lines("ok", 5)
     # New workers accepting (one stopped before its accepting loop would outlive the test's stop).
     server.wait_for(lambda: server.ready_count(WORKER_READY) >= 4, what="the workers' reload")
