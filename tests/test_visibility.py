@@ -16,6 +16,7 @@ import pytest
 from helpers import assert_one_line_error, invoke_with
 from uwsgiconf_mules import MuleFarm, _failures, _instance
 from uwsgiconf_mules._declarations import RECORD_ENV, declare
+from uwsgiconf_mules._metrics import MuleCounters
 from uwsgiconf_mules._top import StatsError, read_stats, render, snapshot
 from uwsgiconf_mules.cli import cli
 
@@ -140,3 +141,42 @@ def test_top_without_a_stats_server_is_one_line(tmp_path: Path) -> None:
     body = body.replace("mules=1", f"mules=1, stats={stats!r}")
     assert_one_line_error(invoke_with(tmp_path, body, cli, "top", "--once", "--json"),
                           f"cannot read the uWSGI stats server at {stats}")
+
+
+class FakeMetrics:
+    """Stands in for the uwsgi module's metric functions."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def metric_inc(self, name: str, value: int = 1) -> bool:
+        self.values[name] = self.values.get(name, 0) + value
+        return True
+
+    def metric_set(self, name: str, value: int) -> bool:
+        self.values[name] = value
+        return True
+
+
+def test_a_mule_samples_its_counts_into_metrics_and_a_status_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = FakeMetrics()
+    monkeypatch.setattr(_instance, "uwsgi", fake)
+    counters = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path))
+    cell = counters.cell(b"app:task")
+    cell[0], cell[1], cell[2] = 3, 1, 0.25
+    counters.running[:] = [cell, time.perf_counter() - 0.5]
+    counters.sample()
+    assert fake.values["mule.1.started"] == 3 and fake.values["mule.1.failed"] == 1
+    assert fake.values["mule.1.succeeded"] == 1  # one still running
+    assert fake.values["mule.1.run_ms"] == 250 and fake.values["mule.1.running_ms"] >= 500
+    assert fake.values["mule.1.queue_bytes"] == -1  # its queue is not found yet: not measured
+    counters.running[0] = None
+    counters.sample()
+    assert (fake.values["mule.1.started"], fake.values["mule.1.succeeded"]) == (3, 2)  # increments, not totals
+    status = json.loads((tmp_path / "1.json").read_text())
+    assert status["tasks"] == {"app:task": {"started": 3, "failed": 1, "succeeded": 2, "run_ms": 250}}
+    again = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path))  # the mule respawned
+    again.sample()
+    assert fake.values["mule.1.started"] == 3  # the previous process flushed its counts already
+    assert again.totals()["started"] == 3

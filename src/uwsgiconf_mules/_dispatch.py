@@ -63,6 +63,8 @@ def _stop(signum: int, frame: Any) -> None:
     global _stopping
     _stopping = True
     _tasks.HEADS.clear()
+    if _tasks.COUNTING is not None:  # the counted fast path's table
+        _tasks.COUNTING.table.clear()
 
 
 def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
@@ -281,13 +283,18 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     counters = _tasks.COUNTING
     fast = not harakiri and counters is None
     counted = not harakiri and counters is not None
-    cells = counters.heads if counters is not None else {}
+    table, running = (counters.table, counters.running) if counters is not None else ({}, [None, 0.0])
     clock = time.perf_counter
+    last = None  # the counted path's cell of the call it ran last, until its time is added up
+    began = 0.0
     pending = None
     while not _stopping:
         try:
             size = current(buffer)  # a queue read directly, into the buffer
         except BlockingIOError:
+            if last is not None:  # the last call counted ended when its queue ran empty
+                last[2] += clock() - began
+                last = running[0] = None
             waited = queues.wait()
             current, streak = queues.current, STREAK
             if waited is None:
@@ -316,14 +323,21 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     _failed(view, end, size, entry, began)
                 continue
         elif counted:
-            # The same, counting per task (see _metrics.MuleCounters) for a thread to flush.
+            # The same, counting per task (see _metrics.MuleCounters) for a thread to flush: the
+            # time from one call's start to the next one's (or to the queue running empty) is the
+            # earlier call's, one clock read per call.
             end = find(b"\x00", KEY_START, size)
-            head = buffer[:end] if end > 0 else b""
-            entry = heads.get(head) if end > 0 else None
+            entry = table.get(buffer[:end]) if end > 0 else None
+            if entry is None and end > 0:
+                entry = counters.entry(buffer[:end])
             if entry is not None:
-                cell = cells.get(head) or counters.head(head, buffer[KEY_START:end])
+                now = clock()
+                if last is not None:
+                    last[2] += now - began
+                last = cell = entry[2]
+                began = running[1] = now
+                running[0] = cell
                 cell[0] += 1
-                cell[3] = began = clock()
                 try:
                     if end + 1 < size:
                         entry[0](*entry[1](view[end + 1:size]))
@@ -332,13 +346,17 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                 except Exception:
                     cell[1] += 1
                     _failed(view, end, size, entry, began)
-                cell[3] = 0.0
-                cell[2] += clock() - began
                 continue
+        if last is not None:  # a message for the slow path: the last call counted has ended
+            last[2] += clock() - began
+            last = running[0] = None
         if _stopping:
             pending = buffer[:size]
             break
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)
+    if last is not None:  # told to stop right after a call counted
+        last[2] += clock() - began
+        running[0] = None
     _shut_down(uwsgi, queues, pending, spool, declarations)

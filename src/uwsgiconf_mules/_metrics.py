@@ -236,8 +236,9 @@ class MuleCounters:
     """The counters of one dispatch mule: per task, in cells the mule loop updates, flushed into
     the mule's uWSGI metrics and its status file by :func:`flush`.
 
-    A task's cell is ``[started, failed, seconds running calls, perf_counter() when the running
-    call began or 0.0]``.
+    A task's cell is ``[started, failed, seconds running calls]``; :attr:`running` is ``[the cell
+    of the call running, perf_counter() when it began]`` (None when idle); :attr:`table` is the
+    counted fast path's: envelope head -> (function, body decoder, cell).
 
     :param mule_id: This mule's id.
     :param declarations: This instance's declarations.
@@ -247,7 +248,8 @@ class MuleCounters:
     def __init__(self, mule_id: int, declarations: Declarations, status_dir: str | None) -> None:
         self.mule_id = mule_id
         self.tasks: dict[str, list[Any]] = {}  # key -> cell
-        self.heads: dict[bytes, list[Any]] = {}  # envelope head -> cell, for the fast path
+        self.table: dict[bytes, tuple[Any, Any, list[Any]]] = {}
+        self.running: list[Any] = [None, 0.0]
         self.spooled = 0
         self.dead = 0
         self._flushed = {"started": 0, "succeeded": 0, "failed": 0, "spooled": 0, "dead": 0, "run_ms": 0}
@@ -272,7 +274,7 @@ class MuleCounters:
             with open(self._status) as handle:
                 tasks = json.load(handle).get("tasks", {})
             for key, counts in tasks.items():
-                self.tasks[key] = [int(counts["started"]), int(counts["failed"]), counts["run_ms"] / 1000, 0.0]
+                self.tasks[key] = [int(counts["started"]), int(counts["failed"]), counts["run_ms"] / 1000]
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass
 
@@ -284,17 +286,23 @@ class MuleCounters:
         text = key.decode("utf-8", "replace")
         found = self.tasks.get(text)
         if found is None:
-            found = self.tasks[text] = [0, 0, 0.0, 0.0]
+            found = self.tasks[text] = [0, 0, 0.0]
         return found
 
-    def head(self, head: bytes, key: bytes) -> list[Any]:
-        """The cell of the task whose envelopes start with ``head`` (remembered for the fast path).
+    def entry(self, head: bytes) -> tuple[Any, Any, list[Any]] | None:
+        """The counted fast path's entry for envelopes that start with ``head``, from the fast
+        path's table (:data:`uwsgiconf_mules._tasks.HEADS`); None when it has none.
 
         :param head: An envelope head.
-        :param key: Its task key.
         """
-        found = self.heads[head] = self.cell(key)
-        return found
+        from ._protocol import KEY_START
+        from ._tasks import HEADS
+
+        found = HEADS.get(head)
+        if found is None:
+            return None
+        entry = self.table[head] = (found[0], found[1], self.cell(head[KEY_START:]))
+        return entry
 
     def watch(self, queues: Any) -> None:
         """Measure the depth of these queues (a ``_queues.Queues``) from now on.
@@ -305,17 +313,17 @@ class MuleCounters:
 
     def totals(self) -> dict[str, Any]:
         """This process's counts since the mule's first start (from the status file)."""
-        now = time.perf_counter()
+        running_cell, since = self.running
+        running_for = time.perf_counter() - since if running_cell is not None else 0.0
         started = failed = running = 0
-        seconds = running_for = 0.0
+        seconds = 0.0
         running_key = None
-        for key, (task_started, task_failed, task_seconds, since) in list(self.tasks.items()):
-            started += task_started
-            failed += task_failed
-            seconds += task_seconds
-            if since:
-                running += 1
-                running_key, running_for = key, now - since
+        for key, cell in list(self.tasks.items()):
+            started += cell[0]
+            failed += cell[1]
+            seconds += cell[2]
+            if cell is running_cell:
+                running, running_key = 1, key
         return {"started": started, "failed": failed, "succeeded": started - failed - running,
                 "run_ms": int(seconds * 1000), "spooled": self.spooled, "dead": self.dead,
                 "running": running_key, "running_ms": int(running_for * 1000)}
@@ -368,7 +376,8 @@ class MuleCounters:
             "mule": self.mule_id, "pid": os.getpid(), "farms": self._farms, "running": totals["running"],
             "queue_bytes": {str(dest) if isinstance(dest, int) else dest.decode(): depth
                             for dest, depth in depths.items()},
-            "tasks": {key: {"started": cell[0], "failed": cell[1], "succeeded": cell[0] - cell[1] - bool(cell[3]),
+            "tasks": {key: {"started": cell[0], "failed": cell[1],
+                            "succeeded": cell[0] - cell[1] - (key == totals["running"]),
                             "run_ms": int(cell[2] * 1000)} for key, cell in list(self.tasks.items())},
         }
         now = time.time()

@@ -190,11 +190,13 @@ def run(message: bytes, harakiri: int = 0) -> None:
         refuse(message, func)
         return
     uwsgi = _instance.uwsgi
-    cell = COUNTING.cell(key) if COUNTING is not None else None
+    counters = COUNTING
+    cell = counters.cell(key) if counters is not None else None
     began = perf_counter()
     if cell is not None:
         cell[0] += 1
-        cell[3] = began
+        counters.running[1] = began
+        counters.running[0] = cell
     try:
         if harakiri:
             uwsgi.set_user_harakiri(harakiri)
@@ -207,8 +209,8 @@ def run(message: bytes, harakiri: int = 0) -> None:
         if harakiri:
             uwsgi.set_user_harakiri(0)
         if cell is not None:
-            cell[3] = 0.0
             cell[2] += perf_counter() - began
+            counters.running[0] = None
 
 
 def receive(message: bytes, harakiri: int = 0, *, strict: bool = True) -> bytes | None:
