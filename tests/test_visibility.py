@@ -68,6 +68,15 @@ def test_the_hook_gets_key_arguments_exception_and_mule(
     assert "task app:task failed in mule 0 after 0.250 s: ValueError: boom; arguments (1, k=2)" in caplog.text
 
 
+def test_a_call_whose_arguments_are_damaged_is_still_reported(
+        monkeypatch: pytest.MonkeyPatch, hooks: list[tuple[object, ...]], caplog: pytest.LogCaptureFixture) -> None:
+    declare_hook(monkeypatch, "visibility_hooks:report")
+    _failures.report("app:task", int, 5, TypeError("not iterable"), None)  # type: ignore[arg-type]
+    assert "task app:task failed in mule 0: TypeError: not iterable; arguments not shown (TypeError: " in caplog.text
+    assert hooks == []  # the hook is not given arguments that are not a tuple and a dict...
+    assert "the on_failure hook failed on task app:task" in caplog.text  # ...and that is said
+
+
 @pytest.mark.parametrize(("path", "logged"), [
     ("visibility_hooks:broken", "the on_failure hook failed on task app:task (SystemExit: 3)"),
     ("visibility_hooks:missing", "cannot load the on_failure hook visibility_hooks:missing (AttributeError"),

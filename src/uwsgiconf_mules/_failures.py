@@ -84,8 +84,12 @@ def report(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, exc: 
     """
     mule_id = _tasks.current_mule()
     ran = "" if seconds is None else f" after {seconds:.3f} s"
+    try:
+        shown = bounded_repr(args, kwargs)
+    except Exception as repr_exc:  # arguments that are not a tuple and a dict (a damaged call): never fatal
+        shown = f"not shown ({type(repr_exc).__name__}: {repr_exc})"
     _tasks.log().error("uwsgiconf-mules: task %s failed in mule %d%s: %s: %s; arguments %s", key, mule_id, ran,
-                       type(exc).__name__, exc, bounded_repr(args, kwargs), exc_info=exc)
+                       type(exc).__name__, exc, shown, exc_info=exc)
     function = hook()
     if function is None:
         return
