@@ -126,12 +126,11 @@ def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] 
     :param began: ``time.perf_counter()`` when the call began, or None.
     """
     import sys
-    import time
 
     from . import _failures
 
     exc = sys.exc_info()[1]
-    seconds = None if began is None else time.perf_counter() - began
+    seconds = None if began is None else perf_counter() - began
     _failures.report(key.decode() if isinstance(key, bytes) else key, args, kwargs, exc or RuntimeError("unknown"),
                      seconds)
 
