@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -73,8 +74,10 @@ def send_message(query):
 HOOKS = '''
 import json
 import os
+import signal
 import socket
 import os
+import signal
 
 
 def report(key, args, kwargs, exc, mule_id):
@@ -366,3 +369,19 @@ def test_a_worker_that_ends_flushes_its_counts(uwsgi_server: Callable[..., Serve
     # New workers accepting (one stopped before its accepting loop would outlive the test's stop).
     server.wait_for(lambda: server.ready_count(WORKER_READY) >= 4, what="the workers' reload")
     wait_metrics(server, stats, {"mule.1.queued": 5, "mule.1.succeeded": 5})
+
+
+def test_top_redraws_until_interrupted(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
+    server, _ = start(uwsgi_server, tmp_path)
+    proc = subprocess.Popen([str(BIN / "uwsgiconf-mules"), "top", "--interval", "0.2", "uwsgicfg.py"],
+                            cwd=server.directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    frames = out.split("\x1b[H\x1b[2J")[1:]  # each view starts by moving home and clearing the screen
+    assert len(frames) >= 3
+    assert all(frame.splitlines()[2].split()[:3] == ["MULE", "PID", "KIND"] for frame in frames)
