@@ -46,6 +46,17 @@ def hold(path):
     record("held")
 
 
+@mule_offload()
+def nap(seconds):
+    time.sleep(seconds)
+    record("napped")
+
+
+@route("/nap")
+def send_nap(query):
+    return nap(float(query))
+
+
 @route("/ok")
 def send_ok(query):
     return sum(ok(i) for i in range(int(query)))
@@ -154,8 +165,13 @@ def test_counters_read_back_from_the_stats_server(uwsgi_server: Callable[..., Se
         "mule.1.pid": server.mule_pids()[1], "mule.2.pid": server.mule_pids()[2],
         "mule.1.running_ms": 0, "mule.1.queue_bytes": 0,
     })
-    assert found["mule.1.run_ms"] >= 0
     assert found["mule.1.spooled"] == found["mule.1.dead"] == 0
+    # Run time: a call of 0.3 s, alone (the time of a call runs until the queue runs empty).
+    assert server.get("/nap?0.3") == (200, True)
+    server.wait_lines("napped", 1)
+    ran = wait_metrics(server, stats, {"mule.1.started": 25 + farm_runs[1], "mule.1.running_ms": 0})
+    assert 300 <= ran["mule.1.run_ms"] - found["mule.1.run_ms"] < 3000
+    assert 300 <= top_json(server)["mules"][0]["tasks"]["app:nap"]["run_ms"] < 3000
 
 
 def test_queue_depth_and_the_running_call(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
