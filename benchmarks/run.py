@@ -6,7 +6,8 @@ Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by 
 * uwsgiconf 2.4.0 ``mule_offload`` of a trivial function;
 * uwsgidecorators ``@mulefunc`` (it returns None, so it cannot retry: run with the largest queue
   this machine allows, and any loss is reported);
-* this project's ``Mule(1).offload()`` and a farm target;
+* this project's ``Mule(1).offload()``, the same with the counters on (``stats=...``), and a farm
+  target;
 * a farm routed to RQ (a real redis-server on loopback): the cost of an offload against a bare
   ``Queue.enqueue_call`` of the same function, in the same process, alternating every 25 calls
   (``x bare`` is the median of the per-round ratios of calls per second), and end-to-end jobs per second with
@@ -115,6 +116,16 @@ uwsgi_configuration = section.as_configuration()
 """
 
 OURS_CONFIG = declaration("mules=1")
+OURS_APP = '''
+from uwsgiconf_mules.runtime import Mule
+
+@Mule(1).offload()
+def task(i, n, payload):
+    finish(i, n)
+
+def send_one(i, n, payload):
+    task(i, n, payload)
+'''
 OURS_FARM_CONFIG = declaration("farms=[section.workers.mule_farm('bench', 1)]")
 
 VARIANTS: dict[str, dict[str, str]] = {
@@ -159,19 +170,8 @@ def send_one(i, n, payload):
     task(i, n, payload)  # returns None: cannot know whether it was queued
 ''',
     },
-    "uwsgiconf-mules Mule(1)": {
-        "config": OURS_CONFIG,
-        "app": '''
-from uwsgiconf_mules.runtime import Mule
-
-@Mule(1).offload()
-def task(i, n, payload):
-    finish(i, n)
-
-def send_one(i, n, payload):
-    task(i, n, payload)
-''',
-    },
+    "uwsgiconf-mules Mule(1)": {"config": OURS_CONFIG, "app": OURS_APP},
+    "uwsgiconf-mules Mule(1), counters on": {"config": declaration("mules=1, stats='{stats}'"), "app": OURS_APP},
     "uwsgiconf-mules Farm": {
         "config": OURS_FARM_CONFIG,
         "app": '''
@@ -188,6 +188,7 @@ def send_one(i, n, payload):
 }
 RAW = "raw mule_msg"
 OURS = "uwsgiconf-mules Mule(1)"
+COUNTED = "uwsgiconf-mules Mule(1), counters on"
 
 
 def _wmem_max() -> int:
@@ -224,7 +225,8 @@ def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
     servers: dict[str, Server] = {}
     try:
         for name in names:
-            config = VARIANTS[name]["config"].replace("{wmem_max}", str(_wmem_max()))
+            config = VARIANTS[name]["config"].replace("{wmem_max}", str(_wmem_max())).replace(
+                "{stats}", str(workdir / f"stats-{len(servers)}.sock"))
             servers[name] = start_server(workdir / re.sub(r"\W+", "_", name), config,
                                          COMMON + VARIANTS[name]["app"], prelude=False, workers=1)
         for server in servers.values():
@@ -430,7 +432,7 @@ def report(results: dict[str, Any]) -> str:
     if "rq" in results:
         lines += rq_report(results["rq"])
     if "import" not in results:
-        lines += ["", f"offload/raw = {_ratio(thr, sizes[0])}"]
+        lines += ["", f"counters on/raw = {_ratio(thr, sizes[0], COUNTED)}", f"offload/raw = {_ratio(thr, sizes[0])}"]
         return "\n".join(lines)
     imp = results["import"]
     lines += ["", "| import (fresh interpreter, median) | ms |", "|---|---:|",
@@ -440,12 +442,12 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "| idle mule | RSS kB | PSS kB | PSS overhead kB |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} |"
               for name, m in results["memory"].items()]
-    lines += ["", f"offload/raw = {_ratio(thr, sizes[0])}"]
+    lines += ["", f"counters on/raw = {_ratio(thr, sizes[0], COUNTED)}", f"offload/raw = {_ratio(thr, sizes[0])}"]
     return "\n".join(lines)
 
 
-def _ratio(thr: dict[str, Any], size: str) -> str:
-    ours = thr[OURS]["sizes"][size]["x_raw"] if OURS in thr else None
+def _ratio(thr: dict[str, Any], size: str, name: str = OURS) -> str:
+    ours = thr[name]["sizes"][size]["x_raw"] if name in thr else None
     return f"{ours:.2f}" if ours else "n/a"
 
 

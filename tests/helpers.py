@@ -63,6 +63,12 @@ workers.set_mules_params(mules=2, harakiri_timeout=30, reload_mercy=10, msg_buff
     "init": """
 workers.set_mules_params(farms=workers.mule_farm('mail', 2), mule_init='shop.startup:prepare')
 """,
+    # Counters: a stats server (a unix socket: the tests run in parallel), a failure hook, a
+    # programmed mule and a farm of dispatch mules, declared in two calls.
+    "stats": """
+workers.set_mules_params(mules=['feeder.py', None, None], farms=workers.mule_farm('work', [2, 3]))
+workers.set_mules_params(stats='/tmp/uwsgiconf-mules-case-stats.sock', on_failure='hooks:report')
+""",
     # Mixed: a count farm, an id farm, more mules than the farms need, set in two calls.
     "mixed": """
 workers.set_mules_params(mules=6, farms=[workers.mule_farm('io', 2), workers.mule_farm('cpu', [5, 6])])

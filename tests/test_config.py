@@ -52,8 +52,10 @@ INVALID = {
     "buffer zero": ("mules=1, msg_buffer=0", "msg_buffer must be a positive integer, not 0"),
     "buffer negative": ("mules=1, msg_buffer=-5", "msg_buffer must be a positive integer, not -5"),
     "recv buffer": ("mules=1, msg_buffer_recv=65536", "msg_buffer_recv is not supported"),
-    "init without function": ("mules=1, mule_init='shop.startup'", "mule_init 'shop.startup' is not"),
-    "init with a space": ("mules=1, mule_init='shop.start up:go'", "mule_init 'shop.start up:go' is not"),
+    "init without function": ("mules=1, mule_init='shop.startup'",
+                              "mule_init must be 'package.module:function' (a dotted module path, ':', a "
+                              "function name in that module), not 'shop.startup'"),
+    "init with a space": ("mules=1, mule_init='shop.start up:go'", "not 'shop.start up:go'"),
     "init not a string": ("mules=1, mule_init=print", "mule_init must be a 'package.module:function' string"),
 }
 

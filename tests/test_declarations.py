@@ -195,3 +195,60 @@ def test_deploy_touch_emits_the_reload_for_the_mode_and_keeps_options_set_elsewh
 def test_bad_deploy_and_spool_declarations_name_the_argument(params: dict[str, str], message: str) -> None:
     with pytest.raises(MulesConfigurationError, match=re.escape(message)):
         declare(mules=1, **params)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"stats": "0.0.0.0:9191"}, "'0.0.0.0' is not loopback (the stats server answers anyone who connects)"),
+    ({"stats": "example.com:9191"}, "'example.com' is not loopback"),
+    ({"stats": "127.0.0.1"}, "'127.0.0.1' has no valid port"),
+    ({"stats": "127.0.0.1:99999"}, "has no valid port"),
+    ({"stats": "stats.sock"}, "stats must be 'host:port' on a loopback address"),
+    ({"stats": ""}, "stats must be 'host:port'"),
+    ({"stats": 9191}, "stats must be 'host:port'"),
+    ({"stats": "/run/a;b.sock"}, "stats '/run/a;b.sock' contains"),
+    ({"on_failure": "report"}, "on_failure must be 'package.module:function' (a dotted module path, ':', a function "
+                                "name in that module), not 'report'"),
+    ({"on_failure": "pkg.mod:"}, "on_failure must be 'package.module:function'"),
+    ({"on_failure": "pkg mod:f"}, "on_failure must be 'package.module:function'"),
+    ({"on_failure": print}, "on_failure must be a 'package.module:function' string"),
+])
+def test_bad_stats_and_failure_hook_declarations_name_the_argument(params: dict[str, object], message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        declare(mules=1, **params)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9191", "127.0.0.2:1", "localhost:9191", "[::1]:9191",
+                                     "/run/app/stats.sock"])
+def test_stats_on_loopback_or_a_unix_socket_round_trips_in_the_record(address: str) -> None:
+    decl = declare(mules=[None, "x.py"], farms=[MuleFarm("f", [1])], stats=address, on_failure="app.hooks:report")
+    assert decl.record().endswith(f";stats={address};on-failure=app.hooks:report")
+    back = parse_record(decl.record())
+    assert (back.stats, back.on_failure) == (address, "app.hooks:report")
+
+
+def test_counters_are_declared_as_uwsgi_metrics_only_with_stats() -> None:
+    assert declare(mules=2).metric_names() == []
+    assert not {key for key, _ in declare(mules=2, on_failure="a:b").options()} & {"metric", "stats", "enable-metrics"}
+    decl = declare(mules=[None, "x.py"], farms=[MuleFarm("f", [1, 2])], stats="127.0.0.1:9191")
+    dispatch = ["queued", "started", "succeeded", "failed", "spooled", "dead", "run_ms"]
+    assert decl.metric_names() == [
+        *((f"mule.1.{name}", "counter") for name in dispatch),
+        *((f"mule.1.{name}", "gauge") for name in ("queue_bytes", "running_ms", "pid")),
+        ("mule.2.queued", "counter"), ("farm.f.queued", "counter"), ("farm.f.queue_bytes", "gauge")]
+    opts = decl.options()
+    assert opts[opts.index(("enable-metrics", "true")) + 1] == ("stats", "127.0.0.1:9191")
+    assert [value for key, value in opts if key == "metric"] == [
+        f"name={name},type={kind}" for name, kind in decl.metric_names()]
+    programmed_only = declare(mules=["x.py"], stats="/run/stats.sock").options()
+    assert ("enable-threads", "true") in programmed_only  # senders flush their counts in a thread
+
+
+def test_a_second_call_keeps_metrics_declared_elsewhere() -> None:
+    section = Section()
+    section.workers.set_mules_params(mules=1, stats="127.0.0.1:9191")
+    section._set("metric", "name=app.custom", multi=True)
+    section.workers.set_mules_params(mules=2)
+    metrics = [value for key, value in options(section) if key == "metric"]
+    assert "name=app.custom" in metrics
+    assert "name=mule.2.started,type=counter" in metrics
+    assert len(metrics) == len(set(metrics))

@@ -1,16 +1,25 @@
 """The README's claims about distributions' uWSGI that a test can hold it to: the section's YAML is
 what `compile` writes for libyaml, its command loads the plugin first, and the supported versions
 are the matrix's, oldest first. (Its commands were run as written on Debian 12; the matrix runs
-them through the harness: `.ci/matrix debian-uwsgi`.)"""
+them through the harness: `.ci/matrix debian-uwsgi`.) And "Watching your mules": its code runs as
+shown (the Sentry hook against a stand-in ``sentry_sdk``), its sample of ``top`` has the columns
+``top`` prints, and its table names every counter."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from helpers import invoke, invoke_with, normalise
+from uwsgiconf_mules import Section
+from uwsgiconf_mules._declarations import declare
+from uwsgiconf_mules._top import render
 from uwsgiconf_mules._uwsgi_build import OLDEST_SUPPORTED
 from uwsgiconf_mules.cli import cli
 
@@ -106,3 +115,55 @@ def test_routing_section_declaration_compiles_and_its_commands_exist(tmp_path: P
     for option in re.findall(r"--[a-z-]+", synopsis[1]):
         assert option in helped
     assert 'export UWSGICONF_MULES="$(uwsgiconf-mules record)"' in text
+
+
+def test_watching_your_mules_code_runs_as_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", section("Watching your mules"), re.S)
+    declare_block, pushers_block, sentry_block = blocks
+    namespace: dict[str, Any] = {"section": Section()}
+    exec(declare_block + pushers_block, namespace)
+    lines = [f"{key} = {value}" for key, value in namespace["section"]._get_options()]
+    assert "stats = 127.0.0.1:9191" in lines
+    assert "stats-push = socket:127.0.0.1:8125,myapp" in lines
+    assert "metric = name=mule.1.started,type=counter" in lines
+    assert any("on-failure=myproject.reports:task_failed" in line for line in lines)
+
+    captured: list[tuple[str, object]] = []
+
+    class Scope:
+        def __enter__(self) -> Scope:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            captured.append(("exit", None))
+
+        def set_tag(self, name: str, value: object) -> None:
+            captured.append((name, value))
+
+        def set_extra(self, name: str, value: object) -> None:
+            captured.append((name, value))
+
+    sentry = types.ModuleType("sentry_sdk")
+    sentry.new_scope = Scope  # type: ignore[attr-defined]
+    sentry.capture_exception = lambda exc: captured.append(("exception", exc))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sentry_sdk", sentry)
+    hooks: dict[str, Any] = {}
+    exec(sentry_block, hooks)
+    error = ValueError("boom")
+    hooks["task_failed"]("app:fail", (1,), {"k": 2}, error, 3)
+    assert captured == [("task", "app:fail"), ("mule", 3), ("args", "(1,)"), ("kwargs", "{'k': 2}"),
+                        ("exception", error), ("exit", None)]
+
+
+def test_the_sample_of_top_has_the_columns_top_prints() -> None:
+    sample = re.search(r"```text\n(uWSGI .*?)```", section("Watching your mules"), re.S)
+    assert sample
+    view = {"stats": "127.0.0.1:9191", "uwsgi": {"version": "2.0.31", "pid": 1}, "time": 0.0,
+            "mules": [{"id": 1, "kind": "dispatch", "farms": ["pair"], "running": None, "tasks": {"a:b": {}}}],
+            "farms": [{"name": "pair", "mules": [1], "queued": 0, "queue_bytes": 0}]}
+    printed = [line for line in render(view).splitlines() if line.startswith(("MULE", "FARM", "TASK"))]
+    shown = [line for line in sample[1].splitlines() if line.startswith(("MULE", "FARM", "TASK"))]
+    assert [line.split() for line in shown] == [line.split() for line in printed]
+    names = {name.split(".", 2)[2] for name, _ in declare(mules=1, stats="127.0.0.1:1").metric_names()}
+    table = section("Watching your mules")
+    assert all(f"`{name}`" in table or f".{name}`" in table for name in names)

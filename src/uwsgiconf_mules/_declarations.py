@@ -42,6 +42,7 @@ __all__ = [
     "declare",
     "default_spool_dir",
     "parse_record",
+    "validate_callable_path",
     "validate_farm_name",
     "validate_mule_init",
 ]
@@ -66,6 +67,11 @@ compile it where uWSGI runs it (same environment), as ``uwsgiconf run`` does.
 
 RUNTIME_MODULE = "uwsgiconf_mules.runtime"
 """The module the builders import in the uWSGI master (``shared-import``)."""
+
+MULE_COUNTERS = ("queued", "started", "succeeded", "failed", "spooled", "dead", "run_ms")
+"""Counters of a dispatch mule, as uWSGI metrics ``mule.<id>.<counter>`` (programmed mules: ``queued``)."""
+MULE_GAUGES = ("queue_bytes", "running_ms", "pid")
+"""Gauges of a dispatch mule, as uWSGI metrics ``mule.<id>.<gauge>``."""
 
 DEFAULT_SEND_TIMEOUT = 5.0
 """Seconds a sender keeps retrying while a mule queue is full before raising ``DeliveryError``."""
@@ -238,12 +244,18 @@ class Declarations:
         before it runs any call; or None.
     :param backends: Farms routed to a distributed task engine instead of mules (see
         :mod:`uwsgiconf_mules._backends`), in declared order.
+    :param stats: Address of uWSGI's stats server (``127.0.0.1:9191``, or an absolute unix socket
+        path); when set, the counters of every mule and farm are declared as uWSGI metrics (see
+        :mod:`uwsgiconf_mules._metrics`). None: no counters, and nothing counted.
+    :param on_failure: ``package.module:function`` called with every failed offloaded call (see
+        :mod:`uwsgiconf_mules._failures`); or None.
     """
 
     __slots__ = ("_backends_by_name", "_farms_by_name", "backends", "deploy", "dispatch_script", "farms", "harakiri",
-                 "msg_size", "mule_init", "programs", "reload_mercy", "send_timeout", "spool_dir", "touch_reload")
+                 "msg_size", "mule_init", "on_failure", "programs", "reload_mercy", "send_timeout", "spool_dir",
+                 "stats", "touch_reload")
     _FIELDS = ("programs", "farms", "msg_size", "harakiri", "reload_mercy", "touch_reload", "send_timeout",
-               "dispatch_script", "spool_dir", "deploy", "mule_init", "backends")
+               "dispatch_script", "spool_dir", "deploy", "mule_init", "backends", "stats", "on_failure")
 
     def __init__(
         self,
@@ -260,11 +272,15 @@ class Declarations:
         deploy: tuple[str, str] | None = None,
         mule_init: str | None = None,
         backends: tuple[Backend, ...] = (),
+        stats: str | None = None,
+        on_failure: str | None = None,
     ) -> None:
         self.programs = programs
         self.mule_init = mule_init
         self.backends = backends
         self._backends_by_name = {backend.farm: backend for backend in backends}
+        self.stats = stats
+        self.on_failure = on_failure
         self.deploy = deploy
         self.dispatch_script = dispatch_script
         self.spool_dir = spool_dir
@@ -359,7 +375,33 @@ class Declarations:
             # Dispatch mules handle uWSGI signals in a thread of their own; uWSGI releases the GIL
             # while waiting only with threads enabled (not the default of older releases, 2.0.21 here).
             opts.append(("enable-threads", "true"))
+        if self.stats is not None:
+            opts.extend(self._stats_options())
         opts.append(("env", f"{RECORD_ENV}={self.record()}"))
+        return opts
+
+    def metric_names(self) -> list[tuple[str, str]]:
+        """The uWSGI metrics that hold the counters, ``(name, type)``, in declared order; empty
+        without ``stats``. Names are those of :mod:`uwsgiconf_mules._metrics`."""
+        if self.stats is None:
+            return []
+        names: list[tuple[str, str]] = []
+        dispatchers = set(self.dispatchers)
+        for mule_id in range(1, self.mule_count + 1):
+            counters = MULE_COUNTERS if mule_id in dispatchers else ("queued",)
+            names.extend((f"mule.{mule_id}.{name}", "counter") for name in counters)
+            if mule_id in dispatchers:
+                names.extend((f"mule.{mule_id}.{name}", "gauge") for name in MULE_GAUGES)
+        for farm in self.farms:
+            names.append((f"farm.{farm.name}.queued", "counter"))
+            names.append((f"farm.{farm.name}.queue_bytes", "gauge"))
+        return names
+
+    def _stats_options(self) -> list[tuple[str, str]]:
+        opts = [("enable-metrics", "true"), ("stats", str(self.stats))]
+        if not self.dispatchers:  # the counters are flushed by a thread of each sending process
+            opts.append(("enable-threads", "true"))
+        opts.extend(("metric", f"name={name},type={kind}") for name, kind in self.metric_names())
         return opts
 
     def record(self) -> str:
@@ -379,6 +421,10 @@ class Declarations:
             fields.append(f"spool={self.spool_dir}")
         if self.mule_init is not None:
             fields.append(f"init={self.mule_init}")
+        if self.stats is not None:
+            fields.append(f"stats={self.stats}")
+        if self.on_failure is not None:
+            fields.append(f"on-failure={self.on_failure}")
         fields.extend(f"route={backend.farm}:{backend.url()}" for backend in self.backends)
         return ";".join(fields)
 
@@ -448,6 +494,8 @@ def declare(
     deploy_mode: object = None,
     mule_init: object = None,
     backends: object = None,
+    stats: object = None,
+    on_failure: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -478,6 +526,9 @@ def declare(
         starts, before it runs any call (see :func:`validate_mule_init`).
     :param backends: Farm name -> backend URL: farms routed to a distributed task engine instead
         of mules (see :mod:`uwsgiconf_mules._backends`); they spend no mules.
+    :param stats: Address of uWSGI's stats server: ``host:port`` on a loopback address, or an
+        absolute unix socket path; declares the counters (see :meth:`Declarations.metric_names`).
+    :param on_failure: ``package.module:function`` called with every failed offloaded call.
     :param unsupported: Options uWSGI 2.0.x does not know (``msg_buffer_recv``); always rejected.
     :raises MulesConfigurationError: naming what is wrong.
     """
@@ -532,6 +583,8 @@ def declare(
         reload_mercy=None if reload_mercy is None else _positive_int(reload_mercy, "reload_mercy"),
         touch_reload=paths,
         send_timeout=_send_timeout(send_timeout),
+        stats=None if stats is None else _stats_address(stats),
+        on_failure=None if on_failure is None else validate_callable_path(on_failure, "on_failure"),
     )
 
 
@@ -550,6 +603,45 @@ def _backends(backends: object, farms: set[str]) -> tuple[Backend, ...]:
                 "mules: remove it from the mule farms", culprit=name)
         routed.append(parse_backend(name, url))
     return tuple(routed)
+
+
+_LOOPBACK = ("127.", "localhost:", "[::1]:")
+
+
+def _stats_address(value: object) -> str:
+    """A stats server address uWSGI binds and nobody else can reach: loopback or a unix socket."""
+    rule = ("stats must be 'host:port' on a loopback address (127.0.0.1:9191, localhost:9191, [::1]:9191) or "
+            "an absolute unix socket path")
+    if not isinstance(value, str) or not value.strip():
+        raise MulesConfigurationError(f"{rule}, not {value!r}", culprit=value)
+    if value.startswith("/"):
+        return _record_path(os.path.normpath(value), "stats")
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MulesConfigurationError(f"{rule}; {value!r} has no valid port", culprit=value)
+    if not value.startswith(_LOOPBACK) or any(c in value for c in ";#%'\" \t"):
+        raise MulesConfigurationError(
+            f"{rule}; {host!r} is not loopback (the stats server answers anyone who connects)", culprit=value)
+    return value
+
+
+def validate_callable_path(value: object, what: str) -> str:
+    """Check a ``package.module:function`` reference and return it.
+
+    :param value: The reference: a dotted module path and a function name (or a dotted attribute
+        path in the module), separated by ``:``.
+    :param what: What it is (the keyword argument), for the error message.
+    :raises MulesConfigurationError: when it is not ``package.module:function``.
+    """
+    if not isinstance(value, str):
+        raise MulesConfigurationError(
+            f"{what} must be a 'package.module:function' string, not {value!r}", culprit=value)
+    module, colon, name = value.partition(":")
+    if not (colon and all(part.isidentifier() for part in (*module.split("."), *name.split(".")))):
+        raise MulesConfigurationError(
+            f"{what} must be 'package.module:function' (a dotted module path, ':', a function name in that "
+            f"module), not {value!r}", culprit=value)
+    return value
 
 
 def default_spool_dir(section: str = "uwsgi") -> str:
@@ -589,16 +681,7 @@ def validate_mule_init(value: object) -> str:
         in the module), separated by ``:``.
     :raises MulesConfigurationError: naming the hook at fault.
     """
-    if not isinstance(value, str):
-        raise MulesConfigurationError(
-            f"mule_init must be a 'package.module:function' string, not {value!r}", culprit=value)
-    module, colon, name = value.partition(":")
-    parts = [*module.split("."), *name.split(".")]
-    if not colon or not all(part.isidentifier() for part in parts):
-        raise MulesConfigurationError(
-            f"mule_init {value!r} is not 'package.module:function' (a dotted module path, ':', a function "
-            "name in that module)", culprit=value)
-    return value
+    return validate_callable_path(value, "mule_init")
 
 
 def _deploy(touch: object, mode: object) -> tuple[str, str] | None:
@@ -668,7 +751,7 @@ def parse_record(text: str) -> Declarations:
     programmed: set[int] = set()
     farms: list[FarmSpec] = []
     numbers: dict[str, float] = {}
-    dispatch = spool = init = None
+    dispatch = spool = init = stats = on_failure = None
     backends: list[Backend] = []
     try:
         for item in fields[1:]:
@@ -689,6 +772,10 @@ def parse_record(text: str) -> Declarations:
                 backends.append(parse_backend(name, url))
             elif key == "init":
                 init = value
+            elif key == "stats":
+                stats = value
+            elif key == "on-failure":
+                on_failure = value
             elif key in ("msg-size", "harakiri", "reload-mercy", "send-timeout"):
                 numbers[key] = float(value)
             else:
@@ -708,4 +795,6 @@ def parse_record(text: str) -> Declarations:
         mule_init=init,
         reload_mercy=None if "reload-mercy" not in numbers else int(numbers["reload-mercy"]),
         backends=tuple(backends),
+        stats=stats,
+        on_failure=on_failure,
     )

@@ -8,6 +8,10 @@ runs offloaded calls of this instance under the declared harakiri; refuses, with
 messages that claim to be calls but do not carry this instance's token; and passes other
 messages on to ``uwsgi.mule_msg_hook``.
 
+With the counters on (a declared stats server), the fast path counts each call per task and
+adds up its time, one clock read per call, for :mod:`uwsgiconf_mules._metrics` to flush; without
+them it runs as it did, plus the clock read that gives a failed call's duration.
+
 uWSGI signals sent to the mule (``mule``, ``muleN``, ``mules`` targets, timers) are handled by a
 thread of their own as they arrive, concurrently with the call being run: within milliseconds,
 not when the queues next run empty.
@@ -27,7 +31,7 @@ import os
 import signal
 import time
 
-from . import _instance, _protocol, _spool, _tasks
+from . import _instance, _metrics, _protocol, _spool, _tasks
 from ._limits import socket_message_limit
 from ._protocol import KEY_START
 from ._queues import STREAK, Queues, probe_destinations
@@ -63,6 +67,8 @@ def _stop(signum: int, frame: Any) -> None:
     global _stopping
     _stopping = True
     _tasks.HEADS.clear()
+    if _tasks.COUNTING is not None:  # the counted fast path's table
+        _tasks.COUNTING.table.clear()
 
 
 def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
@@ -142,6 +148,10 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
     for dest, message in queues.drain():
         keep(message, dest)
     mule_id = _tasks.current_mule()
+    counters = _tasks.COUNTING
+    if counters is not None:
+        counters.spooled += keep.kept
+        _metrics.flush()
     log = _tasks.log()
     log.warning("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, keep.kept,
                 spool.path if spool else "(none)")
@@ -235,6 +245,8 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     _start_signal_thread(uwsgi)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
+    _tasks.COUNTING = _metrics.mule_counters(mule_id, declarations, spool.path if spool is not None else None)
+
     from . import _startup  # once per mule, before any call runs: the start-up hook, Django, logging
 
     _startup.start(mule_id, declarations)
@@ -248,10 +260,21 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
     _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size)
+    if _tasks.COUNTING is not None:
+        _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues
 
 
-def mule_loop() -> None:
+def _failed(view: memoryview, end: int, size: int, entry: tuple[Any, Any], began: float) -> None:
+    """Report the failure of a call the fast path ran, with its arguments decoded again."""
+    try:
+        args = tuple(entry[1](view[end + 1:size])) if end + 1 < size else ()
+    except Exception:
+        args = ()
+    _tasks.failed(bytes(view[KEY_START:end]), args, None, began)
+
+
+def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for throughput
     """Run the message loop of this dispatch mule; returns only by exiting the process.
 
     :raises NotInMuleError: when not called in a mule.
@@ -266,12 +289,21 @@ def mule_loop() -> None:
     current, streak = queues.current, STREAK
     heads = _tasks.HEADS
     receive, pass_on, returned = _tasks.receive, _tasks.pass_on, _tasks.returned
-    fast = not harakiri
+    counters = _tasks.COUNTING
+    fast = not harakiri and counters is None
+    counted = not harakiri and counters is not None
+    table, running = (counters.table, counters.running) if counters is not None else ({}, [None, 0.0])
+    clock = time.perf_counter
+    last = None  # the counted path's cell of the call it ran last, until its time is added up
+    began = 0.0
     pending = None
     while not _stopping:
         try:
             size = current(buffer)  # a queue read directly, into the buffer
         except BlockingIOError:
+            if last is not None:  # the last call counted ended when its queue ran empty
+                last[2] += clock() - began
+                last = running[0] = None
             waited = queues.wait()
             current, streak = queues.current, STREAK
             if waited is None:
@@ -290,17 +322,48 @@ def mule_loop() -> None:
             end = find(b"\x00", KEY_START, size)  # after the token, which may hold NUL bytes
             entry = heads.get(buffer[:end]) if end > 0 else None
             if entry is not None:
+                began = clock()  # for the failure's log line
                 try:
                     result = entry[0](*entry[1](view[end + 1:size])) if end + 1 < size else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
                         returned(buffer[KEY_START:end], result)
                 except Exception:
-                    _tasks.failed(buffer[KEY_START:end])
+                    _failed(view, end, size, entry, began)
                 continue
+        elif counted:
+            # The same, counting per task (see _metrics.MuleCounters) for a thread to flush: the
+            # time from one call's start to the next one's (or to the queue running empty) is the
+            # earlier call's, one clock read per call.
+            end = find(b"\x00", KEY_START, size)
+            entry = table.get(buffer[:end]) if end > 0 else None
+            if entry is None and end > 0:
+                entry = counters.entry(buffer[:end])
+            if entry is not None:
+                now = clock()
+                if last is not None:
+                    last[2] += now - began
+                last = cell = entry[2]
+                began = running[1] = now
+                running[0] = cell
+                cell[0] += 1
+                try:
+                    result = entry[0](*entry[1](view[end + 1:size])) if end + 1 < size else entry[0]()
+                    if result is not None:
+                        returned(buffer[KEY_START:end], result)
+                except Exception:
+                    cell[1] += 1
+                    _failed(view, end, size, entry, began)
+                continue
+        if last is not None:  # a message for the slow path: the last call counted has ended
+            last[2] += clock() - began
+            last = running[0] = None
         if _stopping:
             pending = buffer[:size]
             break
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)
+    if last is not None:  # told to stop right after a call counted
+        last[2] += clock() - began
+        running[0] = None
     _shut_down(uwsgi, queues, pending, spool, declarations)

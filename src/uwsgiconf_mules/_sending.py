@@ -18,7 +18,7 @@ import os
 import time
 from _thread import get_ident
 
-from . import _instance
+from . import _instance, _metrics
 from ._declarations import Declarations
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 from .errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
@@ -225,7 +225,9 @@ def deliver(message: bytes, dest: int | bytes, what: str, timeout: float) -> boo
     :param timeout: Seconds to keep trying.
     """
     send = _instance.uwsgi.mule_msg
-    return retry(lambda: send(message, dest), timeout, what, len(message), dest)
+    sent = retry(lambda: send(message, dest), timeout, what, len(message), dest)
+    _metrics.queued(dest)
+    return sent
 
 
 class Route:
@@ -294,5 +296,6 @@ class Route:
             raise MulesRuntimeError(
                 f"{what} to {self.label}: not running under uWSGI, there is no mule to receive it")
         if uwsgi.mule_msg(message, self.dest):
+            _metrics.queued(self.dest)
             return True
         return deliver(message, self.dest, f"{what} to {self.label}", self.timeout)

@@ -12,6 +12,7 @@ with its function and body decoder.
 from __future__ import annotations
 
 import importlib
+from time import perf_counter
 
 from . import _instance, _protocol, _spool
 
@@ -27,6 +28,9 @@ HEADS: dict[bytes, tuple[Callable[..., Any], Callable[[Any], Any]]] = {}
 """Envelope head (before the first NUL) of a positional call -> (function, decoder of the body)."""
 
 _logger: logging.Logger | None = None
+
+COUNTING: Any = None
+"""This dispatch mule's per-task counters (a ``_metrics.MuleCounters``) when the counters are on."""
 
 
 def log() -> logging.Logger:
@@ -156,12 +160,24 @@ def returned(key: bytes, result: object) -> None:
     warnings.warn(ReturnValueWarning(message), stacklevel=2)
 
 
-def failed(key: bytes | str) -> None:
-    """Log the exception being handled as the failure of task ``key``.
+def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+           began: float | None = None) -> None:
+    """Report the exception being handled as the failure of task ``key`` (see
+    :mod:`uwsgiconf_mules._failures`): a log line and the ``on_failure`` hook.
 
     :param key: The task key.
+    :param args: The call's positional arguments.
+    :param kwargs: Its keyword arguments.
+    :param began: ``time.perf_counter()`` when the call began, or None.
     """
-    log().exception("uwsgiconf-mules: task %s failed", key.decode() if isinstance(key, bytes) else key)
+    import sys
+
+    from . import _failures
+
+    exc = sys.exc_info()[1]
+    seconds = None if began is None else perf_counter() - began
+    _failures.report(key.decode() if isinstance(key, bytes) else key, args, kwargs, exc or RuntimeError("unknown"),
+                     seconds)
 
 
 _dead_letters: _spool.Spool | None = None  # where a dispatch mule keeps what it refuses
@@ -194,6 +210,8 @@ def refuse(message: bytes, reason: str) -> None:
             spool.write("dead", message[len(prefix):], reason)
         else:
             spool.write("dead", message, _spool.UNTRUSTED + reason)
+        if COUNTING is not None:
+            COUNTING.dead += 1
     except OSError as exc:
         log().error("uwsgiconf-mules: mule %d could not keep the refused message as a dead letter (%s)",
                     current_mule(), exc)
@@ -218,15 +236,27 @@ def run(message: bytes, harakiri: int = 0) -> None:
         return
     uwsgi = _instance.uwsgi
     result = None
+    counters = COUNTING
+    cell = counters.cell(key) if counters is not None else None
+    began = perf_counter()
+    if cell is not None:
+        cell[0] += 1
+        counters.running[1] = began
+        counters.running[0] = cell
     try:
         if harakiri:
             uwsgi.set_user_harakiri(harakiri)
         result = func(*args, **kwargs)
     except Exception:
-        failed(key)
+        if cell is not None:
+            cell[1] += 1
+        failed(key, args, kwargs, began)
     finally:
         if harakiri:
             uwsgi.set_user_harakiri(0)
+        if cell is not None:
+            cell[2] += perf_counter() - began
+            counters.running[0] = None
     if result is not None:
         returned(key, result)
 

@@ -6,8 +6,10 @@ code 1; a usage error (unknown option, missing file) exits 2.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ import click
 from uwsgiconf.exceptions import ConfigurationError
 from uwsgiconf.utils import ConfModule
 
-from . import _spool
+from . import _spool, _top
 from ._backends import ENGINES
 from ._declarations import RECORD_ENV, Declarations, parse_record
 from ._formats import FORMATS, YAML_DIALECTS, collect, render
@@ -129,7 +131,7 @@ def _declared(conf: str) -> list[tuple[str, Declarations]]:
     for number, line in enumerate(text.splitlines(), 1):
         _, marker, record = line.partition(f"{RECORD_ENV}=")
         if marker:
-            found.append((f"line {number}", parse_record(record.strip().rstrip('"'))))
+            found.append((f"line {number}", parse_record(record.strip().strip('"'))))
     return found
 
 
@@ -213,6 +215,41 @@ def worker(burst: bool, farms: tuple[str, ...], worker_class: str | None, sectio
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(command[0], command, {**os.environ, **env, RECORD_ENV: declarations.record()})
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one view and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: the view as JSON, for scripts.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between two views.")
+@arg_conf
+def top(once: bool, as_json: bool, interval: float, conf: str) -> None:
+    """What every mule of CONF (a uwsgicfg.py, default, or a compiled config) is doing, live: pid,
+    kind, farms, the running call and for how long, counters, queue depth, per-task counters.
+
+    Read from the stats server declared with set_mules_params(stats=...), refreshed every second
+    until Ctrl-C. One red line and exit 1 when there is none or it cannot be read.
+    """
+    with _errors():
+        declared = [declarations for _, declarations in _declared(conf) if declarations.stats]
+        if not declared:
+            raise ConfigurationError(f"{conf} declares no stats server: add stats='127.0.0.1:9191' (or a unix "
+                                     "socket path) to set_mules_params, compile, and restart uWSGI")
+    declarations = declared[0]
+    try:
+        while True:
+            try:
+                view = _top.snapshot(declarations, _top.read_stats(str(declarations.stats)))
+            except _top.StatsError as exc:
+                _fail(str(exc))
+                sys.exit(1)
+            if once:
+                click.echo(json.dumps(view, indent=2) if as_json else _top.render(view))
+                return
+            click.echo("\x1b[H\x1b[2J" + _top.render(view), color=True)  # home, clear: a redraw
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
 
 
 def _key(payload: bytes) -> str:

@@ -52,6 +52,8 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         deploy_touch: str | None = None,
         deploy_mode: str | None = None,
         mule_init: str | None = None,
+        stats: str | None = None,
+        on_failure: str | None = None,
     ) -> Section:
         """Declare mules and mule farms.
 
@@ -93,6 +95,14 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             ``--lazy-apps`` (which loads the app in workers only). With ``DJANGO_SETTINGS_MODULE``
             set and Django not set up yet (``--lazy-apps``), dispatch mules then call
             ``django.setup()``.
+        :param stats: Where uWSGI's stats server listens: ``'127.0.0.1:9191'`` (a loopback
+            address) or an absolute unix socket path. Turns the counters on: every mule and farm
+            gets its uWSGI metrics (``mule.1.started``, ``farm.fast.queued``, ...; see "Watching
+            your mules" in the README), shown by the stats server, pushed by ``stats-push`` /
+            ``carbon``, and read by ``uwsgiconf-mules top``. Without it nothing is counted.
+        :param on_failure: ``'package.module:function'``, called in the mule with every
+            offloaded call that raised: ``function(key, args, kwargs, exception, mule_id)``.
+            An exception it raises is logged, never fatal to the mule.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
         section: Section = self._section
@@ -101,6 +111,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
             "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout, "spool_dir": spool_dir,
             "deploy_touch": deploy_touch, "deploy_mode": deploy_mode, "mule_init": mule_init,
+            "stats": stats, "on_failure": on_failure,
         }
         params = dict(section._mules_params)
         params.update({key: value for key, value in given.items() if value is not None})

@@ -36,6 +36,7 @@ import time
 from . import (
     _dispatch,  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
     _instance,
+    _metrics,
     _protocol,
     _tasks,
 )
@@ -437,7 +438,7 @@ def _run_inline(message: bytes, dest: int | bytes) -> bool:
     return True
 
 
-def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction[_P, _R]:
+def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction[_P, _R]:  # noqa: PLR0915 - closures
     """Build what ``mule_offload`` returns: a function that queues calls of ``func`` for ``target``.
 
     A closure rather than an object with ``__call__``: this is the hot path of every offload.
@@ -471,6 +472,8 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
                 send = route.sender
             else:
                 send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+            if uwsgi is not None and not route.refused and route.sender is None and _metrics.enabled():
+                send = _metrics.counting(send, dest)
         return route
 
     def forget() -> None:

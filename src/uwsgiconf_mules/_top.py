@@ -1,0 +1,154 @@
+"""``uwsgiconf-mules top``: what every mule is doing, read from the instance's stats server.
+
+The counters and gauges are uWSGI metrics (see :mod:`uwsgiconf_mules._metrics`), read from the
+stats server the builders declared (``set_mules_params(stats=...)``); the per-task counters and
+the key of the running call come from the status files the dispatch mules write in the spool.
+Configuration-side only: no worker or mule imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from ._declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
+from ._metrics import STATUS_DIR
+from .errors import MulesError
+
+STATS_TIMEOUT = 5.0
+"""Seconds to wait for the stats server's answer."""
+STALE = 5.0
+"""A status file older than this many seconds says nothing about what is running now."""
+
+
+class StatsError(MulesError):
+    """The stats server could not be read.
+
+    :param message: What went wrong.
+    """
+
+
+def read_stats(address: str, timeout: float = STATS_TIMEOUT) -> dict[str, Any]:
+    """The JSON the uWSGI stats server at ``address`` sends (it writes it and closes).
+
+    :param address: ``host:port`` or a unix socket path.
+    :param timeout: Seconds to wait.
+    :raises StatsError: naming the address, when it cannot be read or is not JSON.
+    """
+    try:
+        if address.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: Any = address
+        else:
+            host, _, port = address.rpartition(":")
+            family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            target = (host.strip("[]"), int(port))
+        with sock:
+            sock.settimeout(timeout)
+            sock.connect(target)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError as exc:
+        raise StatsError(f"cannot read the uWSGI stats server at {address} ({exc.strerror or exc}): is the "
+                         "instance running with this configuration?") from None
+    data = b"".join(chunks)
+    try:
+        return dict(json.loads(data[data.find(b"{"):]))
+    except ValueError:
+        raise StatsError(f"the stats server at {address} did not answer JSON ({data[:60]!r})") from None
+
+
+def _status(spool_dir: str | None, mule_id: int) -> dict[str, Any]:
+    if spool_dir is None:
+        return {}
+    try:
+        with open(os.path.join(spool_dir, STATUS_DIR, f"{mule_id}.json")) as handle:
+            return dict(json.load(handle))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any]:
+    """Every mule and farm with its counters, from the stats server's JSON and the status files.
+
+    :param declarations: The instance's declarations (with ``stats``).
+    :param stats: What the stats server sent.
+    """
+    metrics = {name: value.get("value", 0) for name, value in (stats.get("metrics") or {}).items()
+               if isinstance(value, dict)}
+    now = time.time()
+    mules = []
+    for mule_id in range(1, declarations.mule_count + 1):
+        dispatch = mule_id in declarations.dispatchers
+        names = MULE_COUNTERS + MULE_GAUGES if dispatch else ("queued",)
+        mule: dict[str, Any] = {"id": mule_id, "kind": "dispatch" if dispatch else "programmed",
+                                "farms": [farm.name for farm in declarations.farms_of(mule_id)]}
+        mule.update({name: metrics.get(f"mule.{mule_id}.{name}") for name in names})
+        status = _status(declarations.spool_dir, mule_id) if dispatch else {}
+        fresh = bool(status) and now - float(status.get("time", 0)) < STALE and status.get("pid") == mule.get("pid")
+        mule["running"] = status.get("running") if fresh else None
+        mule["tasks"] = status.get("tasks", {})
+        mules.append(mule)
+    farms = [{"name": farm.name, "mules": list(farm.mules), "queued": metrics.get(f"farm.{farm.name}.queued"),
+              "queue_bytes": metrics.get(f"farm.{farm.name}.queue_bytes")} for farm in declarations.farms]
+    return {"stats": declarations.stats, "uwsgi": {"version": stats.get("version"), "pid": stats.get("pid")},
+            "time": now, "mules": mules, "farms": farms}
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _bytes(value: Any) -> str:
+    return "?" if value == -1 else _cell(value)  # -1: a queue not measured yet
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]]
+
+
+def render(view: dict[str, Any]) -> str:
+    """The text of one screen of ``top``.
+
+    :param view: A :func:`snapshot`.
+    """
+    uwsgi = view["uwsgi"]
+    lines = [f"uWSGI {uwsgi['version']} (master pid {uwsgi['pid']}), stats {view['stats']}, "
+             f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}", ""]
+    rows = []
+    for mule in view["mules"]:
+        running = "-"
+        if mule["running"]:
+            seconds = (mule.get("running_ms") or 0) / 1000
+            running = f"{mule['running']} ({seconds:.1f} s)"
+        elif mule["kind"] == "dispatch":
+            running = "idle"
+        run_ms = mule.get("run_ms")
+        rows.append([str(mule["id"]), _cell(mule.get("pid")), mule["kind"], ",".join(mule["farms"]) or "-",
+                     _cell(mule.get("queued")), _cell(mule.get("started")), _cell(mule.get("succeeded")),
+                     _cell(mule.get("failed")), _cell(mule.get("spooled")), _cell(mule.get("dead")),
+                     "-" if run_ms is None else f"{run_ms / 1000:.1f}", _bytes(mule.get("queue_bytes")), running])
+    lines += _table(["MULE", "PID", "KIND", "FARMS", "QUEUED", "STARTED", "OK", "FAILED", "SPOOLED", "DEAD",
+                     "RUN s", "QUEUE B", "RUNNING"], rows)
+    if view["farms"]:
+        lines.append("")
+        lines += _table(["FARM", "MULES", "QUEUED", "QUEUE B"],
+                        [[farm["name"], ",".join(map(str, farm["mules"])), _cell(farm["queued"]),
+                          _bytes(farm["queue_bytes"])] for farm in view["farms"]])
+    tasks = [[key, str(mule["id"]), str(counts.get("started")), str(counts.get("succeeded")),
+              str(counts.get("failed")), f"{counts.get('run_ms', 0) / 1000:.1f}"]
+             for mule in view["mules"] for key, counts in sorted(mule["tasks"].items())]
+    if tasks:
+        lines.append("")
+        lines += _table(["TASK", "MULE", "STARTED", "OK", "FAILED", "RUN s"], tasks)
+    return "\n".join(lines)
