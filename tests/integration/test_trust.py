@@ -14,8 +14,10 @@ pytestmark = pytest.mark.integration
 
 # Mule 1 dispatches; mule 2 is a programmed consumer that reads plain messages (as a webhook
 # relay would use it) and records each one, as hex, exactly as get_message() returns it.
+# A fuzz request sends 2,500 messages, each refused with a log line (and kept as a dead letter):
+# a send_timeout of 60 s keeps the request's budget of waits on full queues out of the way.
 CONFIG = declaration("mules=[None, 'reader.py'], farms=[section.workers.mule_farm('readers', [2]), "
-                     "section.workers.mule_farm('mixed', [1, 2])]")
+                     "section.workers.mule_farm('mixed', [1, 2])], send_timeout=60")
 
 READER = '''
 import json, os
