@@ -111,23 +111,25 @@ def queued(dest: int | bytes) -> None:
             start()
 
 
-def start(sampler: Callable[[], None] | None = None) -> None:
+def start(sampler: Callable[[], None] | None = None) -> bool:
     """Start this process's flushing thread (once; never in the master, whose threads a fork
     would not carry), and add ``sampler`` to what it runs after each flush.
 
     :param sampler: A function run by the thread every :data:`FLUSH_EVERY` second.
+    :returns: Whether the thread runs in this process.
     """
     global _started
     if sampler is not None:
         _samplers.append(sampler)
     uwsgi = _instance.uwsgi
     if _started or uwsgi is None or uwsgi.masterpid() == os.getpid():
-        return
+        return _started
     _started = True
     import atexit
 
     atexit.register(flush)  # what a worker counted in its last second, when uWSGI stops or reloads it
     _thread.start_new_thread(_loop, ())
+    return True
 
 
 def _loop() -> None:

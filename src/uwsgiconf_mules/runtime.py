@@ -459,9 +459,14 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
     limit = -1
     dest: int | bytes = 0
     send: Callable[[bytes, int | bytes], bool] = _run_inline
+    # With the counters on (see _metrics): the target's `queued` count (otherwise a list nobody
+    # reads), and whether the function returned counts inline (decided at decoration, where the
+    # declarations are known under uWSGI; otherwise its sends are wrapped by _metrics.counting).
+    count: list[int] = [0, 0]
+    counts_inline = _instance.declarations() is not None and _metrics.enabled()
 
     def resolve() -> _Route:
-        nonlocal route, limit, dest, send
+        nonlocal route, limit, dest, send, count
         if route is None:
             route = target._route()
             limit, dest = route.limit, route.dest
@@ -472,9 +477,26 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
                 send = route.sender
             else:
                 send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+            count = [0, 0]
             if uwsgi is not None and not route.refused and route.sender is None and _metrics.enabled():
-                send = _metrics.counting(send, dest)
+                if counts_inline:
+                    count = _metrics.cell(_metrics.target_name(dest))
+                    send = _starting(send)
+                else:
+                    send = _metrics.counting(send, dest)
         return route
+
+    def _starting(raw: Callable[[bytes, int | bytes], bool]) -> Callable[[bytes, int | bytes], bool]:
+        """``raw``, starting this process's flushing thread first; replaced by ``raw`` once the
+        thread runs (in a worker or a mule: never in the master)."""
+
+        def first(message: bytes, to: int | bytes) -> bool:
+            nonlocal send
+            if _metrics.start():
+                send = raw
+            return raw(message, to)
+
+        return first
 
     def forget() -> None:
         nonlocal route, limit, send
@@ -492,14 +514,30 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
         current = resolve()
         return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
 
+    def offloaded_counting(*args: Any, **kwargs: Any) -> bool:
+        # offloaded(), counting inline what it queued (a wrapper around the send would cost a
+        # call more per offload); calls queued after a wait are counted by _deliver.
+        message = encode(args, kwargs)
+        if len(message) > limit:
+            resolve().check_size(len(message), key)
+        if send(message, dest):
+            count[0] += 1
+            return True
+        current = resolve()
+        return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
+
     def nowait(*args: Any, **kwargs: Any) -> bool:
         message = encode(args, kwargs)
         if len(message) > limit:
             resolve().check_size(len(message), key)
         if send(message, dest):
+            count[0] += 1
             return True
         raise _DeliveryError(f"{key} to {resolve().label}: the queue is full; the message ({len(message)} bytes) "
                              "was not sent (nowait: no wait for room)", target=dest)
+
+    if counts_inline:
+        offloaded = offloaded_counting
 
     functools.update_wrapper(offloaded, func)
     offloaded.nowait = nowait  # type: ignore[attr-defined]
