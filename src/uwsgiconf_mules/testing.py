@@ -162,7 +162,7 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
 
 
 @contextmanager
-def _mode(config: str | None, run: bool) -> Iterator[Outbox]:
+def _mode(config: str | None, where: str | None = None, *, run: bool) -> Iterator[Outbox]:
     if _instance.uwsgi is not None:
         raise UsageError("uwsgiconf_mules.testing modes work outside uWSGI (tests, scripts, development servers)")
     declarations: Declarations | None
@@ -170,7 +170,8 @@ def _mode(config: str | None, run: bool) -> Iterator[Outbox]:
     if config is not None:
         from ._project import load_declarations
 
-        declarations, source = load_declarations(config), f"config={config}"
+        where = where or f"config={config}"
+        declarations, source = load_declarations(config, where), where
     else:
         declarations, source = _instance.declarations(), _instance.loaded_from
     if declarations is None:
