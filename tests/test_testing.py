@@ -277,7 +277,7 @@ def test_recorded_objects_describe_themselves() -> None:
     call = Offload("m:f", Mule(1), print, (1,), {})
     assert repr(call) == "Offload('m:f', target=Mule(1), args=(1,), kwargs={})"
     assert repr(Sent(Mule(2), b"x")) == "Sent(target=Mule(2), message=b'x')"
-    with pytest.raises(errors.UsageError, match="takes an offloaded function or a task key"):
+    with pytest.raises(errors.UsageError, match="takes an offloaded function, a task key or a Django task"):
         Outbox().of(3)
 
 

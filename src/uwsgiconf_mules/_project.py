@@ -110,8 +110,9 @@ def load_declarations(value: str, where: str | None = None) -> Declarations:
         load, declares no mules, or names no single section.
     """
     conf, wanted = split(value)
+    one = f"{conf}:SECTION"
     if where is None:
-        where = f"{CONFIG_ENV}={value}"
+        where, one = f"{CONFIG_ENV}={value}", f"{CONFIG_ENV}={one}"
     try:
         loaded = configurations(conf)
     except MulesConfigurationError as exc:
@@ -134,5 +135,5 @@ def load_declarations(value: str, where: str | None = None) -> Declarations:
             f"{where}: {conf} declares no mules (declare them with uwsgiconf_mules.Section)", culprit=value)
     if len(declared) > 1:
         raise MulesConfigurationError(
-            f"{where}: several sections of {conf} declare mules ({names}); name one: {conf}:SECTION", culprit=value)
+            f"{where}: several sections of {conf} declare mules ({names}); name one: {one}", culprit=value)
     return declared[0][1]  # type: ignore[no-any-return]

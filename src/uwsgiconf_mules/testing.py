@@ -39,6 +39,9 @@ from .runtime import Farm, Mule
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
 
+_DJANGO_RUN = "uwsgiconf_mules.django:_run"
+"""The task key of Django tasks (``uwsgiconf_mules.django`` imports Django: not imported here)."""
+
 
 class Offload:
     """One offloaded call, as a test mode saw it.
@@ -110,11 +113,16 @@ class Outbox:
     def of(self, task: object) -> list[Offload]:
         """The calls of one task.
 
-        :param task: An offloaded function, or its key (``module:qualname``).
+        :param task: An offloaded function, or its key (``module:qualname``), or a Django task
+            (``@task``, enqueued through :class:`~uwsgiconf_mules.django.MulesBackend`: its calls
+            are those of the backend's runner whose first argument is the task's ``module_path``).
         """
+        path = None if isinstance(task, str) else getattr(task, "module_path", None)
+        if isinstance(path, str):
+            return [call for call in self.calls if call.key == _DJANGO_RUN and call.args[:1] == (path,)]
         key = task if isinstance(task, str) else getattr(task, "key", None)
         if key is None:
-            raise UsageError(f"Outbox.of() takes an offloaded function or a task key, not {task!r}")
+            raise UsageError(f"Outbox.of() takes an offloaded function, a task key or a Django task, not {task!r}")
         return [call for call in self.calls if call.key == key]
 
     def run(self) -> int:
