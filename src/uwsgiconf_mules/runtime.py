@@ -21,7 +21,9 @@ through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is fu
 (:mod:`._sending`); a dispatch mule reads its queues (:mod:`._queues`) in its loop
 (:mod:`._dispatch`) and runs the call. A farm routed to an offload backend (declared with
 ``set_offload_backends``, see :mod:`._backends`) has no mules: its route's send function hands
-the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside alike.
+the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside with a declarations
+record; outside uWSGI with the declarations of ``UWSGICONF_MULES_CONFIG`` (a development server,
+tests), or in a test mode, the call stays here after the engine's argument check.
 
 Importing this module has no side effects: it installs no hook and imports neither jinja2,
 click nor uwsgiconf's configuration machinery.

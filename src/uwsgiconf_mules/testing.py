@@ -17,11 +17,13 @@ Both check every target against the project's declarations: an undeclared farm o
 are those of the configuration module named by ``config``, else by the ``UWSGICONF_MULES_CONFIG``
 environment variable, else the ``UWSGICONF_MULES`` record; a mode without any refuses to start.
 Calls go through the same serialisation and size checks as in production: the task receives
-copies of its arguments, decoded from the message a mule would read.
+copies of its arguments, decoded from the message a mule would read; calls to a farm routed to
+an offload backend pass its argument check too (RQ with JSON: only what JSON gives back), and
+are never sent to the engine.
 
 With pytest, the plugin this package registers provides the fixtures ``mules_outbox`` (capture)
 and ``mules_eager``, which read the config from the ``uwsgiconf_mules_config`` ini option when
-set. A mode replaces, for its duration, how calls are handled outside uWSGI (it resets the
+set (a relative path is taken from the ini file's directory). A mode replaces, for its duration, how calls are handled outside uWSGI (it resets the
 routes of offloaded functions, which choose their sending function when they resolve a route):
 production calls never test for a mode.
 """
