@@ -23,9 +23,9 @@ are never sent to the engine.
 
 With pytest, the plugin this package registers provides the fixtures ``mules_outbox`` (capture)
 and ``mules_eager``, which read the config from the ``uwsgiconf_mules_config`` ini option when
-set (a relative path is taken from the ini file's directory). A mode replaces, for its duration, how calls are handled outside uWSGI (it resets the
-routes of offloaded functions, which choose their sending function when they resolve a route):
-production calls never test for a mode.
+set (a relative path is taken from the ini file's directory). A mode replaces, for its duration,
+how calls are handled outside uWSGI (it resets the routes of offloaded functions, which choose
+their sending function when they resolve a route): production calls never test for a mode.
 """
 
 from __future__ import annotations
