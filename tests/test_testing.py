@@ -399,6 +399,25 @@ def test_with_the_config_env_a_routed_farm_runs_inline_after_the_json_check(
     assert len(RAN) == 1
 
 
+def test_a_development_server_with_the_config_env_runs_routed_calls_without_rq(tmp_path: Path) -> None:
+    """A fresh process, as ``UWSGICONF_MULES_CONFIG=uwsgicfg.py manage.py runserver``: the call
+    runs here, and neither RQ nor redis-py is imported."""
+    (tmp_path / "uwsgicfg.py").write_text(ROUTED)
+    (tmp_path / "reports.py").write_text(textwrap.dedent('''
+        from uwsgiconf_mules.runtime import Farm
+
+        @Farm("reports").offload()
+        def build(day):
+            print("built", day)
+    '''))
+    code = "import sys, reports\nprint(reports.build('monday'))\nprint(sorted({'rq', 'redis'} & set(sys.modules)))"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "UWSGICONF_MULES_CONFIG": "uwsgicfg.py"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["built monday", "True", "[]"]
+
+
 def test_with_a_record_a_routed_farm_is_sent_to_its_engine(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An explicit record (a script, a worker host) keeps routing outside uWSGI."""
     monkeypatch.setenv("UWSGICONF_MULES", declare(
