@@ -184,6 +184,80 @@ def test_a_queue_that_is_not_a_declared_farm_fails_at_enqueue(tmp_path: Path) ->
     assert lines == []
 
 
+SIGNALS = """
+    from django.tasks.signals import task_enqueued, task_finished, task_started
+    seen = []
+    for name, signal in (("enqueued", task_enqueued), ("started", task_started), ("finished", task_finished)):
+        signal.connect(lambda sender, task_result, name=name, **kw: seen.append(name), weak=False)
+"""
+
+
+def _signals(code: str) -> str:
+    return textwrap.dedent(SIGNALS).replace("django.tasks.signals", "django.tasks.signals" if _django6()
+                                            else "django_tasks.signals") + textwrap.dedent(code)
+
+
+def test_eager_propagates_a_task_exception_and_the_outbox_selects_django_tasks(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, _signals("""
+        import jobs
+        from uwsgiconf_mules.testing import capture, eager
+        with eager() as outbox:
+            try:
+                jobs.boom.enqueue()
+            except RuntimeError as exc:
+                print("raised", exc)
+            jobs.touch_db.enqueue(1)
+        print("seen", seen)
+        print("of", [call.args[3] for call in outbox.of(jobs.touch_db)], len(outbox.of(jobs.boom)))
+        with capture() as outbox:
+            jobs.touch_db.enqueue(2)
+            jobs.boom.enqueue()
+            jobs.touch_db.enqueue(3)
+            print("captured", [call.args[3] for call in outbox.of(jobs.touch_db)], len(outbox.of(jobs.boom)))
+            try:
+                outbox.run()
+            except RuntimeError as exc:
+                print("run raised", exc, len(outbox))
+    """), record=MAIL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "raised boom in a task",
+        "seen ['enqueued', 'started', 'finished', 'enqueued', 'started', 'finished']",
+        "of [[1]] 1",
+        "captured [[2], [3]] 1",
+        "run raised boom in a task 2",  # touch_db(2) ran; boom and touch_db(3) stay recorded
+    ]
+    assert lines == [{"n": 1, "connected": True}, {"n": 2, "connected": True}]
+    assert "uwsgiconf-mules: task jobs.boom failed" not in proc.stderr  # the test gets the exception instead
+
+
+def test_a_refused_call_sends_no_task_enqueued_and_the_error_names_the_task(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, _signals("""
+        import jobs
+        from uwsgiconf_mules.testing import capture
+        with capture() as outbox:
+            for value in ("x" * 300_000, 4):
+                try:
+                    jobs.touch_db.enqueue(value)
+                except Exception as exc:
+                    print(type(exc).__name__, str(exc)[:25], "uwsgiconf_mules.django" in str(exc))
+            print("seen", seen, "recorded", len(outbox))
+        try:
+            jobs.touch_db.using(queue_name="emails").enqueue(5)
+        except Exception as exc:
+            print(type(exc).__name__, str(exc)[:29])
+        print("seen", seen)
+    """), queues=("mail", "emails"), record=MAIL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "PayloadError jobs.touch_db: message of False",
+        "seen ['enqueued'] recorded 1",  # only the call that was accepted (4)
+        "UnknownTargetError farm 'emails' is not declared",
+        "seen ['enqueued']",
+    ]
+    assert lines == []
+
+
 CHECK = """
     from django.core import checks
     for message in checks.run_checks():
@@ -201,12 +275,30 @@ CHECK = """
     (("mail",), None, ["uwsgiconf_mules.I001 task backend 'default': no uwsgiconf-mules declarations are known in "
                        "this process, so its queues ['mail'] cannot be checked against the farms of the uWSGI "
                        "config"]),
-], ids=["declared", "undeclared", "programmed", "no-declarations"])
+    (("mail", "reports"), declare(farms=[MuleFarm("mail", 1)], backends={"reports": "rq://127.0.0.1:1/0"}).record(),
+     ["uwsgiconf_mules.E003 task backend 'default': queue 'reports' is a farm routed to RQ queue 'reports' at "
+      "127.0.0.1:1/0, which has no mules; MulesBackend runs Django tasks in dispatch mules only"]),
+], ids=["declared", "undeclared", "programmed", "no-declarations", "routed"])
 def test_system_check_compares_queues_with_declared_farms(
         tmp_path: Path, queues: tuple[str, ...], record: str | None, expected: list[str]) -> None:
     proc, _ = run_django(tmp_path, CHECK, queues, record)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == expected
+
+
+def test_a_task_for_a_routed_queue_is_refused_at_enqueue(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, """
+        import jobs
+        try:
+            jobs.touch_db.using(queue_name="reports").enqueue(1)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """, queues=("mail", "reports"), record=declare(mules=1, backends={"reports": "rq://127.0.0.1:1/0"}).record())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "UnknownTargetError task backend 'default': queue 'reports' is a farm routed to RQ queue 'reports' at "
+        "127.0.0.1:1/0, which has no mules; MulesBackend runs Django tasks in dispatch mules only")
+    assert lines == []
 
 
 def test_the_runtime_never_imports_django(tmp_path: Path) -> None:

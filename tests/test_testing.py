@@ -3,6 +3,7 @@ loaded outside uWSGI from ``UWSGICONF_MULES_CONFIG``."""
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from uwsgiconf_mules import _instance, errors
+from uwsgiconf_mules._declarations import declare
 from uwsgiconf_mules.runtime import Farm, Mule, mule_offload
 from uwsgiconf_mules.testing import Offload, Outbox, Sent, capture, eager
 
@@ -277,7 +279,7 @@ def test_recorded_objects_describe_themselves() -> None:
     call = Offload("m:f", Mule(1), print, (1,), {})
     assert repr(call) == "Offload('m:f', target=Mule(1), args=(1,), kwargs={})"
     assert repr(Sent(Mule(2), b"x")) == "Sent(target=Mule(2), message=b'x')"
-    with pytest.raises(errors.UsageError, match="takes an offloaded function or a task key"):
+    with pytest.raises(errors.UsageError, match="takes an offloaded function, a task key or a Django task"):
         Outbox().of(3)
 
 
@@ -359,3 +361,129 @@ def test_test_modes_capture_and_run_calls_to_a_farm_routed_to_rq(config: Path) -
     with eager(str(config)):
         report("tuesday")
     assert RAN == [("reports", "tuesday")]
+
+
+PICKLED = ROUTED.replace('queue=reports&', 'queue=reports&serializer=pickle&')
+
+
+def test_test_modes_check_the_arguments_of_a_json_routed_farm_as_rq_would(config: Path) -> None:
+    """A tuple or a date would fail in production (JSON): the modes refuse them at the call too."""
+    config.write_text(ROUTED)
+    for mode in (capture, eager):
+        with mode(str(config)) as outbox:
+            with pytest.raises(errors.PayloadError, match=r"report: argument 'day' is a tuple \(JSON would give "
+                                                          r"the worker a list\); calls to farm 'reports'"):
+                report((1, 2))  # type: ignore[arg-type]
+            with pytest.raises(errors.PayloadError, match="argument 'day' is a date"):
+                report(datetime.date(2026, 1, 1))  # type: ignore[arg-type]
+            report(["monday", {"at": 9}])  # type: ignore[arg-type]
+            send_mail((1, 2))  # type: ignore[arg-type]  # a farm of mules: pickled, a tuple is fine
+        assert [call.args for call in outbox] == [(["monday", {"at": 9}],), ((1, 2),)]
+    assert RAN == [("reports", ["monday", {"at": 9}]), ("mail", (1, 2), "")]
+    config.write_text(PICKLED)
+    with eager(str(config)):
+        report((1, 2))  # type: ignore[arg-type]
+    assert RAN[-1] == ("reports", (1, 2))
+
+
+def test_with_the_config_env_a_routed_farm_runs_inline_after_the_json_check(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Declarations of UWSGICONF_MULES_CONFIG (a development server, tests): calls to a farm routed
+    to RQ never go to the Redis the config names (here a port where nothing listens)."""
+    config.write_text(ROUTED)
+    use_config(monkeypatch, str(config))
+    assert report("monday") is True
+    assert RAN == [("reports", "monday")]
+    with pytest.raises(errors.PayloadError, match="argument 'day' is a tuple"):
+        report((1, 2))  # type: ignore[arg-type]
+    assert len(RAN) == 1
+
+
+def test_a_development_server_with_the_config_env_runs_routed_calls_without_rq(tmp_path: Path) -> None:
+    """A fresh process, as ``UWSGICONF_MULES_CONFIG=uwsgicfg.py manage.py runserver``: the call
+    runs here, and neither RQ nor redis-py is imported."""
+    (tmp_path / "uwsgicfg.py").write_text(ROUTED)
+    (tmp_path / "reports.py").write_text(textwrap.dedent('''
+        from uwsgiconf_mules.runtime import Farm
+
+        @Farm("reports").offload()
+        def build(day):
+            print("built", day)
+    '''))
+    code = "import sys, reports\nprint(reports.build('monday'))\nprint(sorted({'rq', 'redis'} & set(sys.modules)))"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "UWSGICONF_MULES_CONFIG": "uwsgicfg.py"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["built monday", "True", "[]"]
+
+
+def test_with_a_record_a_routed_farm_is_sent_to_its_engine(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit record (a script, a worker host) keeps routing outside uWSGI."""
+    monkeypatch.setenv("UWSGICONF_MULES", declare(
+        mules=1, backends={"reports": "rq://127.0.0.1:1/0?queue=reports&connect_timeout=0.2"}).record())
+    _instance.reset()
+    with pytest.raises(errors.DeliveryError, match="Redis did not accept the job"):
+        report("monday")
+    assert RAN == []
+
+
+def test_a_config_given_by_path_is_that_file_every_time(tmp_path: Path, config: Path) -> None:
+    """Two configs with one file name, and one named after a module already imported (string.py):
+    each path gives its own declarations, and nothing is left in sys.modules."""
+    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for directory, farm in ((first, "mail"), (second, "reports"), (third, "thumbs")):
+        directory.mkdir()
+        (directory / ("string.py" if directory is third else "uwsgicfg.py")).write_text(
+            ONE_FARM.format(farm=farm))
+    modules = set(sys.modules)
+    for path, farm in ((first / "uwsgicfg.py", "mail"), (second / "uwsgicfg.py", "reports"),
+                       (third / "string.py", "thumbs"), (first / "uwsgicfg.py", "mail")):
+        with capture(str(path)):
+            assert [found.name for found in Farm.get_farms()] == [farm]
+    assert set(sys.modules) - modules == set()
+
+
+ONE_FARM = """
+from uwsgiconf_mules import Section
+
+section = Section()
+section.workers.set_mules_params(farms=[section.workers.mule_farm("{farm}", 1)])
+uwsgi_configuration = section.as_configuration()
+"""
+
+
+def test_a_config_path_that_is_not_a_file_says_so(tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  ) -> None:
+    monkeypatch.chdir(tmp_path)
+    use_config(monkeypatch, "nope.py")
+    with pytest.raises(errors.MulesConfigurationError) as info:
+        Mule(1)
+    assert str(info.value) == f"UWSGICONF_MULES_CONFIG=nope.py: nope.py: file not found (relative to {tmp_path})"
+    with pytest.raises(errors.MulesConfigurationError, match=r"^config=nope\.py: nope\.py: file not found"), \
+            capture("nope.py"):
+        pass
+
+
+def test_the_ini_option_is_taken_from_the_ini_files_directory(tmp_path: Path) -> None:
+    """pytest run from a subdirectory (tests/): the config path of pytest.ini is found next to it;
+    a path that is not there names the ini option and the file."""
+    (tmp_path / "uwsgicfg.py").write_text(CONFIG.format(name="uwsgi"))
+    (tmp_path / "tasks.py").write_text(textwrap.dedent(TASKS))
+    (tmp_path / "misnamed.py").write_text(TASKS.replace('"mail"', '"emails"'))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_app.py").write_text(textwrap.dedent(PLUGIN_TEST))
+    ini = tmp_path / "pytest.ini"
+    ini.write_text("[pytest]\nuwsgiconf_mules_config = uwsgicfg.py\npythonpath = .\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "test_app.py"]
+    proc = subprocess.run(command, cwd=tmp_path / "tests", capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 passed" in proc.stdout
+    ini.write_text("[pytest]\nuwsgiconf_mules_config = deploy/uwsgicfg.py\npythonpath = .\n")
+    proc = subprocess.run([*command, "-k", "outbox"], cwd=tmp_path / "tests", capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
+    assert proc.returncode == 1
+    assert (f"MulesConfigurationError: uwsgiconf_mules_config = deploy/uwsgicfg.py (in {ini}): "
+            f"{tmp_path / 'deploy' / 'uwsgicfg.py'}: file not found") in proc.stdout

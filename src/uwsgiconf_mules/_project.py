@@ -12,6 +12,7 @@ project's config, jinja2) only when called.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from ._declarations import CONFIG_ENV, Declarations
@@ -21,43 +22,97 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the runtime imports this modu
 if TYPE_CHECKING:
     from typing import Any
 
+_loads = itertools.count(1)  # a name of its own for every configuration module run from a path
+
+
+def is_path(conf: str) -> bool:
+    """Whether ``conf`` names a file (``uwsgicfg.py``, ``deploy/uwsgicfg.py``) rather than a module.
+
+    :param conf: A path or a module name.
+    """
+    return conf.endswith(".py") or os.sep in conf
+
+
+def split(value: str) -> tuple[str, str]:
+    """``(CONF, SECTION)`` of ``CONF`` or ``CONF:SECTION`` (SECTION empty when not given).
+
+    :param value: ``CONF`` or ``CONF:SECTION``.
+    """
+    conf, colon, wanted = value.rpartition(":")
+    if not colon or os.sep in wanted:
+        return value, ""
+    return conf, wanted
+
+
+def _load_file(path: str) -> Any:
+    """Run the module at ``path`` under a name of its own, every time: never a module already
+    imported (uwsgiconf imports by file name, so a second ``uwsgicfg.py``, or a ``settings.py``,
+    would give an earlier or another module back), and not kept in ``sys.modules``."""
+    import importlib.util
+    import sys
+
+    from uwsgiconf.utils import output_capturing
+
+    name = f"_uwsgiconf_mules_config_{next(_loads)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise MulesConfigurationError(f"{path}: not a Python module", culprit=path)
+    module = importlib.util.module_from_spec(spec)
+    directory = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, directory)  # as uwsgiconf does: the module may import its neighbours
+    sys.modules[name] = module  # while it runs (dataclasses and pickle look their module up)
+    try:
+        with output_capturing():
+            spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+        if directory in sys.path:
+            sys.path.remove(directory)
+    return module
+
 
 def configurations(conf: str) -> list[Any]:
     """The uwsgiconf configurations of a configuration module, as ``uwsgiconf compile`` loads them.
 
     :param conf: A path to the module (``uwsgicfg.py``, ``deploy/uwsgicfg.py``), or a module name
-        importable here (``shop.uwsgicfg``).
-    :raises MulesConfigurationError: when the module defines no ``uwsgi_configuration``.
+        importable here (``shop.uwsgicfg``). A path is run afresh on every call.
+    :raises MulesConfigurationError: when the module defines no ``uwsgi_configuration``, or the
+        path is not a file.
     :raises Exception: whatever importing the module raises.
     """
-    from uwsgiconf.utils import ConfModule, listify, output_capturing
+    from uwsgiconf.utils import listify, output_capturing
 
-    if conf.endswith(".py") or os.sep in conf:
-        found = ConfModule(conf).configurations
+    if is_path(conf):
+        if not os.path.isfile(conf):
+            relative = "" if os.path.isabs(conf) else f" (relative to {os.getcwd()})"
+            raise MulesConfigurationError(f"{conf}: file not found{relative}", culprit=conf)
+        module = _load_file(conf)
     else:
         from importlib import import_module
 
         with output_capturing():
-            found = listify(getattr(import_module(conf), "uwsgi_configuration", []))
+            module = import_module(conf)
+    found = listify(getattr(module, "uwsgi_configuration", []))
     if not found:
         raise MulesConfigurationError(f"{conf} defines no uwsgi_configuration", culprit=conf)
     return list(found)
 
 
-def load_declarations(value: str) -> Declarations:
+def load_declarations(value: str, where: str | None = None) -> Declarations:
     """The declarations of the section named by ``value``, the value of
     :data:`~uwsgiconf_mules._declarations.CONFIG_ENV`: ``CONF`` or ``CONF:SECTION``, where ``CONF``
     is a path or a module name (see :func:`configurations`) and ``SECTION`` the name of a section
     (needed only when several sections of ``CONF`` declare mules).
 
     :param value: ``CONF`` or ``CONF:SECTION``.
-    :raises MulesConfigurationError: naming the variable and its value, when the module does not
+    :param where: Where ``value`` comes from, for error messages (default: the variable and its value).
+    :raises MulesConfigurationError: naming where the value comes from, when the module does not
         load, declares no mules, or names no single section.
     """
-    conf, colon, wanted = value.rpartition(":")
-    if not colon or os.sep in wanted:
-        conf, wanted = value, ""
-    where = f"{CONFIG_ENV}={value}"
+    conf, wanted = split(value)
+    one = f"{conf}:SECTION"
+    if where is None:
+        where, one = f"{CONFIG_ENV}={value}", f"{CONFIG_ENV}={one}"
     try:
         loaded = configurations(conf)
     except MulesConfigurationError as exc:
@@ -80,6 +135,5 @@ def load_declarations(value: str) -> Declarations:
             f"{where}: {conf} declares no mules (declare them with uwsgiconf_mules.Section)", culprit=value)
     if len(declared) > 1:
         raise MulesConfigurationError(
-            f"{where}: several sections of {conf} declare mules ({names}); name one: "
-            f"{CONFIG_ENV}={conf}:SECTION", culprit=value)
+            f"{where}: several sections of {conf} declare mules ({names}); name one: {one}", culprit=value)
     return declared[0][1]  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ runtime nor the project's config, and changes nothing until a test uses one of t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -25,12 +26,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """
     parser.addini(CONFIG_INI, "uwsgiconf configuration module whose mule and farm declarations the uwsgiconf-mules "
                               "test fixtures check targets against: a path to uwsgicfg.py or a module name, "
-                              "optionally :SECTION (default: the UWSGICONF_MULES_CONFIG environment variable)")
+                              "optionally :SECTION; a relative path is taken from the ini file's directory (default: "
+                              "the UWSGICONF_MULES_CONFIG environment variable)")
 
 
-def _config(request: pytest.FixtureRequest) -> str | None:
+def _config(request: pytest.FixtureRequest) -> tuple[str | None, str | None]:
+    """(the config, where it was named) from the ini option, a relative path taken from the ini
+    file's directory (as pytest's own paths are); (None, None) when the option is not set."""
     value = request.config.getini(CONFIG_INI)
-    return str(value) if value else None
+    if not value:
+        return None, None
+    from ._project import is_path, split
+
+    conf, section = split(str(value))
+    inipath = request.config.inipath
+    where = f"{CONFIG_INI} = {value}" + (f" (in {inipath})" if inipath else "")
+    if inipath is not None and is_path(conf) and not os.path.isabs(conf):
+        conf = os.path.join(os.path.dirname(inipath), conf)
+    return (f"{conf}:{section}" if section else conf), where
 
 
 @pytest.fixture
@@ -39,9 +52,9 @@ def mules_outbox(request: pytest.FixtureRequest) -> Iterator[Outbox]:
 
     :param request: pytest's request.
     """
-    from .testing import capture
+    from .testing import _mode
 
-    with capture(_config(request)) as outbox:
+    with _mode(*_config(request), run=False) as outbox:
         yield outbox
 
 
@@ -51,7 +64,7 @@ def mules_eager(request: pytest.FixtureRequest) -> Iterator[Outbox]:
 
     :param request: pytest's request.
     """
-    from .testing import eager
+    from .testing import _mode
 
-    with eager(_config(request)) as outbox:
+    with _mode(*_config(request), run=True) as outbox:
         yield outbox

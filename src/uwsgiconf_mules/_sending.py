@@ -240,18 +240,24 @@ class Route:
     :param refused: Why nothing may be sent to this target, or None.
     :param sender: For a farm routed to an offload backend, the function that sends an
         offloaded call's envelope there (see :mod:`uwsgiconf_mules._backends`); None for mules.
+    :param check: For a farm routed to an offload backend, the check its sender makes of a call's
+        decoded arguments, ``check(key, args, kwargs)`` raising ``PayloadError`` (RQ with JSON:
+        only what JSON gives back); None when there is none. Outside uWSGI, calls that do not go
+        to the engine (test modes, development servers) pass it too.
     """
 
-    __slots__ = ("dest", "label", "limit", "refused", "sender", "timeout")
+    __slots__ = ("check", "dest", "label", "limit", "refused", "sender", "timeout")
 
     def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float, refused: str | None = None,
-                 *, sender: Callable[[bytes, int | bytes], bool] | None = None) -> None:
+                 *, sender: Callable[[bytes, int | bytes], bool] | None = None,
+                 check: Callable[[str, tuple[Any, ...], dict[str, Any]], None] | None = None) -> None:
         self.dest = dest
         self.label = label
         self.limit = limit
         self.timeout = timeout
         self.refused = refused
         self.sender = sender
+        self.check = check
 
     def refuse(self, message: bytes, dest: int | bytes) -> bool:
         """Raise :class:`~uwsgiconf_mules.errors.DeliveryError` for :attr:`refused` (the sending

@@ -26,6 +26,7 @@ first Django task.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 from django.apps import AppConfig
 
 from . import _instance, _protocol, _tasks, logs
+from .errors import MulesError, UnknownTargetError
 from .runtime import Farm, mule_offload
 
 __all__ = ["MulesBackend", "MulesConfig"]
@@ -100,6 +102,9 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         _tasks.log().error("uwsgiconf-mules: mule %d %s", _tasks.current_mule(), reason, exc_info=True)
         _tasks.refuse(_encode((path, result_id, alias, args, kwargs), {}), reason)
         return
+    announce = _announcements.pop(result_id, None)
+    if announce is not None:  # run within enqueue (outside uWSGI): accepted, and announced before it starts
+        announce()
     started = _now()
     result = _new_result(task, result_id, alias, args, kwargs, status=_base.TaskResultStatus.RUNNING,
                          enqueued_at=started, started_at=started, last_attempted_at=started,
@@ -118,8 +123,12 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         result.errors.append(_base.TaskError(exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
                                              traceback="".join(traceback.format_exception(exc))))
         _set(result, status=_base.TaskResultStatus.FAILED, finished_at=_now())
-        _tasks.failed(path)
+        testing = _instance.uwsgi is None and _instance.local_send is not None
+        if not testing:
+            _tasks.failed(path)
         _signals.task_finished.send(sender=backend, task_result=result)
+        if testing:  # eager(), outbox.run(): the exception goes to the test, as for any offloaded call
+            raise
     else:
         _set(result, status=_base.TaskResultStatus.SUCCESSFUL, finished_at=_now(), _return_value=value)
         _signals.task_finished.send(sender=backend, task_result=result)
@@ -128,10 +137,27 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         logs.RUNNING.reset(running)
 
 
+_announcements: dict[str, Callable[[], object]] = {}
+"""Result id -> sends its ``task_enqueued``, while ``enqueue`` hands the call over (see ``enqueue``)."""
+
 _KEY = f"{__name__}:{_run.__qualname__}"
 _tasks.register(_KEY, _run)  # a mule that imports this module can run it at once
 _encode = _protocol.encoder(_KEY)  # the call again, for the dead letter of a task that cannot be imported
 logs.add_runner(_run.__code__, lambda frame: str(frame.f_locals.get("path") or logs.NO_TASK))
+
+
+_ROUTED_HINT = ("Name a farm of dispatch mules in QUEUES; offload plain functions to the routed farm "
+                "(@Farm(...).offload()).")
+
+
+def _routed(alias: str, queue: str) -> str:
+    """Why ``queue`` cannot take Django tasks when it is a farm routed to an offload backend; else ''."""
+    declarations = _instance.declarations()
+    backend = declarations.get_backend(queue) if declarations is not None else None
+    if backend is None:
+        return ""
+    return (f"task backend {alias!r}: queue {queue!r} is a farm routed to {backend.where()}, which has no mules; "
+            "MulesBackend runs Django tasks in dispatch mules only")
 
 
 class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
@@ -153,6 +179,9 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
     def _sender(self, queue: str) -> Callable[..., bool]:
         sender = self._senders.get(queue)
         if sender is None:  # raises UnknownTargetError when the farm is not declared
+            routed = _routed(self.alias, queue)
+            if routed:
+                raise UnknownTargetError(routed, target=queue)
             sender = self._senders[queue] = mule_offload(Farm(queue))(_run)
         return sender
 
@@ -163,21 +192,34 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         :param args: Positional arguments (JSON-serialisable).
         :param kwargs: Keyword arguments (JSON-serialisable).
         :returns: A ``TaskResult`` in status ``READY``; it is not updated (``supports_get_result`` is False).
-        :raises UnknownTargetError: when the farm is not declared.
+        :raises UnknownTargetError: when the farm is not declared, or is routed to an offload backend.
+        :raises PayloadError: when the call is too large (errors name the task's ``module_path``).
         :raises DeliveryError: when the farm's queue stayed full until the send timeout.
         """
         self.validate_task(task)
         from django.utils.crypto import get_random_string
 
         result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=_now())
-        # Before the send: outside uWSGI the task runs within it, and its signals follow this one.
-        _signals.task_enqueued.send(sender=type(self), task_result=result)
-        self._sender(task.queue_name)(task.module_path, result.id, self.alias, list(result.args),
-                                      dict(result.kwargs))
+        # task_enqueued once the call is accepted: after the send, or, when the task runs within it
+        # (outside uWSGI), from _run before task_started. A refused call announces nothing.
+        _announcements[result.id] = functools.partial(_signals.task_enqueued.send, sender=type(self),
+                                                      task_result=result)
+        try:
+            self._sender(task.queue_name)(task.module_path, result.id, self.alias, list(result.args),
+                                          dict(result.kwargs))
+        except MulesError as exc:  # named after the task, not after the function that runs it
+            exc.args = tuple(arg.replace(_KEY, task.module_path) if isinstance(arg, str) else arg
+                             for arg in exc.args)
+            raise
+        finally:
+            announce = _announcements.pop(result.id, None)
+        if announce is not None:
+            announce()
         return result
 
     def check(self, **kwargs: Any) -> Iterable[Any]:
-        """Django system check: every queue is a declared farm with dispatch mules.
+        """Django system check: every queue is a declared farm with dispatch mules (E001: not declared,
+        E002: programmed mules only, E003: routed to an offload backend).
 
         The farms are those of the declarations this process knows (``UWSGICONF_MULES``, set in
         every uWSGI process by the config). When none are known (``manage.py check`` or
@@ -198,7 +240,10 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
             return
         for queue in sorted(self.queues):
             farm = declarations.get_farm(queue)
-            if farm is None:
+            routed = _routed(self.alias, queue)
+            if routed:
+                yield checks.Error(routed, hint=_ROUTED_HINT, obj=self.alias, id="uwsgiconf_mules.E003")
+            elif farm is None:
                 yield checks.Error(
                     f"task backend {self.alias!r}: queue {queue!r} is not a farm declared in the uWSGI config; "
                     f"declared: {declarations.describe()}",

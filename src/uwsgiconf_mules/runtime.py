@@ -21,7 +21,9 @@ through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is fu
 (:mod:`._sending`); a dispatch mule reads its queues (:mod:`._queues`) in its loop
 (:mod:`._dispatch`) and runs the call. A farm routed to an offload backend (declared with
 ``set_offload_backends``, see :mod:`._backends`) has no mules: its route's send function hands
-the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside alike.
+the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside with a declarations
+record; outside uWSGI with the declarations of ``UWSGICONF_MULES_CONFIG`` (a development server,
+tests), or in a test mode, the call stays here after the engine's argument check.
 
 Importing this module has no side effects: it installs no hook and imports neither jinja2,
 click nor uwsgiconf's configuration machinery.
@@ -423,13 +425,43 @@ def _unrunnable(func: Callable[..., Any], module: str, qualname: str) -> str:
 
 
 def _remote_route(name: str, backend: _Backend, timeout: float) -> _Route:
-    """The route of a farm routed to an offload backend: no size limit of a mule queue, and the
-    backend's own send function (its engine's module is imported here, only for such a farm)."""
+    """The route of a farm routed to an offload backend: no size limit of a mule queue, the
+    backend's own send function (its engine's module is imported here, only for such a farm) and
+    its check of the arguments. Outside uWSGI, when the calls do not go to the engine (see
+    :func:`_engine_bypassed`), no send function is made (nor the engine's client imported)."""
     from importlib import import_module
 
     engine = import_module(_ENGINES[backend.scheme])
     label = f"farm {name!r} ({backend.where()})"
-    return _Route(name.encode(), label, sys.maxsize, timeout, sender=engine.sender(backend, label, timeout))
+    check = None
+    if backend.serializer == "json":  # the engine's sender refuses what JSON would not give back
+        check_json = engine.check_json
+
+        def check(key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            check_json(key, args, kwargs, label)
+
+    sender = None if _engine_bypassed() else engine.sender(backend, label, timeout)
+    return _Route(name.encode(), label, sys.maxsize, timeout, sender=sender, check=check)
+
+
+def _engine_bypassed() -> bool:
+    """Whether calls to farms routed to an offload backend stay in this process: outside uWSGI,
+    in a test mode, or when the declarations come from a configuration module
+    (``UWSGICONF_MULES_CONFIG``: a development server, tests) rather than from a record (a
+    script, a worker host), so that checking the targets never queues real jobs."""
+    return _instance.uwsgi is None and (_instance.local_send is not None or _instance.loaded_from is not None)
+
+
+def _checked(check: Callable[[str, tuple[Any, ...], dict[str, Any]], None],
+             send: Callable[[bytes, int | bytes], bool]) -> Callable[[bytes, int | bytes], bool]:
+    """``send``, after the check of a routed farm's engine (for its calls that stay here)."""
+
+    def checked(message: bytes, dest: int | bytes) -> bool:
+        key, args, kwargs = _protocol.decode(message)
+        check(key.decode(), args, kwargs)
+        return send(message, dest)
+
+    return checked
 
 
 def _run_inline(message: bytes, dest: int | bytes) -> bool:
@@ -477,6 +509,8 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
                 send = route.sender
             else:
                 send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+            if route.check is not None and send is not route.sender:  # kept here: the engine's check all the same
+                send = _checked(route.check, send)
             count = [0, 0]
             if uwsgi is not None and not route.refused and route.sender is None and _metrics.enabled():
                 if counts_inline:

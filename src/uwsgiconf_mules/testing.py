@@ -17,13 +17,15 @@ Both check every target against the project's declarations: an undeclared farm o
 are those of the configuration module named by ``config``, else by the ``UWSGICONF_MULES_CONFIG``
 environment variable, else the ``UWSGICONF_MULES`` record; a mode without any refuses to start.
 Calls go through the same serialisation and size checks as in production: the task receives
-copies of its arguments, decoded from the message a mule would read.
+copies of its arguments, decoded from the message a mule would read; calls to a farm routed to
+an offload backend pass its argument check too (RQ with JSON: only what JSON gives back), and
+are never sent to the engine.
 
 With pytest, the plugin this package registers provides the fixtures ``mules_outbox`` (capture)
 and ``mules_eager``, which read the config from the ``uwsgiconf_mules_config`` ini option when
-set. A mode replaces, for its duration, how calls are handled outside uWSGI (it resets the
-routes of offloaded functions, which choose their sending function when they resolve a route):
-production calls never test for a mode.
+set (a relative path is taken from the ini file's directory). A mode replaces, for its duration,
+how calls are handled outside uWSGI (it resets the routes of offloaded functions, which choose
+their sending function when they resolve a route): production calls never test for a mode.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from .errors import DeclarationsMissingError, UsageError
 from .runtime import Farm, Mule
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
+
+_DJANGO_RUN = "uwsgiconf_mules.django:_run"
+"""The task key of Django tasks (``uwsgiconf_mules.django`` imports Django: not imported here)."""
 
 
 class Offload:
@@ -110,11 +115,16 @@ class Outbox:
     def of(self, task: object) -> list[Offload]:
         """The calls of one task.
 
-        :param task: An offloaded function, or its key (``module:qualname``).
+        :param task: An offloaded function, or its key (``module:qualname``), or a Django task
+            (``@task``, enqueued through :class:`~uwsgiconf_mules.django.MulesBackend`: its calls
+            are those of the backend's runner whose first argument is the task's ``module_path``).
         """
+        path = None if isinstance(task, str) else getattr(task, "module_path", None)
+        if isinstance(path, str):
+            return [call for call in self.calls if call.key == _DJANGO_RUN and call.args[:1] == (path,)]
         key = task if isinstance(task, str) else getattr(task, "key", None)
         if key is None:
-            raise UsageError(f"Outbox.of() takes an offloaded function or a task key, not {task!r}")
+            raise UsageError(f"Outbox.of() takes an offloaded function, a task key or a Django task, not {task!r}")
         return [call for call in self.calls if call.key == key]
 
     def run(self) -> int:
@@ -162,7 +172,7 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
 
 
 @contextmanager
-def _mode(config: str | None, run: bool) -> Iterator[Outbox]:
+def _mode(config: str | None, where: str | None = None, *, run: bool) -> Iterator[Outbox]:
     if _instance.uwsgi is not None:
         raise UsageError("uwsgiconf_mules.testing modes work outside uWSGI (tests, scripts, development servers)")
     declarations: Declarations | None
@@ -170,7 +180,8 @@ def _mode(config: str | None, run: bool) -> Iterator[Outbox]:
     if config is not None:
         from ._project import load_declarations
 
-        declarations, source = load_declarations(config), f"config={config}"
+        where = where or f"config={config}"
+        declarations, source = load_declarations(config, where), where
     else:
         declarations, source = _instance.declarations(), _instance.loaded_from
     if declarations is None:
