@@ -157,9 +157,7 @@ class Job(_RQJob):
             self._refused = tuple(dict.fromkeys((*self._refused, *carried)))  # kept across a refresh
         if self._refused:
             self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
-            self.webhooks = []
-            self._dependency_ids = []
-            self.allow_dependency_failures = None
+            self.webhooks = []  # dependencies are kept: RQ's bookkeeping of the jobs waiting on this one needs them
             self.retries_left = self.retry_intervals = self.number_of_retries = None
             self.enqueue_at_front_on_retry = False
             self.repeats_left = self.repeat_intervals = None
