@@ -296,7 +296,7 @@ def test_forged_callbacks_retries_and_repeats_never_run(routed: RedisServer) -> 
     assert len(forged) == 0  # nothing was queued again (retry, repeat)
 
 
-def test_every_field_of_a_job_is_refused_or_known_harmless() -> None:
+def test_every_field_of_a_job_is_refused_or_known_harmless(routed: RedisServer) -> None:
     # A guard for RQ upgrades: a field RQ adds to the job hash must be classified here.
     harmless = {"created_at", "data", "origin", "description", "enqueued_at", "started_at", "ended_at",
                 "last_heartbeat", "worker_name", "group_id", "result", "exc_info", "timeout", "result_ttl",
@@ -304,7 +304,7 @@ def test_every_field_of_a_job_is_refused_or_known_harmless() -> None:
                 "failure_callback_timeout", "stopped_callback_timeout"}
     from rq.webhook import Webhook
 
-    job = rq.job.Job.create(_remote.RUN, args=(KEY,), connection=None, result_ttl=1, ttl=1, failure_ttl=1,
+    job = rq.job.Job.create(_remote.RUN, args=(KEY,), connection=routed.client(), result_ttl=1, ttl=1, failure_ttl=1,
                             description="d", depends_on=["x"], timeout=1, id="i", origin="q", meta={"a": 1},
                             on_success=rq.Callback("m.f", timeout=1), on_failure=rq.Callback("m.f", timeout=1),
                             on_stopped=rq.Callback("m.f", timeout=1), group_id="g",
@@ -317,7 +317,8 @@ def test_every_field_of_a_job_is_refused_or_known_harmless() -> None:
     assert set(remote.REFUSED_FIELDS) <= fields
 
 
-def test_the_job_class_never_runs_callbacks() -> None:
-    job = remote.Job.create(_remote.RUN, args=(KEY,), connection=None, on_success=rq.Callback("remote_tasks.dropped"),
-                            on_failure=rq.Callback("remote_tasks.dropped"), on_stopped=rq.Callback("remote_tasks.dropped"))
+def test_the_job_class_never_runs_callbacks(routed: RedisServer) -> None:
+    callback = rq.Callback("remote_tasks.dropped")
+    job = remote.Job.create(_remote.RUN, args=(KEY,), connection=routed.client(), on_success=callback,
+                            on_failure=callback, on_stopped=callback)
     assert (job.success_callback, job.failure_callback, job.stopped_callback) == (None, None, None)
