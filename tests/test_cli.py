@@ -534,3 +534,15 @@ def test_check_describes_routed_farms(tmp_path: Path) -> None:
             "workers: uwsgiconf-mules worker)") in lines
     assert "  farm mail: routed to RQ queue 'mail' at $REDIS_URL, pickle arguments (no mules; workers: " \
            "uwsgiconf-mules worker)" in lines
+
+
+@pytest.mark.parametrize(("worker_class", "problem"), [
+    ("nope.Nope", "cannot be imported (ModuleNotFoundError: No module named 'nope')"),
+    ("rq.worker.Nope", "cannot be imported (AttributeError: "),
+    ("rq.job.Job", "is not an RQ worker class"),
+])
+def test_worker_refuses_a_worker_class_it_cannot_use(tmp_path: Path, worker_class: str, problem: str) -> None:
+    body = source("routed").replace("mail='rq://?url_env=REDIS_URL&queue=mail&serializer=pickle&connect_timeout=0.5'",
+                                    "")
+    assert_one_line_error(invoke_with(tmp_path, body, cli, "worker", "--worker-class", worker_class),
+                          f"--worker-class {worker_class!r} {problem}")

@@ -194,15 +194,16 @@ def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int
 def _check_worker_class(path: str) -> None:
     """Import ``path`` as ``rq worker --worker-class`` would (the current directory first on the
     path) and refuse anything but a subclass of RQ's ``Worker``, before the worker is started."""
+    import importlib
     import sys
 
-    from rq.utils import import_attribute
     from rq.worker import BaseWorker
 
     problem = None
+    module_name, _, name = path.rpartition(".")
     sys.path.insert(0, os.getcwd())
     try:
-        found = import_attribute(path)
+        found = getattr(importlib.import_module(module_name or path), name)
     except Exception as exc:
         problem = f"cannot be imported ({type(exc).__name__}: {exc})"
     else:
