@@ -198,3 +198,41 @@ def test_forged_jobs_run_no_callback_and_reach_no_webhook(tmp_path: Path, empty_
     assert hits == []
     assert len(rq.registry.FailedJobRegistry("reports", connection=empty_redis.client())) == 3
     assert proc.stderr.count("UnknownTaskError: job refused") >= 3
+
+
+def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path: Path, empty_redis: RedisServer,
+                                                                         ) -> None:
+    # The example with farm "mail" routed to RQ: its settings module reaches the worker only through the
+    # config's env (not this shell), and the worker sets Django up before it imports shop.tasks.
+    from harness import stop_all
+    from integration.test_django import _env, rows, start
+
+    servers: list[Server] = []
+    try:
+        server, db = start(tmp_path, "lazy-apps", servers, (
+            'section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2))',
+            f"section.workers.set_mules_params(mules=2)\nsection.workers.set_offload_backends("
+            f"mail='rq://127.0.0.1:{empty_redis.port}/0?queue=mail')"))
+        for via in ("decorator", "task", "async"):
+            assert server.get(f"/signup?email={via}@example.com&via={via}") == (200, {"queued": True})
+    finally:
+        stop_all(servers)
+    forged = rq.Queue("mail", connection=empty_redis.client(), serializer="rq.serializers.JSONSerializer")
+    # A job of the Django backend that names something else than a Django task routed to RQ.
+    forged.enqueue_call("uwsgiconf_mules.remote.run",
+                        args=("uwsgiconf_mules.django:_run", "shop.models.Welcome", "x", "default", [], {}))
+    assert len(forged) == 4
+    env = _env(db)
+    assert "DJANGO_SETTINGS_MODULE" not in env
+    proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", str(tmp_path / "app.ini")],
+                          cwd=tmp_path / "site", env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [(email, via) for email, via, _ in rows(db)] == [
+        ("async@example.com", "async"), ("decorator@example.com", "decorator"), ("task@example.com", "task")]
+    failed = rq.registry.FailedJobRegistry("mail", connection=empty_redis.client())
+    assert len(failed) == 1
+    job = forged.fetch_job(failed.get_job_ids()[0])
+    assert job is not None
+    assert "job refused: Django task shop.models.Welcome: shop.models.Welcome is not a Django task" in (
+        job.latest_result().exc_string or "")  # type: ignore[union-attr]
