@@ -38,3 +38,8 @@ def lookup(key: Any, value: Any = None, self: Any = None, args: Any = None, kwar
 def dropped(*args: Any) -> None:
     """An ordinary function, not offloaded: a forged callback names it."""
     CALLS.append(("dropped", args, {}))
+
+
+def init_hook() -> None:
+    """The declared ``mule_init`` hook of a test."""
+    CALLS.append(("init_hook", (), {}))

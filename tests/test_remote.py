@@ -322,3 +322,16 @@ def test_the_job_class_never_runs_callbacks(routed: RedisServer) -> None:
     job = remote.Job.create(_remote.RUN, args=(KEY,), connection=routed.client(), on_success=callback,
                             on_failure=callback, on_stopped=callback)
     assert (job.success_callback, job.failure_callback, job.stopped_callback) == (None, None, None)
+
+
+def test_the_worker_runs_the_mule_init_hook_once_before_the_first_task(declared: Callable[[str], None],
+                                                                       empty_redis: RedisServer) -> None:
+    forget_clients()
+    declared(declare(backends={"reports": f"rq://127.0.0.1:{empty_redis.port}/0"},
+                     mule_init="remote_tasks:init_hook").record())
+    remote_tasks.CALLS.clear()
+    remote._started.clear()  # this process has not run the start-up steps yet
+    assert remote_tasks.report(1) and remote_tasks.report(2)
+    work(empty_redis)
+    assert [call[0] for call in remote_tasks.CALLS] == ["init_hook", "report", "report"]
+    forget_clients()
