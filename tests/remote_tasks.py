@@ -28,3 +28,18 @@ def pickled(value: Any) -> None:
 
 def not_offloaded(value: Any) -> None:
     CALLS.append(("not_offloaded", (value,), {}))
+
+
+@Farm("reports").offload()
+def lookup(key: Any, value: Any = None, self: Any = None, args: Any = None, kwargs: Any = None) -> None:
+    CALLS.append(("lookup", (), {"key": key, "value": value, "self": self, "args": args, "kwargs": kwargs}))
+
+
+def dropped(*args: Any) -> None:
+    """An ordinary function, not offloaded: a forged callback names it."""
+    CALLS.append(("dropped", args, {}))
+
+
+def init_hook() -> None:
+    """The declared ``mule_init`` hook of a test."""
+    CALLS.append(("init_hook", (), {}))

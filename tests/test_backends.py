@@ -126,3 +126,21 @@ def test_a_second_call_replaces_the_routes_and_keeps_the_mules() -> None:
     assert [backend.url() for backend in declarations.backends] == ["rq://h:6379/2?queue=mail"]
     envs = [value for key, value in section._opts.items() if str(key) == "env"]
     assert len(envs) == 1 and str(envs[0]).count("route=") == 1
+
+
+def test_one_queue_of_one_server_has_one_serializer() -> None:
+    section = Section()
+    with pytest.raises(MulesConfigurationError) as info:
+        section.workers.set_offload_backends(a="rq://h:6379/0?queue=q", b="rq://h/0?queue=q&serializer=pickle")
+    assert str(info.value).startswith("farms 'a' (json) and 'b' (pickle) are routed to the same RQ queue 'q' at "
+                                      "h:6379/0 with different serializers")
+    with pytest.raises(MulesConfigurationError, match="farms 'a' .pickle. and 'b' .json. are routed to the same RQ "
+                                                      r"queue 'q' at \$URL"):
+        declare(backends={"a": "rq://?url_env=URL&queue=q&serializer=pickle", "b": "rq://?url_env=URL&queue=q"})
+    with pytest.raises(MulesConfigurationError, match=r"malformed UWSGICONF_MULES record .*farms 'a' \(json\) and 'b'"):
+        parse_record("v2;mules=0;route=a:rq://h:6379/0?queue=q;route=b:rq://h:6379/0?queue=q&serializer=pickle")
+    # One serializer, or another queue, server or database: accepted.
+    declare(backends={"a": "rq://h/0?queue=q", "b": "rq://h:6379/0?queue=q"})
+    declare(backends={"a": "rq://h/0?queue=q", "b": "rq://h/0?queue=r&serializer=pickle"})
+    declare(backends={"a": "rq://h/0?queue=q", "b": "rq://h/1?queue=q&serializer=pickle"})
+    declare(backends={"a": "rq://h/0?queue=q", "b": "rq://?url_env=URL&queue=q&serializer=pickle"})

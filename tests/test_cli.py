@@ -7,6 +7,7 @@ the installed console script as a subprocess (``main()``, real exit codes).
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -29,6 +30,7 @@ from helpers import (
     invoke_with,
     normalise,
     source,
+    write_conf,
 )
 from uwsgiconf_mules._formats import double_quoted
 from uwsgiconf_mules.cli import cli
@@ -534,3 +536,38 @@ def test_check_describes_routed_farms(tmp_path: Path) -> None:
             "workers: uwsgiconf-mules worker)") in lines
     assert "  farm mail: routed to RQ queue 'mail' at $REDIS_URL, pickle arguments (no mules; workers: " \
            "uwsgiconf-mules worker)" in lines
+
+
+@pytest.mark.parametrize(("worker_class", "problem"), [
+    ("nope.Nope", "cannot be imported (ModuleNotFoundError: No module named 'nope')"),
+    ("rq.worker.Nope", "cannot be imported (AttributeError: "),
+    ("rq.job.Job", "is not an RQ worker class"),
+])
+def test_worker_refuses_a_worker_class_it_cannot_use(tmp_path: Path, worker_class: str, problem: str) -> None:
+    body = source("routed").replace("mail='rq://?url_env=REDIS_URL&queue=mail&serializer=pickle&connect_timeout=0.5'",
+                                    "")
+    assert_one_line_error(invoke_with(tmp_path, body, cli, "worker", "--worker-class", worker_class),
+                          f"--worker-class {worker_class!r} {problem}")
+
+
+@pytest.mark.parametrize("fmt", ["py", "ini", "yaml"])
+def test_the_worker_gets_the_variables_the_config_sets(tmp_path: Path, fmt: str) -> None:
+    from uwsgiconf_mules.cli import _one
+
+    body = source("routed").replace("uwsgi_configuration =", "section.env('DJANGO_SETTINGS_MODULE', 'site.settings')\n"
+                                    "section.env('EMPTY', '')\nuwsgi_configuration =")
+    write_conf(tmp_path, body)
+    conf = "uwsgicfg.py"
+    if fmt != "py":
+        compiled = invoke(tmp_path, cli, "compile", "--format", fmt, "--yaml-dialect", "embedded", conf)
+        (tmp_path / f"app.{fmt}").write_text(compiled.stdout)
+        conf = f"app.{fmt}"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        declarations, env = _one(conf, None, routed=True)
+    finally:
+        os.chdir(cwd)
+    assert [backend.farm for backend in declarations.backends] == ["reports", "mail"]
+    assert env["DJANGO_SETTINGS_MODULE"] == "site.settings"
+    assert env["EMPTY"] == ""

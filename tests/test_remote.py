@@ -257,3 +257,81 @@ def test_rq_is_imported_only_for_a_routed_farm() -> None:
     assert "rq" in imported_by(routes(6379), "import remote_tasks")
     as_mules = declare(farms=[MuleFarm("reports", 1), MuleFarm("pickled", 1)]).record()
     assert imported_by(as_mules, "import remote_tasks") == []
+
+
+def test_a_task_takes_keyword_arguments_named_key_self_args_kwargs(routed: RedisServer) -> None:
+    assert remote_tasks.lookup(key="k1", value=1, self="s", args=[2], kwargs={"a": 3}) is True
+    assert remote_tasks.lookup("k2") is True
+    work(routed)
+    assert remote_tasks.CALLS == [
+        ("lookup", (), {"key": "k1", "value": 1, "self": "s", "args": [2], "kwargs": {"a": 3}}),
+        ("lookup", (), {"key": "k2", "value": None, "self": None, "args": None, "kwargs": None})]
+    assert len(rq.registry.FailedJobRegistry(queue=queue(routed))) == 0
+
+
+def test_forged_callbacks_retries_and_repeats_never_run(routed: RedisServer) -> None:
+    forged = queue(routed)
+    cases = {
+        "success": {"on_success": rq.Callback("remote_tasks.dropped")},
+        "failure": {"on_failure": rq.Callback("remote_tasks.dropped")},
+        "stopped": {"on_stopped": rq.Callback("remote_tasks.dropped")},
+        "retry": {"retry": rq.Retry(max=3)},
+        "repeat": {"repeat": rq.Repeat(times=3)},
+    }
+    ids = {name: forged.enqueue_call(_remote.RUN, args=(KEY, name), **options).id for name, options in cases.items()}
+    # A job naming another function, with a failure callback: refused, and the callback does not run either.
+    ids["other"] = forged.enqueue_call("builtins.print", args=("x",),
+                                       on_failure=rq.Callback("remote_tasks.dropped")).id
+    blocker = forged.enqueue_call(_remote.RUN, args=(KEY, "first"))
+    ids["depends"] = forged.enqueue_call(_remote.RUN, args=(KEY, "after"), depends_on=blocker).id
+    work(routed)
+    assert remote_tasks.CALLS == [("report", ("first",), {})]  # only the plain job ran; nothing was dropped
+    failed = rq.registry.FailedJobRegistry(queue=forged)
+    assert sorted(failed.get_job_ids()) == sorted(ids.values())
+    for name, job_id in ids.items():
+        job = forged.fetch_job(job_id)
+        assert job is not None
+        exc = job.latest_result().exc_string or ""  # type: ignore[union-attr]
+        assert "UnknownTaskError: job refused" in exc, (name, exc)
+    assert len(forged) == 0  # nothing was queued again (retry, repeat)
+
+
+def test_every_field_of_a_job_is_refused_or_known_harmless(routed: RedisServer) -> None:
+    # A guard for RQ upgrades: a field RQ adds to the job hash must be classified here.
+    harmless = {"created_at", "data", "origin", "description", "enqueued_at", "started_at", "ended_at",
+                "last_heartbeat", "worker_name", "group_id", "result", "exc_info", "timeout", "result_ttl",
+                "failure_ttl", "ttl", "status", "meta", "enqueue_at_front", "success_callback_timeout",
+                "failure_callback_timeout", "stopped_callback_timeout"}
+    from rq.webhook import Webhook
+
+    job = rq.job.Job.create(_remote.RUN, args=(KEY,), connection=routed.client(), result_ttl=1, ttl=1, failure_ttl=1,
+                            description="d", depends_on=["x"], timeout=1, id="i", origin="q", meta={"a": 1},
+                            on_success=rq.Callback("m.f", timeout=1), on_failure=rq.Callback("m.f", timeout=1),
+                            on_stopped=rq.Callback("m.f", timeout=1), group_id="g",
+                            webhooks=[Webhook("http://x/", "finished")])
+    job.retries_left, job.retry_intervals, job.number_of_retries, job.enqueue_at_front_on_retry = 1, [1], 1, True
+    job.repeats_left, job.repeat_intervals, job.rate_limit_key, job.rate_limit_concurrency = 1, [1], "k", 1
+    job.allow_dependency_failures, job.enqueue_at_front, job._result, job._exc_info = True, True, 1, "e"
+    fields = set(job.to_dict())
+    assert fields - harmless - set(remote.REFUSED_FIELDS) == set()
+    assert set(remote.REFUSED_FIELDS) <= fields
+
+
+def test_the_job_class_never_runs_callbacks(routed: RedisServer) -> None:
+    callback = rq.Callback("remote_tasks.dropped")
+    job = remote.Job.create(_remote.RUN, args=(KEY,), connection=routed.client(), on_success=callback,
+                            on_failure=callback, on_stopped=callback)
+    assert (job.success_callback, job.failure_callback, job.stopped_callback) == (None, None, None)
+
+
+def test_the_worker_runs_the_mule_init_hook_once_before_the_first_task(declared: Callable[[str], None],
+                                                                       empty_redis: RedisServer) -> None:
+    forget_clients()
+    declared(declare(backends={"reports": f"rq://127.0.0.1:{empty_redis.port}/0"},
+                     mule_init="remote_tasks:init_hook").record())
+    remote_tasks.CALLS.clear()
+    remote._started.clear()  # this process has not run the start-up steps yet
+    assert remote_tasks.report(1) and remote_tasks.report(2)
+    work(empty_redis)
+    assert [call[0] for call in remote_tasks.CALLS] == ["init_hook", "report", "report"]
+    forget_clients()

@@ -188,3 +188,17 @@ async def async_generator() -> object:
 def test_generator_functions_are_refused(func: Callable[[], object]) -> None:
     with pytest.raises(errors.MulesRuntimeError, match="a generator function would only create a generator"):
         mule_offload()(func)
+
+
+def test_the_django_import_hint_speaks_of_where_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.exceptions import AppRegistryNotReady
+
+    from uwsgiconf_mules import _instance
+
+    outside = _tasks.import_hint(AppRegistryNotReady("Apps aren't loaded yet."))  # an RQ worker, a script
+    assert outside.startswith("; Django is not set up in this process: set DJANGO_SETTINGS_MODULE in the uWSGI "
+                              "config (env), which uwsgiconf-mules worker passes to the RQ worker")
+    assert "this mule" not in outside
+    monkeypatch.setattr(_instance, "uwsgi", object())
+    assert _tasks.import_hint(AppRegistryNotReady()).startswith("; Django is not set up in this mule")
+    assert _tasks.import_hint(ValueError()) == ""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from .errors import MulesConfigurationError
 
-__all__ = ["CONNECT_TIMEOUT", "ENGINES", "SERIALIZERS", "Backend", "parse_backend"]
+__all__ = ["CONNECT_TIMEOUT", "ENGINES", "SERIALIZERS", "Backend", "check_shared_queues", "parse_backend"]
 
 ENGINES = {"rq": "uwsgiconf_mules._remote"}
 """Scheme -> the private module that owns that engine (see the module docstring)."""
@@ -97,6 +97,10 @@ class Backend:
             params.append(f"connect_timeout={self.connect_timeout:g}")
         return f"{self.scheme}://{where}?{'&'.join(params)}"
 
+    def server(self) -> tuple[str, ...]:
+        """The server, as far as the config tells: the variable that holds its URL, or host, port and db."""
+        return ("$" + self.url_env,) if self.url_env else (str(self.host), str(self.port), str(self.db))
+
     def where(self) -> str:
         """Where calls go, for messages: never a credential."""
         server = f"${self.url_env}" if self.url_env else f"{self.host}:{self.port}/{self.db}"
@@ -112,6 +116,24 @@ class Backend:
 
     def __hash__(self) -> int:
         return hash((self.farm, self.url()))
+
+
+def check_shared_queues(backends: tuple[Backend, ...] | list[Backend]) -> None:
+    """Refuse farms routed to one queue of one server with different serializers: a worker reads a
+    queue with one serializer, and the jobs of the other farm would fail there, never run.
+
+    :param backends: The routed farms of one section.
+    :raises MulesConfigurationError: naming both farms, the queue and their serializers.
+    """
+    seen: dict[tuple[object, ...], Backend] = {}
+    for backend in backends:
+        first = seen.setdefault((backend.scheme, backend.server(), backend.queue), backend)
+        if first.serializer != backend.serializer:
+            raise MulesConfigurationError(
+                f"farms {first.farm!r} ({first.serializer}) and {backend.farm!r} ({backend.serializer}) are routed to "
+                f"the same {backend.where()} with different serializers: a worker reads a queue with one serializer, "
+                "and the other farm's jobs would fail there; give them one serializer, or separate queues (queue=)",
+                culprit=backend.farm)
 
 
 def _fail(farm: str, url: object, problem: str) -> MulesConfigurationError:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from ._backends import Backend, parse_backend
+from ._backends import Backend, check_shared_queues, parse_backend
 from .errors import MulesConfigurationError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -602,6 +602,7 @@ def _backends(backends: object, farms: set[str]) -> tuple[Backend, ...]:
                 f"farm {name!r} is declared with mules and routed to an offload backend; a routed farm spends no "
                 "mules: remove it from the mule farms", culprit=name)
         routed.append(parse_backend(name, url))
+    check_shared_queues(routed)
     return tuple(routed)
 
 
@@ -780,6 +781,7 @@ def parse_record(text: str) -> Declarations:
                 numbers[key] = float(value)
             else:
                 raise ValueError(f"unknown field {key!r}")
+        check_shared_queues(backends)
     except (ValueError, MulesConfigurationError) as exc:
         raise MulesConfigurationError(f"malformed {RECORD_ENV} record {text!r}: {exc}", culprit=text) from None
     msg_size = numbers.get("msg-size")

@@ -191,6 +191,31 @@ def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int
     return send
 
 
+def _check_worker_class(path: str) -> None:
+    """Import ``path`` as ``rq worker --worker-class`` would (the current directory first on the
+    path) and refuse anything but a subclass of RQ's ``Worker``, before the worker is started."""
+    import importlib
+    import sys
+
+    from rq.worker import BaseWorker
+
+    problem = None
+    module_name, _, name = path.rpartition(".")
+    sys.path.insert(0, os.getcwd())
+    try:
+        found = getattr(importlib.import_module(module_name or path), name)
+    except Exception as exc:
+        problem = f"cannot be imported ({type(exc).__name__}: {exc})"
+    else:
+        if not (isinstance(found, type) and issubclass(found, BaseWorker)):
+            problem = f"is not an RQ worker class (a subclass of rq.worker.BaseWorker) but {found!r}"
+    finally:
+        sys.path.remove(os.getcwd())
+    if problem:
+        raise MulesConfigurationError(f"--worker-class {path!r} {problem}; for instance rq.worker.SimpleWorker",
+                                      culprit=path)
+
+
 def worker_command(backends: Sequence[Backend], burst: bool = False, worker_class: str | None = None,
                    ) -> tuple[list[str], dict[str, str]]:
     """The command that starts one RQ worker for the queues of ``backends``, and the environment
@@ -201,8 +226,8 @@ def worker_command(backends: Sequence[Backend], burst: bool = False, worker_clas
     :param worker_class: RQ's ``--worker-class`` (``rq.worker.SimpleWorker``), or None for the
         forking default.
     :raises MulesConfigurationError: when the backends name several servers or serializers (one
-        worker reads one server, with one serializer: a job read with another one fails), or a
-        variable the URL names is not set.
+        worker reads one server, with one serializer: a job read with another one fails), a
+        variable the URL names is not set, or ``worker_class`` is not an RQ worker class.
     """
     import sys
 
@@ -220,6 +245,7 @@ def worker_command(backends: Sequence[Backend], burst: bool = False, worker_clas
     if burst:
         command.append("--burst")
     if worker_class:
+        _check_worker_class(worker_class)
         command += ["--worker-class", worker_class]
     queues = list(dict.fromkeys(backend.queue for backend in backends))
     return [*command, *queues], {"RQ_REDIS_URL": urls.pop()}

@@ -28,11 +28,15 @@ if TYPE_CHECKING:
 DJANGO_SETTINGS = "DJANGO_SETTINGS_MODULE"
 
 
-def run_hook(hook: str, mule_id: int) -> bool:
+def _who(mule_id: int | str) -> str:
+    return f"mule {mule_id}" if isinstance(mule_id, int) else mule_id
+
+
+def run_hook(hook: str, mule_id: int | str) -> bool:
     """Import and call ``hook`` (``package.module:function``); log on one line when it fails.
 
     :param hook: The hook, as declared.
-    :param mule_id: This mule's id, for the log.
+    :param mule_id: This mule's id, for the log (or what runs it: ``RQ worker <pid>``).
     :returns: Whether the hook ran without an exception.
     """
     import importlib
@@ -46,8 +50,9 @@ def run_hook(hook: str, mule_id: int) -> bool:
             raise TypeError(f"{hook} is not callable")
         target()
     except Exception as exc:
-        _tasks.log().error("uwsgiconf-mules: mule %d: the mule_init hook %s failed (%s: %s); the mule runs on "
-                           "without it", mule_id, hook, type(exc).__name__, exc, exc_info=True)
+        _tasks.log().error("uwsgiconf-mules: %s: the mule_init hook %s failed (%s: %s); the %s runs on without it",
+                           _who(mule_id), hook, type(exc).__name__, exc,
+                           "mule" if isinstance(mule_id, int) else "worker", exc_info=True)
         return False
     return True
 
@@ -60,10 +65,10 @@ def django_needs_setup() -> bool:
     return apps is None or not apps.apps.ready
 
 
-def setup_django(mule_id: int) -> bool:
+def setup_django(mule_id: int | str) -> bool:
     """``django.setup()``, logged on one line when it fails.
 
-    :param mule_id: This mule's id, for the log.
+    :param mule_id: This mule's id, for the log (or what runs it: ``RQ worker <pid>``).
     :returns: Whether it succeeded.
     """
     try:
@@ -71,8 +76,8 @@ def setup_django(mule_id: int) -> bool:
 
         django.setup()
     except Exception as exc:
-        _tasks.log().error("uwsgiconf-mules: mule %d: django.setup() failed (%s: %s) with %s=%s; tasks that use "
-                           "Django will not run", mule_id, type(exc).__name__, exc, DJANGO_SETTINGS,
+        _tasks.log().error("uwsgiconf-mules: %s: django.setup() failed (%s: %s) with %s=%s; tasks that use "
+                           "Django will not run", _who(mule_id), type(exc).__name__, exc, DJANGO_SETTINGS,
                            os.environ.get(DJANGO_SETTINGS), exc_info=True)
         return False
     return True

@@ -100,8 +100,8 @@ def find(key: bytes) -> Callable[..., Any] | str:
         importlib.import_module(module_name)
     except Exception as exc:
         hint = import_hint(exc)
-        log().error("uwsgiconf-mules: mule %d cannot import module %r for task %s%s", current_mule(), module_name,
-                    text, hint, exc_info=True)
+        log().error("uwsgiconf-mules: %s cannot import module %r for task %s%s", _who(), module_name, text, hint,
+                    exc_info=True)
         return f"cannot import module {module_name!r} for task {text} ({type(exc).__name__}: {exc}){hint}"
     func = REGISTRY.get(key)  # registered when its module was imported
     if func is None:
@@ -113,6 +113,10 @@ def find(key: bytes) -> Callable[..., Any] | str:
 DJANGO_NOT_SET_UP = ("; Django is not set up in this mule: set DJANGO_SETTINGS_MODULE in the uWSGI config "
                      "(env), not only in the app's WSGI module, which mules do not run under --lazy-apps; "
                      "dispatch mules then call django.setup() (or declare set_mules_params(mule_init=...))")
+DJANGO_NOT_SET_UP_OUTSIDE = ("; Django is not set up in this process: set DJANGO_SETTINGS_MODULE in the uWSGI "
+                             "config (env), which uwsgiconf-mules worker passes to the RQ worker, or in this "
+                             "process's environment; RQ workers of routed farms then call django.setup() before "
+                             "they import a task module")
 
 
 def import_hint(exc: BaseException) -> str:
@@ -122,8 +126,18 @@ def import_hint(exc: BaseException) -> str:
     """
     kind = type(exc)
     if kind.__module__.startswith("django.") and kind.__name__ in ("AppRegistryNotReady", "ImproperlyConfigured"):
-        return DJANGO_NOT_SET_UP
+        return DJANGO_NOT_SET_UP if _instance.uwsgi is not None else DJANGO_NOT_SET_UP_OUTSIDE
     return ""
+
+
+def _who() -> str:
+    """``mule N`` in a mule, ``process PID`` elsewhere (an RQ worker, a script)."""
+    uwsgi = _instance.uwsgi
+    if uwsgi is not None and int(uwsgi.mule_id()):
+        return f"mule {int(uwsgi.mule_id())}"
+    import os
+
+    return f"process {os.getpid()}"
 
 
 def current_mule() -> int:

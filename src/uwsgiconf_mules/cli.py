@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -118,21 +119,49 @@ def check(uwsgi: str | None, conf: str) -> None:
 def _declared(conf: str) -> list[tuple[str, Declarations]]:
     """(what, declarations) for every section of CONF that declares mules or routed farms: CONF is a
     configuration module, or a compiled config (its declarations records are read)."""
+    return [(what, declarations) for what, declarations, _ in _declared_env(conf)]
+
+
+_ENV_LINE = re.compile(r'^\s*i?env\s*[=:]\s*"?([A-Za-z_][A-Za-z0-9_]*)=(.*?)"?\s*$')
+
+
+def _declared_env(conf: str) -> list[tuple[str, Declarations, dict[str, str]]]:
+    """:func:`_declared`, with the environment variables each section sets (its ``env`` options)."""
     found = []
     if conf.endswith(".py"):
         for configuration in configurations(conf):
             for section in configuration.sections:
                 declarations = getattr(section, "mules_declarations", None)
                 if declarations is not None:
-                    found.append((f"section '{section.name}'", declarations))
+                    found.append((f"section '{section.name}'", declarations, _section_env(section)))
         return found
     with open(conf, encoding="utf-8") as handle:
         text = handle.read()
+    env: dict[str, str] = {}
+    records = []
     for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("[") or (line[:1].isalpha() and line.rstrip().endswith(":")):  # a section begins
+            env = {}
         _, marker, record = line.partition(f"{RECORD_ENV}=")
         if marker:
-            found.append((f"line {number}", parse_record(record.strip().strip('"'))))
-    return found
+            records.append((f"line {number}", parse_record(record.strip().strip('"')), env))
+            continue
+        match = _ENV_LINE.match(line)
+        if match:
+            env[match[1]] = match[2]
+    return records
+
+
+def _section_env(section: Any) -> dict[str, str]:
+    """The environment variables a uwsgiconf section sets with ``env`` (``section.env(KEY, VALUE)``)."""
+    env: dict[str, str] = {}
+    for key, values in section._opts.items():
+        if str(key) in ("env", "ienv"):
+            for item in values if isinstance(values, list) else [values]:
+                name, eq, value = str(item).partition("=")
+                if eq:
+                    env[name] = value
+    return env
 
 
 def _spools(conf: str) -> list[tuple[str, _spool.Spool]]:
@@ -144,20 +173,20 @@ def _spools(conf: str) -> list[tuple[str, _spool.Spool]]:
     return found
 
 
-def _one(conf: str, section: str | None, routed: bool = False) -> Declarations:
+def _one(conf: str, section: str | None, routed: bool = False) -> tuple[Declarations, dict[str, str]]:
     """The declarations of the one section of CONF that has them (with ``routed``: that routes farms),
-    or of ``section`` (its name, or ``line N`` of a compiled config)."""
-    found = [(what, declarations) for what, declarations in _declared(conf)
+    or of ``section`` (its name, or ``line N`` of a compiled config), and the variables it sets."""
+    found = [(what, declarations, env) for what, declarations, env in _declared_env(conf)
              if declarations.backends or not routed]
     if section is not None:
-        found = [(what, declarations) for what, declarations in found if what in (f"section '{section}'", section)]
+        found = [item for item in found if item[0] in (f"section '{section}'", section)]
     kind = "farms routed to an offload backend" if routed else f"declarations ({RECORD_ENV} record)"
     if not found:
         raise ConfigurationError(f"{conf} has no {kind}{f' in {section!r}' if section else ''}")
     if len(found) > 1:
-        raise ConfigurationError(f"{conf} has {kind} in {', '.join(what for what, _ in found)}: name one with "
+        raise ConfigurationError(f"{conf} has {kind} in {', '.join(item[0] for item in found)}: name one with "
                                  "--section")
-    return found[0][1]
+    return found[0][1], found[0][2]
 
 
 opt_section = click.option("--section", metavar="NAME", default=None,
@@ -176,7 +205,7 @@ def record(section: str | None, conf: str) -> None:
         export UWSGICONF_MULES="$(uwsgiconf-mules record)"
     """
     with _errors():
-        declarations = _one(conf, section)
+        declarations = _one(conf, section)[0]
     click.echo(declarations.record())
 
 
@@ -191,13 +220,14 @@ def record(section: str | None, conf: str) -> None:
 def worker(burst: bool, farms: tuple[str, ...], worker_class: str | None, section: str | None, conf: str) -> None:
     """Start a worker for the farms CONF (a uwsgicfg.py, default, or a compiled config) routes to RQ:
     `rq worker` with the Redis URL, the queues and the serializer the declaration names, and the
-    declarations record in its environment. Credentials are read from the environment variables the
-    URL names; the URL reaches the worker in its environment, not on its command line.
+    declarations record and the variables the config sets (`env`, as uWSGI sets them: they win over
+    this shell's) in its environment. Credentials are read from the environment variables the URL
+    names; the URL reaches the worker in its environment, not on its command line.
     """
     from importlib import import_module
 
     with _errors():
-        declarations = _one(conf, section, routed=True)
+        declarations, config_env = _one(conf, section, routed=True)
         backends = list(declarations.backends)
         unknown = [farm for farm in farms if declarations.get_backend(farm) is None]
         if unknown:
@@ -214,7 +244,7 @@ def worker(burst: bool, farms: tuple[str, ...], worker_class: str | None, sectio
                err=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(command[0], command, {**os.environ, **env, RECORD_ENV: declarations.record()})
+    os.execve(command[0], command, {**os.environ, **config_env, **env, RECORD_ENV: declarations.record()})
 
 
 @cli.command()

@@ -1,58 +1,194 @@
 """The function that runs every job of a farm routed to RQ, in the RQ worker.
 
-``uwsgiconf_mules.remote.run(key, *args, **kwargs)`` is what each job names (RQ finds it by
+``uwsgiconf_mules.remote.run(key, /, *args, **kwargs)`` is what each job names (RQ finds it by
 this import path): it runs the function that ``mule_offload`` registered under ``key``
 (``module:qualname``), importing the key's module first as a dispatch mule does, and refuses any
 other key. So a job never calls anything that was not offloaded on purpose, and it runs the
-original function, never its offloading wrapper: a job does not offload itself again.
+original function, never its offloading wrapper: a job does not offload itself again. ``key`` is
+positional-only: a task's own keyword argument named ``key`` reaches the task.
+
+Before it imports the first task module, a worker process runs the start-up steps of a dispatch
+mule (see :mod:`uwsgiconf_mules._startup`): the declared ``mule_init`` hook, and
+``django.setup()`` when ``DJANGO_SETTINGS_MODULE`` is set. A job of the Django task backend
+(``uwsgiconf_mules.django``) runs only a Django task of that backend whose queue is a farm
+routed to an offload backend; any other path is refused.
 
 ``uwsgiconf_mules.remote.Job`` is the job class ``uwsgiconf-mules worker`` gives RQ: a job that
-names any function other than :func:`run` fails without running, so whoever can write to Redis
-cannot make the worker call an arbitrary function (with the ``json`` serializer; a pickled job
-runs code as it is unpickled, which is why pickle is a declared choice).
+names any function other than :func:`run`, or whose hash carries a field our senders never set
+and that would make the worker call or reach something (callbacks, webhooks, dependencies,
+retries, repeats, rate limits: :data:`REFUSED_FIELDS`), fails without running anything, its
+callbacks and webhooks included. So whoever can write to Redis cannot make the worker call an
+arbitrary function or send a request (with the ``json`` serializer; a pickled job runs code as
+it is unpickled, which is why pickle is a declared choice).
 
 This module imports RQ: only RQ workers import it.
 """
 
 from __future__ import annotations
 
+import os
+
 from rq.job import Job as _RQJob
 
-from . import _tasks
+from . import _startup, _tasks
 from .errors import UnknownTaskError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep worker imports cheap
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Job", "run"]
+__all__ = ["REFUSED_FIELDS", "Job", "run"]
 
 _RUN = f"{__name__}.run"  # how jobs name run()
+_DJANGO_RUN = "uwsgiconf_mules.django:_run"  # the key of every job of the Django task backend
+
+REFUSED_FIELDS = (
+    "success_callback_name", "failure_callback_name", "stopped_callback_name",  # RQ imports and calls them
+    "webhooks",  # RQ sends HTTP requests to their URLs
+    "dependency_id", "dependency_ids", "allow_dependency_failures",  # RQ enqueues and waits on other jobs
+    "retries_left", "retry_intervals", "number_of_retries", "enqueue_at_front_on_retry",  # RQ runs it again
+    "repeats_left", "repeat_intervals",  # RQ runs it again
+    "rate_limit_key", "rate_limit_concurrency",  # RQ takes and frees slots of another Redis key
+)
+"""Fields of an RQ 3 job hash that make a worker call or reach something, and that the senders of
+uwsgiconf-mules never set: a job carrying any of them (not empty) is refused."""
+
+_started: list[int] = []  # pid of the process that ran the start-up steps
 
 
-def run(key: str, *args: Any, **kwargs: Any) -> Any:
+def _start() -> None:
+    """Run the start-up steps of this worker process once: the ``mule_init`` hook and
+    ``django.setup()`` (see :mod:`uwsgiconf_mules._startup`)."""
+    pid = os.getpid()
+    if _started and _started[0] == pid:
+        return
+    _started[:] = [pid]
+    from . import _instance
+
+    where = f"RQ worker {pid}"
+    try:
+        declarations = _instance.declarations()
+    except Exception as exc:
+        _tasks.log().error("uwsgiconf-mules: %s: cannot read the declarations (%s: %s)", where, type(exc).__name__,
+                           exc)
+        declarations = None
+    if declarations is not None and declarations.mule_init:
+        _startup.run_hook(declarations.mule_init, where)
+    if _startup.django_needs_setup():
+        _startup.setup_django(where)
+
+
+def run(key: str, /, *args: Any, **kwargs: Any) -> Any:
     """Run the offloaded function registered as ``key`` with these arguments; return its result.
 
-    :param key: The task key, ``module:qualname``.
+    :param key: The task key, ``module:qualname`` (positional-only: the task may take ``key=``).
     :param args: Positional arguments of the call.
     :param kwargs: Keyword arguments of the call.
-    :raises UnknownTaskError: when no function is registered under ``key`` by ``mule_offload``
-        (the job fails in RQ with this message, and nothing runs).
+    :raises UnknownTaskError: when no function is registered under ``key`` by ``mule_offload``, or a
+        job of the Django task backend names something else than a Django task routed to an offload
+        backend (the job fails in RQ with this message, and nothing runs).
     """
-    found = _tasks.find(key.encode()) if isinstance(key, str) else f"task key {key!r} is not a string"
+    if not isinstance(key, str):
+        raise UnknownTaskError(f"job refused: task key {key!r} is not a string", key=repr(key))
+    _start()
+    found = _tasks.find(key.encode())
     if isinstance(found, str):
         raise UnknownTaskError(f"job refused: {found}", key=key)
+    if key == _DJANGO_RUN:
+        _check_django_task(args)
     return found(*args, **kwargs)
 
 
+def _check_django_task(args: tuple[Any, ...]) -> None:
+    """Refuse a job of the Django task backend unless its path names a Django task of that backend
+    whose queue is a farm routed to an offload backend in this process's declarations."""
+    import sys
+
+    from . import _instance
+
+    path = args[0] if args else None
+    if not isinstance(path, str):
+        raise UnknownTaskError(f"job refused: a job of the Django task backend names no task path ({path!r})",
+                               key=_DJANGO_RUN)
+    from django.utils.module_loading import import_string
+
+    backend_module: Any = sys.modules["uwsgiconf_mules.django"]
+    try:
+        task = import_string(path)
+    except Exception as exc:
+        raise UnknownTaskError(f"job refused: cannot import the Django task {path} ({type(exc).__name__}: {exc})"
+                               f"{_tasks.import_hint(exc)}", key=path) from None
+    problem = None
+    if not isinstance(task, backend_module._base.Task):
+        problem = f"{path} is not a Django task (a {type(task).__name__})"
+    else:
+        declarations = _instance.declarations()
+        if declarations is None or declarations.get_backend(task.queue_name) is None:
+            problem = f"its queue {task.queue_name!r} is not a farm routed to an offload backend"
+        else:
+            try:
+                ours = isinstance(task.get_backend(), backend_module.MulesBackend)
+            except Exception as exc:
+                ours, problem = False, f"its backend {task.backend!r} cannot be loaded ({type(exc).__name__}: {exc})"
+            if not ours and problem is None:
+                problem = f"its backend {task.backend!r} is not uwsgiconf_mules.django.MulesBackend"
+    if problem is not None:
+        raise UnknownTaskError(f"job refused: Django task {path}: {problem}", key=path)
+
+
 class Job(_RQJob):
-    """RQ's job, refusing any job that names another function than :func:`run`."""
+    """RQ's job, refusing any job that names another function than :func:`run` or carries one of
+    :data:`REFUSED_FIELDS`; it never runs callbacks."""
+
+    _refused: tuple[str, ...] = ()
+
+    def restore(self, raw_data: Any) -> Any:
+        """Read the job from its Redis hash; note the :data:`REFUSED_FIELDS` it carries (not empty),
+        and drop them, so that nothing of them runs when the worker fails the job. The first job this
+        process reads runs the start-up steps (see the module docstring).
+
+        :param raw_data: The hash, as Redis returns it.
+        """
+        result = super().restore(raw_data)
+        fields = {(name.decode(errors="replace") if isinstance(name, bytes) else str(name)): value
+                  for name, value in raw_data.items()}
+        carried = tuple(name for name in REFUSED_FIELDS if fields.get(name) not in (None, b"", ""))
+        if carried:
+            self._refused = tuple(dict.fromkeys((*self._refused, *carried)))  # kept across a refresh
+        if self._refused:
+            self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
+            self.webhooks = []  # dependencies are kept: RQ's bookkeeping of the jobs waiting on this one needs them
+            self.retries_left = self.retry_intervals = self.number_of_retries = None
+            self.enqueue_at_front_on_retry = False
+            self.repeats_left = self.repeat_intervals = None
+            self.rate_limit_key = self.rate_limit_concurrency = None
+        else:
+            _start()  # in the worker's main process as it takes the job: the processes it forks inherit it
+        return result
 
     @property
     def func(self) -> Any:
-        """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other."""
+        """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, or for
+        a job that carries one of :data:`REFUSED_FIELDS`."""
+        if self._refused:
+            raise UnknownTaskError(f"job refused: it carries {', '.join(self._refused)}, which jobs of farms routed "
+                                   "by uwsgiconf-mules never set; nothing ran", key=str(self.func_name))
         if self.func_name != _RUN or self.instance is not None:
             raise UnknownTaskError(f"job refused: it names {self.func_name!r}, and workers of farms routed by "
                                    f"uwsgiconf-mules run only {_RUN}", key=self.func_name)
         return run
 
+    @property
+    def success_callback(self) -> None:
+        """None: jobs of uwsgiconf-mules have no callbacks, and a forged one never runs."""
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        """None: jobs of uwsgiconf-mules have no callbacks, and a forged one never runs."""
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        """None: jobs of uwsgiconf-mules have no callbacks, and a forged one never runs."""
+        return None

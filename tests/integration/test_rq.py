@@ -9,6 +9,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import rq
@@ -128,3 +129,110 @@ def test_redis_stopped_mid_run_is_a_delivery_error_not_a_lost_call(
     assert server.get("/send?5") == (200, True)
     run_worker(server, "--worker-class", "rq.worker.SimpleWorker")
     assert sorted(run["i"] for run in server.lines("report")) == [1, 4, 5]
+
+
+FORGED_SHOP = '''
+import os
+
+from uwsgiconf_mules.runtime import Farm
+
+
+def _log(line):
+    with open(os.path.join(os.environ["TEST_RESULTS"], "ran"), "a") as out:
+        out.write(line + "\\n")
+
+
+@Farm("reports").offload()
+def report(n):
+    _log(f"report {n}")
+
+
+def drop_all_tables(*args):  # an ordinary function of the app, not offloaded
+    _log("drop_all_tables")
+'''
+
+
+@pytest.mark.parametrize("worker_args", [(), ("--worker-class", "rq.worker.SimpleWorker")],
+                         ids=["forking-worker", "simple-worker"])
+def test_forged_jobs_run_no_callback_and_reach_no_webhook(tmp_path: Path, empty_redis: RedisServer,
+                                                          worker_args: tuple[str, ...]) -> None:
+    import http.server
+    import threading
+
+    from rq.webhook import Webhook
+
+    (tmp_path / "uwsgicfg.py").write_text(CONFIG.format(port=empty_redis.port, send_timeout=5))
+    (tmp_path / "shop.py").write_text(FORGED_SHOP)
+    hits: list[str] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        forged = rq.Queue("reports", connection=empty_redis.client(), serializer="rq.serializers.JSONSerializer")
+        url = f"http://127.0.0.1:{httpd.server_port}/internal-admin"
+        forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", 1),
+                            on_success=rq.Callback("shop.drop_all_tables"))
+        forged.enqueue_call("builtins.exec", args=("x",), on_failure=rq.Callback("shop.drop_all_tables"))
+        forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", 2),
+                            webhooks=[Webhook(url, "finished", method="POST"), Webhook(url, "failed", method="POST")])
+        forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", 3))  # a plain job runs
+        proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", *worker_args, "uwsgicfg.py"],
+                              cwd=tmp_path, env=dict(os.environ, TEST_RESULTS=str(tmp_path)), capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    finally:
+        httpd.shutdown()
+        thread.join(10)
+        httpd.server_close()
+    assert (tmp_path / "ran").read_text() == "report 3\n"  # no callback ran, no forged job ran
+    assert hits == []
+    assert len(rq.registry.FailedJobRegistry("reports", connection=empty_redis.client())) == 3
+    assert proc.stderr.count("UnknownTaskError: job refused") >= 3
+
+
+def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path: Path, empty_redis: RedisServer,
+                                                                         ) -> None:
+    # The example with farm "mail" routed to RQ: its settings module reaches the worker only through the
+    # config's env (not this shell), and the worker sets Django up before it imports shop.tasks.
+    from harness import stop_all
+    from integration.test_django import _env, rows, start
+
+    servers: list[Server] = []
+    try:
+        server, db = start(tmp_path, "lazy-apps", servers, (
+            'section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2))',
+            f"section.workers.set_mules_params(mules=2)\nsection.workers.set_offload_backends("
+            f"mail='rq://127.0.0.1:{empty_redis.port}/0?queue=mail')"))
+        for via in ("decorator", "task", "async"):
+            assert server.get(f"/signup?email={via}@example.com&via={via}") == (200, {"queued": True})
+    finally:
+        stop_all(servers)
+    forged = rq.Queue("mail", connection=empty_redis.client(), serializer="rq.serializers.JSONSerializer")
+    # A job of the Django backend that names something else than a Django task routed to RQ.
+    forged.enqueue_call("uwsgiconf_mules.remote.run",
+                        args=("uwsgiconf_mules.django:_run", "shop.models.Welcome", "x", "default", [], {}))
+    assert len(forged) == 4
+    env = _env(db)
+    assert "DJANGO_SETTINGS_MODULE" not in env
+    proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", str(tmp_path / "app.ini")],
+                          cwd=tmp_path / "site", env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [(email, via) for email, via, _ in rows(db)] == [
+        ("async@example.com", "async"), ("decorator@example.com", "decorator"), ("task@example.com", "task")]
+    failed = rq.registry.FailedJobRegistry("mail", connection=empty_redis.client())
+    assert len(failed) == 1
+    job = forged.fetch_job(failed.get_job_ids()[0])
+    assert job is not None
+    assert "job refused: Django task shop.models.Welcome: shop.models.Welcome is not a Django task" in (
+        job.latest_result().exc_string or "")  # type: ignore[union-attr]
