@@ -34,7 +34,7 @@ from typing import Any
 from django.apps import AppConfig
 
 from . import _instance, _protocol, _tasks, logs
-from .errors import MulesError, UnknownTargetError
+from .errors import MulesError
 from .runtime import Farm, mule_offload
 
 __all__ = ["MulesBackend", "MulesConfig"]
@@ -146,20 +146,6 @@ _encode = _protocol.encoder(_KEY)  # the call again, for the dead letter of a ta
 logs.add_runner(_run.__code__, lambda frame: str(frame.f_locals.get("path") or logs.NO_TASK))
 
 
-_ROUTED_HINT = ("Name a farm of dispatch mules in QUEUES; offload plain functions to the routed farm "
-                "(@Farm(...).offload()).")
-
-
-def _routed(alias: str, queue: str) -> str:
-    """Why ``queue`` cannot take Django tasks when it is a farm routed to an offload backend; else ''."""
-    declarations = _instance.declarations()
-    backend = declarations.get_backend(queue) if declarations is not None else None
-    if backend is None:
-        return ""
-    return (f"task backend {alias!r}: queue {queue!r} is a farm routed to {backend.where()}, which has no mules; "
-            "MulesBackend runs Django tasks in dispatch mules only")
-
-
 class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
     """``django.tasks`` backend: each queue is a farm of dispatch mules (see the module docstring).
 
@@ -179,9 +165,6 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
     def _sender(self, queue: str) -> Callable[..., bool]:
         sender = self._senders.get(queue)
         if sender is None:  # raises UnknownTargetError when the farm is not declared
-            routed = _routed(self.alias, queue)
-            if routed:
-                raise UnknownTargetError(routed, target=queue)
             sender = self._senders[queue] = mule_offload(Farm(queue))(_run)
         return sender
 
@@ -192,7 +175,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         :param args: Positional arguments (JSON-serialisable).
         :param kwargs: Keyword arguments (JSON-serialisable).
         :returns: A ``TaskResult`` in status ``READY``; it is not updated (``supports_get_result`` is False).
-        :raises UnknownTargetError: when the farm is not declared, or is routed to an offload backend.
+        :raises UnknownTargetError: when the farm is not declared.
         :raises PayloadError: when the call is too large (errors name the task's ``module_path``).
         :raises DeliveryError: when the farm's queue stayed full until the send timeout.
         """
@@ -218,8 +201,8 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         return result
 
     def check(self, **kwargs: Any) -> Iterable[Any]:
-        """Django system check: every queue is a declared farm with dispatch mules (E001: not declared,
-        E002: programmed mules only, E003: routed to an offload backend).
+        """Django system check: every queue is a declared farm with dispatch mules, or a farm routed to
+        an offload backend, whose workers run the tasks (E001: not declared, E002: programmed mules only).
 
         The farms are those of the declarations this process knows (``UWSGICONF_MULES``, set in
         every uWSGI process by the config). When none are known (``manage.py check`` or
@@ -240,10 +223,9 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
             return
         for queue in sorted(self.queues):
             farm = declarations.get_farm(queue)
-            routed = _routed(self.alias, queue)
-            if routed:
-                yield checks.Error(routed, hint=_ROUTED_HINT, obj=self.alias, id="uwsgiconf_mules.E003")
-            elif farm is None:
+            if declarations.get_backend(queue) is not None:
+                continue  # routed: `uwsgiconf-mules worker` runs its tasks (Django set up there)
+            if farm is None:
                 yield checks.Error(
                     f"task backend {self.alias!r}: queue {queue!r} is not a farm declared in the uWSGI config; "
                     f"declared: {declarations.describe()}",

@@ -204,8 +204,8 @@ def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path
                                                                          ) -> None:
     # The example with farm "mail" routed to RQ: its settings module reaches the worker only through the
     # config's env (not this shell), and the worker sets Django up before it imports shop.tasks.
+    from django_site import env_of, rows, start
     from harness import stop_all
-    from integration.test_django import _env, rows, start
 
     servers: list[Server] = []
     try:
@@ -222,7 +222,7 @@ def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path
     forged.enqueue_call("uwsgiconf_mules.remote.run",
                         args=("uwsgiconf_mules.django:_run", "shop.models.Welcome", "x", "default", [], {}))
     assert len(forged) == 4
-    env = _env(db)
+    env = env_of(db)
     assert "DJANGO_SETTINGS_MODULE" not in env
     proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", str(tmp_path / "app.ini")],
                           cwd=tmp_path / "site", env=env, capture_output=True, text=True, timeout=120,
