@@ -143,6 +143,21 @@ def burst(query):
     return {"queued": queued, "waited": time.monotonic() - started}
 
 
+@mule_offload()
+def drained(tag):
+    record("drained", tag=tag)
+
+
+@route("/drain")
+def drain(query):  # queued behind everything sent so far: it runs once the queue is empty
+    for _ in range(100):
+        try:
+            return drained.nowait(query)
+        except DeliveryError:
+            time.sleep(0.1)
+    return drained(query)
+
+
 @route("/nowait")
 def nowait(query):
     block(2)
