@@ -18,8 +18,8 @@ Senders that can retry do so on a full queue the way uwsgiconf-mules does (they 
 queue polls writable again, with ``uwsgiconf_mules._sending.retry``), so the rows compare what each
 variant costs per call, not how it waits. End to end means from the first send until the mule
 has run call N; a run that loses calls is reported as lost, not as fast. ``x raw`` is the median
-over runs of the ratio to the raw run of the same round (variants run interleaved, round by
-round, and the machine's speed drifts between rounds). Prints a markdown table,
+over runs of the ratio to the raw run just before it (every run of a variant follows a raw run
+of its own, round by round, and the machine's speed drifts within seconds). Prints a markdown table,
 writes ``benchmarks/results/latest.json``, and ends with the line ``offload/raw = X.XX``.
 
     python benchmarks/run.py            # full run (a few minutes)
@@ -233,9 +233,15 @@ def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
             server.get("/run?n=1000&size=0")  # warm up
         time.sleep(0.5)
         samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        raw_before: dict[tuple[str, int], list[dict[str, Any]]] = {}  # the raw run just before each run
         for size, n in sizes.items():
             for _ in range(runs):
                 for name, server in servers.items():
+                    if name == RAW:
+                        continue
+                    raw = _measure_throughput(servers[RAW], n, size, timeout)
+                    samples.setdefault((RAW, size), []).append(raw)
+                    raw_before.setdefault((name, size), []).append(raw)
                     samples.setdefault((name, size), []).append(_measure_throughput(server, n, size, timeout))
         results: dict[str, Any] = {}
         for name, server in servers.items():
@@ -243,16 +249,16 @@ def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
             for size, n in sizes.items():
                 taken = samples[(name, size)]
                 rates = [s["rate"] for s in taken if s["rate"]]
-                # Paired with the raw run of the same round: the machine's speed drifts between
-                # rounds (all variants alike), so ratios within a round are what compare.
-                paired = [s["rate"] / r["rate"] for s, r in zip(taken, samples[(RAW, size)], strict=True)
+                # Paired with the raw run just before it: the machine's speed drifts within
+                # seconds, so ratios of neighbouring runs are what compare.
+                paired = [s["rate"] / r["rate"] for s, r in zip(taken, raw_before.get((name, size), taken), strict=True)
                           if s["rate"] and r["rate"]]
                 per_size[str(size)] = {
-                    "n": n, "runs": runs,
-                    "median": statistics.median(rates) if len(rates) == runs else None,
+                    "n": n, "runs": len(taken),
+                    "median": statistics.median(rates) if len(rates) == len(taken) else None,
                     "min": min(rates) if rates else None, "max": max(rates) if rates else None,
                     "rates": [s["rate"] for s in taken],
-                    "x_raw": statistics.median(paired) if len(paired) == runs else None,
+                    "x_raw": statistics.median(paired) if len(paired) == len(taken) else None,
                     "lost": [s["lost"] for s in taken if s["lost"]],
                 }
             cost = server.get(f"/sender?rounds={max(2, runs * 4)}&batch=100", timeout=timeout)[1]

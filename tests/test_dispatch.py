@@ -1,11 +1,15 @@
-"""A stopping dispatch mule's keeper, on a real spool: calls kept within the limit, the rest counted."""
+"""A stopping dispatch mule's keeper, on a real spool: calls kept within the limit, the rest counted; the
+fast path's table."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from uwsgiconf_mules import _dispatch, _protocol, _spool
+import pytest
+
+from uwsgiconf_mules import _dispatch, _protocol, _spool, _tasks
 
 
 def signed(key: str, *args: object) -> bytes:
@@ -22,9 +26,10 @@ def test_calls_are_kept_for_their_queue_and_other_messages_are_not(tmp_path: Pat
     assert keep(_protocol.PROBE + bytes(12), 1) == 0
     assert keep(_protocol.HEADER + bytes(16) + b"mos:system\x00", 1) == 0  # a forgery is never kept as a call
     kept = [_spool.read(path) for path in spool.files("queue")]
-    assert kept == [("mule:1", signed("tasks:a", 1)[len(_protocol.PREFIX):]),
-                    ("farm:fast", signed("tasks:b", 2)[len(_protocol.PREFIX):]),
-                    (_spool.ANY, signed("tasks:c")[len(_protocol.PREFIX):])]
+    assert kept == [("mule:1", _protocol.stored(signed("tasks:a", 1))),
+                    ("farm:fast", _protocol.stored(signed("tasks:b", 2))),
+                    (_spool.ANY, _protocol.stored(signed("tasks:c")))]
+    assert kept[0][1].startswith(b"mtasks:a\x00")  # without token and tag, as every version kept calls
     assert (keep.kept, keep.lost) == (3, {})
 
 
@@ -41,3 +46,63 @@ def test_past_its_limit_or_when_the_disk_refuses_the_spool_keeps_nothing_and_say
     assert keep.kept == 1
     assert keep.lost == {f"the spool {spool.path} holds its limit of 100 bytes": 1,
                          "the disk refused it (Not a directory)": 1}
+
+
+@pytest.fixture
+def registry() -> Iterator[None]:
+    saved = dict(_tasks.REGISTRY), dict(_tasks.HEADS), set(_tasks._SHARED)
+    yield
+    for table, old in zip((_tasks.REGISTRY, _tasks.HEADS, _tasks._SHARED), saved, strict=True):
+        table.clear()
+        table.update(old)  # type: ignore[attr-defined]
+    _tasks.TABLE.clear()
+
+
+def fast_path_call(message: bytes) -> tuple[object, ...] | None:
+    """What the mule loop's fast path would run for ``message`` (in a buffer with older bytes
+    after it): (function, args), or None for the slow path."""
+    buffer = bytearray(message + b"\xff" * 64)
+    view = memoryview(buffer)
+    lookup = bytes(buffer[:_protocol.LOOKUP_SIZE])
+    entry = _tasks.TABLE.get(lookup) or _dispatch._entry(lookup, view, None)
+    if entry is None or len(message) < entry[3]:
+        return None
+    return entry[0], tuple(entry[1](entry[2])) if len(message) > entry[3] else ()
+
+
+def test_the_fast_path_runs_the_task_its_head_names_with_the_arguments_sent(registry: None) -> None:
+    def first(*args: object) -> None: ...
+    def second(*args: object) -> None: ...
+
+    _tasks.register("tasks:first", first)
+    _tasks.register("tasks:second_with_a_longer_key", second)
+    assert fast_path_call(signed("tasks:first", 1, "a")) == (first, (1, "a"))
+    assert fast_path_call(signed("tasks:second_with_a_longer_key", [2])) == (second, ([2],))
+    assert fast_path_call(signed("tasks:first")) == (first, ())
+    assert fast_path_call(_protocol.encoder("tasks:first")((1,), {"k": 2})) is None  # keywords: the slow path
+    assert fast_path_call(signed("tasks:first", 1)[:_protocol.LOOKUP_SIZE + 2]) is None  # cut short: not the fast path
+    assert fast_path_call(signed("tasks:first", *range(300))) is None  # a long tuple: by key
+
+
+def test_a_task_registered_again_replaces_the_fast_paths_entry(registry: None) -> None:
+    def old() -> None: ...
+    def new() -> None: ...
+
+    _tasks.register("tasks:job", old)
+    assert fast_path_call(signed("tasks:job", 1)) == (old, (1,))
+    _tasks.register("tasks:job", new)
+    assert fast_path_call(signed("tasks:job", 1)) == (new, (1,))
+
+
+def test_tasks_whose_tags_collide_run_by_key(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[str] = []
+    monkeypatch.setattr(_protocol, "tag", lambda key: b"samehash")  # a 64-bit collision, made for the test
+    _tasks.register("tasks:one", lambda: ran.append("one"))
+    assert fast_path_call(signed("tasks:one")) is not None
+    _tasks.register("tasks:two", lambda: ran.append("two"))
+    _tasks.register("tasks:one", lambda: ran.append("one"))  # registered again: still shared
+    for key in ("tasks:one", "tasks:two"):
+        message = signed(key)
+        assert fast_path_call(message) is None
+        assert _tasks.receive(message) is None  # the slow path: by the key
+    assert ran == ["one", "two"]

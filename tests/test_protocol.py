@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import pickle
 import subprocess
 import sys
@@ -24,7 +25,8 @@ CALLS = [
 @pytest.mark.parametrize(("args", "kwargs", "kind"), CALLS)
 def test_round_trip(args: tuple[object, ...], kwargs: dict[str, object], kind: bytes) -> None:
     message = protocol.encoder(KEY)(args, kwargs)
-    assert message.startswith(protocol.PREFIX + kind + KEY.encode() + b"\x00")
+    assert message.startswith(protocol.PREFIX + kind + protocol.tag(KEY.encode()))
+    assert message.endswith(b"\x00" + KEY.encode())
     key, got_args, got_kwargs = protocol.decode(message)  # type: ignore[misc]
     assert (key, got_args, got_kwargs) == (KEY.encode(), args, kwargs)
     assert [type(a) for a in got_args] == [type(a) for a in args]
@@ -34,10 +36,12 @@ def test_round_trip(args: tuple[object, ...], kwargs: dict[str, object], kind: b
 def test_heads_decode_positional_calls_as_the_decoder_does(
         args: tuple[object, ...], kwargs: dict[str, object], kind: bytes) -> None:
     message = protocol.encoder(KEY)(args, kwargs)
-    end = message.index(b"\x00", protocol.KEY_START)  # the mule loop's search: the token may hold NULs
-    loads = protocol.heads(KEY)[message[:end]]
-    body = memoryview(message)[end + 1:]
-    assert (loads(body) if body else ()) == args
+    loads, start = protocol.heads(KEY)[message[:protocol.HEAD_SIZE]]  # the mule loop's lookup: a fixed length
+    assert protocol.lookup_ok(message[:protocol.LOOKUP_SIZE])
+    size = protocol.call_size(KEY)
+    assert len(message) > size if args else len(message) == size
+    # The loop decodes from the body's start to the end of its buffer: what follows is ignored.
+    assert (loads(memoryview(message + b"older bytes")[start:]) if len(message) > size else ()) == args
 
 
 def test_a_token_with_nul_bytes_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,13 +52,68 @@ def test_a_token_with_nul_bytes_changes_nothing(monkeypatch: pytest.MonkeyPatch)
     for args, kwargs, _ in CALLS:
         message = protocol.encoder(KEY)(args, kwargs)
         assert protocol.decode(message) == (KEY.encode(), args, kwargs)
-        head = message[:message.index(b"\x00", protocol.KEY_START)]
-        assert (head in protocol.heads(KEY)) is not bool(kwargs)
+        assert (message[:protocol.HEAD_SIZE] in protocol.heads(KEY)) is not bool(kwargs)
 
 
 def test_keyword_calls_never_match_a_head() -> None:
     message = protocol.encoder(KEY)((1,), {"flag": True})
-    assert message[:message.index(b"\x00", protocol.KEY_START)] not in protocol.heads(KEY)
+    assert message[:protocol.HEAD_SIZE] not in protocol.heads(KEY)
+
+
+def test_tags_are_a_stable_hash_of_the_key() -> None:
+    # FNV-1a 64 (published test vectors): the same in every process and version, no seed.
+    assert protocol.tag(b"") == (0xCBF29CE484222325).to_bytes(8, "little")
+    assert protocol.tag(b"a") == (0xAF63DC4C8601EC8C).to_bytes(8, "little")
+    assert protocol.tag(b"foobar") == (0x85944171F73967E8).to_bytes(8, "little")
+    assert len({protocol.tag(f"pkg.mod:task_{i}".encode()) for i in range(10_000)}) == 10_000
+
+
+def test_the_spool_form_has_no_token_nor_tag_and_comes_back_whole() -> None:
+    for args, kwargs, kind in CALLS:
+        message = protocol.encoder(KEY)(args, kwargs)
+        kept = protocol.stored(message)
+        body = message[protocol.HEAD_SIZE if kind == protocol.MARSHAL else protocol.LOOKUP_SIZE:-len(KEY) - 1]
+        assert kept == kind + KEY.encode() + b"\x00" + body
+        assert protocol.restored(kept) == message
+    # Written by the versions before tags: the same form, read as it was written.
+    assert protocol.decode(protocol.restored(b"m" + KEY.encode() + b"\x00" + marshal.dumps((1, "x")))) == (
+        KEY.encode(), (1, "x"), {})
+    assert protocol.decode(protocol.restored(b"a" + KEY.encode() + b"\x00")) == (KEY.encode(), (), {})
+
+
+def test_the_fast_path_takes_small_tuples_and_pickles_only() -> None:
+    encode = protocol.encoder(KEY)
+    assert protocol.lookup_ok(encode(tuple(range(255)), {})[:protocol.LOOKUP_SIZE])
+    assert protocol.lookup_ok(encode(([1],), {})[:protocol.LOOKUP_SIZE])
+    assert protocol.lookup_ok(encode((), {})[:protocol.LOOKUP_SIZE])
+    many = encode(tuple(range(256)), {})  # more than 255 arguments: by key, the way of everything else
+    assert not protocol.lookup_ok(many[:protocol.LOOKUP_SIZE])
+    assert protocol.decode(many)[1] == tuple(range(256))
+    flipped = bytearray(encode((1,), {}))  # a count that a flipped bit made huge: never the fast path
+    flipped[protocol.HEAD_SIZE + 4] ^= 0x40
+    assert not protocol.lookup_ok(bytes(flipped[:protocol.LOOKUP_SIZE]))
+
+
+EDGE_VALUES = (0, -1, 2**64, -(2**200), 0.0, -0.0, float("inf"), 1e-310, 3j, complex(-0.0, 2), "", "a" * 300,
+               "\ud800 surrogate", "interned", b"", b"\x00" * 300, True, False, None)
+
+
+def test_marshalled_calls_give_back_equal_values_of_the_same_types() -> None:
+    message = protocol.encoder(KEY)(EDGE_VALUES, {})
+    assert message.startswith(protocol.PREFIX + protocol.MARSHAL)
+    _, args, _ = protocol.decode(message)  # type: ignore[misc]
+    assert [(type(a), repr(a)) for a in args] == [(type(a), repr(a)) for a in EDGE_VALUES]
+    assert str(args[13]) == "interned" and args[7] == 1e-310
+
+
+def test_marshalled_bodies_carry_no_reference_table() -> None:
+    # Version 2: the fast path's format (versions 3 and later flag every object for a table of
+    # references, which costs more than the small call itself); one repeated object shows it.
+    repeated = "x" * 20
+    message = protocol.encoder(KEY)((repeated, repeated), {})
+    body = message[protocol.HEAD_SIZE:-len(KEY) - 1]
+    assert body == marshal.dumps((repeated, repeated), 2) != marshal.dumps((repeated, repeated))
+    assert not any(code & 0x80 for code in (body[0], body[5], body[30]))  # tuple, then each string: no FLAG_REF
 
 
 def test_subclasses_are_pickled_not_marshalled() -> None:
@@ -87,7 +146,7 @@ def test_foreign_messages_are_not_refused_as_envelopes() -> None:
 
 
 def test_messages_claiming_to_be_envelopes_without_the_token_are_refused() -> None:
-    assert protocol.refusal(protocol.MAGIC + b"\x09akey\x00") == "envelope of protocol version 9, this runtime reads 2"
+    assert protocol.refusal(protocol.MAGIC + b"\x09akey\x00") == "envelope of protocol version 9, this runtime reads 3"
     assert protocol.refusal(protocol.MAGIC) == "truncated envelope"
     for forged in (protocol.HEADER + b"akey\x00", protocol.HEADER + bytes(16) + b"mos:system\x00",
                    protocol.HEADER + protocol.TOKEN[:-1]):
@@ -96,6 +155,14 @@ def test_messages_claiming_to_be_envelopes_without_the_token_are_refused() -> No
 
 def test_damaged_envelopes_are_errors() -> None:
     with pytest.raises(ValueError, match="damaged envelope"):
-        protocol.decode(protocol.PREFIX + b"akey-without-end")
+        protocol.decode(protocol.PREFIX + b"a" + bytes(8) + b"\x01key-without-start")
     with pytest.raises(ValueError, match="damaged envelope"):
-        protocol.decode(protocol.PREFIX + b"zkey\x00")
+        protocol.decode(protocol.PREFIX + b"z" + bytes(8) + protocol.PAD + b"\x00key")
+    with pytest.raises(ValueError, match="damaged envelope"):  # a pickled call without its pad
+        protocol.decode(protocol.PREFIX + b"a" + bytes(8) + b"\x00key")
+    # A tuple claiming 2**31 - 1 items in a 9-byte body (one flipped bit): refused before marshal
+    # would allocate it.
+    for code in (b"(", b"\xa8", b"["):
+        with pytest.raises(ValueError, match="damaged envelope"):
+            protocol.decode(protocol.task_header(KEY, protocol.MARSHAL) + code + b"\xff\xff\xff\x7fi\x01\x00\x00\x00"
+                            + b"\x00" + KEY.encode())

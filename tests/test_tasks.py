@@ -111,7 +111,7 @@ def test_signed_calls_run_only_functions_registered_under_their_key(
 
 
 def test_a_key_that_is_not_utf8_is_refused(caplog: pytest.LogCaptureFixture) -> None:
-    message = protocol.PREFIX + b"a\xff\xfe:x\x00"
+    message = protocol.restored(b"a\xff\xfe:x\x00")
     with caplog.at_level(logging.ERROR, "uwsgiconf_mules"):
         assert _tasks.receive(message) is None
     assert "task key b'\\xff\\xfe:x' is not UTF-8" in refusals(caplog)[0]

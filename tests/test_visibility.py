@@ -174,17 +174,22 @@ def test_a_mule_samples_its_counts_into_metrics_and_a_status_file(
     counters = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path))
     cell = counters.cell(b"app:task")
     cell[0], cell[1], cell[2] = 3, 1, 0.25
-    counters.running[:] = [cell, time.perf_counter() - 0.5]
+    # The running call began 0.5 s ago, in a streak of calls of this task that began 0.75 s ago.
+    counters.running[:] = [cell, time.perf_counter() - 0.5, time.perf_counter() - 0.75]
     counters.sample()
     assert fake.values["mule.1.started"] == 3 and fake.values["mule.1.failed"] == 1
     assert fake.values["mule.1.succeeded"] == 1  # one still running
-    assert fake.values["mule.1.run_ms"] == 250 and fake.values["mule.1.running_ms"] >= 500
+    assert 1000 <= fake.values["mule.1.run_ms"] < 1100 and fake.values["mule.1.running_ms"] >= 500
     assert fake.values["mule.1.queue_bytes"] == -1  # its queue is not found yet: not measured
-    counters.running[0] = None
+    status = json.loads((tmp_path / "1.json").read_text())
+    assert 1000 <= status["tasks"]["app:task"]["run_ms"] < 1100
+    counters.running[0] = None  # the streak ends, as the mule loop ends it: its time goes to the task
+    cell[2] = 1.5
     counters.sample()
     assert (fake.values["mule.1.started"], fake.values["mule.1.succeeded"]) == (3, 2)  # increments, not totals
+    assert fake.values["mule.1.run_ms"] == 1500
     status = json.loads((tmp_path / "1.json").read_text())
-    assert status["tasks"] == {"app:task": {"started": 3, "failed": 1, "succeeded": 2, "run_ms": 250}}
+    assert status["tasks"] == {"app:task": {"started": 3, "failed": 1, "succeeded": 2, "run_ms": 1500}}
     again = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path))  # the mule respawned
     again.sample()
     assert fake.values["mule.1.started"] == 3  # the previous process flushed its counts already

@@ -9,8 +9,9 @@ messages that claim to be calls but do not carry this instance's token; and pass
 messages on to ``uwsgi.mule_msg_hook``.
 
 With the counters on (a declared stats server), the fast path counts each call per task and
-adds up its time, one clock read per call, for :mod:`uwsgiconf_mules._metrics` to flush; without
-them it runs as it did, plus the clock read that gives a failed call's duration.
+adds up its time (per streak of calls of one task), one clock read per call, for
+:mod:`uwsgiconf_mules._metrics` to flush; without them it runs as it did, plus the clock read
+that gives a failed call's duration.
 
 uWSGI signals sent to the mule (``mule``, ``muleN``, ``mules`` targets, timers) are handled by a
 thread of their own as they arrive, concurrently with the call being run: within milliseconds,
@@ -33,7 +34,7 @@ import time
 
 from . import _instance, _metrics, _protocol, _spool, _tasks
 from ._limits import socket_message_limit
-from ._protocol import KEY_START
+from ._protocol import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ._queues import STREAK, Queues, probe_destinations
 from .errors import MulesError, NotInMuleError
 
@@ -67,8 +68,7 @@ def _stop(signum: int, frame: Any) -> None:
     global _stopping
     _stopping = True
     _tasks.HEADS.clear()
-    if _tasks.COUNTING is not None:  # the counted fast path's table
-        _tasks.COUNTING.table.clear()
+    _tasks.TABLE.clear()
 
 
 def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
@@ -108,7 +108,7 @@ class _Keeper:
         if len(message) > self.room:
             return self._lose(f"the spool {self.spool.path} holds its limit of {self.spool.limit} bytes")
         try:
-            self.spool.write("queue", message[len(prefix):], _note(dest))
+            self.spool.write("queue", _protocol.stored(message), _note(dest))
         except OSError as exc:
             return self._lose(f"the disk refused it ({exc.strerror or exc})")
         self.room -= len(message)
@@ -197,7 +197,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
         if _stopping:
             os.rename(claimed, os.path.join(spool.part("queue"), os.path.basename(claimed).partition("-")[2]))
             break
-        _tasks.run(_protocol.PREFIX + payload, harakiri)
+        _tasks.run(_protocol.restored(payload), harakiri)
         spool.done(claimed)
 
 
@@ -265,13 +265,37 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     return declarations, spool, _queues
 
 
-def _failed(view: memoryview, end: int, size: int, entry: tuple[Any, Any], began: float) -> None:
+def _entry(lookup: bytes, view: memoryview, counters: Any) -> tuple[Any, ...] | None:
+    """The loop's entry for calls that start with ``lookup`` (``_protocol.LOOKUP_SIZE`` bytes),
+    built from :data:`uwsgiconf_mules._tasks.HEADS` and kept in
+    :data:`uwsgiconf_mules._tasks.TABLE`; None when they are no registered task's positional
+    calls that the fast path takes (see ``_protocol.lookup_ok``).
+
+    An entry is (function, body decoder, the buffer from where bodies start, the size of a call
+    without arguments, task key), and with the counters on, the task's cell: the body is decoded
+    straight from the buffer (a decoder reads one object and ignores what follows it).
+    """
+    found = _tasks.HEADS.get(lookup[:HEAD_SIZE])
+    if found is None or not lookup_ok(lookup):
+        return None
+    func, loads, start, key, size = found
+    entry: tuple[Any, ...] = (func, loads, view[start:], size, key)
+    if counters is not None:
+        entry += (counters.cell(key),)
+    _tasks.TABLE[lookup] = entry
+    if _tasks.HEADS.get(lookup[:HEAD_SIZE]) is not found:  # registered again meanwhile (another thread)
+        _tasks.TABLE.pop(lookup, None)
+        return None
+    return entry
+
+
+def _failed(size: int, entry: tuple[Any, ...], began: float) -> None:
     """Report the failure of a call the fast path ran, with its arguments decoded again."""
     try:
-        args = tuple(entry[1](view[end + 1:size])) if end + 1 < size else ()
+        args = tuple(entry[1](entry[2])) if size > entry[3] else ()
     except Exception:
         args = ()
-    _tasks.failed(bytes(view[KEY_START:end]), args, None, began)
+    _tasks.failed(entry[4], args, None, began)
 
 
 def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for throughput
@@ -285,25 +309,28 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     declarations, spool, queues = _prepare(uwsgi, int(uwsgi.mule_id()))
     harakiri = (declarations.harakiri or 0) if declarations else 0
     buffer, view = queues.buffer, queues.view
-    find = buffer.find
     current, streak = queues.current, STREAK
-    heads = _tasks.HEADS
+    table = _tasks.TABLE
     receive, pass_on, returned = _tasks.receive, _tasks.pass_on, _tasks.returned
     counters = _tasks.COUNTING
     fast = not harakiri and counters is None
     counted = not harakiri and counters is not None
-    table, running = (counters.table, counters.running) if counters is not None else ({}, [None, 0.0])
+    running = counters.running if counters is not None else [None, 0.0, 0.0]
     clock = time.perf_counter
-    last = None  # the counted path's cell of the call it ran last, until its time is added up
-    began = 0.0
+    idle = [0, 0, 0.0]  # a cell that counts nothing: `last` while no streak of calls runs
+    last = idle  # the counted path's cell of the streak of calls it runs, until its time is added up
+    began = 0.0  # when the call (fast path) or the streak (counted path) began
     pending = None
+    entry: tuple[Any, ...] | None = None
     while not _stopping:
         try:
             size = current(buffer)  # a queue read directly, into the buffer
         except BlockingIOError:
-            if last is not None:  # the last call counted ended when its queue ran empty
+            if last is not idle:  # the last call counted ended when its queue ran empty
+                running[0] = None
                 last[2] += clock() - began
-                last = running[0] = None
+                last = idle
+            entry = None  # no call of the fast path runs (logs.current_task reads it)
             waited = queues.wait()
             current, streak = queues.current, STREAK
             if waited is None:
@@ -313,57 +340,67 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             streak -= 1
             if not streak:  # let the other queues have a turn
                 current, streak = queues.rotate(), STREAK
+        # The fast paths, inlined for throughput: a positional-only call of a registered task,
+        # no harakiri to arm; its first bytes (a fixed length, see _protocol) name the function,
+        # the body decoder and where the body starts, and exist only in authenticated envelopes
+        # (the token). The body is decoded from the buffer up to where the decoder's object
+        # ends, without a bound at the message's end: an envelope of this runtime always holds
+        # its whole body (datagrams arrive whole, and senders check sizes against this buffer);
+        # only a damaged one, which needs the token, could decode bytes of an older message.
+        # A message shorter than a call of that task and everything else take receive() below;
+        # so does everything once the mule is told to stop (_stop empties the table).
         if fast:
-            # Fast path, inlined for throughput: a positional-only call of a known task, no
-            # harakiri to arm, arguments decoded from the buffer by the decoder the head names
-            # (see _protocol.heads), which exist only for authenticated envelopes of registered
-            # tasks. Everything else takes receive() below; so does everything once the mule is
-            # told to stop (_stop empties the table).
-            end = find(b"\x00", KEY_START, size)  # after the token, which may hold NUL bytes
-            entry = heads.get(buffer[:end]) if end > 0 else None
-            if entry is not None:
+            entry = table.get(buffer[:LOOKUP_SIZE])
+            if entry is None:
+                entry = _entry(buffer[:LOOKUP_SIZE], view, None)
+            if entry is not None and size >= entry[3]:
                 began = clock()  # for the failure's log line
                 try:
-                    result = entry[0](*entry[1](view[end + 1:size])) if end + 1 < size else entry[0]()
+                    result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
-                        returned(buffer[KEY_START:end], result)
+                        returned(entry[4], result)
                 except Exception:
-                    _failed(view, end, size, entry, began)
+                    _failed(size, entry, began)
                 continue
         elif counted:
-            # The same, counting per task (see _metrics.MuleCounters) for a thread to flush: the
-            # time from one call's start to the next one's (or to the queue running empty) is the
-            # earlier call's, one clock read per call.
-            end = find(b"\x00", KEY_START, size)
-            entry = table.get(buffer[:end]) if end > 0 else None
-            if entry is None and end > 0:
-                entry = counters.entry(buffer[:end])
-            if entry is not None:
+            # The same, counting per task (see _metrics.MuleCounters) for a thread to flush, with
+            # one clock read per call: calls of one task in a row are a streak, whose time (from
+            # its first call's start to the next task's or to the queue running empty) is added
+            # to the task's when it ends; running is [cell, call start, streak start].
+            entry = table.get(buffer[:LOOKUP_SIZE])
+            if entry is None:
+                entry = _entry(buffer[:LOOKUP_SIZE], view, counters)
+            if entry is not None and size >= entry[3]:
                 now = clock()
-                if last is not None:
+                cell = entry[5]
+                cell[0] += 1  # before the cell is the running one: `succeeded` never dips
+                if cell is not last:  # None first: a sampler in between misses the time, never counts it twice
+                    running[0] = None
                     last[2] += now - began
-                last = cell = entry[2]
-                began = running[1] = now
-                running[0] = cell
-                cell[0] += 1
+                    running[2] = began = now
+                    last = running[0] = cell
+                running[1] = now
                 try:
-                    result = entry[0](*entry[1](view[end + 1:size])) if end + 1 < size else entry[0]()
+                    result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:
-                        returned(buffer[KEY_START:end], result)
+                        returned(entry[4], result)
                 except Exception:
                     cell[1] += 1
-                    _failed(view, end, size, entry, began)
+                    _failed(size, entry, now)
                 continue
-        if last is not None:  # a message for the slow path: the last call counted has ended
+        entry = None  # no call of the fast path runs (logs.current_task reads it)
+        if last is not idle:  # a message for the slow path: the last call counted has ended
+            running[0] = None
             last[2] += clock() - began
-            last = running[0] = None
+            last = idle
         if _stopping:
             pending = buffer[:size]
             break
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)
-    if last is not None:  # told to stop right after a call counted
-        last[2] += clock() - began
+    if last is not idle:  # told to stop right after a call counted
         running[0] = None
+        last[2] += clock() - began
+    entry = None
     _shut_down(uwsgi, queues, pending, spool, declarations)

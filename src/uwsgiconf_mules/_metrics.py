@@ -239,8 +239,10 @@ class MuleCounters:
     the mule's uWSGI metrics and its status file by :func:`flush`.
 
     A task's cell is ``[started, failed, seconds running calls]``; :attr:`running` is ``[the cell
-    of the call running, perf_counter() when it began]`` (None when idle); :attr:`table` is the
-    counted fast path's: envelope head -> (function, body decoder, cell).
+    of the call running (None when idle), perf_counter() when the call began, perf_counter() when
+    the time not yet in its cell began]``: the mule adds up the time of a streak of calls of one
+    task when it ends. The counted fast path keeps each task's cell in its entries (see
+    ``_dispatch._entry``).
 
     :param mule_id: This mule's id.
     :param declarations: This instance's declarations.
@@ -250,8 +252,7 @@ class MuleCounters:
     def __init__(self, mule_id: int, declarations: Declarations, status_dir: str | None) -> None:
         self.mule_id = mule_id
         self.tasks: dict[str, list[Any]] = {}  # key -> cell
-        self.table: dict[bytes, tuple[Any, Any, list[Any]]] = {}
-        self.running: list[Any] = [None, 0.0]
+        self.running: list[Any] = [None, 0.0, 0.0]
         self.spooled = 0
         self.dead = 0
         self._flushed = {"started": 0, "succeeded": 0, "failed": 0, "spooled": 0, "dead": 0, "run_ms": 0}
@@ -291,21 +292,6 @@ class MuleCounters:
             found = self.tasks[text] = [0, 0, 0.0]
         return found
 
-    def entry(self, head: bytes) -> tuple[Any, Any, list[Any]] | None:
-        """The counted fast path's entry for envelopes that start with ``head``, from the fast
-        path's table (:data:`uwsgiconf_mules._tasks.HEADS`); None when it has none.
-
-        :param head: An envelope head.
-        """
-        from ._protocol import KEY_START
-        from ._tasks import HEADS
-
-        found = HEADS.get(head)
-        if found is None:
-            return None
-        entry = self.table[head] = (found[0], found[1], self.cell(head[KEY_START:]))
-        return entry
-
     def watch(self, queues: Any) -> None:
         """Measure the depth of these queues (a ``_queues.Queues``) from now on.
 
@@ -315,20 +301,29 @@ class MuleCounters:
 
     def totals(self) -> dict[str, Any]:
         """This process's counts since the mule's first start (from the status file)."""
-        running_cell, since = self.running
-        running_for = time.perf_counter() - since if running_cell is not None else 0.0
+        now = time.perf_counter()
+        cells = [(key, cell[0], cell[1], cell[2], cell) for key, cell in list(self.tasks.items())]
+        # Read after the cells: a streak that ends in between is missed once, never counted twice.
+        running_cell, since, unadded = self.running
+        running_for = max(0.0, now - since) if running_cell is not None else 0.0
         started = failed = running = 0
         seconds = 0.0
         running_key = None
-        for key, cell in list(self.tasks.items()):
-            started += cell[0]
-            failed += cell[1]
-            seconds += cell[2]
+        tasks = {}
+        for key, cell_started, cell_failed, added, cell in cells:
+            started += cell_started
+            failed += cell_failed
+            cell_seconds = added
             if cell is running_cell:
                 running, running_key = 1, key
+                cell_seconds += max(0.0, now - unadded)
+            seconds += cell_seconds
+            tasks[key] = {"started": cell_started, "failed": cell_failed,
+                          "succeeded": cell_started - cell_failed - (cell is running_cell),
+                          "run_ms": int(cell_seconds * 1000)}
         return {"started": started, "failed": failed, "succeeded": started - failed - running,
                 "run_ms": int(seconds * 1000), "spooled": self.spooled, "dead": self.dead,
-                "running": running_key, "running_ms": int(running_for * 1000)}
+                "running": running_key, "running_ms": int(running_for * 1000), "tasks": tasks}
 
     def sample(self) -> None:
         """Add the counts since the last sample to this mule's uWSGI metrics, set its gauges and
@@ -378,9 +373,7 @@ class MuleCounters:
             "mule": self.mule_id, "pid": os.getpid(), "farms": self._farms, "running": totals["running"],
             "queue_bytes": {str(dest) if isinstance(dest, int) else dest.decode(): depth
                             for dest, depth in depths.items()},
-            "tasks": {key: {"started": cell[0], "failed": cell[1],
-                            "succeeded": cell[0] - cell[1] - (key == totals["running"]),
-                            "run_ms": int(cell[2] * 1000)} for key, cell in list(self.tasks.items())},
+            "tasks": totals["tasks"],
         }
         now = time.time()
         written, previous = self._written

@@ -3,10 +3,10 @@
 A directory per uWSGI instance (``set_mules_params(spool_dir=...)``, or a default the builders
 derive, see :func:`default_dir`), with three parts:
 
-* ``queue/``: calls that were queued in a mule queue when uWSGI reloaded or stopped. The master
-  moves them here on its way out (it holds both ends of every queue and outlives every worker
-  and mule); dispatch mules of the next instance run them, oldest first, each claimed by
-  exactly one mule (a rename into ``claimed/``).
+* ``queue/``: calls that were queued in a mule queue when uWSGI reloaded or stopped. Each
+  dispatch mule, told to stop, moves what is queued in its queues here (see
+  :mod:`uwsgiconf_mules._dispatch`); dispatch mules of the next instance run them, oldest first,
+  each claimed by exactly one mule (a rename into ``claimed/``).
 * ``claimed/``: calls a mule is running. One left behind by a mule that died belongs to nobody:
   it moves to ``dead/`` with the reason, never back to ``queue/`` (it may have run).
 * ``dead/``: calls that reached a mule but could not run (unknown key, import failure), with the
@@ -17,9 +17,9 @@ derive, see :func:`default_dir`), with three parts:
 
 Every file is written to ``tmp/``, flushed to disk (``fsync``) and renamed into place, so a crash
 mid-write leaves no partial call where a mule looks. A file holds ``UCMS1``, a note line (the
-target a queued call was sent to, or why a call is dead), then the envelope without this
-instance's token (kind, key, NUL, body): the token changes with every start, and the spool is
-trusted through its directory's permissions (0700, the uWSGI user).
+target a queued call was sent to, or why a call is dead), then the call without this
+instance's token (kind, key, NUL, body: ``_protocol.stored``): the token changes with every start,
+and the spool is trusted through its directory's permissions (0700, the uWSGI user).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 key's module first when the mule has not (under ``--lazy-apps`` mules import no app code); it
 never looks up any other attribute by name (:func:`receive`). :data:`HEADS` is the table the
 mule loop's fast path reads: the head of every positional envelope of every registered task,
-with its function and body decoder.
+with its function and body decoder (the loop keeps its own entries, built from it, in :data:`TABLE`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[bytes, Callable[..., Any]] = {}
 """Task key (bytes) -> the offloaded function."""
-HEADS: dict[bytes, tuple[Callable[..., Any], Callable[[Any], Any]]] = {}
-"""Envelope head (before the first NUL) of a positional call -> (function, decoder of the body)."""
+HEADS: dict[bytes, tuple[Callable[..., Any], Callable[[Any], Any], int, bytes, int]] = {}
+"""Envelope head (its first ``_protocol.HEAD_SIZE`` bytes) of a positional call -> (function,
+decoder of the body, offset of the body, task key, size of a call without arguments)."""
+TABLE: dict[bytes, tuple[Any, ...]] = {}
+"""The dispatch mule loop's entries, built from :data:`HEADS` (see ``_dispatch.mule_loop``);
+emptied whenever a task is registered, so that it never runs a function :data:`HEADS` no longer names."""
+_SHARED: set[bytes] = set()  # heads of two registered tasks (their tags collide): those run by key only
 
 _logger: logging.Logger | None = None
 
@@ -75,9 +80,17 @@ def register(key: str, func: Callable[..., Any]) -> None:
     """
     if is_async(func):
         func = _awaited(func)
-    REGISTRY[key.encode()] = func
-    for head, loads in _protocol.heads(key).items():
-        HEADS[head] = (func, loads)
+    raw = key.encode()
+    REGISTRY[raw] = func
+    size = _protocol.call_size(key)
+    for head, (loads, start) in _protocol.heads(key).items():
+        found = HEADS.get(head)
+        if head in _SHARED or (found is not None and found[3] != raw):
+            _SHARED.add(head)  # two keys, one tag: their calls take the path that reads the key
+            HEADS.pop(head, None)
+            continue
+        HEADS[head] = (func, loads, start, raw, size)
+    TABLE.clear()
 
 
 def find(key: bytes) -> Callable[..., Any] | str:
@@ -218,10 +231,9 @@ def refuse(message: bytes, reason: str) -> None:
     spool = _dead_letters
     if spool is None:
         return
-    prefix = _protocol.PREFIX
     try:
-        if message.startswith(prefix):
-            spool.write("dead", message[len(prefix):], reason)
+        if message.startswith(_protocol.PREFIX):
+            spool.write("dead", _protocol.stored(message), reason)
         else:
             spool.write("dead", message, _spool.UNTRUSTED + reason)
         if COUNTING is not None:
@@ -255,7 +267,7 @@ def run(message: bytes, harakiri: int = 0) -> None:
     began = perf_counter()
     if cell is not None:
         cell[0] += 1
-        counters.running[1] = began
+        counters.running[1] = counters.running[2] = began
         counters.running[0] = cell
     try:
         if harakiri:
@@ -268,9 +280,9 @@ def run(message: bytes, harakiri: int = 0) -> None:
     finally:
         if harakiri:
             uwsgi.set_user_harakiri(0)
-        if cell is not None:
-            cell[2] += perf_counter() - began
+        if cell is not None:  # None first: a sampler in between misses the time, never counts it twice
             counters.running[0] = None
+            cell[2] += perf_counter() - began
     if result is not None:
         returned(key, result)
 

@@ -70,17 +70,12 @@ def _from_run(frame: FrameType) -> str | None:
 
 
 def _from_loop(frame: FrameType) -> str | None:
-    # The loop's fast path runs a call straight from its buffer: a registered head up to ``end``.
-    local = frame.f_locals
-    buffer, end = local.get("buffer"), local.get("end")
-    if buffer is None or not isinstance(end, int) or end <= 0:
+    # The loop's fast path runs a call straight from its buffer, by its table's ``entry`` (the
+    # task key last); None when the loop is elsewhere.
+    entry = frame.f_locals.get("entry")
+    if not isinstance(entry, tuple) or len(entry) < 5:
         return NO_TASK
-    head = bytes(buffer[:end])
-    if _tasks.HEADS.get(head) is None:  # not a call the fast path runs (the loop is elsewhere)
-        return NO_TASK
-    from ._protocol import KEY_START
-
-    return _text(head[KEY_START:])
+    return _text(entry[4])
 
 
 def _register_core() -> None:

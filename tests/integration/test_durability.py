@@ -116,7 +116,7 @@ from uwsgiconf_mules import _protocol
 @route("/unrunnable")
 def unrunnable(query):
     return [uwsgi.mule_msg(_protocol.encoder("app:no_such_task")((1,), {}), 1),
-            uwsgi.mule_msg(b"\\xfeUCM\\x02" + bytes(16) + b"mos:system\\x00", 1)]
+            uwsgi.mule_msg(_protocol.HEADER + bytes(16) + b"m" + bytes(8) + b"\\x00os:system", 1)]
 '''
 
 

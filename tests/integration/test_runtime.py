@@ -444,6 +444,47 @@ def test_uwsgidecorators_imported_after_the_runtime_does_not_break_offloads(
     assert runs == [("uwsgiconf-mules", 1), ("uwsgidecorators", 2)]
 
 
+SHARED_APP = '''
+import uwsgidecorators
+
+
+@mule_offload(1)
+def ours(tag):
+    record("shared", tag=tag, by="uwsgiconf-mules")
+
+
+@uwsgidecorators.mulefunc  # no mule id: the queue every mule reads
+def theirs(tag):
+    record("shared", tag=tag, by="uwsgidecorators")
+
+
+@route("/ours")
+def ours_route(query):
+    return [ours(f"{query}-{i}") for i in range(3)]
+
+
+@route("/theirs")
+def theirs_route(query):
+    theirs(query)
+    return "ok"
+'''
+
+
+def test_the_queue_every_mule_reads_is_read_once_the_mule_reads_its_queues_directly(
+        uwsgi_server: Callable[..., Server]) -> None:
+    # A dispatch mule that found its queues reads them directly, and waits in uWSGI, which also
+    # reads the queue every mule reads (uwsgidecorators' @mulefunc without a mule id).
+    server = uwsgi_server(declaration("mules=1"), SHARED_APP)
+    for round_ in range(3):  # the mule finds its queues on its first messages
+        assert server.get(f"/ours?{round_}") == (200, [True, True, True])
+        server.wait_lines("shared", 3 * (round_ + 1))
+        time.sleep(0.3)
+    for tag in ("x", "y"):
+        assert server.get(f"/theirs?{tag}") == (200, "ok")
+    runs = [r for r in server.wait_lines("shared", 11, timeout=10) if r["by"] == "uwsgidecorators"]
+    assert sorted(r["tag"] for r in runs) == ["x", "y"] and {r["mule"] for r in runs} == {1}
+
+
 HARAKIRI = declaration("mules=1, harakiri_timeout=1")
 
 HARAKIRI_APP = '''

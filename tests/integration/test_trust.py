@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import Server, compile_config, declaration, launch, start_server
+from uwsgiconf_mules import _protocol
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,9 @@ def forgeries():
         _protocol.HEADER + b"m" + b"os:system\\x00" + marshal.dumps(command),
         _protocol.HEADER + bytes(16) + b"k" + b"app:victim\\x00" + pickle.dumps(((Exploit(),), {})),
         _protocol.HEADER + bytes(16) + b"m" + b"builtins:exec\\x00" + marshal.dumps(("import os; os.system('id')",)),
+        # This version's layout (tag, body, key), with a wrong token.
+        (_protocol.HEADER + bytes(16) + b"m" + _protocol.tag(b"os:system") + marshal.dumps(command, 2)
+         + b"\\x00os:system"),
     ]
 
 
@@ -129,12 +133,12 @@ def fuzz_messages(seed, count):
         if kind == 0:
             yield rng.randbytes(rng.randint(0, 300))
         elif kind == 1:  # bad UTF-8 keys
-            yield _protocol.PREFIX + b"a" + rng.randbytes(rng.randint(1, 40)) + b"\\xff:\\x00" + rng.randbytes(5)
+            yield _protocol.restored(b"a" + rng.randbytes(rng.randint(1, 40)) + b"\\xff:\\x00" + rng.randbytes(5))
         elif kind == 2:  # wrong version or kind
-            yield (_protocol.MAGIC + bytes([rng.randrange(256)]) + _protocol.TOKEN
-                   + bytes([rng.randrange(256)]) + b"app:victim\\x00" + rng.randbytes(10))
+            yield (_protocol.MAGIC + bytes([rng.randrange(256)]) + _protocol.TOKEN + bytes([rng.randrange(256)])
+                   + _protocol.tag(b"app:victim") + rng.randbytes(10) + b"\\x00app:victim")
         elif kind == 3:  # oversized keys
-            yield _protocol.PREFIX + b"m" + b"k" * rng.randint(1000, 50000) + b"\\x00" + marshal.dumps((1,))
+            yield _protocol.restored(b"m" + b"k" * rng.randint(1000, 50000) + b"\\x00" + marshal.dumps((1,)))
         else:  # bit flips and truncations of real envelopes and forgeries
             yield mutate(rng, rng.choice(envelopes))
 
@@ -192,15 +196,15 @@ def settle(server: Server, tag: str) -> None:
 
 def test_forged_calls_never_run_and_relayed_bytes_arrive_as_data(server: Server) -> None:
     status, sent = server.get("/exploit")
-    assert status == 200 and all(sent) and len(sent) == 15
+    assert status == 200 and all(sent) and len(sent) == 18
     settle(server, "exploit")
     assert not (server.results / "pwned").exists()
     assert server.lines("exploited") == [] and server.lines("victim") == []
     # The consumer got each forgery exactly as relayed; dispatch mule 1 refused each, with one line.
-    assert len([m for m in received(server) if m.startswith(b"\xfeUCM")]) >= 5
+    assert len([m for m in received(server) if m.startswith(b"\xfeUCM")]) >= 6
     refused = [line for line in server.log().splitlines() if "mule 1 refused a" in line]
-    assert len([line for line in refused if "not sent by this uWSGI instance" in line]) >= 6
-    assert len([line for line in refused if "protocol version 1, this runtime reads 2" in line]) >= 4
+    assert len([line for line in refused if "not sent by this uWSGI instance" in line]) >= 8
+    assert len([line for line in refused if f"protocol version 1, this runtime reads {_protocol.VERSION}" in line]) >= 4
 
 
 def test_send_delivers_exactly_its_bytes_even_our_own_envelope_and_never_runs_them(server: Server) -> None:
