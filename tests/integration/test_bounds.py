@@ -27,7 +27,10 @@ def test_a_burst_to_a_slow_mule_ends_with_delivery_error_within_the_request_budg
     assert any(said in body["message"] for said in (
         "app:quick to mule 1: the queue is full and this request already waited 2 s on full queues",
         "app:quick to mule 1: the queue stayed full for 2 s")), body["message"]
-    assert 300 < body["queued"] < 5000
+    # A queue holds about 280 of these: more were queued once room came back, unless the first
+    # wait used the whole budget (then a queue's worth).
+    stalled = "the queue stayed full for 2 s" in body["message"]
+    assert (200 if stalled else 300) < body["queued"] < 5000, body
     assert body["waited"] < 2 + 3  # the budget, and the time to encode and send what was queued
     drain(server, "first")  # the mule ran what the first burst queued (slowly, on a loaded machine)
     status, again = server.get("/burst?5000")  # the next request has a budget of its own
