@@ -127,7 +127,18 @@ def task_header(key: str, kind: bytes) -> bytes:
     :param key: ``module:qualname`` of the offloaded function.
     :param kind: :data:`ARGS`, :data:`MARSHAL` or :data:`KWARGS`.
     """
-    return PREFIX + kind + tag(key.encode()) + (b"" if kind == MARSHAL else PAD)
+    return _head(kind, tag(key.encode()))
+
+
+def _head(kind: bytes, key_tag: bytes) -> bytes:
+    """Prefix, kind, tag, and :data:`PAD` for pickled calls: what every call of a kind and task starts with."""
+    return PREFIX + kind + key_tag + (b"" if kind == MARSHAL else PAD)
+
+
+def _bounds(message: bytes) -> tuple[bytes, int, int]:
+    """(kind, where the body starts, where the NUL before the key is: -1 without one) of an envelope."""
+    kind = message[len(PREFIX):len(PREFIX) + 1]
+    return kind, HEAD_SIZE if kind == MARSHAL else LOOKUP_SIZE, message.rfind(b"\x00", HEAD_SIZE)
 
 
 def encoder(key: str) -> Encoder:
@@ -166,8 +177,8 @@ def heads(key: str) -> dict[bytes, tuple[Decoder, int]]:
 
     :param key: ``module:qualname`` of the offloaded function.
     """
-    return {task_header(key, kind)[:HEAD_SIZE]: (loads, len(task_header(key, kind)))
-            for kind, loads in _POSITIONAL.items()}
+    headers = {kind: task_header(key, kind) for kind in _POSITIONAL}
+    return {header[:HEAD_SIZE]: (_POSITIONAL[kind], len(header)) for kind, header in headers.items()}
 
 
 def call_size(key: str) -> int:
@@ -208,9 +219,7 @@ def decode(message: bytes) -> tuple[bytes, tuple[Any, ...], dict[str, Any]]:
     :raises ValueError: for a damaged envelope or one of another kind.
     :raises Exception: whatever ``pickle`` or ``marshal`` raise for a body they cannot read.
     """
-    kind = message[len(PREFIX):len(PREFIX) + 1]
-    end = message.rfind(b"\x00", HEAD_SIZE)
-    start = HEAD_SIZE if kind == MARSHAL else LOOKUP_SIZE
+    kind, start, end = _bounds(message)
     if kind not in CALL_KINDS or end < start or (kind != MARSHAL and message[HEAD_SIZE:start] != PAD):
         raise ValueError("damaged envelope")
     key = message[end + 1:]
@@ -233,11 +242,10 @@ def stored(message: bytes) -> bytes:
 
     :param message: An envelope that starts with :data:`PREFIX`.
     """
-    kind = message[len(PREFIX):len(PREFIX) + 1]
-    end = message.rfind(b"\x00", HEAD_SIZE)
+    kind, start, end = _bounds(message)
     if end < 0:  # damaged: kept as it is, after the kind
         return kind + b"\x00" + message[HEAD_SIZE:]
-    return kind + message[end + 1:] + b"\x00" + message[HEAD_SIZE if kind == MARSHAL else LOOKUP_SIZE:end]
+    return kind + message[end + 1:] + b"\x00" + message[start:end]
 
 
 def restored(payload: bytes) -> bytes:
@@ -248,7 +256,7 @@ def restored(payload: bytes) -> bytes:
     kind = payload[:1]
     end = payload.find(b"\x00", 1)
     key, body = (payload[1:end], payload[end + 1:]) if end > 0 else (payload[1:], b"")
-    return PREFIX + kind + tag(key) + (b"" if kind == MARSHAL else PAD) + body + b"\x00" + key
+    return _head(kind, tag(key)) + body + b"\x00" + key
 
 
 def refusal(message: bytes) -> str | None:
