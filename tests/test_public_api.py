@@ -40,14 +40,17 @@ def test_all_matches_public_names(name: str) -> None:
 def test_package_exports() -> None:
     assert sorted(uwsgiconf_mules.__all__) == [
         "DeclarationsMissingError", "DeliveryError", "MuleFarm", "MulesConfigurationError", "MulesError",
-        "MulesRuntimeError", "NotInMuleError", "PayloadError", "ReturnValueWarning", "Section", "UnknownTargetError",
+        "MulesMixin", "MulesRuntimeError", "NotInMuleError", "PayloadError", "PythonSection", "ReturnValueWarning",
+        "Section", "UnknownTargetError",
         "UnknownTaskError",
         "UsageError", "__version__",
     ]
     assert uwsgiconf_mules.__version__ == importlib.metadata.version("uwsgiconf-mules")
-    from uwsgiconf_mules.config import Section
+    from uwsgiconf_mules.config import MulesMixin, PythonSection, Section
 
     assert uwsgiconf_mules.Section is Section
+    assert uwsgiconf_mules.PythonSection is PythonSection
+    assert uwsgiconf_mules.MulesMixin is MulesMixin
 
 
 def test_every_error_has_one_root() -> None:

@@ -1,7 +1,9 @@
 """uwsgiconf-mules: uWSGI mules and mule farms, declared once and used safely.
 
 * ``from uwsgiconf_mules import Section`` -- a drop-in uwsgiconf ``Section`` whose
-  ``workers.set_mules_params()`` / ``workers.mule_farm()`` validate and emit mules and farms.
+  ``workers.set_mules_params()`` / ``workers.mule_farm()`` validate and emit mules and farms;
+  ``PythonSection``, the same for uwsgiconf's preset ``uwsgiconf.presets.nice.PythonSection``;
+  ``MulesMixin`` for any other ``Section`` subclass (``class S(MulesMixin, MySection)``).
 * ``from uwsgiconf_mules.runtime import Mule, Farm, mule_offload`` -- the runtime API used
   inside uWSGI; it reads the same declarations the builders wrote.
 
@@ -28,7 +30,7 @@ from .errors import (
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is not free for worker processes
 if TYPE_CHECKING:
     from ._declarations import MuleFarm as MuleFarm
-    from .config import Section as Section
+    from .config import MulesMixin as MulesMixin, PythonSection as PythonSection, Section as Section
 
 __all__ = [
     "DeclarationsMissingError",
@@ -36,9 +38,11 @@ __all__ = [
     "MuleFarm",
     "MulesConfigurationError",
     "MulesError",
+    "MulesMixin",
     "MulesRuntimeError",
     "NotInMuleError",
     "PayloadError",
+    "PythonSection",
     "ReturnValueWarning",
     "Section",
     "UnknownTargetError",
@@ -47,7 +51,8 @@ __all__ = [
     "__version__",
 ]
 
-_LAZY = {"Section": "config", "MuleFarm": "_declarations"}  # MuleFarm needs neither jinja2 nor uwsgiconf.config
+_LAZY = {"Section": "config", "PythonSection": "config", "MulesMixin": "config",
+         "MuleFarm": "_declarations"}  # MuleFarm needs neither jinja2 nor uwsgiconf.config
 
 
 def __getattr__(name: str) -> object:

@@ -40,6 +40,12 @@ except ImportError:  # pragma: no cover - depends on the process
 uwsgi: Any = _uwsgi_module
 """The ``uwsgi`` module inside uWSGI; None elsewhere."""
 
+token_from_master: bool = uwsgi is not None and TOKEN_PID == os.getpid() and uwsgi.masterpid() == TOKEN_PID
+"""Whether the token was drawn in the uWSGI master, so that every process forked from it shares it:
+decided once, when this module is imported (in the master: ``shared-import``). Not by comparing
+pids later: ``--daemonize2`` forks the master after it loaded the app, so the master's pid then
+differs from the one that drew the token, though every process has the right token."""
+
 _MISSING: Any = object()
 _cache: Any = _MISSING
 _caches: weakref.WeakSet[Any] = weakref.WeakSet()  # offloaded functions holding a resolved route
@@ -91,8 +97,7 @@ def required_declarations() -> Declarations | None:
             f"this uWSGI instance has no uwsgiconf-mules declarations (no {RECORD_ENV} in the "
             "environment): declare mules with uwsgiconf_mules.Section and compile the config with "
             "`uwsgiconf compile` or `uwsgiconf-mules compile`")
-    master = uwsgi.masterpid()
-    if master and master != TOKEN_PID:
+    if not token_from_master and uwsgi.masterpid():
         raise DeclarationsMissingError(
             f"{RUNTIME_MODULE} was not imported in the uWSGI master (the config's `shared-import = "
             f"{RUNTIME_MODULE}` is missing), so this process cannot sign calls that mules accept: "

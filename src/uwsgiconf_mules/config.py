@@ -1,8 +1,17 @@
-"""The uwsgiconf side: a drop-in ``Section`` whose ``workers`` group declares mules and farms.
+"""The uwsgiconf side: sections whose ``workers`` group declares mules and farms.
 
 Switching existing uwsgiconf code over takes one import::
 
-    from uwsgiconf_mules import Section   # was: from uwsgiconf.config import Section
+    from uwsgiconf_mules import Section        # was: from uwsgiconf.config import Section
+    from uwsgiconf_mules import PythonSection  # was: from uwsgiconf.presets.nice import PythonSection
+
+Both are uwsgiconf's class with :class:`MulesMixin` in front; any other ``Section`` subclass (a
+preset of one's own) gets mules the same way::
+
+    class MySection(MulesMixin, MyPresetSection): ...
+
+Everything else (``bootstrap(...)``, the preset's defaults, ``configure_uwsgi``, ``uwsgiconf run``,
+uwsgify's ``manage.py uwsgi_run``) is uwsgiconf's own and works unchanged.
 
 ``section.workers.set_mules_params(...)`` and ``section.workers.mule_farm(...)`` keep
 uwsgiconf's signatures; every declaration is validated (errors are
@@ -18,11 +27,12 @@ from typing import Any
 from uwsgiconf.base import Options
 from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
+from uwsgiconf.presets.nice import PythonSection as _BasePythonSection
 
 from . import _formats as formats
 from ._declarations import Declarations, MuleFarm, declare, default_spool_dir
 
-__all__ = ["MuleFarm", "Section", "Workers"]
+__all__ = ["MuleFarm", "MulesMixin", "PythonSection", "Section", "Workers"]
 
 # Configuration-time only (workers and mules never import this module): lets
 # ``Configuration.format(formatter='yaml')`` render uWSGI YAML.
@@ -54,7 +64,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         mule_init: str | None = None,
         stats: str | None = None,
         on_failure: str | None = None,
-    ) -> Section:
+    ) -> MulesMixin:
         """Declare mules and mule farms.
 
         http://uwsgi.readthedocs.io/en/latest/Mules.html
@@ -105,7 +115,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             An exception it raises is logged, never fatal to the mule.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
-        section: Section = self._section
+        section: MulesMixin = self._section
         given = {
             "mules": mules, "touch_reload": touch_reload, "harakiri_timeout": harakiri_timeout,
             "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
@@ -113,11 +123,13 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             "deploy_touch": deploy_touch, "deploy_mode": deploy_mode, "mule_init": mule_init,
             "stats": stats, "on_failure": on_failure,
         }
+        if section._mules_declarations is None and all(value is None for value in given.values()):
+            return section  # a preset's own call with nothing to declare (``nice.Section(mules=None)``)
         params = dict(section._mules_params)
         params.update({key: value for key, value in given.items() if value is not None})
         return self._declare(params)
 
-    def set_offload_backends(self, **farms: str) -> Section:
+    def set_offload_backends(self, **farms: str) -> MulesMixin:
         """Route farms to a distributed task engine (RQ) instead of mules: offloaded calls to
         such a farm become jobs that the engine's workers run, on this machine or others.
 
@@ -140,8 +152,8 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         params["backends"] = dict(farms)
         return self._declare(params)
 
-    def _declare(self, params: dict[str, object]) -> Section:
-        section: Section = self._section
+    def _declare(self, params: dict[str, object]) -> MulesMixin:
+        section: MulesMixin = self._section
         params.setdefault("spool_dir", default_spool_dir(str(section.name)))
         declarations = declare(**params)  # validates before anything is changed
 
@@ -167,24 +179,56 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             else:
                 opts.pop(key)
         for key, value in declarations.options():
+            existing = opts.get(key)
+            if existing is not None and not isinstance(existing, list):  # set once by others (a preset's threads)
+                if str(existing) == value:
+                    continue
+                opts[key] = [existing]
             self._set(key, value, multi=True)
 
 
-class Section(_BaseSection):  # type: ignore[misc]
-    """A uwsgiconf configuration section with validated mules and farms.
+class MulesMixin:
+    """Put it first in the bases of a uwsgiconf ``Section`` subclass to give it validated mules and
+    farms: ``class MySection(MulesMixin, MyPresetSection)``. The section's ``workers`` group is then
+    :class:`Workers`; nothing else changes.
 
-    Takes the same arguments as ``uwsgiconf.config.Section``.
+    :raises TypeError: at class creation, when a base before it defines ``workers`` (uwsgiconf's
+        group would win and the mules would not be validated nor known to the runtime).
     """
 
     workers: Workers = Options(Workers)
     """Workers options group, with ``set_mules_params`` and ``mule_farm`` for mules and farms."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._mules_params: dict[str, object] = {}
-        self._mules_declarations: Declarations | None = None
-        super().__init__(*args, **kwargs)
+    # Replaced (never changed in place) by the first declaration of each section.
+    _mules_params: dict[str, object] = {}  # noqa: RUF012
+    _mules_declarations: Declarations | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        owner = next(klass for klass in cls.__mro__ if "workers" in vars(klass))
+        group = vars(owner)["workers"]
+        if not (isinstance(group, Options) and issubclass(group.opt_type, Workers)):
+            bases = ", ".join(base.__name__ for base in cls.__bases__ if base is not MulesMixin)
+            raise TypeError(f"{cls.__qualname__}: put MulesMixin first in the bases (class {cls.__name__}(MulesMixin, "
+                            f"{bases})): {owner.__qualname__}.workers would hide the mules declarations")
 
     @property
     def mules_declarations(self) -> Declarations | None:
         """The validated mules and farms declaration, or None if none was made."""
         return self._mules_declarations
+
+
+class Section(MulesMixin, _BaseSection):  # type: ignore[misc]
+    """A uwsgiconf configuration section with validated mules and farms.
+
+    Takes the same arguments as ``uwsgiconf.config.Section``.
+    """
+
+
+class PythonSection(MulesMixin, _BasePythonSection):  # type: ignore[misc]
+    """uwsgiconf's preset ``uwsgiconf.presets.nice.PythonSection`` (its defaults, its arguments,
+    ``bootstrap(...)``) with validated mules and farms; what uwsgify builds on.
+
+    Takes the same arguments as ``uwsgiconf.presets.nice.PythonSection``; its ``mules=N`` declares
+    N dispatch mules.
+    """
