@@ -154,7 +154,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
 
     def _declare(self, params: dict[str, object]) -> MulesMixin:
         section: MulesMixin = self._section
-        params.setdefault("spool_dir", default_spool_dir(str(section.name)))
+        params.setdefault("spool_dir", default_spool_dir(str(self._section.name)))
         declarations = declare(**params)  # validates before anything is changed
 
         previous = section._mules_declarations
@@ -169,8 +169,9 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             opts.pop(key, None)
         # Of options others may set too (env, shared-import, touch-reload, ...), remove exactly the
         # values an earlier call emitted.
+        section: MulesMixin = self._section
         for key, emitted in previous.options() if previous is not None else ():
-            if key in _DECLARATION_KEYS or key not in opts:
+            if key in _DECLARATION_KEYS or key not in opts or key in section._mules_foreign:
                 continue
             values = opts[key] if isinstance(opts[key], list) else [opts[key]]
             kept = [value for value in values if str(value) != emitted]
@@ -182,6 +183,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             existing = opts.get(key)
             if existing is not None and not isinstance(existing, list):  # set once by others (a preset's threads)
                 if str(existing) == value:
+                    section._mules_foreign |= {key}  # theirs: kept when a later declaration drops it
                     continue
                 opts[key] = [existing]
             self._set(key, value, multi=True)
@@ -202,6 +204,7 @@ class MulesMixin:
     # Replaced (never changed in place) by the first declaration of each section.
     _mules_params: dict[str, object] = {}  # noqa: RUF012
     _mules_declarations: Declarations | None = None
+    _mules_foreign: frozenset[str] = frozenset()  # single-valued options others set to what a declaration emits
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -209,7 +212,7 @@ class MulesMixin:
         group = vars(owner)["workers"]
         if not (isinstance(group, Options) and issubclass(group.opt_type, Workers)):
             bases = ", ".join(base.__name__ for base in cls.__bases__ if base is not MulesMixin)
-            raise TypeError(f"{cls.__qualname__}: put MulesMixin first in the bases (class {cls.__name__}(MulesMixin, "
+            raise TypeError(f"{cls.__name__}: put MulesMixin first in the bases (class {cls.__name__}(MulesMixin, "
                             f"{bases})): {owner.__qualname__}.workers would hide the mules declarations")
 
     @property
