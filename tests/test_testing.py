@@ -335,6 +335,20 @@ def test_pytest_plugin_provides_the_fixtures(tmp_path: Path) -> None:
     assert "3 passed" in proc.stdout
 
 
+def test_pytest_fixture_without_declarations_names_the_ini_option(tmp_path: Path) -> None:
+    (tmp_path / "test_app.py").write_text("def test_outbox(mules_outbox):\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           "test_app.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert ("DeclarationsMissingError: a test mode checks targets against the project's declarations, and none are "
+            "known: set UWSGICONF_MULES_CONFIG") in proc.stdout
+    assert ("for the pytest fixtures, the ini option uwsgiconf_mules_config names it: `uwsgiconf_mules_config = "
+            "uwsgicfg.py` in pytest.ini's [pytest]") in proc.stdout
+
+
 ROUTED = """
 from uwsgiconf_mules import Section
 

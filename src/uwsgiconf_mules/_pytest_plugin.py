@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import pytest
@@ -46,16 +47,29 @@ def _config(request: pytest.FixtureRequest) -> tuple[str | None, str | None]:
     return (f"{conf}:{section}" if section else conf), where
 
 
+def _fixture(request: pytest.FixtureRequest, *, run: bool) -> Iterator[Outbox]:
+    """A test mode for a fixture: when no declarations are known, the error names the ini option too."""
+    from .errors import DeclarationsMissingError
+    from .testing import _mode
+
+    with ExitStack() as stack:
+        try:
+            outbox = stack.enter_context(_mode(*_config(request), run=run))
+        except DeclarationsMissingError as exc:
+            raise DeclarationsMissingError(
+                f"{exc}; for the pytest fixtures, the ini option {CONFIG_INI} names it: `{CONFIG_INI} = uwsgicfg.py` "
+                "in pytest.ini's [pytest] or pyproject.toml's [tool.pytest.ini_options] (a relative path is taken "
+                "from the ini file's directory)") from None
+        yield outbox
+
+
 @pytest.fixture
 def mules_outbox(request: pytest.FixtureRequest) -> Iterator[Outbox]:
     """Offloaded calls are recorded in the returned ``Outbox``, not run (``uwsgiconf_mules.testing.capture``).
 
     :param request: pytest's request.
     """
-    from .testing import _mode
-
-    with _mode(*_config(request), run=False) as outbox:
-        yield outbox
+    yield from _fixture(request, run=False)
 
 
 @pytest.fixture
@@ -64,7 +78,4 @@ def mules_eager(request: pytest.FixtureRequest) -> Iterator[Outbox]:
 
     :param request: pytest's request.
     """
-    from .testing import _mode
-
-    with _mode(*_config(request), run=True) as outbox:
-        yield outbox
+    yield from _fixture(request, run=True)
