@@ -272,9 +272,7 @@ CHECK = """
     (("mail",), declare(mules=["feed.py", None], farms=[MuleFarm("mail", [1])]).record(),
      ["uwsgiconf_mules.E002 task backend 'default': farm 'mail' has only programmed mules (1), which do not run "
       "tasks"]),
-    (("mail",), None, ["uwsgiconf_mules.I001 task backend 'default': no uwsgiconf-mules declarations are known in "
-                       "this process, so its queues ['mail'] cannot be checked against the farms of the uWSGI "
-                       "config"]),
+    (("mail",), None, []),  # every manage.py command runs the checks: nothing to say there
     (("mail", "reports"), declare(farms=[MuleFarm("mail", 1)], backends={"reports": "rq://127.0.0.1:1/0"}).record(),
      []),
 ], ids=["declared", "undeclared", "programmed", "no-declarations", "routed"])
@@ -283,6 +281,51 @@ def test_system_check_compares_queues_with_declared_farms(
     proc, _ = run_django(tmp_path, CHECK, queues, record)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == expected
+
+
+CHECK_DEPLOY = """
+    from django.core import checks
+    for message in checks.run_checks(include_deployment_checks=True):
+        if message.id.startswith("uwsgiconf_mules"):
+            print(message.id, message.msg)
+            print(message.hint)
+"""
+
+
+@pytest.mark.parametrize("record", [None, MAIL], ids=["no-declarations", "declared"])
+def test_deploy_check_says_when_queues_cannot_be_checked_and_how_to(tmp_path: Path, record: str | None) -> None:
+    proc, _ = run_django(tmp_path, CHECK_DEPLOY, ("mail",), record)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ([] if record else [
+        "uwsgiconf_mules.I001 task backend 'default': no uwsgiconf-mules declarations are known in this process, so "
+        "its queues ['mail'] cannot be checked against the farms of the uWSGI config",
+        "Name the uWSGI config module to check them: UWSGICONF_MULES_CONFIG=uwsgicfg.py manage.py check (a path, or "
+        "a module name). Outside uWSGI tasks run at once in the caller."])
+
+
+def test_a_task_outside_the_queues_says_what_to_declare(tmp_path: Path) -> None:
+    proc, _ = run_django(tmp_path, """
+        try:
+            from django.tasks import task
+        except ImportError:
+            from django_tasks import task
+
+        def send():
+            pass
+
+        for queue in (None, "emails"):
+            try:
+                (task(send) if queue is None else task(queue_name=queue)(send)).enqueue()
+            except Exception as exc:
+                print(type(exc).__name__.startswith("InvalidTask"), exc)
+    """, ("mail",), MAIL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "True task __main__.send: queue 'default' is not one of the QUEUES of task backend 'default' (['mail']): "
+        "give the task a queue, @task(queue_name='mail'), or declare a farm 'default' "
+        "(section.workers.mule_farm('default', N)) and add it to QUEUES",
+        "True task __main__.send: queue 'emails' is not one of the QUEUES of task backend 'default' (['mail']): use "
+        "one of them, or declare a farm 'emails' (section.workers.mule_farm('emails', N)) and add it to QUEUES"]
 
 
 def test_a_task_for_a_routed_queue_is_sent_to_its_engine(tmp_path: Path) -> None:

@@ -168,6 +168,26 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
             sender = self._senders[queue] = mule_offload(Farm(queue))(_run)
         return sender
 
+    def validate_task(self, task: Any) -> None:
+        """Django's checks of a task, with what to do when its queue is not one of ``QUEUES``.
+
+        :param task: The task.
+        :raises InvalidTask: (``InvalidTaskError`` of the backport) naming the task, its queue and the fix.
+        """
+        try:
+            super().validate_task(task)
+        except Exception as exc:
+            queue = task.queue_name
+            if not self.queues or queue in self.queues or not type(exc).__name__.startswith("InvalidTask"):
+                raise
+            known = sorted(self.queues)
+            fix = (f"give the task a queue, @task(queue_name={known[0]!r}), or declare a farm {queue!r} "
+                   f"(section.workers.mule_farm({queue!r}, N)) and add it to QUEUES" if queue == "default" else
+                   f"use one of them, or declare a farm {queue!r} (section.workers.mule_farm({queue!r}, N)) and "
+                   "add it to QUEUES")
+            raise type(exc)(f"task {task.module_path}: queue {queue!r} is not one of the QUEUES of task backend "
+                            f"{self.alias!r} ({known}): {fix}") from None
+
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
         """Queue a call of ``task`` for one mule of the farm named by its ``queue_name``.
 
@@ -205,9 +225,9 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         an offload backend, whose workers run the tasks (E001: not declared, E002: programmed mules only).
 
         The farms are those of the declarations this process knows (``UWSGICONF_MULES``, set in
-        every uWSGI process by the config). When none are known (``manage.py check`` or
-        ``runserver`` outside uWSGI, without the record), nothing can be compared: the check
-        reports that on one ``Info`` line (``uwsgiconf_mules.I001``) and passes.
+        every uWSGI process by the config, or the config module named by ``UWSGICONF_MULES_CONFIG``).
+        When none are known (``manage.py`` commands outside uWSGI), nothing can be compared and the
+        check passes; ``manage.py check --deploy`` says so on one ``Info`` line (``uwsgiconf_mules.I001``).
 
         :param kwargs: What Django passes to checks.
         """
@@ -216,11 +236,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         yield from super().check(**kwargs)
         declarations = _instance.declarations()
         if declarations is None:
-            yield checks.Info(
-                f"task backend {self.alias!r}: no uwsgiconf-mules declarations are known in this process, so its "
-                f"queues {sorted(self.queues)} cannot be checked against the farms of the uWSGI config",
-                hint="Outside uWSGI tasks run at once in the caller.", id="uwsgiconf_mules.I001")
-            return
+            return  # said by the deploy check (_unchecked), not on every manage.py command
         for queue in sorted(self.queues):
             farm = declarations.get_farm(queue)
             if declarations.get_backend(queue) is not None:
@@ -237,6 +253,36 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
                     f"({', '.join(map(str, farm.mules))}), which do not run tasks",
                     hint="Make the farm's mules dispatch mules (None in set_mules_params(mules=[...])).",
                     obj=self.alias, id="uwsgiconf_mules.E002")
+
+
+def _unchecked(app_configs: Any = None, **kwargs: Any) -> Iterable[Any]:
+    """Deploy check (``manage.py check --deploy``): one ``Info`` per :class:`MulesBackend` whose queues
+    could not be compared with the farms, because no declarations are known in this process.
+
+    :param app_configs: What Django passes to checks.
+    :param kwargs: What Django passes to checks.
+    """
+    from django.core import checks
+
+    if _instance.declarations() is not None:
+        return
+    for backend in _api.task_backends.all():
+        if isinstance(backend, MulesBackend):
+            yield checks.Info(
+                f"task backend {backend.alias!r}: no uwsgiconf-mules declarations are known in this process, so its "
+                f"queues {sorted(backend.queues)} cannot be checked against the farms of the uWSGI config",
+                hint=f"Name the uWSGI config module to check them: {_instance.CONFIG_ENV}=uwsgicfg.py manage.py check "
+                     "(a path, or a module name). Outside uWSGI tasks run at once in the caller.",
+                id="uwsgiconf_mules.I001")
+
+
+def _register_deploy_check() -> None:
+    from django.core import checks
+
+    checks.register(_unchecked, "uwsgiconf_mules", deploy=True)
+
+
+_register_deploy_check()  # when Django loads INSTALLED_APPS (or a setting names the backend)
 
 
 class MulesConfig(AppConfig):  # type: ignore[misc]

@@ -131,8 +131,8 @@ def _uwsgify_site(tmp_path: Path) -> tuple[Path, Path]:
 def test_uwsgify_compiles_the_projects_config(tmp_path: Path) -> None:
     directory, db = _uwsgify_site(tmp_path)
     env = dict(env_of(db), TEST_RUNTIME="/run/site-test", TEST_SPOOL="/var/spool/site-test")
-    proc = subprocess.run([sys.executable, "manage.py", "uwsgi_run", "--compile", "--noerrpages"], cwd=directory, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL, env=env, check=False)
+    proc = subprocess.run([sys.executable, "manage.py", "uwsgi_run", "--compile", "--noerrpages"], cwd=directory,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     compiled = normalise(proc.stdout).replace(str(directory), "<site>")
     assert compiled == (EXPECTED / "presets" / "uwsgify.ini").read_text()
