@@ -34,6 +34,7 @@ from typing import Any
 from django.apps import AppConfig
 
 from . import _instance, _protocol, _tasks, logs
+from ._declarations import CONFIG_ENV
 from .errors import MulesError
 from .runtime import Farm, mule_offload
 
@@ -271,7 +272,7 @@ def _unchecked(app_configs: Any = None, **kwargs: Any) -> Iterable[Any]:
             yield checks.Info(
                 f"task backend {backend.alias!r}: no uwsgiconf-mules declarations are known in this process, so its "
                 f"queues {sorted(backend.queues)} cannot be checked against the farms of the uWSGI config",
-                hint=f"Name the uWSGI config module to check them: {_instance.CONFIG_ENV}=uwsgicfg.py manage.py check "
+                hint=f"Name the uWSGI config module to check them: {CONFIG_ENV}=uwsgicfg.py manage.py check "
                      "(a path, or a module name). Outside uWSGI tasks run at once in the caller.",
                 id="uwsgiconf_mules.I001")
 
