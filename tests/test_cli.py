@@ -10,6 +10,7 @@ import ast
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -444,13 +445,64 @@ def test_spool_lists_replays_and_purges(tmp_path: Path) -> None:
     replayed = invoke_with(tmp_path, body, cli, "spool", "replay")
     assert replayed.stdout.splitlines()[1:] == [
         "  replayed 2 dead letter(s): they run when the dispatch mules next start",
-        "  kept 1 untrusted message(s): never replayed (purge them)"]
+        "  kept 1 untrusted message(s): never replayed (purge them)",
+        "  to start them now: kill -HUP <pid of the uWSGI master> (a graceful reload of the instance); for a file to "
+        "touch instead, declare set_mules_params(touch_reload=...)"]
     assert len(kept.files("queue")) == 3 and len(kept.files("dead")) == 1
     purged = invoke_with(tmp_path, body, cli, "spool", "purge")
     assert purged.stdout.splitlines()[1] == "  purged 1 file(s) from dead"
     purged = invoke_with(tmp_path, body, cli, "spool", "purge", "--all")
     assert purged.stdout.splitlines()[1] == "  purged 3 file(s) from queue, claimed, dead"
     assert kept.files("queue") == kept.files("dead") == []
+
+
+@pytest.mark.parametrize("options, hint", [
+    ("section.workers.set_mules_params(touch_reload='/run/shop/mules.reload')",
+     "touch /run/shop/mules.reload (reloads the mules only)"),
+    ("section.master_process.set_basic_params(fifo_file='/run/shop/uwsgi.fifo')",
+     "echo r > /run/shop/uwsgi.fifo (a graceful reload of the instance)"),
+    ("section.main_process.set_basic_params(touch_reload='/run/shop/reload')",
+     "touch /run/shop/reload (a graceful reload of the instance)"),
+    ("section.main_process.set_pid_file('/run/shop/uwsgi.pid')",
+     "kill -HUP $(cat /run/shop/uwsgi.pid) (a graceful reload of the instance)"),
+], ids=["mules-touch", "fifo", "touch", "pidfile"])
+def test_spool_replay_says_how_to_restart_the_mules_of_this_config(tmp_path: Path, options: str, hint: str) -> None:
+    body = SPOOLED.format(spool=str(tmp_path / "spool")).replace("uwsgi_configuration", f"{options}\nuwsgi_configuration")
+    (tmp_path / "spool").mkdir(mode=0o700)
+    replayed = invoke_with(tmp_path, body, cli, "spool", "replay")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.splitlines()[-1] == f"  to start them now: {hint}"
+    compiled = invoke_with(tmp_path, body, cli, "compile")
+    (tmp_path / "app.ini").write_text(compiled.stdout)
+    replayed = invoke(tmp_path, cli, "spool", "replay", "app.ini")
+    assert replayed.stdout.splitlines()[-1] == f"  to start them now: {hint}"
+
+
+def test_spool_purge_stale_removes_only_default_spools_nobody_needs(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules import _declarations, _spool
+
+    root = tmp_path / "uwsgiconf-mules-0"
+    monkeypatch.setattr(_declarations, "default_spool_dir", lambda section="uwsgi": str(root / ("0" * 16)))
+    spools = {name: _spool.Spool(str(root / name)) for name in ("empty", "dead", "running", "recent")}
+    for kept in spools.values():
+        kept.create()
+    spools["dead"].write("dead", b"atasks:gone\x00", "unknown task")
+    (Path(spools["running"].part("mules")) / "1.pid").write_text(str(os.getpid()))
+    (Path(spools["empty"].part("mules")) / "1.pid").write_text("999999999")  # a mule that is gone
+    old = time.time() - _spool.STALE_AFTER - 1
+    for name in ("empty", "dead", "running"):
+        for path in [root / name, *((root / name / part) for part in _spool.PARTS)]:
+            os.utime(path, (old, old))
+    purged = invoke(tmp_path, cli, "spool", "purge", "--stale")  # no uwsgicfg.py here: none needed
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.splitlines() == [
+        f"default spools in {root}: 4",
+        "  removed 1 stale (no call, no running mule, unchanged for 10 min)",
+        "  kept 3 (calls kept in them, a running mule, or a recent change)",
+        f"    {root / 'dead'}", f"    {root / 'recent'}", f"    {root / 'running'}"]
+    assert sorted(os.listdir(root)) == ["dead", "recent", "running"]
+    assert invoke(tmp_path, cli, "spool", "list", "--stale").returncode == 2
 
 
 def test_spool_reads_a_compiled_config_and_says_what_it_cannot_read(tmp_path: Path) -> None:

@@ -260,3 +260,36 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+STALE_AFTER = 600.0
+"""Seconds a spool must have been left unchanged before :func:`stale` calls it stale."""
+
+
+def stale(path: str, now: float | None = None) -> bool:
+    """Whether the spool directory ``path`` holds nothing to keep: no file in ``queue/``,
+    ``claimed/`` or ``dead/``, no running dispatch mule (a pid in ``mules/`` that is alive), and
+    nothing changed in it for :data:`STALE_AFTER` seconds (a starting instance is never stale).
+
+    :param path: A spool directory.
+    :param now: The time to compare with (default: now).
+    """
+    latest = os.lstat(path).st_mtime
+    for part in PARTS:
+        where = os.path.join(path, part)
+        try:
+            latest = max(latest, os.lstat(where).st_mtime)
+            names = os.listdir(where)
+        except FileNotFoundError:
+            continue
+        if part in ("queue", "claimed", "dead") and names:
+            return False
+        for name in names if part == "mules" else ():
+            try:
+                with open(os.path.join(where, name)) as handle:
+                    pid = int(handle.read() or 0)
+            except (OSError, ValueError):
+                continue
+            if alive(pid):
+                return False
+    return (time.time() if now is None else now) - latest >= STALE_AFTER

@@ -290,17 +290,29 @@ def _key(payload: bytes) -> str:
 @click.argument("action", type=click.Choice(["list", "replay", "purge"]))
 @click.option("--all", "everything", is_flag=True,
               help="purge: queued calls and calls left by dead mules too, not only dead letters.")
-@click.argument("conf", type=click.Path(exists=True, dir_okay=False), default=ConfModule.default_name)
-def spool(action: str, everything: bool, conf: str) -> None:
+@click.option("--stale", is_flag=True,
+              help="purge: remove the default spools (under /var/tmp, one per directory a config was compiled in) "
+                   "that hold no call, no running mule uses and nothing changed in for 10 minutes; CONF is not read.")
+@click.argument("conf", type=click.Path(dir_okay=False), default=ConfModule.default_name)
+def spool(action: str, everything: bool, stale: bool, conf: str) -> None:
     """List, replay or purge the spool of CONF (a uwsgicfg.py, default, or a compiled config).
 
     list: calls kept for the next mules, calls left by mules that died, and dead letters, by task
     and reason. replay: dead letters back to the queue (the dispatch mules run them when they
-    next start: touch the touch_reload file); untrusted ones never. purge: dead letters (with
-    --all, everything). One red line per problem, exit 1 on errors.
+    next start: it says how, for the config at hand); untrusted ones never. purge: dead letters
+    (with --all, everything; with --stale, the default spools nobody uses). One red line per
+    problem, exit 1 on errors.
     """
+    if stale:
+        if action != "purge":
+            raise click.UsageError("--stale goes with purge")
+        _purge_stale()
+        return
+    if not os.path.isfile(conf):
+        raise click.BadParameter(f"File {conf!r} does not exist.", param_hint="'CONF'")
     with _errors():
         spools = _spools(conf)
+        hint = _reload_hint(conf) if action == "replay" else ""
     problems: list[str] = []
     for what, kept in spools:
         click.echo(f"{what}: spool {kept.path}")
@@ -309,6 +321,78 @@ def spool(action: str, everything: bool, conf: str) -> None:
             continue
         for line in _spool_action(kept, action, everything, problems):
             click.echo(f"  {line}")
+        if hint:
+            click.echo(f"  to start them now: {hint}")
+    for problem in problems:
+        _fail(problem)
+    sys.exit(1 if problems else 0)
+
+
+_RELOAD_KEYS = ("touch-mules-reload", "master-fifo", "touch-reload", "safe-pidfile", "safe-pidfile2", "pidfile",
+                "pidfile2")
+_OPTION_LINE = re.compile(r'^\s*([a-z0-9-]+)\s*[=:]\s*"?(.*?)"?\s*$')
+
+
+def _reload_hint(conf: str) -> str:
+    """How to restart the dispatch mules of CONF, from the options it declares: a mules reload
+    file, the master fifo, a reload file, the pid file, else the master's pid."""
+    found: dict[str, str] = {}
+    if conf.endswith(".py"):
+        for configuration in configurations(conf):
+            for section in configuration.sections:
+                for key, values in section._opts.items():
+                    if str(key) in _RELOAD_KEYS:
+                        found.setdefault(str(key), str(values[0] if isinstance(values, list) else values))
+    else:
+        with open(conf, encoding="utf-8") as handle:
+            for line in handle:
+                match = _OPTION_LINE.match(line)
+                if match and match[1] in _RELOAD_KEYS:
+                    found.setdefault(match[1], match[2])
+    if "touch-mules-reload" in found:
+        return f"touch {found['touch-mules-reload']} (reloads the mules only)"
+    if "master-fifo" in found:
+        return f"echo r > {found['master-fifo']} (a graceful reload of the instance)"
+    if "touch-reload" in found:
+        return f"touch {found['touch-reload']} (a graceful reload of the instance)"
+    pidfile = next((found[key] for key in _RELOAD_KEYS[3:] if key in found), None)
+    if pidfile is not None:
+        return f"kill -HUP $(cat {pidfile}) (a graceful reload of the instance)"
+    return ("kill -HUP <pid of the uWSGI master> (a graceful reload of the instance); for a file to touch instead, "
+            "declare set_mules_params(touch_reload=...)")
+
+
+def _purge_stale() -> None:
+    """``spool purge --stale``: remove the stale default spools of this user (see ``_spool.stale``)."""
+    import shutil
+
+    from ._declarations import default_spool_dir
+
+    root = os.path.dirname(default_spool_dir())
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        names = []
+    removed, kept, problems = 0, [], []
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            if not _spool.stale(path):
+                kept.append(path)
+                continue
+            shutil.rmtree(path)
+        except OSError as exc:
+            problems.append(f"{path}: cannot purge: {exc}")
+            continue
+        removed += 1
+    click.echo(f"default spools in {root}: {len(names)}")
+    click.echo(f"  removed {removed} stale (no call, no running mule, unchanged for "
+               f"{_spool.STALE_AFTER / 60:g} min)")
+    click.echo(f"  kept {len(kept)} (calls kept in them, a running mule, or a recent change)")
+    for path in kept:
+        click.echo(f"    {path}")
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
