@@ -467,7 +467,8 @@ def test_spool_lists_replays_and_purges(tmp_path: Path) -> None:
      "kill -HUP $(cat /run/shop/uwsgi.pid) (a graceful reload of the instance)"),
 ], ids=["mules-touch", "fifo", "touch", "pidfile"])
 def test_spool_replay_says_how_to_restart_the_mules_of_this_config(tmp_path: Path, options: str, hint: str) -> None:
-    body = SPOOLED.format(spool=str(tmp_path / "spool")).replace("uwsgi_configuration", f"{options}\nuwsgi_configuration")
+    body = SPOOLED.format(spool=str(tmp_path / "spool"))
+    body = body.replace("uwsgi_configuration", f"{options}\nuwsgi_configuration")
     (tmp_path / "spool").mkdir(mode=0o700)
     replayed = invoke_with(tmp_path, body, cli, "spool", "replay")
     assert replayed.returncode == 0, replayed.stderr
