@@ -38,7 +38,7 @@ def test_routes_and_mules_declared_in_either_order_give_one_declaration() -> Non
     assert first.mules_declarations == second.mules_declarations
     assert first.mules_declarations is not None
     assert first.mules_declarations.describe() == (
-        "mules 1..2; farms: 'fast' (mules 1), 'reports' (routed to RQ)")
+        "mules 1..2; farms: 'fast' (mule 1), 'reports' (routed to RQ)")
 
 
 def test_nothing_of_it_is_written_when_no_farm_is_routed() -> None:

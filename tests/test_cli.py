@@ -257,9 +257,13 @@ def test_usage_errors_exit_2_and_version_comes_from_metadata(tmp_path: Path) -> 
     assert run("--version").stdout.strip() == f"uwsgiconf-mules, version {version('uwsgiconf-mules')}"
 
 
-def test_check_prints_a_summary(tmp_path: Path) -> None:
+def test_check_prints_a_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules._declarations import default_spool_dir
+
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
     uwsgi = fake_uwsgi(tmp_path / "bin", PIP_CFLAGS)
     proc = invoke_with(tmp_path, source("design"), cli, "check", "--uwsgi", str(uwsgi))
+    monkeypatch.chdir(tmp_path)  # the default spool is named after the directory the config is read in
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:6] == [
@@ -273,9 +277,43 @@ def test_check_prints_a_summary(tmp_path: Path) -> None:
     assert lines[6].startswith("  largest message: ") and "bytes to dispatch mules" in lines[6]
     assert lines[7:] == [
         "  send timeout: 5 s; harakiri: none",
+        f"  spool: {default_spool_dir()} (the default: one per directory the config is compiled in and section, "
+        "never removed; `uwsgiconf-mules spool purge --stale` removes those nobody uses, "
+        "set_mules_params(spool_dir=...) chooses one)",
         f"uWSGI here: {uwsgi}, version 2.0.31: supported (2.0.21 or a later 2.0.x)",
         "  build: YAML read by uWSGI's embedded parser (as pip builds it); python built in",
     ]
+
+
+@pytest.mark.parametrize("declaration, django, warnings", [
+    ("mules=3, farms=workers.mule_farm('fast', [2])", False, [
+        "dispatch mule(s) 1, 3 in no farm: they run only calls sent to them by id (Mule(n).offload(), "
+        "mule_offload(n); mule_offload() with no target sends to mule 1)"]),
+    ("mules=2", False, []),  # no farms: every mule is addressed by id
+    ("farms=workers.mule_farm('mail', 1)", True, [
+        "this is a Django project (manage.py here, or DJANGO_SETTINGS_MODULE set) but the config sets no "
+        "DJANGO_SETTINGS_MODULE: under --lazy-apps dispatch mules cannot set Django up and tasks that use it fail; "
+        "add section.env('DJANGO_SETTINGS_MODULE', 'mysite.settings')"]),
+    ("farms=workers.mule_farm('mail', 1)\nsection.env('DJANGO_SETTINGS_MODULE', 'mysite.settings')", True, []),
+], ids=["farmless", "no-farms", "django-unset", "django-set"])
+def test_check_warns_about_farmless_dispatch_mules_and_django_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, declaration: str, django: bool, warnings: list[str]) -> None:
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    if django:
+        (tmp_path / "manage.py").write_text("")
+    declaration, _, more = declaration.partition("\n")
+    body = source("design").replace(CASES["design"],
+                                    f"workers.set_mules_params({declaration}, spool_dir='/var/x')\n{more}\n")
+    proc = invoke_with(tmp_path, body, cli, "check")
+    assert proc.returncode == 0, proc.stderr
+    assert [line[11:] for line in proc.stdout.splitlines() if line.startswith("  warning: ")] == warnings
+    assert "  spool: /var/x" in proc.stdout.splitlines()
+
+
+def test_check_says_farm_mule_for_one_mule(tmp_path: Path) -> None:
+    body = source("design").replace(CASES["design"], "workers.set_mules_params(farms=workers.mule_farm('one', 1))\n")
+    proc = invoke_with(tmp_path, body, cli, "check")
+    assert "  farm one: mule 1" in proc.stdout.splitlines()
 
 
 UWSGI_HERE = {
@@ -307,7 +345,7 @@ def test_check_says_which_uwsgi_is_here_and_whether_it_is_supported(tmp_path: Pa
     uwsgi = fake_uwsgi(tmp_path / "bin", cflags, version_text)
     proc = invoke_with(tmp_path, source("design"), cli, "check", "--uwsgi", str(uwsgi))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[8:] == [line.format(uwsgi=uwsgi) for line in lines]
+    assert proc.stdout.splitlines()[9:] == [line.format(uwsgi=uwsgi) for line in lines]
 
 
 def test_check_finds_the_uwsgi_of_this_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -316,12 +354,12 @@ def test_check_finds_the_uwsgi_of_this_environment(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     proc = invoke_with(tmp_path, source("design"), cli, "check")
-    assert proc.stdout.splitlines()[8] == (
+    assert proc.stdout.splitlines()[9] == (
         f"uWSGI here: {uwsgi}, version 2.0.21-debian: supported (2.0.21 or a later 2.0.x)")
     uwsgi.unlink()
     proc = invoke_with(tmp_path, source("design"), cli, "check")
     assert proc.returncode == 0
-    assert proc.stdout.splitlines()[8:] == [
+    assert proc.stdout.splitlines()[9:] == [
         f"uWSGI here: none next to {venv_bin / 'python'} or on PATH (compile where uWSGI runs; compile --format yaml "
         "needs --yaml-dialect then)"]
 

@@ -179,8 +179,8 @@ def test_a_queue_that_is_not_a_declared_farm_fails_at_enqueue(tmp_path: Path) ->
             print(type(exc).__name__, exc)
     """, record=declare(farms=[MuleFarm("emails", 1)]).record())
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("UnknownTargetError farm 'mail' is not declared; declared: mules 1..1; farms: "
-                                  "'emails' (mules 1)")
+    assert proc.stdout.startswith("UnknownTargetError farm 'mail' is not declared; declared: mule 1; farms: "
+                                  "'emails' (mule 1)")
     assert lines == []
 
 

@@ -95,7 +95,7 @@ def use_config(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
 def test_config_env_makes_undeclared_targets_fail_outside_uwsgi(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert misnamed(1) is True  # inline, unchecked: nothing is declared yet
     use_config(monkeypatch, str(config))
-    with pytest.raises(errors.UnknownTargetError, match=r"farm 'emails' is not declared; .*'mail' \(mules 1\)"):
+    with pytest.raises(errors.UnknownTargetError, match=r"farm 'emails' is not declared; .*'mail' \(mule 1\)"):
         Farm("emails")
     with pytest.raises(errors.UnknownTargetError, match="mule 7 is not declared") as info:
         Mule(7)
@@ -119,7 +119,7 @@ def test_a_fresh_process_with_the_config_env_refuses_an_undeclared_farm(config: 
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1].startswith(
         "uwsgiconf_mules.errors.UnknownTargetError: farm 'emails' is not declared; declared: mules 1..3; farms: "
-        "'mail' (mules 1), 'inbox' (mules 3) (declarations of UWSGICONF_MULES_CONFIG=")
+        "'mail' (mule 1), 'inbox' (mule 3) (declarations of UWSGICONF_MULES_CONFIG=")
 
 
 def test_config_env_takes_a_module_name(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:

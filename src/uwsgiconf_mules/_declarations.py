@@ -345,8 +345,9 @@ class Declarations:
 
     def describe(self) -> str:
         """A one-line summary of what is declared, for error messages."""
-        farms = ", ".join(f"{farm.name!r} (mules {', '.join(map(str, farm.mules))})" for farm in self.farms)
-        mules = f"mules 1..{self.mule_count}" if self.mule_count else "no mules"
+        farms = ", ".join(f"{farm.name!r} (mule{'s' if len(farm.mules) > 1 else ''} {', '.join(map(str, farm.mules))})"
+                          for farm in self.farms)
+        mules = f"mules 1..{self.mule_count}" if self.mule_count > 1 else "mule 1" if self.mule_count else "no mules"
         routed = "".join(f", {backend.farm!r} (routed to {backend.scheme.upper()})" for backend in self.backends)
         return f"{mules}; farms: {(farms + routed).lstrip(', ') or 'none'}"
 

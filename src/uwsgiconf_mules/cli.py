@@ -467,7 +467,7 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
     programs = [f"{i} {declarations.programs[i - 1]}" for i in declarations.programmed]
     lines.append(f"programmed mules: {', '.join(programs) or 'none'}")
     for farm in declarations.farms:
-        lines.append(f"farm {farm.name}: mules {_ids(farm.mules)}")
+        lines.append(f"farm {farm.name}: mule{'s' if len(farm.mules) > 1 else ''} {_ids(farm.mules)}")
     if not declarations.farms:
         lines.append("farms: none")
     lines.extend(f"farm {backend.farm}: routed to {backend.where()}, {backend.serializer} arguments (no mules; "
@@ -478,8 +478,37 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
                  f"mules (this machine, mule-msg-size {declarations.msg_size or 'default'})")
     lines.append(f"send timeout: {declarations.send_timeout:g} s; harakiri: "
                  f"{f'{declarations.harakiri} s' if declarations.harakiri else 'none'}")
+    if declarations.spool_dir:
+        lines.append(f"spool: {declarations.spool_dir}{_spool_note(declarations.spool_dir, str(section.name))}")
     lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
+    lines.extend(f"warning: {warning}" for warning in _section_warnings(section, declarations))
     return lines, problems
+
+
+def _spool_note(path: str, name: str) -> str:
+    from ._declarations import default_spool_dir
+
+    if path != default_spool_dir(name):
+        return ""
+    return (" (the default: one per directory the config is compiled in and section, never removed; "
+            "`uwsgiconf-mules spool purge --stale` removes those nobody uses, set_mules_params(spool_dir=...) "
+            "chooses one)")
+
+
+def _section_warnings(section: Any, declarations: Declarations) -> list[str]:
+    warnings = []
+    if declarations.farms:
+        farmless = [i for i in declarations.dispatchers if not declarations.farms_of(i)]
+        if farmless:
+            ids = _ids(tuple(farmless))
+            warnings.append(f"dispatch mule(s) {ids} in no farm: they run only calls sent to them by id (Mule(n)"
+                            ".offload(), mule_offload(n); mule_offload() with no target sends to mule 1)")
+    django = os.path.exists("manage.py") or "DJANGO_SETTINGS_MODULE" in os.environ
+    if django and declarations.dispatchers and "DJANGO_SETTINGS_MODULE" not in _section_env(section):
+        warnings.append("this is a Django project (manage.py here, or DJANGO_SETTINGS_MODULE set) but the config "
+                        "sets no DJANGO_SETTINGS_MODULE: under --lazy-apps dispatch mules cannot set Django up and "
+                        "tasks that use it fail; add section.env('DJANGO_SETTINGS_MODULE', 'mysite.settings')")
+    return warnings
 
 
 def uwsgi_summary(uwsgi: str | None = None) -> list[str]:

@@ -324,5 +324,5 @@ def unknown(query):
 ''')
     status, message = server.get("/unknown")
     assert status == 200
-    assert message.startswith("farm 'emails' is not declared; declared: mules 1..1; farms: none")
+    assert message.startswith("farm 'emails' is not declared; declared: mule 1; farms: none")
     assert "compile it again and reload uWSGI" in message
