@@ -376,6 +376,10 @@ class Declarations:
             # Dispatch mules handle uWSGI signals in a thread of their own; uWSGI releases the GIL
             # while waiting only with threads enabled (not the default of older releases, 2.0.21 here).
             opts.append(("enable-threads", "true"))
+            # Offloaded functions are declared by the app: an app that fails to load (an offloaded
+            # function in a --wsgi-file script, a missing module) stops uWSGI at start, loudly,
+            # instead of serving "no python application found" with mules nobody can reach.
+            opts.append(("need-app", "true"))
         if self.stats is not None:
             opts.extend(self._stats_options())
         opts.append(("env", f"{RECORD_ENV}={self.record()}"))

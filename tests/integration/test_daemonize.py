@@ -7,6 +7,7 @@ line is logged and a view gets ``DeclarationsMissingError``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,9 +63,11 @@ def _gone(pid: int) -> bool:
 class Daemon(Server):
     """A uWSGI that daemonized itself: stopped through the pid in its pidfile."""
 
-    def __init__(self, directory: Path, port: int, log_path: Path, results: Path, pidfile: Path) -> None:
+    def __init__(self, directory: Path, port: int, log_path: Path, results: Path, *, pidfile: Path,
+                 group: int) -> None:
         super().__init__(directory, port, None, log_path, results)  # type: ignore[arg-type]
         self.pidfile = pidfile
+        self.group = group  # the process group of the command that daemonized (start_new_session)
 
     def log(self, since: int = 0) -> str:
         """The log, empty until the daemon opened it."""
@@ -73,7 +76,9 @@ class Daemon(Server):
     def stop(self) -> None:
         try:
             pid = int(self.pidfile.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # not written yet: nothing to ask, stop them all
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.group, signal.SIGKILL)
             return
         if _gone(pid):
             return
@@ -110,9 +115,14 @@ def _start(directory: Path, mode: str, extra: tuple[str, ...] = ()) -> Server:
            "--hook-as-mule", f"log:{MULE_READY}", f"--{mode}", str(log), "--pidfile", str(pidfile), *extra]
     env = dict(os.environ, TEST_RESULTS=str(results))
     env.pop("UWSGICONF_MULES", None)
-    subprocess.run(cmd, cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=env, timeout=30, check=True, start_new_session=True)
-    server = Daemon(directory, port, log, results, pidfile)
+    proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    server = Daemon(directory, port, log, results, pidfile=pidfile, group=proc.pid)
+    try:
+        assert proc.wait(30) == 0, f"uWSGI did not daemonize\n{server.log()[-4000:]}"
+    except BaseException:
+        server.stop()
+        raise
     try:
         _ready(server, 1)
     except BaseException:
@@ -164,3 +174,32 @@ def test_missing_shared_import_is_said_and_raised(tmp_path: Path, servers: list[
     assert (status, body["error"]) == (500, "DeclarationsMissingError"), body
     assert "`shared-import = uwsgiconf_mules.runtime` is missing" in body["message"]
     server.wait_for(lambda: server.log().count(MISSING) >= MULES, 10, "a missing line from every mule")
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
+def test_an_app_that_cannot_load_stops_uwsgi_at_start(tmp_path: Path, lazy: bool) -> None:
+    """Offloaded functions in the --wsgi-file script itself: the error is raised when the script is
+    loaded, and the builders' need-app makes uWSGI exit then, instead of serving 500s."""
+    (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules=1, spool_dir={str(tmp_path / 'spool')!r}"))
+    (tmp_path / "script.py").write_text(
+        "from uwsgiconf_mules.runtime import mule_offload\n\n\n@mule_offload()\ndef task():\n    pass\n\n\n"
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n")
+    config, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    cmd = [str(UWSGI), *UWSGI_ARGS, "--ini", str(config), "--strict", "--master", "--die-on-term",
+           "--http-socket", f"127.0.0.1:{free_port()}", "--wsgi-file", str(tmp_path / "script.py"),
+           "--chdir", str(tmp_path), "--workers", "1", *(["--lazy-apps"] if lazy else [])]
+    log_path = tmp_path / "uwsgi.log"
+    with open(log_path, "wb") as handle:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        returncode = proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        raise AssertionError(f"uWSGI kept running\n{log_path.read_text()[-3000:]}") from None
+    log = log_path.read_text(errors="replace")
+    assert returncode != 0, log[-3000:]
+    assert "cannot be imported by name in a mule (a script run as __main__, or uWSGI's --wsgi-file)" in log
+    assert "no app loaded" in log or "GAME OVER" in log, log[-3000:]
