@@ -26,6 +26,14 @@ and ``mules_eager``, which read the config from the ``uwsgiconf_mules_config`` i
 set (a relative path is taken from the ini file's directory). A mode replaces, for its duration,
 how calls are handled outside uWSGI (it resets the routes of offloaded functions, which choose
 their sending function when they resolve a route): production calls never test for a mode.
+
+In eager mode a task's exception propagates to the code that offloaded it, a view for instance,
+and from there the framework decides: Flask turns an exception raised in a view into a 500
+response unless the app is in testing mode (``app.config["TESTING"] = True``; with an app
+factory, ``create_app({"TESTING": True})`` in the test's fixture), and only then does the test
+client raise it; Django's test client raises it by default. Without a mode, outside uWSGI
+(``flask run``, ``manage.py runserver``, a test client), offloaded calls run inline, in the
+request, and are not checked against the declarations unless ``UWSGICONF_MULES_CONFIG`` names them.
 """
 
 from __future__ import annotations
