@@ -119,6 +119,8 @@ def test_the_view_joins_metrics_and_status_files(tmp_path: Path) -> None:
     text = render(view)
     lines = text.splitlines()
     assert lines[0].startswith("uWSGI 2.0.31 (master pid 100), stats 127.0.0.1:9191, ")
+    assert lines[0].endswith("; mule counters since the last start or reload (a reload starts them at 0; TASK "
+                             "counters go on)")
     assert lines[2].split() == ["MULE", "PID", "KIND", "FARMS", "QUEUED", "STARTED", "OK", "FAILED", "SPOOLED",
                                 "DEAD", "RUN", "s", "QUEUE", "B", "RUNNING"]
     assert lines[3].split() == ["1", "101", "dispatch", "f", "7", "6", "4", "1", "0", "0", "2.5", "768", "app:slow",
@@ -127,6 +129,19 @@ def test_the_view_joins_metrics_and_status_files(tmp_path: Path) -> None:
     first["queue_bytes"] = -1
     assert render(view).splitlines()[3].split()[11] == "?"  # not measured yet
     assert "app:slow  1     6        4   1       2.5" in text
+
+
+def test_top_says_since_when_the_mule_counters_count() -> None:
+    started = time.mktime((2026, 1, 2, 10, 20, 30, 0, 0, -1))
+    workers = [{"id": 1, "last_spawn": int(started) + 1, "respawn_count": 1},
+               {"id": 2, "last_spawn": int(started), "respawn_count": 1},
+               {"id": 3, "last_spawn": int(started) - 50, "respawn_count": 2}]  # impossible, and ignored: respawned
+    decl = declare(mules=1, stats="127.0.0.1:9191")
+    view = snapshot(decl, dict(STATS, workers=workers))
+    assert view["counting_since"] == started
+    assert render(view).splitlines()[0].endswith(
+        "; mule counters since 10:20:30 (a reload starts them at 0; TASK counters go on)")
+    assert snapshot(decl, dict(STATS, workers=workers[2:]))["counting_since"] is None
 
 
 def test_a_stale_status_file_says_nothing_of_what_runs(tmp_path: Path) -> None:

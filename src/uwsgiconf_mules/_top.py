@@ -76,6 +76,18 @@ def _status(spool_dir: str | None, mule_id: int) -> dict[str, Any]:
         return {}
 
 
+def counting_since(stats: dict[str, Any]) -> float | None:
+    """When the counters of the mules started at 0: the last start or graceful reload of the
+    instance (uWSGI keeps metrics in the master's memory, which a reload renews), that is the first
+    spawn of the workers not respawned since (``respawn_count`` 1); None when every worker was respawned.
+
+    :param stats: What the stats server sent.
+    """
+    first = [worker["last_spawn"] for worker in stats.get("workers") or ()
+             if isinstance(worker, dict) and worker.get("respawn_count") == 1 and worker.get("last_spawn")]
+    return float(min(first)) if first else None
+
+
 def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any]:
     """Every mule and farm with its counters, from the stats server's JSON and the status files.
 
@@ -100,7 +112,7 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
     farms = [{"name": farm.name, "mules": list(farm.mules), "queued": metrics.get(f"farm.{farm.name}.queued"),
               "queue_bytes": metrics.get(f"farm.{farm.name}.queue_bytes")} for farm in declarations.farms]
     return {"stats": declarations.stats, "uwsgi": {"version": stats.get("version"), "pid": stats.get("pid")},
-            "time": now, "mules": mules, "farms": farms}
+            "time": now, "counting_since": counting_since(stats), "mules": mules, "farms": farms}
 
 
 def _cell(value: Any) -> str:
@@ -123,8 +135,12 @@ def render(view: dict[str, Any]) -> str:
     :param view: A :func:`snapshot`.
     """
     uwsgi = view["uwsgi"]
+    since = view.get("counting_since")
+    counting = (f"since {time.strftime('%H:%M:%S', time.localtime(since))}" if since is not None else
+                "since the last start or reload")
     lines = [f"uWSGI {uwsgi['version']} (master pid {uwsgi['pid']}), stats {view['stats']}, "
-             f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}", ""]
+             f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}; mule counters {counting} (a reload "
+             "starts them at 0; TASK counters go on)", ""]
     rows = []
     for mule in view["mules"]:
         running = "-"
