@@ -1,0 +1,158 @@
+"""MkDocs hooks of the docs site: the pages' generated parts, read from the package itself.
+
+A page names a generated part with a marker line, replaced when the site is built:
+
+- ``<!-- generated: options -->``: every option of ``set_mules_params``, ``mule_farm`` and
+  ``set_offload_backends`` in one table, from their docstrings' ``:param:`` lines (the default is
+  the one the text states);
+- ``<!-- generated: cli -->``: the synopsis of every ``uwsgiconf-mules`` command, from the click
+  commands themselves.
+
+Tests use the same functions (``tests/test_docs.py``), so what they check is what the site shows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
+
+_FIELD = re.compile(r"^:(param [a-z_]+|raises [A-Za-z_]+|returns?):", re.M)
+_DEFAULTS = (
+    re.compile(r"\((?:uWSGI )?default:? ([^)]+)\)"),  # (default 5), (uWSGI default 60)
+    re.compile(r"^``([^`]+)`` \(default\)"),  # ``'reload'`` (default): ...
+    re.compile(r"Default: (.+?)\.(?:\s|$)"),  # Default: a directory under ...
+)
+
+
+def params(func: Callable[..., Any]) -> dict[str, str]:
+    """The ``:param name: text`` fields of a docstring, each text on one line.
+
+    :param func: The documented function or class.
+    """
+    doc = inspect.cleandoc(func.__doc__ or "")
+    fields = {}
+    matches = list(_FIELD.finditer(doc))
+    for match, following in zip(matches, [*matches[1:], None], strict=True):
+        kind, _, name = match[1].partition(" ")
+        end = following.start() if following else len(doc)
+        if kind == "param":
+            fields[name] = " ".join(doc[match.end():end].split())
+    return fields
+
+
+def default(text: str) -> str:
+    """The default an option's text states, or ``-`` (nothing is emitted then).
+
+    :param text: The option's ``:param:`` text.
+    """
+    for pattern in _DEFAULTS:
+        found = pattern.search(text)
+        if found:
+            return found[1].strip()
+    return "-"
+
+
+def _markdown(text: str) -> str:
+    """reST inline code as Markdown, and pipes escaped for a table cell."""
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def option_rows() -> list[tuple[str, str, str, str]]:
+    """(call, option, default, what) for every option a declaration takes, in signature order."""
+    from uwsgiconf_mules._declarations import MuleFarm
+    from uwsgiconf_mules.config import Workers
+
+    rows = []
+    for call, func in (("set_mules_params", Workers.set_mules_params), ("mule_farm", MuleFarm),
+                       ("set_offload_backends", Workers.set_offload_backends)):
+        documented = params(func)
+        signature = inspect.signature(func)
+        for name, parameter in signature.parameters.items():
+            if name == "self":
+                continue
+            if name not in documented:
+                raise ValueError(f"{call}: parameter {name!r} has no :param: line in its docstring")
+            text = documented[name]
+            required = parameter.default is inspect.Parameter.empty and parameter.kind not in (
+                inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            rows.append((call, name, "required" if required else default(text), text))
+    return rows
+
+
+def options_table() -> str:
+    """The reference table of every option, as Markdown."""
+    lines = ["| call | option | default | what it does |", "|---|---|---|---|"]
+    for call, name, value, text in option_rows():
+        shown = value if value in ("-", "required") or value.startswith("`") else f"{value}"
+        lines.append(f"| `{call}` | `{name}` | {_markdown(shown)} | {_markdown(text)} |")
+    return "\n".join(lines)
+
+
+def _synopsis_of(name: str, command: Any) -> str:
+    import click
+
+    words = [f"uwsgiconf-mules {name}"]
+    for param in command.params:
+        if isinstance(param, click.Argument):
+            shown = "|".join(param.type.choices) if isinstance(param.type, click.Choice) else param.name.upper()
+            words.append(shown if param.required else f"[{shown}]")
+        elif isinstance(param, click.Option) and not param.hidden:
+            flag = max(param.opts, key=len)
+            if param.is_flag:
+                words.append(f"[{flag}]")
+                continue
+            if isinstance(param.type, click.Choice):
+                value = "|".join(param.type.choices)
+            else:
+                value = param.metavar or param.name.upper()
+            words.append(f"[{flag} {value}]" + ("..." if param.multiple else ""))
+    return " ".join(words)
+
+
+def cli_synopses() -> list[tuple[str, str, str]]:
+    """(command, synopsis, first line of its help) for every ``uwsgiconf-mules`` command."""
+    from uwsgiconf_mules.cli import cli
+
+    rows = []
+    for name, command in sorted(cli.commands.items()):
+        summary = inspect.cleandoc(command.help or "").split("\n\n")[0]
+        rows.append((name, _synopsis_of(name, command), " ".join(summary.split())))
+    return rows
+
+
+def cli_block() -> str:
+    """The synopsis of every command, as a Markdown code block and a table of what each does."""
+    rows = cli_synopses()
+    lines = ["```sh", *(synopsis for _, synopsis, _ in rows), "```", "",
+             "| command | what it does |", "|---|---|"]
+    lines += [f"| `{name}` | {_markdown(summary)} |" for name, _, summary in rows]
+    return "\n".join(lines)
+
+
+GENERATED: dict[str, Callable[[], str]] = {"options": options_table, "cli": cli_block}
+
+
+def render(markdown: str) -> str:
+    """A page's Markdown with its markers replaced by what they name.
+
+    :param markdown: The page's source.
+    """
+    def replace(match: re.Match[str]) -> str:
+        if match[1] not in GENERATED:
+            raise ValueError(f"unknown generated part {match[1]!r}; known: {', '.join(GENERATED)}")
+        return GENERATED[match[1]]()
+
+    return MARKER.sub(replace, markdown)
+
+
+def on_page_markdown(markdown: str, **_: Any) -> str:
+    """MkDocs event: fill the page's generated parts.
+
+    :param markdown: The page's source.
+    :param _: The other arguments of the event (page, config, files).
+    """
+    return render(markdown)
