@@ -23,7 +23,7 @@ MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
 _FIELD = re.compile(r"^:(param [a-z_]+|raises [A-Za-z_]+|returns?):", re.M)
 _DEFAULTS = (
     re.compile(r"\((?:uWSGI )?default:? ([^)]+)\)"),  # (default 5), (uWSGI default 60)
-    re.compile(r"^``([^`]+)`` \(default\)"),  # ``'reload'`` (default): ...
+    re.compile(r"^(``[^`]+``) \(default\)"),  # ``'reload'`` (default): ...
     re.compile(r"Default: (.+?)\.(?:\s|$)"),  # Default: a directory under ...
 )
 
@@ -61,34 +61,45 @@ def _markdown(text: str) -> str:
     return text.replace("``", "`").replace("|", "\\|")
 
 
+def rows_of(call: str, func: Callable[..., Any]) -> list[tuple[str, str, str, str]]:
+    """(call, option, default, what) for every parameter of ``func``, in signature order.
+
+    :param call: How the page names the call (``set_mules_params``).
+    :param func: The function or class whose parameters are the options.
+    :raises ValueError: naming a parameter that has no ``:param:`` line.
+    """
+    documented = params(func)
+    rows = []
+    for name, parameter in inspect.signature(func).parameters.items():
+        if name == "self":
+            continue
+        if name not in documented:
+            raise ValueError(f"{call}: parameter {name!r} has no :param: line in its docstring")
+        text = documented[name]
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            value = "-"
+        elif parameter.default is inspect.Parameter.empty:
+            value = "required"
+        else:
+            value = default(text)
+        rows.append((call, name, value, text))
+    return rows
+
+
 def option_rows() -> list[tuple[str, str, str, str]]:
-    """(call, option, default, what) for every option a declaration takes, in signature order."""
+    """(call, option, default, what) for every option a declaration takes."""
     from uwsgiconf_mules._declarations import MuleFarm
     from uwsgiconf_mules.config import Workers
 
-    rows = []
-    for call, func in (("set_mules_params", Workers.set_mules_params), ("mule_farm", MuleFarm),
-                       ("set_offload_backends", Workers.set_offload_backends)):
-        documented = params(func)
-        signature = inspect.signature(func)
-        for name, parameter in signature.parameters.items():
-            if name == "self":
-                continue
-            if name not in documented:
-                raise ValueError(f"{call}: parameter {name!r} has no :param: line in its docstring")
-            text = documented[name]
-            required = parameter.default is inspect.Parameter.empty and parameter.kind not in (
-                inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-            rows.append((call, name, "required" if required else default(text), text))
-    return rows
+    return [*rows_of("set_mules_params", Workers.set_mules_params), *rows_of("mule_farm", MuleFarm),
+            *rows_of("set_offload_backends", Workers.set_offload_backends)]
 
 
 def options_table() -> str:
     """The reference table of every option, as Markdown."""
     lines = ["| call | option | default | what it does |", "|---|---|---|---|"]
     for call, name, value, text in option_rows():
-        shown = value if value in ("-", "required") or value.startswith("`") else f"{value}"
-        lines.append(f"| `{call}` | `{name}` | {_markdown(shown)} | {_markdown(text)} |")
+        lines.append(f"| `{call}` | `{name}` | {_markdown(value)} | {_markdown(text)} |")
     return "\n".join(lines)
 
 
