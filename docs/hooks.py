@@ -96,11 +96,14 @@ def option_rows() -> list[tuple[str, str, str, str]]:
 
 
 def options_table() -> str:
-    """The reference table of every option, as Markdown."""
-    lines = ["| call | option | default | what it does |", "|---|---|---|---|"]
+    """The reference table of every option, one table per call, as Markdown."""
+    lines: list[str] = []
     for call, name, value, text in option_rows():
-        lines.append(f"| `{call}` | `{name}` | {_markdown(value)} | {_markdown(text)} |")
-    return "\n".join(lines)
+        heading = f"### `{call}`"
+        if heading not in lines:
+            lines += ["", heading, "", "| option | default | what it does |", "|---|---|---|"]
+        lines.append(f"| `{name}` | {_markdown(value)} | {_markdown(text)} |")
+    return "\n".join(lines[1:])
 
 
 def _synopsis_of(name: str, command: Any) -> str:

@@ -126,8 +126,10 @@ def test_the_options_table_has_every_parameter_of_the_builders() -> None:
     assert named == expected
     table = hooks.render(page("configuration"))
     assert "<!-- generated" not in table
+    tables = dict(re.findall(r"^### `(\w+)`\n\n(.*?)(?=^#|\Z)", table, re.M | re.S))
+    assert list(tables) == ["set_mules_params", "mule_farm", "set_offload_backends"]
     for call, name in expected:
-        assert f"| `{call}` | `{name}` |" in table
+        assert f"\n| `{name}` | " in tables[call], (call, name)
 
 
 def test_the_defaults_the_table_states_are_the_defaults() -> None:
