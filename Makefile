@@ -41,7 +41,7 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build
 
 docs-strict: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks docs
