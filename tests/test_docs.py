@@ -345,3 +345,25 @@ def test_the_sample_of_top_has_the_columns_top_prints() -> None:
 def test_the_benchmarks_page_includes_the_benchmarks_account() -> None:
     assert '--8<-- "benchmarks/README.md"' in page("benchmarks")
     assert (ROOT / "benchmarks" / "README.md").exists()
+
+
+def test_the_runtime_example_queues_what_its_comments_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules import testing
+
+    example = blocks(page("runtime"), "python")[0]
+    (tmp_path / "uwsgicfg.py").write_text(
+        "from uwsgiconf_mules import Section\nsection = Section()\n"
+        "section.workers.set_mules_params(mules=[None, None, 'inbox.py'], farms=["
+        "section.workers.mule_farm('fast', [1, 2]), section.workers.mule_farm('slow', [3])])\n"
+        "uwsgi_configuration = section.as_configuration()\n")
+    (tmp_path / "docs_runtime_example.py").write_text(example)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with testing.capture(config=str(tmp_path / "uwsgicfg.py")) as outbox:
+            module = importlib.import_module("docs_runtime_example")
+    finally:
+        sys.modules.pop("docs_runtime_example", None)
+    assert [(call.key, call.target.name, call.args) for call in outbox] == [
+        ("docs_runtime_example:resize", "fast", (42,)), ("docs_runtime_example:resize", "fast", (42,))]
+    assert [(sent.target.name, sent.message) for sent in outbox.sent] == [("slow", b"reindex")]
+    assert module.resize.target.mules == (module.Mule(1), module.Mule(2))  # "runs in mule 1 or 2"
