@@ -22,7 +22,8 @@ MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
 
 _FIELD = re.compile(r"^:(param [a-z_]+|raises [A-Za-z_]+|returns?):", re.M)
 _DEFAULTS = (
-    re.compile(r"\((?:uWSGI )?default:? ([^)]+)\)"),  # (default 5), (uWSGI default 60)
+    re.compile(r"\(uWSGI default:? ([^)]+)\)"),  # (uWSGI default 60): nothing is emitted, uWSGI's applies
+    re.compile(r"\(default:? ([^)]+)\)"),  # (default 5)
     re.compile(r"^(``[^`]+``) \(default\)"),  # ``'reload'`` (default): ...
     re.compile(r"Default: (.+?)\.(?:\s|$)"),  # Default: a directory under ...
 )
@@ -49,10 +50,10 @@ def default(text: str) -> str:
 
     :param text: The option's ``:param:`` text.
     """
-    for pattern in _DEFAULTS:
+    for number, pattern in enumerate(_DEFAULTS):
         found = pattern.search(text)
         if found:
-            return found[1].strip()
+            return f"{found[1].strip()} (uWSGI's)" if number == 0 else found[1].strip()
     return "-"
 
 

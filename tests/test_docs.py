@@ -140,7 +140,7 @@ def test_the_defaults_the_table_states_are_the_defaults() -> None:
     options = dict(declare(mules=1, deploy_touch="/tmp/deployed").options())
     assert options.get("touch-reload") == "/tmp/deployed"
     assert "touch-chain-reload" not in options
-    assert defaults["reload_mercy"] == "60"  # uWSGI's own: nothing is emitted
+    assert defaults["reload_mercy"] == "60 (uWSGI's)"  # uWSGI's own: nothing is emitted
     assert "mule-reload-mercy" not in dict(declare(mules=1).options())
     assert defaults["spool_dir"].startswith("a directory under ``/var/tmp``")
     assert defaults["mules"] == "-" and defaults["stats"] == "-"
