@@ -1,4 +1,5 @@
 # Two commands do everything on a fresh clone: `make demo` and `make test`.
+# `make docs` builds the docs site into site/ (`make test` builds it with --strict).
 # `make test-matrix` runs `make test` on every supported Python and uWSGI (see .ci/matrix).
 PYTHON ?= python3
 VENV := .venv
@@ -6,8 +7,13 @@ VENV := .venv
 EXTRA_REQUIREMENTS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make demo` needs the package and uWSGI only (the same requirement as in the test extra).
+DEMO_STAMP := $(VENV)/.installed-demo
+UWSGI_REQUIREMENT := uwsgi>=2.0.21,<2.1
+# Material for MkDocs prints a banner about MkDocs 2 at every build; the build is what matters here.
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test test-matrix lint typecheck unit bench clean redis-server
+.PHONY: demo docs docs-strict test test-matrix lint typecheck unit bench clean redis-server
 
 # The tests and benchmarks of farms routed to RQ start a real redis-server (Debian's package),
 # installed here when it is missing (as root, as on CI; DEBIAN_FRONTEND keeps apt quiet).
@@ -21,19 +27,29 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(EXTRA_REQUIREMENTS)
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]' $(EXTRA_REQUIREMENTS)
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e . '$(UWSGI_REQUIREMENT)' $(EXTRA_REQUIREMENTS)
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build
+
+docs-strict: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck redis-server
+test: lint typecheck docs-strict redis-server
 	$(BIN)/python -m pytest -p xdist -n 2
 
 test-matrix:
@@ -47,4 +63,4 @@ bench: $(STAMP) redis-server
 	$(BIN)/python benchmarks/reload.py
 
 clean:
-	rm -rf $(VENV) .venv-matrix dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-matrix dist build site .pytest_cache .mypy_cache .ruff_cache

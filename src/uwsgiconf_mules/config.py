@@ -108,7 +108,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         :param stats: Where uWSGI's stats server listens: ``'127.0.0.1:9191'`` (a loopback
             address) or an absolute unix socket path. Turns the counters on: every mule and farm
             gets its uWSGI metrics (``mule.1.started``, ``farm.fast.queued``, ...; see "Watching
-            your mules" in the README), shown by the stats server, pushed by ``stats-push`` /
+            your mules" in the docs), shown by the stats server, pushed by ``stats-push`` /
             ``carbon``, and read by ``uwsgiconf-mules top``. Without it nothing is counted.
         :param on_failure: ``'package.module:function'``, called in the mule with every
             offloaded call that raised: ``function(key, args, kwargs, exception, mule_id)``.

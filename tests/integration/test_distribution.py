@@ -1,5 +1,6 @@
-"""A distribution's uWSGI as the README runs it, with Python as a plugin (`.ci/matrix debian-uwsgi` points the
-harness at Debian's: ``/usr/bin/uwsgi --plugin python3 --virtualenv VENV``, from a venv without pip's uwsgi).
+"""A distribution's uWSGI as the docs page "Your distribution's uWSGI" runs it, with Python as a plugin
+(`.ci/matrix debian-uwsgi` points the harness at Debian's: ``/usr/bin/uwsgi --plugin python3 --virtualenv VENV``,
+from a venv without pip's uwsgi).
 Skipped with pip's uWSGI, which has Python built in."""
 
 from __future__ import annotations
