@@ -16,6 +16,7 @@ from typing import Any
 
 from ._declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
 from ._metrics import STATUS_DIR
+from ._text import escape
 from .errors import MulesError
 
 STATS_TIMEOUT = 5.0
@@ -112,6 +113,7 @@ def _bytes(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    rows = [[escape(text) for text in row] for row in rows]  # task keys, farm names: what the mules wrote
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
             for row in [header, *rows]]
@@ -123,8 +125,8 @@ def render(view: dict[str, Any]) -> str:
     :param view: A :func:`snapshot`.
     """
     uwsgi = view["uwsgi"]
-    lines = [f"uWSGI {uwsgi['version']} (master pid {uwsgi['pid']}), stats {view['stats']}, "
-             f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}", ""]
+    lines = [escape(f"uWSGI {uwsgi['version']} (master pid {uwsgi['pid']}), stats {view['stats']}, "
+                    f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}"), ""]
     rows = []
     for mule in view["mules"]:
         running = "-"

@@ -27,6 +27,7 @@ from ._declarations import RECORD_ENV, Declarations, parse_record
 from ._formats import FORMATS, YAML_DIALECTS, collect, render
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 from ._project import configurations
+from ._text import escape
 from ._uwsgi_build import find_uwsgi, inspect_uwsgi, resolve_dialect
 
 __all__ = ["main", "summary", "uwsgi_summary"]
@@ -35,7 +36,13 @@ SMALL_BUFFER = 8192
 
 
 def _fail(message: str) -> None:
-    click.secho(message, err=True, fg="red")
+    click.secho(escape(message), err=True, fg="red")
+
+
+def _echo(line: str) -> None:
+    """Print one line of the command's own output, escaped (see :mod:`uwsgiconf_mules._text`): it may quote
+    what the command read (a spool file, a config, a uWSGI binary's answer)."""
+    click.echo(escape(line))
 
 
 @contextmanager
@@ -105,12 +112,12 @@ def check(uwsgi: str | None, conf: str) -> None:
     for configuration in loaded:
         for section in configuration.sections:
             lines, section_problems = summary(section)
-            click.echo(f"section '{section.name}' of configuration '{configuration.alias}':")
+            _echo(f"section '{section.name}' of configuration '{configuration.alias}':")
             for line in lines:
-                click.echo(f"  {line}")
+                _echo(f"  {line}")
             problems.extend(section_problems)
     for line in uwsgi_summary(uwsgi):
-        click.echo(line)
+        _echo(line)
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
@@ -303,12 +310,12 @@ def spool(action: str, everything: bool, conf: str) -> None:
         spools = _spools(conf)
     problems: list[str] = []
     for what, kept in spools:
-        click.echo(f"{what}: spool {kept.path}")
+        _echo(f"{what}: spool {kept.path}")
         if not os.path.isdir(kept.path):
-            click.echo("  empty (nothing was kept yet)")
+            _echo("  empty (nothing was kept yet)")
             continue
         for line in _spool_action(kept, action, everything, problems):
-            click.echo(f"  {line}")
+            _echo(f"  {line}")
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
