@@ -45,6 +45,7 @@ __all__ = [
     "validate_callable_path",
     "validate_farm_name",
     "validate_mule_init",
+    "value_problem",
 ]
 
 RECORD_ENV = "UWSGICONF_MULES"
@@ -399,34 +400,37 @@ class Declarations:
 
     def _stats_options(self) -> list[tuple[str, str]]:
         opts = [("enable-metrics", "true"), ("stats", str(self.stats))]
+        if str(self.stats).startswith("/"):
+            # uWSGI makes the socket as the umask (or chmod-socket, meant for the app's socket) says: one
+            # anyone may connect to with umask 0 or chmod-socket=666. The master-start hook runs right
+            # after the stats server is bound, before any worker or mule starts (seen on uWSGI 2.0.31).
+            opts.append(("hook-master-start", f"chmod:{self.stats} 600"))
         if not self.dispatchers:  # the counters are flushed by a thread of each sending process
             opts.append(("enable-threads", "true"))
         opts.extend(("metric", f"name={name},type={kind}") for name, kind in self.metric_names())
         return opts
 
-    def record(self) -> str:
-        """The compact single-line record the runtime reads back (see the module docstring)."""
-        fields = [RECORD_VERSION, f"mules={self.mule_count}"]
+    def record_fields(self) -> list[tuple[str, str]]:
+        """The fields of :meth:`record`, ``(key, value)``, in order (the version first is not one)."""
+        fields = [("mules", str(self.mule_count))]
         if self.programmed:
-            fields.append(f"programmed={','.join(map(str, self.programmed))}")
+            fields.append(("programmed", ",".join(map(str, self.programmed))))
         for key, value in (("msg-size", self.msg_size), ("harakiri", self.harakiri),
                            ("reload-mercy", self.reload_mercy)):
             if value is not None:
-                fields.append(f"{key}={value}")
-        fields.append(f"send-timeout={self.send_timeout:g}")
-        fields.extend(f"farm={farm.option()}" for farm in self.farms)
-        if self.dispatch_script is not None:
-            fields.append(f"dispatch={self.dispatch_script}")
-        if self.spool_dir is not None:
-            fields.append(f"spool={self.spool_dir}")
-        if self.mule_init is not None:
-            fields.append(f"init={self.mule_init}")
-        if self.stats is not None:
-            fields.append(f"stats={self.stats}")
-        if self.on_failure is not None:
-            fields.append(f"on-failure={self.on_failure}")
-        fields.extend(f"route={backend.farm}:{backend.url()}" for backend in self.backends)
-        return ";".join(fields)
+                fields.append((key, str(value)))
+        fields.append(("send-timeout", f"{self.send_timeout:g}"))
+        fields.extend(("farm", farm.option()) for farm in self.farms)
+        for key, text in (("dispatch", self.dispatch_script), ("spool", self.spool_dir), ("init", self.mule_init),
+                          ("stats", self.stats), ("on-failure", self.on_failure)):
+            if text is not None:
+                fields.append((key, text))
+        fields.extend(("route", f"{backend.farm}:{backend.url()}") for backend in self.backends)
+        return fields
+
+    def record(self) -> str:
+        """The compact single-line record the runtime reads back (see the module docstring)."""
+        return ";".join([RECORD_VERSION, *(f"{key}={value}" for key, value in self.record_fields())])
 
 
 def _expand_mules(mules: object) -> tuple[str | None, ...] | None:
@@ -570,7 +574,7 @@ def declare(
             f"{max(culprit.mules)}; mule ids run from 1 to the number of mules", culprit=culprit.name)
 
     paths = _touch_paths(touch_reload)
-    return Declarations(
+    return _checked(Declarations(
         backends=_backends(backends, seen),
         dispatch_script=_dispatch_script() if None in programs else None,
         spool_dir=_spool_dir(spool_dir) if None in programs else None,
@@ -585,7 +589,7 @@ def declare(
         send_timeout=_send_timeout(send_timeout),
         stats=None if stats is None else _stats_address(stats),
         on_failure=None if on_failure is None else validate_callable_path(on_failure, "on_failure"),
-    )
+    ))
 
 
 def _backends(backends: object, farms: set[str]) -> tuple[Backend, ...]:
@@ -606,9 +610,6 @@ def _backends(backends: object, farms: set[str]) -> tuple[Backend, ...]:
     return tuple(routed)
 
 
-_LOOPBACK = ("127.", "localhost:", "[::1]:")
-
-
 def _stats_address(value: object) -> str:
     """A stats server address uWSGI binds and nobody else can reach: loopback or a unix socket."""
     rule = ("stats must be 'host:port' on a loopback address (127.0.0.1:9191, localhost:9191, [::1]:9191) or "
@@ -616,14 +617,87 @@ def _stats_address(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise MulesConfigurationError(f"{rule}, not {value!r}", culprit=value)
     if value.startswith("/"):
-        return _record_path(os.path.normpath(value), "stats")
+        path = os.path.normpath(value)
+        bad = next((c for c in path if c.isspace() or not c.isprintable()), None)
+        if bad is not None:  # uWSGI's chmod hook (see _stats_options) ends the path at a space
+            raise MulesConfigurationError(
+                f"stats {value!r} contains {_describe_char(bad)}; {rule}", culprit=value)
+        return _record_path(path, "stats")
     host, colon, port = value.rpartition(":")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise MulesConfigurationError(f"{rule}; {value!r} has no valid port", culprit=value)
-    if not value.startswith(_LOOPBACK) or any(c in value for c in ";#%'\" \t"):
+    if not _loopback(host):
         raise MulesConfigurationError(
             f"{rule}; {host!r} is not loopback (the stats server answers anyone who connects)", culprit=value)
     return value
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP literal (IPv6 in brackets), and nothing more:
+    uWSGI binds what it is given, so ``127.evil.example`` or ``127.0.0.1,0.0.0.0`` must not pass."""
+    import ipaddress  # at configuration time only (workers and mules do not validate)
+
+    if host == "localhost":
+        return True
+    try:
+        if host.startswith("[") and host.endswith("]") and "%" not in host:
+            return ipaddress.IPv6Address(host[1:-1]).is_loopback
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_ARGUMENTS = {"mule": "mules", "farm": "farms", "touch-mules-reload": "touch_reload or deploy_touch",
+              "touch-reload": "deploy_touch", "touch-chain-reload": "deploy_touch", "stats": "stats",
+              "hook-master-start": "stats", "metric": "farms", "env": "the declarations record"}
+_RECORD_ARGUMENTS = {"farm": "farms", "dispatch": "this installation's path", "spool": "spool_dir",
+                     "init": "mule_init", "stats": "stats", "on-failure": "on_failure", "route": "backends"}
+
+
+def value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be the value of a uWSGI option the builders write: a line break, NUL or other
+    control character, ``#``, or a ``%`` that no format carries (see :mod:`uwsgiconf_mules._formats`);
+    None when it can. What only the embedded YAML parser cannot carry at the start of a value (a quote,
+    ``[``, as in ``[::1]:9191``) is refused when YAML for it is written.
+
+    :param value: The option's value.
+    """
+    if not value:
+        return "is empty (the embedded YAML parser ends the section at a key without a value)"
+    bad = next((c for c in value if not c.isprintable() or c == "#"), None)
+    if bad == "#":
+        return "contains '#' (uWSGI's embedded YAML parser cuts the line there)"
+    if bad is not None:
+        kind = "a line break" if bad in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029" else (
+            "a NUL character" if bad == "\0" else "a control character")
+        return (f"contains {kind} ({bad!r}): no uWSGI config line carries it (it would end the option, and the "
+                "rest would be read as more options)")
+    at = value.find("%")
+    while at != -1:  # uWSGI expands %-variables in the file's text, before any parser reads it
+        if at == len(value) - 1:
+            return "ends with a lone '%' (uWSGI reads it with the line break after it as a %-variable)"
+        if value[at + 1] in '"\\' or not value[at + 1].isascii():
+            return f"has '%' before {value[at + 1]!r} (uWSGI's %-variables would cut libyaml's escape of it)"
+        at = value.find("%", at + 2)
+    return None
+
+
+def _checked(declarations: Declarations) -> Declarations:
+    """``declarations``, once every value it emits is fit for a config line (:func:`value_problem`)
+    and every field of its record is free of the record's separator: the one check of what the
+    builders write, whichever argument a value came from."""
+    for key, value in declarations.record_fields():
+        if ";" in value:
+            raise MulesConfigurationError(
+                f"{_RECORD_ARGUMENTS.get(key, key)}: {value!r} contains ';', which separates the fields of the "
+                "declarations record", culprit=value)
+    for option, value in declarations.options():
+        problem = value_problem(value)
+        if problem:
+            raise MulesConfigurationError(
+                f"{_ARGUMENTS.get(option, option)}: the value of option '{option}', {value!r}, {problem}",
+                culprit=value)
+    return declarations
 
 
 def validate_callable_path(value: object, what: str) -> str:
