@@ -39,9 +39,12 @@ __all__ = [
     "Declarations",
     "FarmSpec",
     "MuleFarm",
+    "check_programs",
     "declare",
     "default_spool_dir",
+    "master_fds",
     "parse_record",
+    "program_problem",
     "validate_callable_path",
     "validate_farm_name",
     "validate_mule_init",
@@ -122,12 +125,21 @@ def validate_farm_name(name: object) -> str:
     return name
 
 
+C_INT_MAX = 2**31 - 1
+"""uWSGI reads ``mule-msg-size``, ``mule-harakiri`` and ``mule-reload-mercy`` as a C ``int``
+(``uwsgi_opt_set_int``: ``atoi``): a larger value wraps (2**40 reads as 0)."""
+
+
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MulesConfigurationError(
             f"{what} must be a positive integer, not {value!r}", culprit=value)
     if value < 1:
         raise MulesConfigurationError(f"{what} must be a positive integer, not {value}", culprit=value)
+    if value > C_INT_MAX:
+        raise MulesConfigurationError(
+            f"{what} {value} is more than uWSGI can read ({C_INT_MAX}, a C int; a larger value wraps)",
+            culprit=value)
     return value
 
 
@@ -173,6 +185,7 @@ def _farm_mules(name: str, mule_numbers: object) -> int | tuple[int, ...]:
         if not mule_numbers:
             raise MulesConfigurationError(f"farm {name!r} has an empty list of mules", culprit=name)
         ids: list[int] = []
+        listed: set[int] = set()
         for item in mule_numbers:
             if isinstance(item, bool) or not isinstance(item, int):
                 raise MulesConfigurationError(
@@ -180,8 +193,9 @@ def _farm_mules(name: str, mule_numbers: object) -> int | tuple[int, ...]:
             if item < 1:
                 raise MulesConfigurationError(
                     f"farm {name!r}: mule id {item} is out of range (mule ids start at 1)", culprit=name)
-            if item in ids:
+            if item in listed:
                 raise MulesConfigurationError(f"farm {name!r} lists mule {item} twice", culprit=name)
+            listed.add(item)
             ids.append(item)
         return tuple(ids)
     raise MulesConfigurationError(
@@ -433,7 +447,41 @@ class Declarations:
         return ";".join([RECORD_VERSION, *(f"{key}={value}" for key, value in self.record_fields())])
 
 
-def _expand_mules(mules: object) -> tuple[str | None, ...] | None:
+QUEUE_FDS = 4
+"""Descriptors the uWSGI master holds for every mule and every farm: the socket pairs of its queue and
+of its signals (``uwsgi_setup_mules_and_farms`` in uWSGI's core/mule.c, which sets no limit of its own
+on the count). Measured on uWSGI 2.0.31: a master with 4 mules and 2 farms holds 39 descriptors, 16
+more with 4 more mules, 16 more with 4 more farms; each mule and worker holds one per mule and about
+three per farm (every process inherits them)."""
+BASE_FDS = 16
+"""The master's other descriptors (standard streams, its pipes, a socket, the log), measured as above."""
+FD_CEILING = 2**20
+"""The most descriptors one Linux process may have (``fs.nr_open``, 1,048,576 unless the kernel is
+tuned, and ``ulimit -n`` cannot go past it): more mules and farms than that leaves uWSGI's master
+unable to make their queues."""
+MAX_MULES = (FD_CEILING - BASE_FDS) // QUEUE_FDS
+"""The most mules (and farms, with them) a uWSGI instance can run; see :data:`FD_CEILING`."""
+
+
+def master_fds(mules: int, farms: int) -> int:
+    """About how many file descriptors the uWSGI master needs for ``mules`` mules and ``farms`` farms.
+
+    :param mules: How many mules.
+    :param farms: How many farms (of mules; routed farms spend none).
+    """
+    return BASE_FDS + QUEUE_FDS * (mules + farms)
+
+
+def _check_count(mules: int, farms: int, what: str) -> None:
+    """Refuse ``mules`` mules and ``farms`` farms when uWSGI could not run them, before any list is made."""
+    if mules + farms > MAX_MULES:
+        raise MulesConfigurationError(
+            f"{what}: {mules} mule(s) and {farms} farm(s) need about {master_fds(mules, farms)} file descriptors "
+            f"in the uWSGI master ({QUEUE_FDS} per mule and per farm), more than Linux lets one process have "
+            f"({FD_CEILING}): uWSGI cannot run more than {MAX_MULES} mules and farms", culprit=mules)
+
+
+def _expand_mules(mules: object, farms: int = 0) -> tuple[str | None, ...] | None:
     if mules is None:
         return None
     if isinstance(mules, bool):
@@ -441,12 +489,14 @@ def _expand_mules(mules: object) -> tuple[str | None, ...] | None:
     if isinstance(mules, int):
         if mules < 0:
             raise MulesConfigurationError(f"mules count must not be negative, got {mules}", culprit=mules)
+        _check_count(mules, farms, "mules")
         return (None,) * mules
     if isinstance(mules, str):
         mules = [mules]
     if not isinstance(mules, (list, tuple)):
         raise MulesConfigurationError(
             f"mules must be a count or a list of programmed mules, not {mules!r}", culprit=mules)
+    _check_count(len(mules), farms, "mules")
     programs: list[str | None] = []
     for item in mules:
         if item is None:
@@ -477,6 +527,72 @@ def _validate_program(program: str) -> str:
             "'package.module:callable'; uWSGI would start it as a mule that drops every message",
             culprit=program)
     return text
+
+
+def program_problem(program: str, *, absolute: bool = False) -> str | None:
+    """Why uWSGI, started in the current directory, would not find the programmed mule ``program``;
+    None when it would (or when this cannot be told here).
+
+    A relative ``script.py`` is looked for in the current directory, the one uWSGI runs in (it opens
+    the script from there; as :func:`default_spool_dir` assumes, the config is compiled there), and the
+    module of ``package.module:callable`` in that directory and on ``sys.path`` (uWSGI puts its working
+    directory on its ``sys.path``), without importing it: a build host that compiles the config in the
+    project's checkout finds both, and compiling runs no application code. An absolute script path
+    names the host uWSGI runs on, which a build host need not have: it is looked for only with
+    ``absolute``.
+
+    :param program: ``script.py`` or ``package.module:callable``.
+    :param absolute: Whether an absolute script path is looked for too (``uwsgiconf-mules check``).
+    """
+    if ":" not in program or program.endswith(".py"):
+        if os.path.isabs(program) and not absolute:
+            return None
+        if os.path.isfile(program):
+            return None
+        where = " on this host" if os.path.isabs(program) else f" in {os.getcwd()}"
+        return f"script {program!r} does not exist{where} (uWSGI would respawn the mule for ever)"
+    module = program.partition(":")[0]
+    if _module_found(module):
+        return None
+    return (f"module {module!r} is not found in {os.getcwd()} or on sys.path (uWSGI would respawn the mule for "
+            "ever); compile the config where its package is importable")
+
+
+def _module_found(name: str) -> bool:
+    """Whether module ``name`` can be imported from the current directory or ``sys.path``, found without
+    importing it or its packages."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return False
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(parts[0], [os.getcwd(), *sys.path])
+        if spec is None:
+            spec = importlib.util.find_spec(parts[0])  # built in, frozen, or found by another finder
+        for depth in range(1, len(parts)):
+            locations = spec.submodule_search_locations if spec is not None else None
+            if not locations:
+                return False
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]), list(locations))
+    except (ImportError, ValueError):
+        return False
+    return spec is not None
+
+
+def check_programs(declarations: Declarations) -> None:
+    """Refuse programmed mules uWSGI would not find (see :func:`program_problem`), at compile time.
+
+    :param declarations: The declarations to check.
+    :raises MulesConfigurationError: naming the mule and what is missing.
+    """
+    for mule_id in declarations.programmed:
+        program = declarations.programs[mule_id - 1] or ""
+        problem = program_problem(program)
+        if problem:
+            raise MulesConfigurationError(f"programmed mule {mule_id}: {problem}", culprit=program)
 
 
 _UNSUPPORTED = {
@@ -557,6 +673,7 @@ def declare(
         seen.add(name)
         numbers = _farm_mules(name, getattr(farm, "mule_numbers", None))
         if isinstance(numbers, int):
+            _check_count(next_id + numbers - 1, len(specs) + 1, f"farm {name!r}")
             ids = tuple(range(next_id, next_id + numbers))
             next_id += numbers
         else:
@@ -564,7 +681,8 @@ def declare(
         specs.append(FarmSpec(name, ids))
 
     needed = max((max(spec.mules) for spec in specs), default=0)
-    programs = _expand_mules(mules)
+    _check_count(needed, len(specs), "farms")
+    programs = _expand_mules(mules, len(specs))
     if programs is None:
         programs = (None,) * needed
     elif len(programs) < needed:
@@ -805,10 +923,13 @@ def _touch_paths(touch_reload: object) -> tuple[str, ...]:
 def _send_timeout(value: object) -> float:
     if value is None:
         return DEFAULT_SEND_TIMEOUT
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    seconds = float("nan")
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        seconds = float(value) if value < 2**53 else float("inf")  # a huge int: float() would raise
+    if not 0 < seconds < float("inf"):  # inf: a sender would wait for ever on a full queue, and its request too
         raise MulesConfigurationError(
-            f"send_timeout must be a positive number of seconds, not {value!r}", culprit=value)
-    return float(value)
+            f"send_timeout must be a positive number of seconds, and finite, not {value!r}", culprit=value)
+    return seconds
 
 
 def parse_record(text: str) -> Declarations:

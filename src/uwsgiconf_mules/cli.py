@@ -23,7 +23,7 @@ from uwsgiconf.utils import ConfModule
 
 from . import _spool, _top
 from ._backends import ENGINES
-from ._declarations import RECORD_ENV, Declarations, parse_record
+from ._declarations import RECORD_ENV, Declarations, master_fds, parse_record, program_problem
 from ._formats import FORMATS, YAML_DIALECTS, collect, render
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 from ._project import configurations
@@ -388,6 +388,14 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
     lines = [f"mules: {declarations.mule_count}"]
     lines.append(f"dispatch mules (run offloaded calls): {_ids(declarations.dispatchers)}")
     programs = [f"{i} {declarations.programs[i - 1]}" for i in declarations.programmed]
+    absent = []  # absolute script paths: compiling does not look for them (a build host need not have them)
+    for i in declarations.programmed:
+        program = declarations.programs[i - 1] or ""
+        problem = program_problem(program)
+        if problem:
+            problems.append(f"section '{section.name}': programmed mule {i}: {problem}")
+        elif program_problem(program, absolute=True):
+            absent.append(f"warning: programmed mule {i}: {program_problem(program, absolute=True)}")
     lines.append(f"programmed mules: {', '.join(programs) or 'none'}")
     for farm in declarations.farms:
         lines.append(f"farm {farm.name}: mules {_ids(farm.mules)}")
@@ -402,6 +410,7 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
     lines.append(f"send timeout: {declarations.send_timeout:g} s; harakiri: "
                  f"{f'{declarations.harakiri} s' if declarations.harakiri else 'none'}")
     lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
+    lines.extend(absent)
     return lines, problems
 
 
@@ -429,14 +438,18 @@ def _ids(ids: tuple[int, ...]) -> str:
 
 
 def _warnings(declarations: Declarations, limit: int) -> list[str]:
+    """What may not work as meant; in time linear in the mules and farms (a check of 100,000 mules is quick)."""
     warnings = []
-    for mule_id in range(1, declarations.mule_count + 1):
-        farms = declarations.farms_of(mule_id)
-        if len(farms) > 1:
-            warnings.append(f"mule {mule_id} is in farms {', '.join(repr(f.name) for f in farms)}: their work "
-                            "shares one process")
+    farms_of: dict[int, list[str]] = {}
     for farm in declarations.farms:
-        programmed = [i for i in farm.mules if i in declarations.programmed]
+        for mule_id in farm.mules:
+            farms_of.setdefault(mule_id, []).append(farm.name)
+    for mule_id, names in sorted(farms_of.items()):
+        if len(names) > 1:
+            warnings.append(f"mule {mule_id} is in farms {', '.join(map(repr, names))}: their work shares one process")
+    programmed_ids = set(declarations.programmed)
+    for farm in declarations.farms:
+        programmed = [i for i in farm.mules if i in programmed_ids]
         if programmed:
             warnings.append(f"farm {farm.name!r} includes programmed mule(s) {_ids(tuple(programmed))}: they take "
                             "farm messages only while waiting in get_message(farms=True)")
@@ -447,10 +460,25 @@ def _warnings(declarations: Declarations, limit: int) -> list[str]:
     if declarations.mule_count and not declarations.dispatchers:
         warnings.append("no dispatch mules: offloaded calls run only while a programmed mule waits in "
                         "get_message()")
+    needed, allowed = master_fds(declarations.mule_count, len(declarations.farms)), _open_files_limit()
+    if allowed is not None and needed > allowed:
+        warnings.append(f"{declarations.mule_count} mule(s) and {len(declarations.farms)} farm(s) need about {needed} "
+                        f"file descriptors in the uWSGI master, more than this process may open (ulimit -n "
+                        f"{allowed}): uWSGI started with this limit cannot make their queues; raise it (ulimit -n, "
+                        "LimitNOFILE= of a systemd unit) or declare fewer mules and farms")
     if declarations.msg_size is not None and declarations.msg_size < SMALL_BUFFER:
         warnings.append(f"msg_buffer {declarations.msg_size} is small: messages over {limit} bytes are refused "
                         "and bursts fill the queue quickly")
     return warnings
+
+
+def _open_files_limit() -> int | None:
+    """This process's soft limit of open files (``ulimit -n``), which uWSGI started from here inherits;
+    None when there is none."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def main() -> None:

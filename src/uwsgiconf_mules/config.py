@@ -20,7 +20,7 @@ from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
 
 from . import _formats as formats
-from ._declarations import Declarations, MuleFarm, declare, default_spool_dir
+from ._declarations import Declarations, MuleFarm, check_programs, declare, default_spool_dir
 
 __all__ = ["MuleFarm", "Section", "Workers"]
 
@@ -183,6 +183,16 @@ class Section(_BaseSection):  # type: ignore[misc]
         self._mules_params: dict[str, object] = {}
         self._mules_declarations: Declarations | None = None
         super().__init__(*args, **kwargs)
+
+    def _get_options(self) -> list[tuple[str, Any]]:
+        """The options to write: what every formatter (``uwsgiconf compile``, ``uwsgiconf-mules compile``,
+        ``uwsgiconf run``) reads, so the config is checked against the directory it is compiled in here
+        (programmed mules uWSGI would not find are refused, see ``program_problem``), and not where the
+        runtime only reads the declarations (a test, a development server)."""
+        if self._mules_declarations is not None:
+            check_programs(self._mules_declarations)
+        options: list[tuple[str, Any]] = super()._get_options()
+        return options
 
     @property
     def mules_declarations(self) -> Declarations | None:
