@@ -36,6 +36,14 @@ def test_counts_uwsgi_cannot_run_are_refused_before_anything_is_made(params: dic
     assert time.perf_counter() - began < 1  # nothing of that size was made
 
 
+def test_the_record_s_separator_is_refused_in_every_field_in_one_place() -> None:
+    from uwsgiconf_mules._declarations import Declarations, _checked
+
+    with pytest.raises(MulesConfigurationError, match=re.escape(
+            "spool_dir: '/srv/a;mules=9' contains ';', which separates the fields of the declarations record")):
+        _checked(Declarations((None,), spool_dir="/srv/a;mules=9"))
+
+
 def test_the_most_mules_uwsgi_can_run_follow_from_the_descriptors_of_one_process() -> None:
     assert MAX_MULES == (2**20 - 16) // 4 == 262140
     assert master_fds(1, 240) == 980  # uWSGI 2.0.31, measured: 979 descriptors in the master
@@ -110,16 +118,21 @@ def test_a_test_or_development_server_reads_the_declarations_without_looking_for
         section._get_options()
 
 
-def test_check_is_linear_in_the_mules(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_is_linear_in_the_mules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "feed.py").write_text("")
+    monkeypatch.chdir(tmp_path)
     section = Section()
-    mules = 20_000
-    section.workers.set_mules_params(mules=mules, farms=[section.workers.mule_farm("all", list(range(1, mules + 1))),
-                                                         section.workers.mule_farm("half", mules // 2)])
+    mules = 40_000
+    section.workers.set_mules_params(
+        mules=["feed.py"] * (mules // 2) + [None] * (mules // 2),
+        farms=[section.workers.mule_farm("all", list(range(1, mules + 1))),
+               section.workers.mule_farm("half", mules // 2)])
     monkeypatch.setattr(cli_module, "_open_files_limit", lambda: None)
     began = time.perf_counter()
     lines, problems = summary(section)
-    assert time.perf_counter() - began < 5  # quadratic: over a minute
+    assert time.perf_counter() - began < 5  # quadratic: minutes
     assert problems == [] and len([line for line in lines if "is in farms 'all', 'half'" in line]) == mules // 2
+    assert len([line for line in lines if line.startswith("warning: farm 'all' includes")]) == 2
 
 
 @pytest.mark.parametrize(("mules", "farms", "limit", "warned"), [

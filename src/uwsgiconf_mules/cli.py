@@ -453,7 +453,7 @@ def _warnings(declarations: Declarations, limit: int) -> list[str]:
         if programmed:
             warnings.append(f"farm {farm.name!r} includes programmed mule(s) {_ids(tuple(programmed))}: they take "
                             "farm messages only while waiting in get_message(farms=True)")
-        dispatchers = tuple(i for i in farm.mules if i not in programmed)
+        dispatchers = tuple(i for i in farm.mules if i not in programmed_ids)
         if programmed and dispatchers:
             warnings.append(f"farm {farm.name!r} includes dispatch mule(s) {_ids(dispatchers)}: Farm({farm.name!r})"
                             ".send() is refused (a dispatch mule would drop a plain message); offloads run in either")
