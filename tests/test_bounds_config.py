@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from uwsgiconf.cli import base as uwsgiconf_cli
 
 from helpers import assert_one_line_error, invoke
 from uwsgiconf_mules import MuleFarm, MulesConfigurationError, Section, cli as cli_module
-from uwsgiconf_mules._declarations import MAX_MULES, declare, master_fds
+from uwsgiconf_mules._declarations import ENV_MAX, MAX_MULES, Declarations, FarmSpec, declare, master_fds
 from uwsgiconf_mules.cli import cli, summary
 
 PAST = "uWSGI cannot run more than 262140 mules and farms"
@@ -121,18 +122,28 @@ def test_a_test_or_development_server_reads_the_declarations_without_looking_for
 def test_check_is_linear_in_the_mules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "feed.py").write_text("")
     monkeypatch.chdir(tmp_path)
-    section = Section()
-    mules = 40_000
-    section.workers.set_mules_params(
-        mules=["feed.py"] * (mules // 2) + [None] * (mules // 2),
-        farms=[section.workers.mule_farm("all", list(range(1, mules + 1))),
-               section.workers.mule_farm("half", mules // 2)])
+    mules = 40_000  # farms listing them all need a record declare() refuses: the check itself is what is timed
+    half = tuple(range(1, mules // 2 + 1))
+    declarations = Declarations(("feed.py",) * (mules // 2) + (None,) * (mules // 2),
+                                farms=(FarmSpec("all", tuple(range(1, mules + 1))), FarmSpec("half", half)))
+    section = types.SimpleNamespace(name="uwsgi", _opts={}, mules_declarations=declarations)
     monkeypatch.setattr(cli_module, "_open_files_limit", lambda: None)
     began = time.perf_counter()
     lines, problems = summary(section)
     assert time.perf_counter() - began < 5  # quadratic: minutes
     assert problems == [] and len([line for line in lines if "is in farms 'all', 'half'" in line]) == mules // 2
     assert len([line for line in lines if line.startswith("warning: farm 'all' includes")]) == 2
+
+
+def test_a_record_uwsgi_could_not_pass_on_when_it_reloads_is_refused() -> None:
+    ids = list(range(1, 20_001))
+    record = declare(farms=[MuleFarm("all", ids)]).record()
+    assert 100_000 < len(f"UWSGICONF_MULES={record}") <= ENV_MAX
+    with pytest.raises(MulesConfigurationError, match=r"^the declarations record would be 1[34]\d{4} bytes, more than "
+                       r"the 131071 of an environment variable that Linux passes on: uWSGI would stop at its first "
+                       r"reload \(it runs itself again with it, 'execvp\(\): Argument list too long'\); list fewer "
+                       r"mules in the farms$"):
+        declare(farms=[MuleFarm("all", ids), MuleFarm("more", ids[:5000])])
 
 
 @pytest.mark.parametrize(("mules", "farms", "limit", "warned"), [

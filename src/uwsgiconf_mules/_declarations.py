@@ -800,6 +800,13 @@ def value_problem(value: str) -> str | None:
     return None
 
 
+ENV_MAX = 131071
+"""The longest ``NAME=value`` Linux passes to a program it starts (``MAX_ARG_STRLEN``, 32 pages, less the
+NUL). uWSGI reloads by running itself again (``execvp``) with the variables its ``env`` options set: with
+a longer record, uWSGI 2.0.31 logs ``execvp(): Argument list too long`` at its first graceful reload and
+is gone (seen: 131,071 bytes reload, 131,072 do not)."""
+
+
 def _checked(declarations: Declarations) -> Declarations:
     """``declarations``, once every value it emits is fit for a config line (:func:`value_problem`)
     and every field of its record is free of the record's separator: the one check of what the
@@ -809,6 +816,12 @@ def _checked(declarations: Declarations) -> Declarations:
             raise MulesConfigurationError(
                 f"{_RECORD_ARGUMENTS.get(key, key)}: {value!r} contains ';', which separates the fields of the "
                 "declarations record", culprit=value)
+    record = f"{RECORD_ENV}={declarations.record()}"
+    if len(record.encode()) > ENV_MAX:
+        raise MulesConfigurationError(
+            f"the declarations record would be {len(record.encode())} bytes, more than the {ENV_MAX} of an environment "
+            "variable that Linux passes on: uWSGI would stop at its first reload (it runs itself again with it, "
+            "'execvp(): Argument list too long'); list fewer mules in the farms", culprit=record[:80])
     for option, value in declarations.options():
         problem = value_problem(value)
         if problem:
