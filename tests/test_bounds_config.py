@@ -16,6 +16,7 @@ from uwsgiconf.cli import base as uwsgiconf_cli
 from helpers import assert_one_line_error, invoke
 from uwsgiconf_mules import MuleFarm, MulesConfigurationError, Section, cli as cli_module
 from uwsgiconf_mules._declarations import ENV_MAX, MAX_MULES, Declarations, FarmSpec, declare, master_fds
+from uwsgiconf_mules._top import snapshot
 from uwsgiconf_mules.cli import cli, summary
 
 PAST = "uWSGI cannot run more than 262140 mules and farms"
@@ -133,6 +134,17 @@ def test_check_is_linear_in_the_mules(tmp_path: Path, monkeypatch: pytest.Monkey
     assert time.perf_counter() - began < 5  # quadratic: minutes
     assert problems == [] and len([line for line in lines if "is in farms 'all', 'half'" in line]) == mules // 2
     assert len([line for line in lines if line.startswith("warning: farm 'all' includes")]) == 2
+
+
+def test_the_view_of_top_is_linear_in_the_mules() -> None:
+    mules = 40_000
+    declarations = Declarations(("feed.py",) * (mules // 2) + (None,) * (mules // 2),
+                                farms=(FarmSpec("all", tuple(range(1, mules + 1))),), stats="127.0.0.1:9191")
+    began = time.perf_counter()
+    view = snapshot(declarations, {"metrics": {}})
+    assert time.perf_counter() - began < 5  # quadratic: minutes
+    assert [mule["kind"] for mule in view["mules"]].count("dispatch") == mules // 2
+    assert view["mules"][-1]["farms"] == ["all"]
 
 
 def test_a_record_uwsgi_could_not_pass_on_when_it_reloads_is_refused() -> None:

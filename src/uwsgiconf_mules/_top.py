@@ -87,11 +87,16 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
                if isinstance(value, dict)}
     now = time.time()
     mules = []
+    dispatchers = set(declarations.dispatchers)  # once: linear in the mules and farms
+    farms_of: dict[int, list[str]] = {}
+    for farm in declarations.farms:
+        for farm_mule in farm.mules:
+            farms_of.setdefault(farm_mule, []).append(farm.name)
     for mule_id in range(1, declarations.mule_count + 1):
-        dispatch = mule_id in declarations.dispatchers
+        dispatch = mule_id in dispatchers
         names = MULE_COUNTERS + MULE_GAUGES if dispatch else ("queued",)
         mule: dict[str, Any] = {"id": mule_id, "kind": "dispatch" if dispatch else "programmed",
-                                "farms": [farm.name for farm in declarations.farms_of(mule_id)]}
+                                "farms": farms_of.get(mule_id, [])}
         mule.update({name: metrics.get(f"mule.{mule_id}.{name}") for name in names})
         status = _status(declarations.spool_dir, mule_id) if dispatch else {}
         fresh = bool(status) and now - float(status.get("time", 0)) < STALE and status.get("pid") == mule.get("pid")
