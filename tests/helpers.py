@@ -143,10 +143,19 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *parts: str) -
 CONF = "uwsgicfg.py"
 
 
+PROGRAMS = re.compile(r"""['"]([A-Za-z_][A-Za-z0-9_]*)(\.py|:[A-Za-z_][A-Za-z0-9_.]*)['"]""")
+"""A programmed mule named in a test's ``uwsgicfg.py``: ``'feeder.py'`` or ``'jobs:consume'``."""
+
+
 def write_conf(directory: Path, body: str) -> Path:
-    """Write ``body`` as ``directory/uwsgicfg.py``."""
+    """Write ``body`` as ``directory/uwsgicfg.py``, and an empty script or module beside it for every
+    programmed mule it names that is not there yet (the builders refuse one uWSGI would not find)."""
     path = directory / CONF
     path.write_text(body)
+    for name, _ in PROGRAMS.findall(body):
+        program = directory / f"{name}.py"
+        if not program.exists() and name not in ("uwsgicfg", "app"):
+            program.write_text("")
     return path
 
 

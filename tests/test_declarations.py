@@ -226,6 +226,54 @@ def test_stats_on_loopback_or_a_unix_socket_round_trips_in_the_record(address: s
     assert (back.stats, back.on_failure) == (address, "app.hooks:report")
 
 
+@pytest.mark.parametrize(("stats", "message"), [
+    # a second option, and the record split:
+    ("127.0.0.1:9191\nhttp-socket=0.0.0.0:8000", "'127.0.0.1:9191\\nhttp-socket=0.0.0.0' is not loopback"),
+    ("127.0.0.1:9191,0.0.0.0:9192", "'127.0.0.1:9191,0.0.0.0' is not loopback"),  # uWSGI bound 255.255.255.255
+    ("127.evil.example:9191", "'127.evil.example' is not loopback"),
+    ("127.0.0.1.evil.example:9191", "is not loopback"),
+    ("0177.0.0.1:9191", "'0177.0.0.1' is not loopback"),  # octal, as inet_aton reads it
+    ("127.1:9191", "'127.1' is not loopback"),
+    ("localhost.evil.example:9191", "is not loopback"),
+    ("[::1%eth0]:9191", "is not loopback"),
+    ("[::ffff:0.0.0.0]:9191", "is not loopback"),
+    ("127.0.0.1:\uff19\uff11\uff19\uff11", "has no valid port"),  # digits, but not ASCII ones
+    ("127.0.0.1:0", "has no valid port"),
+    ("127.0.0.1:9191 ", "has no valid port"),
+    ("/run/app/stats sock", "stats '/run/app/stats sock' contains whitespace"),
+    ("/run/app/stats\x1b.sock", "stats '/run/app/stats\\x1b.sock' contains '\\x1b'"),
+])
+def test_stats_is_a_loopback_ip_or_localhost_and_a_port_or_a_unix_socket_and_nothing_more(
+        stats: str, message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        declare(mules=1, stats=stats)
+
+
+def test_a_unix_stats_socket_is_made_reachable_by_its_user_only() -> None:
+    opts = declare(mules=1, stats="/run/app/stats.sock").options()
+    assert opts[opts.index(("stats", "/run/app/stats.sock")) + 1] == ("hook-master-start",
+                                                                    "chmod:/run/app/stats.sock 600")
+    assert "hook-master-start" not in dict(declare(mules=1, stats="127.0.0.1:9191").options())
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"mules": ["feed\x00.py"]}, "mules: the value of option 'mule', 'feed\\x00.py', contains a NUL character"),
+    ({"mules": ["feed\x1b[2J.py"]}, "mules: the value of option 'mule', 'feed\\x1b[2J.py', contains a control"),
+    ({"mules": ["feed\u2028.py"]}, "option 'mule', 'feed\\u2028.py', contains a line break"),
+    ({"touch_reload": "/srv/reload\x00"}, "touch_reload or deploy_touch: the value of option 'touch-mules-reload', "
+                                           "'/srv/reload\\x00', contains a NUL character"),
+    ({"touch_reload": "/srv/reload\x85x"}, "option 'touch-mules-reload', '/srv/reload\\x85x', contains a line"),
+    ({"deploy_touch": "/srv/deploy\x0bx"}, "deploy_touch: the value of option 'touch-reload', '/srv/deploy\\x0bx', "
+                                            "contains a line break"),
+    ({"deploy_touch": "/srv/deploy%"}, "option 'touch-reload', '/srv/deploy%', ends with a lone '%'"),
+    ({"spool_dir": "/srv/spool\x0c"}, "the value of option 'env', 'UWSGICONF_MULES=v2;"),
+    ({"spool_dir": "/srv/spool\u2029"}, "contains a line break ('\\u2029')"),
+])
+def test_every_value_the_builders_emit_is_one_config_line(params: dict[str, object], message: str) -> None:
+    with pytest.raises(MulesConfigurationError, match=re.escape(message)):
+        declare(**{"mules": 1, **params})  # type: ignore[arg-type]
+
+
 def test_counters_are_declared_as_uwsgi_metrics_only_with_stats() -> None:
     assert declare(mules=2).metric_names() == []
     assert not {key for key, _ in declare(mules=2, on_failure="a:b").options()} & {"metric", "stats", "enable-metrics"}

@@ -39,12 +39,16 @@ __all__ = [
     "Declarations",
     "FarmSpec",
     "MuleFarm",
+    "check_programs",
     "declare",
     "default_spool_dir",
+    "master_fds",
     "parse_record",
+    "program_problem",
     "validate_callable_path",
     "validate_farm_name",
     "validate_mule_init",
+    "value_problem",
 ]
 
 RECORD_ENV = "UWSGICONF_MULES"
@@ -121,12 +125,21 @@ def validate_farm_name(name: object) -> str:
     return name
 
 
+C_INT_MAX = 2**31 - 1
+"""uWSGI reads ``mule-msg-size``, ``mule-harakiri`` and ``mule-reload-mercy`` as a C ``int``
+(``uwsgi_opt_set_int``: ``atoi``): a larger value wraps (2**40 reads as 0)."""
+
+
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MulesConfigurationError(
             f"{what} must be a positive integer, not {value!r}", culprit=value)
     if value < 1:
         raise MulesConfigurationError(f"{what} must be a positive integer, not {value}", culprit=value)
+    if value > C_INT_MAX:
+        raise MulesConfigurationError(
+            f"{what} {value} is more than uWSGI can read ({C_INT_MAX}, a C int; a larger value wraps)",
+            culprit=value)
     return value
 
 
@@ -172,6 +185,7 @@ def _farm_mules(name: str, mule_numbers: object) -> int | tuple[int, ...]:
         if not mule_numbers:
             raise MulesConfigurationError(f"farm {name!r} has an empty list of mules", culprit=name)
         ids: list[int] = []
+        listed: set[int] = set()
         for item in mule_numbers:
             if isinstance(item, bool) or not isinstance(item, int):
                 raise MulesConfigurationError(
@@ -179,8 +193,9 @@ def _farm_mules(name: str, mule_numbers: object) -> int | tuple[int, ...]:
             if item < 1:
                 raise MulesConfigurationError(
                     f"farm {name!r}: mule id {item} is out of range (mule ids start at 1)", culprit=name)
-            if item in ids:
+            if item in listed:
                 raise MulesConfigurationError(f"farm {name!r} lists mule {item} twice", culprit=name)
+            listed.add(item)
             ids.append(item)
         return tuple(ids)
     raise MulesConfigurationError(
@@ -404,37 +419,74 @@ class Declarations:
 
     def _stats_options(self) -> list[tuple[str, str]]:
         opts = [("enable-metrics", "true"), ("stats", str(self.stats))]
+        if str(self.stats).startswith("/"):
+            # uWSGI makes the socket as the umask (or chmod-socket, meant for the app's socket) says: one
+            # anyone may connect to with umask 0 or chmod-socket=666. The master-start hook runs right
+            # after the stats server is bound, before any worker or mule starts (seen on uWSGI 2.0.31).
+            opts.append(("hook-master-start", f"chmod:{self.stats} 600"))
         if not self.dispatchers:  # the counters are flushed by a thread of each sending process
             opts.append(("enable-threads", "true"))
         opts.extend(("metric", f"name={name},type={kind}") for name, kind in self.metric_names())
         return opts
 
-    def record(self) -> str:
-        """The compact single-line record the runtime reads back (see the module docstring)."""
-        fields = [RECORD_VERSION, f"mules={self.mule_count}"]
+    def record_fields(self) -> list[tuple[str, str]]:
+        """The fields of :meth:`record`, ``(key, value)``, in order (the version first is not one)."""
+        fields = [("mules", str(self.mule_count))]
         if self.programmed:
-            fields.append(f"programmed={','.join(map(str, self.programmed))}")
+            fields.append(("programmed", ",".join(map(str, self.programmed))))
         for key, value in (("msg-size", self.msg_size), ("harakiri", self.harakiri),
                            ("reload-mercy", self.reload_mercy)):
             if value is not None:
-                fields.append(f"{key}={value}")
-        fields.append(f"send-timeout={self.send_timeout:g}")
-        fields.extend(f"farm={farm.option()}" for farm in self.farms)
-        if self.dispatch_script is not None:
-            fields.append(f"dispatch={self.dispatch_script}")
-        if self.spool_dir is not None:
-            fields.append(f"spool={self.spool_dir}")
-        if self.mule_init is not None:
-            fields.append(f"init={self.mule_init}")
-        if self.stats is not None:
-            fields.append(f"stats={self.stats}")
-        if self.on_failure is not None:
-            fields.append(f"on-failure={self.on_failure}")
-        fields.extend(f"route={backend.farm}:{backend.url()}" for backend in self.backends)
-        return ";".join(fields)
+                fields.append((key, str(value)))
+        fields.append(("send-timeout", f"{self.send_timeout:g}"))
+        fields.extend(("farm", farm.option()) for farm in self.farms)
+        for key, text in (("dispatch", self.dispatch_script), ("spool", self.spool_dir), ("init", self.mule_init),
+                          ("stats", self.stats), ("on-failure", self.on_failure)):
+            if text is not None:
+                fields.append((key, text))
+        fields.extend(("route", f"{backend.farm}:{backend.url()}") for backend in self.backends)
+        return fields
+
+    def record(self) -> str:
+        """The compact single-line record the runtime reads back (see the module docstring)."""
+        return ";".join([RECORD_VERSION, *(f"{key}={value}" for key, value in self.record_fields())])
 
 
-def _expand_mules(mules: object) -> tuple[str | None, ...] | None:
+QUEUE_FDS = 4
+"""Descriptors the uWSGI master holds for every mule and every farm: the socket pairs of its queue and
+of its signals (``uwsgi_setup_mules_and_farms`` in uWSGI's core/mule.c, which sets no limit of its own
+on the count). Measured on uWSGI 2.0.31: a master with 4 mules and 2 farms holds 39 descriptors, 16
+more with 4 more mules, 16 more with 4 more farms; each mule and worker holds one per mule and about
+three per farm (every process inherits them)."""
+BASE_FDS = 16
+"""The master's other descriptors (standard streams, its pipes, a socket, the log), measured as above."""
+FD_CEILING = 2**20
+"""The most descriptors one Linux process may have (``fs.nr_open``, 1,048,576 unless the kernel is
+tuned, and ``ulimit -n`` cannot go past it): more mules and farms than that leaves uWSGI's master
+unable to make their queues."""
+MAX_MULES = (FD_CEILING - BASE_FDS) // QUEUE_FDS
+"""The most mules (and farms, with them) a uWSGI instance can run; see :data:`FD_CEILING`."""
+
+
+def master_fds(mules: int, farms: int) -> int:
+    """About how many file descriptors the uWSGI master needs for ``mules`` mules and ``farms`` farms.
+
+    :param mules: How many mules.
+    :param farms: How many farms (of mules; routed farms spend none).
+    """
+    return BASE_FDS + QUEUE_FDS * (mules + farms)
+
+
+def _check_count(mules: int, farms: int, what: str) -> None:
+    """Refuse ``mules`` mules and ``farms`` farms when uWSGI could not run them, before any list is made."""
+    if mules + farms > MAX_MULES:
+        raise MulesConfigurationError(
+            f"{what}: {mules} mule(s) and {farms} farm(s) need about {master_fds(mules, farms)} file descriptors "
+            f"in the uWSGI master ({QUEUE_FDS} per mule and per farm), more than Linux lets one process have "
+            f"({FD_CEILING}): uWSGI cannot run more than {MAX_MULES} mules and farms", culprit=mules)
+
+
+def _expand_mules(mules: object, farms: int = 0) -> tuple[str | None, ...] | None:
     if mules is None:
         return None
     if isinstance(mules, bool):
@@ -442,12 +494,14 @@ def _expand_mules(mules: object) -> tuple[str | None, ...] | None:
     if isinstance(mules, int):
         if mules < 0:
             raise MulesConfigurationError(f"mules count must not be negative, got {mules}", culprit=mules)
+        _check_count(mules, farms, "mules")
         return (None,) * mules
     if isinstance(mules, str):
         mules = [mules]
     if not isinstance(mules, (list, tuple)):
         raise MulesConfigurationError(
             f"mules must be a count or a list of programmed mules, not {mules!r}", culprit=mules)
+    _check_count(len(mules), farms, "mules")
     programs: list[str | None] = []
     for item in mules:
         if item is None:
@@ -478,6 +532,72 @@ def _validate_program(program: str) -> str:
             "'package.module:callable'; uWSGI would start it as a mule that drops every message",
             culprit=program)
     return text
+
+
+def program_problem(program: str, *, absolute: bool = False) -> str | None:
+    """Why uWSGI, started in the current directory, would not find the programmed mule ``program``;
+    None when it would (or when this cannot be told here).
+
+    A relative ``script.py`` is looked for in the current directory, the one uWSGI runs in (it opens
+    the script from there; as :func:`default_spool_dir` assumes, the config is compiled there), and the
+    module of ``package.module:callable`` in that directory and on ``sys.path`` (uWSGI puts its working
+    directory on its ``sys.path``), without importing it: a build host that compiles the config in the
+    project's checkout finds both, and compiling runs no application code. An absolute script path
+    names the host uWSGI runs on, which a build host need not have: it is looked for only with
+    ``absolute``.
+
+    :param program: ``script.py`` or ``package.module:callable``.
+    :param absolute: Whether an absolute script path is looked for too (``uwsgiconf-mules check``).
+    """
+    if ":" not in program or program.endswith(".py"):
+        if os.path.isabs(program) and not absolute:
+            return None
+        if os.path.isfile(program):
+            return None
+        where = " on this host" if os.path.isabs(program) else f" in {os.getcwd()}"
+        return f"script {program!r} does not exist{where} (uWSGI would respawn the mule for ever)"
+    module = program.partition(":")[0]
+    if _module_found(module):
+        return None
+    return (f"module {module!r} is not found in {os.getcwd()} or on sys.path (uWSGI would respawn the mule for "
+            "ever); compile the config where its package is importable")
+
+
+def _module_found(name: str) -> bool:
+    """Whether module ``name`` can be imported from the current directory or ``sys.path``, found without
+    importing it or its packages."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return False
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(parts[0], [os.getcwd(), *sys.path])
+        if spec is None:
+            spec = importlib.util.find_spec(parts[0])  # built in, frozen, or found by another finder
+        for depth in range(1, len(parts)):
+            locations = spec.submodule_search_locations if spec is not None else None
+            if not locations:
+                return False
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]), list(locations))
+    except (ImportError, ValueError):
+        return False
+    return spec is not None
+
+
+def check_programs(declarations: Declarations) -> None:
+    """Refuse programmed mules uWSGI would not find (see :func:`program_problem`), at compile time.
+
+    :param declarations: The declarations to check.
+    :raises MulesConfigurationError: naming the mule and what is missing.
+    """
+    for mule_id in declarations.programmed:
+        program = declarations.programs[mule_id - 1] or ""
+        problem = program_problem(program)
+        if problem:
+            raise MulesConfigurationError(f"programmed mule {mule_id}: {problem}", culprit=program)
 
 
 _UNSUPPORTED = {
@@ -558,6 +678,7 @@ def declare(
         seen.add(name)
         numbers = _farm_mules(name, getattr(farm, "mule_numbers", None))
         if isinstance(numbers, int):
+            _check_count(next_id + numbers - 1, len(specs) + 1, f"farm {name!r}")
             ids = tuple(range(next_id, next_id + numbers))
             next_id += numbers
         else:
@@ -565,7 +686,8 @@ def declare(
         specs.append(FarmSpec(name, ids))
 
     needed = max((max(spec.mules) for spec in specs), default=0)
-    programs = _expand_mules(mules)
+    _check_count(needed, len(specs), "farms")
+    programs = _expand_mules(mules, len(specs))
     if programs is None:
         programs = (None,) * needed
     elif len(programs) < needed:
@@ -575,7 +697,7 @@ def declare(
             f"{max(culprit.mules)}; mule ids run from 1 to the number of mules", culprit=culprit.name)
 
     paths = _touch_paths(touch_reload)
-    return Declarations(
+    return _checked(Declarations(
         backends=_backends(backends, seen),
         dispatch_script=_dispatch_script() if None in programs else None,
         spool_dir=_spool_dir(spool_dir) if None in programs else None,
@@ -590,7 +712,7 @@ def declare(
         send_timeout=_send_timeout(send_timeout),
         stats=None if stats is None else _stats_address(stats),
         on_failure=None if on_failure is None else validate_callable_path(on_failure, "on_failure"),
-    )
+    ))
 
 
 def _backends(backends: object, farms: set[str]) -> tuple[Backend, ...]:
@@ -611,9 +733,6 @@ def _backends(backends: object, farms: set[str]) -> tuple[Backend, ...]:
     return tuple(routed)
 
 
-_LOOPBACK = ("127.", "localhost:", "[::1]:")
-
-
 def _stats_address(value: object) -> str:
     """A stats server address uWSGI binds and nobody else can reach: loopback or a unix socket."""
     rule = ("stats must be 'host:port' on a loopback address (127.0.0.1:9191, localhost:9191, [::1]:9191) or "
@@ -621,14 +740,100 @@ def _stats_address(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise MulesConfigurationError(f"{rule}, not {value!r}", culprit=value)
     if value.startswith("/"):
-        return _record_path(os.path.normpath(value), "stats")
+        path = os.path.normpath(value)
+        bad = next((c for c in path if c.isspace() or not c.isprintable()), None)
+        if bad is not None:  # uWSGI's chmod hook (see _stats_options) ends the path at a space
+            raise MulesConfigurationError(
+                f"stats {value!r} contains {_describe_char(bad)}; {rule}", culprit=value)
+        return _record_path(path, "stats")
     host, colon, port = value.rpartition(":")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise MulesConfigurationError(f"{rule}; {value!r} has no valid port", culprit=value)
-    if not value.startswith(_LOOPBACK) or any(c in value for c in ";#%'\" \t"):
+    if not _loopback(host):
         raise MulesConfigurationError(
             f"{rule}; {host!r} is not loopback (the stats server answers anyone who connects)", culprit=value)
     return value
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP literal (IPv6 in brackets), and nothing more:
+    uWSGI binds what it is given, so ``127.evil.example`` or ``127.0.0.1,0.0.0.0`` must not pass."""
+    import ipaddress  # at configuration time only (workers and mules do not validate)
+
+    if host == "localhost":
+        return True
+    try:
+        if host.startswith("[") and host.endswith("]") and "%" not in host:
+            return ipaddress.IPv6Address(host[1:-1]).is_loopback
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_ARGUMENTS = {"mule": "mules", "farm": "farms", "touch-mules-reload": "touch_reload or deploy_touch",
+              "touch-reload": "deploy_touch", "touch-chain-reload": "deploy_touch", "stats": "stats",
+              "hook-master-start": "stats", "metric": "farms", "env": "the declarations record"}
+_RECORD_ARGUMENTS = {"farm": "farms", "dispatch": "this installation's path", "spool": "spool_dir",
+                     "init": "mule_init", "stats": "stats", "on-failure": "on_failure", "route": "backends"}
+
+
+def value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be the value of a uWSGI option the builders write: a line break, NUL or other
+    control character, ``#``, or a ``%`` that no format carries (see :mod:`uwsgiconf_mules._formats`);
+    None when it can. What only the embedded YAML parser cannot carry at the start of a value (a quote,
+    ``[``, as in ``[::1]:9191``) is refused when YAML for it is written.
+
+    :param value: The option's value.
+    """
+    if not value:
+        return "is empty (the embedded YAML parser ends the section at a key without a value)"
+    bad = next((c for c in value if not c.isprintable() or c == "#"), None)
+    if bad == "#":
+        return "contains '#' (uWSGI's embedded YAML parser cuts the line there)"
+    if bad is not None:
+        kind = "a line break" if bad in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029" else (
+            "a NUL character" if bad == "\0" else "a control character")
+        return (f"contains {kind} ({bad!r}): no uWSGI config line carries it (it would end the option, and the "
+                "rest would be read as more options)")
+    at = value.find("%")
+    while at != -1:  # uWSGI expands %-variables in the file's text, before any parser reads it
+        if at == len(value) - 1:
+            return "ends with a lone '%' (uWSGI reads it with the line break after it as a %-variable)"
+        if value[at + 1] in '"\\' or not value[at + 1].isascii():
+            return f"has '%' before {value[at + 1]!r} (uWSGI's %-variables would cut libyaml's escape of it)"
+        at = value.find("%", at + 2)
+    return None
+
+
+ENV_MAX = 131071
+"""The longest ``NAME=value`` Linux passes to a program it starts (``MAX_ARG_STRLEN``, 32 pages, less the
+NUL). uWSGI reloads by running itself again (``execvp``) with the variables its ``env`` options set: with
+a longer record, uWSGI 2.0.31 logs ``execvp(): Argument list too long`` at its first graceful reload and
+is gone (seen: 131,071 bytes reload, 131,072 do not)."""
+
+
+def _checked(declarations: Declarations) -> Declarations:
+    """``declarations``, once every value it emits is fit for a config line (:func:`value_problem`)
+    and every field of its record is free of the record's separator: the one check of what the
+    builders write, whichever argument a value came from."""
+    for key, value in declarations.record_fields():
+        if ";" in value:
+            raise MulesConfigurationError(
+                f"{_RECORD_ARGUMENTS.get(key, key)}: {value!r} contains ';', which separates the fields of the "
+                "declarations record", culprit=value)
+    record = f"{RECORD_ENV}={declarations.record()}"
+    if len(record.encode()) > ENV_MAX:
+        raise MulesConfigurationError(
+            f"the declarations record would be {len(record.encode())} bytes, more than the {ENV_MAX} of an environment "
+            "variable that Linux passes on: uWSGI would stop at its first reload (it runs itself again with it, "
+            "'execvp(): Argument list too long'); list fewer mules in the farms", culprit=record[:80])
+    for option, value in declarations.options():
+        problem = value_problem(value)
+        if problem:
+            raise MulesConfigurationError(
+                f"{_ARGUMENTS.get(option, option)}: the value of option '{option}', {value!r}, {problem}",
+                culprit=value)
+    return declarations
 
 
 def validate_callable_path(value: object, what: str) -> str:
@@ -736,10 +941,13 @@ def _touch_paths(touch_reload: object) -> tuple[str, ...]:
 def _send_timeout(value: object) -> float:
     if value is None:
         return DEFAULT_SEND_TIMEOUT
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    seconds = float("nan")
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        seconds = float(value) if value < 2**53 else float("inf")  # a huge int: float() would raise
+    if not 0 < seconds < float("inf"):  # inf: a sender would wait for ever on a full queue, and its request too
         raise MulesConfigurationError(
-            f"send_timeout must be a positive number of seconds, not {value!r}", culprit=value)
-    return float(value)
+            f"send_timeout must be a positive number of seconds, and finite, not {value!r}", culprit=value)
+    return seconds
 
 
 def parse_record(text: str) -> Declarations:

@@ -12,6 +12,7 @@ to the mule. Nothing here runs unless a call failed.
 from __future__ import annotations
 
 from . import _instance, _tasks
+from ._text import escape
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ def hook() -> Callable[..., Any] | None:
                     found = getattr(found, part)
             except Exception as exc:
                 _tasks.log().error("uwsgiconf-mules: mule %d cannot load the on_failure hook %s (%s: %s); "
-                                   "failures are only logged", _tasks.current_mule(), path, type(exc).__name__, exc)
+                                   "failures are only logged", _tasks.current_mule(), path, type(exc).__name__,
+                                   message(exc))
             else:
                 _hook = found
     return _hook  # type: ignore[no-any-return]
@@ -70,6 +72,19 @@ def reset() -> None:
     """Forget the hook (for tests that change the declarations)."""
     global _hook
     _hook = _MISSING
+
+
+def message(exc: BaseException) -> str:
+    """What ``exc`` says, on one line (see :mod:`uwsgiconf_mules._text`): an exception's message may be made
+    of request data, which must not forge log records or reach a terminal as escape sequences.
+
+    :param exc: The exception.
+    """
+    try:
+        text = str(exc)
+    except Exception as str_exc:  # a __str__ that raises: never fatal to the mule
+        text = f"<str() raised {type(str_exc).__name__}>"
+    return escape(text)
 
 
 def report(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, exc: BaseException,
@@ -88,13 +103,13 @@ def report(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, exc: 
         shown = bounded_repr(args, kwargs)
     except Exception as repr_exc:  # arguments that are not a tuple and a dict (a damaged call): never fatal
         shown = f"not shown ({type(repr_exc).__name__}: {repr_exc})"
-    _tasks.log().error("uwsgiconf-mules: task %s failed in mule %d%s: %s: %s; arguments %s", key, mule_id, ran,
-                       type(exc).__name__, exc, shown, exc_info=exc)
+    _tasks.log().error("uwsgiconf-mules: task %s failed in mule %d%s: %s: %s; arguments %s", escape(key), mule_id,
+                       ran, escape(type(exc).__name__), message(exc), escape(shown), exc_info=exc)
     function = hook()
     if function is None:
         return
     try:
         function(key, args, dict(kwargs or {}), exc, mule_id)
     except (Exception, SystemExit) as hook_exc:
-        _tasks.log().error("uwsgiconf-mules: mule %d: the on_failure hook failed on task %s (%s: %s)", mule_id, key,
-                           type(hook_exc).__name__, hook_exc, exc_info=hook_exc)
+        _tasks.log().error("uwsgiconf-mules: mule %d: the on_failure hook failed on task %s (%s: %s)", mule_id,
+                           escape(key), escape(type(hook_exc).__name__), message(hook_exc), exc_info=hook_exc)

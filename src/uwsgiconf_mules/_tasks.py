@@ -75,9 +75,17 @@ def register(key: str, func: Callable[..., Any]) -> None:
     """Make ``func`` the task ``key``, for :func:`find` and the fast path; an ``async def``
     function is run with ``asyncio.run``.
 
-    :param key: ``module:qualname``.
+    :param key: ``module:qualname``, both dotted identifiers.
     :param func: The function to run.
+    :raises MulesRuntimeError: when ``key`` is not ``module:qualname`` (a name set by hand, with a line
+        break or an escape sequence, would reach every log line and ``top`` that names the task).
     """
+    module, colon, qualname = key.partition(":")
+    if not (colon and all(part.isidentifier() for part in (*module.split("."), *qualname.split(".")))):
+        from .errors import MulesRuntimeError
+
+        raise MulesRuntimeError(f"cannot offload {key!r}: a task is named module:qualname, both dotted identifiers "
+                                "(the function's __module__ and __qualname__)")
     if is_async(func):
         func = _awaited(func)
     raw = key.encode()
@@ -113,8 +121,10 @@ def find(key: bytes) -> Callable[..., Any] | str:
         importlib.import_module(module_name)
     except Exception as exc:
         hint = import_hint(exc)
-        log().error("uwsgiconf-mules: %s cannot import module %r for task %s%s", _who(), module_name, text, hint,
-                    exc_info=True)
+        from ._text import escape
+
+        log().error("uwsgiconf-mules: %s cannot import module %r for task %s%s", _who(), module_name, escape(text),
+                    hint, exc_info=True)
         return f"cannot import module {module_name!r} for task {text} ({type(exc).__name__}: {exc}){hint}"
     func = REGISTRY.get(key)  # registered when its module was imported
     if func is None:
@@ -227,7 +237,9 @@ def refuse(message: bytes, reason: str) -> None:
     :param message: The message refused.
     :param reason: Why.
     """
-    log().error("uwsgiconf-mules: mule %d refused a %d-byte message: %s", current_mule(), len(message), reason)
+    from ._text import escape  # the reason may quote the message: on one line
+
+    log().error("uwsgiconf-mules: mule %d refused a %d-byte message: %s", current_mule(), len(message), escape(reason))
     spool = _dead_letters
     if spool is None:
         return

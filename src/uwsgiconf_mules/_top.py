@@ -16,6 +16,7 @@ from typing import Any
 
 from ._declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
 from ._metrics import STATUS_DIR
+from ._text import escape
 from .errors import MulesError
 
 STATS_TIMEOUT = 5.0
@@ -98,11 +99,16 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
                if isinstance(value, dict)}
     now = time.time()
     mules = []
+    dispatchers = set(declarations.dispatchers)  # once: linear in the mules and farms
+    farms_of: dict[int, list[str]] = {}
+    for farm in declarations.farms:
+        for farm_mule in farm.mules:
+            farms_of.setdefault(farm_mule, []).append(farm.name)
     for mule_id in range(1, declarations.mule_count + 1):
-        dispatch = mule_id in declarations.dispatchers
+        dispatch = mule_id in dispatchers
         names = MULE_COUNTERS + MULE_GAUGES if dispatch else ("queued",)
         mule: dict[str, Any] = {"id": mule_id, "kind": "dispatch" if dispatch else "programmed",
-                                "farms": [farm.name for farm in declarations.farms_of(mule_id)]}
+                                "farms": farms_of.get(mule_id, [])}
         mule.update({name: metrics.get(f"mule.{mule_id}.{name}") for name in names})
         status = _status(declarations.spool_dir, mule_id) if dispatch else {}
         fresh = bool(status) and now - float(status.get("time", 0)) < STALE and status.get("pid") == mule.get("pid")
@@ -124,6 +130,7 @@ def _bytes(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    rows = [[escape(text) for text in row] for row in rows]  # task keys, farm names: what the mules wrote
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
             for row in [header, *rows]]
@@ -138,9 +145,9 @@ def render(view: dict[str, Any]) -> str:
     since = view.get("counting_since")
     counting = (f"since {time.strftime('%H:%M:%S', time.localtime(since))}" if since is not None else
                 "since the last start or reload")
-    lines = [f"uWSGI {uwsgi['version']} (master pid {uwsgi['pid']}), stats {view['stats']}, "
-             f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}; mule counters {counting} (a reload "
-             "starts them at 0; TASK counters go on)", ""]
+    lines = [escape(f"uWSGI {uwsgi['version']} (master pid {uwsgi['pid']}), stats {view['stats']}, "
+                    f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}; mule counters {counting} (a reload "
+                    "starts them at 0; TASK counters go on)"), ""]
     rows = []
     for mule in view["mules"]:
         running = "-"

@@ -23,10 +23,11 @@ from uwsgiconf.utils import ConfModule
 
 from . import _spool, _top
 from ._backends import ENGINES
-from ._declarations import RECORD_ENV, Declarations, parse_record
+from ._declarations import RECORD_ENV, Declarations, master_fds, parse_record, program_problem
 from ._formats import FORMATS, YAML_DIALECTS, collect, render
 from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 from ._project import configurations
+from ._text import escape
 from ._uwsgi_build import find_uwsgi, inspect_uwsgi, resolve_dialect
 
 __all__ = ["main", "summary", "uwsgi_summary"]
@@ -35,7 +36,13 @@ SMALL_BUFFER = 8192
 
 
 def _fail(message: str) -> None:
-    click.secho(message, err=True, fg="red")
+    click.secho(escape(message), err=True, fg="red")
+
+
+def _echo(line: str) -> None:
+    """Print one line of the command's own output, escaped (see :mod:`uwsgiconf_mules._text`): it may quote
+    what the command read (a spool file, a config, a uWSGI binary's answer)."""
+    click.echo(escape(line))
 
 
 @contextmanager
@@ -105,12 +112,12 @@ def check(uwsgi: str | None, conf: str) -> None:
     for configuration in loaded:
         for section in configuration.sections:
             lines, section_problems = summary(section)
-            click.echo(f"section '{section.name}' of configuration '{configuration.alias}':")
+            _echo(f"section '{section.name}' of configuration '{configuration.alias}':")
             for line in lines:
-                click.echo(f"  {line}")
+                _echo(f"  {line}")
             problems.extend(section_problems)
     for line in uwsgi_summary(uwsgi):
-        click.echo(line)
+        _echo(line)
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
@@ -315,14 +322,14 @@ def spool(action: str, everything: bool, stale: bool, conf: str) -> None:
         hint = _reload_hint(conf) if action == "replay" else ""
     problems: list[str] = []
     for what, kept in spools:
-        click.echo(f"{what}: spool {kept.path}")
+        _echo(f"{what}: spool {kept.path}")
         if not os.path.isdir(kept.path):
-            click.echo("  empty (nothing was kept yet)")
+            _echo("  empty (nothing was kept yet)")
             continue
         for line in _spool_action(kept, action, everything, problems):
-            click.echo(f"  {line}")
+            _echo(f"  {line}")
         if hint:
-            click.echo(f"  to start them now: {hint}")
+            _echo(f"  to start them now: {hint}")
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
@@ -387,12 +394,12 @@ def _purge_stale() -> None:
             problems.append(f"{path}: cannot purge: {exc}")
             continue
         removed += 1
-    click.echo(f"default spools in {root}: {len(names)}")
+    _echo(f"default spools in {root}: {len(names)}")
     click.echo(f"  removed {removed} stale (no call, no running mule, unchanged for "
                f"{_spool.STALE_AFTER / 60:g} min)")
     click.echo(f"  kept {len(kept)} (calls kept in them, a running mule, or a recent change)")
     for path in kept:
-        click.echo(f"    {path}")
+        _echo(f"    {path}")
     for problem in problems:
         _fail(problem)
     sys.exit(1 if problems else 0)
@@ -465,6 +472,14 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
     lines = [f"mules: {declarations.mule_count}"]
     lines.append(f"dispatch mules (run offloaded calls): {_ids(declarations.dispatchers)}")
     programs = [f"{i} {declarations.programs[i - 1]}" for i in declarations.programmed]
+    absent = []  # absolute script paths: compiling does not look for them (a build host need not have them)
+    for i in declarations.programmed:
+        program = declarations.programs[i - 1] or ""
+        problem = program_problem(program)
+        if problem:
+            problems.append(f"section '{section.name}': programmed mule {i}: {problem}")
+        elif program_problem(program, absolute=True):
+            absent.append(f"warning: programmed mule {i}: {program_problem(program, absolute=True)}")
     lines.append(f"programmed mules: {', '.join(programs) or 'none'}")
     for farm in declarations.farms:
         lines.append(f"farm {farm.name}: mule{'s' if len(farm.mules) > 1 else ''} {_ids(farm.mules)}")
@@ -482,6 +497,7 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
         lines.append(f"spool: {declarations.spool_dir}{_spool_note(declarations.spool_dir, str(section.name))}")
     lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
     lines.extend(f"warning: {warning}" for warning in _section_warnings(section, declarations))
+    lines.extend(absent)
     return lines, problems
 
 
@@ -498,7 +514,8 @@ def _spool_note(path: str, name: str) -> str:
 def _section_warnings(section: Any, declarations: Declarations) -> list[str]:
     warnings = []
     if declarations.farms:
-        farmless = [i for i in declarations.dispatchers if not declarations.farms_of(i)]
+        farmed = {i for farm in declarations.farms for i in farm.mules}
+        farmless = [i for i in declarations.dispatchers if i not in farmed]
         if farmless:
             ids = _ids(tuple(farmless))
             warnings.append(f"dispatch mule(s) {ids} in no farm: they run only calls sent to them by id (Mule(n)"
@@ -535,28 +552,47 @@ def _ids(ids: tuple[int, ...]) -> str:
 
 
 def _warnings(declarations: Declarations, limit: int) -> list[str]:
+    """What may not work as meant; in time linear in the mules and farms (a check of 100,000 mules is quick)."""
     warnings = []
-    for mule_id in range(1, declarations.mule_count + 1):
-        farms = declarations.farms_of(mule_id)
-        if len(farms) > 1:
-            warnings.append(f"mule {mule_id} is in farms {', '.join(repr(f.name) for f in farms)}: their work "
-                            "shares one process")
+    farms_of: dict[int, list[str]] = {}
     for farm in declarations.farms:
-        programmed = [i for i in farm.mules if i in declarations.programmed]
+        for mule_id in farm.mules:
+            farms_of.setdefault(mule_id, []).append(farm.name)
+    for mule_id, names in sorted(farms_of.items()):
+        if len(names) > 1:
+            warnings.append(f"mule {mule_id} is in farms {', '.join(map(repr, names))}: their work shares one process")
+    programmed_ids = set(declarations.programmed)
+    for farm in declarations.farms:
+        programmed = [i for i in farm.mules if i in programmed_ids]
         if programmed:
             warnings.append(f"farm {farm.name!r} includes programmed mule(s) {_ids(tuple(programmed))}: they take "
                             "farm messages only while waiting in get_message(farms=True)")
-        dispatchers = tuple(i for i in farm.mules if i not in programmed)
+        dispatchers = tuple(i for i in farm.mules if i not in programmed_ids)
         if programmed and dispatchers:
             warnings.append(f"farm {farm.name!r} includes dispatch mule(s) {_ids(dispatchers)}: Farm({farm.name!r})"
                             ".send() is refused (a dispatch mule would drop a plain message); offloads run in either")
     if declarations.mule_count and not declarations.dispatchers:
         warnings.append("no dispatch mules: offloaded calls run only while a programmed mule waits in "
                         "get_message()")
+    needed, allowed = master_fds(declarations.mule_count, len(declarations.farms)), _open_files_limit()
+    if allowed is not None and needed > allowed:
+        warnings.append(f"{declarations.mule_count} mule(s) and {len(declarations.farms)} farm(s) need about {needed} "
+                        f"file descriptors in the uWSGI master, more than this process may open (ulimit -n "
+                        f"{allowed}): uWSGI started with this limit cannot make their queues; raise it (ulimit -n, "
+                        "LimitNOFILE= of a systemd unit) or declare fewer mules and farms")
     if declarations.msg_size is not None and declarations.msg_size < SMALL_BUFFER:
         warnings.append(f"msg_buffer {declarations.msg_size} is small: messages over {limit} bytes are refused "
                         "and bursts fill the queue quickly")
     return warnings
+
+
+def _open_files_limit() -> int | None:
+    """This process's soft limit of open files (``ulimit -n``), which uWSGI started from here inherits;
+    None when there is none."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def main() -> None:

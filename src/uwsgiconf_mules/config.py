@@ -30,7 +30,7 @@ from uwsgiconf.options.workers import Workers as _BaseWorkers
 from uwsgiconf.presets.nice import PythonSection as _BasePythonSection
 
 from . import _formats as formats
-from ._declarations import Declarations, MuleFarm, declare, default_spool_dir
+from ._declarations import Declarations, MuleFarm, check_programs, declare, default_spool_dir
 
 __all__ = ["MuleFarm", "MulesMixin", "PythonSection", "Section", "Workers"]
 
@@ -214,6 +214,16 @@ class MulesMixin:
             bases = ", ".join(base.__name__ for base in cls.__bases__ if base is not MulesMixin)
             raise TypeError(f"{cls.__name__}: put MulesMixin first in the bases (class {cls.__name__}(MulesMixin, "
                             f"{bases})): {owner.__qualname__}.workers would hide the mules declarations")
+
+    def _get_options(self) -> list[tuple[str, Any]]:
+        """The options to write: what every formatter (``uwsgiconf compile``, ``uwsgiconf-mules compile``,
+        ``uwsgiconf run``) reads, so the config is checked against the directory it is compiled in here
+        (programmed mules uWSGI would not find are refused, see ``program_problem``), and not where the
+        runtime only reads the declarations (a test, a development server)."""
+        if self._mules_declarations is not None:
+            check_programs(self._mules_declarations)
+        options: list[tuple[str, Any]] = super()._get_options()  # type: ignore[misc]  # the section after the mixin
+        return options
 
     @property
     def mules_declarations(self) -> Declarations | None:

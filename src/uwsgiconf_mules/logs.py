@@ -26,11 +26,14 @@ import sys
 from contextvars import ContextVar
 
 from . import _tasks
+from ._text import escape
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import traceback
+    from collections.abc import Callable, Iterator
     from types import CodeType, FrameType
+    from typing import Any
 
 __all__ = ["FORMAT", "NO_TASK", "RUNNING", "MuleFilter", "MuleFormatter", "add_runner", "current_task"]
 
@@ -61,7 +64,7 @@ def add_runner(code: CodeType, key: Callable[[FrameType], str | None]) -> None:
 
 
 def _text(key: object) -> str:
-    return key.decode(errors="replace") if isinstance(key, (bytes, bytearray)) else str(key)
+    return escape(key)  # a key read from a call being decoded, on one line (read only when a record is emitted)
 
 
 def _from_run(frame: FrameType) -> str | None:
@@ -135,4 +138,31 @@ class MuleFormatter(logging.Formatter):
         :param record: The record.
         """
         self._filter.filter(record)
+        if record.exc_info:
+            record.exc_text = None  # a traceback another handler's formatter wrote (and logging kept): written anew
         return super().format(record)
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback of ``ei``, with every exception's message on one line (escaped, see
+        :mod:`uwsgiconf_mules._text`): a message made of request data cannot forge log records.
+
+        :param ei: ``sys.exc_info()`` of the record.
+        """
+        import traceback
+
+        return "".join(_traceback_lines(traceback.TracebackException(*ei))).rstrip("\n")
+
+
+def _traceback_lines(exc: traceback.TracebackException) -> Iterator[str]:
+    """Python's traceback text of ``exc`` (its cause or context first), each message line escaped."""
+    if exc.__cause__ is not None:
+        yield from _traceback_lines(exc.__cause__)
+        yield "\nThe above exception was the direct cause of the following exception:\n\n"
+    elif exc.__context__ is not None and not exc.__suppress_context__:
+        yield from _traceback_lines(exc.__context__)
+        yield "\nDuring handling of the above exception, another exception occurred:\n\n"
+    if exc.stack:
+        yield "Traceback (most recent call last):\n"
+        yield from exc.stack.format()
+    for line in exc.format_exception_only():
+        yield escape(line.rstrip("\n")) + "\n"

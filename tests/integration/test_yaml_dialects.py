@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness import UWSGI, UWSGI_ARGS, compile_config, read_options
-from helpers import CASES, expected, normalise, source
+from helpers import CASES, expected, normalise, source, write_conf
 
 DIALECTS = ["embedded", "libyaml"]
 
@@ -62,7 +62,7 @@ def read_back(directory: Path, body: str, dialect: str) -> tuple[str, list[tuple
     assert found is not None
     uwsgi, args = found
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "uwsgicfg.py").write_text(body)
+    write_conf(directory, body)  # with the programmed mules it names
     ini, ini_proc = compile_config(directory, "ini")
     yaml, yaml_proc = compile_config(directory, "yaml", yaml_args=("--uwsgi", str(uwsgi)))
     assert ini_proc.returncode == yaml_proc.returncode == 0, ini_proc.stderr + yaml_proc.stderr
