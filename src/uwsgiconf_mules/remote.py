@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as _RQJob
 
 from . import _startup, _tasks
@@ -141,21 +142,46 @@ class Job(_RQJob):
     :data:`REFUSED_FIELDS`; it never runs callbacks."""
 
     _refused: tuple[str, ...] = ()
+    _unreadable: tuple[str, ...] = ()  # "field (what RQ raised)" of each field RQ could not read
+
+    def refresh(self) -> None:
+        """Read the job's hash from Redis (see :meth:`restore`); a job key that holds another kind
+        of value than a hash is no job: :class:`NoSuchJobError` after a log line, which RQ skips."""
+        from redis.exceptions import ResponseError
+
+        try:
+            super().refresh()  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            _tasks.log().warning("uwsgiconf-mules: RQ job %s: its key %s holds no hash, so it is no job; RQ skips it",
+                                 self.id, self.key)
+            raise NoSuchJobError(f"{self.key} holds no hash") from None
 
     def restore(self, raw_data: Any) -> Any:
         """Read the job from its Redis hash; note the :data:`REFUSED_FIELDS` it carries (not empty),
-        and drop them, so that nothing of them runs when the worker fails the job. The first job this
-        process reads runs the start-up steps (see the module docstring).
+        and drop them, so that nothing of them runs when the worker fails the job. A field that RQ
+        cannot read (``timeout=abc``, a date that is no date, ...) is left out and noted, and the job
+        fails without running (see :meth:`_restore_readable`): one bad hash never stops the worker. The
+        first job this process reads runs the start-up steps (see the module docstring).
 
         :param raw_data: The hash, as Redis returns it.
+        :raises NoSuchJobError: as RQ does, when the hash has no ``data`` field (RQ skips it).
         """
-        result = super().restore(raw_data)
+        try:
+            result = super().restore(raw_data)
+        except NoSuchJobError:
+            _tasks.log().warning("uwsgiconf-mules: RQ job %s: its hash has no data field, so it is no job; RQ "
+                                 "skips it", self.id)
+            raise
+        except Exception:
+            result = self._restore_readable(raw_data)
         fields = {(name.decode(errors="replace") if isinstance(name, bytes) else str(name)): value
                   for name, value in raw_data.items()}
         carried = tuple(name for name in REFUSED_FIELDS if fields.get(name) not in (None, b"", ""))
         if carried:
             self._refused = tuple(dict.fromkeys((*self._refused, *carried)))  # kept across a refresh
-        if self._refused:
+        if self._refused or self._unreadable:
             self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
             self.webhooks = []  # dependencies are kept: RQ's bookkeeping of the jobs waiting on this one needs them
             self.retries_left = self.retry_intervals = self.number_of_retries = None
@@ -166,10 +192,36 @@ class Job(_RQJob):
             _start()  # in the worker's main process as it takes the job: the processes it forks inherit it
         return result
 
+    def _restore_readable(self, raw_data: Any) -> Any:
+        """Restore the job from the fields of its hash that RQ can read, one at a time from ``data``
+        on, and note in :attr:`_unreadable` each field that makes RQ's ``restore`` raise (the job is
+        then refused). Runs only for a hash RQ could not read as a whole.
+
+        :param raw_data: The hash, as Redis returns it (``data`` among its fields).
+        """
+        readable = {name: value for name, value in raw_data.items() if name in (b"data", "data")}
+        unreadable = list(self._unreadable)
+        for name, value in raw_data.items():
+            if name in readable:
+                continue
+            try:
+                super().restore({**readable, name: value})
+            except Exception as exc:
+                shown = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+                unreadable.append(f"{shown[:80]!r} ({type(exc).__name__}{': ' if str(exc) else ''}{str(exc)[:200]})")
+            else:
+                readable[name] = value
+        self._unreadable = tuple(dict.fromkeys(unreadable))  # kept across a refresh
+        return super().restore(readable)
+
     @property
     def func(self) -> Any:
-        """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, or for
-        a job that carries one of :data:`REFUSED_FIELDS`."""
+        """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, for a
+        job that carries one of :data:`REFUSED_FIELDS`, or for one whose hash RQ cannot read."""
+        if self._unreadable:
+            raise UnknownTaskError(f"job refused: RQ cannot read its field(s) {', '.join(self._unreadable)}, which "
+                                   "jobs of farms routed by uwsgiconf-mules always write readable; nothing ran",
+                                   key=str(self.id))
         if self._refused:
             raise UnknownTaskError(f"job refused: it carries {', '.join(self._refused)}, which jobs of farms routed "
                                    "by uwsgiconf-mules never set; nothing ran", key=str(self.func_name))

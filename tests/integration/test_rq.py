@@ -16,6 +16,7 @@ import rq
 
 from harness import BIN, Server
 from redis_server import RedisServer
+from uwsgiconf_mules import remote
 
 CONFIG = """
 from uwsgiconf_mules import Section
@@ -236,3 +237,72 @@ def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path
     assert job is not None
     assert "job refused: Django task shop.models.Welcome: shop.models.Welcome is not a Django task" in (
         job.latest_result().exc_string or "")  # type: ignore[union-attr]
+
+
+def burst(directory: Path, *worker_args: str) -> subprocess.CompletedProcess[str]:
+    """``uwsgiconf-mules worker --burst WORKER_ARGS uwsgicfg.py`` in ``directory`` (jobs write to ``ran`` there)."""
+    return subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", *worker_args, "uwsgicfg.py"],
+                          cwd=directory, env=dict(os.environ, TEST_RESULTS=str(directory)), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+
+
+UNREADABLE = {  # field -> what RQ raises reading it (RQ 3)
+    "timeout": (b"abc", "'timeout' (AssertionError)"),
+    "status": (b"bogus", "'status' (ValueError: 'bogus' is not a valid JobStatus)"),
+    "created_at": (b"yesterday", "'created_at' (ValueError: time data 'yesterday' does not match format"),
+    "result_ttl": (b"1x", "'result_ttl' (ValueError: invalid literal for int() with base 10: b'1x')"),
+    "dependency_ids": (b"[", "'dependency_ids' (JSONDecodeError: Expecting value"),
+}
+
+
+@pytest.mark.parametrize("worker_args", [(), ("--worker-class", "rq.worker.SimpleWorker")],
+                         ids=["forking-worker", "simple-worker"])
+def test_a_malformed_job_hash_fails_that_job_and_the_worker_goes_on(tmp_path: Path, empty_redis: RedisServer,
+                                                                    worker_args: tuple[str, ...]) -> None:
+    # Hashes written straight into Redis, each with one field RQ cannot read, between two plain jobs,
+    # and a job id whose key holds a string: RQ's own reading raised outside any job, and the worker
+    # exited with status 0 after the first plain job.
+    (tmp_path / "uwsgicfg.py").write_text(CONFIG.format(port=empty_redis.port, send_timeout=5))
+    (tmp_path / "shop.py").write_text(FORGED_SHOP)
+    client = empty_redis.client()
+    forged = rq.Queue("reports", connection=client, serializer="rq.serializers.JSONSerializer")
+    forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", 1))
+    ids = {}
+    for field, (value, _) in UNREADABLE.items():
+        job = forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", field))
+        client.hset(job.key, field, value)
+        ids[field] = job.id
+    client.rpush(forged.key, "not-a-hash")
+    client.set("rq:job:not-a-hash", "x")
+    forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", 3))
+    proc = burst(tmp_path, *worker_args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (tmp_path / "ran").read_text() == "report 1\nreport 3\n"  # nothing of the malformed jobs ran
+    failed = rq.registry.FailedJobRegistry("reports", connection=client)
+    assert sorted(failed.get_job_ids()) == sorted(ids.values())
+    for field, job_id in ids.items():
+        job = remote.Job.fetch(job_id, connection=client, serializer="rq.serializers.JSONSerializer")
+        exc = job.latest_result().exc_string or ""  # type: ignore[union-attr]
+        assert f"UnknownTaskError: job refused: RQ cannot read its field(s) {UNREADABLE[field][1]}" in exc, exc
+        assert "nothing ran" in exc
+    assert "RQ job not-a-hash: its key rq:job:not-a-hash holds no hash, so it is no job; RQ skips it" in proc.stderr
+    assert "unhandled exception" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("worker_args", [(), ("--worker-class", "rq.worker.SimpleWorker")],
+                         ids=["forking-worker", "simple-worker"])
+def test_a_worker_that_quits_on_an_error_exits_with_a_non_zero_status(tmp_path: Path, empty_redis: RedisServer,
+                                                                      worker_args: tuple[str, ...]) -> None:
+    # A queue key that holds a string: RQ's loop cannot read it, logs "found an unhandled exception,
+    # quitting..." and returns, and `rq worker` exits with 0: a supervisor would not restart it.
+    (tmp_path / "uwsgicfg.py").write_text(CONFIG.format(port=empty_redis.port, send_timeout=5))
+    (tmp_path / "shop.py").write_text(FORGED_SHOP)
+    client = empty_redis.client()
+    client.set("rq:queue:reports", "x")
+    proc = burst(tmp_path, *worker_args)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "WRONGTYPE" in proc.stderr
+    assert re.search(r"uwsgiconf-mules: the RQ worker quit on an error \(Worker \w+: found an unhandled exception, "
+                     r"quitting\.\.\.\): exit status 1$", proc.stderr, re.M), proc.stderr[-4000:]
+    client.delete("rq:queue:reports")
+    assert burst(tmp_path, *worker_args).returncode == 0  # a normal end is still 0
