@@ -115,10 +115,17 @@ def _check_django_task(args: tuple[Any, ...]) -> None:
 
     backend_module: Any = sys.modules["uwsgiconf_mules.django"]
     try:
-        task = import_string(path)
+        import_string(path)
     except Exception as exc:
         raise UnknownTaskError(f"job refused: cannot import the Django task {path} ({type(exc).__name__}: {exc})"
                                f"{_tasks.import_hint(exc)}", key=path) from None
+    alias, queue_name = (args[2] if len(args) > 2 else None), (args[5] if len(args) > 5 else None)
+    try:  # the task as the call was queued: with the backend and queue of .using(...)
+        task = backend_module._task_of(path, alias if isinstance(alias, str) else None,
+                                       queue_name if isinstance(queue_name, str) else None)
+    except Exception as exc:
+        raise UnknownTaskError(f"job refused: Django task {path}: backend {alias!r} and queue {queue_name!r} do not "
+                               f"apply to it ({type(exc).__name__}: {exc})", key=path) from None
     problem = None
     if not isinstance(task, backend_module._base.Task):
         problem = f"{path} is not a Django task (a {type(task).__name__})"
