@@ -14,6 +14,12 @@ and closes the database connections Django would close at the end of a request (
 unusable or older than ``CONN_MAX_AGE``; with the default 0, all of them), before and after each
 task. Outside uWSGI (``manage.py runserver``, tests) a task runs at once, in the caller.
 
+The ``TaskResult`` the signals carry says what Django's immediate backend would say: a task that
+raises anything but ``KeyboardInterrupt`` (``SystemExit`` included) or returns what JSON does not
+carry (``normalize_json`` raises ``TypeError``) is ``FAILED``; ``enqueued_at`` is the caller's;
+``task`` has the backend and queue of ``.using(...)``. The call carries both (the queue name and
+``enqueued_at`` as ISO 8601, after the five arguments of version 0.1, whose calls still run).
+
 What it does not support, declared through the backend's flags: deferring (``run_after``,
 ``supports_defer = False``), results (``supports_get_result = False``: the ``TaskResult`` returned by
 ``enqueue`` stays ``READY``; the mule's outcome goes to the signals and the log, not back to the
