@@ -350,5 +350,5 @@ def test_a_job_hash_rq_cannot_read_fails_that_job_only(routed: RedisServer) -> N
     assert job.is_failed
     assert (job.description, job.result_ttl, job.origin) == ("kept", 77, "reports")  # the fields RQ could read
     exc = job.latest_result().exc_string or ""  # type: ignore[union-attr]
-    assert ("UnknownTaskError: job refused: RQ cannot read its field(s) 'timeout' (AssertionError), 'status' "
-            "(ValueError: 'bogus' is not a valid JobStatus)") in exc, exc
+    assert ("UnknownTaskError: job refused: RQ cannot read its field(s) 'status' (ValueError: 'bogus' is not a "
+            "valid JobStatus), 'timeout' (AssertionError); nothing ran") in exc, exc

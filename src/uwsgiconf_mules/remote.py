@@ -218,7 +218,7 @@ class Job(_RQJob):
                 unreadable.append(f"{shown[:80]!r} ({type(exc).__name__}{': ' if str(exc) else ''}{str(exc)[:200]})")
             else:
                 readable[name] = value
-        self._unreadable = tuple(dict.fromkeys(unreadable))  # kept across a refresh
+        self._unreadable = tuple(sorted(set(unreadable)))  # kept across a refresh; sorted: Redis keeps no order
         return super().restore(readable)
 
     @property
@@ -226,9 +226,9 @@ class Job(_RQJob):
         """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, for a
         job that carries one of :data:`REFUSED_FIELDS`, or for one whose hash RQ cannot read."""
         if self._unreadable:
-            raise UnknownTaskError(f"job refused: RQ cannot read its field(s) {', '.join(self._unreadable)}, which "
-                                   "jobs of farms routed by uwsgiconf-mules always write readable; nothing ran",
-                                   key=str(self.id))
+            raise UnknownTaskError(f"job refused: RQ cannot read its field(s) {', '.join(self._unreadable)}; nothing "
+                                   "ran (the senders of uwsgiconf-mules write every field readable: something else "
+                                   "wrote this hash)", key=str(self.id))
         if self._refused:
             raise UnknownTaskError(f"job refused: it carries {', '.join(self._refused)}, which jobs of farms routed "
                                    "by uwsgiconf-mules never set; nothing ran", key=str(self.func_name))
