@@ -16,8 +16,9 @@ routed to an offload backend; any other path is refused.
 ``uwsgiconf_mules.remote.Job`` is the job class ``uwsgiconf-mules worker`` gives RQ: a job that
 names any function other than :func:`run`, or whose hash carries a field our senders never set
 and that would make the worker call or reach something (callbacks, webhooks, dependencies,
-retries, repeats, rate limits: :data:`REFUSED_FIELDS`), fails without running anything, its
-callbacks and webhooks included. So whoever can write to Redis cannot make the worker call an
+retries, repeats, rate limits: :data:`REFUSED_FIELDS`), or with a field RQ cannot read
+(``timeout=abc``: RQ's own reading raised outside any job and stopped the worker), fails without
+running anything, its callbacks and webhooks included. So whoever can write to Redis cannot make the worker call an
 arbitrary function or send a request (with the ``json`` serializer; a pickled job runs code as
 it is unpickled, which is why pickle is a declared choice).
 
@@ -145,8 +146,8 @@ def _check_django_task(args: tuple[Any, ...]) -> None:
 
 
 class Job(_RQJob):
-    """RQ's job, refusing any job that names another function than :func:`run` or carries one of
-    :data:`REFUSED_FIELDS`; it never runs callbacks."""
+    """RQ's job, refusing any job that names another function than :func:`run`, carries one of
+    :data:`REFUSED_FIELDS` or has a field RQ cannot read; it never runs callbacks."""
 
     _refused: tuple[str, ...] = ()
     _unreadable: tuple[str, ...] = ()  # "field (what RQ raised)" of each field RQ could not read
