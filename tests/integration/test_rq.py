@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +202,30 @@ def test_forged_jobs_run_no_callback_and_reach_no_webhook(tmp_path: Path, empty_
     assert proc.stderr.count("UnknownTaskError: job refused") >= 3
 
 
+LETTERS = """
+try:
+    from django.tasks import task
+except ImportError:
+    from django_tasks import task
+
+from .models import Welcome
+
+
+@task(queue_name="letters")
+def welcome_letter(email):
+    Welcome.objects.create(email=email, via="using", mule=0)
+"""
+
+ENQUEUE_LETTER = """
+import django
+
+django.setup()
+from shop.letters import welcome_letter
+
+print(welcome_letter.using(queue_name="mail").enqueue("letter@example.com").status)
+"""
+
+
 def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path: Path, empty_redis: RedisServer,
                                                                          ) -> None:
     # The example with farm "mail" routed to RQ: its settings module reaches the worker only through the
@@ -229,15 +254,28 @@ def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path
             "uwsgiconf_mules.django:_run", "shop.tasks.welcome_task", "y", claim[0], ["forged@example.com"], {},
             claim[1], None))
         refused[job.id] = claim
-    assert len(forged) == 6
     env = env_of(db)
+    # A task declared on a queue that is not routed, queued on the routed one with .using(queue_name=...),
+    # from a script with the declarations record (as a worker host): the worker runs it.
+    site = tmp_path / "site"
+    (site / "shop" / "letters.py").write_text(LETTERS)
+    with open(site / "mysite" / "settings.py", "a") as settings:
+        settings.write('\nTASKS["default"]["QUEUES"] = ["mail", "letters"]\n')
+    record = subprocess.run([str(BIN / "uwsgiconf-mules"), "record", str(tmp_path / "app.ini")], capture_output=True,
+                            text=True, timeout=60, check=True).stdout.strip()
+    sent = subprocess.run([sys.executable, "-c", ENQUEUE_LETTER], cwd=site, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, check=False,
+                          env=dict(env, UWSGICONF_MULES=record, DJANGO_SETTINGS_MODULE="mysite.settings"))
+    assert sent.stdout.strip() == "READY", sent.stderr[-3000:]
+    assert len(forged) == 7
     assert "DJANGO_SETTINGS_MODULE" not in env
     proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", str(tmp_path / "app.ini")],
                           cwd=tmp_path / "site", env=env, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [(email, via) for email, via, _ in rows(db)] == [
-        ("async@example.com", "async"), ("decorator@example.com", "decorator"), ("task@example.com", "task")]
+        ("async@example.com", "async"), ("decorator@example.com", "decorator"),
+        ("letter@example.com", "using"), ("task@example.com", "task")]
     failed = rq.registry.FailedJobRegistry("mail", connection=empty_redis.client())
     assert len(failed) == 3
     for job_id in failed.get_job_ids():
