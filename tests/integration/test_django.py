@@ -145,8 +145,15 @@ def application(environ, start_response):
 '''
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
-def test_mules_report_results_as_djangos_immediate_backend(tmp_path: Path, servers: list[Server], mode: str) -> None:
+LOOPS = {"fast": "", "counted": ", stats={stats!r}", "harakiri": ", harakiri_timeout=30"}
+"""How the mule loop runs calls: its fast path, its counted fast path (counters on), or every call by key
+(a declared harakiri)."""
+
+
+@pytest.mark.parametrize(("mode", "loop"), [("prefork", "fast"), ("lazy-apps", "fast"), ("prefork", "counted"),
+                                            ("prefork", "harakiri")])
+def test_mules_report_results_as_djangos_immediate_backend(tmp_path: Path, servers: list[Server], mode: str,
+                                                           loop: str) -> None:
     # Farm "mail" (mule 1) and farm "alerts" (mule 2); a second backend. Each call's TaskResult as the mule
     # reports it through task_finished: a task that exits fails (the mule goes on), a return value that is
     # not JSON fails with TypeError, enqueued_at is the caller's, .using(queue_name=, backend=) is kept.
@@ -155,7 +162,8 @@ def test_mules_report_results_as_djangos_immediate_backend(tmp_path: Path, serve
     spool = tmp_path / "spool"
     directory, db = site(tmp_path, (farms, 'section.workers.set_mules_params(farms=[section.workers.mule_farm('
                                            '"mail", [1]), section.workers.mule_farm("alerts", [2])], '
-                                           f'spool_dir={str(spool)!r})'))
+                                           f'spool_dir={str(spool)!r}'
+                                           f'{LOOPS[loop].format(stats=str(tmp_path / "stats.sock"))})'))
     # A call kept in the spool by the previous version, which sent _run five arguments.
     kept = _spool.Spool(str(spool))
     kept.create()
