@@ -1,10 +1,11 @@
 """A real redis-server for the tests of farms routed to RQ.
 
 ``RedisServer.start()`` runs the Debian package's ``redis-server`` (``make test`` installs it
-when missing) on a free loopback port, without persistence (``--save '' --appendonly no``), in
+when missing) on a free loopback port, without persistence (``--save '' --appendonly no``; a
+durable one writes every change to its append-only file before it answers), in
 a fresh directory, and waits (bounded) until it answers PING; ``stop()`` stops it by pid:
 SIGTERM, then after a bound SIGKILL and a failure. A stopped server can be started again on
-the same port (``start()``), empty.
+the same port (``start()``), empty (a durable one with what it had written).
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ class RedisServer:
 
     :param directory: An empty directory for its working files and log.
     :param password: Clients must authenticate with this password (``requirepass``).
+    :param durable: Whether every write is on disk before Redis answers it (``appendonly yes``,
+        ``appendfsync always``), so that what it accepted survives a SIGKILL (see :meth:`kill`).
     """
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(self, directory: Path, password: str | None = None, durable: bool = False) -> None:
         self.directory = directory
         self.password = password
+        self.durable = durable
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,7 +59,8 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no")),
                  "--dir", str(self.directory), "--daemonize", "no",
                  *(("--requirepass", self.password) if self.password else ())],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -73,6 +78,13 @@ class RedisServer:
                 time.sleep(0.02)
         client.close()
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would stop it; ``start()`` starts it again."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

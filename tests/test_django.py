@@ -59,6 +59,20 @@ def boom():
 @task(queue_name="mail", takes_context=True)
 def with_context(context, n):
     note(n=n, result_id=context.task_result.id)
+
+
+@task(queue_name="mail")
+def bye(how):
+    if how == "sys.exit":
+        import sys
+
+        sys.exit(3)
+    exit(4)
+
+
+@task(queue_name="mail")
+def gives(kind):
+    return (lambda: None) if kind == "lambda" else (1, {"a": b"x"})
 '''
 
 SETUP = '''
@@ -69,7 +83,7 @@ from django.conf import settings
 settings.configure(
     INSTALLED_APPS=["uwsgiconf_mules.django"],
     DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}},
-    TASKS={"default": {"BACKEND": "uwsgiconf_mules.django.MulesBackend", "QUEUES": @QUEUES@}},
+    TASKS={"default": {"BACKEND": "uwsgiconf_mules.django.MulesBackend", "QUEUES": @QUEUES@}, @MORE_BACKENDS@},
     USE_TZ=True,
 )
 django.setup()
@@ -79,11 +93,12 @@ logging.basicConfig(level=logging.INFO, format="LOG %(name)s %(levelname)s %(mes
 
 
 def run_django(tmp_path: Path, code: str, queues: tuple[str, ...] = ("mail",), record: str | None = None,
-               ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+               more_backends: str = "") -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     """Run ``code`` in a new Python with Django configured (queues of the backend, declarations
-    record or none); returns the process and the lines the jobs wrote."""
+    record or none, more entries of ``TASKS``); returns the process and the lines the jobs wrote."""
     (tmp_path / "jobs.py").write_text(JOBS)
-    (tmp_path / "script.py").write_text(SETUP.replace("@QUEUES@", repr(list(queues))) + textwrap.dedent(code))
+    (tmp_path / "script.py").write_text(SETUP.replace("@QUEUES@", repr(list(queues))).replace(
+        "@MORE_BACKENDS@", more_backends) + textwrap.dedent(code))
     out = tmp_path / "out.jsonl"
     env = {key: value for key, value in os.environ.items() if key not in (RECORD_ENV, "DJANGO_SETTINGS_MODULE")}
     env.update(JOBS_OUT=str(out), PYTHONPATH=str(tmp_path))
@@ -256,6 +271,63 @@ def test_a_refused_call_sends_no_task_enqueued_and_the_error_names_the_task(tmp_
         "seen ['enqueued']",
     ]
     assert lines == []
+
+
+RESULTS = """
+    import json, sys, time
+    from django.tasks import signals
+    from django.tasks.base import TaskResultStatus
+    import jobs
+
+    finished = {}
+
+
+    def on_finished(sender, task_result, **kwargs):
+        successful = task_result.status == TaskResultStatus.SUCCESSFUL
+        finished[task_result.id] = {
+            "status": task_result.status, "errors": [error.exception_class_path for error in task_result.errors],
+            "return": task_result.return_value if successful else None, "enqueued_at": task_result.enqueued_at,
+            "queue": task_result.task.queue_name, "backend": task_result.task.backend == task_result.backend}
+
+
+    signals.task_finished.connect(on_finished, weak=False)
+    signals.task_enqueued.connect(lambda **kwargs: time.sleep(0.01), weak=False)  # enqueued, then started later
+    calls = {"sys.exit": (jobs.bye, "sys.exit"), "exit": (jobs.bye, "exit"), "lambda": (jobs.gives, "lambda"),
+             "tuple": (jobs.gives, "tuple"), "queue": (jobs.gives.using(queue_name="emails"), "tuple")}
+    report = {}
+    for name, (task, argument) in calls.items():
+        for backend in ("default", "immediate"):
+            result = task.using(backend=backend).enqueue(argument)
+            seen = finished[result.id]
+            seen["enqueued_at"] = seen["enqueued_at"] == result.enqueued_at  # the caller's
+            report.setdefault(name, {})[backend] = seen
+    print(json.dumps(report))
+"""
+
+
+def test_results_match_djangos_immediate_backend(tmp_path: Path) -> None:
+    # What the mule reports through task_finished, next to what Django's immediate backend reports for
+    # the same calls: SystemExit fails the task (the process goes on), a return value that is not JSON
+    # fails it with TypeError, enqueued_at is the caller's, .using() overrides are kept.
+    api = "django.tasks" if _django6() else "django_tasks"
+    proc, _ = run_django(tmp_path, RESULTS.replace("django.tasks", api), queues=("mail", "emails"),
+                         more_backends=f'"immediate": {{"BACKEND": "{api}.backends.immediate.ImmediateBackend", '
+                                       '"QUEUES": ["mail", "emails"]}')
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    expected = {
+        "sys.exit": ("FAILED", ["builtins.SystemExit"], None, "mail"),
+        "exit": ("FAILED", ["builtins.SystemExit"], None, "mail"),
+        "lambda": ("FAILED", ["builtins.TypeError"], None, "mail"),
+        "tuple": ("SUCCESSFUL", [], [1, {"a": "x"}], "mail"),
+        "queue": ("SUCCESSFUL", [], [1, {"a": "x"}], "emails"),
+    }
+    for name, (status, errors, value, queue) in expected.items():
+        for backend in ("default", "immediate"):
+            assert report[name][backend] == {"status": status, "errors": errors, "return": value,
+                                             "enqueued_at": True, "queue": queue, "backend": True}, (name, backend)
+    assert proc.stderr.count("uwsgiconf-mules: task jobs.bye failed") == 2
+    assert "uwsgiconf-mules: task jobs.gives failed" in proc.stderr
 
 
 CHECK = """

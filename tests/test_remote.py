@@ -335,3 +335,20 @@ def test_the_worker_runs_the_mule_init_hook_once_before_the_first_task(declared:
     work(empty_redis)
     assert [call[0] for call in remote_tasks.CALLS] == ["init_hook", "report", "report"]
     forget_clients()
+
+
+def test_a_job_hash_rq_cannot_read_fails_that_job_only(routed: RedisServer) -> None:
+    forged = queue(routed)
+    client = routed.client()
+    assert remote_tasks.report(1)
+    bad = forged.enqueue_call(_remote.RUN, args=(KEY, "bad"), description="kept", result_ttl=77)
+    client.hset(bad.key, mapping={"timeout": "abc", "status": "bogus"})
+    assert remote_tasks.report(3)
+    work(routed)
+    assert [call[1][0] for call in remote_tasks.CALLS] == [1, 3]  # the worker went on; the bad job did not run
+    job = remote.Job.fetch(bad.id, connection=client, serializer=_remote.SERIALIZER_PATHS["json"])
+    assert job.is_failed
+    assert (job.description, job.result_ttl, job.origin) == ("kept", 77, "reports")  # the fields RQ could read
+    exc = job.latest_result().exc_string or ""  # type: ignore[union-attr]
+    assert ("UnknownTaskError: job refused: RQ cannot read its field(s) 'status' (ValueError: 'bogus' is not a "
+            "valid JobStatus), 'timeout' (AssertionError); nothing ran") in exc, exc

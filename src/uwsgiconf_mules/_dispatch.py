@@ -359,7 +359,9 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
                         returned(entry[4], result)
-                except Exception:
+                except KeyboardInterrupt:  # see _tasks.run
+                    raise
+                except BaseException:
                     _failed(size, entry, began)
                 continue
         elif counted:
@@ -384,7 +386,9 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:
                         returned(entry[4], result)
-                except Exception:
+                except KeyboardInterrupt:  # see _tasks.run
+                    raise
+                except BaseException:
                     cell[1] += 1
                     _failed(size, entry, now)
                 continue

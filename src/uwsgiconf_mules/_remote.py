@@ -219,7 +219,9 @@ def _check_worker_class(path: str) -> None:
 def worker_command(backends: Sequence[Backend], burst: bool = False, worker_class: str | None = None,
                    ) -> tuple[list[str], dict[str, str]]:
     """The command that starts one RQ worker for the queues of ``backends``, and the environment
-    variables it needs (the Redis URL goes there, not on the command line).
+    variables it needs (the Redis URL goes there, not on the command line). It runs ``rq worker``
+    through :mod:`uwsgiconf_mules._rq_worker`, so that a worker that quits on an error exits with
+    a non-zero status.
 
     :param backends: Farms routed to RQ, all on one Redis server with one serializer.
     :param burst: Whether the worker exits once the queues are empty.
@@ -240,8 +242,8 @@ def worker_command(backends: Sequence[Backend], burst: bool = False, worker_clas
         raise MulesConfigurationError(
             f"the farms routed to RQ use several Redis servers or serializers ({listed}); a worker reads one "
             "server with one serializer: start one worker per server with --farm")
-    command = [sys.executable, "-m", "rq.cli", "worker", "--serializer", SERIALIZER_PATHS[serializers.pop()],
-               "--job-class", JOB_CLASS]
+    command = [sys.executable, "-m", "uwsgiconf_mules._rq_worker", "worker", "--serializer",
+               SERIALIZER_PATHS[serializers.pop()], "--job-class", JOB_CLASS]
     if burst:
         command.append("--burst")
     if worker_class:

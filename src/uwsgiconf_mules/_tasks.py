@@ -258,7 +258,10 @@ def refuse(message: bytes, reason: str) -> None:
 def run(message: bytes, harakiri: int = 0) -> None:
     """Run the call in an authenticated envelope (one that starts with ``_protocol.PREFIX``);
     refuse it, with a log line, when it cannot run. Never raises under uWSGI (outside, a warnings
-    filter may turn the :func:`returned` warning into an exception).
+    filter may turn the :func:`returned` warning into an exception), except ``KeyboardInterrupt``:
+    a call that raises anything else, ``SystemExit`` included, is a failed call (see :func:`failed`)
+    and the mule goes on. uWSGI's stop signals never raise in a dispatch mule (its handlers only
+    set a flag), so ``KeyboardInterrupt`` comes only from code that means to stop the process.
 
     :param message: The envelope.
     :param harakiri: Seconds the call may run before uWSGI kills the mule; 0 for no limit.
@@ -285,7 +288,9 @@ def run(message: bytes, harakiri: int = 0) -> None:
         if harakiri:
             uwsgi.set_user_harakiri(harakiri)
         result = func(*args, **kwargs)
-    except Exception:
+    except KeyboardInterrupt:  # the one exception that stops the mule, as it stops Django's immediate backend
+        raise
+    except BaseException:  # SystemExit (sys.exit(), exit()), asyncio.CancelledError: the call failed, the mule goes on
         if cell is not None:
             cell[1] += 1
         failed(key, args, kwargs, began)

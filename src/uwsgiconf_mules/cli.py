@@ -229,7 +229,8 @@ def worker(burst: bool, farms: tuple[str, ...], worker_class: str | None, sectio
     `rq worker` with the Redis URL, the queues and the serializer the declaration names, and the
     declarations record and the variables the config sets (`env`, as uWSGI sets them: they win over
     this shell's) in its environment. Credentials are read from the environment variables the URL
-    names; the URL reaches the worker in its environment, not on its command line.
+    names; the URL reaches the worker in its environment, not on its command line. Exits with
+    status 1 when the worker quits on an error (RQ's own `rq worker` exits with 0 then).
     """
     from importlib import import_module
 

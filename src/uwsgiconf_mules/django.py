@@ -14,6 +14,12 @@ and closes the database connections Django would close at the end of a request (
 unusable or older than ``CONN_MAX_AGE``; with the default 0, all of them), before and after each
 task. Outside uWSGI (``manage.py runserver``, tests) a task runs at once, in the caller.
 
+The ``TaskResult`` the signals carry says what Django's immediate backend would say: a task that
+raises anything but ``KeyboardInterrupt`` (``SystemExit`` included) or returns what JSON does not
+carry (``normalize_json`` raises ``TypeError``) is ``FAILED``; ``enqueued_at`` is the caller's;
+``task`` has the backend and queue of ``.using(...)``. The call carries both (the queue name and
+``enqueued_at`` as ISO 8601, after the five arguments of version 0.1, whose calls still run).
+
 What it does not support, declared through the backend's flags: deferring (``run_after``,
 ``supports_defer = False``), results (``supports_get_result = False``: the ``TaskResult`` returned by
 ``enqueue`` stays ``READY``; the mule's outcome goes to the signals and the log, not back to the
@@ -82,33 +88,73 @@ def _set(result: Any, **values: Any) -> None:
         object.__setattr__(result, name, value)
 
 
-def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-    """Run the Django task at ``path`` in this mule (the function dispatch mules are sent).
+def _normalize_json() -> Callable[[Any], Any]:
+    """Django's ``normalize_json``, which its immediate backend applies to a task's return value."""
+    for name in ("django.utils.json", f"{_api.__name__}.utils"):
+        try:
+            found: Callable[[Any], Any] = importlib.import_module(name).normalize_json
+        except (ImportError, AttributeError):
+            continue
+        return found
+    raise ImportError("neither django.utils.json nor the django-tasks backport has normalize_json")
+
+
+_normalized = _normalize_json()
+
+
+def _task_of(path: str, alias: str | None = None, queue_name: str | None = None) -> Any:
+    """The task at ``path``, with the backend and queue of the call (``.using(...)``) when they
+    differ from those the task was declared with.
+
+    :param path: The task's ``module_path``.
+    :param alias: The alias of the backend that queued the call, or None.
+    :param queue_name: The queue the call was queued on, or None.
+    :raises Exception: whatever importing the task, or ``Task.using``, raises.
+    """
+    from django.utils.module_loading import import_string
+
+    task = import_string(path)
+    if not isinstance(task, _base.Task):
+        return task
+    changes = {name: value for name, value in (("backend", alias), ("queue_name", queue_name))
+               if isinstance(value, str) and value != getattr(task, name)}
+    return task.using(**changes) if changes else task
+
+
+def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[str, Any],  # noqa: PLR0917
+         queue_name: str | None = None, enqueued_at: str | None = None) -> None:
+    """Run the Django task at ``path`` in this mule (the function dispatch mules are sent), as
+    Django's immediate backend runs a task: anything it raises but ``KeyboardInterrupt`` (``SystemExit``
+    included) and a return value that is not JSON (``normalize_json``) make the result ``FAILED``.
 
     :param path: The task's ``module_path``.
     :param result_id: The id of the ``TaskResult`` that ``enqueue`` returned.
     :param alias: The backend's alias.
     :param args: Positional arguments.
     :param kwargs: Keyword arguments.
+    :param queue_name: The task's queue at ``enqueue`` (``.using(queue_name=...)``); None in calls
+        queued by version 0.1, which did not send it.
+    :param enqueued_at: When ``enqueue`` queued the call (ISO 8601, the ``TaskResult``'s
+        ``enqueued_at``); None in calls queued by version 0.1 (the mule's start time then).
     """
     import traceback
 
     from django.db import close_old_connections
-    from django.utils.module_loading import import_string
 
     try:
-        task = import_string(path)
+        task = _task_of(path, alias, queue_name)
     except Exception as exc:  # the task's module: reported as such, and kept as a dead letter to replay
         reason = f"cannot import the Django task {path} ({type(exc).__name__}: {exc}){_tasks.import_hint(exc)}"
         _tasks.log().error("uwsgiconf-mules: mule %d %s", _tasks.current_mule(), reason, exc_info=True)
-        _tasks.refuse(_encode((path, result_id, alias, args, kwargs), {}), reason)
+        extra = () if queue_name is None and enqueued_at is None else (queue_name, enqueued_at)
+        _tasks.refuse(_encode((path, result_id, alias, args, kwargs, *extra), {}), reason)
         return
     announce = _announcements.pop(result_id, None)
     if announce is not None:  # run within enqueue (outside uWSGI): accepted, and announced before it starts
         announce()
     started = _now()
     result = _new_result(task, result_id, alias, args, kwargs, status=_base.TaskResultStatus.RUNNING,
-                         enqueued_at=started, started_at=started, last_attempted_at=started,
+                         enqueued_at=_enqueued(enqueued_at, started), started_at=started, last_attempted_at=started,
                          worker_ids=[f"mule{_tasks.current_mule()}"])
     backend = type(task.get_backend())
     running = logs.RUNNING.set(path)  # for the thread asgiref runs an async task in
@@ -119,7 +165,10 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
             value = task.call(_base.TaskContext(task_result=result), *args, **kwargs)
         else:
             value = task.call(*args, **kwargs)
-    except Exception as exc:
+        value = _normalized(value)  # TypeError for what JSON does not carry, as in Django's immediate backend
+    except KeyboardInterrupt:  # stops the process, as it stops Django's immediate backend
+        raise
+    except BaseException as exc:  # SystemExit (sys.exit(), exit()) too: a failed task, the mule goes on
         kind = type(exc)
         result.errors.append(_base.TaskError(exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
                                              traceback="".join(traceback.format_exception(exc))))
@@ -136,6 +185,18 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
     finally:
         close_old_connections()
         logs.RUNNING.reset(running)
+
+
+def _enqueued(text: str | None, default: Any) -> Any:
+    """``enqueued_at`` of a call from its ISO 8601 text, ``default`` when it has none (or a bad one)."""
+    if isinstance(text, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            pass
+    return default
 
 
 _announcements: dict[str, Callable[[], object]] = {}
@@ -210,7 +271,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
                                                       task_result=result)
         try:
             self._sender(task.queue_name)(task.module_path, result.id, self.alias, list(result.args),
-                                          dict(result.kwargs))
+                                          dict(result.kwargs), task.queue_name, result.enqueued_at.isoformat())
         except MulesError as exc:  # named after the task, not after the function that runs it
             exc.args = tuple(arg.replace(_KEY, task.module_path) if isinstance(arg, str) else arg
                              for arg in exc.args)

@@ -16,8 +16,9 @@ routed to an offload backend; any other path is refused.
 ``uwsgiconf_mules.remote.Job`` is the job class ``uwsgiconf-mules worker`` gives RQ: a job that
 names any function other than :func:`run`, or whose hash carries a field our senders never set
 and that would make the worker call or reach something (callbacks, webhooks, dependencies,
-retries, repeats, rate limits: :data:`REFUSED_FIELDS`), fails without running anything, its
-callbacks and webhooks included. So whoever can write to Redis cannot make the worker call an
+retries, repeats, rate limits: :data:`REFUSED_FIELDS`), or with a field RQ cannot read
+(``timeout=abc``: RQ's own reading raised outside any job and stopped the worker), fails without
+running anything, its callbacks and webhooks included. So whoever can write to Redis cannot make the worker call an
 arbitrary function or send a request (with the ``json`` serializer; a pickled job runs code as
 it is unpickled, which is why pickle is a declared choice).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as _RQJob
 
 from . import _startup, _tasks
@@ -114,10 +116,17 @@ def _check_django_task(args: tuple[Any, ...]) -> None:
 
     backend_module: Any = sys.modules["uwsgiconf_mules.django"]
     try:
-        task = import_string(path)
+        import_string(path)
     except Exception as exc:
         raise UnknownTaskError(f"job refused: cannot import the Django task {path} ({type(exc).__name__}: {exc})"
                                f"{_tasks.import_hint(exc)}", key=path) from None
+    alias, queue_name = (args[2] if len(args) > 2 else None), (args[5] if len(args) > 5 else None)
+    try:  # the task as the call was queued: with the backend and queue of .using(...)
+        task = backend_module._task_of(path, alias if isinstance(alias, str) else None,
+                                       queue_name if isinstance(queue_name, str) else None)
+    except Exception as exc:
+        raise UnknownTaskError(f"job refused: Django task {path}: backend {alias!r} and queue {queue_name!r} do not "
+                               f"apply to it ({type(exc).__name__}: {exc})", key=path) from None
     problem = None
     if not isinstance(task, backend_module._base.Task):
         problem = f"{path} is not a Django task (a {type(task).__name__})"
@@ -137,25 +146,50 @@ def _check_django_task(args: tuple[Any, ...]) -> None:
 
 
 class Job(_RQJob):
-    """RQ's job, refusing any job that names another function than :func:`run` or carries one of
-    :data:`REFUSED_FIELDS`; it never runs callbacks."""
+    """RQ's job, refusing any job that names another function than :func:`run`, carries one of
+    :data:`REFUSED_FIELDS` or has a field RQ cannot read; it never runs callbacks."""
 
     _refused: tuple[str, ...] = ()
+    _unreadable: tuple[str, ...] = ()  # "field (what RQ raised)" of each field RQ could not read
+
+    def refresh(self) -> None:
+        """Read the job's hash from Redis (see :meth:`restore`); a job key that holds another kind
+        of value than a hash is no job: :class:`NoSuchJobError` after a log line, which RQ skips."""
+        from redis.exceptions import ResponseError
+
+        try:
+            super().refresh()  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            _tasks.log().warning("uwsgiconf-mules: RQ job %s: its key %s holds no hash, so it is no job; RQ skips it",
+                                 self.id, self.key)
+            raise NoSuchJobError(f"{self.key} holds no hash") from None
 
     def restore(self, raw_data: Any) -> Any:
         """Read the job from its Redis hash; note the :data:`REFUSED_FIELDS` it carries (not empty),
-        and drop them, so that nothing of them runs when the worker fails the job. The first job this
-        process reads runs the start-up steps (see the module docstring).
+        and drop them, so that nothing of them runs when the worker fails the job. A field that RQ
+        cannot read (``timeout=abc``, a date that is no date, ...) is left out and noted, and the job
+        fails without running (see :meth:`_restore_readable`): one bad hash never stops the worker. The
+        first job this process reads runs the start-up steps (see the module docstring).
 
         :param raw_data: The hash, as Redis returns it.
+        :raises NoSuchJobError: as RQ does, when the hash has no ``data`` field (RQ skips it).
         """
-        result = super().restore(raw_data)
+        try:
+            result = super().restore(raw_data)
+        except NoSuchJobError:
+            _tasks.log().warning("uwsgiconf-mules: RQ job %s: its hash has no data field, so it is no job; RQ "
+                                 "skips it", self.id)
+            raise
+        except Exception:
+            result = self._restore_readable(raw_data)
         fields = {(name.decode(errors="replace") if isinstance(name, bytes) else str(name)): value
                   for name, value in raw_data.items()}
         carried = tuple(name for name in REFUSED_FIELDS if fields.get(name) not in (None, b"", ""))
         if carried:
             self._refused = tuple(dict.fromkeys((*self._refused, *carried)))  # kept across a refresh
-        if self._refused:
+        if self._refused or self._unreadable:
             self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
             self.webhooks = []  # dependencies are kept: RQ's bookkeeping of the jobs waiting on this one needs them
             self.retries_left = self.retry_intervals = self.number_of_retries = None
@@ -166,10 +200,36 @@ class Job(_RQJob):
             _start()  # in the worker's main process as it takes the job: the processes it forks inherit it
         return result
 
+    def _restore_readable(self, raw_data: Any) -> Any:
+        """Restore the job from the fields of its hash that RQ can read, one at a time from ``data``
+        on, and note in :attr:`_unreadable` each field that makes RQ's ``restore`` raise (the job is
+        then refused). Runs only for a hash RQ could not read as a whole.
+
+        :param raw_data: The hash, as Redis returns it (``data`` among its fields).
+        """
+        readable = {name: value for name, value in raw_data.items() if name in (b"data", "data")}
+        unreadable = list(self._unreadable)
+        for name, value in raw_data.items():
+            if name in readable:
+                continue
+            try:
+                super().restore({**readable, name: value})
+            except Exception as exc:
+                shown = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+                unreadable.append(f"{shown[:80]!r} ({type(exc).__name__}{': ' if str(exc) else ''}{str(exc)[:200]})")
+            else:
+                readable[name] = value
+        self._unreadable = tuple(sorted(set(unreadable)))  # kept across a refresh; sorted: Redis keeps no order
+        return super().restore(readable)
+
     @property
     def func(self) -> Any:
-        """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, or for
-        a job that carries one of :data:`REFUSED_FIELDS`."""
+        """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, for a
+        job that carries one of :data:`REFUSED_FIELDS`, or for one whose hash RQ cannot read."""
+        if self._unreadable:
+            raise UnknownTaskError(f"job refused: RQ cannot read its field(s) {', '.join(self._unreadable)}; nothing "
+                                   "ran (the senders of uwsgiconf-mules write every field readable: something else "
+                                   "wrote this hash)", key=str(self.id))
         if self._refused:
             raise UnknownTaskError(f"job refused: it carries {', '.join(self._refused)}, which jobs of farms routed "
                                    "by uwsgiconf-mules never set; nothing ran", key=str(self.func_name))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from django_site import MODES, rows, start
-from harness import Server, stop_all
+from django_site import MODES, rows, site, start
+from harness import Server, compile_config, launch, stop_all
+from uwsgiconf_mules import _protocol, _spool
 
 
 @pytest.fixture
@@ -62,3 +63,150 @@ def test_lazy_apps_without_the_settings_in_the_config_says_why(tmp_path: Path, s
                             cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert "dead letters: 2" in listed.stdout, listed.stdout + listed.stderr
     assert "1 x uwsgiconf_mules.django:_run (cannot import the Django task shop.tasks.welcome_task" in listed.stdout
+
+
+PROBE = '''
+"""Tasks of a test, and a task_finished receiver that writes what each mule's TaskResult says."""
+
+import json
+import os
+import sys
+
+from uwsgiconf_mules.runtime import Farm, Mule
+
+try:
+    from django.tasks import signals, task
+except ImportError:
+    from django_tasks import signals, task
+
+
+def note(**data):
+    data.update(mule=Mule.get_current_id(), pid=os.getpid())
+    with open(os.path.join(os.environ["TEST_RESULTS"], "probe"), "a") as out:
+        out.write(json.dumps(data) + "\\n")
+
+
+def finished(sender, task_result, **kwargs):
+    note(id=task_result.id, status=str(task_result.status), errors=[e.exception_class_path for e in task_result.errors],
+         enqueued_at=task_result.enqueued_at.isoformat(), queue=task_result.task.queue_name,
+         backend=task_result.task.backend, result_backend=task_result.backend,
+         value=task_result.return_value if str(task_result.status) == "SUCCESSFUL" else None)
+
+
+signals.task_finished.connect(finished, weak=False)
+
+
+@task(queue_name="mail")
+def bye(how):
+    if how == "sys.exit":
+        sys.exit(3)
+    exit(4)
+
+
+@task(queue_name="mail")
+def gives(kind):
+    return (lambda: None) if kind == "lambda" else (1, {"a": b"x"})
+
+
+@Farm("mail").offload()
+def plain_exit(n, code=0):
+    note(plain=n)
+    sys.exit(code)
+'''
+
+PROBE_WSGI = '''
+"""The example's Django app, and /probe?do=...: queues a task of probe.py, answers with its TaskResult."""
+
+import json
+from urllib.parse import parse_qsl
+
+from mysite.wsgi import application as django_application
+
+import probe
+
+CALLS = {
+    "sys.exit": lambda: probe.bye.enqueue("sys.exit"),
+    "exit": lambda: probe.bye.enqueue("exit"),
+    "lambda": lambda: probe.gives.enqueue("lambda"),
+    "tuple": lambda: probe.gives.enqueue("tuple"),
+    "using": lambda: probe.gives.using(queue_name="alerts", backend="second").enqueue("tuple"),
+    "plain": lambda: probe.plain_exit(1),  # positional: the mule loop's fast path
+    "plain kwargs": lambda: probe.plain_exit(2, code=5),  # keywords: the path that reads the key
+}
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] != "/probe":
+        return django_application(environ, start_response)
+    result = CALLS[dict(parse_qsl(environ["QUERY_STRING"]))["do"]]()
+    body = {"queued": result} if result is True else {"id": result.id, "enqueued_at": result.enqueued_at.isoformat()}
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(body).encode()]
+'''
+
+
+LOOPS = {"fast": "", "counted": ", stats={stats!r}", "harakiri": ", harakiri_timeout=30"}
+"""How the mule loop runs calls: its fast path, its counted fast path (counters on), or every call by key
+(a declared harakiri)."""
+
+
+@pytest.mark.parametrize(("mode", "loop"), [("prefork", "fast"), ("lazy-apps", "fast"), ("prefork", "counted"),
+                                            ("prefork", "harakiri")])
+def test_mules_report_results_as_djangos_immediate_backend(tmp_path: Path, servers: list[Server], mode: str,
+                                                           loop: str) -> None:
+    # Farm "mail" (mule 1) and farm "alerts" (mule 2); a second backend. Each call's TaskResult as the mule
+    # reports it through task_finished: a task that exits fails (the mule goes on), a return value that is
+    # not JSON fails with TypeError, enqueued_at is the caller's, .using(queue_name=, backend=) is kept.
+    # Plain offloaded functions that exit are failed calls too, on both paths of the mule loop.
+    farms = 'section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2))'
+    spool = tmp_path / "spool"
+    directory, db = site(tmp_path, (farms, 'section.workers.set_mules_params(farms=[section.workers.mule_farm('
+                                           '"mail", [1]), section.workers.mule_farm("alerts", [2])], '
+                                           f'spool_dir={str(spool)!r}'
+                                           f'{LOOPS[loop].format(stats=str(tmp_path / "stats.sock"))})'))
+    # A call kept in the spool by the previous version, which sent _run five arguments.
+    kept = _spool.Spool(str(spool))
+    kept.create()
+    old = _protocol.encoder("uwsgiconf_mules.django:_run")(("probe.gives", "kept-by-0.1", "default", ["tuple"], {}),
+                                                           {})
+    kept.write("queue", _protocol.stored(old), "farm:mail")
+    (directory / "probe.py").write_text(PROBE)
+    (directory / "probe_wsgi.py").write_text(PROBE_WSGI)
+    with open(directory / "mysite" / "settings.py", "a") as settings:
+        settings.write('\nTASKS["default"]["QUEUES"] = ["mail", "alerts"]\nTASKS["second"] = TASKS["default"]\n')
+    config, compiled = compile_config(directory, "ini", out_dir=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    server = launch(config, directory, expect_mules=2, env={"EXAMPLE_DB": str(db)}, run_dir=tmp_path,
+                    app=("--module", "probe_wsgi:application"), extra_args=MODES[mode])
+    servers.append(server)
+    mules = server.mule_pids()
+    queued = {}
+    for do in ("sys.exit", "exit", "lambda", "tuple", "using", "plain", "plain kwargs"):
+        status, body = server.get(f"/probe?do={do.replace(' ', '+')}")
+        assert status == 200, body
+        queued[do] = body
+    lines = server.wait_lines("probe", 8)
+    by_id = {line["id"]: line for line in lines if "id" in line}
+    expected = {
+        "sys.exit": ("FAILED", ["builtins.SystemExit"], None, "mail", "default", 1),
+        "exit": ("FAILED", ["builtins.SystemExit"], None, "mail", "default", 1),
+        "lambda": ("FAILED", ["builtins.TypeError"], None, "mail", "default", 1),
+        "tuple": ("SUCCESSFUL", [], [1, {"a": "x"}], "mail", "default", 1),
+        "using": ("SUCCESSFUL", [], [1, {"a": "x"}], "alerts", "second", 2),
+    }
+    kept_by_previous = by_id["kept-by-0.1"]
+    assert (kept_by_previous["status"], kept_by_previous["value"], kept_by_previous["queue"],
+            kept_by_previous["mule"]) == ("SUCCESSFUL", [1, {"a": "x"}], "mail", 1)
+    for do, (status, errors, value, queue, backend, mule) in expected.items():
+        seen = by_id[queued[do]["id"]]
+        assert (seen["status"], seen["errors"], seen["value"], seen["queue"], seen["backend"], seen["result_backend"],
+                seen["mule"], seen["enqueued_at"]) == (status, errors, value, queue, backend, backend, mule,
+                                                       queued[do]["enqueued_at"]), do
+    assert sorted(line["plain"] for line in lines if "plain" in line) == [1, 2]
+    assert queued["plain"] == queued["plain kwargs"] == {"queued": True}
+    failed = "uwsgiconf-mules: task probe:plain_exit failed in mule 1"  # logged once the call has ended
+    log = server.wait_for(lambda: server.log().count(failed) >= 2 and server.log(), what="two failures logged")
+    assert log.count(failed) == 2
+    assert "SystemExit: 5" in log
+    assert server.mule_pids() == mules  # no mule exited: none was respawned
+    assert {line["pid"] for line in lines} <= set(mules.values())

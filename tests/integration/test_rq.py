@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import rq
 
 from harness import BIN, Server
 from redis_server import RedisServer
+from uwsgiconf_mules import remote
 
 CONFIG = """
 from uwsgiconf_mules import Section
@@ -200,6 +202,30 @@ def test_forged_jobs_run_no_callback_and_reach_no_webhook(tmp_path: Path, empty_
     assert proc.stderr.count("UnknownTaskError: job refused") >= 3
 
 
+LETTERS = """
+try:
+    from django.tasks import task
+except ImportError:
+    from django_tasks import task
+
+from .models import Welcome
+
+
+@task(queue_name="letters")
+def welcome_letter(email):
+    Welcome.objects.create(email=email, via="using", mule=0)
+"""
+
+ENQUEUE_LETTER = """
+import django
+
+django.setup()
+from shop.letters import welcome_letter
+
+print(welcome_letter.using(queue_name="mail").enqueue("letter@example.com").status)
+"""
+
+
 def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path: Path, empty_redis: RedisServer,
                                                                          ) -> None:
     # The example with farm "mail" routed to RQ: its settings module reaches the worker only through the
@@ -221,18 +247,244 @@ def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path
     # A job of the Django backend that names something else than a Django task routed to RQ.
     forged.enqueue_call("uwsgiconf_mules.remote.run",
                         args=("uwsgiconf_mules.django:_run", "shop.models.Welcome", "x", "default", [], {}))
-    assert len(forged) == 4
+    # Jobs of a real task that claim a queue or a backend the task cannot be used with (.using()).
+    refused = {}
+    for claim in (("default", "elsewhere"), ("nope", "mail")):
+        job = forged.enqueue_call("uwsgiconf_mules.remote.run", args=(
+            "uwsgiconf_mules.django:_run", "shop.tasks.welcome_task", "y", claim[0], ["forged@example.com"], {},
+            claim[1], None))
+        refused[job.id] = claim
     env = env_of(db)
+    # A task declared on a queue that is not routed, queued on the routed one with .using(queue_name=...),
+    # from a script with the declarations record (as a worker host): the worker runs it.
+    site = tmp_path / "site"
+    (site / "shop" / "letters.py").write_text(LETTERS)
+    with open(site / "mysite" / "settings.py", "a") as settings:
+        settings.write('\nTASKS["default"]["QUEUES"] = ["mail", "letters"]\n')
+    record = subprocess.run([str(BIN / "uwsgiconf-mules"), "record", str(tmp_path / "app.ini")], capture_output=True,
+                            text=True, timeout=60, check=True).stdout.strip()
+    sent = subprocess.run([sys.executable, "-c", ENQUEUE_LETTER], cwd=site, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, check=False,
+                          env=dict(env, UWSGICONF_MULES=record, DJANGO_SETTINGS_MODULE="mysite.settings"))
+    assert sent.stdout.strip() == "READY", sent.stderr[-3000:]
+    assert len(forged) == 7
     assert "DJANGO_SETTINGS_MODULE" not in env
     proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", str(tmp_path / "app.ini")],
                           cwd=tmp_path / "site", env=env, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [(email, via) for email, via, _ in rows(db)] == [
-        ("async@example.com", "async"), ("decorator@example.com", "decorator"), ("task@example.com", "task")]
+        ("async@example.com", "async"), ("decorator@example.com", "decorator"),
+        ("letter@example.com", "using"), ("task@example.com", "task")]
     failed = rq.registry.FailedJobRegistry("mail", connection=empty_redis.client())
-    assert len(failed) == 1
-    job = forged.fetch_job(failed.get_job_ids()[0])
-    assert job is not None
-    assert "job refused: Django task shop.models.Welcome: shop.models.Welcome is not a Django task" in (
-        job.latest_result().exc_string or "")  # type: ignore[union-attr]
+    assert len(failed) == 3
+    for job_id in failed.get_job_ids():
+        job = forged.fetch_job(job_id)
+        assert job is not None
+        exc = job.latest_result().exc_string or ""  # type: ignore[union-attr]
+        if job_id in refused:
+            backend, queue = refused[job_id]
+            assert (f"job refused: Django task shop.tasks.welcome_task: backend {backend!r} and queue {queue!r} do "
+                    "not apply to it") in exc, exc
+        else:
+            assert "job refused: Django task shop.models.Welcome: shop.models.Welcome is not a Django task" in exc
+
+
+def burst(directory: Path, *worker_args: str) -> subprocess.CompletedProcess[str]:
+    """``uwsgiconf-mules worker --burst WORKER_ARGS uwsgicfg.py`` in ``directory`` (jobs write to ``ran`` there)."""
+    return subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", *worker_args, "uwsgicfg.py"],
+                          cwd=directory, env=dict(os.environ, TEST_RESULTS=str(directory)), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+
+
+UNREADABLE = {  # field -> what RQ raises reading it (RQ 3)
+    "timeout": (b"abc", "'timeout' (AssertionError)"),
+    "status": (b"bogus", "'status' (ValueError: 'bogus' is not a valid JobStatus)"),
+    "created_at": (b"yesterday", "'created_at' (ValueError: time data 'yesterday' does not match format"),
+    "result_ttl": (b"1x", "'result_ttl' (ValueError: invalid literal for int() with base 10: b'1x')"),
+    "dependency_ids": (b"[", "'dependency_ids' (JSONDecodeError: Expecting value"),
+}
+
+
+@pytest.mark.parametrize("worker_args", [(), ("--worker-class", "rq.worker.SimpleWorker")],
+                         ids=["forking-worker", "simple-worker"])
+def test_a_malformed_job_hash_fails_that_job_and_the_worker_goes_on(tmp_path: Path, empty_redis: RedisServer,
+                                                                    worker_args: tuple[str, ...]) -> None:
+    # Hashes written straight into Redis, each with one field RQ cannot read, between two plain jobs,
+    # and a job id whose key holds a string: RQ's own reading raised outside any job, and the worker
+    # exited with status 0 after the first plain job.
+    (tmp_path / "uwsgicfg.py").write_text(CONFIG.format(port=empty_redis.port, send_timeout=5))
+    (tmp_path / "shop.py").write_text(FORGED_SHOP)
+    client = empty_redis.client()
+    forged = rq.Queue("reports", connection=client, serializer="rq.serializers.JSONSerializer")
+    forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", 1))
+    ids = {}
+    for field, (value, _) in UNREADABLE.items():
+        job = forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", field))
+        client.hset(job.key, field, value)
+        ids[field] = job.id
+    client.rpush(forged.key, "not-a-hash")
+    client.set("rq:job:not-a-hash", "x")
+    forged.enqueue_call("uwsgiconf_mules.remote.run", args=("shop:report", 3))
+    proc = burst(tmp_path, *worker_args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (tmp_path / "ran").read_text() == "report 1\nreport 3\n"  # nothing of the malformed jobs ran
+    failed = rq.registry.FailedJobRegistry("reports", connection=client)
+    assert sorted(failed.get_job_ids()) == sorted(ids.values())
+    for field, job_id in ids.items():
+        job = remote.Job.fetch(job_id, connection=client, serializer="rq.serializers.JSONSerializer")
+        exc = job.latest_result().exc_string or ""  # type: ignore[union-attr]
+        assert f"UnknownTaskError: job refused: RQ cannot read its field(s) {UNREADABLE[field][1]}" in exc, exc
+        assert "nothing ran" in exc
+    assert "RQ job not-a-hash: its key rq:job:not-a-hash holds no hash, so it is no job; RQ skips it" in proc.stderr
+    assert "unhandled exception" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("worker_args", [(), ("--worker-class", "rq.worker.SimpleWorker")],
+                         ids=["forking-worker", "simple-worker"])
+def test_a_worker_that_quits_on_an_error_exits_with_a_non_zero_status(tmp_path: Path, empty_redis: RedisServer,
+                                                                      worker_args: tuple[str, ...]) -> None:
+    # A queue key that holds a string: RQ's loop cannot read it, logs "found an unhandled exception,
+    # quitting..." and returns, and `rq worker` exits with 0: a supervisor would not restart it.
+    (tmp_path / "uwsgicfg.py").write_text(CONFIG.format(port=empty_redis.port, send_timeout=5))
+    (tmp_path / "shop.py").write_text(FORGED_SHOP)
+    client = empty_redis.client()
+    client.set("rq:queue:reports", "x")
+    proc = burst(tmp_path, *worker_args)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "WRONGTYPE" in proc.stderr
+    assert re.search(r"uwsgiconf-mules: the RQ worker quit on an error \(Worker \w+: found an unhandled exception, "
+                     r"quitting\.\.\.\): exit status 1$", proc.stderr, re.M), proc.stderr[-4000:]
+    client.delete("rq:queue:reports")
+    assert burst(tmp_path, *worker_args).returncode == 0  # a normal end is still 0
+
+
+MANY_APP = '''
+@Farm("reports").offload()
+def report(i, origin):
+    record("report", i=i, origin=origin)
+
+
+@route("/many")
+def many(query):
+    told, errors = [], []
+    for i in range(int(query)):
+        try:
+            if report(i, "worker") is True:
+                told.append(i)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return {"told": told, "errors": errors}
+
+
+@route("/token")
+def token(query):
+    from uwsgiconf_mules import _protocol
+
+    return _protocol.TOKEN.hex()
+
+
+@mule_offload(1)
+def breaks(i):
+    raise RuntimeError(f"breaks in mule {i}")
+
+
+@route("/breaks")
+def breaks_in_mule(query):
+    return breaks(int(query))
+
+
+@route("/bad")
+def bad(query):
+    try:
+        return report((1, 2), "tuple")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+'''
+
+
+def test_redis_killed_mid_burst_every_call_told_true_is_queued(uwsgi_server: Callable[..., Server],
+                                                                tmp_path: Path) -> None:
+    # A Redis that writes every change to disk before it answers (appendfsync always), SIGKILLed while a
+    # worker sends 3000 calls: each call the sender was told True for is in Redis once it is back, and
+    # each other call raised DeliveryError.
+    import threading
+
+    redis = RedisServer(tmp_path / "redis", durable=True).start()
+    try:
+        server = uwsgi_server(CONFIG.format(port=redis.port, send_timeout=1), MANY_APP)
+        answer: list[tuple[int, object]] = []
+        sender = threading.Thread(target=lambda: answer.append(server.get("/many?3000", timeout=120)))
+        sender.start()
+        wait_queued(redis, 100)
+        redis.kill()
+        sender.join(150)
+        assert not sender.is_alive()
+        status, body = answer[0]
+        assert status == 200, body
+        assert isinstance(body, dict)
+        told, errors = body["told"], body["errors"]
+        assert 100 <= len(told) < 3000
+        assert len(told) + len(errors) == 3000
+        assert all(error.startswith("DeliveryError: app:report to farm 'reports'") for error in errors), errors[:3]
+        redis.start()  # the same port and directory: its append-only file is read back
+        queue = rq.Queue("reports", connection=redis.client(), serializer="rq.serializers.JSONSerializer")
+        queued = [job.args[1] for job in queue.get_jobs()]
+        # Every call told True is queued; at most the one call Redis took as it was killed was not told.
+        assert set(told) <= set(queued), sorted(set(told) - set(queued))[:10]
+        assert len(queued) == len(set(queued)) and len(set(queued) - set(told)) <= 1
+    finally:
+        redis.stop()
+
+
+def test_no_token_and_no_redis_password_in_any_output(uwsgi_server: Callable[..., Server], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The instance's token and the Redis password appear in no log of uWSGI, in no output of the worker,
+    # in no answer, in nothing kept in Redis and on no command line, also when sends fail.
+    import glob
+
+    password = "pw-" + os.urandom(8).hex()
+    redis = RedisServer(tmp_path / "redis", password=password).start()
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", password)
+    try:
+        config = CONFIG.format(port=redis.port, send_timeout=1).replace(
+            "?queue=reports", "?queue=reports&password_env=TEST_REDIS_PASSWORD")
+        server = uwsgi_server(config, MANY_APP.replace('record("report"', 'assert i != 1, "fails in the worker"\n'
+                                                                           '    record("report"'))
+        status, token = server.get("/token")
+        assert status == 200 and len(token) == 32
+        answers = [server.get("/many?3"), server.get("/bad"), server.get("/breaks?1")]
+        assert answers[0] == (200, {"told": [0, 1, 2], "errors": []})
+        assert str(answers[1][1]).startswith("PayloadError: app:report: argument 'i' is a tuple")
+        server.wait_for(lambda: "RuntimeError: breaks in mule 1" in server.log(), what="the mule's failure")
+        cmdlines = [Path(path).read_bytes() for path in glob.glob("/proc/[0-9]*/cmdline")
+                    if _readable(path)]
+        worker = run_worker(server)  # runs 0 and 2; 1 fails in the worker, with its traceback
+        assert "fails in the worker" in worker.stdout + worker.stderr
+        kept = b"".join(_dump(redis))
+        redis.stop()
+        answers.append(server.get("/many?1"))  # Redis is down: DeliveryError
+        assert "DeliveryError" in str(answers[-1][1])
+        outputs = {"uwsgi log": server.log().encode(), "worker": (worker.stdout + worker.stderr).encode(),
+                   "answers": repr(answers).encode(), "redis": kept, "command lines": b"\n".join(cmdlines)}
+        secrets = {"token": [token.encode(), bytes.fromhex(token), repr(bytes.fromhex(token)).encode()],
+                   "password": [password.encode()]}
+        for where, text in outputs.items():
+            for name, forms in secrets.items():
+                assert not any(form in text for form in forms), f"the {name} is in the {where}"
+    finally:
+        redis.stop()
+
+
+def _readable(path: str) -> bool:
+    try:
+        Path(path).read_bytes()
+    except OSError:
+        return False
+    return True
+
+
+def _dump(redis: RedisServer) -> list[bytes]:
+    """Every key of ``redis`` and its value (DUMP: the serialised value, whatever its type)."""
+    client = redis.client()
+    return [key + b"=" + (client.dump(key) or b"") for key in client.keys("*")]
