@@ -342,11 +342,8 @@ class DeadLetters:
         """
         if self.held is None:
             self.held = self._count()
-        path = self.spool.write("dead", payload, note, durable=durable)
-        try:
-            self.held[0] += os.lstat(path).st_size
-        except OSError:
-            pass
+        self.spool.write("dead", payload, note, durable=durable)
+        self.held[0] += len(MAGIC) + len(note.encode("utf-8", "replace")) + 1 + len(payload)
         self.held[1] += 1
         if self.held[0] > self.spool.dead_limit or self.held[1] > DEAD_FILES:
             self._prune()
