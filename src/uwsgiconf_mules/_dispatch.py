@@ -200,6 +200,8 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
                            mule_id, previous)
     with open(path, "w") as handle:
         handle.write(str(os.getpid()))
+    if spool.made:  # said here, once logging is set up
+        _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
     _check_stops(spool)
     strangers = spool.strangers()
     if strangers:
@@ -239,14 +241,12 @@ def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool 
         return None
     spool = _spool.Spool(declarations.spool_dir)
     try:
-        made = spool.create()
+        spool.create()
     except OSError as exc:
         if not quiet:
             _tasks.log().error("uwsgiconf-mules: mule %d cannot use the spool %s (%s): offloaded calls to it are "
                                "refused (DeliveryError) until it is fixed", mule_id, spool.path, exc)
         return None
-    if made:
-        _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
     return spool
 
 

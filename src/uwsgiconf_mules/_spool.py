@@ -75,6 +75,8 @@ class Spool:
     def __init__(self, path: str, limit: int = DEFAULT_LIMIT) -> None:
         self.path = path
         self.limit = limit
+        self.made = False
+        """Whether :meth:`create` made the directory (a new, empty spool)."""
 
     def part(self, name: str) -> str:
         """Path of a part (``queue``, ``claimed``, ``dead``, ``tmp``).
@@ -97,6 +99,7 @@ class Spool:
         made = not os.path.lexists(self.path)
         for path in (self.path, *(self.part(name) for name in PARTS)):
             _private_dir(path)
+        self.made = self.made or made
         return made
 
     def strangers(self, part: str = "queue") -> list[tuple[str, str]]:

@@ -135,4 +135,7 @@ class MuleFormatter(logging.Formatter):
         :param record: The record.
         """
         self._filter.filter(record)
-        return super().format(record)
+        text = super().format(record)
+        if record.name == "uwsgiconf_mules":  # its lines start with the project's name: said once
+            text = text.replace("uwsgiconf_mules: uwsgiconf-mules: ", "uwsgiconf-mules: ", 1)
+        return text
