@@ -332,6 +332,10 @@ def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: l
             lines.append(f"{title}: {len(entries[part])}")
             counts = Counter((_key(payload), note if part == "dead" else "") for _, note, payload in entries[part])
             lines.extend(f"  {n} x {key}{f' ({note})' if note else ''}" for (key, note), n in sorted(counts.items()))
+        strangers = kept.strangers()
+        if strangers:
+            lines.append(f"ignored in queue/, never run (not this user's regular files): {len(strangers)}")
+            lines.extend(f"  {name!r}: {why}" for name, why in strangers)
         return lines
     if action == "replay":
         replayed = untrusted = 0
@@ -395,6 +399,10 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
     lines.append(f"send timeout: {declarations.send_timeout:g} s; harakiri: "
                  f"{f'{declarations.harakiri} s' if declarations.harakiri else 'none'}")
     lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
+    spool_problem = _top.spool_problem(declarations)
+    if spool_problem is not None:
+        lines.append(f"warning: {spool_problem}: while it lasts, offloaded calls to dispatch mules are refused "
+                     "(DeliveryError), as the mules could not keep queued calls across a reload or stop")
     return lines, problems
 
 
