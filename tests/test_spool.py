@@ -181,13 +181,14 @@ def test_refusals_are_said_once_per_burst_with_a_count() -> None:
     burst = _spool.Burst(said.append, window=0.2)
     for _ in range(99):
         burst.note("refused a message: wrong token", "wrong token")
+    burst.note("refused a message: unknown task", "unknown task")  # another reason: said in full once
     burst.note("refused a message: unknown task", "unknown task")
-    assert said == ["refused a message: wrong token"]
+    assert said == ["refused a message: wrong token", "refused a message: unknown task"]
     import time
 
     time.sleep(0.5)
-    assert len(said) == 2 and "99 more message(s) refused" in said[1]
-    assert "98 x wrong token; 1 x unknown task" in said[1]
+    assert len(said) == 3 and "99 more message(s) refused" in said[2]
+    assert "98 x wrong token; 1 x unknown task" in said[2]
     time.sleep(0.3)
     burst.note("refused again", "wrong token")  # a new burst: said at once
     assert said[-1] == "refused again"

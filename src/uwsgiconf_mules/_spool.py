@@ -388,12 +388,16 @@ class DeadLetters:
 
 
 class Burst:
-    """Lines said once per burst: the first at once; then, every ``window`` seconds while more
-    come, one line with how many more and why (by a thread of its own, started by the first).
+    """Lines said once per burst and reason: the first of each reason (up to :attr:`REASONS` of
+    them) at once; then, every ``window`` seconds while more come, one line with how many more
+    and why (by a thread of its own, started by the first). A burst ends after a quiet window.
 
     :param emit: Logs one line.
     :param window: Seconds a burst's summary covers.
     """
+
+    REASONS = 20
+    """Most reasons said in full in one burst; the others are only counted."""
 
     def __init__(self, emit: Callable[[str], None], window: float = 1.0) -> None:
         import _thread
@@ -402,29 +406,35 @@ class Burst:
         self.window = window
         self.lock = _thread.allocate_lock()
         self.open = False  # whether a burst is under way (its thread runs)
-        self.more: dict[str, int] = {}  # what came after its first line: why -> how many
-        self.what = ""
+        self.said: set[str] = set()  # the reasons said in full in this burst
+        self.more: dict[str, int] = {}  # what came after their first line: why -> how many
+        self.what = "message(s)"
 
     def note(self, line: str, why: str, what: str = "message(s)") -> None:
         """Say ``line`` now, or count it in the burst's next summary.
 
-        :param line: The whole line, said when no burst is under way.
+        :param line: The whole line, said when its reason was not said in this burst yet.
         :param why: Its reason, for the summary.
         :param what: What is counted, for the summary.
         """
         with self.lock:
-            if self.open:
+            if why in self.said or len(self.said) >= self.REASONS:
                 self.more[why] = self.more.get(why, 0) + 1
                 self.what = what
                 return
-            self.open = True
+            self.said.add(why)
+            start, self.open = not self.open, True
         self.emit(line)
+        if not start:
+            return
         import _thread
 
         try:
             _thread.start_new_thread(self._later, ())
         except RuntimeError:  # no thread to be had: each line is said
-            self.open = False
+            with self.lock:
+                self.open = False
+                self.said.clear()
 
     def flush(self) -> bool:
         """Say the summary of what came since the last line, if anything.
@@ -446,6 +456,7 @@ class Burst:
                 with self.lock:
                     if not self.more:
                         self.open = False
+                        self.said.clear()
                         return
 
 
