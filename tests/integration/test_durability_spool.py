@@ -233,3 +233,63 @@ def test_a_reload_with_nothing_queued_says_nothing_of_the_spool(tmp_path: Path) 
         assert "queued call(s) kept" not in server.log()
     finally:
         server.stop()
+
+
+SLOW_APP = '''
+import time
+
+
+@mule_offload(1)
+def slow(i):
+    record("began", i=i)
+    time.sleep(1.0)
+    record("work", i=i)
+
+
+@route("/slow")
+def slow_calls(query):
+    return sum(slow(i) for i in range(int(query)))
+'''
+
+
+def test_sighup_mid_call_finishes_the_call_and_keeps_the_queued_ones(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules=1, spool_dir={str(spool)!r}, reload_mercy=20"))
+    (tmp_path / "app.py").write_text(APP_PRELUDE + SLOW_APP)
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    server = launch(path, tmp_path, expect_mules=1)
+    try:
+        assert server.get("/slow?5") == (200, 5)
+        server.wait_for(lambda: server.lines("began"), 10, "the first call under way")
+        os.kill(server.proc.pid, signal.SIGHUP)  # mid-call
+        assert figures(set(range(5)), server) == (5, 5, 0)
+        assert "mule 1 stopped; 4 queued call(s) kept in the spool" in server.log()
+    finally:
+        server.stop()
+
+
+def test_files_planted_in_queue_never_run_and_are_said_once(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    for part in ("queue", "claimed", "dead", "tmp", "mules"):
+        (spool / part).mkdir(parents=True, mode=0o700)
+    spool.chmod(0o700)
+    forged = b"UCMS1\nany\nm" + b"app:work\x00" + __import__("marshal").dumps((-7,))
+    (tmp_path / "elsewhere.call").write_bytes(forged)
+    (spool / "queue" / "00000000000000000001-1-00000001.call").symlink_to(tmp_path / "elsewhere.call")
+    if os.geteuid() == 0:
+        planted = spool / "queue" / "00000000000000000002-1-00000002.call"
+        planted.write_bytes(forged)
+        os.chown(planted, OTHER_UID, OTHER_UID)
+    server, path = start(tmp_path, spool)
+    try:
+        said = "mule 1 ignores "
+        server.wait_for(lambda: said in server.log(), 10, "the planted files said")
+        assert server.get("/fill?0,3")[0] == 200
+        assert figures({0, 1, 2}, server) == (3, 3, 0)
+        assert -7 not in runs(server)
+        assert server.log().count(said) == 1
+        expected = 2 if os.geteuid() == 0 else 1
+        assert f"{said}{expected} file(s) in {spool / 'queue'}" in server.log()
+    finally:
+        server.stop()
