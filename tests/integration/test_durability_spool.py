@@ -281,7 +281,7 @@ def test_files_planted_in_queue_never_run_and_are_said_once(tmp_path: Path) -> N
         planted = spool / "queue" / "00000000000000000002-1-00000002.call"
         planted.write_bytes(forged)
         os.chown(planted, OTHER_UID, OTHER_UID)
-    server, path = start(tmp_path, spool)
+    server, _ = start(tmp_path, spool)
     try:
         said = "mule 1 ignores "
         server.wait_for(lambda: said in server.log(), 10, "the planted files said")
