@@ -206,3 +206,21 @@ def test_files_of_another_user_or_links_in_queue_are_listed_as_strangers(spool: 
         expected.insert(0, ("1-1-1.call", "a file of uid 65534, not of this user"))
     assert spool.strangers() == expected
     assert spool.waiting(frozenset({_spool.ANY})) == 1
+
+
+def test_a_message_refused_by_the_trust_check_is_noted_never_kept(tmp_path: Path) -> None:
+    from uwsgiconf_mules import _protocol, _tasks
+
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    _tasks.set_dead_letters(spool)
+    try:
+        assert _tasks.receive(_protocol.HEADER + b"x" * 1000) is None  # a wrong token
+        assert _tasks.receive(_protocol.encoder("tasks:nope")((1,), {})) is None  # this instance's: kept whole
+    finally:
+        _tasks.set_dead_letters(None)
+    (unknown, unknown_payload), (untrusted, untrusted_payload) = sorted(
+        _spool.read(path) for path in spool.files("dead"))
+    assert untrusted_payload == b"" and untrusted.startswith(_spool.UNTRUSTED)
+    assert "; 1005 bytes, sha256 " in untrusted
+    assert unknown.startswith("cannot import module 'tasks'") and unknown_payload.startswith(b"mtasks:nope\x00")
