@@ -50,6 +50,8 @@ busy (a worker finishing its request during a graceful reload may still offload)
 QUIET = 0.3
 """A stopping mule leaves once no call arrived and no worker was busy for this long."""
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+BLOCK = 4096
+"""Bytes of disk a spooled call is counted to take on top of its own (a file takes whole blocks)."""
 
 _stopping = False
 
@@ -95,6 +97,7 @@ class _Keeper:
         self.kept: list[str] = []  # names of the files written
         self.lost: dict[str, int] = {}  # why -> how many
         self.room = spool.limit - spool.size(("queue",)) if spool is not None else 0  # dead/ has its own quota
+        self.free = spool.disk_free() if spool is not None else 0  # what the disk takes, less room for the record
 
     def __call__(self, message: bytes, dest: int | bytes | None) -> int:
         prefix = _protocol.PREFIX
@@ -107,11 +110,16 @@ class _Keeper:
             return self._lose("there is no usable spool")
         if len(message) > self.room:
             return self._lose(f"the spool {self.spool.path} holds its limit of {self.spool.limit} bytes")
+        if len(message) + BLOCK > self.free:
+            self.free = self.spool.disk_free()  # counted down, checked again before giving up
+            if len(message) + BLOCK > self.free:
+                return self._lose(f"the disk of the spool {self.spool.path} is full")
         try:
             path = self.spool.write("queue", _protocol.stored(message), _note(dest))
         except OSError as exc:
             return self._lose(f"the disk refused it ({exc.strerror or exc})")
         self.room -= len(message)
+        self.free -= len(message) + BLOCK
         self.kept.append(os.path.basename(path))
         return 1
 

@@ -68,14 +68,20 @@ spool_problem: str | None = None
 _watching = False  # whether this process runs its spool watcher
 
 
-def spool_room(declarations: Declarations) -> int:
-    """Bytes the spool's disk must have free: what the dispatch mules' queues can hold (a full
-    queue of each mule and farm), within the spool's limit.
+SMALLEST_QUEUED = 768
+"""Bytes of queue buffer the smallest queued message takes (a kernel buffer): a queue holds at most
+its size divided by this many messages (about 278 by default)."""
+
+
+def spool_room(declarations: Declarations) -> tuple[int, int]:
+    """What the spool's disk must have free, (bytes, files): what the dispatch mules' queues can
+    hold (a full queue of each mule and farm), within the spool's limit.
 
     :param declarations: This instance's declarations.
     """
     queues = len(declarations.dispatchers) + len(declarations.farms)
-    return min(socket_message_limit(declarations.msg_size) * queues, _spool.DEFAULT_LIMIT)
+    size = socket_message_limit(declarations.msg_size)
+    return min(size * queues, _spool.DEFAULT_LIMIT), size // SMALLEST_QUEUED * queues
 
 
 def spool_refusal(declarations: Declarations | None, mule_ids: tuple[int, ...]) -> str | None:
@@ -118,7 +124,7 @@ def check_spool(declarations: Declarations) -> None:
     """
     global spool_problem
     assert declarations.spool_dir is not None
-    found = _spool.problem(declarations.spool_dir, spool_room(declarations))
+    found = _spool.problem(declarations.spool_dir, *spool_room(declarations))
     if found == spool_problem:
         return
     spool_problem = found

@@ -52,6 +52,8 @@ DEAD_SHARE = 8
 """``dead/`` may hold the limit divided by this, in bytes, on top of the limit of ``queue/``."""
 DEAD_FILES = 10_000
 """Most dead letters kept; past it (or past its bytes), the oldest are removed."""
+RESERVE = 64 * 1024
+"""Bytes a stopping mule leaves free on the spool's disk, for the record of what it kept and lost."""
 STOPS = ".stop"
 """Suffix of the record a stopping mule leaves in ``mules/``: what it kept, what it lost."""
 
@@ -127,6 +129,14 @@ class Spool:
         except FileNotFoundError:
             pass
         return sorted(found)
+
+    def disk_free(self) -> int:
+        """Bytes free on the spool's disk, less :data:`RESERVE` (never below 0); a large number when not known."""
+        try:
+            disk = os.statvfs(self.path)
+        except OSError:
+            return 1 << 62
+        return max(0, disk.f_bavail * disk.f_frsize - RESERVE)
 
     def record_stop(self, mule_id: int, kept: list[str], lost: dict[str, int]) -> None:
         """Leave, in ``mules/``, what a stopping mule kept (file names) and lost (why: how many),
@@ -519,12 +529,13 @@ def _check_ancestors(path: str) -> None:
         parent = up
 
 
-def problem(path: str, needed: int = 0) -> str | None:
+def problem(path: str, needed: int = 0, files: int = 0) -> str | None:
     """Why the spool at ``path`` cannot keep calls, or None when it can; checks only (nothing is
     made). A missing spool is fine when its nearest existing parent is this user's to write in.
 
     :param path: The spool directory.
     :param needed: Bytes its disk must have free (what the mule queues can hold), or 0.
+    :param files: Files those bytes may come in (each takes at least a block of the disk).
     """
     try:
         existing = path
@@ -540,9 +551,10 @@ def problem(path: str, needed: int = 0) -> str | None:
         if needed:
             disk = os.statvfs(existing)
             free = disk.f_bavail * disk.f_frsize
+            needed += files * disk.f_frsize + RESERVE
             if free < needed:
                 return (f"spool: the disk of {path} has {free} bytes free, less than the {needed} bytes the mule "
-                        "queues can hold")
+                        "queues can take to keep")
     except OSError as exc:
         return str(exc) if str(exc).startswith("spool: ") else f"spool: {path}: {exc.strerror or exc}"
     return None

@@ -112,7 +112,7 @@ def spool_problem(declarations: Declarations) -> str | None:
         return None
     from . import _sending, _spool
 
-    return _spool.problem(declarations.spool_dir, _sending.spool_room(declarations))
+    return _spool.problem(declarations.spool_dir, *_sending.spool_room(declarations))
 
 
 def _cell(value: Any) -> str:

@@ -90,10 +90,10 @@ def stop(server: Server) -> str:
     return server.log()
 
 
-def figures(told: set[int], server: Server) -> tuple[int, int, int]:
+def figures(told: set[int], server: Server, timeout: float = 60) -> tuple[int, int, int]:
     """(told, ran, lost) once the calls told True had their chance to run."""
     with contextlib.suppress(AssertionError):
-        server.wait_for(lambda: told <= set(runs(server)), 60, f"{len(told)} calls run")
+        server.wait_for(lambda: told <= set(runs(server)), timeout, f"{len(told)} calls run")
     time.sleep(0.3)
     counts = runs(server)
     assert [i for i, n in counts.items() if n > 1] == [], "a call ran twice"
@@ -152,19 +152,51 @@ def test_a_parent_squatted_by_another_user_is_refused_and_the_senders_told(tmp_p
         server.stop()
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
     needs_root()
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(disk)],
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
                              capture_output=True, text=True, check=False)
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
     try:
-        yield disk
+        yield where
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        yield disk
+
+
+def test_a_stop_on_a_disk_that_filled_up_says_what_it_lost_at_the_next_start(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        server, path = start(tmp_path, disk / "spool")
+        try:
+            told = fill(server, 0)
+            assert len(told["told"]) == CALLS  # room enough for what the queue holds
+            disk_info = os.statvfs(disk)
+            filler = disk / "filler"
+            with open(filler, "wb") as handle:  # something else fills the disk: 256 KiB are left
+                handle.write(b"\0" * (disk_info.f_bavail * disk_info.f_frsize - 256 * 1024))
+            before = stop(server)
+            lost = [line for line in before.splitlines() if "LOST: the disk of the spool" in line]
+            assert len(lost) == 1, before[-3000:]
+            count = int(lost[0].split("; ")[1].split()[0])
+            filler.unlink()
+            server = launch(path, tmp_path, expect_mules=1)
+            said = f"the last stop of mule 1 could not keep {count} queued call(s): the disk of the spool"
+            server.wait_for(lambda: said in server.log(), 10, said)
+            server.wait_for(lambda: "running " in server.log() and not list((disk / "spool" / "queue").iterdir()), 30,
+                            "the calls kept run")
+            ran = figures(set(told["told"]), server, timeout=1)
+            print(f"told / ran / lost: {ran}, the stop said it lost {count}")
+            assert ran[0] == CALLS and 0 < ran[2] <= count  # the calls it lost had a part run before the stop
+        finally:
+            server.stop()
 
 
 def test_a_spool_on_a_disk_too_small_for_the_queues_makes_senders_fail(tmp_path: Path, small_disk: Path) -> None:
