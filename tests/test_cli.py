@@ -580,8 +580,11 @@ def test_spool_list_shows_files_it_ignores_and_check_an_unusable_spool(tmp_path:
     kept.create()
     (Path(kept.part("queue")) / "1-1-1.call").symlink_to("/etc/passwd")
     body = SPOOLED.format(spool=kept.path)
+    for size in (10, 20):
+        kept.write("dead", b"", _spool.untrusted_note(b"x" * size, "not sent by this uWSGI instance"))
     listed = invoke_with(tmp_path, body, cli, "spool", "list")
-    assert listed.stdout.splitlines()[-2:] == [
+    assert listed.stdout.splitlines()[-4:] == [
+        "  dead letters: 2", "    2 x ? (untrusted: not sent by this uWSGI instance)",
         "  ignored in queue/, never run (not this user's regular files): 1", "    '1-1-1.call': a symbolic link"]
     assert not any("spool" in line for line in invoke_with(tmp_path, body, cli, "check").stdout.splitlines()[1:-3])
     os.chmod(kept.path, 0o777)

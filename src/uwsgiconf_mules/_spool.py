@@ -329,6 +329,14 @@ def untrusted_note(message: bytes, reason: str) -> str:
     return f"{UNTRUSTED}{reason}; {len(message)} bytes, sha256 {hashlib.sha256(message).hexdigest()[:16]}"
 
 
+def grouped(note: str) -> str:
+    """The note of a dead letter as listings group it: an untrusted one without its size and hash.
+
+    :param note: The note.
+    """
+    return note.rpartition("; ")[0] if note.startswith(UNTRUSTED) and " bytes, sha256 " in note else note
+
+
 class DeadLetters:
     """``dead/`` within its quota (:attr:`Spool.dead_limit` bytes, :data:`DEAD_FILES` files): past
     it, the oldest are removed (a tenth more, so that this happens once in a while), said in the

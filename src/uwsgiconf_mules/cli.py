@@ -330,7 +330,8 @@ def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: l
         for part, title in (("queue", "queued for the next mules"), ("claimed", "being run, or left by dead mules"),
                             ("dead", "dead letters")):
             lines.append(f"{title}: {len(entries[part])}")
-            counts = Counter((_key(payload), note if part == "dead" else "") for _, note, payload in entries[part])
+            counts = Counter((_key(payload), _spool.grouped(note) if part == "dead" else "")
+                             for _, note, payload in entries[part])
             lines.extend(f"  {n} x {key}{f' ({note})' if note else ''}" for (key, note), n in sorted(counts.items()))
         strangers = kept.strangers()
         if strangers:
