@@ -662,3 +662,23 @@ def test_the_worker_gets_the_variables_the_config_sets(tmp_path: Path, fmt: str)
     assert [backend.farm for backend in declarations.backends] == ["reports", "mail"]
     assert env["DJANGO_SETTINGS_MODULE"] == "site.settings"
     assert env["EMPTY"] == ""
+
+
+def test_spool_list_shows_files_it_ignores_and_check_an_unusable_spool(tmp_path: Path) -> None:
+    from uwsgiconf_mules import _spool
+
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    (Path(kept.part("queue")) / "1-1-1.call").symlink_to("/etc/passwd")
+    body = SPOOLED.format(spool=kept.path)
+    for size in (10, 20):
+        kept.write("dead", b"", _spool.untrusted_note(b"x" * size, "not sent by this uWSGI instance"))
+    listed = invoke_with(tmp_path, body, cli, "spool", "list")
+    assert listed.stdout.splitlines()[-4:] == [
+        "  dead letters: 2", "    2 x ? (untrusted: not sent by this uWSGI instance)",
+        "  ignored in queue/, never run (not this user's regular files): 1", "    '1-1-1.call': a symbolic link"]
+    assert not any("spool" in line for line in invoke_with(tmp_path, body, cli, "check").stdout.splitlines()[1:-3])
+    os.chmod(kept.path, 0o777)
+    checked = invoke_with(tmp_path, body, cli, "check")
+    assert (f"  warning: spool: {kept.path} can be written by others (mode 777): while it lasts, offloaded calls to "
+            "dispatch mules are refused (DeliveryError)") in checked.stdout

@@ -30,7 +30,7 @@ def test_calls_are_kept_for_their_queue_and_other_messages_are_not(tmp_path: Pat
                     ("farm:fast", _protocol.stored(signed("tasks:b", 2))),
                     (_spool.ANY, _protocol.stored(signed("tasks:c")))]
     assert kept[0][1].startswith(b"mtasks:a\x00")  # without token and tag, as every version kept calls
-    assert (keep.kept, keep.lost) == (3, {})
+    assert (len(keep.kept), keep.lost) == (3, {})
 
 
 def test_past_its_limit_or_when_the_disk_refuses_the_spool_keeps_nothing_and_says_how_much(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_past_its_limit_or_when_the_disk_refuses_the_spool_keeps_nothing_and_say
     Path(spool.part("tmp")).write_text("not a directory")
     keep.room = 10_000
     assert keep(signed("tasks:a", "y"), 1) == 0
-    assert keep.kept == 1
+    assert len(keep.kept) == 1
     assert keep.lost == {f"the spool {spool.path} holds its limit of 100 bytes": 1,
                          "the disk refused it (Not a directory)": 1}
 
@@ -106,3 +106,12 @@ def test_tasks_whose_tags_collide_run_by_key(registry: None, monkeypatch: pytest
         assert fast_path_call(message) is None
         assert _tasks.receive(message) is None  # the slow path: by the key
     assert ran == ["one", "two"]
+
+
+def test_dead_letters_never_take_the_room_of_queued_calls(tmp_path: Path) -> None:
+    spool = _spool.Spool(str(tmp_path / "spool"), limit=1000)
+    spool.create()
+    spool.write("dead", b"x" * 5000, _spool.UNTRUSTED + "not sent by this uWSGI instance")  # past the whole limit
+    keep = _dispatch._Keeper(spool)
+    assert keep(signed("tasks:a", "x" * 40), 1) == 1
+    assert (len(keep.kept), keep.lost) == (1, {})

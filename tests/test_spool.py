@@ -105,3 +105,122 @@ def test_a_sticky_world_writable_parent_is_fine_and_foreign_files_are_ignored(tm
         foreign.write_bytes(_spool.MAGIC + b"any\nak:forged\x00")
         os.chown(foreign, 65534, 65534)
     assert [payload for _, payload in spool.claim(frozenset({_spool.ANY}))] == [b"ak:x\x00"]
+
+
+def _another_uid() -> int:
+    if os.geteuid() != 0:
+        pytest.skip("making a directory of another user's needs root")
+    return 65534  # nobody
+
+
+def test_a_parent_of_another_users_is_refused_whatever_its_mode(tmp_path: Path) -> None:
+    # /var/tmp/uwsgiconf-mules-0 made first by another user, 0755: they can rename the spool away.
+    squatted = tmp_path / "uwsgiconf-mules-0"
+    squatted.mkdir(mode=0o755)
+    os.chown(squatted, _another_uid(), _another_uid())
+    with pytest.raises(PermissionError, match=r"^spool: .*uwsgiconf-mules-0 belongs to uid 65534, neither root"):
+        _spool.Spool(str(squatted / "abc")).create()
+    assert _spool.problem(str(squatted / "abc")) is not None
+    assert not (squatted / "abc").exists()
+
+
+def test_a_missing_parent_is_made_private_to_the_user(tmp_path: Path) -> None:
+    spool = _spool.Spool(str(tmp_path / "uwsgiconf-mules-0" / "abc"))
+    assert spool.create() is True  # a new, empty spool: said so at start
+    assert os.stat(tmp_path / "uwsgiconf-mules-0").st_mode & 0o777 == 0o700
+    assert spool.create() is False
+
+
+def test_what_a_stop_kept_is_checked_at_the_next_start(spool: _spool.Spool) -> None:
+    names = [os.path.basename(spool.write("queue", f"ak:{i}\x00".encode(), "mule:1")) for i in range(5)]
+    spool.record_stop(1, names, {"the disk refused it (No space left on device)": 19})
+    spool.record_stop(2, [], {})
+    os.unlink(os.path.join(spool.part("queue"), names[0]))  # gone between two lives
+    claimed = os.path.join(spool.part("claimed"), f"{os.getpid()}-{names[1]}")
+    os.rename(os.path.join(spool.part("queue"), names[1]), claimed)  # claimed: still there
+    assert spool.check_stops() == [(1, 5, 4, {"the disk refused it (No space left on device)": 19}), (2, 0, 0, {})]
+    assert spool.check_stops() == []  # read once
+
+
+def test_the_problems_of_a_spool_are_found_without_making_anything(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    assert _spool.problem(str(path)) is None  # missing, but it can be made
+    assert not path.exists()
+    _spool.Spool(str(path)).create()
+    assert _spool.problem(str(path)) is None
+    (path / "queue").chmod(0o777)
+    assert _spool.problem(str(path)) == f"spool: {path / 'queue'} can be written by others (mode 777)"
+    (path / "queue").chmod(0o700)
+    assert _spool.problem(str(path), needed=1 << 62).startswith(f"spool: the disk of {path} has ")
+    path.rename(tmp_path / "elsewhere")
+    path.symlink_to(tmp_path / "elsewhere")
+    assert _spool.problem(str(path)) == f"spool: {path} is not a directory (a link or a file)"
+
+
+def test_dead_letters_keep_their_quota_and_untrusted_bytes_are_not_kept(tmp_path: Path) -> None:
+    spool = _spool.Spool(str(tmp_path / "spool"), limit=8 * 10_000)  # dead/: 10,000 bytes
+    spool.create()
+    said: list[str] = []
+    letters = _spool.DeadLetters(spool, said.append)
+    forged = b"\xfeUCM\x03" + b"x" * 200_000
+    for _ in range(50):
+        letters.keep(b"", _spool.untrusted_note(forged, "not sent by this uWSGI instance"), durable=False)
+    note, payload = _spool.read(spool.files("dead")[0])
+    assert payload == b""
+    assert note.startswith(_spool.UNTRUSTED + "not sent by this uWSGI instance; 200005 bytes, sha256 ")
+    for i in range(200):
+        letters.keep(f"ak:{i}\x00".encode() + b"y" * 100, "unknown task")
+    assert spool.size(("dead",)) <= spool.dead_limit
+    assert _spool.read(spool.files("dead")[-1])[1].startswith(b"ak:199\x00")  # the newest stay
+    assert said and "removed the" in said[0]
+    assert spool.size(("queue",)) == 0
+
+
+def test_refusals_are_said_once_per_burst_with_a_count() -> None:
+    said: list[str] = []
+    burst = _spool.Burst(said.append, window=0.2)
+    for _ in range(99):
+        burst.note("refused a message: wrong token", "wrong token")
+    burst.note("refused a message: unknown task", "unknown task")  # another reason: said in full once
+    burst.note("refused a message: unknown task", "unknown task")
+    assert said == ["refused a message: wrong token", "refused a message: unknown task"]
+    import time
+
+    time.sleep(0.5)
+    assert len(said) == 3 and "99 more message(s) refused" in said[2]
+    assert "98 x wrong token; 1 x unknown task" in said[2]
+    time.sleep(0.3)
+    burst.note("refused again", "wrong token")  # a new burst: said at once
+    assert said[-1] == "refused again"
+
+
+def test_files_of_another_user_or_links_in_queue_are_listed_as_strangers(spool: _spool.Spool) -> None:
+    queue = Path(spool.part("queue"))
+    (queue / "2-2-2.call").symlink_to("/etc/passwd")
+    (queue / "3-3-3.call").mkdir()
+    spool.write("queue", b"ak:x\x00")
+    expected = [("2-2-2.call", "a symbolic link"), ("3-3-3.call", "not a regular file")]
+    if os.geteuid() == 0:
+        (queue / "1-1-1.call").write_bytes(_spool.MAGIC + b"any\nak:forged\x00")
+        os.chown(queue / "1-1-1.call", 65534, 65534)
+        expected.insert(0, ("1-1-1.call", "a file of uid 65534, not of this user"))
+    assert spool.strangers() == expected
+    assert spool.waiting(frozenset({_spool.ANY})) == 1
+
+
+def test_a_message_refused_by_the_trust_check_is_noted_never_kept(tmp_path: Path) -> None:
+    from uwsgiconf_mules import _protocol, _tasks
+
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    _tasks.set_dead_letters(spool)
+    try:
+        assert _tasks.receive(_protocol.HEADER + b"x" * 1000) is None  # a wrong token
+        assert _tasks.receive(_protocol.encoder("tasks:nope")((1,), {})) is None  # this instance's: kept whole
+    finally:
+        _tasks.set_dead_letters(None)
+    (unknown, unknown_payload), (untrusted, untrusted_payload) = sorted(
+        _spool.read(path) for path in spool.files("dead"))
+    assert untrusted_payload == b"" and untrusted.startswith(_spool.UNTRUSTED)
+    assert "; 1005 bytes, sha256 " in untrusted
+    assert unknown.startswith("cannot import module 'tasks'") and unknown_payload.startswith(b"mtasks:nope\x00")

@@ -86,3 +86,16 @@ def test_django_is_set_up_only_when_its_settings_are_named_and_it_is_not_ready(
     monkeypatch.setenv(_startup.DJANGO_SETTINGS, "mysite.settings")
     monkeypatch.delitem(sys.modules, "django.apps", raising=False)
     assert _startup.django_needs_setup() is True
+
+
+def test_the_projects_lines_name_it_once() -> None:
+    import logging
+
+    from uwsgiconf_mules import logs
+
+    record = logging.LogRecord("uwsgiconf_mules", logging.INFO, __file__, 1, "uwsgiconf-mules: mule %d stopped",
+                               (1,), None)
+    assert logs.MuleFormatter("%(levelname)s %(name)s: %(message)s").format(record) == (
+        "INFO uwsgiconf-mules: mule 1 stopped")
+    other = logging.LogRecord("shop.tasks", logging.INFO, __file__, 1, "uwsgiconf-mules: quoted", (), None)
+    assert logs.MuleFormatter("%(name)s: %(message)s").format(other) == "shop.tasks: uwsgiconf-mules: quoted"

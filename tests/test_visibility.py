@@ -209,3 +209,14 @@ def test_a_mule_samples_its_counts_into_metrics_and_a_status_file(
     again.sample()
     assert fake.values["mule.1.started"] == 3  # the previous process flushed its counts already
     assert again.totals()["started"] == 3
+
+
+def test_top_shows_a_spool_the_senders_refuse(tmp_path: Path) -> None:
+    decl = declare(mules=1, stats="127.0.0.1:9191", spool_dir=str(tmp_path / "spool"))
+    assert snapshot(decl, STATS)["spool_problem"] is None
+    (tmp_path / "spool").mkdir(mode=0o777)
+    (tmp_path / "spool").chmod(0o777)
+    view = snapshot(decl, STATS)
+    assert view["spool_problem"] == f"spool: {tmp_path / 'spool'} can be written by others (mode 777)"
+    assert render(view).splitlines()[1] == (f"SPOOL UNUSABLE: {view['spool_problem']}: offloaded calls to dispatch "
+                                            "mules are refused")

@@ -50,6 +50,8 @@ busy (a worker finishing its request during a graceful reload may still offload)
 QUIET = 0.3
 """A stopping mule leaves once no call arrived and no worker was busy for this long."""
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+BLOCK = 4096
+"""Bytes of disk a spooled call is counted to take on top of its own (a file takes whole blocks)."""
 
 _stopping = False
 
@@ -92,9 +94,10 @@ class _Keeper:
 
     def __init__(self, spool: _spool.Spool | None) -> None:
         self.spool = spool
-        self.kept = 0
+        self.kept: list[str] = []  # names of the files written
         self.lost: dict[str, int] = {}  # why -> how many
-        self.room = spool.limit - spool.size() if spool is not None else 0
+        self.room = spool.limit - spool.size(("queue",)) if spool is not None else 0  # dead/ has its own quota
+        self.free = spool.disk_free() if spool is not None else 0  # what the disk takes, less room for the record
 
     def __call__(self, message: bytes, dest: int | bytes | None) -> int:
         prefix = _protocol.PREFIX
@@ -107,12 +110,17 @@ class _Keeper:
             return self._lose("there is no usable spool")
         if len(message) > self.room:
             return self._lose(f"the spool {self.spool.path} holds its limit of {self.spool.limit} bytes")
+        if len(message) + BLOCK > self.free:
+            self.free = self.spool.disk_free()  # counted down, checked again before giving up
+            if len(message) + BLOCK > self.free:
+                return self._lose(f"the disk of the spool {self.spool.path} is full")
         try:
-            self.spool.write("queue", _protocol.stored(message), _note(dest))
+            path = self.spool.write("queue", _protocol.stored(message), _note(dest))
         except OSError as exc:
             return self._lose(f"the disk refused it ({exc.strerror or exc})")
         self.room -= len(message)
-        self.kept += 1
+        self.free -= len(message) + BLOCK
+        self.kept.append(os.path.basename(path))
         return 1
 
     def _lose(self, why: str) -> int:
@@ -133,6 +141,9 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
     started = time.monotonic()
     mercy = (declarations.reload_mercy if declarations and declarations.reload_mercy else 60)
     hard = started + max(0.5, min(LINGER, mercy - 1.0))
+    mule_id = _tasks.current_mule()
+    if spool is None:  # unusable at start: perhaps fixed since
+        spool = _open_spool(declarations, mule_id, quiet=True)
     keep = _Keeper(spool)
     if pending is not None:
         keep(pending, None)
@@ -147,17 +158,23 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
         time.sleep(0.02)
     for dest, message in queues.drain():
         keep(message, dest)
-    mule_id = _tasks.current_mule()
     counters = _tasks.COUNTING
     if counters is not None:
-        counters.spooled += keep.kept
+        counters.spooled += len(keep.kept)
         _metrics.flush()
+    _tasks._refusals.flush()
     log = _tasks.log()
-    log.warning("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, keep.kept,
-                spool.path if spool else "(none)")
+    if keep.kept:
+        log.info("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, len(keep.kept),
+                 spool.path if spool else "(none)")
     for why, count in keep.lost.items():
         log.error("uwsgiconf-mules: mule %d stopped; %d queued call(s) LOST: %s", mule_id, count, why)
     if spool is not None:
+        try:
+            spool.record_stop(mule_id, keep.kept, keep.lost)
+        except OSError as exc:
+            log.error("uwsgiconf-mules: mule %d could not record what it kept in the spool %s (%s): the next start "
+                      "cannot check it", mule_id, spool.path, exc)
         _forget_pid(spool, mule_id)
     import logging
 
@@ -191,8 +208,21 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
                            mule_id, previous)
     with open(path, "w") as handle:
         handle.write(str(os.getpid()))
+    if spool.made:  # said here, once logging is set up
+        _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
+    _check_stops(spool)
+    strangers = spool.strangers()
+    if strangers:
+        _tasks.log().warning("uwsgiconf-mules: mule %d ignores %d file(s) in %s that are not this user's regular "
+                             "files, and never runs them: %s", mule_id, len(strangers), spool.part("queue"),
+                             ", ".join(f"{name!r} ({why})" for name, why in strangers[:5])
+                             + (", ..." if len(strangers) > 5 else ""))
     for orphan in spool.orphans():
         spool.bury(orphan, "the mule running it died; it may have run: replay it only if that is safe")
+    waiting = spool.waiting(targets)
+    if waiting:
+        _tasks.log().info("uwsgiconf-mules: mule %d: running %d call(s) from the spool %s", mule_id, waiting,
+                          spool.path)
     for claimed, payload in spool.claim(targets):
         if _stopping:
             os.rename(claimed, os.path.join(spool.part("queue"), os.path.basename(claimed).partition("-")[2]))
@@ -201,15 +231,29 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
         spool.done(claimed)
 
 
-def _open_spool(declarations: Declarations | None, mule_id: int) -> _spool.Spool | None:
+def _check_stops(spool: _spool.Spool) -> None:
+    """Say what the last stops of the mules could not keep, and which calls they kept went missing since."""
+    log = _tasks.log()
+    for mule_id, kept, found, lost in spool.check_stops():
+        if found < kept:
+            log.error("uwsgiconf-mules: the spool %s lost calls since the last stop of mule %d: expected %d kept "
+                      "call(s), found %d (someone removed them, or replaced the spool)", spool.path, mule_id, kept,
+                      found)
+        for why, count in lost.items():
+            log.error("uwsgiconf-mules: the last stop of mule %d could not keep %d queued call(s): %s", mule_id, count,
+                      why)
+
+
+def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool = False) -> _spool.Spool | None:
     if declarations is None or declarations.spool_dir is None:
         return None
     spool = _spool.Spool(declarations.spool_dir)
     try:
         spool.create()
     except OSError as exc:
-        _tasks.log().error("uwsgiconf-mules: mule %d cannot use the spool %s (%s): calls still queued at a reload "
-                           "or stop will be lost", mule_id, spool.path, exc)
+        if not quiet:
+            _tasks.log().error("uwsgiconf-mules: mule %d cannot use the spool %s (%s): offloaded calls to it are "
+                               "refused (DeliveryError) until it is fixed", mule_id, spool.path, exc)
         return None
     return spool
 

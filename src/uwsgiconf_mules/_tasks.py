@@ -217,7 +217,8 @@ def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] 
                      seconds)
 
 
-_dead_letters: _spool.Spool | None = None  # where a dispatch mule keeps what it refuses
+_dead_letters: _spool.DeadLetters | None = None  # where a dispatch mule keeps what it refuses
+_refusals = _spool.Burst(lambda line: log().error(line))  # refusals are said once per burst, with a count
 
 
 def set_dead_letters(spool: _spool.Spool | None) -> None:
@@ -226,33 +227,36 @@ def set_dead_letters(spool: _spool.Spool | None) -> None:
     :param spool: The instance's spool.
     """
     global _dead_letters
-    _dead_letters = spool
+    _dead_letters = None if spool is None else _spool.DeadLetters(spool, lambda line: log().warning(line))
 
 
 def refuse(message: bytes, reason: str) -> None:
-    """Log, in one line, that this mule refused a message; it is neither run nor decoded. A
-    dispatch mule also keeps it as a dead letter: a call of this instance (unknown key, import
-    failure) can be replayed after a fix; anything else is marked untrusted and never replayed.
+    """Log, in one line per burst of refusals (with how many, see ``_spool.Burst``), that this mule
+    refused a message; it is neither run nor decoded. A dispatch mule also keeps it as a dead
+    letter, within the quota of ``dead/``: a call of this instance (unknown key, import failure)
+    whole, to be replayed after a fix; of anything else only its size, a short hash and the
+    reason, marked untrusted and never replayed.
 
     :param message: The message refused.
     :param reason: Why.
     """
     from ._text import escape  # the reason may quote the message: on one line
 
-    log().error("uwsgiconf-mules: mule %d refused a %d-byte message: %s", current_mule(), len(message), escape(reason))
-    spool = _dead_letters
-    if spool is None:
+    _refusals.note(f"uwsgiconf-mules: mule {current_mule()} refused a {len(message)}-byte message: {escape(reason)}",
+                   reason.partition(" (")[0])
+    letters = _dead_letters
+    if letters is None:
         return
     try:
         if message.startswith(_protocol.PREFIX):
-            spool.write("dead", _protocol.stored(message), reason)
+            letters.keep(_protocol.stored(message), reason)
         else:
-            spool.write("dead", message, _spool.UNTRUSTED + reason)
+            letters.keep(b"", _spool.untrusted_note(message, reason), durable=False)
         if COUNTING is not None:
             COUNTING.dead += 1
     except OSError as exc:
-        log().error("uwsgiconf-mules: mule %d could not keep the refused message as a dead letter (%s)",
-                    current_mule(), exc)
+        _refusals.note(f"uwsgiconf-mules: mule {current_mule()} could not keep the refused message as a dead "
+                       f"letter ({exc})", "not kept as a dead letter")
 
 
 def run(message: bytes, harakiri: int = 0) -> None:

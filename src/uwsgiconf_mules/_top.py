@@ -118,7 +118,20 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
     farms = [{"name": farm.name, "mules": list(farm.mules), "queued": metrics.get(f"farm.{farm.name}.queued"),
               "queue_bytes": metrics.get(f"farm.{farm.name}.queue_bytes")} for farm in declarations.farms]
     return {"stats": declarations.stats, "uwsgi": {"version": stats.get("version"), "pid": stats.get("pid")},
-            "time": now, "counting_since": counting_since(stats), "mules": mules, "farms": farms}
+            "time": now, "counting_since": counting_since(stats), "mules": mules, "farms": farms,
+            "spool_problem": spool_problem(declarations)}
+
+
+def spool_problem(declarations: Declarations) -> str | None:
+    """Why the spool of dispatch mules cannot keep calls (senders get ``DeliveryError`` meanwhile), or None.
+
+    :param declarations: The instance's declarations.
+    """
+    if declarations.spool_dir is None or not declarations.dispatchers:
+        return None
+    from . import _sending, _spool
+
+    return _spool.problem(declarations.spool_dir, *_sending.spool_room(declarations))
 
 
 def _cell(value: Any) -> str:
@@ -148,6 +161,8 @@ def render(view: dict[str, Any]) -> str:
     lines = [escape(f"uWSGI {uwsgi['version']} (master pid {uwsgi['pid']}), stats {view['stats']}, "
                     f"{time.strftime('%H:%M:%S', time.localtime(view['time']))}; mule counters {counting} (a reload "
                     "starts them at 0; TASK counters go on)"), ""]
+    if view.get("spool_problem"):
+        lines[1:1] = [escape(f"SPOOL UNUSABLE: {view['spool_problem']}: offloaded calls to dispatch mules are refused")]
     rows = []
     for mule in view["mules"]:
         running = "-"

@@ -422,8 +422,13 @@ def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: l
         for part, title in (("queue", "queued for the next mules"), ("claimed", "being run, or left by dead mules"),
                             ("dead", "dead letters")):
             lines.append(f"{title}: {len(entries[part])}")
-            counts = Counter((_key(payload), note if part == "dead" else "") for _, note, payload in entries[part])
+            counts = Counter((_key(payload), _spool.grouped(note) if part == "dead" else "")
+                             for _, note, payload in entries[part])
             lines.extend(f"  {n} x {key}{f' ({note})' if note else ''}" for (key, note), n in sorted(counts.items()))
+        strangers = kept.strangers()
+        if strangers:
+            lines.append(f"ignored in queue/, never run (not this user's regular files): {len(strangers)}")
+            lines.extend(f"  {name!r}: {why}" for name, why in strangers)
         return lines
     if action == "replay":
         replayed = untrusted = 0
@@ -499,6 +504,10 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
     lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
     lines.extend(f"warning: {warning}" for warning in _section_warnings(section, declarations))
     lines.extend(absent)
+    spool_problem = _top.spool_problem(declarations)
+    if spool_problem is not None:
+        lines.append(f"warning: {spool_problem}: while it lasts, offloaded calls to dispatch mules are refused "
+                     "(DeliveryError), as the mules could not keep queued calls across a reload or stop")
     return lines, problems
 
 

@@ -140,7 +140,10 @@ class MuleFormatter(logging.Formatter):
         self._filter.filter(record)
         if record.exc_info:
             record.exc_text = None  # a traceback another handler's formatter wrote (and logging kept): written anew
-        return super().format(record)
+        text = super().format(record)
+        if record.name == "uwsgiconf_mules":  # its lines start with the project's name: said once
+            text = text.replace("uwsgiconf_mules: uwsgiconf-mules: ", "uwsgiconf-mules: ", 1)
+        return text
 
     def formatException(self, ei: Any) -> str:
         """The traceback of ``ei``, with every exception's message on one line (escaped, see

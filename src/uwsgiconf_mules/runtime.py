@@ -40,6 +40,7 @@ from . import (
     _instance,
     _metrics,
     _protocol,
+    _sending,
     _tasks,
 )
 from ._backends import ENGINES as _ENGINES
@@ -464,6 +465,10 @@ def _checked(check: Callable[[str, tuple[Any, ...], dict[str, Any]], None],
     return checked
 
 
+def _target_ids(target: Mule | Farm) -> tuple[int, ...]:
+    return (target.id,) if isinstance(target, Mule) else tuple(mule.id for mule in target.mules)
+
+
 def _run_inline(message: bytes, dest: int | bytes) -> bool:
     """Outside uWSGI, an offloaded call runs here, from its encoded message."""
     _tasks.run(message)
@@ -501,6 +506,10 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
         nonlocal route, limit, dest, send, count
         if route is None:
             route = target._route()
+            if _sending.spool_problem is not None and route.sender is None and not route.refused:
+                refused = _sending.spool_refusal(_instance.declarations(), _target_ids(target))
+                if refused is not None:
+                    route = _Route(route.dest, route.label, route.limit, route.timeout, refused)
             limit, dest = route.limit, route.dest
             uwsgi = _instance.uwsgi
             if uwsgi is None and _instance.local_send is not None:  # a test mode (uwsgiconf_mules.testing)
@@ -518,7 +527,31 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
                     send = _starting(send)
                 else:
                     send = _metrics.counting(send, dest)
+            if uwsgi is not None and route.sender is None and not _sending._watching:
+                send = _watching(send)
         return route
+
+    def _watching(raw: Callable[[bytes, int | bytes], bool]) -> Callable[[bytes, int | bytes], bool]:
+        """``raw``, starting this process's spool watcher first (see ``_sending.watch_spool``);
+        replaced by ``raw`` (or by a refusal, when the spool cannot keep calls) once it runs."""
+
+        def first(message: bytes, to: int | bytes) -> bool:
+            nonlocal send
+            if _sending.watch_spool():
+                if send is first:
+                    send = raw
+                return send(message, to)  # what the watcher's first check left
+            return raw(message, to)  # the master: no watcher
+
+        return first
+
+    def refresh() -> None:
+        """Resolve the route again (the spool watcher found a change), without ever passing
+        through an unresolved state that a concurrent call could see."""
+        nonlocal route
+        if route is not None:
+            route = None
+            resolve()
 
     def _starting(raw: Callable[[bytes, int | bytes], bool]) -> Callable[[bytes, int | bytes], bool]:
         """``raw``, starting this process's flushing thread first; replaced by ``raw`` once the
@@ -578,6 +611,7 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
     offloaded.key = key  # type: ignore[attr-defined]
     offloaded.target = target  # type: ignore[attr-defined]
     offloaded._forget = forget  # type: ignore[attr-defined]
+    offloaded._refresh = refresh  # type: ignore[attr-defined]
     _instance.remember(offloaded)  # type: ignore[arg-type]
     return offloaded  # type: ignore[return-value]
 

@@ -65,6 +65,7 @@ TRIGGERS = {
     "fifo r": (("--master-fifo", "{tmp}/fifo"), "master"),
     "touch-mules-reload": ((), "mules"),
     "fifo c (chain reload)": (("--master-fifo", "{tmp}/fifo"), "chain"),
+    "fifo c (chain reload) with --lazy-apps": (("--master-fifo", "{tmp}/fifo", "--lazy-apps"), "chain"),
     "SIGINT, then start": ((), "stop"),
     "SIGTERM, then start": ((), "stop"),
 }
