@@ -1,0 +1,56 @@
+"""A sender that waits for room, and the other requests of its worker, per worker mode, on a real
+uWSGI: one worker, one dispatch mule, a request that offloads 1,500 calls of 2 ms (the queue
+fills, the sender waits for room) while a second client requests ``/ping`` every 50 ms on the same
+worker. Prints, per mode, the calls run (of those offloaded, and how many twice) and the pings
+answered while the sender waited (count, p50, max); then the same for ``await f.aoffload(...)``
+(an event loop in a request of ``--threads 8``) with the longest time that loop was held.
+
+    python benchmarks/loop_engines.py [CALLS]      # default 1500
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness import APP_PRELUDE, declaration, start_server
+from pings import MODES, PING_APP, ping_while, ran
+
+
+def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int) -> None:
+    server = start_server(tmp / name.replace(" ", "_"), declaration("mules=1"), PING_APP, workers=1,
+                          extra_args=args)
+    try:
+        pinged = ping_while(server, f"{path}?0:{calls}")
+        server.wait_for(lambda: len(server.lines("ran")) >= pinged.body["queued"], 120, "the calls run")
+        time.sleep(0.3)  # a call run twice would show up now
+        numbers = ran(server)
+    finally:
+        server.stop()
+    queued = pinged.body["queued"]
+    held = f", loop held at most {pinged.body['loop_held'] * 1000:.1f} ms" if "loop_held" in pinged.body else ""
+    print(f"| `{name}` {'`aoffload`' if path == '/aoffload' else ''} | {len(set(numbers))}/{queued} run, "
+          f"{len(numbers) - len(set(numbers))} twice, {queued - len(set(numbers))} lost | {pinged.describe()}{held} "
+          f"| sender {pinged.body['waited']:.2f} s{', ' + pinged.body['error'][:60] if 'error' in pinged.body else ''} |",
+          flush=True)
+
+
+def main() -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
+    os.environ.setdefault("TEST_TASK_SECONDS", "0.002")
+    print("| worker mode | calls | `/ping` while the sender waits | |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, args in MODES.items():
+            run(Path(tmp), name, args, "/offload", calls)
+        run(Path(tmp), "--threads 8", MODES["--threads 8"], "/aoffload", calls)
+
+
+if __name__ == "__main__":
+    APP_PRELUDE  # noqa: B018 - the app the servers run starts with it
+    main()

@@ -1,0 +1,134 @@
+"""A sender that waits for room while another client pings the same worker: the app, and the
+client that measures it (what ``tests/integration/test_loop_engines.py`` asserts and
+``benchmarks/loop_engines.py`` prints).
+
+``/offload?START:COUNT`` offloads COUNT calls of ``TEST_TASK_SECONDS`` (default 2 ms) to mule 1,
+numbered from START, from one request; ``/aoffload?START:COUNT`` does the same from a coroutine
+(``await f.aoffload``, in an event loop of its own) while a ticker on that loop measures the longest
+time the loop was held. Each call records its number once it ran (``results/ran``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import Server
+
+MODES = {
+    "--threads 8": ("--threads", "8"),
+    "--gevent 50 --gevent-monkey-patch": ("--gevent", "50", "--gevent-monkey-patch"),
+    "--gevent 50": ("--gevent", "50"),
+    "--async 10 --ugreen": ("--async", "10", "--ugreen"),
+}
+"""Worker modes: name -> uWSGI options (one worker)."""
+
+PING_APP = '''
+import asyncio
+import time
+
+from uwsgiconf_mules.errors import DeliveryError
+
+TASK_SECONDS = float(os.environ.get("TEST_TASK_SECONDS", "0.002"))
+
+
+@mule_offload()
+def task(i):
+    time.sleep(TASK_SECONDS)
+    record("ran", i=i)
+
+
+def numbers(query):
+    start, _, count = query.partition(":")
+    return range(int(start), int(start) + int(count))
+
+
+@route("/offload")
+def offload(query):
+    queued, started = 0, time.monotonic()
+    try:
+        for i in numbers(query):
+            task(i)
+            queued += 1
+    except DeliveryError as exc:
+        return {"queued": queued, "error": str(exc), "waited": time.monotonic() - started}
+    return {"queued": queued, "waited": time.monotonic() - started}
+
+
+@route("/aoffload")
+def aoffload(query):
+    async def run():
+        held, done = [0.0], []
+
+        async def ticker():
+            last = time.monotonic()
+            while not done:
+                await asyncio.sleep(0.001)
+                now = time.monotonic()
+                held[0] = max(held[0], now - last)
+                last = now
+
+        ticking = asyncio.ensure_future(ticker())
+        queued, started = 0, time.monotonic()
+        try:
+            for i in numbers(query):
+                await task.aoffload(i)
+                queued += 1
+        except DeliveryError as exc:
+            return {"queued": queued, "error": str(exc), "waited": time.monotonic() - started}
+        finally:
+            done.append(True)
+            await ticking
+        return {"queued": queued, "waited": time.monotonic() - started, "loop_held": held[0]}
+
+    return asyncio.run(run())
+'''
+
+
+@dataclass
+class Pinged:
+    """What one request that offloads returned, and the pings answered while it ran."""
+
+    body: Any
+    pings: list[float] = field(default_factory=list)
+    """Seconds each ``/ping`` took, in order."""
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.pings) if self.pings else float("inf")
+
+    def describe(self) -> str:
+        if not self.pings:
+            return "no ping answered"
+        return (f"{len(self.pings)} pings, p50 {self.p50 * 1000:.1f} ms, max {max(self.pings) * 1000:.1f} ms")
+
+
+def ping_while(server: Server, path: str, every: float = 0.05, settle: float = 0.2,
+               timeout: float = 120.0) -> Pinged:
+    """GET ``path`` in a thread and, while it runs, ``/ping`` every ``every`` seconds (after
+    ``settle`` seconds, once the sender met the full queue); each ping is timed."""
+    outcome: dict[str, Any] = {}
+    sender = threading.Thread(target=lambda: outcome.update(reply=server.get(path, timeout=timeout)))
+    sender.start()
+    time.sleep(settle)
+    pings = []
+    while sender.is_alive():
+        started = time.perf_counter()
+        status, body = server.get("/ping", timeout=timeout)
+        if not sender.is_alive():  # answered once the sender was done: not a ping while it waited
+            break
+        assert (status, body) == (200, "pong"), (status, body)
+        pings.append(time.perf_counter() - started)
+        time.sleep(every)
+    sender.join(timeout)
+    status, body = outcome["reply"]
+    assert status == 200, body
+    return Pinged(body, pings)
+
+
+def ran(server: Server) -> list[int]:
+    """Numbers of the calls the mule ran, sorted (a number twice: a call run twice)."""
+    return sorted(int(r["i"]) for r in server.lines("ran"))
