@@ -32,11 +32,12 @@ def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int) -> N
         numbers = ran(server)
     finally:
         server.stop()
-    queued = pinged.body["queued"]
-    held = f", loop held at most {pinged.body['loop_held'] * 1000:.1f} ms" if "loop_held" in pinged.body else ""
-    print(f"| `{name}` {'`aoffload`' if path == '/aoffload' else ''} | {len(set(numbers))}/{queued} run, "
-          f"{len(numbers) - len(set(numbers))} twice, {queued - len(set(numbers))} lost | {pinged.describe()}{held} "
-          f"| sender {pinged.body['waited']:.2f} s{', ' + pinged.body['error'][:60] if 'error' in pinged.body else ''} |",
+    queued, body = pinged.body["queued"], pinged.body
+    runs = len(set(numbers))
+    held = f", loop held at most {body['loop_held'] * 1000:.1f} ms" if "loop_held" in body else ""
+    ended = f", {body['error'][:60]}" if "error" in body else ""
+    print(f"| `{name}`{' `aoffload`' if path == '/aoffload' else ''} | {runs}/{queued} run, {len(numbers) - runs} "
+          f"twice, {queued - runs} lost | {pinged.describe()}{held} | sender {body['waited']:.2f} s{ended} |",
           flush=True)
 
 

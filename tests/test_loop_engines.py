@@ -56,7 +56,8 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.parametrize(("opt", "engine"), [
-    ({"threads": b"8"}, ""), ({"gevent": b"50"}, "gevent"), ({"gevent": b"50", "gevent-monkey-patch": b"true"}, "gevent"),
+    ({"threads": b"8"}, ""), ({"gevent": b"50"}, "gevent"),
+    ({"gevent": b"50", "gevent-monkey-patch": b"true"}, "gevent"),
     ({"async": b"10", "ugreen": b"true"}, "ugreen"), ({"asyncio": b"10"}, "asyncio"), ({"async": b"10"}, "async")])
 def test_the_loop_engine_is_told_from_the_options_once(worker: Any, opt: dict[str, bytes], engine: str) -> None:
     fake = worker(opt)
