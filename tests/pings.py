@@ -16,15 +16,30 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import Server
+from harness import UWSGI, UWSGI_ARGS, Server
 
 MODES = {
     "--threads 8": ("--threads", "8"),
     "--gevent 50 --gevent-monkey-patch": ("--gevent", "50", "--gevent-monkey-patch"),
     "--gevent 50": ("--gevent", "50"),
     "--async 10 --ugreen": ("--async", "10", "--ugreen"),
+    "--asyncio 10 --greenlet": ("--asyncio", "10", "--greenlet"),
 }
 """Worker modes: name -> uWSGI options (one worker)."""
+
+
+def missing(mode: str) -> str:
+    """Why the uWSGI of the tests cannot run ``mode`` (its first option is not in ``uwsgi --help``:
+    the plugin is not built in; pip builds uWSGI without the greenlet and asyncio plugins); empty
+    when it can."""
+    import subprocess
+
+    option = MODES[mode][0]
+    shown = subprocess.run([str(UWSGI), *UWSGI_ARGS, "--help"], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL, check=False).stdout
+    if any(line.split()[:1] == [option] for line in shown.splitlines()):
+        return ""
+    return f"{UWSGI} has no {option} (its plugin is not built in)"
 
 PING_APP = '''
 import asyncio

@@ -10,11 +10,11 @@ hold the request for as long as the mules take to run the burst). The budget is 
 and request (``uwsgi.request_id()``, the request count of the thread's core) and spent only on
 this slow path.
 Under gevent (``--gevent``, monkey-patched or not) a waiting sender waits through gevent's hub, so
-the worker's other requests run meanwhile; under the other loop engines the wait holds the worker
-(said once in its log). The engine is told apart once per process, at its first wait
-(:func:`loop_engine`), and the budget is kept per request under any of them (their requests share
-a thread, each on a stack of its own). Coroutines wait with :func:`adeliver`, which never blocks their
-event loop.
+the worker's other requests run meanwhile; under ugreen (``--async``) and ``--asyncio`` the wait
+holds the worker (said once in its log; see :data:`YIELDING`). The engine is told apart
+once per process, at its first wait (:func:`loop_engine`), and the budget is kept per request under
+any of them (their requests share a thread, each on a stack of its own). Coroutines wait with
+:func:`adeliver`, which never blocks their event loop.
 A message larger than the target reads whole is refused before sending (:meth:`Route.check_size`).
 """
 
@@ -65,7 +65,9 @@ ones of earlier requests are dropped."""
 YIELDING = ("gevent",)
 """The loop engines a waiting sender yields to. Not ugreen: on uWSGI 2.0.x, whose Python threads are
 always on, ``uwsgi.suspend()`` from Python keeps the GIL, and the next request that core switches
-to waits for it forever (the whole worker hangs)."""
+to waits for it forever (the whole worker hangs). Not asyncio (with greenlet): a request greenlet
+resumed from the event loop rather than by uWSGI has no current request for uWSGI
+(``[BUG] current_wsgi_req NOT FOUND``), and pip builds uWSGI without that plugin."""
 
 
 def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
@@ -133,7 +135,7 @@ def as_bytes(message: str | bytes) -> bytes:
 def loop_engine() -> str:
     """The loop engine this process's requests run in, told once per process: ``gevent``
     (``--gevent``, monkey-patched or not), ``ugreen`` (``--async`` with ``--ugreen``), ``asyncio``,
-    ``async`` (``--async`` with another or no suspend engine), or ``""``: none (threads, or a mule, the
+    ``async`` (``--async`` with no other suspend engine), or ``""``: none (threads, or a mule, the
     master, outside uWSGI: mules run no loop engine)."""
     global _engine
     if _engine is None:
