@@ -5,7 +5,7 @@ worker. Prints, per mode, the calls run (of those offloaded, and how many twice)
 answered while the sender waited (count, p50, max); then the same for ``await f.aoffload(...)``
 (an event loop in a request of ``--threads 8``) with the longest time that loop was held.
 
-    python benchmarks/loop_engines.py [CALLS]      # default 1500
+    python benchmarks/loop_engines.py [CALLS [MODE ...]]      # default: 1500 calls, every mode
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pings import MODES, PING_APP, missing, ping_while, ran
 
 
 def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int) -> None:
-    server = start_server(tmp / name.replace(" ", "_"), declaration("mules=1"), PING_APP, workers=1,
-                          extra_args=args)
+    server = start_server(tmp / f"{name}{path}".replace(" ", "_").replace("/", "_"), declaration("mules=1"),
+                          PING_APP, workers=1, extra_args=args)
     try:
         pinged = ping_while(server, f"{path}?0:{calls}")
         server.wait_for(lambda: len(server.lines("ran")) >= pinged.body["queued"], 120, "the calls run")
@@ -43,16 +43,19 @@ def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int) -> N
 
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
+    modes = sys.argv[2:] or list(MODES)
     os.environ.setdefault("TEST_TASK_SECONDS", "0.002")
     print("| worker mode | calls | `/ping` while the sender waits | |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, args in MODES.items():
+        for name in modes:
+            args = MODES[name]
             if missing(name):
                 print(f"| `{name}` | not run: {missing(name)} | | |", flush=True)
                 continue
             run(Path(tmp), name, args, "/offload", calls)
-        run(Path(tmp), "--threads 8", MODES["--threads 8"], "/aoffload", calls)
+        if not sys.argv[2:]:
+            run(Path(tmp), "--threads 8", MODES["--threads 8"], "/aoffload", calls)
 
 
 if __name__ == "__main__":
