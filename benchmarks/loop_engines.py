@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -41,6 +42,34 @@ def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int) -> N
           flush=True)
 
 
+def reload_during_wait(tmp: Path, name: str, calls: int) -> None:
+    """SIGHUP to the master while the sender waits for room (calls queued then are kept in the spool
+    across the reload): how many the sender was told were queued, and how many ran once."""
+    import signal
+    import threading
+
+    directory = tmp / f"reload{name}".replace(" ", "_")
+    server = start_server(directory, declaration(f"mules=1, spool_dir={str(directory / 'spool')!r}, reload_mercy=20"),
+                          PING_APP, workers=1, extra_args=MODES[name])
+    try:
+        reply: list[Any] = []
+        sender = threading.Thread(target=lambda: reply.append(server.get(f"/offload?0:{calls}", timeout=120)[1]))
+        sender.start()
+        time.sleep(0.5)  # the sender waits for room by now
+        os.kill(server.proc.pid, signal.SIGHUP)
+        sender.join(120)
+        body = reply[0]
+        server.wait_for(lambda: len(server.lines("ran")) >= body["queued"], 120, "the calls run")
+        time.sleep(0.3)
+        numbers = ran(server)
+    finally:
+        server.stop()
+    runs = len(set(numbers))
+    ended = f", then {body['error'][:70]}" if "error" in body else ""
+    print(f"| `{name}`, SIGHUP while the sender waits | {body['queued']} told queued{ended}; {runs} run, "
+          f"{len(numbers) - runs} twice, {len(set(range(body['queued'])) - set(numbers))} lost | | |", flush=True)
+
+
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
     modes = sys.argv[2:] or list(MODES)
@@ -56,6 +85,8 @@ def main() -> None:
             run(Path(tmp), name, args, "/offload", calls)
         if not sys.argv[2:]:
             run(Path(tmp), "--threads 8", MODES["--threads 8"], "/aoffload", calls)
+            for name in ("--gevent 50", "--threads 8"):
+                reload_during_wait(Path(tmp), name, calls)
 
 
 if __name__ == "__main__":

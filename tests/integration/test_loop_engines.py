@@ -111,3 +111,5 @@ def test_a_reload_while_a_sender_waits_loses_nothing(tmp_path: Path, uwsgi_serve
     # across the reload); one it was told was not sent does not run.
     all_ran(server, body["queued"])
     assert body["queued"] == CALLS or "error" in body, body
+    assert server.log().count("spawned uWSGI mule 1 ") >= 2  # the reload came (the mule respawned)
+    assert "queued call(s) kept in the spool" in server.log()  # while the sender waited: the queue was full
