@@ -2,10 +2,11 @@
 client that measures it (what ``tests/integration/test_loop_engines.py`` asserts and
 ``benchmarks/loop_engines.py`` prints).
 
-``/offload?START:COUNT`` offloads COUNT calls of ``TEST_TASK_SECONDS`` (default 2 ms) to mule 1,
-numbered from START, from one request; ``/aoffload?START:COUNT`` does the same from a coroutine
-(``await f.aoffload``, in an event loop of its own) while a ticker on that loop measures the longest
-time the loop was held. Each call records its number once it ran (``results/ran``).
+``/offload?START:COUNT[:PAUSE]`` offloads COUNT calls of ``TEST_TASK_SECONDS`` (default 2 ms) to
+mule 1, numbered from START, from one request (after a call that holds the mule PAUSE seconds);
+``/aoffload?START:COUNT[:PAUSE]`` does the same from a coroutine (``await f.aoffload``, in an event
+loop of its own) while a ticker on that loop measures the longest time the loop was held. Each call
+records its number once it ran (``results/ran``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def task(i):
     record("ran", i=i)
 
 
+@mule_offload()
+def pause(seconds):
+    time.sleep(seconds)
+
+
 def numbers(query):
-    start, _, count = query.partition(":")
+    start, count, *stall = query.split(":")
+    if stall:  # the mule stops reading for as long first: the queue stays full that long
+        pause(float(stall[0]))
     return range(int(start), int(start) + int(count))
 
 
@@ -87,6 +95,7 @@ def aoffload(query):
                 last = now
 
         ticking = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)  # the ticker runs from now on
         queued, started = 0, time.monotonic()
         try:
             for i in numbers(query):
@@ -99,7 +108,11 @@ def aoffload(query):
             await ticking
         return {"queued": queued, "waited": time.monotonic() - started, "loop_held": held[0]}
 
-    return asyncio.run(run())
+    loop = asyncio.new_event_loop()  # not asyncio.run(): in uWSGI's main thread it takes SIGINT from uWSGI
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
 '''
 
 
