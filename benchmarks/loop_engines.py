@@ -3,7 +3,10 @@ uWSGI: one worker, one dispatch mule, a request that offloads 1,500 calls of 2 m
 fills, the sender waits for room) while a second client requests ``/ping`` every 50 ms on the same
 worker. Prints, per mode, the calls run (of those offloaded, and how many twice) and the pings
 answered while the sender waited (count, p50, max); then the same for ``await f.aoffload(...)``
-(an event loop in a request of ``--threads 8``) with the longest time that loop was held.
+(an event loop in a request of ``--threads 8``) with the longest time that loop was held (also
+with the mule paused 1 s first, so that the queue stays full that long); then, for ``--gevent 50``
+and ``--threads 8``, a SIGHUP to the master while the sender waits: calls the sender was told were
+queued, run once, lost.
 
     python benchmarks/loop_engines.py [CALLS [MODE ...]]      # default: 1500 calls, every mode
 """
@@ -23,11 +26,11 @@ from harness import APP_PRELUDE, declaration, start_server
 from pings import MODES, PING_APP, missing, ping_while, ran
 
 
-def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int) -> None:
-    server = start_server(tmp / f"{name}{path}".replace(" ", "_").replace("/", "_"), declaration("mules=1"),
+def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int, *, pause: float = 0) -> None:
+    server = start_server(tmp / f"{name}{path}{pause}".replace(" ", "_").replace("/", "_"), declaration("mules=1"),
                           PING_APP, workers=1, extra_args=args)
     try:
-        pinged = ping_while(server, f"{path}?0:{calls}")
+        pinged = ping_while(server, f"{path}?0:{calls}" + (f":{pause:g}" if pause else ""))
         server.wait_for(lambda: len(server.lines("ran")) >= pinged.body["queued"], 120, "the calls run")
         time.sleep(0.3)  # a call run twice would show up now
         numbers = ran(server)
@@ -37,7 +40,8 @@ def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int) -> N
     runs = len(set(numbers))
     held = f", loop held at most {body['loop_held'] * 1000:.1f} ms" if "loop_held" in body else ""
     ended = f", {body['error'][:60]}" if "error" in body else ""
-    print(f"| `{name}`{' `aoffload`' if path == '/aoffload' else ''} | {runs}/{queued} run, {len(numbers) - runs} "
+    what = f"{' `aoffload`' if path == '/aoffload' else ''}{f', the mule paused {pause:g} s first' if pause else ''}"
+    print(f"| `{name}`{what} | {runs}/{queued} run, {len(numbers) - runs} "
           f"twice, {queued - runs} lost | {pinged.describe()}{held} | sender {body['waited']:.2f} s{ended} |",
           flush=True)
 
@@ -85,6 +89,7 @@ def main() -> None:
             run(Path(tmp), name, args, "/offload", calls)
         if not sys.argv[2:]:
             run(Path(tmp), "--threads 8", MODES["--threads 8"], "/aoffload", calls)
+            run(Path(tmp), "--threads 8", MODES["--threads 8"], "/aoffload", calls, pause=1)
             for name in ("--gevent 50", "--threads 8"):
                 reload_during_wait(Path(tmp), name, calls)
 
