@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from typing import Any
@@ -99,6 +100,27 @@ def test_under_gevent_a_sender_waiting_for_room_lets_other_greenlets_run(worker:
     finally:
         sender.close()
         receiver.close()
+
+
+def test_under_gevent_a_queue_socket_above_fd_1023_is_waited_on(worker: Any) -> None:
+    # A worker with many open files: select() cannot watch an fd from 1024 on, gevent's hub can.
+    worker({"gevent": b"50"})
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    high = socket.socket(fileno=os.dup2(sender.fileno(), 1500))
+    high.setblocking(False)
+    _sending._send_sockets = [high]
+    try:
+        while True:
+            try:
+                high.send(b"x" * 1000)
+            except BlockingIOError:
+                break
+        started = time.monotonic()
+        gevent.spawn(_sending.wait_for_room, 0.0, 0.2).get(timeout=30)
+        assert time.monotonic() - started >= 0.15
+    finally:
+        for sock in (high, sender, receiver):
+            sock.close()
 
 
 def test_a_loop_engine_the_wait_cannot_yield_to_is_named_once(worker: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -173,7 +173,10 @@ def _choose_waiter() -> tuple[Callable[[], Any], Callable[[float], object], Call
         from gevent.monkey import get_original
 
         def wait_gevent(fds: list[int], seconds: float) -> object:
-            return gevent.select.select([], fds, [], seconds)  # through gevent's hub
+            poller = gevent.select.poll()  # watchers of gevent's hub (its select is limited to fds below 1024)
+            for fd in fds:
+                poller.register(fd, select.POLLOUT)
+            return poller.poll(seconds * 1000)
 
         _waiter = (get_original("select", "poll"), gevent.sleep, wait_gevent)
     else:
