@@ -280,6 +280,8 @@ def test_check_prints_a_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         f"  spool: {default_spool_dir()} (the default: one per directory the config is compiled in and section, "
         "never removed; `uwsgiconf-mules spool purge --stale` removes those nobody uses, "
         "set_mules_params(spool_dir=...) chooses one)",
+        "  workers: threads or processes: a sender waiting for room in a full queue holds its own request only; mules "
+        "run no loop engine (a task that uses gevent joins its greenlets before it returns)",
         f"uWSGI here: {uwsgi}, version 2.0.31: supported (2.0.21 or a later 2.0.x)",
         "  build: YAML read by uWSGI's embedded parser (as pip builds it); python built in",
     ]
@@ -345,7 +347,7 @@ def test_check_says_which_uwsgi_is_here_and_whether_it_is_supported(tmp_path: Pa
     uwsgi = fake_uwsgi(tmp_path / "bin", cflags, version_text)
     proc = invoke_with(tmp_path, source("design"), cli, "check", "--uwsgi", str(uwsgi))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[9:] == [line.format(uwsgi=uwsgi) for line in lines]
+    assert proc.stdout.splitlines()[10:] == [line.format(uwsgi=uwsgi) for line in lines]
 
 
 def test_check_finds_the_uwsgi_of_this_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,12 +356,12 @@ def test_check_finds_the_uwsgi_of_this_environment(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     proc = invoke_with(tmp_path, source("design"), cli, "check")
-    assert proc.stdout.splitlines()[9] == (
+    assert proc.stdout.splitlines()[10] == (
         f"uWSGI here: {uwsgi}, version 2.0.21-debian: supported (2.0.21 or a later 2.0.x)")
     uwsgi.unlink()
     proc = invoke_with(tmp_path, source("design"), cli, "check")
     assert proc.returncode == 0
-    assert proc.stdout.splitlines()[9:] == [
+    assert proc.stdout.splitlines()[10:] == [
         f"uWSGI here: none next to {venv_bin / 'python'} or on PATH (compile where uWSGI runs; compile --format yaml "
         "needs --yaml-dialect then)"]
 
@@ -677,8 +679,28 @@ def test_spool_list_shows_files_it_ignores_and_check_an_unusable_spool(tmp_path:
     assert listed.stdout.splitlines()[-4:] == [
         "  dead letters: 2", "    2 x ? (untrusted: not sent by this uWSGI instance)",
         "  ignored in queue/, never run (not this user's regular files): 1", "    '1-1-1.call': a symbolic link"]
-    assert not any("spool" in line for line in invoke_with(tmp_path, body, cli, "check").stdout.splitlines()[1:-3])
+    assert not any("warning: spool" in line for line in invoke_with(tmp_path, body, cli, "check").stdout.splitlines())
     os.chmod(kept.path, 0o777)
     checked = invoke_with(tmp_path, body, cli, "check")
     assert (f"  warning: spool: {kept.path} can be written by others (mode 777): while it lasts, offloaded calls to "
             "dispatch mules are refused (DeliveryError)") in checked.stdout
+
+
+@pytest.mark.parametrize(("option", "said"), [
+    ("gevent", "  workers: gevent loop engine: a sender waiting for room in a full queue waits through gevent's hub, "
+               "the worker's other requests run meanwhile (monkey-patched or not)"),
+    ("async", "  workers: async mode: a sender waiting for room in a full queue holds the worker's other requests (at "
+              "most send_timeout; ugreen's suspend from Python hangs the worker on uWSGI 2.0.x); prefer --gevent or "
+              "--threads"),
+    ("asyncio", "  workers: asyncio loop engine: a sender waiting for room in a full queue holds the worker's other "
+                "requests (at most send_timeout); coroutines: await f.aoffload(...)"),
+])
+def test_check_says_what_a_waiting_sender_does_under_the_loop_engine(tmp_path: Path, option: str, said: str) -> None:
+    body = ("from uwsgiconf_mules import Section\n"
+            "section = Section()\n"
+            "section.workers.set_mules_params(mules=1)\n"
+            f"section._set({option!r}, 10)\n"
+            "uwsgi_configuration = section.as_configuration()\n")
+    proc = invoke_with(tmp_path, body, cli, "check")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("  workers: ")] == [said]

@@ -426,3 +426,36 @@ def _django6() -> bool:
     import django
 
     return django.VERSION >= (6,)
+
+
+def test_aenqueue_sends_with_aoffload_and_announces_as_enqueue_does(tmp_path: Path) -> None:
+    proc, lines = run_django(tmp_path, _signals("""
+        import asyncio
+        import jobs
+        from uwsgiconf_mules.django import MulesBackend
+        from uwsgiconf_mules.testing import capture
+
+        MulesBackend.enqueue = None  # aenqueue must not hand the call to a thread running enqueue
+
+        async def main():
+            result = await jobs.with_context.aenqueue(1)  # outside uWSGI it runs here (no database in a loop)
+            print("ran", result.status, seen, result.id)
+            with capture() as outbox:
+                for value in ("x" * 300_000, 4):
+                    try:
+                        await jobs.touch_db.aenqueue(value)
+                    except Exception as exc:
+                        print(type(exc).__name__, str(exc)[:25])
+                print("recorded", len(outbox), seen)
+
+        asyncio.run(main())
+    """), record=MAIL)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    result_id = out[0].rsplit(" ", 1)[-1]
+    assert out == [
+        f"ran READY ['enqueued', 'started', 'finished'] {result_id}",
+        "PayloadError jobs.touch_db: message of",
+        "recorded 1 ['enqueued', 'started', 'finished', 'enqueued']",
+    ]
+    assert lines == [{"n": 1, "result_id": result_id}]

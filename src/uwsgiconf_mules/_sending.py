@@ -9,6 +9,12 @@ one request may wait on full queues (a burst of sends that each wait a little wo
 hold the request for as long as the mules take to run the burst). The budget is kept per thread
 and request (``uwsgi.request_id()``, the request count of the thread's core) and spent only on
 this slow path.
+Under gevent (``--gevent``, monkey-patched or not) a waiting sender waits through gevent's hub, so
+the worker's other requests run meanwhile; under ugreen (``--async``) and ``--asyncio`` the wait
+holds the worker (said once in its log; see :data:`YIELDING`). The engine is told apart
+once per process, at its first wait (:func:`loop_engine`), and the budget is kept per request under
+any of them (their requests share a thread, each on a stack of its own). Coroutines wait with
+:func:`adeliver`, which never blocks their event loop.
 A message larger than the target reads whole is refused before sending (:meth:`Route.check_size`).
 
 The spool keeps the calls still queued at a reload or stop; while it cannot (see
@@ -58,6 +64,18 @@ def recompile() -> str:
 
 _send_sockets: list[Any] | None = None  # this process's packet sockets, listed at the first full queue
 _budgets: dict[int, tuple[int, float]] = {}  # thread -> (request id, seconds its request may still wait)
+_engine: str | None = None  # the loop engine of this process's requests, told at the first wait (loop_engine)
+_waiter: tuple[Callable[[], Any], Callable[[float], object], Callable[[list[int], float], object]] | None = None
+# (poll factory, sleep, wait for one of these fds to be writable): how a sender waits here; chosen with _engine
+BUDGETS_KEPT = 1024
+"""Under a loop engine, budgets of requests are kept by the request's stack; beyond this many, the
+ones of earlier requests are dropped."""
+YIELDING = ("gevent",)
+"""The loop engines a waiting sender yields to. Not ugreen: on uWSGI 2.0.x, whose Python threads are
+always on, ``uwsgi.suspend()`` from Python keeps the GIL, and the next request that core switches
+to waits for it forever (the whole worker hangs). Not asyncio (with greenlet): a request greenlet
+resumed from the event loop rather than by uWSGI has no current request for uWSGI
+(``[BUG] current_wsgi_req NOT FOUND``), and pip builds uWSGI without that plugin."""
 
 
 SPOOL_CHECK_EVERY = 1.0
@@ -223,6 +241,75 @@ def as_bytes(message: str | bytes) -> bytes:
     raise PayloadError(f"message must be str or bytes, not {type(message).__name__}")
 
 
+def loop_engine() -> str:
+    """The loop engine this process's requests run in, told once per process: ``gevent``
+    (``--gevent``, monkey-patched or not), ``ugreen`` (``--async`` with ``--ugreen``), ``asyncio``,
+    ``async`` (``--async`` with no other suspend engine), or ``""``: none (threads, or a mule, the
+    master, outside uWSGI: mules run no loop engine)."""
+    global _engine
+    if _engine is None:
+        _engine = _tell_engine()
+    return _engine
+
+
+def _tell_engine() -> str:
+    uwsgi = _instance.uwsgi
+    try:
+        if uwsgi is None or not uwsgi.worker_id():
+            return ""
+        options = uwsgi.opt
+    except Exception:  # a uWSGI without these: no loop engine to know of
+        return ""
+    if "gevent" in options:
+        return "gevent"
+    if "asyncio" in options:
+        return "asyncio"
+    if "async" in options:
+        return "ugreen" if "ugreen" in options else "async"
+    return ""
+
+
+def _choose_waiter() -> tuple[Callable[[], Any], Callable[[float], object], Callable[[list[int], float], object]]:
+    """How a sender waits for room in this process (see :func:`loop_engine`); says once in the log
+    when the wait holds the worker's other requests (a loop engine it cannot yield to)."""
+    global _waiter
+    import select
+
+    engine = loop_engine()
+    if engine == "gevent":
+        import gevent
+        import gevent.select
+        from gevent.monkey import get_original
+
+        def wait_gevent(fds: list[int], seconds: float) -> object:
+            poller = gevent.select.poll()  # watchers of gevent's hub (its select is limited to fds below 1024)
+            for fd in fds:
+                poller.register(fd, select.POLLOUT)
+            return poller.poll(seconds * 1000)
+
+        _waiter = (get_original("select", "poll"), gevent.sleep, wait_gevent)
+    else:
+        if engine:
+            import logging
+
+            logging.getLogger("uwsgiconf_mules").warning(
+                "uwsgiconf-mules: worker %s runs the %s loop engine: a sender waiting for room in a full mule "
+                "queue holds the worker's other requests until there is room (at most send_timeout); await "
+                "aoffload() from coroutines, or run the workers with --gevent or --threads",
+                _instance.uwsgi.worker_id(), engine)
+        _waiter = (select.poll, time.sleep, _poll_wait)
+    return _waiter
+
+
+def _poll_wait(fds: list[int], seconds: float) -> object:
+    import select
+
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLOUT)
+    return poller.poll(seconds * 1000)
+
+
 def wait_for_room(sleep: float, wait: float) -> None:
     """Wait until a full queue has room again.
 
@@ -243,16 +330,15 @@ def wait_for_room(sleep: float, wait: float) -> None:
         from ._queues import packet_sockets
 
         _send_sockets = packet_sockets()
-    poller = select.poll()
+    poll, pause, wait_writable = _waiter or _choose_waiter()
+    poller = poll()
     for sock in _send_sockets:
         poller.register(sock, select.POLLOUT)
-    writable = [fd for fd, _ in poller.poll(0)]
+    writable = {fd for fd, _ in poller.poll(0)}
     if len(writable) == len(_send_sockets):
-        time.sleep(sleep)
+        pause(sleep)
         return
-    for fd in writable:  # watch the blocked ones only
-        poller.unregister(fd)
-    poller.poll(wait * 1000)
+    wait_writable([fd for fd in (sock.fileno() for sock in _send_sockets) if fd not in writable], wait)
 
 
 def serves_requests() -> bool:
@@ -278,9 +364,23 @@ def request_budget(timeout: float) -> tuple[int, int, float] | None:
         request = int(uwsgi.request_id())  # the requests its core finished: constant during one
     except Exception:  # a thread uWSGI does not know: no request
         return None
-    thread = get_ident()
+    thread = get_ident() if not loop_engine() else _request_stack()
     known = _budgets.get(thread)
     return thread, request, known[1] if known is not None and known[0] == request else timeout
+
+
+def _request_stack() -> int:
+    """Under a loop engine, which request this is: its requests share a thread, each on a stack of
+    its own, told by the stack's first frame (which lives as long as the request)."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame.f_back is not None:
+        frame = frame.f_back
+    if len(_budgets) > BUDGETS_KEPT:  # keys of finished requests are not reused: drop the least recent
+        for key in list(_budgets)[:BUDGETS_KEPT // 2]:
+            del _budgets[key]
+    return id(frame)
 
 
 def retry(attempt: Callable[[], object], timeout: float, what: str, size: int, target: object = None) -> bool:
@@ -322,6 +422,7 @@ def retry(attempt: Callable[[], object], timeout: float, what: str, size: int, t
             delay = min(delay * 2, BACKOFF_MAX)
     finally:
         if budget is not None:
+            _budgets.pop(budget[0], None)  # kept last: the most recent (see _request_stack)
             _budgets[budget[0]] = (budget[1], budget[2] - (time.monotonic() - started))
 
 
@@ -337,6 +438,39 @@ def deliver(message: bytes, dest: int | bytes, what: str, timeout: float) -> boo
     sent = retry(lambda: send(message, dest), timeout, what, len(message), dest)
     _metrics.queued(dest)
     return sent
+
+
+ASYNC_BACKOFF_MAX = 0.002
+"""Longest sleep of a coroutine between two attempts on a full queue, in seconds."""
+
+
+async def adeliver(message: bytes, dest: int | bytes, what: str, timeout: float) -> bool:
+    """:func:`deliver` for a coroutine: between attempts it sleeps on its event loop (from 0.1 to
+    2 ms), which runs its other tasks meanwhile; after ``timeout`` seconds
+    :class:`~uwsgiconf_mules.errors.DeliveryError` says the message was not sent. Each send is
+    bounded alone (an event loop serves no one request).
+
+    :param message: The message.
+    :param dest: A mule id, or a farm name as bytes.
+    :param what: What is sent and where to, for the error message.
+    :param timeout: Seconds to keep trying.
+    """
+    import asyncio
+
+    send = _instance.uwsgi.mule_msg
+    deadline = time.monotonic() + timeout
+    delay = BACKOFF_FIRST
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeliveryError(
+                f"{what}: the queue stayed full for {timeout:g} s; the message ({len(message)} bytes) was "
+                "not sent (raise send_timeout or msg_buffer, or add mules)", target=dest)
+        await asyncio.sleep(min(delay, left))
+        if send(message, dest):
+            _metrics.queued(dest)
+            return True
+        delay = min(delay * 2, ASYNC_BACKOFF_MAX)
 
 
 class Route:

@@ -501,6 +501,7 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
                  f"{f'{declarations.harakiri} s' if declarations.harakiri else 'none'}")
     if declarations.spool_dir:
         lines.append(f"spool: {declarations.spool_dir}{_spool_note(declarations.spool_dir, str(section.name))}")
+    lines.append(f"workers: {_loop_engine(keys)}")
     lines.extend(f"warning: {warning}" for warning in _warnings(declarations, limit))
     lines.extend(f"warning: {warning}" for warning in _section_warnings(section, declarations))
     lines.extend(absent)
@@ -536,6 +537,27 @@ def _section_warnings(section: Any, declarations: Declarations) -> list[str]:
                         "sets no DJANGO_SETTINGS_MODULE: under --lazy-apps dispatch mules cannot set Django up and "
                         "tasks that use it fail; add section.env('DJANGO_SETTINGS_MODULE', 'mysite.settings')")
     return warnings
+
+
+LOOP_ENGINES = {
+    "gevent": "gevent loop engine: a sender waiting for room in a full queue waits through gevent's hub, the "
+              "worker's other requests run meanwhile (monkey-patched or not)",
+    "asyncio": "asyncio loop engine: a sender waiting for room in a full queue holds the worker's other requests "
+               "(at most send_timeout); coroutines: await f.aoffload(...)",
+    "async": "async mode: a sender waiting for room in a full queue holds the worker's other requests (at most "
+             "send_timeout; ugreen's suspend from Python hangs the worker on uWSGI 2.0.x); prefer --gevent or "
+             "--threads",
+}
+"""What a sender waiting for room does under each loop engine (an option of the section)."""
+
+
+def _loop_engine(keys: set[str]) -> str:
+    """The ``workers:`` line of ``check``: what a waiting sender does with the section's loop engine."""
+    for option in ("gevent", "asyncio", "async"):
+        if option in keys:
+            return LOOP_ENGINES[option]
+    return ("threads or processes: a sender waiting for room in a full queue holds its own request only; mules run "
+            "no loop engine (a task that uses gevent joins its greenlets before it returns)")
 
 
 def uwsgi_summary(uwsgi: str | None = None) -> list[str]:

@@ -261,25 +261,57 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         :raises PayloadError: when the call is too large (errors name the task's ``module_path``).
         :raises DeliveryError: when the farm's queue stayed full until the send timeout.
         """
-        self.validate_task(task)
-        from django.utils.crypto import get_random_string
-
-        result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=_now())
-        # task_enqueued once the call is accepted: after the send, or, when the task runs within it
-        # (outside uWSGI), from _run before task_started. A refused call announces nothing.
-        _announcements[result.id] = functools.partial(_signals.task_enqueued.send, sender=type(self),
-                                                      task_result=result)
+        result = self._accept(task, args, kwargs)
         try:
             self._sender(task.queue_name)(task.module_path, result.id, self.alias, list(result.args),
                                           dict(result.kwargs), task.queue_name, result.enqueued_at.isoformat())
         except MulesError as exc:  # named after the task, not after the function that runs it
-            exc.args = tuple(arg.replace(_KEY, task.module_path) if isinstance(arg, str) else arg
-                             for arg in exc.args)
+            _rename(exc, task)
             raise
         finally:
             announce = _announcements.pop(result.id, None)
         if announce is not None:
             announce()
+        return result
+
+    async def aenqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
+        """:meth:`enqueue` for async code (``await task.aenqueue(...)``): the call is sent with
+        ``aoffload``, so a full queue is waited on without blocking the running event loop (each
+        send bounded by ``send_timeout``).
+
+        :param task: The task.
+        :param args: Positional arguments (JSON-serialisable).
+        :param kwargs: Keyword arguments (JSON-serialisable).
+        :returns: A ``TaskResult`` in status ``READY``, as :meth:`enqueue` returns.
+        :raises UnknownTargetError: when the farm is not declared.
+        :raises PayloadError: when the call is too large.
+        :raises DeliveryError: when the farm's queue stayed full until the send timeout.
+        """
+        result = self._accept(task, args, kwargs)
+        try:
+            await self._sender(task.queue_name).aoffload(  # type: ignore[attr-defined]
+                task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
+                result.enqueued_at.isoformat())
+        except MulesError as exc:  # named after the task, not after the function that runs it
+            _rename(exc, task)
+            raise
+        finally:
+            announce = _announcements.pop(result.id, None)
+        if announce is not None:
+            announce()
+        return result
+
+    def _accept(self, task: Any, args: Any, kwargs: Any) -> Any:
+        """The ``TaskResult`` of a call about to be sent, its ``task_enqueued`` signal waiting in
+        :data:`_announcements`: sent once the call is accepted, after the send or, when the task runs
+        within it (outside uWSGI), from ``_run`` before ``task_started``. A refused call announces
+        nothing."""
+        self.validate_task(task)
+        from django.utils.crypto import get_random_string
+
+        result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=_now())
+        _announcements[result.id] = functools.partial(_signals.task_enqueued.send, sender=type(self),
+                                                      task_result=result)
         return result
 
     def check(self, **kwargs: Any) -> Iterable[Any]:
@@ -345,6 +377,11 @@ def _register_deploy_check() -> None:
 
 
 _register_deploy_check()  # when Django loads INSTALLED_APPS (or a setting names the backend)
+
+
+def _rename(exc: MulesError, task: Any) -> None:
+    """Make the message of ``exc`` name the task rather than the function that runs it."""
+    exc.args = tuple(arg.replace(_KEY, task.module_path) if isinstance(arg, str) else arg for arg in exc.args)
 
 
 class MulesConfig(AppConfig):  # type: ignore[misc]

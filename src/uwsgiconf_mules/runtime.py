@@ -8,7 +8,9 @@ farms and mules it knows are exactly the ones declared. What it guarantees:
   listing what is declared -- at decoration time when the declarations are known.
 * A send that returns has been queued; a full queue is waited on for at most the declared
   ``send_timeout`` (and all the sends of one request together wait no longer), then
-  :class:`~uwsgiconf_mules.errors.DeliveryError` is raised; ``f.nowait(...)`` never waits.
+  :class:`~uwsgiconf_mules.errors.DeliveryError` is raised; ``f.nowait(...)`` never waits;
+  ``await f.aoffload(...)`` waits on the running event loop. Under ``--gevent`` and ``--async``
+  with ``--ugreen``, a waiting sender lets the worker's other requests run.
 * A message larger than the target reads whole is refused at the call site with
   :class:`~uwsgiconf_mules.errors.PayloadError`; so are arguments that cannot be pickled.
 * Offloaded functions are registered by ``module:qualname``; dispatch mules run them.
@@ -48,6 +50,7 @@ from ._declarations import FarmSpec as _FarmSpec
 from ._limits import socket_message_limit
 from ._sending import (
     Route as _Route,
+    adeliver as _adeliver,
     as_bytes as _as_bytes,
     check_mule_id as _check_mule_id,
     deliver as _deliver,
@@ -88,6 +91,11 @@ if TYPE_CHECKING:
         def nowait(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
             """Queue a call as calling the function does, but never wait: a full queue raises
             ``DeliveryError`` at once."""
+
+        async def aoffload(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
+            """Queue a call as calling the function does, from a coroutine: a full queue is waited
+            on by sleeping on the running event loop (at most ``send_timeout``, then
+            ``DeliveryError``), never by blocking it."""
 
 __all__ = ["Farm", "Mule", "TypeMuleFarm", "mule_offload", "socket_message_limit"]
 
@@ -603,11 +611,22 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
         raise _DeliveryError(f"{key} to {resolve().label}: the queue is full; the message ({len(message)} bytes) "
                              "was not sent (nowait: no wait for room)", target=dest)
 
+    async def aoffload(*args: Any, **kwargs: Any) -> bool:
+        message = encode(args, kwargs)
+        if len(message) > limit:
+            resolve().check_size(len(message), key)
+        if send(message, dest):
+            count[0] += 1
+            return True
+        current = resolve()
+        return await _adeliver(message, dest, f"{key} to {current.label}", current.timeout)
+
     if counts_inline:
         offloaded = offloaded_counting
 
     functools.update_wrapper(offloaded, func)
     offloaded.nowait = nowait  # type: ignore[attr-defined]
+    offloaded.aoffload = aoffload  # type: ignore[attr-defined]
     offloaded.key = key  # type: ignore[attr-defined]
     offloaded.target = target  # type: ignore[attr-defined]
     offloaded._forget = forget  # type: ignore[attr-defined]
@@ -627,6 +646,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R
 
         resize(42)  # queued for farm `fast`; returns True
         resize.nowait(42)  # the same, but a full queue raises DeliveryError at once
+        await resize.aoffload(42)  # from a coroutine: a full queue is waited on without blocking its loop
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.

@@ -41,3 +41,10 @@ def calls() -> None:
     key: str = resize.key
     typed: OffloadedFunction[[str], None] = notify
     del queued, now, here, key, typed
+
+
+async def async_calls() -> None:
+    sent: bool = await resize.aoffload(1, quality=5)
+    await resize.aoffload("one")  # type: ignore[arg-type]
+    await notify.aoffload()  # type: ignore[call-arg]
+    del sent
