@@ -13,7 +13,7 @@ UWSGI_REQUIREMENT := uwsgi>=2.0.21,<2.1
 # Material for MkDocs prints a banner about MkDocs 2 at every build; the build is what matters here.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo docs docs-strict test test-matrix lint typecheck unit bench clean redis-server
+.PHONY: demo docs docs-strict test test-matrix lint lint-imports typecheck unit bench clean redis-server
 
 # The tests and benchmarks of farms routed to RQ start a real redis-server (Debian's package),
 # installed here when it is missing (as root, as on CI; DEBIAN_FRONTEND keeps apt quiet).
@@ -46,10 +46,14 @@ docs-strict: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks docs
 
+# The import rule between the layers (docs/architecture.md), contracts in pyproject.toml.
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck docs-strict redis-server
+test: lint lint-imports typecheck docs-strict redis-server
 	$(BIN)/python -m pytest -p xdist -n 2
 
 test-matrix:

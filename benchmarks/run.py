@@ -287,7 +287,7 @@ def rq_cost(workdir: Path, rounds: int, batch: int, jobs: int) -> dict[str, Any]
 
     from redis_server import RedisServer
     from uwsgiconf_mules import _instance
-    from uwsgiconf_mules._declarations import declare
+    from uwsgiconf_mules.declarations import declare
 
     server = RedisServer(workdir / "redis").start()
     try:

@@ -89,8 +89,8 @@ def rows_of(call: str, func: Callable[..., Any]) -> list[tuple[str, str, str, st
 
 def option_rows() -> list[tuple[str, str, str, str]]:
     """(call, option, default, what) for every option a declaration takes."""
-    from uwsgiconf_mules._declarations import MuleFarm
     from uwsgiconf_mules.config import Workers
+    from uwsgiconf_mules.declarations import MuleFarm
 
     return [*rows_of("set_mules_params", Workers.set_mules_params), *rows_of("mule_farm", MuleFarm),
             *rows_of("set_offload_backends", Workers.set_offload_backends)]

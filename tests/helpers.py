@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from uwsgiconf_mules._declarations import DISPATCH_MULE
+from uwsgiconf_mules.declarations import DISPATCH_MULE
 
 EXPECTED = Path(__file__).parent / "expected"
 STAMP = re.compile(r'(uwsgiconf v)\S+ on [^"\n]*')

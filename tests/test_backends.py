@@ -12,8 +12,8 @@ from uwsgiconf.cli import base as uwsgiconf_cli
 
 from helpers import assert_one_line_error, invoke_with
 from uwsgiconf_mules import MulesConfigurationError, Section
-from uwsgiconf_mules._backends import parse_backend
-from uwsgiconf_mules._declarations import declare, parse_record
+from uwsgiconf_mules.declarations import declare, parse_record
+from uwsgiconf_mules.declarations.backends import parse_backend
 
 
 def test_a_routed_farm_spends_no_mules_and_travels_in_the_record() -> None:

@@ -15,9 +15,9 @@ from uwsgiconf.cli import base as uwsgiconf_cli
 
 from helpers import assert_one_line_error, invoke
 from uwsgiconf_mules import MuleFarm, MulesConfigurationError, Section, cli as cli_module
-from uwsgiconf_mules._declarations import ENV_MAX, MAX_MULES, Declarations, FarmSpec, declare, master_fds
 from uwsgiconf_mules._top import snapshot
 from uwsgiconf_mules.cli import cli, summary
+from uwsgiconf_mules.declarations import ENV_MAX, MAX_MULES, Declarations, FarmSpec, declare, master_fds
 
 PAST = "uWSGI cannot run more than 262140 mules and farms"
 
@@ -39,7 +39,7 @@ def test_counts_uwsgi_cannot_run_are_refused_before_anything_is_made(params: dic
 
 
 def test_the_record_s_separator_is_refused_in_every_field_in_one_place() -> None:
-    from uwsgiconf_mules._declarations import Declarations, _checked
+    from uwsgiconf_mules.declarations import Declarations, _checked
 
     with pytest.raises(MulesConfigurationError, match=re.escape(
             "spool_dir: '/srv/a;mules=9' contains ';', which separates the fields of the declarations record")):

@@ -258,7 +258,7 @@ def test_usage_errors_exit_2_and_version_comes_from_metadata(tmp_path: Path) -> 
 
 
 def test_check_prints_a_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from uwsgiconf_mules._declarations import default_spool_dir
+    from uwsgiconf_mules.declarations import default_spool_dir
 
     monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
     uwsgi = fake_uwsgi(tmp_path / "bin", PIP_CFLAGS)
@@ -460,7 +460,7 @@ SPOOLED = ("from uwsgiconf_mules import Section\nsection = Section()\n"
 
 
 def test_spool_lists_replays_and_purges(tmp_path: Path) -> None:
-    from uwsgiconf_mules import _spool
+    from uwsgiconf_mules.protocol import spool as _spool
 
     kept = _spool.Spool(str(tmp_path / "spool"))
     body = SPOOLED.format(spool=kept.path)
@@ -521,7 +521,8 @@ def test_spool_replay_says_how_to_restart_the_mules_of_this_config(tmp_path: Pat
 
 def test_spool_purge_stale_removes_only_default_spools_nobody_needs(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from uwsgiconf_mules import _declarations, _spool
+    from uwsgiconf_mules import declarations as _declarations
+    from uwsgiconf_mules.protocol import spool as _spool
 
     root = tmp_path / "uwsgiconf-mules-0"
     monkeypatch.setattr(_declarations, "default_spool_dir", lambda section="uwsgi": str(root / ("0" * 16)))
@@ -547,7 +548,7 @@ def test_spool_purge_stale_removes_only_default_spools_nobody_needs(tmp_path: Pa
 
 
 def test_spool_reads_a_compiled_config_and_says_what_it_cannot_read(tmp_path: Path) -> None:
-    from uwsgiconf_mules import _spool
+    from uwsgiconf_mules.protocol import spool as _spool
 
     kept = _spool.Spool(str(tmp_path / "spool"))
     kept.create()
@@ -605,8 +606,8 @@ def test_worker_refuses_farms_that_one_worker_cannot_serve(tmp_path: Path, monke
 
 def test_worker_command_is_rq_worker_with_the_declared_url_queues_and_serializer(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from uwsgiconf_mules._backends import parse_backend
     from uwsgiconf_mules._remote import worker_command
+    from uwsgiconf_mules.declarations.backends import parse_backend
 
     monkeypatch.setenv("PW", "p w/@")
     backends = [parse_backend("reports", "rq://h:6380/2?password_env=PW&serializer=pickle"),
@@ -667,7 +668,7 @@ def test_the_worker_gets_the_variables_the_config_sets(tmp_path: Path, fmt: str)
 
 
 def test_spool_list_shows_files_it_ignores_and_check_an_unusable_spool(tmp_path: Path) -> None:
-    from uwsgiconf_mules import _spool
+    from uwsgiconf_mules.protocol import spool as _spool
 
     kept = _spool.Spool(str(tmp_path / "spool"))
     kept.create()

@@ -14,7 +14,7 @@ from uwsgiconf.cli import base as uwsgiconf_cli
 
 from harness import BIN
 from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, invoke_with, normalise, source
-from uwsgiconf_mules._declarations import DISPATCH_MULE
+from uwsgiconf_mules.declarations import DISPATCH_MULE
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

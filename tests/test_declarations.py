@@ -9,7 +9,7 @@ from uwsgiconf.exceptions import ConfigurationError
 from uwsgiconf.options.workers import MuleFarm as UwsgiconfMuleFarm
 
 from uwsgiconf_mules import MuleFarm, MulesConfigurationError, MulesError, Section
-from uwsgiconf_mules._declarations import (
+from uwsgiconf_mules.declarations import (
     DISPATCH_MULE,
     RECORD_ENV,
     Declarations,

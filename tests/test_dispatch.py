@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from uwsgiconf_mules import _dispatch, _protocol, _spool, _tasks
+from uwsgiconf_mules import _dispatch, _tasks
+from uwsgiconf_mules.protocol import envelope as _protocol, spool as _spool
 
 
 def signed(key: str, *args: object) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from uwsgiconf_mules._declarations import RECORD_ENV, MuleFarm, declare
+from uwsgiconf_mules.declarations import RECORD_ENV, MuleFarm, declare
 
 JOBS = '''
 import asyncio

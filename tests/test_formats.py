@@ -11,8 +11,8 @@ import yaml
 from uwsgiconf.config import Configuration
 
 from uwsgiconf_mules import Section
-from uwsgiconf_mules._declarations import DISPATCH_MULE, default_spool_dir
 from uwsgiconf_mules._formats import double_quoted
+from uwsgiconf_mules.declarations import DISPATCH_MULE, default_spool_dir
 
 
 def test_yaml_formatter_is_registered_with_uwsgiconf() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from uwsgiconf_mules._limits import DATAGRAM_CEILING, SEQPACKET_OVERHEAD, socket_message_limit
+from uwsgiconf_mules.protocol.limits import DATAGRAM_CEILING, SEQPACKET_OVERHEAD, socket_message_limit
 
 WMEM_MAX = Path("/proc/sys/net/core/wmem_max")
 SENT_WHOLE_UP_TO = 256 * 1024

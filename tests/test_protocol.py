@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from uwsgiconf_mules import _protocol as protocol
 from uwsgiconf_mules.errors import PayloadError
+from uwsgiconf_mules.protocol import envelope as protocol
 
 KEY = "pkg.mod:Cls.method"
 CALLS = [
@@ -127,7 +127,7 @@ def test_subclasses_are_pickled_not_marshalled() -> None:
 
 def test_the_token_is_random_per_instance_and_starts_every_envelope() -> None:
     assert len(protocol.TOKEN) == 16 and protocol.PREFIX == protocol.HEADER + protocol.TOKEN
-    code = "from uwsgiconf_mules import _protocol; print(_protocol.TOKEN.hex())"
+    code = "from uwsgiconf_mules.protocol import envelope as _protocol; print(_protocol.TOKEN.hex())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert bytes.fromhex(other) != protocol.TOKEN
     assert protocol.PROBE.startswith(protocol.PREFIX)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from uwsgiconf_mules import _queues, _sending, _tasks
-from uwsgiconf_mules._declarations import parse_record
-from uwsgiconf_mules._protocol import PROBE
+from uwsgiconf_mules.declarations import parse_record
+from uwsgiconf_mules.protocol.envelope import PROBE
 
 
 class FakeUwsgi:

@@ -20,7 +20,7 @@ import rq
 import remote_tasks
 from redis_server import RedisServer
 from uwsgiconf_mules import _remote, remote
-from uwsgiconf_mules._declarations import MuleFarm, declare
+from uwsgiconf_mules.declarations import MuleFarm, declare
 from uwsgiconf_mules.errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTaskError, UsageError
 from uwsgiconf_mules.runtime import Farm
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from uwsgiconf_mules import _spool
+from uwsgiconf_mules.protocol import spool as _spool
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_calls_are_claimed_once_oldest_first_and_only_for_their_targets(spool: _
 
 def test_a_write_interrupted_before_its_rename_leaves_nothing_a_mule_would_run(spool: _spool.Spool) -> None:
     # Killed mid-write: the partial file is in tmp/, never in queue/.
-    code = ("import os, sys; from uwsgiconf_mules import _spool\n"
+    code = ("import os, sys; from uwsgiconf_mules.protocol import spool as _spool\n"
             "os.fsync = lambda fd: os._exit(9)\n"
             f"_spool.Spool({spool.path!r}).write('queue', b'a' * 100000)\n")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 9
@@ -209,7 +209,8 @@ def test_files_of_another_user_or_links_in_queue_are_listed_as_strangers(spool: 
 
 
 def test_a_message_refused_by_the_trust_check_is_noted_never_kept(tmp_path: Path) -> None:
-    from uwsgiconf_mules import _protocol, _tasks
+    from uwsgiconf_mules import _tasks
+    from uwsgiconf_mules.protocol import envelope as _protocol
 
     spool = _spool.Spool(str(tmp_path / "spool"))
     spool.create()

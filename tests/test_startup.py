@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from uwsgiconf_mules import _protocol, _startup, _tasks, logs
+from uwsgiconf_mules import _startup, _tasks, logs
+from uwsgiconf_mules.protocol import envelope as _protocol
 
 
 def run(code: str) -> str:

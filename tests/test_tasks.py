@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from uwsgiconf_mules import _protocol as protocol, _tasks, errors
+from uwsgiconf_mules import _tasks, errors
+from uwsgiconf_mules.protocol import envelope as protocol
 from uwsgiconf_mules.runtime import mule_offload
 
 RAN: list[object] = []

@@ -15,10 +15,10 @@ import pytest
 
 from helpers import assert_one_line_error, invoke_with
 from uwsgiconf_mules import MuleFarm, _failures, _instance
-from uwsgiconf_mules._declarations import RECORD_ENV, declare
 from uwsgiconf_mules._metrics import MuleCounters
 from uwsgiconf_mules._top import StatsError, read_stats, render, snapshot
 from uwsgiconf_mules.cli import cli
+from uwsgiconf_mules.declarations import RECORD_ENV, declare
 
 
 class Loud:

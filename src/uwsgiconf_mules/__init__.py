@@ -29,8 +29,8 @@ from .errors import (
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is not free for worker processes
 if TYPE_CHECKING:
-    from ._declarations import MuleFarm as MuleFarm
     from .config import MulesMixin as MulesMixin, PythonSection as PythonSection, Section as Section
+    from .declarations import MuleFarm as MuleFarm
 
 __all__ = [
     "DeclarationsMissingError",
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 _LAZY = {"Section": "config", "PythonSection": "config", "MulesMixin": "config",
-         "MuleFarm": "_declarations"}  # MuleFarm needs neither jinja2 nor uwsgiconf.config
+         "MuleFarm": "declarations"}  # MuleFarm needs neither jinja2 nor uwsgiconf.config
 
 
 def __getattr__(name: str) -> object:

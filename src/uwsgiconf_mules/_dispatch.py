@@ -17,7 +17,7 @@ uWSGI signals sent to the mule (``mule``, ``muleN``, ``mules`` targets, timers) 
 thread of their own as they arrive, concurrently with the call being run: within milliseconds,
 not when the queues next run empty.
 
-Its life, around the loop (see :mod:`uwsgiconf_mules._spool`): at start, the mule reports a
+Its life, around the loop (see :mod:`uwsgiconf_mules.protocol.spool`): at start, the mule reports a
 predecessor that died without a clean stop, and runs the calls kept in the spool for it. Told to
 stop (SIGHUP, SIGTERM or SIGINT: a reload, a stop, a mules reload), it finishes the call it is
 running, takes no new one, moves every call still queued in its queues into the spool, keeps
@@ -32,17 +32,18 @@ import os
 import signal
 import time
 
-from . import _instance, _metrics, _protocol, _spool, _tasks
-from ._limits import socket_message_limit
-from ._protocol import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
+from . import _instance, _metrics, _tasks
 from ._queues import STREAK, Queues, probe_destinations
 from .errors import MulesError, NotInMuleError
+from .protocol import envelope as _protocol, spool as _spool
+from .protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
+from .protocol.limits import socket_message_limit
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._declarations import Declarations
+    from .declarations import Declarations
 
 LINGER = 5.0
 """Longest time a stopping mule keeps moving newly queued calls to the spool while workers are

@@ -1,7 +1,7 @@
 """This uWSGI instance, as the runtime sees it: the ``uwsgi`` module and the declarations.
 
 The declarations record (the ``UWSGICONF_MULES`` environment variable, see
-:mod:`uwsgiconf_mules._declarations`) is read once per process, so the farms and mules the
+:mod:`uwsgiconf_mules.declarations`) is read once per process, so the farms and mules the
 runtime knows are exactly the ones the builders declared. Outside uWSGI (scripts, tests,
 development servers) ``uwsgi`` is None and the declarations are the record when someone set it,
 else those of the configuration module named by ``UWSGICONF_MULES_CONFIG`` (loaded with
@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import weakref
 
-from ._declarations import CONFIG_ENV, RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
-from ._limits import clear_cache
-from ._protocol import TOKEN_PID
+from .declarations import CONFIG_ENV, RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
 from .errors import DeclarationsMissingError
+from .protocol.envelope import TOKEN_PID
+from .protocol.limits import clear_cache
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Counters exist only when the builders declared a stats server (``set_mules_params(stats=...)``):
 they then emit ``enable-metrics``, the ``stats`` server and one ``metric`` option per counter
-(:meth:`~uwsgiconf_mules._declarations.Declarations.metric_names`), because uWSGI lets processes
+(:meth:`~uwsgiconf_mules.declarations.Declarations.metric_names`), because uWSGI lets processes
 update metrics but never create them. The names:
 
 * ``mule.<id>.queued`` and ``farm.<name>.queued``: messages queued for the target (sender side);
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from ._declarations import Declarations
+    from .declarations import Declarations
 
 FLUSH_EVERY = 1.0
 """Seconds between two flushes of a process's counts into the uWSGI metrics."""
@@ -219,7 +219,7 @@ def sending_ends(found: dict[int | bytes, Any]) -> dict[int | bytes, Any]:
 
     :param found: Destination -> the receiving socket (``Queues`` found them with probes).
     """
-    from ._queues import packet_sockets
+    from .protocol.sockets import packet_sockets
 
     by_inode = {os.fstat(sock.fileno()).st_ino: sock for sock in packet_sockets()}
     ends = {}

@@ -3,7 +3,7 @@ uWSGI the runtime).
 
 The command line loads a ``uwsgicfg.py`` to compile or check it. Outside uWSGI (a development
 server, a test run, a script) there is no compiled config and no declarations record; naming the
-configuration module in :data:`~uwsgiconf_mules._declarations.CONFIG_ENV` makes the runtime load
+configuration module in :data:`~uwsgiconf_mules.declarations.CONFIG_ENV` makes the runtime load
 it and use the declarations of one of its sections, so an undeclared farm or mule id raises there
 as it does in production (:func:`load_declarations`). Under uWSGI the runtime never comes here:
 it reads the record the compiled config carries. This module imports uwsgiconf (and, through the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 
-from ._declarations import CONFIG_ENV, Declarations
+from .declarations import CONFIG_ENV, Declarations
 from .errors import MulesConfigurationError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the runtime imports this module on demand
@@ -100,7 +100,7 @@ def configurations(conf: str) -> list[Any]:
 
 def load_declarations(value: str, where: str | None = None) -> Declarations:
     """The declarations of the section named by ``value``, the value of
-    :data:`~uwsgiconf_mules._declarations.CONFIG_ENV`: ``CONF`` or ``CONF:SECTION``, where ``CONF``
+    :data:`~uwsgiconf_mules.declarations.CONFIG_ENV`: ``CONF`` or ``CONF:SECTION``, where ``CONF``
     is a path or a module name (see :func:`configurations`) and ``SECTION`` the name of a section
     (needed only when several sections of ``CONF`` declare mules).
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 import _socket  # the C module only: ``socket`` imports selectors, enum and more
 import mmap
 import os
-import stat
 
-from ._protocol import PROBE, PROBE_SIZE
+from .protocol.envelope import PROBE, PROBE_SIZE
+from .protocol.sockets import packet_sockets
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
-    from ._declarations import Declarations
+    from .declarations import Declarations
 
 PROBE_TRIES = 8
 """Probes sent to a queue before it is read through uWSGI for the life of the mule."""
@@ -30,34 +30,6 @@ PROBE_RESEND = 32
 """Scans between two probes to a queue not found yet."""
 STREAK = 64
 """Messages read from one queue in a row while others may be waiting."""
-
-
-def packet_sockets() -> list[Any]:
-    """Duplicates of this process's AF_UNIX packet sockets; uWSGI's mule and farm queues are among
-    them (every uWSGI process inherits all of them). Empty where ``/proc/self/fd`` cannot be read.
-    """
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except (OSError, ValueError):
-        return []
-    found = []
-    for fd in fds:
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                continue
-            dup = os.dup(fd)
-        except OSError:
-            continue
-        try:
-            sock = _socket.socket(fileno=dup)
-        except OSError:
-            os.close(dup)
-            continue
-        if sock.family == _socket.AF_UNIX and sock.type in (_socket.SOCK_SEQPACKET, _socket.SOCK_DGRAM):
-            found.append(sock)
-        else:
-            sock.close()
-    return found
 
 
 class QueueFinder:

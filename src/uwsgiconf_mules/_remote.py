@@ -26,15 +26,16 @@ from __future__ import annotations
 import os
 from math import isfinite
 
-from . import _protocol, _tasks
+from . import _tasks
 from .errors import DeliveryError, MulesConfigurationError, PayloadError
+from .protocol import envelope as _protocol
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep this module as cheap as the runtime
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from typing import Any
 
-    from ._backends import Backend
+    from .declarations.backends import Backend
 
 __all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "redis_url", "sender", "worker_command"]
 

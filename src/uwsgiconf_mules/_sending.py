@@ -18,7 +18,7 @@ any of them (their requests share a thread, each on a stack of its own). Corouti
 A message larger than the target reads whole is refused before sending (:meth:`Route.check_size`).
 
 The spool keeps the calls still queued at a reload or stop; while it cannot (see
-:func:`uwsgiconf_mules._spool.problem`: a directory others could change, a link, a full disk),
+:func:`uwsgiconf_mules.protocol.spool.problem`: a directory others could change, a link, a full disk),
 offloaded calls to dispatch mules raise :class:`~uwsgiconf_mules.errors.DeliveryError` naming the
 problem rather than return True. Each worker checks the spool once a second in a thread of its
 own (:func:`watch_spool`, started by the first offloaded call) and, when what it finds changes,
@@ -32,10 +32,11 @@ import os
 import time
 from _thread import get_ident
 
-from . import _instance, _metrics, _spool
-from ._declarations import Declarations
-from ._limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from . import _instance, _metrics
+from .declarations import Declarations
 from .errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
+from .protocol import spool as _spool
+from .protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ def wait_for_room(sleep: float, wait: float) -> None:
     import select
 
     if _send_sockets is None:
-        from ._queues import packet_sockets
+        from .protocol.sockets import packet_sockets
 
         _send_sockets = packet_sockets()
     poll, pause, wait_writable = _waiter or _choose_waiter()
@@ -482,7 +483,7 @@ class Route:
     :param timeout: Seconds a sender waits for room in a full queue.
     :param refused: Why nothing may be sent to this target, or None.
     :param sender: For a farm routed to an offload backend, the function that sends an
-        offloaded call's envelope there (see :mod:`uwsgiconf_mules._backends`); None for mules.
+        offloaded call's envelope there (see :mod:`uwsgiconf_mules.declarations.backends`); None for mules.
     :param check: For a farm routed to an offload backend, the check its sender makes of a call's
         decoded arguments, ``check(key, args, kwargs)`` raising ``PayloadError`` (RQ with JSON:
         only what JSON gives back); None when there is none. Outside uWSGI, calls that do not go

@@ -23,7 +23,7 @@ from . import _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
-    from ._declarations import Declarations
+    from .declarations import Declarations
 
 DJANGO_SETTINGS = "DJANGO_SETTINGS_MODULE"
 

@@ -2,7 +2,7 @@
 
 ``mule_offload`` registers every function under its key, ``module:qualname``
 (:func:`register`). A mule runs a message as a call only when it carries this instance's token
-(see :mod:`uwsgiconf_mules._protocol`) and its key names a registered function, importing the
+(see :mod:`uwsgiconf_mules.protocol.envelope`) and its key names a registered function, importing the
 key's module first when the mule has not (under ``--lazy-apps`` mules import no app code); it
 never looks up any other attribute by name (:func:`receive`). :data:`HEADS` is the table the
 mule loop's fast path reads: the head of every positional envelope of every registered task,
@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 from time import perf_counter
 
-from . import _instance, _protocol, _spool
+from . import _instance
+from .protocol import envelope as _protocol, spool as _spool
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import socket
 import time
 from typing import Any
 
-from ._declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
 from ._metrics import STATUS_DIR
 from ._text import escape
+from .declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
 from .errors import MulesError
 
 STATS_TIMEOUT = 5.0
@@ -129,7 +129,8 @@ def spool_problem(declarations: Declarations) -> str | None:
     """
     if declarations.spool_dir is None or not declarations.dispatchers:
         return None
-    from . import _sending, _spool
+    from . import _sending
+    from .protocol import spool as _spool
 
     return _spool.problem(declarations.spool_dir, *_sending.spool_room(declarations))
 

@@ -30,7 +30,7 @@ from uwsgiconf.options.workers import Workers as _BaseWorkers
 from uwsgiconf.presets.nice import PythonSection as _BasePythonSection
 
 from . import _formats as formats
-from ._declarations import Declarations, MuleFarm, check_programs, declare, default_spool_dir
+from .declarations import Declarations, MuleFarm, check_programs, declare, default_spool_dir
 
 __all__ = ["MuleFarm", "MulesMixin", "PythonSection", "Section", "Workers"]
 

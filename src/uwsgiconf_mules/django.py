@@ -39,9 +39,10 @@ from typing import Any
 
 from django.apps import AppConfig
 
-from . import _instance, _protocol, _tasks, logs
-from ._declarations import CONFIG_ENV
+from . import _instance, _tasks, logs
+from .declarations import CONFIG_ENV
 from .errors import MulesError
+from .protocol import envelope as _protocol
 from .runtime import Farm, mule_offload
 
 __all__ = ["MulesBackend", "MulesConfig"]

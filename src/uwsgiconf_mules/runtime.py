@@ -41,13 +41,9 @@ from . import (
     _dispatch,  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
     _instance,
     _metrics,
-    _protocol,
     _sending,
     _tasks,
 )
-from ._backends import ENGINES as _ENGINES
-from ._declarations import FarmSpec as _FarmSpec
-from ._limits import socket_message_limit
 from ._sending import (
     Route as _Route,
     adeliver as _adeliver,
@@ -58,14 +54,18 @@ from ._sending import (
     mule_limit as _mule_limit,
     recompile as _recompile,
 )
+from .declarations import FarmSpec as _FarmSpec
+from .declarations.backends import ENGINES as _ENGINES
 from .errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
+from .protocol import envelope as _protocol
+from .protocol.limits import socket_message_limit
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, ParamSpec, Protocol, TypeVar
 
-    from ._backends import Backend as _Backend
+    from .declarations.backends import Backend as _Backend
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")

@@ -42,9 +42,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from . import _instance, _protocol, _tasks
-from ._declarations import CONFIG_ENV, RECORD_ENV, Declarations
+from . import _instance, _tasks
+from .declarations import CONFIG_ENV, RECORD_ENV, Declarations
 from .errors import DeclarationsMissingError, UsageError
+from .protocol import envelope as _protocol
 from .runtime import Farm, Mule
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]

@@ -15,7 +15,7 @@ import pytest
 
 from django_site import MODES, rows, site, start
 from harness import Server, compile_config, launch, stop_all
-from uwsgiconf_mules import _protocol, _spool
+from uwsgiconf_mules.protocol import envelope as _protocol, spool as _spool
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ def test_a_full_queue_loses_nothing_and_runs_nothing_twice(tmp_path: Path, trigg
 
 UNRUNNABLE = '''
 import uwsgi
-from uwsgiconf_mules import _protocol
+from uwsgiconf_mules.protocol import envelope as _protocol
 
 
 @route("/unrunnable")

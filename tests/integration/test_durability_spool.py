@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 APP = '''
 import time
 
-from uwsgiconf_mules import _protocol
+from uwsgiconf_mules.protocol import envelope as _protocol
 from uwsgiconf_mules.errors import DeliveryError
 
 

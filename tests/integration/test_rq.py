@@ -379,7 +379,7 @@ def many(query):
 
 @route("/token")
 def token(query):
-    from uwsgiconf_mules import _protocol
+    from uwsgiconf_mules.protocol import envelope as _protocol
 
     return _protocol.TOKEN.hex()
 

@@ -33,7 +33,8 @@ from urllib.parse import parse_qsl
 
 import tasks_a
 import tasks_b
-from uwsgiconf_mules import _protocol, errors
+from uwsgiconf_mules import errors
+from uwsgiconf_mules.protocol import envelope as _protocol
 
 
 def params(query):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import Server, compile_config, declaration, launch, start_server
-from uwsgiconf_mules import _protocol
+from uwsgiconf_mules.protocol import envelope as _protocol
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ import pickle
 import random
 import uwsgi
 
-from uwsgiconf_mules import _protocol
+from uwsgiconf_mules.protocol import envelope as _protocol
 from uwsgiconf_mules._sending import retry
 
 
@@ -277,7 +277,7 @@ def compiled_app(directory: Path, definitions: str, call: str) -> Path:
 def test_a_missing_dispatch_script_raises_delivery_error_naming_it(tmp_path: Path) -> None:
     # A config compiled in another environment: its dispatch script path does not exist here.
     path = compiled_app(tmp_path, "@mule_offload()\ndef task():\n    pass\n", "task()")
-    from uwsgiconf_mules._declarations import DISPATCH_MULE
+    from uwsgiconf_mules.declarations import DISPATCH_MULE
 
     elsewhere = "/nonexistent/venv/uwsgiconf_mules/dispatch_mule.py"
     path.write_text(path.read_text().replace(DISPATCH_MULE, elsewhere))

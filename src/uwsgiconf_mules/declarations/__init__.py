@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 
-from ._backends import Backend, check_shared_queues, parse_backend
-from .errors import MulesConfigurationError
+from ..errors import MulesConfigurationError
+from .backends import Backend, check_shared_queues, parse_backend
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ class Declarations:
     :param send_timeout: Seconds a sender retries while a queue is full before raising.
     :param dispatch_script: Path of the dispatch mules' entry script the config names (None when
         there are no dispatch mules); senders check that it exists where they run.
-    :param spool_dir: Directory of this instance's spool (see :mod:`uwsgiconf_mules._spool`); None
+    :param spool_dir: Directory of this instance's spool (see :mod:`uwsgiconf_mules.protocol.spool`); None
         when there are no dispatch mules.
     :param deploy: ``(path, mode)``: touching ``path`` makes workers and mules run new code, by a
         graceful reload of the whole instance (``reload``) or a chain reload of the workers and a
@@ -258,7 +258,7 @@ class Declarations:
     :param mule_init: ``package.module:function`` every dispatch mule calls once when it starts,
         before it runs any call; or None.
     :param backends: Farms routed to a distributed task engine instead of mules (see
-        :mod:`uwsgiconf_mules._backends`), in declared order.
+        :mod:`uwsgiconf_mules.declarations.backends`), in declared order.
     :param stats: Address of uWSGI's stats server (``127.0.0.1:9191``, or an absolute unix socket
         path); when set, the counters of every mule and farm are declared as uWSGI metrics (see
         :mod:`uwsgiconf_mules._metrics`). None: no counters, and nothing counted.
@@ -650,7 +650,7 @@ def declare(
     :param mule_init: ``package.module:function``, called once in every dispatch mule when it
         starts, before it runs any call (see :func:`validate_mule_init`).
     :param backends: Farm name -> backend URL: farms routed to a distributed task engine instead
-        of mules (see :mod:`uwsgiconf_mules._backends`); they spend no mules.
+        of mules (see :mod:`uwsgiconf_mules.declarations.backends`); they spend no mules.
     :param stats: Address of uWSGI's stats server: ``host:port`` on a loopback address, or an
         absolute unix socket path; declares the counters (see :meth:`Declarations.metric_names`).
     :param on_failure: ``package.module:function`` called with every failed offloaded call.

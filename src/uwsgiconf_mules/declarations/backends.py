@@ -31,7 +31,7 @@ farm's name, ``serializer`` to ``json``, ``connect_timeout`` to 1 s.
 
 from __future__ import annotations
 
-from .errors import MulesConfigurationError
+from ..errors import MulesConfigurationError
 
 __all__ = ["CONNECT_TIMEOUT", "ENGINES", "SERIALIZERS", "Backend", "check_shared_queues", "parse_backend"]
 

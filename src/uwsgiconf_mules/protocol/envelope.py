@@ -53,7 +53,7 @@ import os
 from marshal import dumps as _marshal, loads as _unmarshal
 from pickle import dumps as _pickle, loads as _unpickle
 
-from .errors import PayloadError
+from ..errors import PayloadError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep worker imports cheap
 if TYPE_CHECKING:
