@@ -32,7 +32,7 @@ import timeit
 from pathlib import Path
 from typing import Any
 
-from uwsgiconf_mules import _metrics
+from uwsgiconf_mules.runtime import metrics as _metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

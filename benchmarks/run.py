@@ -15,7 +15,7 @@ Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by 
   the first offload until the worker has run the last job and exited.
 
 Senders that can retry do so on a full queue the way uwsgiconf-mules does (they wait until the
-queue polls writable again, with ``uwsgiconf_mules._sending.retry``), so the rows compare what each
+queue polls writable again, with ``uwsgiconf_mules.runtime.sending.retry``), so the rows compare what each
 variant costs per call, not how it waits. End to end means from the first send until the mule
 has run call N; a run that loses calls is reported as lost, not as fast. ``x raw`` is the median
 over runs of the ratio to the raw run just before it (every run of a variant follows a raw run
@@ -53,7 +53,7 @@ import os
 import struct
 import time
 
-from uwsgiconf_mules._sending import retry as retry_until_sent
+from uwsgiconf_mules.runtime.sending import retry as retry_until_sent
 
 RESULTS = os.environ["TEST_RESULTS"]
 state = {"count": 0}
@@ -286,8 +286,8 @@ def rq_cost(workdir: Path, rounds: int, batch: int, jobs: int) -> dict[str, Any]
     import rq
 
     from redis_server import RedisServer
-    from uwsgiconf_mules import _instance
     from uwsgiconf_mules.declarations import declare
+    from uwsgiconf_mules.runtime import instance as _instance
 
     server = RedisServer(workdir / "redis").start()
     try:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from uwsgiconf_mules import _dispatch, _tasks
+from uwsgiconf_mules.mule import loop as _dispatch
 from uwsgiconf_mules.protocol import envelope as _protocol, spool as _spool
+from uwsgiconf_mules.runtime import tasks as _tasks
 
 
 def signed(key: str, *args: object) -> bytes:

@@ -14,8 +14,7 @@ import pytest
 
 flask = pytest.importorskip("flask")
 
-from uwsgiconf_mules import _instance  # noqa: E402
-from uwsgiconf_mules.runtime import Farm  # noqa: E402
+from uwsgiconf_mules.runtime import Farm, instance as _instance  # noqa: E402
 from uwsgiconf_mules.testing import eager  # noqa: E402
 
 CONFIG = """

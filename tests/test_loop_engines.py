@@ -13,9 +13,8 @@ from typing import Any
 import gevent
 import pytest
 
-from uwsgiconf_mules import _instance, _sending
 from uwsgiconf_mules.errors import DeliveryError
-from uwsgiconf_mules.runtime import mule_offload
+from uwsgiconf_mules.runtime import instance as _instance, mule_offload, sending as _sending
 
 
 class FakeUwsgi:

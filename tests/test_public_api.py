@@ -1,7 +1,7 @@
 """What is public: the package root, ``runtime``, ``errors``, ``config``, the ``cli`` entry
 point, ``logs`` and ``django`` (the Django task backend). ``__all__`` of each lists exactly its
 public names; every other module is internal (``_name``), except the dispatch mules' entry script and
-the internal layers (``declarations/``, ``protocol/``: see docs/architecture.md), whose modules are
+the internal layers (``declarations/``, ``protocol/``, ``mule/``: see docs/architecture.md), whose modules are
 internal too."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ PUBLIC_MODULES = ["uwsgiconf_mules", "uwsgiconf_mules.runtime", "uwsgiconf_mules
                   "uwsgiconf_mules.config", "uwsgiconf_mules.cli", "uwsgiconf_mules.testing",
                   "uwsgiconf_mules.remote", "uwsgiconf_mules.logs",
                   "uwsgiconf_mules.django"]
-INTERNAL_LAYERS = {"declarations", "protocol"}
+INTERNAL_LAYERS = {"declarations", "protocol", "mule"}
 
 
 def test_every_other_module_is_visibly_internal() -> None:

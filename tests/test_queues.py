@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from uwsgiconf_mules import _queues, _sending, _tasks
 from uwsgiconf_mules.declarations import parse_record
+from uwsgiconf_mules.mule import queues as _queues
 from uwsgiconf_mules.protocol.envelope import PROBE
+from uwsgiconf_mules.runtime import sending as _sending, tasks as _tasks
 
 
 class FakeUwsgi:

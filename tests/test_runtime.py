@@ -197,12 +197,12 @@ def test_a_mule_imports_nothing_the_runtime_did_not_load_before_the_fork() -> No
     # The app imports the runtime in the master (pre-fork mode); a dispatch mule then imports its
     # entry script and starts its loop: everything it needs must already be loaded, and shared.
     assert imported_by("import uwsgiconf_mules.runtime\nbefore = set(sys.modules)\n"
-                       "import uwsgiconf_mules.dispatch_mule, uwsgiconf_mules._dispatch, uwsgiconf_mules._queues, "
+                       "import uwsgiconf_mules.dispatch_mule, uwsgiconf_mules.mule.loop, uwsgiconf_mules.mule.queues, "
                        "mmap, _socket") == ["uwsgiconf_mules.dispatch_mule"]
 
 
 def test_the_configuration_side_does_not_import_the_worker_runtime() -> None:
-    assert not {"uwsgiconf_mules.runtime", "uwsgiconf_mules._sending", "uwsgiconf_mules._dispatch"} & set(
+    assert not {"uwsgiconf_mules.runtime", "uwsgiconf_mules.runtime.sending", "uwsgiconf_mules.mule.loop"} & set(
         imported_by("before = set()\nimport uwsgiconf_mules.cli"))
     loaded = imported_by("before = set()\nfrom uwsgiconf_mules import MuleFarm")
     assert not {"jinja2", "uwsgiconf.config", "uwsgiconf_mules.config"} & set(loaded)

@@ -209,8 +209,8 @@ def test_files_of_another_user_or_links_in_queue_are_listed_as_strangers(spool: 
 
 
 def test_a_message_refused_by_the_trust_check_is_noted_never_kept(tmp_path: Path) -> None:
-    from uwsgiconf_mules import _tasks
     from uwsgiconf_mules.protocol import envelope as _protocol
+    from uwsgiconf_mules.runtime import tasks as _tasks
 
     spool = _spool.Spool(str(tmp_path / "spool"))
     spool.create()

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from uwsgiconf_mules import _startup, _tasks, logs
+from uwsgiconf_mules import logs
+from uwsgiconf_mules.mule import startup as _startup
 from uwsgiconf_mules.protocol import envelope as _protocol
+from uwsgiconf_mules.runtime import tasks as _tasks
 
 
 def run(code: str) -> str:
@@ -21,7 +23,7 @@ def run(code: str) -> str:
 
 
 def test_logging_is_installed_only_when_nobody_configured_it() -> None:
-    code = ("import logging, sys; from uwsgiconf_mules import _startup\n"
+    code = ("import logging, sys; from uwsgiconf_mules.mule import startup as _startup\n"
             "{setup}\n"
             "print(_startup.install_logging(), len(logging.getLogger().handlers), logging.getLogger().level)")
     assert run(code.format(setup="")) == "True 1 20"  # one handler, INFO
@@ -31,10 +33,10 @@ def test_logging_is_installed_only_when_nobody_configured_it() -> None:
 
 def test_starting_a_mule_imports_only_the_standard_library_and_never_django() -> None:
     loaded = run("import sys, uwsgiconf_mules.runtime\nbefore = set(sys.modules)\n"
-                 "from uwsgiconf_mules import _startup\n_startup.start(1, None)\n"
+                 "from uwsgiconf_mules.mule import startup as _startup\n_startup.start(1, None)\n"
                  "print(sorted(set(sys.modules) - before))")
     modules = set(eval(loaded))
-    assert {"uwsgiconf_mules._startup", "uwsgiconf_mules.logs", "logging"} <= modules
+    assert {"uwsgiconf_mules.mule.startup", "uwsgiconf_mules.logs", "logging"} <= modules
     others = {name.partition(".")[0] for name in modules} - {"uwsgiconf_mules"}
     assert others <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)
 

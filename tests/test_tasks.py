@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from uwsgiconf_mules import _tasks, errors
+from uwsgiconf_mules import errors
 from uwsgiconf_mules.protocol import envelope as protocol
-from uwsgiconf_mules.runtime import mule_offload
+from uwsgiconf_mules.runtime import mule_offload, tasks as _tasks
 
 RAN: list[object] = []
 EXPLOITED: list[str] = []
@@ -194,7 +194,7 @@ def test_generator_functions_are_refused(func: Callable[[], object]) -> None:
 def test_the_django_import_hint_speaks_of_where_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     from django.core.exceptions import AppRegistryNotReady
 
-    from uwsgiconf_mules import _instance
+    from uwsgiconf_mules.runtime import instance as _instance
 
     outside = _tasks.import_hint(AppRegistryNotReady("Apps aren't loaded yet."))  # an RQ worker, a script
     assert outside.startswith("; Django is not set up in this process: set DJANGO_SETTINGS_MODULE in the uWSGI "

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from uwsgiconf_mules import _instance, errors
+from uwsgiconf_mules import errors
 from uwsgiconf_mules.declarations import declare
-from uwsgiconf_mules.runtime import Farm, Mule, mule_offload
+from uwsgiconf_mules.runtime import Farm, Mule, instance as _instance, mule_offload
 from uwsgiconf_mules.testing import Offload, Outbox, Sent, capture, eager
 
 RAN: list[object] = []

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from helpers import invoke_with
-from uwsgiconf_mules import MuleFarm, _failures, errors, logs
+from uwsgiconf_mules import MuleFarm, errors, logs
 from uwsgiconf_mules._text import escape
 from uwsgiconf_mules._top import render, snapshot
 from uwsgiconf_mules.cli import cli
 from uwsgiconf_mules.declarations import declare
 from uwsgiconf_mules.protocol import spool as _spool
-from uwsgiconf_mules.runtime import mule_offload
+from uwsgiconf_mules.runtime import failures as _failures, mule_offload
 
 HOSTILE = "tasks:x\x1b]0;owned\x07\x1b[2J\n2026-12-03 07:00:00,000 mule 1 [-] INFO app: forged"
 SHOWN = "tasks:x\\x1b]0;owned\\x07\\x1b[2J\\n2026-12-03 07:00:00,000 mule 1 [-] INFO app: forged"

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_one_line_error, invoke_with
-from uwsgiconf_mules import MuleFarm, _failures, _instance
-from uwsgiconf_mules._metrics import MuleCounters
+from uwsgiconf_mules import MuleFarm
 from uwsgiconf_mules._top import StatsError, read_stats, render, snapshot
 from uwsgiconf_mules.cli import cli
 from uwsgiconf_mules.declarations import RECORD_ENV, declare
+from uwsgiconf_mules.runtime import failures as _failures, instance as _instance
+from uwsgiconf_mules.runtime.metrics import MuleCounters
 
 
 class Loud:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import os
 from math import isfinite
 
-from . import _tasks
 from .errors import DeliveryError, MulesConfigurationError, PayloadError
 from .protocol import envelope as _protocol
+from .runtime import tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep this module as cheap as the runtime
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """``uwsgiconf-mules top``: what every mule is doing, read from the instance's stats server.
 
-The counters and gauges are uWSGI metrics (see :mod:`uwsgiconf_mules._metrics`), read from the
+The counters and gauges are uWSGI metrics (see :mod:`uwsgiconf_mules.runtime.metrics`), read from the
 stats server the builders declared (``set_mules_params(stats=...)``); the per-task counters and
 the key of the running call come from the status files the dispatch mules write in the spool.
 Configuration-side only: no worker or mule imports this module.
@@ -14,10 +14,10 @@ import socket
 import time
 from typing import Any
 
-from ._metrics import STATUS_DIR
 from ._text import escape
 from .declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
 from .errors import MulesError
+from .protocol.spool import STATUS_DIR
 
 STATS_TIMEOUT = 5.0
 """Seconds to wait for the stats server's answer."""
@@ -129,8 +129,8 @@ def spool_problem(declarations: Declarations) -> str | None:
     """
     if declarations.spool_dir is None or not declarations.dispatchers:
         return None
-    from . import _sending
     from .protocol import spool as _spool
+    from .runtime import sending as _sending
 
     return _spool.problem(declarations.spool_dir, *_sending.spool_room(declarations))
 

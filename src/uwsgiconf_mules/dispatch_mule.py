@@ -6,7 +6,7 @@ uWSGI 2.0.x (its Python loaders are not set up in mules then). Importing this mo
 another name does nothing.
 """
 
-from uwsgiconf_mules._dispatch import mule_loop
+from uwsgiconf_mules.mule.loop import mule_loop
 
 if __name__ == "__main__":  # pragma: no cover - runs inside a uWSGI mule
     mule_loop()

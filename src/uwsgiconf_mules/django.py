@@ -39,11 +39,11 @@ from typing import Any
 
 from django.apps import AppConfig
 
-from . import _instance, _tasks, logs
+from . import logs
 from .declarations import CONFIG_ENV
 from .errors import MulesError
 from .protocol import envelope as _protocol
-from .runtime import Farm, mule_offload
+from .runtime import Farm, instance as _instance, mule_offload, tasks as _tasks
 
 __all__ = ["MulesBackend", "MulesConfig"]
 

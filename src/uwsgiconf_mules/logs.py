@@ -25,8 +25,8 @@ import logging
 import sys
 from contextvars import ContextVar
 
-from . import _tasks
 from ._text import escape
+from .runtime import tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _from_loop(frame: FrameType) -> str | None:
 
 
 def _register_core() -> None:
-    from . import _dispatch
+    from .mule import loop as _dispatch
 
     add_runner(_tasks.run.__code__, _from_run)
     add_runner(_dispatch.mule_loop.__code__, _from_loop)

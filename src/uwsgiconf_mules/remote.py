@@ -8,7 +8,7 @@ original function, never its offloading wrapper: a job does not offload itself a
 positional-only: a task's own keyword argument named ``key`` reaches the task.
 
 Before it imports the first task module, a worker process runs the start-up steps of a dispatch
-mule (see :mod:`uwsgiconf_mules._startup`): the declared ``mule_init`` hook, and
+mule (see :mod:`uwsgiconf_mules.mule.startup`): the declared ``mule_init`` hook, and
 ``django.setup()`` when ``DJANGO_SETTINGS_MODULE`` is set. A job of the Django task backend
 (``uwsgiconf_mules.django``) runs only a Django task of that backend whose queue is a farm
 routed to an offload backend; any other path is refused.
@@ -32,8 +32,9 @@ import os
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as _RQJob
 
-from . import _startup, _tasks
 from .errors import UnknownTaskError
+from .mule import startup as _startup
+from .runtime import tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep worker imports cheap
 if TYPE_CHECKING:
@@ -60,12 +61,12 @@ _started: list[int] = []  # pid of the process that ran the start-up steps
 
 def _start() -> None:
     """Run the start-up steps of this worker process once: the ``mule_init`` hook and
-    ``django.setup()`` (see :mod:`uwsgiconf_mules._startup`)."""
+    ``django.setup()`` (see :mod:`uwsgiconf_mules.mule.startup`)."""
     pid = os.getpid()
     if _started and _started[0] == pid:
         return
     _started[:] = [pid]
-    from . import _instance
+    from .runtime import instance as _instance
 
     where = f"RQ worker {pid}"
     try:
@@ -106,7 +107,7 @@ def _check_django_task(args: tuple[Any, ...]) -> None:
     whose queue is a farm routed to an offload backend in this process's declarations."""
     import sys
 
-    from . import _instance
+    from .runtime import instance as _instance
 
     path = args[0] if args else None
     if not isinstance(path, str):

@@ -42,11 +42,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from . import _instance, _tasks
 from .declarations import CONFIG_ENV, RECORD_ENV, Declarations
 from .errors import DeclarationsMissingError, UsageError
 from .protocol import envelope as _protocol
-from .runtime import Farm, Mule
+from .runtime import Farm, Mule, instance as _instance, tasks as _tasks
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
 

@@ -31,7 +31,7 @@ QUEUES_APP = '''
 import time
 from urllib.parse import parse_qsl
 
-from uwsgiconf_mules import _dispatch
+from uwsgiconf_mules.mule import loop as _dispatch
 
 
 def params(query):

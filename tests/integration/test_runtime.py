@@ -352,7 +352,7 @@ CRASH = declaration("mules=1")
 CRASH_APP = '''
 import time
 
-from uwsgiconf_mules import _dispatch
+from uwsgiconf_mules.mule import loop as _dispatch
 
 
 @mule_offload()

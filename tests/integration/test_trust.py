@@ -39,7 +39,7 @@ import random
 import uwsgi
 
 from uwsgiconf_mules.protocol import envelope as _protocol
-from uwsgiconf_mules._sending import retry
+from uwsgiconf_mules.runtime.sending import retry
 
 
 def exploited(what):

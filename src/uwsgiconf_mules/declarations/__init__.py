@@ -261,9 +261,9 @@ class Declarations:
         :mod:`uwsgiconf_mules.declarations.backends`), in declared order.
     :param stats: Address of uWSGI's stats server (``127.0.0.1:9191``, or an absolute unix socket
         path); when set, the counters of every mule and farm are declared as uWSGI metrics (see
-        :mod:`uwsgiconf_mules._metrics`). None: no counters, and nothing counted.
+        :mod:`uwsgiconf_mules.runtime.metrics`). None: no counters, and nothing counted.
     :param on_failure: ``package.module:function`` called with every failed offloaded call (see
-        :mod:`uwsgiconf_mules._failures`); or None.
+        :mod:`uwsgiconf_mules.runtime.failures`); or None.
     """
 
     __slots__ = ("_backends_by_name", "_farms_by_name", "backends", "deploy", "dispatch_script", "farms", "harakiri",
@@ -402,7 +402,7 @@ class Declarations:
 
     def metric_names(self) -> list[tuple[str, str]]:
         """The uWSGI metrics that hold the counters, ``(name, type)``, in declared order; empty
-        without ``stats``. Names are those of :mod:`uwsgiconf_mules._metrics`."""
+        without ``stats``. Names are those of :mod:`uwsgiconf_mules.runtime.metrics`."""
         if self.stats is None:
             return []
         names: list[tuple[str, str]] = []

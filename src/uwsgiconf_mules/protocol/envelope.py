@@ -29,7 +29,7 @@ Layout of a call (bytes)::
 * Kind ``d`` wraps plain data sent with ``Mule.send``/``Farm.send`` that happens to start with
   :data:`PREFIX` (see :func:`data`): readers unwrap it, and it is never run.
 * A *probe* (kind ``p``, then random bytes, no key) is what a dispatch mule sends to its own
-  queues to find which socket receives them (see :mod:`uwsgiconf_mules._queues`); every mule
+  queues to find which socket receives them (see :mod:`uwsgiconf_mules.mule.queues`); every mule
   drops probes.
 
 The first :data:`LOOKUP_SIZE` bytes of a call, at a fixed length, name its task (the tag), its

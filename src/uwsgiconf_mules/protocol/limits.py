@@ -6,9 +6,15 @@ than the sending socket's buffer minus 32 bytes, so the limit follows from the b
 requested size (the kernel doubles it) capped at twice ``wmem_max`` and never below the kernel's
 floor. Used by the runtime (size checks at the call site) and by ``uwsgiconf-mules check``;
 this module imports nothing of the runtime, so the configuration side can use it alone.
+
+Also which sockets a process inherited (:func:`packet_sockets`): uWSGI's queues are among them.
 """
 
 from __future__ import annotations
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
+if TYPE_CHECKING:
+    from typing import Any
 
 PROGRAMMED_READ_LIMIT = 65536
 """Largest message a programmed mule reads whole: ``get_message``'s default buffer, and the fixed
@@ -59,3 +65,35 @@ def socket_message_limit(msg_size: int | None) -> int:
 def clear_cache() -> None:
     """Forget the limits read so far (tests change ``/proc`` readings through ``_sysctl``)."""
     _limits.clear()
+
+
+def packet_sockets() -> list[Any]:
+    """Duplicates of this process's AF_UNIX packet sockets; uWSGI's mule and farm queues are among
+    them (every uWSGI process inherits all of them). Empty where ``/proc/self/fd`` cannot be read.
+    """
+    import _socket  # the C module only: ``socket`` imports selectors, enum and more
+    import os
+    import stat
+
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        return []
+    found = []
+    for fd in fds:
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            dup = os.dup(fd)
+        except OSError:
+            continue
+        try:
+            sock = _socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue
+        if sock.family == _socket.AF_UNIX and sock.type in (_socket.SOCK_SEQPACKET, _socket.SOCK_DGRAM):
+            found.append(sock)
+        else:
+            sock.close()
+    return found

@@ -5,7 +5,7 @@ derive, see :func:`default_dir`), with three parts:
 
 * ``queue/``: calls that were queued in a mule queue when uWSGI reloaded or stopped. Each
   dispatch mule, told to stop, moves what is queued in its queues here (see
-  :mod:`uwsgiconf_mules._dispatch`); dispatch mules of the next instance run them, oldest first,
+  :mod:`uwsgiconf_mules.mule.loop`); dispatch mules of the next instance run them, oldest first,
   each claimed by exactly one mule (a rename into ``claimed/``).
 * ``claimed/``: calls a mule is running. One left behind by a mule that died belongs to nobody:
   it moves to ``dead/`` with the reason, never back to ``queue/`` (it may have run).
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 MAGIC = b"UCMS1\n"
 """First bytes of every spool file."""
+STATUS_DIR = "status"
+"""Part of the spool where dispatch mules write their per-task counters (``top`` reads them)."""
 PARTS = ("queue", "claimed", "dead", "tmp", "mules")
 UNTRUSTED = "untrusted: "
 """Start of the note of a dead message refused by the trust check: never replayed."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import weakref
 
-from .declarations import CONFIG_ENV, RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
-from .errors import DeclarationsMissingError
-from .protocol.envelope import TOKEN_PID
-from .protocol.limits import clear_cache
+from ..declarations import CONFIG_ENV, RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
+from ..errors import DeclarationsMissingError
+from ..protocol.envelope import TOKEN_PID
+from ..protocol.limits import clear_cache
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def declarations() -> Declarations | None:
         record = os.environ.get(RECORD_ENV)
         conf = os.environ.get(CONFIG_ENV) if uwsgi is None and record is None else None
         if conf:
-            from ._project import load_declarations
+            from .._project import load_declarations
 
             _cache = load_declarations(conf)
             loaded_from = f"{CONFIG_ENV}={conf}"

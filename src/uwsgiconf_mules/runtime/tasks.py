@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 from time import perf_counter
 
-from . import _instance
-from .protocol import envelope as _protocol, spool as _spool
+from ..protocol import envelope as _protocol, spool as _spool
+from . import instance as _instance
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def register(key: str, func: Callable[..., Any]) -> None:
     """
     module, colon, qualname = key.partition(":")
     if not (colon and all(part.isidentifier() for part in (*module.split("."), *qualname.split(".")))):
-        from .errors import MulesRuntimeError
+        from ..errors import MulesRuntimeError
 
         raise MulesRuntimeError(f"cannot offload {key!r}: a task is named module:qualname, both dotted identifiers "
                                 "(the function's __module__ and __qualname__)")
@@ -122,7 +122,7 @@ def find(key: bytes) -> Callable[..., Any] | str:
         importlib.import_module(module_name)
     except Exception as exc:
         hint = import_hint(exc)
-        from ._text import escape
+        from .._text import escape
 
         log().error("uwsgiconf-mules: %s cannot import module %r for task %s%s", _who(), module_name, escape(text),
                     hint, exc_info=True)
@@ -193,7 +193,7 @@ def returned(key: bytes, result: object) -> None:
         return
     import warnings
 
-    from .errors import ReturnValueWarning
+    from ..errors import ReturnValueWarning
 
     warnings.warn(ReturnValueWarning(message), stacklevel=2)
 
@@ -201,7 +201,7 @@ def returned(key: bytes, result: object) -> None:
 def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
            began: float | None = None) -> None:
     """Report the exception being handled as the failure of task ``key`` (see
-    :mod:`uwsgiconf_mules._failures`): a log line and the ``on_failure`` hook.
+    :mod:`uwsgiconf_mules.runtime.failures`): a log line and the ``on_failure`` hook.
 
     :param key: The task key.
     :param args: The call's positional arguments.
@@ -210,7 +210,7 @@ def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] 
     """
     import sys
 
-    from . import _failures
+    from . import failures as _failures
 
     exc = sys.exc_info()[1]
     seconds = None if began is None else perf_counter() - began
@@ -241,7 +241,7 @@ def refuse(message: bytes, reason: str) -> None:
     :param message: The message refused.
     :param reason: Why.
     """
-    from ._text import escape  # the reason may quote the message: on one line
+    from .._text import escape  # the reason may quote the message: on one line
 
     _refusals.note(f"uwsgiconf-mules: mule {current_mule()} refused a {len(message)}-byte message: {escape(reason)}",
                    reason.partition(" (")[0])

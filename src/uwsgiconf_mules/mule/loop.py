@@ -3,14 +3,14 @@
 The builders declare dispatch mules as ``mule = .../uwsgiconf_mules/dispatch_mule.py``, a
 script that calls :func:`mule_loop`. The loop reads the mule's own queue and the queues of its
 farms (messages up to the socket limit, beyond uWSGI's 64 KiB hook buffer), directly where
-:class:`~uwsgiconf_mules._queues.QueueFinder` found them; handles uWSGI signals while waiting;
+:class:`~uwsgiconf_mules.mule.queues.QueueFinder` found them; handles uWSGI signals while waiting;
 runs offloaded calls of this instance under the declared harakiri; refuses, with a log line,
 messages that claim to be calls but do not carry this instance's token; and passes other
 messages on to ``uwsgi.mule_msg_hook``.
 
 With the counters on (a declared stats server), the fast path counts each call per task and
 adds up its time (per streak of calls of one task), one clock read per call, for
-:mod:`uwsgiconf_mules._metrics` to flush; without them it runs as it did, plus the clock read
+:mod:`uwsgiconf_mules.runtime.metrics` to flush; without them it runs as it did, plus the clock read
 that gives a failed call's duration.
 
 uWSGI signals sent to the mule (``mule``, ``muleN``, ``mules`` targets, timers) are handled by a
@@ -32,18 +32,18 @@ import os
 import signal
 import time
 
-from . import _instance, _metrics, _tasks
-from ._queues import STREAK, Queues, probe_destinations
-from .errors import MulesError, NotInMuleError
-from .protocol import envelope as _protocol, spool as _spool
-from .protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
-from .protocol.limits import socket_message_limit
+from ..errors import MulesError, NotInMuleError
+from ..protocol import envelope as _protocol, spool as _spool
+from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
+from ..protocol.limits import socket_message_limit
+from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
+from .queues import STREAK, Queues, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from typing import Any
 
-    from .declarations import Declarations
+    from ..declarations import Declarations
 
 LINGER = 5.0
 """Longest time a stopping mule keeps moving newly queued calls to the spool while workers are
@@ -292,7 +292,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     _tasks.set_dead_letters(spool)
     _tasks.COUNTING = _metrics.mule_counters(mule_id, declarations, spool.path if spool is not None else None)
 
-    from . import _startup  # once per mule, before any call runs: the start-up hook, Django, logging
+    from . import startup as _startup  # once per mule, before any call runs: the start-up hook, Django, logging
 
     _startup.start(mule_id, declarations)
     if spool is not None:
@@ -312,8 +312,8 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
 
 def _entry(lookup: bytes, view: memoryview, counters: Any) -> tuple[Any, ...] | None:
     """The loop's entry for calls that start with ``lookup`` (``_protocol.LOOKUP_SIZE`` bytes),
-    built from :data:`uwsgiconf_mules._tasks.HEADS` and kept in
-    :data:`uwsgiconf_mules._tasks.TABLE`; None when they are no registered task's positional
+    built from :data:`uwsgiconf_mules.runtime.tasks.HEADS` and kept in
+    :data:`uwsgiconf_mules.runtime.tasks.TABLE`; None when they are no registered task's positional
     calls that the fast path takes (see ``_protocol.lookup_ok``).
 
     An entry is (function, body decoder, the buffer from where bodies start, the size of a call

@@ -11,8 +11,8 @@ to the mule. Nothing here runs unless a call failed.
 
 from __future__ import annotations
 
-from . import _instance, _tasks
-from ._text import escape
+from .._text import escape
+from . import instance as _instance, tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:

@@ -32,11 +32,11 @@ import os
 import time
 from _thread import get_ident
 
-from . import _instance, _metrics
-from .declarations import Declarations
-from .errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
-from .protocol import spool as _spool
-from .protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from ..declarations import Declarations
+from ..errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
+from ..protocol import spool as _spool
+from ..protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from . import instance as _instance, metrics as _metrics
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def check_spool(declarations: Declarations) -> None:
     if found == spool_problem:
         return
     spool_problem = found
-    from . import _tasks
+    from . import tasks as _tasks
 
     if found is not None:
         _tasks.log().error("uwsgiconf-mules: %s: offloaded calls to dispatch mules are refused (DeliveryError) "
@@ -175,7 +175,7 @@ def _watch(declarations: Declarations) -> None:
         try:
             check_spool(declarations)
         except Exception:  # never the end of the watcher
-            from . import _tasks
+            from . import tasks as _tasks
 
             _tasks.log().exception("uwsgiconf-mules: the spool check failed")
 
@@ -328,7 +328,7 @@ def wait_for_room(sleep: float, wait: float) -> None:
     import select
 
     if _send_sockets is None:
-        from .protocol.sockets import packet_sockets
+        from ..protocol.limits import packet_sockets
 
         _send_sockets = packet_sockets()
     poll, pause, wait_writable = _waiter or _choose_waiter()

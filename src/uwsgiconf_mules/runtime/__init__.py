@@ -37,14 +37,14 @@ import functools
 import sys
 import time
 
-from . import (
-    _dispatch,  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
-    _instance,
-    _metrics,
-    _sending,
-    _tasks,
-)
-from ._sending import (
+from ..declarations import FarmSpec as _FarmSpec
+from ..declarations.backends import ENGINES as _ENGINES
+from ..errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
+from ..mule import loop as _loop  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
+from ..protocol import envelope as _protocol
+from ..protocol.limits import socket_message_limit
+from . import instance as _instance, metrics as _metrics, sending as _sending, tasks as _tasks
+from .sending import (
     Route as _Route,
     adeliver as _adeliver,
     as_bytes as _as_bytes,
@@ -54,18 +54,13 @@ from ._sending import (
     mule_limit as _mule_limit,
     recompile as _recompile,
 )
-from .declarations import FarmSpec as _FarmSpec
-from .declarations.backends import ENGINES as _ENGINES
-from .errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
-from .protocol import envelope as _protocol
-from .protocol.limits import socket_message_limit
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, ParamSpec, Protocol, TypeVar
 
-    from .declarations.backends import Backend as _Backend
+    from ..declarations.backends import Backend as _Backend
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")

@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _tasks
+from ..runtime import tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
-    from .declarations import Declarations
+    from ..declarations import Declarations
 
 DJANGO_SETTINGS = "DJANGO_SETTINGS_MODULE"
 
@@ -94,7 +94,7 @@ def install_logging() -> bool:
     root = logging.getLogger()
     if root.handlers:
         return False
-    from .logs import MuleFormatter
+    from ..logs import MuleFormatter
 
     handler = logging.StreamHandler()
     handler.setFormatter(MuleFormatter())

@@ -14,15 +14,15 @@ import _socket  # the C module only: ``socket`` imports selectors, enum and more
 import mmap
 import os
 
-from .protocol.envelope import PROBE, PROBE_SIZE
-from .protocol.sockets import packet_sockets
+from ..protocol.envelope import PROBE, PROBE_SIZE
+from ..protocol.limits import packet_sockets
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
-    from .declarations import Declarations
+    from ..declarations import Declarations
 
 PROBE_TRIES = 8
 """Probes sent to a queue before it is read through uWSGI for the life of the mule."""
@@ -121,12 +121,12 @@ def empty(buffer: Any) -> int:
 
 
 class Queues:
-    """Where a dispatch mule's messages come from, for the mule loop (:mod:`uwsgiconf_mules._dispatch`).
+    """Where a dispatch mule's messages come from, for the mule loop (:mod:`uwsgiconf_mules.mule.loop`).
 
     Queues found by :class:`QueueFinder` are read directly into one buffer, each for at most
     :data:`STREAK` messages in a row while others wait; when they are all empty, the mule waits
     in ``uwsgi.mule_get_msg``, which reads the queues not found (uWSGI signals are handled by a
-    thread of the mule loop's, see :mod:`uwsgiconf_mules._dispatch`). The search starts with
+    thread of the mule loop's, see :mod:`uwsgiconf_mules.mule.loop`). The search starts with
     the first message: a mule that never gets one spends nothing on it.
 
     :param uwsgi: The ``uwsgi`` module.

@@ -33,19 +33,18 @@ import _thread
 import os
 import time
 
-from . import _instance
+from ..protocol.spool import STATUS_DIR
+from . import instance as _instance
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from .declarations import Declarations
+    from ..declarations import Declarations
 
 FLUSH_EVERY = 1.0
 """Seconds between two flushes of a process's counts into the uWSGI metrics."""
-STATUS_DIR = "status"
-"""Part of the spool where dispatch mules write their per-task counters."""
 STATUS_REFRESH = 2.0
 """Seconds after which a mule writes its status file again even when nothing changed (``top``
 trusts what it says of the running call for 5 seconds)."""
@@ -150,7 +149,7 @@ def flush() -> None:
         try:
             sampler()
         except Exception:
-            from ._tasks import log
+            from .tasks import log
 
             log().exception("uwsgiconf-mules: counters of this process could not be sampled")
 
@@ -219,7 +218,7 @@ def sending_ends(found: dict[int | bytes, Any]) -> dict[int | bytes, Any]:
 
     :param found: Destination -> the receiving socket (``Queues`` found them with probes).
     """
-    from .protocol.sockets import packet_sockets
+    from ..protocol.limits import packet_sockets
 
     by_inode = {os.fstat(sock.fileno()).st_ino: sock for sock in packet_sockets()}
     ends = {}
