@@ -300,3 +300,15 @@ def test_a_second_call_keeps_metrics_declared_elsewhere() -> None:
     assert "name=app.custom" in metrics
     assert "name=mule.2.started,type=counter" in metrics
     assert len(metrics) == len(set(metrics))
+
+
+def test_the_dispatch_mule_script_keeps_the_path_compiled_configs_name() -> None:
+    # Configs compiled by 0.1.0 run ``mule = .../uwsgiconf_mules/dispatch_mule.py``.
+    import os
+
+    import uwsgiconf_mules
+    from uwsgiconf_mules.declarations import DISPATCH_MULE
+
+    package = os.path.dirname(os.path.realpath(uwsgiconf_mules.__file__))
+    assert DISPATCH_MULE == os.path.join(package, "dispatch_mule.py")
+    assert os.path.isfile(DISPATCH_MULE)

@@ -61,7 +61,7 @@ record is set: development servers and tests then refuse undeclared targets as u
 
 RECORD_VERSION = "v2"
 
-DISPATCH_MULE = os.path.join(os.path.dirname(os.path.realpath(__file__)), "dispatch_mule.py")
+DISPATCH_MULE = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "dispatch_mule.py")
 """The ``mule`` value of a dispatch mule: the path of the script that runs the project's loop.
 
 A path, not ``uwsgiconf_mules.runtime:mule_loop``: uWSGI 2.0.x crashes a ``module:callable``
