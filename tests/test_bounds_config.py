@@ -15,8 +15,8 @@ from uwsgiconf.cli import base as uwsgiconf_cli
 
 from helpers import assert_one_line_error, invoke
 from uwsgiconf_mules import MuleFarm, MulesConfigurationError, Section, cli as cli_module
-from uwsgiconf_mules._top import snapshot
 from uwsgiconf_mules.cli import cli, summary
+from uwsgiconf_mules.cli.top import snapshot
 from uwsgiconf_mules.declarations import ENV_MAX, MAX_MULES, Declarations, FarmSpec, declare, master_fds
 
 PAST = "uWSGI cannot run more than 262140 mules and farms"

@@ -33,8 +33,8 @@ from helpers import (
     source,
     write_conf,
 )
-from uwsgiconf_mules._formats import double_quoted
 from uwsgiconf_mules.cli import cli
+from uwsgiconf_mules.config.formats import double_quoted
 
 CLI = str(BIN / "uwsgiconf-mules")
 DIALECTS = ["embedded", "libyaml"]

@@ -27,10 +27,10 @@ from uwsgiconf.cli import base as uwsgiconf_cli
 
 from helpers import invoke, invoke_with, normalise
 from uwsgiconf_mules import Section
-from uwsgiconf_mules._top import render
-from uwsgiconf_mules._uwsgi_build import OLDEST_SUPPORTED
 from uwsgiconf_mules.cli import cli
+from uwsgiconf_mules.cli.top import render
 from uwsgiconf_mules.config import Workers
+from uwsgiconf_mules.config.uwsgi_build import OLDEST_SUPPORTED
 from uwsgiconf_mules.declarations import DISPATCH_MULE, MuleFarm, declare
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Rendering (``uwsgiconf_mules._formats``) through uwsgiconf's own API, and the libyaml dialect's quoting
+"""Rendering (``uwsgiconf_mules.config.formats``) through uwsgiconf's own API, and the libyaml dialect's quoting
 read back by libyaml; the templates against expected files and YAML's refusals are checked through
 ``uwsgiconf-mules compile`` in test_cli.py."""
 
@@ -11,7 +11,7 @@ import yaml
 from uwsgiconf.config import Configuration
 
 from uwsgiconf_mules import Section
-from uwsgiconf_mules._formats import double_quoted
+from uwsgiconf_mules.config.formats import double_quoted
 from uwsgiconf_mules.declarations import DISPATCH_MULE, default_spool_dir
 
 

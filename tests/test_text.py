@@ -14,8 +14,8 @@ import pytest
 from helpers import invoke_with
 from uwsgiconf_mules import MuleFarm, errors, logs
 from uwsgiconf_mules._text import escape
-from uwsgiconf_mules._top import render, snapshot
 from uwsgiconf_mules.cli import cli
+from uwsgiconf_mules.cli.top import render, snapshot
 from uwsgiconf_mules.declarations import declare
 from uwsgiconf_mules.protocol import spool as _spool
 from uwsgiconf_mules.runtime import failures as _failures, mule_offload

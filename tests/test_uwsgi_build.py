@@ -1,4 +1,4 @@
-"""Which uWSGI is here and how it was built (``uwsgiconf_mules._uwsgi_build``), on stand-in binaries
+"""Which uWSGI is here and how it was built (``uwsgiconf_mules.config.uwsgi_build``), on stand-in binaries
 that print what a pip and a Debian build print; the command's use of it is in test_cli.py, and the
 real binaries in tests/integration/test_yaml_dialects.py."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import DEBIAN_CFLAGS, PIP_CFLAGS, fake_uwsgi
-from uwsgiconf_mules._uwsgi_build import UwsgiBuild, find_uwsgi, inspect_uwsgi, resolve_dialect
+from uwsgiconf_mules.config.uwsgi_build import UwsgiBuild, find_uwsgi, inspect_uwsgi, resolve_dialect
 from uwsgiconf_mules.errors import MulesConfigurationError
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from helpers import assert_one_line_error, invoke_with
 from uwsgiconf_mules import MuleFarm
-from uwsgiconf_mules._top import StatsError, read_stats, render, snapshot
 from uwsgiconf_mules.cli import cli
+from uwsgiconf_mules.cli.top import StatsError, read_stats, render, snapshot
 from uwsgiconf_mules.declarations import RECORD_ENV, declare
 from uwsgiconf_mules.runtime import failures as _failures, instance as _instance
 from uwsgiconf_mules.runtime.metrics import MuleCounters

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import BIN, WORKER_READY, Server
-from uwsgiconf_mules._top import read_stats
+from uwsgiconf_mules.cli.top import read_stats
 
 APP = '''
 import time

@@ -779,7 +779,7 @@ _RECORD_ARGUMENTS = {"farm": "farms", "dispatch": "this installation's path", "s
 
 def value_problem(value: str) -> str | None:
     """Why ``value`` cannot be the value of a uWSGI option the builders write: a line break, NUL or other
-    control character, ``#``, or a ``%`` that no format carries (see :mod:`uwsgiconf_mules._formats`);
+    control character, ``#``, or a ``%`` that no format carries (see :mod:`uwsgiconf_mules.config.formats`);
     None when it can. What only the embedded YAML parser cannot carry at the start of a value (a quote,
     ``[``, as in ``[::1]:9191``) is refused when YAML for it is written.
 

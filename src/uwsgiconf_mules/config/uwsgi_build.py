@@ -2,7 +2,7 @@
 
 uWSGI reads YAML with one of two parsers, chosen when it is built: its own embedded parser
 (the default of ``pip install uwsgi``) or libyaml (Debian's and Ubuntu's ``uwsgi-core``). They
-need different YAML (see :mod:`uwsgiconf_mules._formats`), so ``uwsgiconf-mules compile --format
+need different YAML (see :mod:`uwsgiconf_mules.config.formats`), so ``uwsgiconf-mules compile --format
 yaml`` asks the uWSGI of this environment which one it has: ``uwsgi --cflags`` prints the flags
 it was compiled with, ``-DUWSGI_YAML`` for YAML support and ``-DUWSGI_LIBYAML`` for libyaml.
 
@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._formats import YAML_DIALECTS
-from .errors import MulesConfigurationError
+from ..errors import MulesConfigurationError
+from .formats import YAML_DIALECTS
 
 __all__ = [
     "OLDEST_SUPPORTED", "UwsgiBuild", "find_uwsgi", "inspect_uwsgi", "resolve_dialect",

@@ -34,7 +34,7 @@ from typing import Any
 import jinja2
 from uwsgiconf.formatters import FORMATTERS, FormatterBase
 
-from .errors import MulesConfigurationError
+from ..errors import MulesConfigurationError
 
 __all__ = [
     "FORMATS", "YAML_DIALECTS", "LibyamlFormatter", "SectionOptions", "YamlFormatter", "check_yaml", "collect",
@@ -78,7 +78,7 @@ def collect(sections: Iterable[Any]) -> list[SectionOptions]:
 
 def templates_dir() -> Path:
     """The folder of the templates: inside the installed package, or ``templates/`` of a checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the package: config/ is one folder down
     for candidate in (here / "templates", here.parent.parent / "templates"):
         if (candidate / "yaml.j2").is_file():
             return candidate

@@ -21,15 +21,15 @@ import click
 from uwsgiconf.exceptions import ConfigurationError
 from uwsgiconf.utils import ConfModule
 
-from . import _top
-from ._formats import FORMATS, YAML_DIALECTS, collect, render
-from ._project import configurations
-from ._text import escape
-from ._uwsgi_build import find_uwsgi, inspect_uwsgi, resolve_dialect
-from .declarations import RECORD_ENV, Declarations, master_fds, parse_record, program_problem
-from .declarations.backends import ENGINES
-from .protocol import spool as _spool
-from .protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from .._project import configurations
+from .._text import escape
+from ..config.formats import FORMATS, YAML_DIALECTS, collect, render
+from ..config.uwsgi_build import find_uwsgi, inspect_uwsgi, resolve_dialect
+from ..declarations import RECORD_ENV, Declarations, master_fds, parse_record, program_problem
+from ..declarations.backends import ENGINES
+from ..protocol import spool as _spool
+from ..protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from . import top as _top
 
 __all__ = ["main", "summary", "uwsgi_summary"]
 
@@ -375,7 +375,7 @@ def _purge_stale() -> None:
     """``spool purge --stale``: remove the stale default spools of this user (see ``_spool.stale``)."""
     import shutil
 
-    from .declarations import default_spool_dir
+    from ..declarations import default_spool_dir
 
     root = os.path.dirname(default_spool_dir())
     try:
@@ -514,7 +514,7 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
 
 
 def _spool_note(path: str, name: str) -> str:
-    from .declarations import default_spool_dir
+    from ..declarations import default_spool_dir
 
     if path != default_spool_dir(name):
         return ""

@@ -14,10 +14,10 @@ import socket
 import time
 from typing import Any
 
-from ._text import escape
-from .declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
-from .errors import MulesError
-from .protocol.spool import STATUS_DIR
+from .._text import escape
+from ..declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
+from ..errors import MulesError
+from ..protocol.spool import STATUS_DIR
 
 STATS_TIMEOUT = 5.0
 """Seconds to wait for the stats server's answer."""
@@ -129,8 +129,8 @@ def spool_problem(declarations: Declarations) -> str | None:
     """
     if declarations.spool_dir is None or not declarations.dispatchers:
         return None
-    from .protocol import spool as _spool
-    from .runtime import sending as _sending
+    from ..protocol import spool as _spool
+    from ..runtime import sending as _sending
 
     return _spool.problem(declarations.spool_dir, *_sending.spool_room(declarations))
 
