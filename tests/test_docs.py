@@ -20,7 +20,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
@@ -386,7 +386,6 @@ def sample_pattern(sample: str) -> str:
 
 def test_the_presets_page_compiles_as_the_tested_preset(tmp_path: Path) -> None:
     from helpers import EXPECTED
-
     from uwsgiconf_mules import MulesMixin
 
     declaration, mixin = blocks(page("presets"), "python")
@@ -428,7 +427,8 @@ def test_the_spool_figures_of_the_pages_are_the_code_s() -> None:
 
     reloads = re.sub(r"\s+", " ", page("reloads"))
     assert _spool.DEFAULT_LIMIT == 256 * 2**20 and "Past 256 MiB" in reloads
-    assert _spool.DEFAULT_LIMIT // _spool.DEAD_SHARE == 32 * 2**20 and "an eighth of the spool's limit (32 MiB" in reloads
+    assert _spool.DEFAULT_LIMIT // _spool.DEAD_SHARE == 32 * 2**20
+    assert "an eighth of the spool's limit (32 MiB" in reloads
     assert _spool.DEAD_FILES == 10_000 and "and 10,000 files" in reloads
     assert _spool.STALE_AFTER == 600 and "nothing changed in for 10 minutes" in reloads
 
@@ -479,7 +479,7 @@ def test_the_loop_engines_page_quotes_what_a_worker_says(monkeypatch: pytest.Mon
         monkeypatch.setattr(_sending, name, value)
 
     class Worker:
-        opt = {"async": b"10", "ugreen": b"true"}
+        opt: ClassVar[dict[str, bytes]] = {"async": b"10", "ugreen": b"true"}
 
         def worker_id(self) -> int:
             return 1
@@ -498,3 +498,16 @@ def test_the_rq_page_quotes_what_the_worker_says() -> None:
     from uwsgiconf_mules import _rq_worker
 
     assert "quitting" in inspect.getsource(_rq_worker)
+
+
+def test_the_replay_hint_the_reloads_page_describes_is_in_the_order_spool_replay_tries() -> None:
+    from uwsgiconf_mules import cli as cli_module
+
+    text = re.sub(r"\s+", " ", page("reloads"))
+    described = text[text.index("`replay` says how to start the mules"):]
+    described = described[:described.index(" - **")]
+    order = ["touch-mules-reload", "master fifo", "touch-reload", "pid file"]
+    assert [described.index(name) for name in order] == sorted(described.index(name) for name in order)
+    keys = cli_module._RELOAD_KEYS
+    assert keys[:3] == ("touch-mules-reload", "master-fifo", "touch-reload")
+    assert all("pidfile" in key for key in keys[3:])
