@@ -20,7 +20,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
@@ -369,3 +369,145 @@ def test_the_runtime_example_queues_what_its_comments_say(tmp_path: Path, monkey
         ("docs_runtime_example:resize", "fast", (42,)), ("docs_runtime_example:resize", "fast", (42,))]
     assert [(sent.target.name, sent.message) for sent in outbox.sent] == [("slow", b"reindex")]
     assert module.resize.target.mules == (module.Mule(1), module.Mule(2))  # "runs in mule 1 or 2"
+
+
+# What the landed changes say, held to the code
+
+
+SOURCE = "\n".join(path.read_text() for path in sorted((ROOT / "src").rglob("*.py")))
+
+
+def sample_pattern(sample: str) -> str:
+    """A quoted line of a page as a regex: ``N``, ``K`` and ``M`` a number, ``...`` and ``<why>`` any text."""
+    parts = re.split(r"(\.\.\.|<why>|\b[NKM]\b)", sample)
+    return "".join(".*" if part in ("...", "<why>") else r"\d+" if part in ("N", "K", "M") else re.escape(part)
+                   for part in parts)
+
+
+def test_the_presets_page_compiles_as_the_tested_preset(tmp_path: Path) -> None:
+    from helpers import EXPECTED
+    from uwsgiconf_mules import MulesMixin
+
+    declaration, mixin = blocks(page("presets"), "python")
+    assert declaration.startswith("# uwsgicfg.py\n")
+    proc = invoke_with(tmp_path, declaration, uwsgiconf_cli, "compile")
+    assert proc.returncode == 0, proc.stderr
+    assert normalise(proc.stdout) == (EXPECTED / "presets" / "configure_uwsgi.ini").read_text()
+    assert "class ShopSection(MulesMixin, NiceSection):" in mixin
+    from uwsgiconf.presets.nice import Section as NiceSection
+    with pytest.raises(TypeError, match=r"MulesMixin"):  # "the other order is refused with a TypeError"
+        type("Wrong", (NiceSection, MulesMixin), {})
+
+
+def test_the_stats_addresses_the_pages_allow_are_the_ones_accepted() -> None:
+    from uwsgiconf_mules.errors import MulesConfigurationError
+
+    for allowed in ("127.0.0.1:9191", "127.8.9.10:9191", "localhost:9191", "[::1]:9191", "/run/app/stats.sock"):
+        assert ("stats", allowed) in declare(mules=1, stats=allowed).options()
+    for refused in ("0.0.0.0:9191", "example.com:9191", "127.1:9191", "127.0.0.1:abc", "[::]:9191",
+                    "/run/app/my stats.sock", "stats.sock"):
+        with pytest.raises(MulesConfigurationError):
+            declare(mules=1, stats=refused)
+    options = dict(declare(mules=1, stats="/run/app/stats.sock").options())
+    assert options["hook-master-start"] == "chmod:/run/app/stats.sock 600"  # "chmod 600 at master start"
+    assert "`chmod 600` at master start, through a\n  `hook-master-start` line" in page("security")
+
+
+def test_the_bounds_the_configuration_page_states_are_the_code_s() -> None:
+    from uwsgiconf_mules import _declarations
+
+    text = re.sub(r"\s+", " ", page("configuration"))
+    assert _declarations.MAX_MULES == 262_140 and "more than 262,140 mules and farms" in text
+    assert _declarations.ENV_MAX == 131_071 and "a declarations record over 131,071 bytes" in text
+    assert _declarations.C_INT_MAX == 2_147_483_647 and "above 2,147,483,647" in text
+
+
+def test_the_spool_figures_of_the_pages_are_the_code_s() -> None:
+    from uwsgiconf_mules import _spool
+
+    reloads = re.sub(r"\s+", " ", page("reloads"))
+    assert _spool.DEFAULT_LIMIT == 256 * 2**20 and "Past 256 MiB" in reloads
+    assert _spool.DEFAULT_LIMIT // _spool.DEAD_SHARE == 32 * 2**20
+    assert "an eighth of the spool's limit (32 MiB" in reloads
+    assert _spool.DEAD_FILES == 10_000 and "and 10,000 files" in reloads
+    assert _spool.STALE_AFTER == 600 and "nothing changed in for 10 minutes" in reloads
+
+
+def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogCaptureFixture) -> None:
+    from uwsgiconf_mules import _dispatch
+
+    said = section("reloads", "What the log says")
+    quoted = [re.sub(r"\s+", " ", sample) for sample in re.findall(r"`([^`]+)`", said)]
+
+    class Stopped:  # the records two stops left: one kept 5 of which 3 remain, one lost 2 to a full disk
+        path = "/var/spool/app"
+
+        def check_stops(self) -> list[tuple[int, int, int, dict[str, int]]]:
+            return [(1, 5, 3, {}), (2, 0, 0, {"the disk of the spool /var/spool/app is full": 2})]
+
+    with caplog.at_level("ERROR", logger="uwsgiconf_mules"):
+        _dispatch._check_stops(Stopped())  # type: ignore[arg-type]
+    logged = [record.getMessage() for record in caplog.records]
+    checked = [sample for sample in quoted if "lost calls since" in sample or "could not keep" in sample]
+    assert len(checked) == 2
+    for sample in checked:
+        assert any(re.search(sample_pattern(sample), line) for line in logged), (sample, logged)
+    for sample in set(quoted) - set(checked):  # the others: each fixed part as the mules word it
+        for part in re.split(r"\.\.\.|<why>|\b[NKM]\b", sample):
+            assert part.strip(" :") in SOURCE, (sample, part)
+
+
+def test_the_pages_quote_what_top_prints_of_counters_and_the_spool() -> None:
+    view = {"stats": "127.0.0.1:9191", "uwsgi": {"version": "2.0.31", "pid": 2657}, "time": 0.0,
+            "counting_since": 0.0, "spool_problem": "spool: /x can be written by others (mode 777)",
+            "mules": [], "farms": []}
+    header, problem = render(view).splitlines()[:2]
+    sample = re.search(r"```text\n(uWSGI .*?)\n", page("watching"))
+    assert sample
+    times = r"\d\d:\d\d:\d\d"
+    assert re.sub(times, "T", sample[1]) == re.sub(times, "T", header)
+    assert problem.startswith("SPOOL UNUSABLE: spool: /x ") and problem.endswith(
+        ": offloaded calls to dispatch mules are refused")
+    assert "`SPOOL\nUNUSABLE: <why>: ...`" in page("watching")
+
+
+def test_the_loop_engines_page_quotes_what_a_worker_says(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from uwsgiconf_mules import _instance, _sending
+
+    for name, value in (("_engine", None), ("_waiter", None), ("_send_sockets", [])):
+        monkeypatch.setattr(_sending, name, value)
+
+    class Worker:
+        opt: ClassVar[dict[str, bytes]] = {"async": b"10", "ugreen": b"true"}
+
+        def worker_id(self) -> int:
+            return 1
+
+    monkeypatch.setattr(_instance, "uwsgi", Worker())
+    _sending.wait_for_room(0.0, 0.0)
+    said = [record.getMessage() for record in caplog.records if "loop engine" in record.getMessage()]
+    quoted, = blocks(page("loop-engines"), "text")
+    assert said == [quoted.strip()]
+
+
+def test_the_rq_page_quotes_what_the_worker_says() -> None:
+    text = re.sub(r"\s+", " ", page("rq"))
+    assert "`job refused: RQ cannot read its field(s) 'timeout' (AssertionError); nothing ran ...`" in text
+    assert "job refused: RQ cannot read its field(s) " in SOURCE and "holds no hash" in SOURCE
+    from uwsgiconf_mules import _rq_worker
+
+    assert "quitting" in inspect.getsource(_rq_worker)
+
+
+def test_the_replay_hint_the_reloads_page_describes_is_in_the_order_spool_replay_tries() -> None:
+    from uwsgiconf_mules import cli as cli_module
+
+    text = re.sub(r"\s+", " ", page("reloads"))
+    described = text[text.index("`replay` says how to start the mules"):]
+    described = described[:described.index(" - **")]
+    order = ["touch-mules-reload", "master fifo", "touch-reload", "pid file"]
+    assert [described.index(name) for name in order] == sorted(described.index(name) for name in order)
+    keys = cli_module._RELOAD_KEYS
+    assert keys[:3] == ("touch-mules-reload", "master-fifo", "touch-reload")
+    assert all("pidfile" in key for key in keys[3:])
