@@ -414,7 +414,7 @@ def test_the_stats_addresses_the_pages_allow_are_the_ones_accepted() -> None:
 
 
 def test_the_bounds_the_configuration_page_states_are_the_code_s() -> None:
-    from uwsgiconf_mules import _declarations
+    from uwsgiconf_mules import declarations as _declarations
 
     text = re.sub(r"\s+", " ", page("configuration"))
     assert _declarations.MAX_MULES == 262_140 and "more than 262,140 mules and farms" in text
@@ -423,7 +423,7 @@ def test_the_bounds_the_configuration_page_states_are_the_code_s() -> None:
 
 
 def test_the_spool_figures_of_the_pages_are_the_code_s() -> None:
-    from uwsgiconf_mules import _spool
+    from uwsgiconf_mules.protocol import spool as _spool
 
     reloads = re.sub(r"\s+", " ", page("reloads"))
     assert _spool.DEFAULT_LIMIT == 256 * 2**20 and "Past 256 MiB" in reloads
@@ -434,7 +434,7 @@ def test_the_spool_figures_of_the_pages_are_the_code_s() -> None:
 
 
 def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogCaptureFixture) -> None:
-    from uwsgiconf_mules import _dispatch
+    from uwsgiconf_mules.mule import loop as _dispatch
 
     said = section("reloads", "What the log says")
     quoted = [re.sub(r"\s+", " ", sample) for sample in re.findall(r"`([^`]+)`", said)]
@@ -473,7 +473,7 @@ def test_the_pages_quote_what_top_prints_of_counters_and_the_spool() -> None:
 
 def test_the_loop_engines_page_quotes_what_a_worker_says(monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from uwsgiconf_mules import _instance, _sending
+    from uwsgiconf_mules.runtime import instance as _instance, sending as _sending
 
     for name, value in (("_engine", None), ("_waiter", None), ("_send_sockets", [])):
         monkeypatch.setattr(_sending, name, value)
