@@ -74,3 +74,20 @@ def test_public_callables_have_docstrings(name: str) -> None:
             for attr, member in vars(value).items() if isinstance(value, type) else ():
                 if callable(member) and not attr.startswith("_"):
                     assert (member.__doc__ or "").strip(), f"{name}.{exported}.{attr} has no docstring"
+
+
+def test_the_paths_that_outlive_a_release_still_resolve() -> None:
+    """What 0.1.0 wrote where this release reads it: ``shared-import = uwsgiconf_mules.runtime`` in
+    compiled configs, ``uwsgiconf_mules.remote.run`` in RQ jobs already in Redis, the Django
+    backend's dotted path in settings and the pytest plugin's entry point."""
+    import importlib.metadata
+
+    from uwsgiconf_mules import django as django_face, remote, runtime
+    from uwsgiconf_mules.protocol import envelope
+
+    assert runtime.__name__ == "uwsgiconf_mules.runtime" and envelope.TOKEN  # drawn by that import
+    assert callable(remote.run) and (remote.run.__module__, remote.run.__qualname__) == ("uwsgiconf_mules.remote", "run")
+    assert django_face.MulesBackend.__module__ == "uwsgiconf_mules.django"
+    plugins = {point.name: point.value for point in importlib.metadata.entry_points(group="pytest11")}
+    assert plugins["uwsgiconf_mules"] == "uwsgiconf_mules._pytest_plugin"
+    importlib.import_module(plugins["uwsgiconf_mules"])
