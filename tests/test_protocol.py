@@ -166,3 +166,16 @@ def test_damaged_envelopes_are_errors() -> None:
         with pytest.raises(ValueError, match="damaged envelope"):
             protocol.decode(protocol.task_header(KEY, protocol.MARSHAL) + code + b"\xff\xff\xff\x7fi\x01\x00\x00\x00"
                             + b"\x00" + KEY.encode())
+
+
+def test_kind_and_is_call_read_the_envelope_once_for_every_reader() -> None:
+    call = protocol.encoder("jobs:send")((1, 2), {})
+    keyword = protocol.encoder("jobs:send")((), {"to": "x"})
+    assert protocol.kind(call) in protocol.CALL_KINDS and protocol.is_call(call)
+    assert protocol.kind(keyword) == protocol.KWARGS and protocol.is_call(keyword)
+    wrapped = protocol.data(protocol.PREFIX + b"plain")  # data that looks like an envelope gets wrapped
+    assert protocol.kind(wrapped) == protocol.DATA and not protocol.is_call(wrapped)
+    assert protocol.kind(protocol.PROBE) == protocol.PROBE[-1:] and not protocol.is_call(protocol.PROBE)
+    for other in (b"plain", b"", protocol.PREFIX, protocol.HEADER + bytes(16) + protocol.ARGS):
+        assert not protocol.is_call(other)
+    assert protocol.kind(b"plain") is None and protocol.kind(protocol.PREFIX) == b""

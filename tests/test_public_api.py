@@ -86,7 +86,8 @@ def test_the_paths_that_outlive_a_release_still_resolve() -> None:
     from uwsgiconf_mules.protocol import envelope
 
     assert runtime.__name__ == "uwsgiconf_mules.runtime" and envelope.TOKEN  # drawn by that import
-    assert callable(remote.run) and (remote.run.__module__, remote.run.__qualname__) == ("uwsgiconf_mules.remote", "run")
+    assert callable(remote.run)
+    assert (remote.run.__module__, remote.run.__qualname__) == ("uwsgiconf_mules.remote", "run")
     assert django_face.MulesBackend.__module__ == "uwsgiconf_mules.django"
     plugins = {point.name: point.value for point in importlib.metadata.entry_points(group="pytest11")}
     assert plugins["uwsgiconf_mules"] == "uwsgiconf_mules._pytest_plugin"

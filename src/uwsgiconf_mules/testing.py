@@ -162,8 +162,7 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
     """The sending function of a mode: decode what a mule would read, record it, maybe run it."""
 
     def record(message: bytes, dest: int | bytes) -> bool:
-        kind = message[len(_protocol.PREFIX):len(_protocol.PREFIX) + 1]
-        if not message.startswith(_protocol.PREFIX) or kind not in _protocol.CALL_KINDS:
+        if not _protocol.is_call(message):
             outbox.sent.append(Sent(_target(dest), message))
             return True
         key, args, kwargs = _protocol.decode(message)

@@ -101,8 +101,7 @@ class _Keeper:
         self.free = spool.disk_free() if spool is not None else 0  # what the disk takes, less room for the record
 
     def __call__(self, message: bytes, dest: int | bytes | None) -> int:
-        prefix = _protocol.PREFIX
-        if not (message.startswith(prefix) and message[len(prefix):len(prefix) + 1] in _protocol.CALL_KINDS):
+        if not _protocol.is_call(message):
             rest = _tasks.receive(message)  # a probe, foreign bytes or a forgery: never a call here
             if rest is not None:
                 _tasks.pass_on(rest)

@@ -202,6 +202,23 @@ def lookup_ok(lookup: bytes) -> bool:
     return lookup[HEAD_SIZE:] == PAD
 
 
+def kind(message: bytes) -> bytes | None:
+    """The kind of an envelope of this instance (:data:`ARGS`, :data:`MARSHAL`, :data:`KWARGS`,
+    :data:`DATA` or a probe's), or None for any other message (plain data, foreign bytes, a forgery).
+
+    :param message: A message as read from a queue.
+    """
+    return message[len(PREFIX):len(PREFIX) + 1] if message.startswith(PREFIX) else None
+
+
+def is_call(message: bytes) -> bool:
+    """Whether ``message`` is an envelope of this instance carrying a call.
+
+    :param message: A message as read from a queue.
+    """
+    return message.startswith(PREFIX) and message[len(PREFIX):len(PREFIX) + 1] in CALL_KINDS
+
+
 def data(message: bytes) -> bytes:
     """A plain message as ``Mule.send``/``Farm.send`` send it: unchanged, unless it starts with
     :data:`PREFIX`, when it is wrapped so that no reader can take it for a call.

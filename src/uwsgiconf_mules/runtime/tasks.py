@@ -319,6 +319,8 @@ def receive(message: bytes, harakiri: int = 0, *, strict: bool = True) -> bytes 
         instance's token is refused with a log line (a dispatch mule), rather than returned as
         the plain data that ``send()`` may deliver (a programmed mule's ``get_message``).
     """
+    # protocol.envelope.kind(), inlined: this runs for every message a mule reads through uWSGI
+    # (mule_get_msg), where a function call more per message is what the fast path was tuned away from.
     prefix = _protocol.PREFIX
     if message.startswith(prefix):
         kind = message[len(prefix):len(prefix) + 1]
