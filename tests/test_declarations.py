@@ -282,7 +282,8 @@ def test_counters_are_declared_as_uwsgi_metrics_only_with_stats() -> None:
     assert decl.metric_names() == [
         *((f"mule.1.{name}", "counter") for name in dispatch),
         *((f"mule.1.{name}", "gauge") for name in ("queue_bytes", "running_ms", "pid")),
-        ("mule.2.queued", "counter"), ("farm.f.queued", "counter"), ("farm.f.queue_bytes", "gauge")]
+        ("mule.2.queued", "counter"), ("farm.f.queued", "counter"), ("farm.f.queue_bytes", "gauge"),
+        ("spool.unusable", "gauge")]
     opts = decl.options()
     assert opts[opts.index(("enable-metrics", "true")) + 1] == ("stats", "127.0.0.1:9191")
     assert [value for key, value in opts if key == "metric"] == [

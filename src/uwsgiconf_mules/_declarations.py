@@ -77,6 +77,9 @@ MULE_COUNTERS = ("queued", "started", "succeeded", "failed", "spooled", "dead", 
 MULE_GAUGES = ("queue_bytes", "running_ms", "pid")
 """Gauges of a dispatch mule, as uWSGI metrics ``mule.<id>.<gauge>``."""
 
+SPOOL_GAUGE = "spool.unusable"
+"""The gauge that is 1 while the spool cannot keep calls (the senders refuse them), 0 otherwise."""
+
 DEFAULT_SEND_TIMEOUT = 5.0
 """Seconds a sender keeps retrying while a mule queue is full before raising ``DeliveryError``."""
 
@@ -415,6 +418,8 @@ class Declarations:
         for farm in self.farms:
             names.append((f"farm.{farm.name}.queued", "counter"))
             names.append((f"farm.{farm.name}.queue_bytes", "gauge"))
+        if dispatchers:
+            names.append((SPOOL_GAUGE, "gauge"))
         return names
 
     def _stats_options(self) -> list[tuple[str, str]]:
