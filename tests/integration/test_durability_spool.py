@@ -181,6 +181,24 @@ def test_a_parent_squatted_by_another_user_is_refused_and_the_senders_told(tmp_p
         server.stop()
 
 
+def test_a_parent_that_is_another_users_link_is_refused_and_the_senders_told(tmp_path: Path) -> None:
+    # Another local user made the default spool's parent first as a link to a root directory: they
+    # could point it elsewhere between two lives, and every call kept would be gone. It is never used.
+    needs_root()
+    (tmp_path / "root-dir").mkdir(mode=0o755)
+    squatted = tmp_path / "uwsgiconf-mules-0"
+    squatted.symlink_to(tmp_path / "root-dir")
+    os.lchown(squatted, OTHER_UID, OTHER_UID)
+    server, _ = start(tmp_path, squatted / "0123456789abcdef")
+    try:
+        refused = fill(server, 0)
+        assert (refused["told"], refused["refused"]) == ([], CALLS)
+        assert f"{squatted} is a link of uid {OTHER_UID}" in refused["why"][0]
+        assert list((tmp_path / "root-dir").iterdir()) == []
+    finally:
+        server.stop()
+
+
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
     needs_root()
