@@ -746,8 +746,9 @@ def _stats_address(value: object) -> str:
         raise MulesConfigurationError(f"{rule}, not {value!r}", culprit=value)
     if value.startswith("/"):
         path = os.path.normpath(value)
-        bad = next((c for c in path if c.isspace() or not c.isprintable()), None)
-        if bad is not None:  # uWSGI's chmod hook (see _stats_options) ends the path at a space
+        bad = next((c for c in path if c.isspace() or not c.isprintable() or c == ":"), None)
+        if bad is not None:  # uWSGI's chmod hook (see _stats_options) ends the path at a space; uWSGI reads
+            # a value with a ':' as host:port (it listened on 255.255.255.255 for /run/0.0.0.0:9191)
             raise MulesConfigurationError(
                 f"stats {value!r} contains {_describe_char(bad)}; {rule}", culprit=value)
         return _record_path(path, "stats")
