@@ -242,6 +242,8 @@ def test_stats_on_loopback_or_a_unix_socket_round_trips_in_the_record(address: s
     ("127.0.0.1:9191 ", "has no valid port"),
     ("/run/app/stats sock", "stats '/run/app/stats sock' contains whitespace"),
     ("/run/app/stats\x1b.sock", "stats '/run/app/stats\\x1b.sock' contains '\\x1b'"),
+    # uWSGI reads a stats value with a ':' as host:port: this one listened on 255.255.255.255:9191
+    ("/run/app/0.0.0.0:9191", "stats '/run/app/0.0.0.0:9191' contains ':'"),
 ])
 def test_stats_is_a_loopback_ip_or_localhost_and_a_port_or_a_unix_socket_and_nothing_more(
         stats: str, message: str) -> None:
@@ -282,7 +284,8 @@ def test_counters_are_declared_as_uwsgi_metrics_only_with_stats() -> None:
     assert decl.metric_names() == [
         *((f"mule.1.{name}", "counter") for name in dispatch),
         *((f"mule.1.{name}", "gauge") for name in ("queue_bytes", "running_ms", "pid")),
-        ("mule.2.queued", "counter"), ("farm.f.queued", "counter"), ("farm.f.queue_bytes", "gauge")]
+        ("mule.2.queued", "counter"), ("farm.f.queued", "counter"), ("farm.f.queue_bytes", "gauge"),
+        ("spool.unusable", "gauge")]
     opts = decl.options()
     assert opts[opts.index(("enable-metrics", "true")) + 1] == ("stats", "127.0.0.1:9191")
     assert [value for key, value in opts if key == "metric"] == [

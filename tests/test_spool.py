@@ -124,6 +124,21 @@ def test_a_parent_of_another_users_is_refused_whatever_its_mode(tmp_path: Path) 
     assert not (squatted / "abc").exists()
 
 
+def test_a_parent_that_is_another_users_link_is_refused(tmp_path: Path) -> None:
+    # /var/tmp/uwsgiconf-mules-0 made first by another user as a link to a root directory (/tmp): its
+    # owner could point it elsewhere between two lives, and the spool with its .stop records is gone.
+    (tmp_path / "root-dir").mkdir(mode=0o755)
+    squatted = tmp_path / "uwsgiconf-mules-0"
+    squatted.symlink_to(tmp_path / "root-dir")
+    os.lchown(squatted, _another_uid(), _another_uid())
+    with pytest.raises(PermissionError, match=r"^spool: .*uwsgiconf-mules-0 is a link of uid 65534, neither root"):
+        _spool.Spool(str(squatted / "abc")).create()
+    assert _spool.problem(str(squatted / "abc")) is not None
+    assert not (tmp_path / "root-dir" / "abc").exists()
+    os.lchown(squatted, 0, 0)  # a root's link (as /var/run -> /run) is fine, and so is where it leads
+    assert _spool.Spool(str(squatted / "abc")).create() is True
+
+
 def test_a_missing_parent_is_made_private_to_the_user(tmp_path: Path) -> None:
     spool = _spool.Spool(str(tmp_path / "uwsgiconf-mules-0" / "abc"))
     assert spool.create() is True  # a new, empty spool: said so at start

@@ -221,3 +221,26 @@ def test_top_shows_a_spool_the_senders_refuse(tmp_path: Path) -> None:
     assert view["spool_problem"] == f"spool: {tmp_path / 'spool'} can be written by others (mode 777)"
     assert render(view).splitlines()[1] == (f"SPOOL UNUSABLE: {view['spool_problem']}: offloaded calls to dispatch "
                                             "mules are refused")
+
+
+def test_the_spool_watcher_and_the_mule_set_the_spool_unusable_gauge(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from uwsgiconf_mules.runtime import sending as _sending
+
+    fake = FakeMetrics()
+    monkeypatch.setattr(_instance, "uwsgi", fake)
+    monkeypatch.setattr(_sending, "spool_problem", None)
+    decl = declare(mules=1, stats="127.0.0.1:9191", spool_dir=str(tmp_path / "spool"))
+    assert ("spool.unusable", "gauge") in decl.metric_names()
+    assert "spool.unusable" not in dict(declare(mules=["reader:run"], stats="127.0.0.1:9191").metric_names())
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool").chmod(0o777)
+    _sending.check_spool(decl)
+    assert fake.values["spool.unusable"] == 1
+    (tmp_path / "spool").chmod(0o700)
+    fake.values["spool.unusable"] = 1  # as a mule may have left it
+    _sending.check_spool(decl)
+    assert fake.values["spool.unusable"] == 0
+    (tmp_path / "spool").chmod(0o777)
+    _sending.spool_gauge(decl)
+    assert fake.values["spool.unusable"] == 1

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from harness import APP_PRELUDE, Server, compile_config, declaration, launch
+from harness import APP_PRELUDE, Server, compile_config, declaration, free_port, launch
+from uwsgiconf_mules.cli.top import read_stats
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +67,8 @@ def needs_root() -> None:
         pytest.skip("needs root: uWSGI must run as root, with directories of another user's")
 
 
-def start(tmp_path: Path, spool: Path) -> tuple[Server, Path]:
-    (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules=1, spool_dir={str(spool)!r}, reload_mercy=20"))
+def start(tmp_path: Path, spool: Path, more: str = "") -> tuple[Server, Path]:
+    (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules=1, spool_dir={str(spool)!r}, reload_mercy=20{more}"))
     (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
     path, compiled = compile_config(tmp_path)
     assert compiled.returncode == 0, compiled.stderr
@@ -134,6 +135,34 @@ def test_a_spool_the_mules_refuse_makes_senders_fail_until_it_is_fixed(tmp_path:
         server.stop()
 
 
+def test_the_spool_unusable_gauge_reads_1_while_the_spool_is_spoiled_and_0_once_fixed(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spool.chmod(0o777)
+    stats = f"127.0.0.1:{free_port()}"
+    server, _ = start(tmp_path, spool, f", stats={stats!r}")
+
+    def gauge(value: int) -> None:
+        server.wait_for(lambda: read_stats(stats)["metrics"]["spool.unusable"]["value"] == value, 10,
+                        f"spool.unusable = {value}")
+
+    try:
+        gauge(1)  # the mule says it before any worker sent
+        assert fill(server, 0)["refused"] == CALLS
+        gauge(1)
+        shutil.rmtree(spool)
+        gauge(0)
+        time.sleep(2.5)  # every worker checks once a second
+        assert fill(server, CALLS)["refused"] == 0
+        spool.mkdir(exist_ok=True)
+        spool.chmod(0o777)  # spoiled again while running: the workers' watchers and the mule say it
+        gauge(1)
+        time.sleep(2.5)
+        assert fill(server, 2 * CALLS)["refused"] == CALLS
+    finally:
+        server.stop()
+
+
 def test_a_parent_squatted_by_another_user_is_refused_and_the_senders_told(tmp_path: Path) -> None:
     # Another local user made the default spool's parent first (/var/tmp/uwsgiconf-mules-0, 0755,
     # theirs): they could move the spool away between two lives. It is never used.
@@ -148,6 +177,24 @@ def test_a_parent_squatted_by_another_user_is_refused_and_the_senders_told(tmp_p
         assert f"{squatted} belongs to uid {OTHER_UID}" in refused["why"][0]
         assert list(squatted.iterdir()) == []
         assert server.log().count(f"cannot use the spool {squatted}") == 1
+    finally:
+        server.stop()
+
+
+def test_a_parent_that_is_another_users_link_is_refused_and_the_senders_told(tmp_path: Path) -> None:
+    # Another local user made the default spool's parent first as a link to a root directory: they
+    # could point it elsewhere between two lives, and every call kept would be gone. It is never used.
+    needs_root()
+    (tmp_path / "root-dir").mkdir(mode=0o755)
+    squatted = tmp_path / "uwsgiconf-mules-0"
+    squatted.symlink_to(tmp_path / "root-dir")
+    os.lchown(squatted, OTHER_UID, OTHER_UID)
+    server, _ = start(tmp_path, squatted / "0123456789abcdef")
+    try:
+        refused = fill(server, 0)
+        assert (refused["told"], refused["refused"]) == ([], CALLS)
+        assert f"{squatted} is a link of uid {OTHER_UID}" in refused["why"][0]
+        assert list((tmp_path / "root-dir").iterdir()) == []
     finally:
         server.stop()
 

@@ -77,6 +77,9 @@ MULE_COUNTERS = ("queued", "started", "succeeded", "failed", "spooled", "dead", 
 MULE_GAUGES = ("queue_bytes", "running_ms", "pid")
 """Gauges of a dispatch mule, as uWSGI metrics ``mule.<id>.<gauge>``."""
 
+SPOOL_GAUGE = "spool.unusable"
+"""The gauge that is 1 while the spool cannot keep calls (the senders refuse them), 0 otherwise."""
+
 DEFAULT_SEND_TIMEOUT = 5.0
 """Seconds a sender keeps retrying while a mule queue is full before raising ``DeliveryError``."""
 
@@ -415,6 +418,8 @@ class Declarations:
         for farm in self.farms:
             names.append((f"farm.{farm.name}.queued", "counter"))
             names.append((f"farm.{farm.name}.queue_bytes", "gauge"))
+        if dispatchers:
+            names.append((SPOOL_GAUGE, "gauge"))
         return names
 
     def _stats_options(self) -> list[tuple[str, str]]:
@@ -741,8 +746,9 @@ def _stats_address(value: object) -> str:
         raise MulesConfigurationError(f"{rule}, not {value!r}", culprit=value)
     if value.startswith("/"):
         path = os.path.normpath(value)
-        bad = next((c for c in path if c.isspace() or not c.isprintable()), None)
-        if bad is not None:  # uWSGI's chmod hook (see _stats_options) ends the path at a space
+        bad = next((c for c in path if c.isspace() or not c.isprintable() or c == ":"), None)
+        if bad is not None:  # uWSGI's chmod hook (see _stats_options) ends the path at a space; uWSGI reads
+            # a value with a ':' as host:port (it listened on 255.255.255.255 for /run/0.0.0.0:9191)
             raise MulesConfigurationError(
                 f"stats {value!r} contains {_describe_char(bad)}; {rule}", culprit=value)
         return _record_path(path, "stats")

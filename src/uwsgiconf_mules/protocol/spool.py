@@ -525,6 +525,10 @@ def _check_ancestors(path: str) -> None:
     mode: its owner can always change it."""
     parent = os.path.dirname(os.path.abspath(path))
     while True:
+        link = os.lstat(parent)  # a link its owner could point elsewhere between two lives
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):
+            raise PermissionError(f"spool: {parent} is a link of uid {link.st_uid}, neither root nor this user "
+                                  f"({os.geteuid()}), who could point the spool elsewhere")
         info = os.stat(parent)
         if info.st_mode & 0o002 and not info.st_mode & stat.S_ISVTX:
             raise PermissionError(f"spool: {parent} can be written by anyone (and has no sticky bit)")

@@ -406,4 +406,10 @@ def mule_counters(mule_id: int, declarations: Declarations | None, spool_path: s
     counters = MuleCounters(mule_id, declarations, status_dir)
     _instance.uwsgi.metric_set(f"mule.{mule_id}.pid", os.getpid())  # at once: top shows it from the start
     start(counters.sample)
+    if declarations.spool_dir is not None:
+        from functools import partial
+
+        from .sending import spool_gauge
+
+        start(partial(spool_gauge, declarations))
     return counters

@@ -32,7 +32,7 @@ import os
 import time
 from _thread import get_ident
 
-from ..declarations import Declarations
+from ..declarations import SPOOL_GAUGE, Declarations
 from ..errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
 from ..protocol import spool as _spool
 from ..protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
@@ -144,6 +144,8 @@ def check_spool(declarations: Declarations) -> None:
     global spool_problem
     assert declarations.spool_dir is not None
     found = _spool.problem(declarations.spool_dir, *spool_room(declarations))
+    if declarations.stats is not None and declarations.dispatchers:  # every check: a mule may have set it
+        _instance.uwsgi.metric_set(SPOOL_GAUGE, int(found is not None))
     if found == spool_problem:
         return
     spool_problem = found
@@ -159,6 +161,17 @@ def check_spool(declarations: Declarations) -> None:
         refresh = getattr(cache, "_refresh", None)
         if refresh is not None:
             refresh()
+
+
+def spool_gauge(declarations: Declarations) -> None:
+    """Set the :data:`~uwsgiconf_mules._declarations.SPOOL_GAUGE` metric from a check of the spool
+    (a dispatch mule's sampler: the gauge holds even where no worker has sent yet).
+
+    :param declarations: This instance's declarations, with a spool.
+    """
+    assert declarations.spool_dir is not None
+    found = _spool.problem(declarations.spool_dir, *spool_room(declarations))
+    _instance.uwsgi.metric_set(SPOOL_GAUGE, int(found is not None))
 
 
 def _who() -> str:
