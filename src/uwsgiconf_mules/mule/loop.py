@@ -37,6 +37,7 @@ from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..protocol.limits import socket_message_limit
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
+from . import running as _running, timer as _timer
 from .queues import STREAK, Queues, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -139,6 +140,8 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
                declarations: Declarations | None) -> None:
     """Spool what is queued, linger while workers may still send, and exit."""
     started = time.monotonic()
+    _timer.stop()  # claims no more delayed calls; puts back those not started
+    _running.clear()
     mercy = (declarations.reload_mercy if declarations and declarations.reload_mercy else 60)
     hard = started + max(0.5, min(LINGER, mercy - 1.0))
     mule_id = _tasks.current_mule()
@@ -204,7 +207,8 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
         previous = 0
     if previous and previous != os.getpid() and not _spool.alive(previous):
         _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
-                           "the call it was running, if any, is lost; the calls queued behind it run now",
+                           "the call it was running, if any, is said above (kept, or run again); the calls queued "
+                           "behind it run now",
                            mule_id, previous)
     with open(path, "w") as handle:
         handle.write(str(os.getpid()))
@@ -295,6 +299,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
 
     _startup.start(mule_id, declarations)
     if spool is not None:
+        _timer.start(uwsgi, spool, mule_id, declarations)  # delayed calls, and calls dead mules left running
         try:
             _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
         except Exception as exc:  # never a mule that dies at start, and respawns in a loop
@@ -303,7 +308,8 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
-    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size)
+    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size,
+                     _running.buffer(spool, mule_id, buffer_size))  # the record of the running call
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues
@@ -357,6 +363,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     table = _tasks.TABLE
     receive, pass_on, returned = _tasks.receive, _tasks.pass_on, _tasks.returned
     counters = _tasks.COUNTING
+    record = _running.header()  # record[0]: size of the call running (see mule.running)
     fast = not harakiri and counters is None
     counted = not harakiri and counters is not None
     running = counters.running if counters is not None else [None, 0.0, 0.0]
@@ -370,6 +377,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         try:
             size = current(buffer)  # a queue read directly, into the buffer
         except BlockingIOError:
+            record[0] = 0  # no call runs
             if last is not idle:  # the last call counted ended when its queue ran empty
                 running[0] = None
                 last[2] += clock() - began
@@ -399,6 +407,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                 entry = _entry(buffer[:LOOKUP_SIZE], view, None)
             if entry is not None and size >= entry[3]:
                 began = clock()  # for the failure's log line
+                record[0] = size
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
@@ -426,6 +435,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     running[2] = began = now
                     last = running[0] = cell
                 running[1] = now
+                record[0] = size
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:
@@ -444,7 +454,9 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         if _stopping:
             pending = buffer[:size]
             break
+        record[0] = size
         rest = receive(buffer[:size], harakiri)
+        record[0] = 0
         if rest is not None:
             pass_on(rest)
     if last is not idle:  # told to stop right after a call counted

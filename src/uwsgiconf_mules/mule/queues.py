@@ -133,12 +133,15 @@ class Queues:
     :param destinations: Destinations (own mule id, farm names) to look for.
     :param farms: Whether ``mule_get_msg`` polls the farm queues too.
     :param buffer_size: Largest message read whole, in bytes.
+    :param buffer: The buffer to read into (``buffer_size`` bytes; the record of the running call,
+        see :mod:`uwsgiconf_mules.mule.running`), or None for anonymous memory.
     """
 
-    def __init__(self, uwsgi: Any, destinations: list[int | bytes], farms: bool, buffer_size: int) -> None:
+    def __init__(self, uwsgi: Any, destinations: list[int | bytes], farms: bool, buffer_size: int,
+                 buffer: mmap.mmap | None = None) -> None:
         # One buffer for every message (a fresh one per read costs page faults); anonymous memory,
         # so only the pages that messages reach are ever touched.
-        self.buffer = mmap.mmap(-1, buffer_size)
+        self.buffer = buffer if buffer is not None else mmap.mmap(-1, buffer_size)
         self.view = memoryview(self.buffer)
         self.current: Callable[[Any], int] = empty  # the reader of the queue read now
         self._readers: list[Callable[[Any], int]] = []

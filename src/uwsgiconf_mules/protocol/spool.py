@@ -43,9 +43,12 @@ MAGIC = b"UCMS1\n"
 """First bytes of every spool file."""
 STATUS_DIR = "status"
 """Part of the spool where dispatch mules write their per-task counters (``top`` reads them)."""
-PARTS = ("queue", "claimed", "dead", "tmp", "mules")
+PARTS = ("queue", "claimed", "dead", "tmp", "mules", "delayed")  # delayed/: see protocol.delayed
 UNTRUSTED = "untrusted: "
 """Start of the note of a dead message refused by the trust check: never replayed."""
+LIFECYCLE = ("failed: ", "interrupted: ")
+"""Starts of the notes of dead letters of calls that ran: failed on their last attempt, or
+interrupted (their mule died during the call)."""
 ANY = "any"
 """Target note of a queued call whose queue is not known: any dispatch mule runs it."""
 DEFAULT_LIMIT = 256 * 1024 * 1024
@@ -208,7 +211,8 @@ class Spool:
                     continue
         return total
 
-    def write(self, part: str, payload: bytes, note: str = ANY, *, durable: bool = True) -> str:
+    def write(self, part: str, payload: bytes, note: str = ANY, *, durable: bool = True,
+              name: str | None = None) -> str:
         """Write one call durably into ``part`` (write, fsync, rename, fsync the directory).
 
         :param part: ``queue`` or ``dead``.
@@ -216,10 +220,12 @@ class Spool:
         :param note: One line: the target (``mule:N``, ``farm:NAME``, :data:`ANY`) for ``queue``,
             why it is there for ``dead``.
         :param durable: Whether to flush it to disk (False: a note of something never replayed).
+        :param name: The file's name (default: one that sorts oldest first; ``protocol.delayed``
+            names its files by due time).
         :returns: The file's path.
         :raises OSError: when the disk refuses (full, read-only, no permission).
         """
-        name = _name()
+        name = name or _name()
         tmp = os.path.join(self.part("tmp"), name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -332,10 +338,13 @@ def untrusted_note(message: bytes, reason: str) -> str:
 
 
 def grouped(note: str) -> str:
-    """The note of a dead letter as listings group it: an untrusted one without its size and hash.
+    """The note of a dead letter as listings group it: an untrusted one without its size and hash;
+    a failed or interrupted call by task and kind (see ``runtime.policy``).
 
     :param note: The note.
     """
+    if note.startswith(LIFECYCLE):
+        return note.partition(" | ")[0].partition(" (")[0]
     return note.rpartition("; ")[0] if note.startswith(UNTRUSTED) and " bytes, sha256 " in note else note
 
 
@@ -628,7 +637,7 @@ def stale(path: str, now: float | None = None) -> bool:
             names = os.listdir(where)
         except FileNotFoundError:
             continue
-        if part in ("queue", "claimed", "dead") and names:
+        if part in ("queue", "claimed", "dead", "delayed") and names:
             return False
         for name in names if part == "mules" else ():
             try:

@@ -39,11 +39,20 @@ import time
 
 from ..declarations import FarmSpec as _FarmSpec
 from ..declarations.backends import ENGINES as _ENGINES
-from ..errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
+from ..errors import (
+    DeliveryError as _DeliveryError,
+    MulesRuntimeError,
+    NotInMuleError,
+    Retry as Retry,
+    TimeLimitExceeded as TimeLimitExceeded,
+    UnknownTargetError,
+    UsageError,
+)
 from ..mule import loop as _loop  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
 from ..protocol import envelope as _protocol
 from ..protocol.limits import socket_message_limit
-from . import instance as _instance, metrics as _metrics, sending as _sending, tasks as _tasks
+from . import instance as _instance, metrics as _metrics, policy as _policy, sending as _sending, tasks as _tasks
+from .policy import current_attempt as current_attempt
 from .sending import (
     Route as _Route,
     adeliver as _adeliver,
@@ -58,6 +67,7 @@ from .sending import (
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
     from typing import Any, ParamSpec, Protocol, TypeVar
 
     from ..declarations.backends import Backend as _Backend
@@ -92,7 +102,15 @@ if TYPE_CHECKING:
             on by sleeping on the running event loop (at most ``send_timeout``, then
             ``DeliveryError``), never by blocking it."""
 
-__all__ = ["Farm", "Mule", "TypeMuleFarm", "mule_offload", "socket_message_limit"]
+        def later(self, seconds: float) -> Callable[_P, bool]:
+            """The function that sends a call to run no earlier than ``seconds`` from now (a
+            delayed call, kept on disk until due: see :mod:`uwsgiconf_mules.runtime.policy`)."""
+
+        def at(self, when: datetime) -> Callable[_P, bool]:
+            """The function that sends a call to run no earlier than ``when``, an aware datetime."""
+
+__all__ = ["Farm", "Mule", "Retry", "TimeLimitExceeded", "TypeMuleFarm", "current_attempt", "mule_offload",
+           "socket_message_limit"]
 
 
 def _require_mule(what: str) -> Any:
@@ -201,7 +219,7 @@ class Mule:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    def offload(self, **options: Any) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in this mule.
 
         .. code-block:: python
@@ -209,8 +227,10 @@ class Mule:
             @Mule(1).offload()
             def for_mule(*args, **kwargs):
                 ...  # runs in mule 1
+
+        :param options: The task's options, as :func:`mule_offload` takes them (``retries=``, ...).
         """
-        return mule_offload(self)
+        return mule_offload(self, **options)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this mule; a programmed mule reads it with ``get_message``.
@@ -348,7 +368,7 @@ class Farm:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    def offload(self, **options: Any) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in one mule of this farm.
 
         .. code-block:: python
@@ -356,8 +376,10 @@ class Farm:
             @Farm('myfarm').offload()
             def for_farm(*args, **kwargs):
                 ...  # runs in any one mule of farm `myfarm`
+
+        :param options: The task's options, as :func:`mule_offload` takes them (``retries=``, ...).
         """
-        return mule_offload(self)
+        return mule_offload(self, **options)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this farm of programmed mules; exactly one of them receives it, as
@@ -478,7 +500,8 @@ def _run_inline(message: bytes, dest: int | bytes) -> bool:
     return True
 
 
-def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction[_P, _R]:  # noqa: PLR0915 - closures
+def _offloaded(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closures
+               options: dict[str, Any] | None = None) -> OffloadedFunction[_P, _R]:
     """Build what ``mule_offload`` returns: a function that queues calls of ``func`` for ``target``.
 
     A closure rather than an object with ``__call__``: this is the hot path of every offload.
@@ -492,7 +515,11 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
         raise MulesRuntimeError(f"cannot offload {module}.{qualname}: {problem}")
     key = f"{module}:{qualname}"
     encode = _protocol.encoder(key)
-    _tasks.register(key, func)
+    policy = _policy.policy_of(key, repr(target), options, **_policy.target_kind(target)) if options else None
+    if policy is None:
+        _tasks.register(key, func)
+    else:  # a declared lifecycle: its calls run through the policy (runtime.policy)
+        _policy.register(key, func, policy, encode, lambda: _policy.target_note(target))
     # Where calls go, resolved once (at decoration when the declarations are known, which also
     # checks the target; otherwise at the first call) and kept in closure cells for the hot path.
     route: _Route | None = None
@@ -619,9 +646,30 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
     if counts_inline:
         offloaded = offloaded_counting
 
+    def deliver_one(message: bytes) -> bool:
+        """Send one envelope (a delayed call's) to the target, as a call is sent."""
+        if len(message) > limit:
+            resolve().check_size(len(message), key)
+        if send(message, dest):
+            count[0] += 1
+            return True
+        current = resolve()
+        return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
+
+    def later(seconds: float) -> Callable[..., bool]:
+        return _policy.delayed_sender(key, encode, deliver_one, lambda: _policy.target_note(target, "later"),
+                                      _policy.check_delay(key, seconds))
+
+    def at(when: Any) -> Callable[..., bool]:
+        return _policy.delayed_sender(key, encode, deliver_one, lambda: _policy.target_note(target, "at"),
+                                      _policy.delay_until(key, when))
+
     functools.update_wrapper(offloaded, func)
     offloaded.nowait = nowait  # type: ignore[attr-defined]
     offloaded.aoffload = aoffload  # type: ignore[attr-defined]
+    offloaded.later = later  # type: ignore[attr-defined]
+    offloaded.at = at  # type: ignore[attr-defined]
+    offloaded.policy = policy  # type: ignore[attr-defined]
     offloaded.key = key  # type: ignore[attr-defined]
     offloaded.target = target  # type: ignore[attr-defined]
     offloaded._forget = forget  # type: ignore[attr-defined]
@@ -630,7 +678,18 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction
     return offloaded  # type: ignore[return-value]
 
 
-def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+def mule_offload(
+    mule_or_farm: TypeMuleFarm = None,
+    *,
+    retries: int = 0,
+    retry_for: type[BaseException] | tuple[type[BaseException], ...] = (),
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 600.0,
+    retry_jitter: bool = True,
+    soft_time_limit: float | None = None,
+    time_limit: int | None = None,
+    acks_late: bool = False,
+) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
     """Decorator: calls of the decorated function run in a mule or in a farm.
 
     .. code-block:: python
@@ -645,8 +704,28 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.
+    :param retries: How many more attempts a failed call gets (default 0: none); a retry is a
+        delayed call, kept on disk (see :mod:`uwsgiconf_mules.runtime.policy`).
+    :param retry_for: The exceptions that retry (default: none; the task may also raise
+        :class:`~uwsgiconf_mules.errors.Retry`).
+    :param retry_backoff: Seconds before the first retry; doubled for each next one.
+    :param retry_backoff_max: Longest delay between two attempts, in seconds.
+    :param retry_jitter: Whether each delay is drawn between half of it and all of it.
+    :param soft_time_limit: Seconds after which :class:`~uwsgiconf_mules.errors.TimeLimitExceeded`
+        is raised inside the call.
+    :param time_limit: Whole seconds after which uWSGI stops the mule (its harakiri, for this
+        task's calls); the instance's harakiri stays the default.
+    :param acks_late: Whether a call interrupted by the death of its mule runs again (at most the
+        declared attempts); by default it is kept as an ``interrupted`` dead letter.
     :raises UnknownTargetError: when the declarations are known and the target is not declared.
+    :raises TaskOptionError: for an option of the wrong type or out of range, or one the target
+        cannot honour (a farm routed to an offload backend, programmed mules), naming the task.
     """
+    options = {name: value for name, value in (
+        ("retries", retries), ("retry_for", retry_for), ("retry_backoff", retry_backoff),
+        ("retry_backoff_max", retry_backoff_max), ("retry_jitter", retry_jitter),
+        ("soft_time_limit", soft_time_limit), ("time_limit", time_limit), ("acks_late", acks_late))
+        if value is not _policy.DEFAULTS[name]}
     target: Mule | Farm
     if mule_or_farm is None:
         target = Mule(1)
@@ -662,7 +741,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R
             target=mule_or_farm)
 
     def decorator(func: Callable[_P, _R]) -> OffloadedFunction[_P, _R]:
-        return _offloaded(func, target)
+        return _offloaded(func, target, options)
 
     return decorator
 
