@@ -243,7 +243,7 @@ def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *,
     key, args = _key_args(payload)
     found = _tasks.find(key.encode()) if key else "damaged call"
     policy = _policy.POLICIES.get(key)
-    attempts = policy.attempts if policy is not None else 1
+    attempts = policy.interrupted_attempts if policy is not None else 1
     name = _policy.task_name(key, args) if key else "?"
     how_long = f"{ran:.1f} s" if ran is not None else "an unknown time"
     log = _tasks.log()

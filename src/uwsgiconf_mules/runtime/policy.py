@@ -91,6 +91,12 @@ class Policy:
         """Most attempts of one call: the first and the retries."""
         return self.retries + 1
 
+    @property
+    def interrupted_attempts(self) -> int:
+        """Most runs of a call whose mule dies during it: 1 without ``acks_late``; with it, the
+        declared attempts, and at least 2 (one re-run)."""
+        return max(2, self.attempts) if self.acks_late else 1
+
     def delay(self, attempt: int) -> float:
         """Seconds before attempt ``attempt + 1``, after attempt ``attempt`` failed.
 
