@@ -116,14 +116,21 @@ def write(spool: _spool.Spool, target: str, payload: bytes, due_ns: int, attempt
     :raises OSError: when the disk refuses, or the folder is not private (``PermissionError``).
     """
     where = folder(target)
-    if where not in _made:
+    if spool.part(where) not in _made:
         _spool._private_dir(spool.part(PART))
         _spool._private_dir(spool.part(where))
-        _made.add(where)
+        _made.add(spool.part(where))
     if file_name is not None:  # written again (its first writer died): what that one left in tmp/ goes
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(spool.part("tmp"), file_name))
-    return spool.write(where, payload, note(target, attempt), name=file_name or name(due_ns))
+    try:
+        return spool.write(where, payload, note(target, attempt), name=file_name or name(due_ns))
+    except FileNotFoundError:  # its folder was removed since (a purge): made again, once
+        _made.discard(spool.part(where))
+        _spool._private_dir(spool.part(PART))
+        _spool._private_dir(spool.part(where))
+        _made.add(spool.part(where))
+        return spool.write(where, payload, note(target, attempt), name=file_name or name(due_ns))
 
 
 def pending(spool: _spool.Spool, target: str) -> list[str]:
@@ -250,6 +257,17 @@ def recover_claimed(spool: _spool.Spool) -> list[str]:
         else:
             running.append(path)
     return running
+
+
+def files(spool: _spool.Spool) -> list[str]:
+    """Paths of every delayed call kept, of every target (this user's regular files only).
+
+    :param spool: The spool.
+    """
+    found: list[str] = []
+    for target in count(spool):
+        found.extend(os.path.join(spool.part(folder(target)), name) for name in pending(spool, target))
+    return found
 
 
 def count(spool: _spool.Spool) -> dict[str, int]:

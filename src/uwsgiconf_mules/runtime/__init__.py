@@ -515,7 +515,7 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - c
         raise MulesRuntimeError(f"cannot offload {module}.{qualname}: {problem}")
     key = f"{module}:{qualname}"
     encode = _protocol.encoder(key)
-    policy = _policy.policy_of(key, repr(target), options, **_policy.target_kind(target)) if options else None
+    policy = _policy.policy_of(key, _policy.label(target), options, **_policy.target_kind(target)) if options else None
     if policy is None:
         _tasks.register(key, func)
     else:  # a declared lifecycle: its calls run through the policy (runtime.policy)

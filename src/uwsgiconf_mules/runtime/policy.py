@@ -127,8 +127,13 @@ ATTEMPT = [0]
 
 
 def current_attempt() -> int:
-    """The attempt of the offloaded call running now: 1 for the first, 2 for the first retry, ..."""
-    return ATTEMPT[0] or 1
+    """The attempt of the offloaded call running now: 1 for the first, 2 for the first retry, ...
+    (in the ``on_failure`` hook: the attempt that failed)."""
+    return FAILED[0] or ATTEMPT[0] or 1
+
+
+FAILED = [0]
+"""The attempt that failed last (inline retries count their attempts themselves); 0 once reported."""
 
 
 def _number(key: str, option: str, value: object, *, low: float, high: float, integer: bool = False,
@@ -243,6 +248,15 @@ def delay_until(key: str, when: object) -> float:
     return max(0.0, seconds)
 
 
+def label(target: Any) -> str:
+    """A ``Mule`` or a ``Farm`` as errors name it: ``mule 2``, ``farm 'mail'``.
+
+    :param target: The target.
+    """
+    name = getattr(target, "name", None)
+    return f"mule {target.id}" if name is None else f"farm {name!r}"
+
+
 def target_kind(target: Any) -> dict[str, bool]:
     """Whether ``target`` (a ``Mule`` or a ``Farm``) is a farm routed to an offload backend, or
     has programmed mules only, as :func:`policy_of` takes them; both False when nothing is declared.
@@ -281,8 +295,7 @@ def target_note(target: Any, how: str | None = None) -> str | None:
     elif declarations.spool_dir is None:
         problem = "has no spool to keep delayed calls in"
     if problem is not None:
-        label = f"mule {target.id}" if name is None else f"farm {name!r}"
-        raise TaskOptionError(f"{label} {problem}: {how}() cannot delay a call to it", option=f"{how}()")
+        raise TaskOptionError(f"{label(target)} {problem}: {how}() cannot delay a call to it", option=f"{how}()")
     return note if _instance.uwsgi is not None else None
 
 
@@ -402,6 +415,7 @@ def _guard(key: str, func: Callable[..., Any], policy: Policy, encode: Callable[
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         first = ATTEMPT[0]
+        FAILED[0] = 0
         try:
             return attempts(args, kwargs)
         finally:
@@ -418,6 +432,7 @@ def _guard(key: str, func: Callable[..., Any], policy: Policy, encode: Callable[
             except retry_for as exc:
                 asked, error = None, exc
             if attempt >= policy.attempts:
+                FAILED[0] = attempt  # for the failure's line and dead letter (see failed_attempt)
                 raise error
             delay = policy.delay(attempt) if asked is None else max(0.0, min(float(asked), MAX_DELAY))
             if _instance.uwsgi is None or not _tasks.current_mule():  # inline, test modes: at once, no sleep
@@ -475,6 +490,13 @@ def keep_failed(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, 
     :param kwargs: Its keyword arguments.
     :param exc: What it raised.
     """
+    try:
+        _keep_failed(key, args, kwargs, exc)
+    finally:
+        FAILED[0] = 0
+
+
+def _keep_failed(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, exc: BaseException) -> None:
     letters = _tasks._dead_letters
     if letters is None or key == DEFER_KEY:
         return
