@@ -327,10 +327,11 @@ def start(uwsgi: Any, spool: _spool.Spool, mule_id: int, declarations: Declarati
     try:
         _running.recover(spool, mule_id)  # the call a predecessor was running when it died
         recover(spool, mule_id)
+        began = time.perf_counter()
         timer = Timer(uwsgi, spool, mule_id, targets(mule_id, declarations))
         if timer.heap:
-            _tasks.log().info("uwsgiconf-mules: mule %d: %d delayed call(s) pending in the spool %s", mule_id,
-                              len(timer.heap), spool.path)
+            _tasks.log().info("uwsgiconf-mules: mule %d: %d delayed call(s) pending in the spool %s (read in %.3f s)",
+                              mule_id, len(timer.heap), spool.path, time.perf_counter() - began)
     except Exception as exc:
         _tasks.log().error("uwsgiconf-mules: mule %d cannot run delayed calls (%s); they stay in the spool %s",
                            mule_id, exc, spool.path, exc_info=True)
