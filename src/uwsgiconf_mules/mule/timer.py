@@ -338,8 +338,9 @@ def start(uwsgi: Any, spool: _spool.Spool, mule_id: int, declarations: Declarati
         return None
     _timer = timer
     _policy.NOTIFY[0] = timer.notify
-    thread = threading.Thread(target=timer.run, name="uwsgiconf-mules timer", daemon=True)
-    thread.start()
+    from .. import _threads
+
+    _threads.start(timer.run)  # blocks uWSGI's signals (and SIGALRM, the soft time limits') in the thread
     return timer
 
 

@@ -65,11 +65,19 @@ STOPS = ".stop"
 _counter = 0
 
 
-def _name() -> str:
-    """A file name that sorts oldest first and is unique across processes."""
+UNTRUSTED_MARK = "-u.call"
+"""End of the file name of a note of an untrusted message: past the quota of ``dead/``, these go
+first, so that a flood of forged messages cannot push out the dead letters of real calls."""
+
+
+def _name(untrusted: bool = False) -> str:
+    """A file name that sorts oldest first and is unique across processes.
+
+    :param untrusted: Whether the file is the note of an untrusted message (see :data:`UNTRUSTED_MARK`).
+    """
     global _counter
     _counter += 1
-    return f"{time.time_ns():020d}-{os.getpid()}-{_counter:08d}.call"
+    return f"{time.time_ns():020d}-{os.getpid()}-{_counter:08d}{UNTRUSTED_MARK if untrusted else '.call'}"
 
 
 class Spool:
@@ -225,7 +233,7 @@ class Spool:
         :returns: The file's path.
         :raises OSError: when the disk refuses (full, read-only, no permission).
         """
-        name = name or _name()
+        name = name or _name(part == "dead" and note.startswith(UNTRUSTED))
         tmp = os.path.join(self.part("tmp"), name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -350,7 +358,8 @@ def grouped(note: str) -> str:
 
 class DeadLetters:
     """``dead/`` within its quota (:attr:`Spool.dead_limit` bytes, :data:`DEAD_FILES` files): past
-    it, the oldest are removed (a tenth more, so that this happens once in a while), said in the
+    it, the oldest are removed (a tenth more, so that this happens once in a while; notes of
+    untrusted messages before any dead letter of a real call), said in the
     log with how many. What ``dead/`` holds is counted once, then kept up to date by this
     process (other mules write there too: it is counted again before anything is removed).
 
@@ -398,7 +407,7 @@ class DeadLetters:
                 sized.append((entry.name, entry.path, entry.stat(follow_symlinks=False).st_size))
             except OSError:
                 continue
-        sized.sort()
+        sized.sort(key=lambda item: (not item[0].endswith(UNTRUSTED_MARK), item[0]))  # untrusted notes first
         total, count, removed = sum(size for _, _, size in sized), len(sized), 0
         for _, path, size in sized:
             if total <= limit and count <= files:
@@ -456,10 +465,10 @@ class Burst:
         self.emit(line)
         if not start:
             return
-        import _thread
+        from .. import _threads
 
         try:
-            _thread.start_new_thread(self._later, ())
+            _threads.start(self._later)
         except RuntimeError:  # no thread to be had: each line is said
             with self.lock:
                 self.open = False
@@ -531,8 +540,15 @@ def _check_private(path: str, info: os.stat_result) -> None:
 def _check_ancestors(path: str) -> None:
     """Refuse a spool below a directory that someone else could rename it out of: one writable
     by others without the sticky bit, or one of another user's (root's is fine), whatever its
-    mode: its owner can always change it."""
-    parent = os.path.dirname(os.path.abspath(path))
+    mode: its owner can always change it. The path as written is checked, then the path its links
+    lead to: a link of this user's to a directory below someone else's is refused as well."""
+    _check_parents(os.path.dirname(os.path.abspath(path)))
+    real = os.path.dirname(os.path.realpath(path))
+    if real != os.path.dirname(os.path.abspath(path)):
+        _check_parents(real)
+
+
+def _check_parents(parent: str) -> None:
     while True:
         link = os.lstat(parent)  # a link its owner could point elsewhere between two lives
         if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):

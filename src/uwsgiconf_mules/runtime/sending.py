@@ -27,11 +27,11 @@ has the offloaded functions resolve their route again: the calls themselves chec
 
 from __future__ import annotations
 
-import _thread
 import os
 import time
 from _thread import get_ident
 
+from .. import _threads
 from ..declarations import SPOOL_GAUGE, Declarations
 from ..errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
 from ..protocol import spool as _spool
@@ -131,7 +131,7 @@ def watch_spool() -> bool:
         return False
     _watching = True
     check_spool(declarations)
-    _thread.start_new_thread(_watch, (declarations,))
+    _threads.start(_watch, declarations)
     return True
 
 

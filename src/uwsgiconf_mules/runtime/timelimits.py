@@ -5,7 +5,7 @@ after which uWSGI stops the mule.
   (``uwsgi.set_user_harakiri(seconds)``; 0 clears it): when it expires, the master kills the
   mule as it kills a mule stuck past ``mule-harakiri``, and respawns it. The instance's harakiri
   (``set_mules_params(harakiri=...)``) is set again after the call.
-* The soft limit is a watchdog thread (a ``threading.Timer`` per call) that, when the limit
+* The soft limit is a watchdog thread (one per call, started through ``_threads``) that, when the limit
   expires, sends ``SIGALRM`` to the mule's main thread only (``signal.pthread_kill``): a call
   blocked in C (``time.sleep``, a socket read) is interrupted by the signal, and this module's
   handler raises :class:`~uwsgiconf_mules.errors.TimeLimitExceeded` there, so the task's
@@ -16,10 +16,12 @@ after which uWSGI stops the mule.
 
 from __future__ import annotations
 
+import _thread
 import signal
 import threading
 from contextlib import contextmanager
 
+from .. import _threads
 from ..errors import TimeLimitExceeded
 from . import instance as _instance
 
@@ -27,6 +29,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, kee
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import FrameType
+    from typing import Any
 
 _armed = [0, 0.0]  # [number of the armed soft limit (0: none), its seconds]
 _fired = [0]  # the number whose limit expired
@@ -42,7 +45,10 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
         raise TimeLimitExceeded(seconds)
 
 
-def _fire(number: int, main: int) -> None:
+def _watch(done: Any, number: int, seconds: float, main: int) -> None:
+    """The watchdog of one call: SIGALRM to the main thread unless the call ended in time."""
+    if done.acquire(timeout=seconds):
+        return
     if _armed[0] == number:
         _fired[0] = number
         signal.pthread_kill(main, signal.SIGALRM)
@@ -57,7 +63,7 @@ def limits(soft: float | None, hard: int | None) -> Iterator[None]:
     :param hard: Seconds after which uWSGI kills the mule.
     """
     uwsgi = _instance.uwsgi
-    timer = None
+    done = None
     if soft is not None and threading.current_thread() is threading.main_thread():
         if not _installed[0]:
             signal.signal(signal.SIGALRM, _alarm)
@@ -65,17 +71,17 @@ def limits(soft: float | None, hard: int | None) -> Iterator[None]:
         _count[0] += 1
         number = _count[0]
         _armed[1], _armed[0] = soft, number
-        timer = threading.Timer(soft, _fire, (number, threading.main_thread().ident))
-        timer.daemon = True
-        timer.start()
+        done = _thread.allocate_lock()
+        done.acquire()
+        _threads.start(_watch, done, number, soft, threading.main_thread().ident)
     if hard is not None and uwsgi is not None:
         uwsgi.set_user_harakiri(hard)
     try:
         yield
     finally:
         _armed[0] = 0
-        if timer is not None:
-            timer.cancel()
+        if done is not None:
+            done.release()  # the watchdog ends
         if hard is not None and uwsgi is not None:
             declarations = _instance.declarations()
             uwsgi.set_user_harakiri((declarations.harakiri or 0) if declarations is not None else 0)
