@@ -231,3 +231,24 @@ def test_notes_of_failed_and_interrupted_calls_group_by_task() -> None:
     assert _spool.grouped("interrupted: shop.tasks:mail (in mule 1, pid 5, after 1.0 s, attempt 1 of 1) | x") == \
         "interrupted: shop.tasks:mail"
     assert policy.task_name("uwsgiconf_mules.django:_run", ("shop.tasks.mail", 1)) == "shop.tasks.mail"
+
+
+HOOKED: list[tuple[str, int, str]] = []
+
+
+def on_failure(key: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseException, mule_id: int) -> None:
+    HOOKED.append((key, current_attempt(), type(exc).__name__))
+
+
+def test_the_on_failure_hook_sees_the_attempt_that_failed() -> None:
+    from uwsgiconf_mules.runtime import failures
+
+    module = flaky.key.partition(":")[0]
+    _instance.reset(declare(mules=1, on_failure=f"{module}:on_failure"), "test")
+    failures.reset()
+    try:
+        flaky(9)
+    finally:
+        failures.reset()
+    assert HOOKED == [(flaky.key, 3, "ValueError")]
+    assert current_attempt() == 1
