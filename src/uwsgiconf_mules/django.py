@@ -46,7 +46,7 @@ from . import logs
 from .declarations import CONFIG_ENV
 from .errors import MulesError
 from .protocol import envelope as _protocol
-from .runtime import Farm, instance as _instance, mule_offload, tasks as _tasks
+from .runtime import Farm, instance as _instance, mule_offload, policy as _policy, tasks as _tasks
 
 __all__ = ["MulesBackend", "MulesConfig"]
 
@@ -180,6 +180,8 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         testing = _instance.uwsgi is None and _instance.local_send is not None
         if not testing:
             _tasks.failed(path)
+            extra = () if queue_name is None and enqueued_at is None else (queue_name, enqueued_at)
+            _policy.keep_failed(_KEY, (path, result_id, alias, args, kwargs, *extra), None, exc)  # to replay
         _signals.task_finished.send(sender=backend, task_result=result)
         if testing:  # eager(), outbox.run(): the exception goes to the test, as for any offloaded call
             raise

@@ -732,7 +732,7 @@ def mule_offload(
         ("retries", retries), ("retry_for", retry_for), ("retry_backoff", retry_backoff),
         ("retry_backoff_max", retry_backoff_max), ("retry_jitter", retry_jitter),
         ("soft_time_limit", soft_time_limit), ("time_limit", time_limit), ("acks_late", acks_late))
-        if value is not _policy.DEFAULTS[name]}
+        if not _policy.is_default(name, value)}  # none given: the task takes today's path
     target: Mule | Farm
     if mule_or_farm is None:
         target = Mule(1)

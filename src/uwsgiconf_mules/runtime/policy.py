@@ -65,6 +65,16 @@ DEFER_KEY = "uwsgiconf_mules.runtime.policy:_defer"
 """The task that keeps a delayed call on disk, in the mule that receives it."""
 
 
+def is_default(name: str, value: object) -> bool:
+    """Whether ``value`` is the default of option ``name`` (of the same type: ``1`` is no ``True``).
+
+    :param name: An option of :data:`OPTIONS`.
+    :param value: Its value.
+    """
+    default = DEFAULTS[name]
+    return value is default or (type(value) is type(default) and value == default)
+
+
 class Policy:
     """The declared lifecycle of one task's calls (validated by :func:`policy_of`).
 
@@ -166,7 +176,7 @@ def policy_of(key: str, label: str, options: dict[str, Any], *, routed: bool = F
     if unknown:
         raise TaskOptionError(f"task {key}: unknown option {unknown[0]!r}; options: {', '.join(OPTIONS)}",
                               task=key, option=unknown[0])
-    given = {name: value for name, value in options.items() if value is not DEFAULTS[name] and value != DEFAULTS[name]}
+    given = {name: value for name, value in options.items() if not is_default(name, value)}
     if not given:
         return None
     if routed:
@@ -281,9 +291,13 @@ def target_note(target: Any, how: str | None = None) -> str | None:
     :raises TaskOptionError: for a target whose calls cannot be delayed (routed to an offload
         backend, programmed mules only, no spool), naming the target and ``how``.
     """
+    declarations = _instance.declarations()
+    key = (target, id(declarations), how)
+    known = _NOTES.get(key)
+    if known is not None and _NOTES_OF[0] is declarations:
+        return known if _instance.uwsgi is not None else None
     name = getattr(target, "name", None)
     note = f"mule:{target.id}" if name is None else f"farm:{name}"
-    declarations = _instance.declarations()
     if declarations is None or how is None:
         return note if _instance.uwsgi is not None else None
     kind = target_kind(target)
@@ -296,7 +310,15 @@ def target_note(target: Any, how: str | None = None) -> str | None:
         problem = "has no spool to keep delayed calls in"
     if problem is not None:
         raise TaskOptionError(f"{label(target)} {problem}: {how}() cannot delay a call to it", option=f"{how}()")
+    if _NOTES_OF[0] is not declarations:  # declarations of another test mode, say: start again
+        _NOTES.clear()
+        _NOTES_OF[0] = declarations
+    _NOTES[key] = note
     return note if _instance.uwsgi is not None else None
+
+
+_NOTES: dict[tuple[Any, int, str | None], str] = {}  # (target, declarations, how) -> note, once checked
+_NOTES_OF: list[Any] = [None]  # the declarations _NOTES were checked against
 
 
 SENDING: list[Any] = [None]
@@ -498,7 +520,7 @@ def keep_failed(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, 
 
 def _keep_failed(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, exc: BaseException) -> None:
     letters = _tasks._dead_letters
-    if letters is None or key == DEFER_KEY:
+    if letters is None or key == DEFER_KEY or ":" not in key:  # no ':': a Django task's path, kept by its runner
         return
     import traceback
 
