@@ -8,7 +8,7 @@
 3. Scale (``--pending N``, default 100,000): N delayed calls written into a spool before uWSGI starts
    (due 10 to 20 minutes later) and 200 probes due 3 to 13 s after the start; reported: how long the
    mule took to read what is pending (its own log line), the lateness of the probes (p50, p99, max),
-   and the CPU the idle mule used over 10 s (utime + stime from /proc).
+   and the CPU the idle mule used over 20 s (utime + stime from /proc).
 
     python benchmarks/lifecycle.py [--pending N] [--skip-scale]
 """
@@ -120,9 +120,9 @@ def scale(pending: int) -> dict[str, Any]:
         try:
             server.wait_lines("stamp", probes, timeout=60)
             pid = server.mule_pids()[1]
-            time.sleep(1.0)
+            time.sleep(3.0)  # the last rescan after the last claim
             cpu, wall = _cpu(pid), time.monotonic()
-            time.sleep(10.0)
+            time.sleep(20.0)
             idle = (_cpu(pid) - cpu) / (time.monotonic() - wall)
             late = sorted(run["at"] - run["due"] for run in server.lines("stamp"))
             read = re.search(r"(\d+) delayed call\(s\) pending in the spool .* \(read in ([\d.]+) s\)", server.log())
