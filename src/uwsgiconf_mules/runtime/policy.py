@@ -533,14 +533,10 @@ def _keep_failed(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_MAX:]
         note = (f"failed: {escape(task_name(key, args))} ({type(exc).__name__}, attempt {current_attempt()} of "
                 f"{attempts}): {escape(str(exc))[:MESSAGE_MAX]} | {escape(text)}")
-        letters.keep(payload, note, durable=False)
+        letters.keep(payload, note, durable=False)  # counted as `failed`, not as `dead` (refused calls)
     except Exception as keep_exc:
         _tasks.log().error("uwsgiconf-mules: task %s: the failed call could not be kept as a dead letter (%s)", key,
                            keep_exc)
-        return
-    counters = _tasks.COUNTING
-    if counters is not None:
-        counters.dead += 1
 
 
 def attempt_text(key: str) -> str:
