@@ -13,8 +13,9 @@ import pytest
 
 from uwsgiconf_mules import errors
 from uwsgiconf_mules.declarations import declare
+from uwsgiconf_mules.errors import Retry
 from uwsgiconf_mules.protocol import delayed, envelope, spool as _spool
-from uwsgiconf_mules.runtime import Retry, current_attempt, instance as _instance, mule_offload, policy
+from uwsgiconf_mules.runtime import current_attempt, instance as _instance, mule_offload, policy
 from uwsgiconf_mules.testing import capture, eager
 
 RAN: list[tuple[str, int]] = []

@@ -21,7 +21,7 @@ carry (``normalize_json`` raises ``TypeError``) is ``FAILED``; ``enqueued_at`` i
 ``enqueued_at`` as ISO 8601, after the five arguments of version 0.1, whose calls still run).
 
 ``run_after`` is honoured (``supports_defer = True``): the call is a delayed call, kept on disk in
-the spool until due, as ``f.at(when)`` sends it (see :mod:`uwsgiconf_mules.runtime.policy`); on a
+the spool until due, as ``f.at(when)`` sends it (see :mod:`uwsgiconf_mules.runtime.deferred`); on a
 farm routed to RQ, ``enqueue`` refuses it (``TaskOptionError`` naming the farm). Django's API has no
 retries: a Django task is not retried (a failed one is kept as a ``failed`` dead letter under the
 task's own path). What it does not support, declared through the backend's flags: results

@@ -51,7 +51,7 @@ from typing import Any
 from .declarations import CONFIG_ENV, RECORD_ENV, Declarations
 from .errors import DeclarationsMissingError, UsageError
 from .protocol import envelope as _protocol
-from .runtime import Farm, Mule, instance as _instance, policy as _policy, tasks as _tasks
+from .runtime import Farm, Mule, deferred as _deferred, instance as _instance, policy as _policy, tasks as _tasks
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
 
@@ -182,7 +182,7 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
         if isinstance(func, str):  # not registered: cannot happen for calls of mule_offload functions
             raise UsageError(func)
         policy = _policy.POLICIES.get(key.decode())
-        call = Offload(key.decode(), _target(dest), func, args, kwargs, delay=_policy.SENDING[0],
+        call = Offload(key.decode(), _target(dest), func, args, kwargs, delay=_deferred.SENDING[0],
                        policy=policy.as_dict() if policy is not None else None)
         outbox.calls.append(call)
         if run:

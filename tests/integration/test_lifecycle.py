@@ -15,7 +15,8 @@ from harness import BIN, Server, compile_config, declaration, launch
 APP = '''
 import time
 
-from uwsgiconf_mules.runtime import Retry, current_attempt
+from uwsgiconf_mules.errors import Retry
+from uwsgiconf_mules.runtime import current_attempt
 
 
 @mule_offload(retries=2, retry_for=ValueError, retry_backoff=1.0, retry_jitter=False)

@@ -13,7 +13,8 @@ import signal
 import socket
 import time
 
-from uwsgiconf_mules.runtime import TimeLimitExceeded, current_attempt
+from uwsgiconf_mules.errors import TimeLimitExceeded
+from uwsgiconf_mules.runtime import current_attempt
 
 MARKER = os.path.join(RESULTS, "marker")
 

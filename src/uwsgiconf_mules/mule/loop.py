@@ -37,7 +37,7 @@ from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..protocol.limits import socket_message_limit
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
-from . import running as _running, timer as _timer
+from . import timer as _timer
 from .queues import STREAK, Queues, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -140,8 +140,7 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
                declarations: Declarations | None) -> None:
     """Spool what is queued, linger while workers may still send, and exit."""
     started = time.monotonic()
-    _timer.stop()  # claims no more delayed calls; puts back those not started
-    _running.clear()
+    _timer.stop()  # claims no more delayed calls, puts back those not started; no call runs
     mercy = (declarations.reload_mercy if declarations and declarations.reload_mercy else 60)
     hard = started + max(0.5, min(LINGER, mercy - 1.0))
     mule_id = _tasks.current_mule()
@@ -207,8 +206,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
         previous = 0
     if previous and previous != os.getpid() and not _spool.alive(previous):
         _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
-                           "the call it was running, if any, is said above (kept, or run again); the calls queued "
-                           "behind it run now",
+                           "the call it ran, if any, is said above; the calls queued behind it run now",
                            mule_id, previous)
     with open(path, "w") as handle:
         handle.write(str(os.getpid()))
@@ -308,8 +306,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
-    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size,
-                     _running.buffer(spool, mule_id, buffer_size))  # the record of the running call
+    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id))
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues
@@ -358,12 +355,11 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         raise NotInMuleError("mule_loop() can only be called in a uWSGI mule")
     declarations, spool, queues = _prepare(uwsgi, int(uwsgi.mule_id()))
     harakiri = (declarations.harakiri or 0) if declarations else 0
-    buffer, view = queues.buffer, queues.view
+    buffer, view, record = queues.buffer, queues.view, queues.record  # record[0]: the running call's size
     current, streak = queues.current, STREAK
     table = _tasks.TABLE
     receive, pass_on, returned = _tasks.receive, _tasks.pass_on, _tasks.returned
     counters = _tasks.COUNTING
-    record = _running.header()  # record[0]: size of the call running (see mule.running)
     fast = not harakiri and counters is None
     counted = not harakiri and counters is not None
     running = counters.running if counters is not None else [None, 0.0, 0.0]
@@ -377,7 +373,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         try:
             size = current(buffer)  # a queue read directly, into the buffer
         except BlockingIOError:
-            record[0] = 0  # no call runs
+            record[0] = 0  # no call runs (see mule.running)
             if last is not idle:  # the last call counted ended when its queue ran empty
                 running[0] = None
                 last[2] += clock() - began
@@ -406,8 +402,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             if entry is None:
                 entry = _entry(buffer[:LOOKUP_SIZE], view, None)
             if entry is not None and size >= entry[3]:
-                began = clock()  # for the failure's log line
-                record[0] = size
+                record[0], began = size, clock()  # the running call; when it began, for the failure's line
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
@@ -435,8 +430,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     last[2] += now - began
                     running[2] = began = now
                     last = running[0] = cell
-                running[1] = now
-                record[0] = size
+                running[1], record[0] = now, size
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:
@@ -459,7 +453,6 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             break
         record[0] = size
         rest = receive(buffer[:size], harakiri)
-        record[0] = 0
         if rest is not None:
             pass_on(rest)
     if last is not idle:  # told to stop right after a call counted

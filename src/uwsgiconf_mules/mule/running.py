@@ -78,9 +78,10 @@ def read(spool: _spool.Spool, mule_id: int) -> tuple[int, bytes, int, int] | Non
     return pid, message, words[BEAT], words[SEEN]
 
 
-def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> mmap.mmap | None:
-    """This mule's message buffer, mapped from its record file (made anew), with the header set
-    up; None without a spool, or when the file cannot be made (the loop then keeps no record).
+def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> tuple[mmap.mmap, Any] | None:
+    """This mule's message buffer, mapped from its record file (made anew), and the header (64-bit
+    words, see :data:`SIZE`); None without a spool, or when the file cannot be made (the loop then
+    keeps no record).
 
     :param spool: The spool.
     :param mule_id: This mule.
@@ -106,12 +107,7 @@ def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> mmap.mmap | N
     words[PID] = os.getpid()
     words[MAGIC] = MAGIC_VALUE
     _header, _buffer = words, body
-    return body
-
-
-def header() -> Any:
-    """This mule's header (see :func:`buffer`), or a list that stands for it when there is none."""
-    return _header if _header is not None else [0] * 8
+    return body, words
 
 
 def beat() -> None:
@@ -144,7 +140,7 @@ def recover(spool: _spool.Spool, mule_id: int) -> None:
     if found is None:
         return
     pid, message, beat_ns, seen_ns = found
-    from ..runtime import policy as _policy, tasks as _tasks
+    from ..runtime import deferred as _deferred, tasks as _tasks
     from . import timer as _timer
 
     kind = message[len(_protocol.PREFIX):len(_protocol.PREFIX) + 1]
@@ -154,7 +150,7 @@ def recover(spool: _spool.Spool, mule_id: int) -> None:
     key, _ = _timer._key_args(payload)
     if key == _timer.RUN_DUE_KEY:
         return  # the delayed call it ran has a record of its own (see mule.timer)
-    if key == _policy.DEFER_KEY:  # keeping a delayed call: done again (it writes the same file)
+    if key == _deferred.DEFER_KEY:  # keeping a delayed call: done again (it writes the same file)
         _tasks.run(_protocol.restored(payload))
         return
     ran = (beat_ns - seen_ns) / 1e9 if beat_ns and seen_ns and beat_ns >= seen_ns else None

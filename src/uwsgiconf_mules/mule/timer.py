@@ -26,7 +26,7 @@ import time
 from collections import deque
 
 from ..protocol import delayed as _delayed, envelope as _protocol, spool as _spool
-from ..runtime import policy as _policy, tasks as _tasks
+from ..runtime import deferred as _deferred, policy as _policy, tasks as _tasks
 from . import running as _running
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
@@ -113,7 +113,7 @@ class Timer:
                                        self.mule_id)
 
     def notify(self, target: str, due_ns: int, name: str) -> None:
-        """A delayed call this process kept (``policy.schedule``).
+        """A delayed call this process kept (``deferred.schedule``).
 
         :param target: Its target.
         :param due_ns: When it is due.
@@ -355,7 +355,7 @@ def start(uwsgi: Any, spool: _spool.Spool, mule_id: int, declarations: Declarati
                            mule_id, exc, spool.path, exc_info=True)
         return None
     _timer = timer
-    _policy.NOTIFY[0] = timer.notify
+    _deferred.NOTIFY[0] = timer.notify
     from .. import _threads
 
     _threads.start(timer.run)  # blocks uWSGI's signals (and SIGALRM, the soft time limits') in the thread
@@ -364,7 +364,9 @@ def start(uwsgi: Any, spool: _spool.Spool, mule_id: int, declarations: Declarati
 
 
 def stop() -> None:
-    """Stop the timer of this mule (told to stop), putting back what it claimed and did not start."""
+    """Stop the timer of this mule (told to stop), putting back what it claimed and did not start;
+    the record says no call runs."""
+    _running.clear()
     timer = _timer
     if timer is not None:
         timer.stop()

@@ -40,19 +40,18 @@ import time
 
 from ..declarations import FarmSpec as _FarmSpec
 from ..declarations.backends import ENGINES as _ENGINES
-from ..errors import (
-    DeliveryError as _DeliveryError,
-    MulesRuntimeError,
-    NotInMuleError,
-    Retry as Retry,
-    TimeLimitExceeded as TimeLimitExceeded,
-    UnknownTargetError,
-    UsageError,
-)
+from ..errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
 from ..mule import loop as _loop  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
 from ..protocol import envelope as _protocol
 from ..protocol.limits import socket_message_limit
-from . import instance as _instance, metrics as _metrics, policy as _policy, sending as _sending, tasks as _tasks
+from . import (
+    deferred as _deferred,
+    instance as _instance,
+    metrics as _metrics,
+    policy as _policy,
+    sending as _sending,
+    tasks as _tasks,
+)
 from .policy import current_attempt as current_attempt
 from .sending import (
     Route as _Route,
@@ -68,15 +67,15 @@ from .sending import (
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from datetime import datetime
-    from typing import Any, ParamSpec, Protocol, TypeVar
+    from typing import Any, ParamSpec, Protocol, TypeVar, Unpack
 
     from ..declarations.backends import Backend as _Backend
+    from .policy import Delayable, TaskOptions
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
 
-    class OffloadedFunction(Protocol[_P, _R]):
+    class OffloadedFunction(Delayable[_P], Protocol[_P, _R]):
         """What ``mule_offload`` returns (for type annotations; import it under TYPE_CHECKING).
 
         Calling it queues a call of the wrapped function for ``target`` and returns True once
@@ -103,15 +102,7 @@ if TYPE_CHECKING:
             on by sleeping on the running event loop (at most ``send_timeout``, then
             ``DeliveryError``), never by blocking it."""
 
-        def later(self, seconds: float) -> Callable[_P, bool]:
-            """The function that sends a call to run no earlier than ``seconds`` from now (a
-            delayed call, kept on disk until due: see :mod:`uwsgiconf_mules.runtime.policy`)."""
-
-        def at(self, when: datetime) -> Callable[_P, bool]:
-            """The function that sends a call to run no earlier than ``when``, an aware datetime."""
-
-__all__ = ["Farm", "Mule", "Retry", "TimeLimitExceeded", "TypeMuleFarm", "current_attempt", "mule_offload",
-           "socket_message_limit"]
+__all__ = ["Farm", "Mule", "TypeMuleFarm", "current_attempt", "mule_offload", "socket_message_limit"]
 
 
 def _require_mule(what: str) -> Any:
@@ -220,7 +211,7 @@ class Mule:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self, **options: Any) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    def offload(self, **options: Unpack[TaskOptions]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in this mule.
 
         .. code-block:: python
@@ -229,7 +220,7 @@ class Mule:
             def for_mule(*args, **kwargs):
                 ...  # runs in mule 1
 
-        :param options: The task's options, as :func:`mule_offload` takes them (``retries=``, ...).
+        :param options: The task's options (``retries=``, ...: see :func:`mule_offload`).
         """
         return mule_offload(self, **options)
 
@@ -369,7 +360,7 @@ class Farm:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self, **options: Any) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    def offload(self, **options: Unpack[TaskOptions]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in one mule of this farm.
 
         .. code-block:: python
@@ -378,7 +369,7 @@ class Farm:
             def for_farm(*args, **kwargs):
                 ...  # runs in any one mule of farm `myfarm`
 
-        :param options: The task's options, as :func:`mule_offload` takes them (``retries=``, ...).
+        :param options: The task's options (``retries=``, ...: see :func:`mule_offload`).
         """
         return mule_offload(self, **options)
 
@@ -516,11 +507,12 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - c
         raise MulesRuntimeError(f"cannot offload {module}.{qualname}: {problem}")
     key = f"{module}:{qualname}"
     encode = _protocol.encoder(key)
-    policy = _policy.policy_of(key, _policy.label(target), options, **_policy.target_kind(target)) if options else None
+    policy = _policy.policy_of(key, _deferred.label(target), options, **_deferred.target_kind(target)) \
+        if options else None
     if policy is None:
         _tasks.register(key, func)
     else:  # a declared lifecycle: its calls run through the policy (runtime.policy)
-        _policy.register(key, func, policy, encode, lambda: _policy.target_note(target))
+        _policy.register(key, func, policy, encode, lambda: _deferred.target_note(target))
     # Where calls go, resolved once (at decoration when the declarations are known, which also
     # checks the target; otherwise at the first call) and kept in closure cells for the hot path.
     route: _Route | None = None
@@ -664,12 +656,12 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - c
         return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
 
     def later(seconds: float) -> Callable[..., bool]:
-        return _policy.delayed_sender(key, encode, deliver_one, lambda: _policy.target_note(target, "later"),
-                                      _policy.check_delay(key, seconds))
+        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "later"),
+                                        _deferred.check_delay(key, seconds))
 
     def at(when: Any) -> Callable[..., bool]:
-        return _policy.delayed_sender(key, encode, deliver_one, lambda: _policy.target_note(target, "at"),
-                                      _policy.delay_until(key, when))
+        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "at"),
+                                        _deferred.delay_until(key, when))
 
     functools.update_wrapper(offloaded, func)
     offloaded.nowait = nowait  # type: ignore[attr-defined]
@@ -685,18 +677,8 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - c
     return offloaded  # type: ignore[return-value]
 
 
-def mule_offload(
-    mule_or_farm: TypeMuleFarm = None,
-    *,
-    retries: int = 0,
-    retry_for: type[BaseException] | tuple[type[BaseException], ...] = (),
-    retry_backoff: float = 1.0,
-    retry_backoff_max: float = 600.0,
-    retry_jitter: bool = True,
-    soft_time_limit: float | None = None,
-    time_limit: int | None = None,
-    acks_late: bool = False,
-) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[TaskOptions],
+                 ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
     """Decorator: calls of the decorated function run in a mule or in a farm.
 
     .. code-block:: python
@@ -711,28 +693,12 @@ def mule_offload(
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.
-    :param retries: How many more attempts a failed call gets (default 0: none); a retry is a
-        delayed call, kept on disk (see :mod:`uwsgiconf_mules.runtime.policy`).
-    :param retry_for: The exceptions that retry (default: none; the task may also raise
-        :class:`~uwsgiconf_mules.errors.Retry`).
-    :param retry_backoff: Seconds before the first retry; doubled for each next one.
-    :param retry_backoff_max: Longest delay between two attempts, in seconds.
-    :param retry_jitter: Whether each delay is drawn between half of it and all of it.
-    :param soft_time_limit: Seconds after which :class:`~uwsgiconf_mules.errors.TimeLimitExceeded`
-        is raised inside the call.
-    :param time_limit: Whole seconds after which uWSGI stops the mule (its harakiri, for this
-        task's calls); the instance's harakiri stays the default.
-    :param acks_late: Whether a call interrupted by the death of its mule runs again (at most the
-        declared attempts); by default it is kept as an ``interrupted`` dead letter.
+    :param options: The task's lifecycle, keyword-only (:class:`~uwsgiconf_mules.runtime.policy.TaskOptions`:
+        ``retries``, ``retry_for``, ``retry_backoff``, ``soft_time_limit``, ``time_limit``, ``acks_late``...).
     :raises UnknownTargetError: when the declarations are known and the target is not declared.
     :raises TaskOptionError: for an option of the wrong type or out of range, or one the target
         cannot honour (a farm routed to an offload backend, programmed mules), naming the task.
     """
-    options = {name: value for name, value in (
-        ("retries", retries), ("retry_for", retry_for), ("retry_backoff", retry_backoff),
-        ("retry_backoff_max", retry_backoff_max), ("retry_jitter", retry_jitter),
-        ("soft_time_limit", soft_time_limit), ("time_limit", time_limit), ("acks_late", acks_late))
-        if not _policy.is_default(name, value)}  # none given: the task takes today's path
     target: Mule | Farm
     if mule_or_farm is None:
         target = Mule(1)
@@ -748,7 +714,7 @@ def mule_offload(
             target=mule_or_farm)
 
     def decorator(func: Callable[_P, _R]) -> OffloadedFunction[_P, _R]:
-        return _offloaded(func, target, options)
+        return _offloaded(func, target, dict(options))
 
     return decorator
 
