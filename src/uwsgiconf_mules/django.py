@@ -20,14 +20,11 @@ carry (``normalize_json`` raises ``TypeError``) is ``FAILED``; ``enqueued_at`` i
 ``task`` has the backend and queue of ``.using(...)``. The call carries both (the queue name and
 ``enqueued_at`` as ISO 8601, after the five arguments of version 0.1, whose calls still run).
 
-``run_after`` is honoured (``supports_defer = True``): the call is a delayed call, kept on disk in
-the spool until due, as ``f.at(when)`` sends it (see :mod:`uwsgiconf_mules.runtime.deferred`); on a
-farm routed to RQ, ``enqueue`` refuses it (``TaskOptionError`` naming the farm). Django's API has no
-retries: a Django task is not retried (a failed one is kept as a ``failed`` dead letter under the
-task's own path). What it does not support, declared through the backend's flags: results
-(``supports_get_result = False``: the ``TaskResult`` returned by ``enqueue`` stays ``READY``; the
-mule's outcome goes to the signals and the log, not back to the caller), priorities
-(``supports_priority = False``). Arguments must be JSON-serialisable, as ``django.tasks`` requires.
+``run_after`` is honoured (``supports_defer``): a delayed call, kept in the spool until due (refused
+on a farm routed to RQ); Django has no retries, and a failed task is a ``failed`` dead letter. Not
+supported, declared through the backend's flags: results (``supports_get_result = False``: the
+``TaskResult`` of ``enqueue`` stays ``READY``; the outcome goes to the signals and the log, not to
+the caller), priorities (``supports_priority = False``). Arguments must be JSON-serialisable.
 
 This module imports Django: the runtime never imports it; a mule imports it when it runs its
 first Django task.
@@ -180,8 +177,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         testing = _instance.uwsgi is None and _instance.local_send is not None
         if not testing:
             _tasks.failed(path)
-            extra = () if queue_name is None and enqueued_at is None else (queue_name, enqueued_at)
-            _policy.keep_failed(_KEY, (path, result_id, alias, args, kwargs, *extra), None, exc)  # to replay
+            _policy.keep_failed(_KEY, (path, result_id, alias, args, kwargs, queue_name, enqueued_at), None, exc)
         _signals.task_finished.send(sender=backend, task_result=result)
         if testing:  # eager(), outbox.run(): the exception goes to the test, as for any offloaded call
             raise
@@ -221,7 +217,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
     :param params: Its settings: ``QUEUES`` (farm names; default ``["default"]``), ``OPTIONS``.
     """
 
-    supports_defer = True  # run_after: a delayed call (see runtime.policy), kept on disk until due
+    supports_defer = True  # run_after: a delayed call (see runtime.deferred), kept on disk until due
     supports_async_task = True
     supports_get_result = False
     supports_priority = False
@@ -270,8 +266,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         result = self._accept(task, args, kwargs)
         try:
             sender = self._sender(task.queue_name)
-            if task.run_after is not None:  # no earlier than run_after (aware: Django checks it)
-                sender = sender.at(task.run_after)  # type: ignore[attr-defined]
+            sender = sender if task.run_after is None else sender.at(task.run_after)  # type: ignore[attr-defined]
             sender(task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
                    result.enqueued_at.isoformat())
         except MulesError as exc:  # named after the task, not after the function that runs it

@@ -219,8 +219,7 @@ class Spool:
                     continue
         return total
 
-    def write(self, part: str, payload: bytes, note: str = ANY, *, durable: bool = True,
-              name: str | None = None) -> str:
+    def write(self, part: str, payload: bytes, note: str = ANY, *, durable: bool = True, name: str = "") -> str:
         """Write one call durably into ``part`` (write, fsync, rename, fsync the directory).
 
         :param part: ``queue`` or ``dead``.
@@ -228,8 +227,7 @@ class Spool:
         :param note: One line: the target (``mule:N``, ``farm:NAME``, :data:`ANY`) for ``queue``,
             why it is there for ``dead``.
         :param durable: Whether to flush it to disk (False: a note of something never replayed).
-        :param name: The file's name (default: one that sorts oldest first; ``protocol.delayed``
-            names its files by due time).
+        :param name: The file's name (default: one that sorts oldest first; see ``spool.delayed``).
         :returns: The file's path.
         :raises OSError: when the disk refuses (full, read-only, no permission).
         """
