@@ -70,12 +70,11 @@ if TYPE_CHECKING:
     from typing import Any, ParamSpec, Protocol, TypeVar, Unpack
 
     from ..declarations.backends import Backend as _Backend
-    from .policy import Delayable, TaskOptions
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
 
-    class OffloadedFunction(Delayable[_P], Protocol[_P, _R]):
+    class OffloadedFunction(_policy.Delayable[_P], Protocol[_P, _R]):
         """What ``mule_offload`` returns (for type annotations; import it under TYPE_CHECKING).
 
         Calling it queues a call of the wrapped function for ``target`` and returns True once
@@ -211,7 +210,7 @@ class Mule:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self, **options: Unpack[TaskOptions]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    def offload(self, **options: Unpack[_policy.Options]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in this mule.
 
         .. code-block:: python
@@ -360,7 +359,7 @@ class Farm:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self, **options: Unpack[TaskOptions]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    def offload(self, **options: Unpack[_policy.Options]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
         """Decorator: calls of the decorated function run in one mule of this farm.
 
         .. code-block:: python
@@ -677,7 +676,7 @@ def _offloaded(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - c
     return offloaded  # type: ignore[return-value]
 
 
-def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[TaskOptions],
+def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[_policy.Options],
                  ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
     """Decorator: calls of the decorated function run in a mule or in a farm.
 
@@ -693,11 +692,9 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[TaskOption
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.
-    :param options: The task's lifecycle, keyword-only (:class:`~uwsgiconf_mules.runtime.policy.TaskOptions`:
+    :param options: The task's lifecycle, keyword-only (:class:`~uwsgiconf_mules.runtime.policy.Options`:
         ``retries``, ``retry_for``, ``retry_backoff``, ``soft_time_limit``, ``time_limit``, ``acks_late``...).
     :raises UnknownTargetError: when the declarations are known and the target is not declared.
-    :raises TaskOptionError: for an option of the wrong type or out of range, or one the target
-        cannot honour (a farm routed to an offload backend, programmed mules), naming the task.
     """
     target: Mule | Farm
     if mule_or_farm is None:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     _P = ParamSpec("_P")
 
-    class TaskOptions(TypedDict, total=False):
+    class Options(TypedDict, total=False):
         """The keyword-only options of ``mule_offload`` (and ``Mule.offload``, ``Farm.offload``):
         see the module docstring and docs: Task capabilities > Retries, delayed calls, time limits."""
 
