@@ -606,14 +606,14 @@ def test_worker_refuses_farms_that_one_worker_cannot_serve(tmp_path: Path, monke
 
 def test_worker_command_is_rq_worker_with_the_declared_url_queues_and_serializer(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from uwsgiconf_mules._remote import worker_command
+    from uwsgiconf_mules.contrib.rq.sender import worker_command
     from uwsgiconf_mules.declarations.backends import parse_backend
 
     monkeypatch.setenv("PW", "p w/@")
     backends = [parse_backend("reports", "rq://h:6380/2?password_env=PW&serializer=pickle"),
                 parse_backend("mail", "rq://h:6380/2?password_env=PW&serializer=pickle&queue=reports")]
     command, env = worker_command(backends, burst=True, worker_class="rq.worker.SimpleWorker")
-    assert command == [sys.executable, "-m", "uwsgiconf_mules._rq_worker", "worker", "--serializer",
+    assert command == [sys.executable, "-m", "uwsgiconf_mules.contrib.rq.worker", "worker", "--serializer",
                        "rq.serializers.DefaultSerializer", "--job-class", "uwsgiconf_mules.remote.Job", "--burst",
                        "--worker-class", "rq.worker.SimpleWorker", "reports"]
     assert env == {"RQ_REDIS_URL": "redis://:p%20w%2F%40@h:6380/2"}  # the password is not on the command line

@@ -496,7 +496,7 @@ def test_the_rq_page_quotes_what_the_worker_says() -> None:
     text = re.sub(r"\s+", " ", page("rq"))
     assert "`job refused: RQ cannot read its field(s) 'timeout' (AssertionError); nothing ran ...`" in text
     assert "job refused: RQ cannot read its field(s) " in SOURCE and "holds no hash" in SOURCE
-    from uwsgiconf_mules import _rq_worker
+    from uwsgiconf_mules.contrib.rq import worker as _rq_worker
 
     assert "quitting" in inspect.getsource(_rq_worker)
 

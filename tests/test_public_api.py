@@ -17,7 +17,7 @@ PUBLIC_MODULES = ["uwsgiconf_mules", "uwsgiconf_mules.runtime", "uwsgiconf_mules
                   "uwsgiconf_mules.config", "uwsgiconf_mules.cli", "uwsgiconf_mules.testing",
                   "uwsgiconf_mules.remote", "uwsgiconf_mules.logs",
                   "uwsgiconf_mules.django"]
-INTERNAL_LAYERS = {"declarations", "protocol", "mule"}
+INTERNAL_LAYERS = {"declarations", "protocol", "mule", "contrib"}
 
 
 def test_every_other_module_is_visibly_internal() -> None:
@@ -86,9 +86,17 @@ def test_the_paths_that_outlive_a_release_still_resolve() -> None:
     from uwsgiconf_mules.protocol import envelope
 
     assert runtime.__name__ == "uwsgiconf_mules.runtime" and envelope.TOKEN  # drawn by that import
-    assert callable(remote.run)
-    assert (remote.run.__module__, remote.run.__qualname__) == ("uwsgiconf_mules.remote", "run")
-    assert django_face.MulesBackend.__module__ == "uwsgiconf_mules.django"
+    from rq.utils import import_attribute
+
+    from uwsgiconf_mules.contrib.rq import jobs, sender
+
+    assert import_attribute("uwsgiconf_mules.remote.run") is remote.run  # how RQ finds a job's function
+    assert jobs._RUN == sender.RUN == "uwsgiconf_mules.remote.run"  # what the job class lets run
+    assert import_attribute(sender.JOB_CLASS) is remote.Job
+    from django.utils.module_loading import import_string
+
+    assert import_string("uwsgiconf_mules.django.MulesBackend") is django_face.MulesBackend
+    assert django_face.MulesConfig.name == "uwsgiconf_mules.django" and django_face.MulesConfig.label == "uwsgiconf_mules"
     plugins = {point.name: point.value for point in importlib.metadata.entry_points(group="pytest11")}
     assert plugins["uwsgiconf_mules"] == "uwsgiconf_mules._pytest_plugin"
     importlib.import_module(plugins["uwsgiconf_mules"])

@@ -19,7 +19,8 @@ import rq
 
 import remote_tasks
 from redis_server import RedisServer
-from uwsgiconf_mules import _remote, remote
+from uwsgiconf_mules import remote
+from uwsgiconf_mules.contrib.rq import jobs as _jobs, sender as _remote
 from uwsgiconf_mules.declarations import MuleFarm, declare
 from uwsgiconf_mules.errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTaskError, UsageError
 from uwsgiconf_mules.runtime import Farm
@@ -330,7 +331,7 @@ def test_the_worker_runs_the_mule_init_hook_once_before_the_first_task(declared:
     declared(declare(backends={"reports": f"rq://127.0.0.1:{empty_redis.port}/0"},
                      mule_init="remote_tasks:init_hook").record())
     remote_tasks.CALLS.clear()
-    remote._started.clear()  # this process has not run the start-up steps yet
+    _jobs._started.clear()  # this process has not run the start-up steps yet
     assert remote_tasks.report(1) and remote_tasks.report(2)
     work(empty_redis)
     assert [call[0] for call in remote_tasks.CALLS] == ["init_hook", "report", "report"]

@@ -193,12 +193,24 @@ def test_importing_the_runtime_is_light_and_has_no_side_effects() -> None:
     assert out.strip() == "[]"
 
 
-def test_a_mule_imports_nothing_the_runtime_did_not_load_before_the_fork() -> None:
-    # The app imports the runtime in the master (pre-fork mode); a dispatch mule then imports its
-    # entry script and starts its loop: everything it needs must already be loaded, and shared.
-    assert imported_by("import uwsgiconf_mules.runtime\nbefore = set(sys.modules)\n"
-                       "import uwsgiconf_mules.dispatch_mule, uwsgiconf_mules.mule.loop, uwsgiconf_mules.mule.queues, "
-                       "mmap, _socket") == ["uwsgiconf_mules.dispatch_mule"]
+def test_a_mule_imports_nothing_the_master_did_not_load_before_the_fork() -> None:
+    # The config's shared-imports load the runtime and the dispatch mules' script in the master; a
+    # dispatch mule then runs that script and starts its loop: everything it needs must already be
+    # loaded, and shared.
+    assert imported_by("import uwsgiconf_mules.runtime, uwsgiconf_mules.dispatch_mule\nbefore = set(sys.modules)\n"
+                       "import uwsgiconf_mules.mule.loop, uwsgiconf_mules.mule.queues, mmap, _socket") == []
+
+
+def test_a_config_compiled_by_0_1_0_has_its_mules_import_only_the_mule_layer() -> None:
+    # A config compiled by 0.1.0 shared-imports the runtime only: its dispatch mules import their
+    # loop when they start, and nothing but the mule layer and the standard library.
+    loaded = imported_by("import uwsgiconf_mules.runtime\nbefore = set(sys.modules)\n"
+                         "import uwsgiconf_mules.dispatch_mule")
+    assert {"uwsgiconf_mules.dispatch_mule", "uwsgiconf_mules.mule.loop", "uwsgiconf_mules.mule.queues"} <= set(loaded)
+    assert {name for name in loaded if name.startswith("uwsgiconf_mules.")} <= {
+        "uwsgiconf_mules.dispatch_mule", "uwsgiconf_mules.mule", "uwsgiconf_mules.mule.loop",
+        "uwsgiconf_mules.mule.queues", "uwsgiconf_mules.protocol.limits"}
+    assert {name.partition(".")[0] for name in loaded} - {"uwsgiconf_mules"} <= set(sys.stdlib_module_names)
 
 
 def test_the_configuration_side_does_not_import_the_worker_runtime() -> None:

@@ -36,7 +36,7 @@ def test_starting_a_mule_imports_only_the_standard_library_and_never_django() ->
                  "from uwsgiconf_mules.mule import startup as _startup\n_startup.start(1, None)\n"
                  "print(sorted(set(sys.modules) - before))")
     modules = set(eval(loaded))
-    assert {"uwsgiconf_mules.mule.startup", "uwsgiconf_mules.logs", "logging"} <= modules
+    assert {"uwsgiconf_mules.mule.startup", "uwsgiconf_mules.runtime.logs", "logging"} <= modules
     others = {name.partition(".")[0] for name in modules} - {"uwsgiconf_mules"}
     assert others <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)
 

@@ -72,6 +72,13 @@ compile it where uWSGI runs it (same environment), as ``uwsgiconf run`` does.
 RUNTIME_MODULE = "uwsgiconf_mules.runtime"
 """The module the builders import in the uWSGI master (``shared-import``)."""
 
+MULE_MODULE = "uwsgiconf_mules.dispatch_mule"
+"""The module the builders import in the uWSGI master too when there are dispatch mules
+(``shared-import``): it imports the mule loop, so that a mule forked from the master imports
+nothing more (a deploy that replaced the package on disk cannot give a respawned mule a loop of
+another version than its runtime). A config compiled by 0.1 names only the runtime: its mules
+import the loop when they start."""
+
 MULE_COUNTERS = ("queued", "started", "succeeded", "failed", "spooled", "dead", "run_ms")
 """Counters of a dispatch mule, as uWSGI metrics ``mule.<id>.<counter>`` (programmed mules: ``queued``)."""
 MULE_GAUGES = ("queue_bytes", "running_ms", "pid")
@@ -391,6 +398,7 @@ class Declarations:
         # of the instance shares the runtime's token and its already loaded modules.
         opts.append(("shared-import", RUNTIME_MODULE))
         if self.dispatchers:
+            opts.append(("shared-import", MULE_MODULE))
             # Dispatch mules handle uWSGI signals in a thread of their own; uWSGI releases the GIL
             # while waiting only with threads enabled (not the default of older releases, 2.0.21 here).
             opts.append(("enable-threads", "true"))

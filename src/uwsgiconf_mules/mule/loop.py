@@ -366,6 +366,8 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     began = 0.0  # when the call (fast path) or the streak (counted path) began
     pending = None
     entry: tuple[Any, ...] | None = None
+    now_running = _tasks.LOOP_CALL  # [entry of the call run, this thread]: the running task, for log records
+    now_running[:] = [None, _thread.get_ident()]
     while not _stopping:
         try:
             size = current(buffer)  # a queue read directly, into the buffer
@@ -374,7 +376,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                 running[0] = None
                 last[2] += clock() - began
                 last = idle
-            entry = None  # no call of the fast path runs (logs.current_task reads it)
+            now_running[0] = None  # no call of the fast path runs (logs.current_task reads it)
             waited = queues.wait()
             current, streak = queues.current, STREAK
             if waited is None:
@@ -398,6 +400,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             if entry is None:
                 entry = _entry(buffer[:LOOKUP_SIZE], view, None)
             if entry is not None and size >= entry[3]:
+                now_running[0] = entry  # the running task, for log records (logs.current_task)
                 began = clock()  # for the failure's log line
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
@@ -417,6 +420,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             if entry is None:
                 entry = _entry(buffer[:LOOKUP_SIZE], view, counters)
             if entry is not None and size >= entry[3]:
+                now_running[0] = entry
                 now = clock()
                 cell = entry[5]
                 cell[0] += 1  # before the cell is the running one: `succeeded` never dips
@@ -436,7 +440,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     cell[1] += 1
                     _failed(size, entry, now)
                 continue
-        entry = None  # no call of the fast path runs (logs.current_task reads it)
+        now_running[0] = None  # no call of the fast path runs (logs.current_task reads it)
         if last is not idle:  # a message for the slow path: the last call counted has ended
             running[0] = None
             last[2] += clock() - began
@@ -450,5 +454,5 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     if last is not idle:  # told to stop right after a call counted
         running[0] = None
         last[2] += clock() - began
-    entry = None
+    now_running[0] = None
     _shut_down(uwsgi, queues, pending, spool, declarations)

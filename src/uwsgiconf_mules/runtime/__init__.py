@@ -17,15 +17,16 @@ farms and mules it knows are exactly the ones declared. What it guarantees:
 * Outside uWSGI (scripts, tests, development servers) an offloaded call runs inline, after the
   same serialisation and size checks.
 
-How a call travels: ``mule_offload`` registers the function (:mod:`._tasks`) and prepares its
-envelope encoder (:mod:`._protocol`); a call encodes its arguments and sends the envelope
-through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is full
-(:mod:`._sending`); a dispatch mule reads its queues (:mod:`._queues`) in its loop
-(:mod:`._dispatch`) and runs the call. A farm routed to an offload backend (declared with
-``set_offload_backends``, see :mod:`._backends`) has no mules: its route's send function hands
-the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside with a declarations
-record; outside uWSGI with the declarations of ``UWSGICONF_MULES_CONFIG`` (a development server,
-tests), or in a test mode, the call stays here after the engine's argument check.
+How a call travels: ``mule_offload`` registers the function (:mod:`.tasks`) and prepares its
+envelope encoder (:mod:`uwsgiconf_mules.protocol.envelope`); a call encodes its arguments and sends
+the envelope through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is full
+(:mod:`.sending`); a dispatch mule reads its queues (:mod:`uwsgiconf_mules.mule.queues`) in its loop
+(:mod:`uwsgiconf_mules.mule.loop`) and runs the call. A farm routed to an offload backend
+(declared with ``set_offload_backends``, see :mod:`uwsgiconf_mules.declarations.backends`) has no
+mules: its route's send function hands the call to the engine instead (RQ:
+:mod:`uwsgiconf_mules.contrib.rq.sender`), inside uWSGI and outside with a declarations record;
+outside uWSGI with the declarations of ``UWSGICONF_MULES_CONFIG`` (a development server, tests),
+or in a test mode, the call stays here after the engine's argument check.
 
 Importing this module has no side effects: it installs no hook and imports neither jinja2,
 click nor uwsgiconf's configuration machinery.
@@ -40,7 +41,6 @@ import time
 from ..declarations import FarmSpec as _FarmSpec
 from ..declarations.backends import ENGINES as _ENGINES
 from ..errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
-from ..mule import loop as _loop  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
 from ..protocol import envelope as _protocol
 from ..protocol.limits import socket_message_limit
 from . import instance as _instance, metrics as _metrics, sending as _sending, tasks as _tasks

@@ -1,4 +1,4 @@
-"""``python -m uwsgiconf_mules._rq_worker worker ARGS``: RQ's own ``rq worker ARGS``, in this
+"""``python -m uwsgiconf_mules.contrib.rq.worker worker ARGS``: RQ's own ``rq worker ARGS``, in this
 process, with an exit status that tells an abnormal end from a normal one.
 
 RQ's worker loop ends on an exception it did not expect (``found an unhandled exception,
@@ -6,7 +6,7 @@ quitting...``) or on a Redis timeout (``Redis connection timeout, quitting...``)
 ERROR and returns as if it were done, and ``rq worker`` exits with status 0, so a supervisor that
 restarts a failed worker (systemd ``Restart=on-failure``) leaves it stopped while jobs wait. Here
 such an end exits with status 1; every other status is RQ's. ``uwsgiconf-mules worker`` runs this
-module (see ``_remote.worker_command``).
+module (see ``sender.worker_command``).
 """
 
 from __future__ import annotations

@@ -26,16 +26,16 @@ from __future__ import annotations
 import os
 from math import isfinite
 
-from .errors import DeliveryError, MulesConfigurationError, PayloadError
-from .protocol import envelope as _protocol
-from .runtime import tasks as _tasks
+from ...errors import DeliveryError, MulesConfigurationError, PayloadError
+from ...protocol import envelope as _protocol
+from ...runtime import tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep this module as cheap as the runtime
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from typing import Any
 
-    from .declarations.backends import Backend
+    from ...declarations.backends import Backend
 
 __all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "redis_url", "sender", "worker_command"]
 
@@ -221,7 +221,7 @@ def worker_command(backends: Sequence[Backend], burst: bool = False, worker_clas
                    ) -> tuple[list[str], dict[str, str]]:
     """The command that starts one RQ worker for the queues of ``backends``, and the environment
     variables it needs (the Redis URL goes there, not on the command line). It runs ``rq worker``
-    through :mod:`uwsgiconf_mules._rq_worker`, so that a worker that quits on an error exits with
+    through :mod:`uwsgiconf_mules.contrib.rq.worker`, so that a worker that quits on an error exits with
     a non-zero status.
 
     :param backends: Farms routed to RQ, all on one Redis server with one serializer.
@@ -243,7 +243,7 @@ def worker_command(backends: Sequence[Backend], burst: bool = False, worker_clas
         raise MulesConfigurationError(
             f"the farms routed to RQ use several Redis servers or serializers ({listed}); a worker reads one "
             "server with one serializer: start one worker per server with --farm")
-    command = [sys.executable, "-m", "uwsgiconf_mules._rq_worker", "worker", "--serializer",
+    command = [sys.executable, "-m", "uwsgiconf_mules.contrib.rq.worker", "worker", "--serializer",
                SERIALIZER_PATHS[serializers.pop()], "--job-class", JOB_CLASS]
     if burst:
         command.append("--burst")
