@@ -156,7 +156,8 @@ def test_second_call_updates_the_declaration_without_duplicating_options() -> No
     assert [value for key, value in opts if key == "env"] == [
         "OTHER=1", f"UWSGICONF_MULES=v2;mules=3;harakiri=5;send-timeout=5;farm=a:1,2;dispatch={DISPATCH_MULE};"
         f"spool={default_spool_dir()}"]
-    assert [value for key, value in opts if key == "shared-import"] == ["uwsgiconf_mules.runtime", "uwsgiconf_mules.dispatch_mule"]
+    assert [value for key, value in opts if key == "shared-import"] == [
+        "uwsgiconf_mules.runtime", "uwsgiconf_mules.dispatch_mule"]
     assert section.mules_declarations == declare(mules=3, farms=MuleFarm("a", 2), harakiri_timeout=5)
 
 

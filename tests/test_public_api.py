@@ -96,7 +96,8 @@ def test_the_paths_that_outlive_a_release_still_resolve() -> None:
     from django.utils.module_loading import import_string
 
     assert import_string("uwsgiconf_mules.django.MulesBackend") is django_face.MulesBackend
-    assert django_face.MulesConfig.name == "uwsgiconf_mules.django" and django_face.MulesConfig.label == "uwsgiconf_mules"
+    assert (django_face.MulesConfig.name, django_face.MulesConfig.label) == (
+        "uwsgiconf_mules.django", "uwsgiconf_mules")
     plugins = {point.name: point.value for point in importlib.metadata.entry_points(group="pytest11")}
     assert plugins["uwsgiconf_mules"] == "uwsgiconf_mules._pytest_plugin"
     importlib.import_module(plugins["uwsgiconf_mules"])
