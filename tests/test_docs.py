@@ -90,7 +90,7 @@ def test_the_nav_has_a_section_for_task_capabilities() -> None:
 def test_the_api_reference_names_objects_that_exist() -> None:
     targets = [target for path in sorted((DOCS / "reference").glob("*.md"))
                for target in re.findall(r"^::: (\S+)$", path.read_text(), re.M)]
-    assert "uwsgiconf_mules.runtime" in targets and "uwsgiconf_mules.testing" in targets
+    assert "uwsgiconf_mules.runtime" in targets and "uwsgiconf_mules.contrib.testing.modes" in targets
     for target in targets:
         parts = target.split(".")
         for split in range(len(parts), 0, -1):  # the longest importable module, then attributes

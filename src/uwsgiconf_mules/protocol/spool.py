@@ -414,15 +414,17 @@ class Burst:
 
     :param emit: Logs one line.
     :param window: Seconds a burst's summary covers.
+    :param mule: The id of the mule that says the lines (0 outside mules), read when a summary is said.
     """
 
     REASONS = 20
     """Most reasons said in full in one burst; the others are only counted."""
 
-    def __init__(self, emit: Callable[[str], None], window: float = 1.0) -> None:
+    def __init__(self, emit: Callable[[str], None], window: float = 1.0, mule: Callable[[], int] = int) -> None:
         import _thread
 
         self.emit = emit
+        self.mule = mule
         self.window = window
         self.lock = _thread.allocate_lock()
         self.open = False  # whether a burst is under way (its thread runs)
@@ -465,7 +467,7 @@ class Burst:
             more, self.more = self.more, {}
         if more:
             reasons = "; ".join(f"{count} x {why}" for why, count in sorted(more.items(), key=lambda i: -i[1]))
-            self.emit(f"uwsgiconf-mules: mule {_mule_id()}: {sum(more.values())} more {self.what} refused in the "
+            self.emit(f"uwsgiconf-mules: mule {self.mule()}: {sum(more.values())} more {self.what} refused in the "
                       f"last {self.window:g} s: {reasons}")
         return bool(more)
 
@@ -478,15 +480,6 @@ class Burst:
                         self.open = False
                         self.said.clear()
                         return
-
-
-def _mule_id() -> int:
-    try:
-        import uwsgi
-
-        return int(uwsgi.mule_id())
-    except Exception:
-        return 0
 
 
 def read(path: str) -> tuple[str, bytes]:

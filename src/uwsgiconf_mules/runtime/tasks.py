@@ -239,7 +239,8 @@ def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] 
 
 
 _dead_letters: _spool.DeadLetters | None = None  # where a dispatch mule keeps what it refuses
-_refusals = _spool.Burst(lambda line: log().error(line))  # refusals are said once per burst, with a count
+# Refusals are said once per burst, with a count.
+_refusals = _spool.Burst(lambda line: log().error(line), mule=current_mule)
 
 
 def set_dead_letters(spool: _spool.Spool | None) -> None:
