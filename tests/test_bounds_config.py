@@ -128,7 +128,7 @@ def test_check_is_linear_in_the_mules(tmp_path: Path, monkeypatch: pytest.Monkey
     declarations = Declarations(("feed.py",) * (mules // 2) + (None,) * (mules // 2),
                                 farms=(FarmSpec("all", tuple(range(1, mules + 1))), FarmSpec("half", half)))
     section = types.SimpleNamespace(name="uwsgi", _opts={}, mules_declarations=declarations)
-    monkeypatch.setattr(cli_module, "_open_files_limit", lambda: None)
+    monkeypatch.setattr(cli_module.check, "_open_files_limit", lambda: None)
     began = time.perf_counter()
     lines, problems = summary(section)
     assert time.perf_counter() - began < 5  # quadratic: minutes
@@ -168,7 +168,7 @@ def test_check_warns_when_the_mules_and_farms_need_more_descriptors_than_ulimit(
         monkeypatch: pytest.MonkeyPatch, mules: int, farms: int, limit: int | None, warned: bool) -> None:
     section = Section()
     section.workers.set_mules_params(mules=mules, farms=[section.workers.mule_farm(f"f{i}", [1]) for i in range(farms)])
-    monkeypatch.setattr(cli_module, "_open_files_limit", lambda: limit)
+    monkeypatch.setattr(cli_module.check, "_open_files_limit", lambda: limit)
     warning = (f"warning: {mules} mule(s) and {farms} farm(s) need about {master_fds(mules, farms)} file descriptors "
                f"in the uWSGI master, more than this process may open (ulimit -n {limit}): uWSGI started with this "
                "limit cannot make their queues; raise it (ulimit -n, LimitNOFILE= of a systemd unit) or declare "
@@ -182,4 +182,4 @@ def test_the_open_files_limit_is_this_process_s() -> None:
     import resource
 
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    assert cli_module._open_files_limit() == (None if soft == resource.RLIM_INFINITY else soft)
+    assert cli_module.check._open_files_limit() == (None if soft == resource.RLIM_INFINITY else soft)

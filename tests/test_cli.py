@@ -646,7 +646,7 @@ def test_worker_refuses_a_worker_class_it_cannot_use(tmp_path: Path, worker_clas
 
 @pytest.mark.parametrize("fmt", ["py", "ini", "yaml"])
 def test_the_worker_gets_the_variables_the_config_sets(tmp_path: Path, fmt: str) -> None:
-    from uwsgiconf_mules.cli import _one
+    from uwsgiconf_mules.cli.common import one as _one
 
     body = source("routed").replace("uwsgi_configuration =", "section.env('DJANGO_SETTINGS_MODULE', 'site.settings')\n"
                                     "section.env('EMPTY', '')\nuwsgi_configuration =")

@@ -509,6 +509,6 @@ def test_the_replay_hint_the_reloads_page_describes_is_in_the_order_spool_replay
     described = described[:described.index(" - **")]
     order = ["touch-mules-reload", "master fifo", "touch-reload", "pid file"]
     assert [described.index(name) for name in order] == sorted(described.index(name) for name in order)
-    keys = cli_module._RELOAD_KEYS
+    keys = cli_module.spool._RELOAD_KEYS
     assert keys[:3] == ("touch-mules-reload", "master-fifo", "touch-reload")
     assert all("pidfile" in key for key in keys[3:])

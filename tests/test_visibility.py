@@ -187,7 +187,7 @@ def test_a_mule_samples_its_counts_into_metrics_and_a_status_file(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = FakeMetrics()
     monkeypatch.setattr(_instance, "uwsgi", fake)
-    counters = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path))
+    counters = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path / "1.json"))
     cell = counters.cell(b"app:task")
     cell[0], cell[1], cell[2] = 3, 1, 0.25
     # The running call began 0.5 s ago, in a streak of calls of this task that began 0.75 s ago.
@@ -206,7 +206,7 @@ def test_a_mule_samples_its_counts_into_metrics_and_a_status_file(
     assert fake.values["mule.1.run_ms"] == 1500
     status = json.loads((tmp_path / "1.json").read_text())
     assert status["tasks"] == {"app:task": {"started": 3, "failed": 1, "succeeded": 2, "run_ms": 1500}}
-    again = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path))  # the mule respawned
+    again = MuleCounters(1, declare(mules=1, stats="127.0.0.1:1"), str(tmp_path / "1.json"))  # the mule respawned
     again.sample()
     assert fake.values["mule.1.started"] == 3  # the previous process flushed its counts already
     assert again.totals()["started"] == 3

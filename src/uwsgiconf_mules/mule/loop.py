@@ -175,39 +175,22 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
         except OSError as exc:
             log.error("uwsgiconf-mules: mule %d could not record what it kept in the spool %s (%s): the next start "
                       "cannot check it", mule_id, spool.path, exc)
-        _forget_pid(spool, mule_id)
+        spool.forget_pid(mule_id)
     import logging
 
     logging.shutdown()
     os._exit(0)
 
 
-def _pid_file(spool: _spool.Spool, mule_id: int) -> str:
-    return os.path.join(spool.part("mules"), f"{mule_id}.pid")
-
-
-def _forget_pid(spool: _spool.Spool, mule_id: int) -> None:
-    from contextlib import suppress
-
-    with suppress(OSError):
-        os.unlink(_pid_file(spool, mule_id))
-
-
 def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri: int) -> None:
     """Report a predecessor that died without a clean stop, set orphaned calls aside, and run
     the calls kept for this mule."""
-    path = _pid_file(spool, mule_id)
-    try:
-        with open(path) as handle:
-            previous = int(handle.read() or 0)
-    except (OSError, ValueError):
-        previous = 0
+    previous = spool.previous_pid(mule_id)
     if previous and previous != os.getpid() and not _spool.alive(previous):
         _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
                            "the call it was running, if any, is lost; the calls queued behind it run now",
                            mule_id, previous)
-    with open(path, "w") as handle:
-        handle.write(str(os.getpid()))
+    spool.write_pid(mule_id)
     if spool.made:  # said here, once logging is set up
         _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
     _check_stops(spool)
@@ -225,7 +208,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
                           spool.path)
     for claimed, payload in spool.claim(targets):
         if _stopping:
-            os.rename(claimed, os.path.join(spool.part("queue"), os.path.basename(claimed).partition("-")[2]))
+            spool.unclaim(claimed)
             break
         _tasks.run(_protocol.restored(payload), harakiri)
         spool.done(claimed)
