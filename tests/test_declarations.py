@@ -316,3 +316,29 @@ def test_the_dispatch_mule_script_keeps_the_path_compiled_configs_name() -> None
     package = os.path.dirname(os.path.realpath(uwsgiconf_mules.__file__))
     assert DISPATCH_MULE == os.path.join(package, "dispatch_mule.py")
     assert os.path.isfile(DISPATCH_MULE)
+
+
+def test_every_field_is_declared_once_and_the_record_carries_every_recorded_one() -> None:
+    from uwsgiconf_mules.declarations import FIELDS
+
+    attrs = [field.attr for field in FIELDS]
+    assert sorted(attrs) == sorted(Declarations.__annotations__)  # a type for each field, nothing more
+    doc = Declarations.__doc__ or ""
+    assert all(f":param {attr}:" in doc for attr in attrs)
+    assert set(Declarations.__slots__) == {*attrs, "_backends_by_name", "_farms_by_name"}
+    declarations = declare(["feed.py", None, None], farms=[MuleFarm("a", [2, 3])], harakiri_timeout=5,
+                           reload_mercy=7, msg_buffer=65536, send_timeout=2.5, spool_dir="/srv/spool",
+                           mule_init="app.hooks:start", stats="127.0.0.1:9191", on_failure="app.hooks:failed",
+                           backends={"reports": "rq://127.0.0.1:6379/0"}, touch_reload="/srv/reload",
+                           deploy_touch="/srv/deploy")
+    again = parse_record(declarations.record())
+    for field in FIELDS:
+        if field.codec is not None and field.attr != "programs":
+            assert getattr(again, field.attr) == getattr(declarations, field.attr), field.attr
+        elif field.codec is None:
+            assert getattr(again, field.attr) == field.default, field.attr  # uWSGI acts on it, the record leaves it out
+    assert again.programs == ("", None, None)  # the record says which mules are programmed, not their programs
+    assert again.record() == declarations.record()
+    assert repr(again).startswith("Declarations(programs=('', None, None), msg_size=65536, harakiri=5,")
+    with pytest.raises(TypeError, match="unknown or repeated fields: spool"):
+        Declarations(spool="/srv")
