@@ -225,22 +225,22 @@ def test_top_shows_a_spool_the_senders_refuse(tmp_path: Path) -> None:
 
 def test_the_spool_watcher_and_the_mule_set_the_spool_unusable_gauge(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from uwsgiconf_mules.runtime import sending as _sending
+    from uwsgiconf_mules.runtime import spool_watch as _spool_watch
 
     fake = FakeMetrics()
     monkeypatch.setattr(_instance, "uwsgi", fake)
-    monkeypatch.setattr(_sending, "spool_problem", None)
+    monkeypatch.setattr(_spool_watch, "spool_problem", None)
     decl = declare(mules=1, stats="127.0.0.1:9191", spool_dir=str(tmp_path / "spool"))
     assert ("spool.unusable", "gauge") in decl.metric_names()
     assert "spool.unusable" not in dict(declare(mules=["reader:run"], stats="127.0.0.1:9191").metric_names())
     (tmp_path / "spool").mkdir()
     (tmp_path / "spool").chmod(0o777)
-    _sending.check_spool(decl)
+    _spool_watch.check_spool(decl)
     assert fake.values["spool.unusable"] == 1
     (tmp_path / "spool").chmod(0o700)
     fake.values["spool.unusable"] = 1  # as a mule may have left it
-    _sending.check_spool(decl)
+    _spool_watch.check_spool(decl)
     assert fake.values["spool.unusable"] == 0
     (tmp_path / "spool").chmod(0o777)
-    _sending.spool_gauge(decl)
+    _spool_watch.spool_gauge(decl)
     assert fake.values["spool.unusable"] == 1

@@ -124,9 +124,9 @@ def spool_problem(declarations: Declarations) -> str | None:
     """
     if declarations.spool_dir is None or not declarations.dispatchers:
         return None
-    from ..runtime import sending as _sending
+    from ..runtime import spool_watch as _spool_watch
 
-    return _spool.problem(declarations.spool_dir, *_sending.spool_room(declarations))
+    return _spool.problem(declarations.spool_dir, *_spool_watch.spool_room(declarations))
 
 
 def _cell(value: Any) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from ..errors import MulesConfigurationError
 from . import validate as _v
 from .backends import Backend
-from .farms import FarmSpec, MuleFarm, farm_mules, validate_farm_name
+from .farms import FarmSpec, MuleFarm, validate_farm_name
 from .model import FIELDS, Declarations, parse_record
 from .names import (
     BASE_FDS,
@@ -132,24 +132,8 @@ def declare(
         else:
             raise MulesConfigurationError(f"set_mules_params() got an unknown argument {key!r}", culprit=key)
 
-    farm_list = _v.farm_list(farms)
-    specs: list[FarmSpec] = []
-    seen: set[str] = set()
-    next_id = 1
-    for farm in farm_list:
-        name = validate_farm_name(getattr(farm, "name", None))
-        if name in seen:
-            raise MulesConfigurationError(f"farm {name!r} is declared twice", culprit=name)
-        seen.add(name)
-        numbers = farm_mules(name, getattr(farm, "mule_numbers", None))
-        if isinstance(numbers, int):
-            _v.check_count(next_id + numbers - 1, len(specs) + 1, f"farm {name!r}")
-            ids = tuple(range(next_id, next_id + numbers))
-            next_id += numbers
-        else:
-            ids = numbers
-        specs.append(FarmSpec(name, ids))
-
+    specs = _v.farm_specs(farms)
+    seen = {spec.name for spec in specs}
     needed = max((max(spec.mules) for spec in specs), default=0)
     _v.check_count(needed, len(specs), "farms")
     programs = _v.expand_mules(mules, len(specs))

@@ -7,7 +7,7 @@ import os
 
 from ..errors import MulesConfigurationError
 from .backends import Backend, check_shared_queues, parse_backend
-from .farms import describe_char, validate_farm_name
+from .farms import FarmSpec, describe_char, farm_mules, validate_farm_name
 from .names import C_INT_MAX, DEFAULT_SEND_TIMEOUT, DISPATCH_MULE, FD_CEILING, MAX_MULES, QUEUE_FDS, master_fds
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep it cheap
@@ -349,3 +349,28 @@ def send_timeout(value: object) -> float:
         raise MulesConfigurationError(
             f"send_timeout must be a positive number of seconds, and finite, not {value!r}", culprit=value)
     return seconds
+
+
+def farm_specs(farms: object) -> list[FarmSpec]:
+    """The farms as declared: each named once, its mules numbered (farms given as a count take
+    consecutive ids from mule 1, one farm after the other).
+
+    :param farms: A ``MuleFarm`` (or uwsgiconf's), or a list of them.
+    """
+    specs: list[FarmSpec] = []
+    seen: set[str] = set()
+    next_id = 1
+    for farm in farm_list(farms):
+        name = validate_farm_name(getattr(farm, "name", None))
+        if name in seen:
+            raise MulesConfigurationError(f"farm {name!r} is declared twice", culprit=name)
+        seen.add(name)
+        numbers = farm_mules(name, getattr(farm, "mule_numbers", None))
+        if isinstance(numbers, int):
+            check_count(next_id + numbers - 1, len(specs) + 1, f"farm {name!r}")
+            ids = tuple(range(next_id, next_id + numbers))
+            next_id += numbers
+        else:
+            ids = numbers
+        specs.append(FarmSpec(name, ids))
+    return specs

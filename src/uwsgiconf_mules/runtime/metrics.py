@@ -410,7 +410,7 @@ def mule_counters(mule_id: int, declarations: Declarations | None, spool_path: s
     if declarations.spool_dir is not None:
         from functools import partial
 
-        from .sending import spool_gauge
+        from .spool_watch import spool_gauge
 
         start(partial(spool_gauge, declarations))
     return counters

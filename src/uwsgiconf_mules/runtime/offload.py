@@ -15,7 +15,7 @@ import sys
 from ..declarations.backends import ENGINES
 from ..errors import DeliveryError, MulesRuntimeError
 from ..protocol import envelope as _protocol
-from . import instance as _instance, metrics as _metrics, sending as _sending, tasks as _tasks
+from . import instance as _instance, metrics as _metrics, spool_watch as _spool_watch, tasks as _tasks
 from .sending import Route, adeliver, deliver
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -114,8 +114,8 @@ def _run_inline(message: bytes, dest: int | bytes) -> bool:
 def _resolved(target: Mule | Farm) -> Route:
     """The route of ``target``, refused while the spool cannot keep calls to its dispatch mules."""
     route = target._route()
-    if _sending.spool_problem is not None and route.sender is None and not route.refused:
-        refused = _sending.spool_refusal(_instance.declarations(), _target_ids(target))
+    if _spool_watch.spool_problem is not None and route.sender is None and not route.refused:
+        refused = _spool_watch.spool_refusal(_instance.declarations(), _target_ids(target))
         if refused is not None:
             route = Route(route.dest, route.label, route.limit, route.timeout, refused)
     return route
@@ -146,17 +146,17 @@ def _sender(route: Route, counts_inline: bool, swap: Swap) -> tuple[Send, list[i
             send = _starting(send, swap)
         else:
             send = _metrics.counting(send, route.dest)
-    if uwsgi is not None and route.sender is None and not _sending._watching:
+    if uwsgi is not None and route.sender is None and not _spool_watch._watching:
         send = _watching(send, swap)
     return send, count
 
 
 def _watching(raw: Send, swap: Swap) -> Send:
-    """``raw``, starting this process's spool watcher first (see ``sending.watch_spool``);
+    """``raw``, starting this process's spool watcher first (see ``spool_watch.watch_spool``);
     replaced by ``raw`` (or by a refusal, when the spool cannot keep calls) once it runs."""
 
     def first(message: bytes, to: int | bytes) -> bool:
-        if _sending.watch_spool():
+        if _spool_watch.watch_spool():
             return swap(first, raw)(message, to)  # what the watcher's first check left
         return raw(message, to)  # the master: no watcher
 
