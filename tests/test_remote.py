@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -353,3 +354,33 @@ def test_a_job_hash_rq_cannot_read_fails_that_job_only(routed: RedisServer) -> N
     exc = job.latest_result().exc_string or ""  # type: ignore[union-attr]
     assert ("UnknownTaskError: job refused: RQ cannot read its field(s) 'status' (ValueError: 'bogus' is not a "
             "valid JobStatus), 'timeout' (AssertionError); nothing ran") in exc, exc
+
+
+def test_aoffload_to_a_routed_farm_never_holds_its_event_loop(routed: RedisServer) -> None:
+    import asyncio
+
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def main() -> bool:
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.02)
+        routed.client().execute_command("CLIENT", "PAUSE", "400", "WRITE")  # Redis holds writes 0.4 s
+        began = time.monotonic()
+        try:
+            return await remote_tasks.report.aoffload(1)
+        finally:
+            assert time.monotonic() - began >= 0.3  # the send did wait for Redis...
+            assert len([at for at in ticks if at > began]) >= 10  # ...while the loop went on
+            ticker.cancel()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) is True
+    finally:
+        loop.close()
+    assert [job.args[0] for job in queue(routed).jobs] == [KEY]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +220,30 @@ def test_the_configuration_side_does_not_import_the_worker_runtime() -> None:
         imported_by("before = set()\nimport uwsgiconf_mules.cli"))
     loaded = imported_by("before = set()\nfrom uwsgiconf_mules import MuleFarm")
     assert not {"jinja2", "uwsgiconf.config", "uwsgiconf_mules.config"} & set(loaded)
+
+
+def test_while_the_spool_cannot_keep_calls_sends_to_dispatch_mules_are_refused_naming_it(
+        declared: Callable[[str], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.declarations import DISPATCH_MULE
+    from uwsgiconf_mules.protocol import spool as _spool
+    from uwsgiconf_mules.runtime import instance as _instance, spool_watch as _spool_watch
+
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    monkeypatch.setattr(_spool_watch, "spool_problem", None)
+    declared(f"v2;mules=2;programmed=2;send-timeout=5;dispatch={DISPATCH_MULE};spool={kept.path}")
+    declarations = _instance.declarations()
+    assert declarations is not None
+    _spool_watch.check_spool(declarations)
+    assert _spool_watch.spool_refusal(declarations, (1,)) is None  # a usable spool: sent
+    os.chmod(kept.part("queue"), 0o777)
+    _spool_watch.check_spool(declarations)
+    refused = _spool_watch.spool_refusal(declarations, (1,))
+    assert refused == (f"spool: {kept.part('queue')} can be written by others (mode 777); the mules could not keep "
+                       "queued calls across a reload or stop, so none is sent (fix it, see `uwsgiconf-mules check`: "
+                       "sending resumes within a second)")
+    assert _spool_watch.spool_refusal(declarations, (2,)) is None  # a programmed mule keeps nothing in the spool
+    assert _spool_watch.spool_refusal(None, (1,)) is None  # outside uWSGI, without a record
+    os.chmod(kept.part("queue"), 0o700)
+    _spool_watch.check_spool(declarations)
+    assert _spool_watch.spool_refusal(declarations, (1,)) is None  # fixed: sending resumes

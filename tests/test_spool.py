@@ -139,6 +139,21 @@ def test_a_parent_that_is_another_users_link_is_refused(tmp_path: Path) -> None:
     assert _spool.Spool(str(squatted / "abc")).create() is True
 
 
+def test_a_link_of_the_users_own_to_below_another_users_directory_is_refused(tmp_path: Path) -> None:
+    # The link itself is this user's, but it leads below a directory another user can rename away.
+    squatted = tmp_path / "theirs"
+    squatted.mkdir(mode=0o755)
+    (squatted / "inner").mkdir(mode=0o700)
+    os.chown(squatted, _another_uid(), _another_uid())
+    mine = tmp_path / "mine"
+    mine.symlink_to(squatted / "inner")
+    with pytest.raises(PermissionError, match=r"^spool: .*theirs belongs to uid 65534, neither root"):
+        _spool.Spool(str(mine / "abc")).create()
+    assert _spool.problem(str(mine / "abc")) is not None
+    os.chown(squatted, 0, 0)  # below root's directories, the same link is fine
+    assert _spool.Spool(str(mine / "abc")).create() is True
+
+
 def test_a_missing_parent_is_made_private_to_the_user(tmp_path: Path) -> None:
     spool = _spool.Spool(str(tmp_path / "uwsgiconf-mules-0" / "abc"))
     assert spool.create() is True  # a new, empty spool: said so at start
@@ -189,6 +204,20 @@ def test_dead_letters_keep_their_quota_and_untrusted_bytes_are_not_kept(tmp_path
     assert _spool.read(spool.files("dead")[-1])[1].startswith(b"ak:199\x00")  # the newest stay
     assert said and "removed the" in said[0]
     assert spool.size(("queue",)) == 0
+
+
+def test_a_flood_of_untrusted_messages_never_pushes_out_the_dead_letters_of_real_calls(tmp_path: Path) -> None:
+    spool = _spool.Spool(str(tmp_path / "spool"), limit=8 * 20_000)  # dead/: 20,000 bytes
+    spool.create()
+    letters = _spool.DeadLetters(spool, [].append)
+    for i in range(20):
+        letters.keep(f"ak:{i}\x00".encode() + b"y" * 100, "unknown task")
+    for _ in range(2_000):  # far past the quota: only other untrusted notes make room
+        letters.keep(b"", _spool.untrusted_note(b"forged", "not sent by this uWSGI instance"), durable=False)
+    payloads = [_spool.read(path)[1] for path in spool.files("dead")]
+    assert [payload for payload in payloads if payload] == [f"ak:{i}\x00".encode() + b"y" * 100 for i in range(20)]
+    assert spool.size(("dead",)) <= spool.dead_limit
+    assert len(payloads) > 20  # the newest untrusted notes are kept too
 
 
 def test_refusals_are_said_once_per_burst_with_a_count() -> None:

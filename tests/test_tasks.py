@@ -203,3 +203,15 @@ def test_the_django_import_hint_speaks_of_where_it_runs(monkeypatch: pytest.Monk
     monkeypatch.setattr(_instance, "uwsgi", object())
     assert _tasks.import_hint(AppRegistryNotReady()).startswith("; Django is not set up in this mule")
     assert _tasks.import_hint(ValueError()) == ""
+
+
+@mule_offload()
+def interrupted(value: object, k: int = 0) -> None:
+    raise KeyboardInterrupt(f"stop {value}")
+
+
+def test_a_call_that_raises_keyboardinterrupt_is_reported_then_stops_the_mule(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, "uwsgiconf_mules"), pytest.raises(KeyboardInterrupt, match="stop 3"):
+        _tasks.run(protocol.encoder(interrupted.key)((3,), {"k": 1}))  # keywords: the slow path
+    assert f"task {interrupted.key} failed in mule 0" in caplog.text
+    assert "KeyboardInterrupt: stop 3; arguments (3, k=1)" in caplog.text

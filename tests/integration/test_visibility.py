@@ -77,6 +77,16 @@ def send_hold(query):
     return hold(query)
 
 
+@mule_offload()
+def interrupt(i):
+    raise KeyboardInterrupt(f"stop {i}")
+
+
+@route("/interrupt")
+def send_interrupt(query):
+    return interrupt(int(query))
+
+
 @route("/message")
 def send_message(query):
     return Mule(3).send("hello")
@@ -209,6 +219,20 @@ def test_a_failure_reaches_the_hook_and_the_log(uwsgi_server: Callable[..., Serv
     assert "arguments (-1, text='kkkk" in long_line
     assert len(long_line) < 500
     assert "Traceback" in log
+
+
+def test_a_call_that_raises_keyboardinterrupt_is_reported_before_it_stops_the_mule(
+        uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
+    server, _ = start(uwsgi_server, tmp_path)
+    pids = server.mule_pids()
+    assert server.get("/interrupt?7") == (200, True)
+    [hooked] = server.wait_lines("hook", 1)
+    assert hooked == {"key": "app:interrupt", "args": [7], "kwargs": {}, "type": "KeyboardInterrupt",
+                      "message": "stop 7", "mule": 1}
+    assert "uwsgiconf-mules: task app:interrupt failed in mule 1 after 0.0" in server.log()
+    server.wait_for(lambda: server.mule_pids().get(1) not in (None, pids[1]), what="mule 1 respawned")
+    assert server.get("/ok?1") == (200, 1)
+    server.wait_lines("ok", 1)
 
 
 def test_a_failing_hook_never_kills_the_mule(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:

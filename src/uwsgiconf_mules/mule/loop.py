@@ -32,6 +32,7 @@ import os
 import signal
 import time
 
+from .. import _threads
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
@@ -255,7 +256,7 @@ def _handle_signals(uwsgi: Any) -> None:
 
 
 def _start_signal_thread(uwsgi: Any) -> None:
-    _thread.start_new_thread(_handle_signals, (uwsgi,))  # _thread: built in, nothing to import in the mule
+    _threads.start(_handle_signals, uwsgi)
 
 
 def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
@@ -389,7 +390,8 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
                         returned(entry[4], result)
-                except KeyboardInterrupt:  # see _tasks.run
+                except KeyboardInterrupt:  # see _tasks.run: said as a failure, then it stops the mule
+                    _failed(size, entry, began)
                     raise
                 except BaseException:
                     _failed(size, entry, began)
@@ -417,7 +419,9 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:
                         returned(entry[4], result)
-                except KeyboardInterrupt:  # see _tasks.run
+                except KeyboardInterrupt:  # see _tasks.run: said as a failure, then it stops the mule
+                    cell[1] += 1
+                    _failed(size, entry, now)
                     raise
                 except BaseException:
                     cell[1] += 1

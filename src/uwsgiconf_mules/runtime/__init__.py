@@ -9,8 +9,9 @@ farms and mules it knows are exactly the ones declared. What it guarantees:
 * A send that returns has been queued; a full queue is waited on for at most the declared
   ``send_timeout`` (and all the sends of one request together wait no longer), then
   :class:`~uwsgiconf_mules.errors.DeliveryError` is raised; ``f.nowait(...)`` never waits;
-  ``await f.aoffload(...)`` waits on the running event loop. Under ``--gevent`` and ``--async``
-  with ``--ugreen``, a waiting sender lets the worker's other requests run.
+  ``await f.aoffload(...)`` waits on the running event loop (a farm routed to RQ: in a thread of
+  the loop's executor). Under ``--gevent``, a waiting sender lets the worker's other requests run
+  (see the docs' loop engines page for the others).
 * A message larger than the target reads whole is refused at the call site with
   :class:`~uwsgiconf_mules.errors.PayloadError`; so are arguments that cannot be pickled.
 * Offloaded functions are registered by ``module:qualname``; dispatch mules run them.

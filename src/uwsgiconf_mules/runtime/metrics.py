@@ -29,10 +29,10 @@ across the mule's respawns.
 
 from __future__ import annotations
 
-import _thread
 import os
 import time
 
+from .. import _threads
 from ..protocol import spool as _spool
 from . import instance as _instance
 
@@ -127,7 +127,7 @@ def start(sampler: Callable[[], None] | None = None) -> bool:
     import atexit
 
     atexit.register(flush)  # what a worker counted in its last second, when uWSGI stops or reloads it
-    _thread.start_new_thread(_loop, ())
+    _threads.start(_loop)
     return True
 
 

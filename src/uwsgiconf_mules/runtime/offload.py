@@ -298,13 +298,27 @@ def _aoffload(attempt: Callable[[tuple[Any, ...], dict[str, Any]], bytes | None]
     """The ``aoffload`` of an offloaded function: a full queue is waited on from the running event loop."""
 
     async def aoffload(*args: Any, **kwargs: Any) -> bool:
+        route = resolve()
+        if route.sender is not None:  # a farm routed to RQ: Redis is waited on in a thread of the loop's executor
+            return await _in_executor(attempt, args, kwargs, route, key)
         message = attempt(args, kwargs)
         if message is None:
             return True
-        route = resolve()
         return await adeliver(message, route.dest, f"{key} to {route.label}", route.timeout)
 
     return aoffload
+
+
+async def _in_executor(attempt: Callable[[tuple[Any, ...], dict[str, Any]], bytes | None], args: tuple[Any, ...],
+                       kwargs: dict[str, Any], route: Route, key: str) -> bool:
+    """``aoffload`` to a farm routed to an offload backend: its send (a Redis round trip) runs in a
+    thread of the running loop's executor, never blocking the loop."""
+    import asyncio
+
+    message = await asyncio.get_running_loop().run_in_executor(None, attempt, args, kwargs)
+    if message is None:
+        return True
+    return await adeliver(message, route.dest, f"{key} to {route.label}", route.timeout)
 
 
 def _published(call: Callable[..., bool], func: Callable[_P, _R], key: str, target: Mule | Farm,

@@ -8,10 +8,10 @@ changes, has the offloaded functions resolve their route again: the calls themse
 
 from __future__ import annotations
 
-import _thread
 import os
 import time
 
+from .. import _threads
 from ..declarations import SPOOL_GAUGE
 from ..protocol import spool as _spool
 from ..protocol.limits import socket_message_limit
@@ -73,7 +73,7 @@ def watch_spool() -> bool:
         return False
     _watching = True
     check_spool(declarations)
-    _thread.start_new_thread(_watch, (declarations,))
+    _threads.start(_watch, declarations)
     return True
 
 

@@ -316,6 +316,9 @@ def run(message: bytes, harakiri: int = 0) -> None:
             uwsgi.set_user_harakiri(harakiri)
         result = func(*args, **kwargs)
     except KeyboardInterrupt:  # the one exception that stops the mule, as it stops Django's immediate backend
+        if cell is not None:
+            cell[1] += 1
+        failed(key, args, kwargs, began)  # said first: the call did not complete
         raise
     except BaseException:  # SystemExit (sys.exit(), exit()), asyncio.CancelledError: the call failed, the mule goes on
         if cell is not None:

@@ -49,10 +49,32 @@ from .layout import (
     STATUS_DIR,
     STOPS,
     UNTRUSTED,
+    UNTRUSTED_MARK,
 )
 from .letters import Burst, DeadLetters, grouped, untrusted_note
 from .store import Spool, read
 
-__all__ = ["ANY", "DEAD_FILES", "DEAD_SHARE", "DEFAULT_LIMIT", "MAGIC", "PARTS", "RESERVE", "STALE_AFTER", "STATUS_DIR",
-           "STOPS", "UNTRUSTED", "Burst", "DeadLetters", "Spool", "alive", "grouped", "problem", "purge_stale", "read",
-           "stale", "untrusted_note"]
+__all__ = [
+    "ANY",
+    "DEAD_FILES",
+    "DEAD_SHARE",
+    "DEFAULT_LIMIT",
+    "MAGIC",
+    "PARTS",
+    "RESERVE",
+    "STALE_AFTER",
+    "STATUS_DIR",
+    "STOPS",
+    "UNTRUSTED",
+    "UNTRUSTED_MARK",
+    "Burst",
+    "DeadLetters",
+    "Spool",
+    "alive",
+    "grouped",
+    "problem",
+    "purge_stale",
+    "read",
+    "stale",
+    "untrusted_note",
+]

@@ -30,8 +30,15 @@ def check_private(path: str, info: os.stat_result) -> None:
 def check_ancestors(path: str) -> None:
     """Refuse a spool below a directory that someone else could rename it out of: one writable
     by others without the sticky bit, or one of another user's (root's is fine), whatever its
-    mode: its owner can always change it."""
-    parent = os.path.dirname(os.path.abspath(path))
+    mode: its owner can always change it. The path as written is checked, then the path its links
+    lead to: a link of this user's to a directory below someone else's is refused as well."""
+    _check_parents(os.path.dirname(os.path.abspath(path)))
+    real = os.path.dirname(os.path.realpath(path))
+    if real != os.path.dirname(os.path.abspath(path)):
+        _check_parents(real)
+
+
+def _check_parents(parent: str) -> None:
     while True:
         link = os.lstat(parent)  # a link its owner could point elsewhere between two lives
         if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):

@@ -23,3 +23,6 @@ STOPS = ".stop"
 """Suffix of the record a stopping mule leaves in ``mules/``: what it kept, what it lost."""
 STALE_AFTER = 600.0
 """Seconds a spool must have been left unchanged before :func:`stale` calls it stale."""
+UNTRUSTED_MARK = "-u.call"
+"""End of the file name of a note of an untrusted message: past the quota of ``dead/``, these go
+first, so that a flood of forged messages cannot push out the dead letters of real calls."""

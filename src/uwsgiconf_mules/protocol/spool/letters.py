@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from .layout import DEAD_FILES, MAGIC, UNTRUSTED
+from .layout import DEAD_FILES, MAGIC, UNTRUSTED, UNTRUSTED_MARK
 from .store import Spool, _scandir
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -37,9 +37,10 @@ def grouped(note: str) -> str:
 
 class DeadLetters:
     """``dead/`` within its quota (:attr:`Spool.dead_limit` bytes, :data:`DEAD_FILES` files): past
-    it, the oldest are removed (a tenth more, so that this happens once in a while), said in the
-    log with how many. What ``dead/`` holds is counted once, then kept up to date by this
-    process (other mules write there too: it is counted again before anything is removed).
+    it, the oldest are removed (a tenth more, so that this happens once in a while; notes of
+    untrusted messages before any dead letter of a real call), said in the log with how many. What
+    ``dead/`` holds is counted once, then kept up to date by this process (other mules write there
+    too: it is counted again before anything is removed).
 
     :param spool: The spool.
     :param emit: Logs one line (a warning).
@@ -85,7 +86,7 @@ class DeadLetters:
                 sized.append((entry.name, entry.path, entry.stat(follow_symlinks=False).st_size))
             except OSError:
                 continue
-        sized.sort()
+        sized.sort(key=lambda item: (not item[0].endswith(UNTRUSTED_MARK), item[0]))  # untrusted notes first
         total, count, removed = sum(size for _, _, size in sized), len(sized), 0
         for _, path, size in sized:
             if total <= limit and count <= files:
@@ -145,10 +146,10 @@ class Burst:
         self.emit(line)
         if not start:
             return
-        import _thread
+        from ... import _threads
 
         try:
-            _thread.start_new_thread(self._later, ())
+            _threads.start(self._later)
         except RuntimeError:  # no thread to be had: each line is said
             with self.lock:
                 self.open = False

@@ -8,7 +8,18 @@ import time
 from contextlib import suppress
 
 from .checks import alive, check_ancestors, private_dir
-from .layout import ANY, DEAD_SHARE, DEFAULT_LIMIT, MAGIC, PARTS, RESERVE, STATUS_DIR, STOPS, UNTRUSTED
+from .layout import (
+    ANY,
+    DEAD_SHARE,
+    DEFAULT_LIMIT,
+    MAGIC,
+    PARTS,
+    RESERVE,
+    STATUS_DIR,
+    STOPS,
+    UNTRUSTED,
+    UNTRUSTED_MARK,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -19,11 +30,14 @@ if TYPE_CHECKING:
 _counter = 0
 
 
-def _name() -> str:
-    """A file name that sorts oldest first and is unique across processes."""
+def _name(untrusted: bool = False) -> str:
+    """A file name that sorts oldest first and is unique across processes.
+
+    :param untrusted: Whether the file is the note of an untrusted message (see :data:`UNTRUSTED_MARK`).
+    """
     global _counter
     _counter += 1
-    return f"{time.time_ns():020d}-{os.getpid()}-{_counter:08d}.call"
+    return f"{time.time_ns():020d}-{os.getpid()}-{_counter:08d}{UNTRUSTED_MARK if untrusted else '.call'}"
 
 
 class Spool:
@@ -176,7 +190,7 @@ class Spool:
         :returns: The file's path.
         :raises OSError: when the disk refuses (full, read-only, no permission).
         """
-        name = _name()
+        name = _name(part == "dead" and note.startswith(UNTRUSTED))
         tmp = os.path.join(self.part("tmp"), name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
