@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import APP_PRELUDE, declaration, start_server
-from pings import MODES, PING_APP, missing, ping_while, ran
+from support.harness import APP_PRELUDE, declaration, start_server
+from support.pings import MODES, PING_APP, missing, ping_while, ran
 
 
 def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int, *, pause: float = 0) -> None:

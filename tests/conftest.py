@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_server import RedisServer
+from support.redis_server import RedisServer
 from uwsgiconf_mules.runtime import instance as _instance
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, declaration
-from pings import MODES, PING_APP, missing, ping_while, ran
+from support.harness import Server, declaration
+from support.pings import MODES, PING_APP, missing, ping_while, ran
 
 CALLS = 1500
 

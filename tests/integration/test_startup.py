@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
+from support.harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
 
 HOOKS = '''
 import json

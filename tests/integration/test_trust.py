@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, compile_config, declaration, launch, start_server
+from support.harness import Server, compile_config, declaration, launch, start_server
 from uwsgiconf_mules.protocol import envelope as _protocol
 
 pytestmark = pytest.mark.integration

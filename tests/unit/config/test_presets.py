@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
 
-from helpers import EXPECTED, invoke_with, normalise
+from support.helpers import EXPECTED, invoke_with, normalise
 
 PRESETS = {
     # The preset and its bootstrap, farms declared as on Section; the preset's enable-threads kept once.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
 
-from helpers import assert_one_line_error, invoke_with
+from support.helpers import assert_one_line_error, invoke_with
 from uwsgiconf_mules import MulesConfigurationError, Section
 from uwsgiconf_mules.declarations import declare, parse_record
 from uwsgiconf_mules.declarations.backends import parse_backend

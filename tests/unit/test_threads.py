@@ -9,7 +9,7 @@ from pathlib import Path
 
 from uwsgiconf_mules import _threads
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "uwsgiconf_mules"
+SRC = Path(__file__).resolve().parents[2] / "src" / "uwsgiconf_mules"
 
 
 def test_a_thread_of_the_package_blocks_the_process_signals_and_the_caller_keeps_its_mask() -> None:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import UWSGI, UWSGI_ARGS, Server
+from .harness import UWSGI, UWSGI_ARGS, Server
 
 MODES = {
     "--threads 8": ("--threads", "8"),

@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules (``tests/harness.py`` is the real-uWSGI harness).
+"""Helpers shared by the test modules (``tests/support/harness.py`` is the real-uWSGI harness).
 
 ``CASES``: declarations compiled by the tests, by name: the body of a ``uwsgicfg.py``. Each has
 expected outputs in ``tests/expected/<name>.ini``, ``<name>.yaml`` (YAML for uWSGI's embedded
@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from uwsgiconf_mules.declarations import DISPATCH_MULE
 
-EXPECTED = Path(__file__).parent / "expected"
+EXPECTED = Path(__file__).resolve().parent.parent / "expected"
 STAMP = re.compile(r'(uwsgiconf v)\S+ on [^"\n]*')
 DEFAULT_SPOOL = re.compile(r"spool=/var/tmp/uwsgiconf-mules-\d+/[0-9a-f]{16}")
 

@@ -1,14 +1,14 @@
 """The README: short, its quickstart the docs' (run on a real uWSGI in
 ``tests/integration/test_quickstart.py``), its links pointing at pages of the docs site, its extras
 and commands what ``pyproject.toml`` and the Makefile have. What the README said before it moved to
-the docs site is checked against the pages in ``tests/test_docs.py``."""
+the docs site is checked against the pages in ``tests/docs/test_docs.py``."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()
 PYPROJECT = (ROOT / "pyproject.toml").read_text()

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import rq
 
-import remote_tasks
-from redis_server import RedisServer
+from support import TESTS, remote_tasks
+from support.redis_server import RedisServer
 from uwsgiconf_mules import remote
 from uwsgiconf_mules.contrib.rq import jobs as _jobs, sender as _remote
 from uwsgiconf_mules.declarations import MuleFarm, declare
 from uwsgiconf_mules.errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTaskError, UsageError
 from uwsgiconf_mules.runtime import Farm
 
-KEY = "remote_tasks:report"
+KEY = "support.remote_tasks:report"
 
 
 def routes(server: RedisServer | int, send_timeout: float = 5.0, **urls: str) -> str:
@@ -75,7 +75,7 @@ def test_an_offload_to_a_routed_farm_is_an_rq_job_that_a_worker_runs_once(routed
     assert remote_tasks.CALLS == []  # queued, not run here
     jobs = queue(routed).jobs
     assert [(job.func_name, job.args[0]) for job in jobs] == [
-        ("uwsgiconf_mules.remote.run", KEY), ("uwsgiconf_mules.remote.run", "remote_tasks:send_mail")]
+        ("uwsgiconf_mules.remote.run", KEY), ("uwsgiconf_mules.remote.run", "support.remote_tasks:send_mail")]
     work(routed)
     assert remote_tasks.CALLS == [("report", (1, "a"), {"extra": [1, {"k": None, "f": 0.5}]}),
                                   ("send_mail", ("bob@example.com",), {"when": None})]
@@ -128,13 +128,13 @@ def test_pickle_is_a_declared_choice_and_keeps_every_type(routed: RedisServer) -
 
 
 def test_a_job_runs_only_a_function_registered_by_mule_offload(routed: RedisServer) -> None:
-    with pytest.raises(UnknownTaskError, match="unknown task remote_tasks:not_offloaded"):
-        remote.run("remote_tasks:not_offloaded", 1)
+    with pytest.raises(UnknownTaskError, match=r"unknown task support\.remote_tasks:not_offloaded"):
+        remote.run("support.remote_tasks:not_offloaded", 1)
     with pytest.raises(UnknownTaskError, match="unknown task os:getcwd"):
         remote.run("os:getcwd")
     forged = queue(routed)
-    forged.enqueue_call(_remote.RUN, args=("remote_tasks:not_offloaded", 1))
-    forged.enqueue_call("remote_tasks.not_offloaded", args=(2,))  # a job naming another function
+    forged.enqueue_call(_remote.RUN, args=("support.remote_tasks:not_offloaded", 1))
+    forged.enqueue_call("support.remote_tasks.not_offloaded", args=(2,))  # a job naming another function
     forged.enqueue_call("os.getcwd")
     work(routed)
     assert remote_tasks.CALLS == []
@@ -249,16 +249,16 @@ def test_a_routed_farm_takes_offloads_not_messages(routed: RedisServer) -> None:
 
 def imported_by(record: str, code: str) -> list[str]:
     script = f"import sys\n{code}\nprint(sorted(name for name in sys.modules if name.split('.')[0] in ('rq', 'redis')))"
-    env = dict(os.environ, UWSGICONF_MULES=record, PYTHONPATH=str(Path(__file__).parent))
+    env = dict(os.environ, UWSGICONF_MULES=record, PYTHONPATH=str(TESTS))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
     return eval(out)  # type: ignore[no-any-return]
 
 
 def test_rq_is_imported_only_for_a_routed_farm() -> None:
     # remote_tasks offloads to farms 'reports' and 'pickled', resolved at import (the record is set).
-    assert "rq" in imported_by(routes(6379), "import remote_tasks")
+    assert "rq" in imported_by(routes(6379), "import support.remote_tasks")
     as_mules = declare(farms=[MuleFarm("reports", 1), MuleFarm("pickled", 1)]).record()
-    assert imported_by(as_mules, "import remote_tasks") == []
+    assert imported_by(as_mules, "import support.remote_tasks") == []
 
 
 def test_a_task_takes_keyword_arguments_named_key_self_args_kwargs(routed: RedisServer) -> None:
@@ -274,16 +274,16 @@ def test_a_task_takes_keyword_arguments_named_key_self_args_kwargs(routed: Redis
 def test_forged_callbacks_retries_and_repeats_never_run(routed: RedisServer) -> None:
     forged = queue(routed)
     cases = {
-        "success": {"on_success": rq.Callback("remote_tasks.dropped")},
-        "failure": {"on_failure": rq.Callback("remote_tasks.dropped")},
-        "stopped": {"on_stopped": rq.Callback("remote_tasks.dropped")},
+        "success": {"on_success": rq.Callback("support.remote_tasks.dropped")},
+        "failure": {"on_failure": rq.Callback("support.remote_tasks.dropped")},
+        "stopped": {"on_stopped": rq.Callback("support.remote_tasks.dropped")},
         "retry": {"retry": rq.Retry(max=3)},
         "repeat": {"repeat": rq.Repeat(times=3)},
     }
     ids = {name: forged.enqueue_call(_remote.RUN, args=(KEY, name), **options).id for name, options in cases.items()}
     # A job naming another function, with a failure callback: refused, and the callback does not run either.
     ids["other"] = forged.enqueue_call("builtins.print", args=("x",),
-                                       on_failure=rq.Callback("remote_tasks.dropped")).id
+                                       on_failure=rq.Callback("support.remote_tasks.dropped")).id
     blocker = forged.enqueue_call(_remote.RUN, args=(KEY, "first"))
     ids["depends"] = forged.enqueue_call(_remote.RUN, args=(KEY, "after"), depends_on=blocker).id
     work(routed)
@@ -320,7 +320,7 @@ def test_every_field_of_a_job_is_refused_or_known_harmless(routed: RedisServer) 
 
 
 def test_the_job_class_never_runs_callbacks(routed: RedisServer) -> None:
-    callback = rq.Callback("remote_tasks.dropped")
+    callback = rq.Callback("support.remote_tasks.dropped")
     job = remote.Job.create(_remote.RUN, args=(KEY,), connection=routed.client(), on_success=callback,
                             on_failure=callback, on_stopped=callback)
     assert (job.success_callback, job.failure_callback, job.stopped_callback) == (None, None, None)
@@ -330,7 +330,7 @@ def test_the_worker_runs_the_mule_init_hook_once_before_the_first_task(declared:
                                                                        empty_redis: RedisServer) -> None:
     forget_clients()
     declared(declare(backends={"reports": f"rq://127.0.0.1:{empty_redis.port}/0"},
-                     mule_init="remote_tasks:init_hook").record())
+                     mule_init="support.remote_tasks:init_hook").record())
     remote_tasks.CALLS.clear()
     _jobs._started.clear()  # this process has not run the start-up steps yet
     assert remote_tasks.report(1) and remote_tasks.report(2)

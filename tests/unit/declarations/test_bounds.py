@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
 
-from helpers import assert_one_line_error, invoke
+from support.helpers import assert_one_line_error, invoke
 from uwsgiconf_mules import MuleFarm, MulesConfigurationError, Section, cli as cli_module
 from uwsgiconf_mules.cli import cli, summary
 from uwsgiconf_mules.cli.top import snapshot

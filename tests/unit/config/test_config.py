@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
 
-from harness import BIN
-from helpers import CASES, EXPECTED, assert_one_line_error, compile_with, invoke_with, normalise, source
+from support.harness import BIN
+from support.helpers import CASES, EXPECTED, assert_one_line_error, compile_with, invoke_with, normalise, source
 from uwsgiconf_mules.declarations import DISPATCH_MULE
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import invoke_with
+from support.helpers import invoke_with
 from uwsgiconf_mules import MuleFarm, errors, logs
 from uwsgiconf_mules._text import escape
 from uwsgiconf_mules.cli import cli

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
 
-from helpers import invoke, invoke_with, normalise
+from support.helpers import invoke, invoke_with, normalise
 from uwsgiconf_mules import Section
 from uwsgiconf_mules.cli import cli
 from uwsgiconf_mules.cli.top import render
@@ -33,7 +33,7 @@ from uwsgiconf_mules.config import Workers
 from uwsgiconf_mules.config.uwsgi_build import OLDEST_SUPPORTED
 from uwsgiconf_mules.declarations import DISPATCH_MULE, MuleFarm, declare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 _spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
 assert _spec and _spec.loader
@@ -386,7 +386,7 @@ def sample_pattern(sample: str) -> str:
 
 
 def test_the_presets_page_compiles_as_the_tested_preset(tmp_path: Path) -> None:
-    from helpers import EXPECTED
+    from support.helpers import EXPECTED
     from uwsgiconf_mules import MulesMixin
 
     declaration, mixin = blocks(page("presets"), "python")

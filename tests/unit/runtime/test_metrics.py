@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_one_line_error, invoke_with
+from support.helpers import assert_one_line_error, invoke_with
 from uwsgiconf_mules import MuleFarm
 from uwsgiconf_mules.cli import cli
 from uwsgiconf_mules.cli.top import StatsError, read_stats, render, snapshot

@@ -10,9 +10,9 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-from harness import Server, compile_config, launch
+from .harness import Server, compile_config, launch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "django"
 MODES = {"prefork": (), "lazy-apps": ("--lazy-apps",)}
 DJANGO_APP = ("--module", "mysite.wsgi:application")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import free_port
+from .harness import free_port
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from uwsgiconf.cli import base as uwsgiconf_cli
 
-from harness import BIN
-from helpers import (
+from support.harness import BIN
+from support.helpers import (
     CASES,
     DEBIAN_CFLAGS,
     EXPECTED,

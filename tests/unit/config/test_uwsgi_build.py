@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEBIAN_CFLAGS, PIP_CFLAGS, fake_uwsgi
+from support.helpers import DEBIAN_CFLAGS, PIP_CFLAGS, fake_uwsgi
 from uwsgiconf_mules.config.uwsgi_build import UwsgiBuild, find_uwsgi, inspect_uwsgi, resolve_dialect
 from uwsgiconf_mules.errors import MulesConfigurationError
 
