@@ -169,8 +169,9 @@ _ARGUMENTS = {"mule": "mules", "farm": "farms", "touch-mules-reload": "touch_rel
               "hook-master-start": "stats", "metric": "farms", "env": "the declarations record"}
 
 
-_RECORD_ARGUMENTS = {"farm": "farms", "dispatch": "this installation's path", "spool": "spool_dir",
-                     "init": "mule_init", "stats": "stats", "on-failure": "on_failure", "route": "backends"}
+_RECORD_ARGUMENTS = {key: "this installation's path" if field.attr == "dispatch_script" else field.attr
+                     for field in FIELDS if field.codec is not None for key in field.codec.keys}
+"""Record key -> the argument its value came from, for the errors of :func:`_checked`."""
 
 
 def _checked(declarations: Declarations) -> Declarations:
