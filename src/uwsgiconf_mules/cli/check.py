@@ -10,8 +10,7 @@ from uwsgiconf.exceptions import ConfigurationError
 
 from .._project import configurations
 from ..config.uwsgi_build import find_uwsgi, inspect_uwsgi
-from ..declarations import Declarations, master_fds
-from ..declarations.validate import program_problem
+from ..declarations import Declarations, master_fds, program_problem
 from ..protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 from . import top as _top
 from .common import arg_conf, cli, echo, errors, fail, opt_uwsgi, section_env
@@ -100,7 +99,7 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
 
 
 def _spool_note(path: str, name: str) -> str:
-    from ..declarations.validate import default_spool_dir
+    from ..declarations import default_spool_dir
 
     if path != default_spool_dir(name):
         return ""

@@ -100,7 +100,7 @@ def _reload_hint(conf: str) -> str:
 
 def _purge_stale() -> None:
     """``spool purge --stale``: remove the stale default spools of this user (see ``_spool.stale``)."""
-    from ..declarations.validate import default_spool_dir
+    from ..declarations import default_spool_dir
 
     root = os.path.dirname(default_spool_dir())
     names, removed, kept, problems = _spool.purge_stale(root)

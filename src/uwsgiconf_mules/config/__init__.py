@@ -29,8 +29,7 @@ from uwsgiconf.config import Section as _BaseSection
 from uwsgiconf.options.workers import Workers as _BaseWorkers
 from uwsgiconf.presets.nice import PythonSection as _BasePythonSection
 
-from ..declarations import Declarations, MuleFarm, declare
-from ..declarations.validate import check_programs, default_spool_dir
+from ..declarations import Declarations, MuleFarm, check_programs, declare, default_spool_dir
 from . import formats as formats
 
 __all__ = ["MuleFarm", "MulesMixin", "PythonSection", "Section", "Workers"]
