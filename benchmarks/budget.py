@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import BURST_APP, declaration, start_server
+from support.harness import BURST_APP, declaration, start_server
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from uwsgiconf_mules.runtime import metrics as _metrics
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import Server, declaration, start_server  # noqa: E402
+from support.harness import Server, declaration, start_server  # noqa: E402
 
 NUMBER = 1_000_000
 REPEAT = 15

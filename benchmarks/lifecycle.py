@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import declaration, start_server  # noqa: E402
+from support.harness import declaration, start_server  # noqa: E402
 
 APP = '''
 import time
@@ -96,7 +96,8 @@ def _cpu(pid: int) -> float:
 
 
 def scale(pending: int) -> dict[str, Any]:
-    from uwsgiconf_mules.protocol import delayed, envelope, spool as _spool
+    from uwsgiconf_mules.protocol import envelope, spool as _spool
+    from uwsgiconf_mules.protocol.spool import delayed
 
     with tempfile.TemporaryDirectory() as tmp:
         kept = _spool.Spool(f"{tmp}/spool")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import QUEUED_WORK_APP, _answers, declaration, start_server
+from support.harness import QUEUED_WORK_APP, _answers, declaration, start_server
 
 
 def main() -> None:

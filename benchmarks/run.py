@@ -1,6 +1,6 @@
 """Benchmarks: offload throughput, sender cost, import cost and idle mule memory.
 
-Everything runs on a real uWSGI on loopback (see ``tests/harness.py``), side by side in one run:
+Everything runs on a real uWSGI on loopback (see ``tests/support/harness.py``), side by side in one run:
 
 * raw ``uwsgi.mule_msg`` of a small bytes payload to a hook that counts (the physical limit);
 * uwsgiconf 2.4.0 ``mule_offload`` of a trivial function;
@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import Server, declaration, start_server  # noqa: E402
+from support.harness import Server, declaration, start_server  # noqa: E402
 
 COMMON = '''
 import json
@@ -285,7 +285,7 @@ def rq_cost(workdir: Path, rounds: int, batch: int, jobs: int) -> dict[str, Any]
     import redis
     import rq
 
-    from redis_server import RedisServer
+    from support.redis_server import RedisServer
     from uwsgiconf_mules.declarations import declare
     from uwsgiconf_mules.runtime import instance as _instance
 

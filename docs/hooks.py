@@ -8,7 +8,7 @@ A page names a generated part with a marker line, replaced when the site is buil
 - ``<!-- generated: cli -->``: the synopsis of every ``uwsgiconf-mules`` command, from the click
   commands themselves.
 
-Tests use the same functions (``tests/test_docs.py``), so what they check is what the site shows.
+Tests use the same functions (``tests/docs/test_docs.py``), so what they check is what the site shows.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_server import RedisServer
+from support.redis_server import RedisServer
 from uwsgiconf_mules.runtime import instance as _instance
 
 
@@ -54,4 +54,5 @@ def _refusals_said_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
     from uwsgiconf_mules.protocol import spool as _spool
     from uwsgiconf_mules.runtime import tasks as _tasks
 
-    monkeypatch.setattr(_tasks, "_refusals", _spool.Burst(lambda line: _tasks.log().error(line)))
+    monkeypatch.setattr(_tasks, "_refusals", _spool.Burst(lambda line: _tasks.log().error(line),
+                                                              mule=_tasks.current_mule))

@@ -1,4 +1,4 @@
-"""Integration tests: each starts a real uWSGI (see tests/harness.py) or runs a real command.
+"""Integration tests: each starts a real uWSGI (see tests/support/harness.py) or runs a real command.
 
 Every test in this folder is marked ``integration`` (``make unit`` runs the others).
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness import Server, start_server, stop_all
+from support.harness import Server, start_server, stop_all
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def uwsgi_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start real uWSGI servers (see tests/harness.py); every one is stopped at teardown."""
+    """Start real uWSGI servers (see tests/support/harness.py); every one is stopped at teardown."""
     servers: list[Server] = []
     counter = iter(range(1000))
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from harness import BURST_APP, Server, declaration
+from support.harness import BURST_APP, Server, declaration
 
 BUDGET = declaration("mules=1, send_timeout=2")
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from harness import Server
-from helpers import CASES, source
+from support.harness import Server
+from support.helpers import CASES, source
 
 # Programmed mules of the "programmed" case: a script and a module callable. Both read with
 # Mule.get_message(), which also runs offloaded calls that reach them.

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import MULE_READY, WORKER_READY, Server, _answers, declaration
+from support.harness import MULE_READY, WORKER_READY, Server, _answers, declaration
 from uwsgiconf_mules.cli.top import read_stats, snapshot
 from uwsgiconf_mules.declarations import parse_record
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (
+from support.harness import (
     APP_PRELUDE,
     MULE_READY,
     UWSGI,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import BIN, UWSGI, UWSGI_ARGS, compile_config, declaration, free_port
-from helpers import normalise
+from support.harness import BIN, UWSGI, UWSGI_ARGS, compile_config, declaration, free_port
+from support.helpers import normalise
 
 pytestmark = pytest.mark.skipif(
     "--plugin" not in UWSGI_ARGS, reason=f"the harness's uWSGI ({UWSGI}) runs without --plugin: Python is built in "

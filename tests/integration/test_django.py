@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from django_site import MODES, rows, site, start
-from harness import Server, compile_config, launch, stop_all
+from support.django_site import MODES, rows, site, start
+from support.harness import Server, compile_config, launch, stop_all
 from uwsgiconf_mules.protocol import envelope as _protocol, spool as _spool
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
+from support.harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
 
 # One dispatch mule whose queue holds the calls of one /fill request: 250 calls of 20 ms each,
 # sent at once (the queue takes about 278 small messages), so that when the trigger comes,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import APP_PRELUDE, Server, compile_config, declaration, launch
+from support.harness import APP_PRELUDE, Server, compile_config, declaration, launch
 
 pytestmark = pytest.mark.integration
 

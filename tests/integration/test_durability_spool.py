@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness import APP_PRELUDE, Server, compile_config, declaration, free_port, launch
+from support.harness import APP_PRELUDE, Server, compile_config, declaration, free_port, launch
 from uwsgiconf_mules.cli.top import read_stats
 
 pytestmark = pytest.mark.integration

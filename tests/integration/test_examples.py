@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import BIN, UWSGI, Server, compile_config, launch, stop_all
+from support.harness import BIN, UWSGI, Server, compile_config, launch, stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
 BASIC = ROOT / "examples" / "basic"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import BIN, Server, compile_config, declaration, launch
+from support.harness import BIN, Server, compile_config, declaration, launch
 
 APP = '''
 import time
@@ -96,7 +96,7 @@ def start(tmp_path: Path, mules: int = 1) -> tuple[Server, Path]:
     farm = f"section.workers.mule_farm('timed', {list(range(1, mules + 1))})"
     (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules={mules}, farms=[{farm}], spool_dir={str(spool)!r}, "
                                                       "reload_mercy=20"))
-    from harness import APP_PRELUDE
+    from support.harness import APP_PRELUDE
 
     (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
     path, compiled = compile_config(tmp_path)

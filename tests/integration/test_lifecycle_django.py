@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from django_site import DJANGO_APP, rows, site
-from harness import Server, compile_config, launch, stop_all
+from support.django_site import DJANGO_APP, rows, site
+from support.harness import Server, compile_config, launch, stop_all
 
 LATER = '''
     elif via == "later":

@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import APP_PRELUDE, BIN, Server, compile_config, declaration, launch
+from support.harness import APP_PRELUDE, BIN, Server, compile_config, declaration, launch
 
 APP = '''
 import signal

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, declaration, free_port
+from support.harness import Server, declaration, free_port
 from uwsgiconf_mules.cli.top import read_stats
 
 NOBODY = 65534

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from django_site import env_of, rows, site
-from harness import APP_PRELUDE, BIN, Server, _answers, free_port, stop_all
-from helpers import EXPECTED, normalise
+from support.django_site import env_of, rows, site
+from support.harness import APP_PRELUDE, BIN, Server, _answers, free_port, stop_all
+from support.helpers import EXPECTED, normalise
 
 MISSING = "was not imported in the uWSGI master"
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import Server, declaration, start_server
+from support.harness import Server, declaration, start_server
 
 QUEUES = declaration(
     "mules=[None, None, None, 'consumer.py'], farms=[section.workers.mule_farm('solo', [1]), "

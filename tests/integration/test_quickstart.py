@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import free_port
+from support.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -28,7 +28,7 @@ START_TIMEOUT = 30.0
 RUN_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 # Readiness hooks given to uWSGI in its environment (UWSGI_<OPTION>), so that its command line stays
-# the documented one: a worker logs once it accepts, a mule once it runs (see tests/harness.py).
+# the documented one: a worker logs once it accepts, a mule once it runs (see tests/support/harness.py).
 WORKER_READY = "quickstart: worker accepting"
 MULE_READY = "quickstart: mule ready"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import rq
 
-from harness import BIN, Server
-from redis_server import RedisServer
+from support.harness import BIN, Server
+from support.redis_server import RedisServer
 from uwsgiconf_mules import remote
 
 CONFIG = """
@@ -230,8 +230,8 @@ def test_the_django_example_routed_to_rq_runs_in_uwsgiconf_mules_worker(tmp_path
                                                                          ) -> None:
     # The example with farm "mail" routed to RQ: its settings module reaches the worker only through the
     # config's env (not this shell), and the worker sets Django up before it imports shop.tasks.
-    from django_site import env_of, rows, start
-    from harness import stop_all
+    from support.django_site import env_of, rows, start
+    from support.harness import stop_all
 
     servers: list[Server] = []
     try:

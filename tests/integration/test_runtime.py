@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harness import Server, declaration, start_server
+from support.harness import Server, declaration, start_server
 
 DESIGN = declaration("farms=[section.workers.mule_farm('fast', 2), section.workers.mule_farm('slow', [3, 4])]")
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
+from support.harness import APP_PRELUDE, QUEUED_WORK_APP, Server, compile_config, declaration, launch
 
 HOOKS = '''
 import json
@@ -117,3 +117,31 @@ def test_an_apps_own_logging_config_is_kept(uwsgi_server: Callable[..., Server])
         log = each.wait_for(lambda each=each: "task says there" in each.log() and each.log(), what="the log line")
         assert "APP mule=1 task=app:logged shop: task says there\n" in log
         assert "[app:logged]" not in log  # the default handler was not added
+
+
+def test_a_config_compiled_by_0_1_0_still_runs_calls_and_names_their_task(tmp_path: Path) -> None:
+    # 0.1.0 compiled configs shared-import the runtime only (no uwsgiconf_mules.dispatch_mule): the
+    # mule imports its loop when it starts; calls run, and their log lines name the task (the fast
+    # path's cell, logs.current_task), also in a call that logs from the slow path (keyword arguments).
+    (tmp_path / "uwsgicfg.py").write_text(declaration("mules=1"))
+    (tmp_path / "app.py").write_text(APP_PRELUDE + LOGGED_APP + '''
+
+@route("/logged_kw")
+def run_logged_kw(query):
+    return logged(text=query)
+''')
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    text = path.read_text()
+    assert "shared-import = uwsgiconf_mules.dispatch_mule\n" in text
+    path.write_text(text.replace("shared-import = uwsgiconf_mules.dispatch_mule\n", ""))
+    server = launch(path, tmp_path, expect_mules=1)
+    try:
+        assert server.get("/logged?hi") == (200, True)
+        assert server.get("/logged_kw?there") == (200, True)
+        server.wait_lines("logged", 2)
+        log = server.wait_for(lambda: "task says there" in server.log() and server.log(), what="the task's log lines")
+        assert " mule 1 [app:logged] INFO shop: task says hi\n" in log
+        assert " mule 1 [app:logged] INFO shop: task says there\n" in log
+    finally:
+        server.stop()

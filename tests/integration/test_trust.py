@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, compile_config, declaration, launch, start_server
+from support.harness import Server, compile_config, declaration, launch, start_server
 from uwsgiconf_mules.protocol import envelope as _protocol
 
 pytestmark = pytest.mark.integration
@@ -293,12 +293,13 @@ def test_a_missing_dispatch_script_raises_delivery_error_naming_it(tmp_path: Pat
 
 
 def test_without_the_shared_import_workers_refuse_to_send(tmp_path: Path) -> None:
-    # A config whose master does not import the runtime: under --lazy-apps each worker imports it,
-    # draws a token of its own, and mules would refuse (or take) its calls; the worker says so.
+    # A config whose master does not import the runtime (neither shared-import: the dispatch mules'
+    # script imports the runtime too): under --lazy-apps each worker imports it, draws a token of its
+    # own, and mules would refuse (or take) its calls; the worker says so.
     path = compiled_app(tmp_path, "", "Mule(1).send('x')")
-    shared = "shared-import = uwsgiconf_mules.runtime\n"
-    assert shared in path.read_text()
-    path.write_text(path.read_text().replace(shared, ""))
+    for shared in ("shared-import = uwsgiconf_mules.runtime\n", "shared-import = uwsgiconf_mules.dispatch_mule\n"):
+        assert shared in path.read_text()
+        path.write_text(path.read_text().replace(shared, ""))
     server = launch(path, tmp_path, expect_mules=1, extra_args=["--lazy-apps"])
     try:
         status, body = server.get("/")

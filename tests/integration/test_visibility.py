@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import BIN, WORKER_READY, Server
+from support.harness import BIN, WORKER_READY, Server
 from uwsgiconf_mules.cli.top import read_stats
 
 APP = '''

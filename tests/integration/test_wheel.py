@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import EXPECTED, compile_with, expected, normalise, source
+from support.helpers import EXPECTED, compile_with, expected, normalise, source
 
 
 def test_wheel_in_a_fresh_venv_compiles_ini_and_yaml(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 for that binary (``--uwsgi``, the dialect found by asking it), the file is the expected one and uWSGI
 reads back from it exactly the options it reads from the ini (``--show-config``, no server started).
 
-The uWSGI with a parser is the harness's (``pip install uwsgi``: embedded; see tests/harness.py for a
+The uWSGI with a parser is the harness's (``pip install uwsgi``: embedded; see tests/support/harness.py for a
 distribution's) or the ``uwsgi`` on PATH (Debian's ``uwsgi-core``: libyaml); without one, the test
 is skipped. ``make test-matrix`` runs both: pip's uWSGI, and Debian's as the harness's.
 Which parser a binary has is read here from ``uwsgi --cflags`` directly, not through the code under test.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import UWSGI, UWSGI_ARGS, compile_config, read_options
-from helpers import CASES, expected, normalise, source, write_conf
+from support.harness import UWSGI, UWSGI_ARGS, compile_config, read_options
+from support.helpers import CASES, expected, normalise, source, write_conf
 
 DIALECTS = ["embedded", "libyaml"]
 

@@ -9,15 +9,19 @@ Configuration-side only: no worker or mule imports this module.
 from __future__ import annotations
 
 import json
-import os
 import socket
+import sys
 import time
 from typing import Any
+
+import click
+from uwsgiconf.exceptions import ConfigurationError
 
 from .._text import escape
 from ..declarations import MULE_COUNTERS, MULE_GAUGES, Declarations
 from ..errors import MulesError
-from ..protocol.spool import STATUS_DIR
+from ..protocol import spool as _spool
+from .common import arg_conf, cli, declared, errors, fail
 
 STATS_TIMEOUT = 5.0
 """Seconds to wait for the stats server's answer."""
@@ -67,16 +71,6 @@ def read_stats(address: str, timeout: float = STATS_TIMEOUT) -> dict[str, Any]:
         raise StatsError(f"the stats server at {address} did not answer JSON ({data[:60]!r})") from None
 
 
-def _status(spool_dir: str | None, mule_id: int) -> dict[str, Any]:
-    if spool_dir is None:
-        return {}
-    try:
-        with open(os.path.join(spool_dir, STATUS_DIR, f"{mule_id}.json")) as handle:
-            return dict(json.load(handle))
-    except (OSError, ValueError, TypeError):
-        return {}
-
-
 def counting_since(stats: dict[str, Any]) -> float | None:
     """When the counters of the mules started at 0: the last start or graceful reload of the
     instance (uWSGI keeps metrics in the master's memory, which a reload renews), that is the first
@@ -100,6 +94,7 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
     now = time.time()
     mules = []
     dispatchers = set(declarations.dispatchers)  # once: linear in the mules and farms
+    spool = _spool.Spool(declarations.spool_dir) if declarations.spool_dir is not None else None
     farms_of: dict[int, list[str]] = {}
     for farm in declarations.farms:
         for farm_mule in farm.mules:
@@ -110,7 +105,7 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
         mule: dict[str, Any] = {"id": mule_id, "kind": "dispatch" if dispatch else "programmed",
                                 "farms": farms_of.get(mule_id, [])}
         mule.update({name: metrics.get(f"mule.{mule_id}.{name}") for name in names})
-        status = _status(declarations.spool_dir, mule_id) if dispatch else {}
+        status = spool.read_status(mule_id) if dispatch and spool is not None else {}
         fresh = bool(status) and now - float(status.get("time", 0)) < STALE and status.get("pid") == mule.get("pid")
         mule["running"] = status.get("running") if fresh else None
         mule["tasks"] = status.get("tasks", {})
@@ -129,10 +124,9 @@ def spool_problem(declarations: Declarations) -> str | None:
     """
     if declarations.spool_dir is None or not declarations.dispatchers:
         return None
-    from ..protocol import spool as _spool
-    from ..runtime import sending as _sending
+    from ..runtime import spool_watch as _spool_watch
 
-    return _spool.problem(declarations.spool_dir, *_sending.spool_room(declarations))
+    return _spool.problem(declarations.spool_dir, *_spool_watch.spool_room(declarations))
 
 
 def _cell(value: Any) -> str:
@@ -191,3 +185,38 @@ def render(view: dict[str, Any]) -> str:
         lines.append("")
         lines += _table(["TASK", "MULE", "STARTED", "OK", "FAILED", "RUN s"], tasks)
     return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one view and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: the view as JSON, for scripts.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between two views.")
+@arg_conf
+def top(once: bool, as_json: bool, interval: float, conf: str) -> None:
+    """What every mule of CONF (a uwsgicfg.py, default, or a compiled config) is doing, live: pid,
+    kind, farms, the running call and for how long, counters, queue depth, per-task counters.
+
+    Read from the stats server declared with set_mules_params(stats=...), refreshed every second
+    until Ctrl-C. One red line and exit 1 when there is none or it cannot be read.
+    """
+    with errors():
+        with_stats = [declarations for _, declarations in declared(conf) if declarations.stats]
+        if not with_stats:
+            raise ConfigurationError(f"{conf} declares no stats server: add stats='127.0.0.1:9191' (or a unix "
+                                     "socket path) to set_mules_params, compile, and restart uWSGI")
+    declarations = with_stats[0]
+    try:
+        while True:
+            try:
+                view = snapshot(declarations, read_stats(str(declarations.stats)))
+            except StatsError as exc:
+                fail(str(exc))
+                sys.exit(1)
+            if once:
+                click.echo(json.dumps(view, indent=2) if as_json else render(view))
+                return
+            click.echo("\x1b[H\x1b[2J" + render(view), color=True)  # home, clear: a redraw
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return

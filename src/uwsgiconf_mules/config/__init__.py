@@ -115,14 +115,9 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             An exception it raises is logged, never fatal to the mule.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
+        given = dict(locals())  # the arguments, by name (the first statement: nothing else is local yet)
+        del given["self"]
         section: MulesMixin = self._section
-        given = {
-            "mules": mules, "touch_reload": touch_reload, "harakiri_timeout": harakiri_timeout,
-            "farms": farms, "reload_mercy": reload_mercy, "msg_buffer": msg_buffer,
-            "msg_buffer_recv": msg_buffer_recv, "send_timeout": send_timeout, "spool_dir": spool_dir,
-            "deploy_touch": deploy_touch, "deploy_mode": deploy_mode, "mule_init": mule_init,
-            "stats": stats, "on_failure": on_failure,
-        }
         if section._mules_declarations is None and all(value is None for value in given.values()):
             return section  # a preset's own call with nothing to declare (``nice.Section(mules=None)``)
         params = dict(section._mules_params)

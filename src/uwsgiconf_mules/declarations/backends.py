@@ -7,7 +7,7 @@ back in one canonical form (the one the declarations record carries); it imports
 nothing of RQ.
 
 The boundary with an engine is :data:`ENGINES`: a scheme names the private module that owns the
-engine (``rq`` -> :mod:`uwsgiconf_mules._remote`). Such a module provides two functions:
+engine (``rq`` -> :mod:`uwsgiconf_mules.contrib.rq.sender`). Such a module provides two functions:
 
 * ``sender(backend, label, timeout)``: the send function of an offloaded function routed
   to ``backend``, called as ``send(envelope, dest)`` like ``uwsgi.mule_msg``; it returns True
@@ -16,7 +16,7 @@ engine (``rq`` -> :mod:`uwsgiconf_mules._remote`). Such a module provides two fu
 * ``worker_command(backends, burst, worker_class)``: the command and environment that start one
   of the engine's workers for these farms (``uwsgiconf-mules worker``).
 
-A second engine (Dramatiq, Celery) adds a scheme here and a module beside ``_remote``.
+A second engine (Dramatiq, Celery) adds a scheme here and a module beside ``contrib/rq`` (``contrib/<engine>``).
 
 URL of an RQ backend::
 
@@ -35,7 +35,7 @@ from ..errors import MulesConfigurationError
 
 __all__ = ["CONNECT_TIMEOUT", "ENGINES", "SERIALIZERS", "Backend", "check_shared_queues", "parse_backend"]
 
-ENGINES = {"rq": "uwsgiconf_mules._remote"}
+ENGINES = {"rq": "uwsgiconf_mules.contrib.rq.sender"}
 """Scheme -> the private module that owns that engine (see the module docstring)."""
 
 SERIALIZERS = ("json", "pickle")

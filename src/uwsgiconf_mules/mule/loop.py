@@ -27,6 +27,7 @@ mercy), and exits.
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import time
@@ -177,39 +178,22 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
         except OSError as exc:
             log.error("uwsgiconf-mules: mule %d could not record what it kept in the spool %s (%s): the next start "
                       "cannot check it", mule_id, spool.path, exc)
-        _forget_pid(spool, mule_id)
+        spool.forget_pid(mule_id)
     import logging
 
     logging.shutdown()
     os._exit(0)
 
 
-def _pid_file(spool: _spool.Spool, mule_id: int) -> str:
-    return os.path.join(spool.part("mules"), f"{mule_id}.pid")
-
-
-def _forget_pid(spool: _spool.Spool, mule_id: int) -> None:
-    from contextlib import suppress
-
-    with suppress(OSError):
-        os.unlink(_pid_file(spool, mule_id))
-
-
 def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri: int) -> None:
     """Report a predecessor that died without a clean stop, set orphaned calls aside, and run
     the calls kept for this mule."""
-    path = _pid_file(spool, mule_id)
-    try:
-        with open(path) as handle:
-            previous = int(handle.read() or 0)
-    except (OSError, ValueError):
-        previous = 0
+    previous = spool.previous_pid(mule_id)
     if previous and previous != os.getpid() and not _spool.alive(previous):
         _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
                            "the call it ran, if any, is said above; the calls queued behind it run now",
                            mule_id, previous)
-    with open(path, "w") as handle:
-        handle.write(str(os.getpid()))
+    spool.write_pid(mule_id)
     if spool.made:  # said here, once logging is set up
         _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
     _check_stops(spool)
@@ -227,7 +211,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
                           spool.path)
     for claimed, payload in spool.claim(targets):
         if _stopping:
-            os.rename(claimed, os.path.join(spool.part("queue"), os.path.basename(claimed).partition("-")[2]))
+            spool.unclaim(claimed)
             break
         _tasks.run(_protocol.restored(payload), harakiri)
         spool.done(claimed)
@@ -260,6 +244,11 @@ def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool 
     return spool
 
 
+NO_REQUEST = "only from the main callable"
+"""What uWSGI's ``signal_wait`` says where it has no request to wait in: a thread of a mule under
+``--async`` or ``--asyncio`` (it says so at once, every time, with a ``[BUG]`` line in the log)."""
+
+
 def _handle_signals(uwsgi: Any) -> None:
     """Run the handlers of uWSGI signals sent to this mule as they arrive, even while the loop
     is busy: uWSGI's own reader handles them only when every queue is empty."""
@@ -267,7 +256,12 @@ def _handle_signals(uwsgi: Any) -> None:
     while True:
         try:
             uwsgi.signal_wait()  # waits without the GIL, then runs the registered handler
-        except SystemError:  # interrupted by a signal of the system
+        except SystemError as exc:  # interrupted by a signal of the system; or no request to wait in
+            if NO_REQUEST in str(exc):  # a loop engine's (--async, --asyncio): uWSGI's reader handles them
+                _tasks.log().warning("uwsgiconf-mules: mule %d: uWSGI signals are handled when its queues are empty "
+                                  "(under a loop engine, uWSGI cannot wait for them in a thread of a mule)",
+                                  _tasks.current_mule())
+                return
             continue
         except Exception:
             _tasks.log().exception("uwsgiconf-mules: mule %d: a uWSGI signal handler failed", _tasks.current_mule())
@@ -369,6 +363,8 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     began = 0.0  # when the call (fast path) or the streak (counted path) began
     pending = None
     entry: tuple[Any, ...] | None = None
+    now_running = _tasks.LOOP_CALL  # [entry of the call run, this thread]: the running task, for log records
+    now_running[:] = [None, _thread.get_ident()]
     while not _stopping:
         try:
             size = current(buffer)  # a queue read directly, into the buffer
@@ -378,7 +374,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                 running[0] = None
                 last[2] += clock() - began
                 last = idle
-            entry = None  # no call of the fast path runs (logs.current_task reads it)
+            now_running[0] = None  # no call of the fast path runs (logs.current_task reads it)
             waited = queues.wait()
             current, streak = queues.current, STREAK
             if waited is None:
@@ -402,6 +398,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             if entry is None:
                 entry = _entry(buffer[:LOOKUP_SIZE], view, None)
             if entry is not None and size >= entry[3]:
+                now_running[0] = entry  # the running task, for log records (logs.current_task)
                 record[0], began = size, clock()  # the running call; when it began, for the failure's line
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
@@ -422,6 +419,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             if entry is None:
                 entry = _entry(buffer[:LOOKUP_SIZE], view, counters)
             if entry is not None and size >= entry[3]:
+                now_running[0] = entry
                 now = clock()
                 cell = entry[5]
                 cell[0] += 1  # before the cell is the running one: `succeeded` never dips
@@ -443,7 +441,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     cell[1] += 1
                     _failed(size, entry, now)
                 continue
-        entry = None  # no call of the fast path runs (logs.current_task reads it)
+        now_running[0] = None  # no call of the fast path runs (logs.current_task reads it)
         if last is not idle:  # a message for the slow path: the last call counted has ended
             running[0] = None
             last[2] += clock() - began
@@ -458,5 +456,5 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     if last is not idle:  # told to stop right after a call counted
         running[0] = None
         last[2] += clock() - began
-    entry = None
+    now_running[0] = None
     _shut_down(uwsgi, queues, pending, spool, declarations)

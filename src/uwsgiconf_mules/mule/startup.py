@@ -5,7 +5,7 @@
    ``--lazy-apps`` uWSGI loads the app (whose WSGI module sets Django up) in workers only, and a
    task module importing models would fail with ``AppRegistryNotReady``. In the pre-fork mode the
    mule inherits a Django already set up from the master, and nothing is done.
-3. Logging, when nobody configured it (see :mod:`uwsgiconf_mules.logs`).
+3. Logging, when nobody configured it (see :mod:`uwsgiconf_mules.runtime.logs`).
 
 A step that fails is logged on one line naming it, with its traceback, and the mule goes on:
 a mule that exits at start is respawned by uWSGI at once, again and again, while calls pile up in
@@ -84,7 +84,8 @@ def setup_django(mule_id: int | str) -> bool:
 
 
 def install_logging() -> bool:
-    """Send records of level INFO and up to stderr (uWSGI's log) with :class:`~uwsgiconf_mules.logs.MuleFormatter`,
+    """Send records of level INFO and up to stderr (uWSGI's log) with
+    :class:`~uwsgiconf_mules.runtime.logs.MuleFormatter`,
     unless the root logger already has a handler (the app configured logging: it is left alone).
 
     :returns: Whether the handler was installed.
@@ -94,7 +95,7 @@ def install_logging() -> bool:
     root = logging.getLogger()
     if root.handlers:
         return False
-    from ..logs import MuleFormatter
+    from ..runtime.logs import MuleFormatter
 
     handler = logging.StreamHandler()
     handler.setFormatter(MuleFormatter())

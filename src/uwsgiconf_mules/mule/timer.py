@@ -2,7 +2,7 @@
 
 Each dispatch mule keeps, in memory, the due times of the delayed calls of its targets (its own
 mule and its farms: ``delayed/mule-N/`` and ``delayed/farm-NAME/`` in the spool, see
-:mod:`uwsgiconf_mules.protocol.delayed`), read from the file names at start. A thread of its own
+:mod:`uwsgiconf_mules.protocol.spool.delayed`), read from the file names at start. A thread of its own
 sleeps until the earliest is due, and wakes earlier when this mule keeps a new one (in-process) or
 when another process changed a folder (a second thread makes one ``stat`` per folder every
 :data:`RESCAN` seconds, and lists a folder that changed: an idle mule stays near 0 % of a core). A
@@ -25,7 +25,8 @@ import threading
 import time
 from collections import deque
 
-from ..protocol import delayed as _delayed, envelope as _protocol, spool as _spool
+from ..protocol import envelope as _protocol, spool as _spool
+from ..protocol.spool import delayed as _delayed
 from ..runtime import deferred as _deferred, policy as _policy, tasks as _tasks
 from . import running as _running
 

@@ -18,15 +18,16 @@ farms and mules it knows are exactly the ones declared. What it guarantees:
 * Outside uWSGI (scripts, tests, development servers) an offloaded call runs inline, after the
   same serialisation and size checks.
 
-How a call travels: ``mule_offload`` registers the function (:mod:`._tasks`) and prepares its
-envelope encoder (:mod:`._protocol`); a call encodes its arguments and sends the envelope
-through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is full
-(:mod:`._sending`); a dispatch mule reads its queues (:mod:`._queues`) in its loop
-(:mod:`._dispatch`) and runs the call. A farm routed to an offload backend (declared with
-``set_offload_backends``, see :mod:`._backends`) has no mules: its route's send function hands
-the call to the engine instead (RQ: :mod:`._remote`), inside uWSGI and outside with a declarations
-record; outside uWSGI with the declarations of ``UWSGICONF_MULES_CONFIG`` (a development server,
-tests), or in a test mode, the call stays here after the engine's argument check.
+How a call travels: ``mule_offload`` registers the function (:mod:`.tasks`) and prepares its
+envelope encoder (:mod:`uwsgiconf_mules.protocol.envelope`); a call encodes its arguments and sends
+the envelope through ``uwsgi.mule_msg`` to the target's queue, waiting for room when it is full
+(:mod:`.sending`); a dispatch mule reads its queues (:mod:`uwsgiconf_mules.mule.queues`) in its loop
+(:mod:`uwsgiconf_mules.mule.loop`) and runs the call. A farm routed to an offload backend
+(declared with ``set_offload_backends``, see :mod:`uwsgiconf_mules.declarations.backends`) has no
+mules: its route's send function hands the call to the engine instead (RQ:
+:mod:`uwsgiconf_mules.contrib.rq.sender`), inside uWSGI and outside with a declarations record;
+outside uWSGI with the declarations of ``UWSGICONF_MULES_CONFIG`` (a development server, tests),
+or in a test mode, the call stays here after the engine's argument check.
 
 Importing this module has no side effects: it installs no hook and imports neither jinja2,
 click nor uwsgiconf's configuration machinery.
@@ -34,31 +35,18 @@ click nor uwsgiconf's configuration machinery.
 
 from __future__ import annotations
 
-import functools
-import sys
 import time
 
 from ..declarations import FarmSpec as _FarmSpec
-from ..declarations.backends import ENGINES as _ENGINES
-from ..errors import DeliveryError as _DeliveryError, MulesRuntimeError, NotInMuleError, UnknownTargetError, UsageError
-from ..mule import loop as _loop  # noqa: F401 - loaded with the runtime, so that a mule forked after the app imports nothing more
+from ..errors import NotInMuleError, UnknownTargetError, UsageError
 from ..protocol import envelope as _protocol
 from ..protocol.limits import socket_message_limit
-from . import (
-    deferred as _deferred,
-    instance as _instance,
-    metrics as _metrics,
-    policy as _policy,
-    sending as _sending,
-    tasks as _tasks,
-)
+from . import instance as _instance, offload as _offload, policy as _policy, tasks as _tasks
 from .policy import current_attempt as current_attempt
 from .sending import (
     Route as _Route,
-    adeliver as _adeliver,
     as_bytes as _as_bytes,
     check_mule_id as _check_mule_id,
-    deliver as _deliver,
     missing_script as _missing_script,
     mule_limit as _mule_limit,
     recompile as _recompile,
@@ -69,7 +57,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, ParamSpec, Protocol, TypeVar, Unpack
 
-    from ..declarations.backends import Backend as _Backend
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
@@ -296,7 +283,7 @@ class Farm:
         if declarations is None:
             limit, timeout, refused = socket_message_limit(None), 0.0, None
         elif backend is not None:
-            return _remote_route(self.name, backend, declarations.send_timeout)
+            return _offload.remote_route(self.name, backend, declarations.send_timeout)
         else:
             spec = declarations.get_farm(self.name)
             if spec is None:
@@ -421,261 +408,6 @@ TypeMuleFarm = int | str | Mule | Farm | None
 """What ``mule_offload`` accepts as a target."""
 
 
-_CO_GENERATORS = 0x20 | 0x200  # inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
-
-
-def _unrunnable(func: Callable[..., Any], module: str, qualname: str) -> str:
-    """Why a mule could not run ``func`` from its key; empty when it can."""
-    if "<locals>" in qualname or "<lambda>" in qualname:
-        return ("offloaded functions must be defined at module level (or as class attributes), so that a "
-                "mule can find them by name")
-    loaded = sys.modules.get(module)
-    if module == "__main__" or module.startswith("uwsgi_file_") or (
-            loaded is not None and getattr(loaded, "__spec__", None) is None):
-        return (f"module {module!r} cannot be imported by name in a mule (a script run as __main__, or "
-                "uWSGI's --wsgi-file): define offloaded functions in a module of your project that is "
-                "imported by name (and point uWSGI at it with --module)")
-    code = getattr(func, "__code__", None)
-    if code is not None and code.co_flags & _CO_GENERATORS:
-        return "a generator function would only create a generator in the mule, and never run"
-    return ""
-
-
-def _remote_route(name: str, backend: _Backend, timeout: float) -> _Route:
-    """The route of a farm routed to an offload backend: no size limit of a mule queue, the
-    backend's own send function (its engine's module is imported here, only for such a farm) and
-    its check of the arguments. Outside uWSGI, when the calls do not go to the engine (see
-    :func:`_engine_bypassed`), no send function is made (nor the engine's client imported)."""
-    from importlib import import_module
-
-    engine = import_module(_ENGINES[backend.scheme])
-    label = f"farm {name!r} ({backend.where()})"
-    check = None
-    if backend.serializer == "json":  # the engine's sender refuses what JSON would not give back
-        check_json = engine.check_json
-
-        def check(key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            check_json(key, args, kwargs, label)
-
-    sender = None if _engine_bypassed() else engine.sender(backend, label, timeout)
-    return _Route(name.encode(), label, sys.maxsize, timeout, sender=sender, check=check)
-
-
-def _engine_bypassed() -> bool:
-    """Whether calls to farms routed to an offload backend stay in this process: outside uWSGI,
-    in a test mode, or when the declarations come from a configuration module
-    (``UWSGICONF_MULES_CONFIG``: a development server, tests) rather than from a record (a
-    script, a worker host), so that checking the targets never queues real jobs."""
-    return _instance.uwsgi is None and (_instance.local_send is not None or _instance.loaded_from is not None)
-
-
-def _checked(check: Callable[[str, tuple[Any, ...], dict[str, Any]], None],
-             send: Callable[[bytes, int | bytes], bool]) -> Callable[[bytes, int | bytes], bool]:
-    """``send``, after the check of a routed farm's engine (for its calls that stay here)."""
-
-    def checked(message: bytes, dest: int | bytes) -> bool:
-        key, args, kwargs = _protocol.decode(message)
-        check(key.decode(), args, kwargs)
-        return send(message, dest)
-
-    return checked
-
-
-def _target_ids(target: Mule | Farm) -> tuple[int, ...]:
-    return (target.id,) if isinstance(target, Mule) else tuple(mule.id for mule in target.mules)
-
-
-def _run_inline(message: bytes, dest: int | bytes) -> bool:
-    """Outside uWSGI, an offloaded call runs here, from its encoded message."""
-    _tasks.run(message)
-    return True
-
-
-def _offloaded(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closures
-               options: dict[str, Any] | None = None) -> OffloadedFunction[_P, _R]:
-    """Build what ``mule_offload`` returns: a function that queues calls of ``func`` for ``target``.
-
-    A closure rather than an object with ``__call__``: this is the hot path of every offload.
-    """
-    qualname = getattr(func, "__qualname__", None)
-    module = getattr(func, "__module__", None)
-    if not callable(func) or not qualname or not module:
-        raise MulesRuntimeError(f"mule_offload() needs a function, not {func!r}")
-    problem = _unrunnable(func, module, qualname)
-    if problem:
-        raise MulesRuntimeError(f"cannot offload {module}.{qualname}: {problem}")
-    key = f"{module}:{qualname}"
-    encode = _protocol.encoder(key)
-    policy = _policy.policy_of(key, _deferred.label(target), options, **_deferred.target_kind(target)) \
-        if options else None
-    if policy is None:
-        _tasks.register(key, func)
-    else:  # a declared lifecycle: its calls run through the policy (runtime.policy)
-        _policy.register(key, func, policy, encode, lambda: _deferred.target_note(target))
-    # Where calls go, resolved once (at decoration when the declarations are known, which also
-    # checks the target; otherwise at the first call) and kept in closure cells for the hot path.
-    route: _Route | None = None
-    limit = -1
-    dest: int | bytes = 0
-    send: Callable[[bytes, int | bytes], bool] = _run_inline
-    # With the counters on (see _metrics): the target's `queued` count (otherwise a list nobody
-    # reads), and whether the function returned counts inline (decided at decoration, where the
-    # declarations are known under uWSGI; otherwise its sends are wrapped by _metrics.counting).
-    count: list[int] = [0, 0]
-    counts_inline = _instance.declarations() is not None and _metrics.enabled()
-
-    def resolve() -> _Route:
-        nonlocal route, limit, dest, send, count
-        if route is None:
-            route = target._route()
-            if _sending.spool_problem is not None and route.sender is None and not route.refused:
-                refused = _sending.spool_refusal(_instance.declarations(), _target_ids(target))
-                if refused is not None:
-                    route = _Route(route.dest, route.label, route.limit, route.timeout, refused)
-            limit, dest = route.limit, route.dest
-            uwsgi = _instance.uwsgi
-            if uwsgi is None and _instance.local_send is not None:  # a test mode (uwsgiconf_mules.testing)
-                send = _instance.local_send  # records or runs calls its own way, routed farms' calls too
-            elif route.sender is not None:  # a farm routed to an offload backend
-                send = route.sender
-            else:
-                send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
-            if route.check is not None and send is not route.sender:  # kept here: the engine's check all the same
-                send = _checked(route.check, send)
-            count = [0, 0]
-            if uwsgi is not None and not route.refused and route.sender is None and _metrics.enabled():
-                if counts_inline:
-                    count = _metrics.cell(_metrics.target_name(dest))
-                    send = _starting(send)
-                else:
-                    send = _metrics.counting(send, dest)
-            if uwsgi is not None and route.sender is None and not _sending._watching:
-                send = _watching(send)
-        return route
-
-    def _watching(raw: Callable[[bytes, int | bytes], bool]) -> Callable[[bytes, int | bytes], bool]:
-        """``raw``, starting this process's spool watcher first (see ``_sending.watch_spool``);
-        replaced by ``raw`` (or by a refusal, when the spool cannot keep calls) once it runs."""
-
-        def first(message: bytes, to: int | bytes) -> bool:
-            nonlocal send
-            if _sending.watch_spool():
-                if send is first:
-                    send = raw
-                return send(message, to)  # what the watcher's first check left
-            return raw(message, to)  # the master: no watcher
-
-        return first
-
-    def refresh() -> None:
-        """Resolve the route again (the spool watcher found a change), without ever passing
-        through an unresolved state that a concurrent call could see."""
-        nonlocal route
-        if route is not None:
-            route = None
-            resolve()
-
-    def _starting(raw: Callable[[bytes, int | bytes], bool]) -> Callable[[bytes, int | bytes], bool]:
-        """``raw``, starting this process's flushing thread first; replaced by ``raw`` once the
-        thread runs (in a worker or a mule: never in the master)."""
-
-        def first(message: bytes, to: int | bytes) -> bool:
-            nonlocal send
-            if _metrics.start():
-                send = raw
-            return raw(message, to)
-
-        return first
-
-    def forget() -> None:
-        nonlocal route, limit, send
-        route, limit, send = None, -1, _run_inline
-
-    if _instance.declarations() is not None:
-        resolve()
-
-    def offloaded(*args: Any, **kwargs: Any) -> bool:
-        message = encode(args, kwargs)
-        if len(message) > limit:  # also true before the route is resolved (limit -1)
-            resolve().check_size(len(message), key)
-        if send(message, dest):
-            return True
-        current = resolve()
-        return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
-
-    def offloaded_counting(*args: Any, **kwargs: Any) -> bool:
-        # offloaded(), counting inline what it queued (a wrapper around the send would cost a
-        # call more per offload); calls queued after a wait are counted by _deliver.
-        message = encode(args, kwargs)
-        if len(message) > limit:
-            resolve().check_size(len(message), key)
-        if send(message, dest):
-            count[0] += 1
-            return True
-        current = resolve()
-        return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
-
-    def nowait(*args: Any, **kwargs: Any) -> bool:
-        message = encode(args, kwargs)
-        if len(message) > limit:
-            resolve().check_size(len(message), key)
-        if send(message, dest):
-            count[0] += 1
-            return True
-        raise _DeliveryError(f"{key} to {resolve().label}: the queue is full; the message ({len(message)} bytes) "
-                             "was not sent (nowait: no wait for room)", target=dest)
-
-    async def aoffload(*args: Any, **kwargs: Any) -> bool:
-        message = encode(args, kwargs)
-        if len(message) > limit:
-            resolve().check_size(len(message), key)
-        current = resolve()
-        if send is current.sender and send is not None:  # a farm routed to RQ: Redis is waited on in a thread
-            import asyncio
-
-            sent = await asyncio.get_running_loop().run_in_executor(None, send, message, dest)
-        else:
-            sent = send(message, dest)
-        if sent:
-            count[0] += 1
-            return True
-        return await _adeliver(message, dest, f"{key} to {current.label}", current.timeout)
-
-    if counts_inline:
-        offloaded = offloaded_counting
-
-    def deliver_one(message: bytes) -> bool:
-        """Send one envelope (a delayed call's) to the target, as a call is sent."""
-        if len(message) > limit:
-            resolve().check_size(len(message), key)
-        if send(message, dest):
-            count[0] += 1
-            return True
-        current = resolve()
-        return _deliver(message, dest, f"{key} to {current.label}", current.timeout)
-
-    def later(seconds: float) -> Callable[..., bool]:
-        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "later"),
-                                        _deferred.check_delay(key, seconds))
-
-    def at(when: Any) -> Callable[..., bool]:
-        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "at"),
-                                        _deferred.delay_until(key, when))
-
-    functools.update_wrapper(offloaded, func)
-    offloaded.nowait = nowait  # type: ignore[attr-defined]
-    offloaded.aoffload = aoffload  # type: ignore[attr-defined]
-    offloaded.later = later  # type: ignore[attr-defined]
-    offloaded.at = at  # type: ignore[attr-defined]
-    offloaded.policy = policy  # type: ignore[attr-defined]
-    offloaded.key = key  # type: ignore[attr-defined]
-    offloaded.target = target  # type: ignore[attr-defined]
-    offloaded._forget = forget  # type: ignore[attr-defined]
-    offloaded._refresh = refresh  # type: ignore[attr-defined]
-    _instance.remember(offloaded)  # type: ignore[arg-type]
-    return offloaded  # type: ignore[return-value]
-
-
 def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[_policy.Options],
                  ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
     """Decorator: calls of the decorated function run in a mule or in a farm.
@@ -711,7 +443,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[_policy.Op
             target=mule_or_farm)
 
     def decorator(func: Callable[_P, _R]) -> OffloadedFunction[_P, _R]:
-        return _offloaded(func, target, dict(options))
+        return _offload.build(func, target, dict(options))
 
     return decorator
 

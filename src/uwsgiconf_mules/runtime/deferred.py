@@ -3,7 +3,7 @@
 
 A worker does not write the spool: it sends the delayed call to its target's queue as a call of
 :func:`_defer`, which the dispatch mule that receives it keeps on disk (in the spool's
-``delayed/`` part, see :mod:`uwsgiconf_mules.protocol.delayed`) and tells its timer of
+``delayed/`` part, see :mod:`uwsgiconf_mules.protocol.spool.delayed`) and tells its timer of
 (:mod:`uwsgiconf_mules.mule.timer`). So sending costs about what a plain offload costs, and a
 delayed call not yet kept is a queued call, kept across reloads and stops as every queued call is.
 A retry is kept the same way, by the mule where the call failed (:func:`schedule`).
@@ -169,7 +169,7 @@ def delayed_sender(key: str, encode: Callable[[tuple[Any, ...], dict[str, Any]],
                 SENDING[0] = None
         assert note is not None
         due = time.time_ns() + int(seconds * 1e9)
-        from ..protocol.delayed import name
+        from ..protocol.spool.delayed import name
 
         return deliver(_defer_encode((note, due, 1, _protocol.stored(message), name(due)), {}))
 
@@ -191,7 +191,7 @@ def _defer(target: str, due_ns: int, attempt: int, payload: bytes, file_name: st
     :param file_name: Its file name, drawn by the sender.
     :raises MulesRuntimeError: when there is no spool to keep it in (the call failed, in the log).
     """
-    from ..protocol import delayed as _delayed
+    from ..protocol.spool import delayed as _delayed
 
     letters = _tasks._dead_letters
     if file_name and letters is not None and _delayed.known(letters.spool, target, file_name):
@@ -217,7 +217,7 @@ def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: 
     """
     import os
 
-    from ..protocol import delayed as _delayed
+    from ..protocol.spool import delayed as _delayed
 
     letters = _tasks._dead_letters
     if letters is None:

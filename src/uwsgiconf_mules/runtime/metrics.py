@@ -33,7 +33,7 @@ import os
 import time
 
 from .. import _threads
-from ..protocol.spool import STATUS_DIR
+from ..protocol import spool as _spool
 from . import instance as _instance
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -245,10 +245,10 @@ class MuleCounters:
 
     :param mule_id: This mule's id.
     :param declarations: This instance's declarations.
-    :param status_dir: Where to write the status file, or None.
+    :param status_file: Where to write the status file (:meth:`.Spool.status_file`), or None.
     """
 
-    def __init__(self, mule_id: int, declarations: Declarations, status_dir: str | None) -> None:
+    def __init__(self, mule_id: int, declarations: Declarations, status_file: str | None) -> None:
         self.mule_id = mule_id
         self.tasks: dict[str, list[Any]] = {}  # key -> cell
         self.running: list[Any] = [None, 0.0, 0.0]
@@ -256,7 +256,7 @@ class MuleCounters:
         self.dead = 0
         self._flushed = {"started": 0, "succeeded": 0, "failed": 0, "spooled": 0, "dead": 0, "run_ms": 0}
         self._farms = [farm.name for farm in declarations.farms_of(mule_id)]
-        self._status = None if status_dir is None else os.path.join(status_dir, f"{mule_id}.json")
+        self._status = status_file
         self._ends: dict[int | bytes, Any] = {}
         self._ends_for = 0  # how many queues were read directly when the sending ends were looked for
         self._queues: Any = None
@@ -396,20 +396,21 @@ def mule_counters(mule_id: int, declarations: Declarations | None, spool_path: s
     """
     if declarations is None or not enabled():
         return None
-    status_dir = None
+    status_file = None
     if spool_path is not None:
-        status_dir = os.path.join(spool_path, STATUS_DIR)
+        spool = _spool.Spool(spool_path)
         try:
-            os.makedirs(status_dir, mode=0o700, exist_ok=True)
+            os.makedirs(spool.status_dir, mode=0o700, exist_ok=True)
+            status_file = spool.status_file(mule_id)
         except OSError:
-            status_dir = None
-    counters = MuleCounters(mule_id, declarations, status_dir)
+            pass
+    counters = MuleCounters(mule_id, declarations, status_file)
     _instance.uwsgi.metric_set(f"mule.{mule_id}.pid", os.getpid())  # at once: top shows it from the start
     start(counters.sample)
     if declarations.spool_dir is not None:
         from functools import partial
 
-        from .sending import spool_gauge
+        from .spool_watch import spool_gauge
 
         start(partial(spool_gauge, declarations))
     return counters

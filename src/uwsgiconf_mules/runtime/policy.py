@@ -21,7 +21,7 @@ A task with no option declared takes exactly the path it took before: it is regi
 and nothing here runs for its calls (except :func:`keep_failed`, on the failure path only).
 
 A retry, like a call sent with ``f.later(seconds)(...)`` or ``f.at(when)(...)``, is a *delayed
-call*: kept on disk in the spool (:mod:`uwsgiconf_mules.protocol.delayed`) until due, and run
+call*: kept on disk in the spool (:mod:`uwsgiconf_mules.protocol.spool.delayed`) until due, and run
 by the timer of a dispatch mule of its target (:mod:`uwsgiconf_mules.mule.timer`); see
 :mod:`uwsgiconf_mules.runtime.deferred` for how one is sent and kept.
 

@@ -9,20 +9,17 @@ one request may wait on full queues (a burst of sends that each wait a little wo
 hold the request for as long as the mules take to run the burst). The budget is kept per thread
 and request (``uwsgi.request_id()``, the request count of the thread's core) and spent only on
 this slow path.
-Under gevent (``--gevent``, monkey-patched or not) a waiting sender waits through gevent's hub, so
-the worker's other requests run meanwhile; under ugreen (``--async``) and ``--asyncio`` the wait
-holds the worker (said once in its log; see :data:`YIELDING`). The engine is told apart
+Under gevent (``--gevent``, monkey-patched or not), ``--asyncio`` with ``--greenlet``, and ugreen
+on Python 3.10, a waiting sender yields to the loop engine, so the worker's other requests run
+meanwhile; elsewhere under a loop engine the wait holds the worker (said once in its log; see
+:mod:`uwsgiconf_mules.runtime.engines`). The engine is told apart
 once per process, at its first wait (:func:`loop_engine`), and the budget is kept per request under
 any of them (their requests share a thread, each on a stack of its own). Coroutines wait with
 :func:`adeliver`, which never blocks their event loop.
 A message larger than the target reads whole is refused before sending (:meth:`Route.check_size`).
 
-The spool keeps the calls still queued at a reload or stop; while it cannot (see
-:func:`uwsgiconf_mules.protocol.spool.problem`: a directory others could change, a link, a full disk),
-offloaded calls to dispatch mules raise :class:`~uwsgiconf_mules.errors.DeliveryError` naming the
-problem rather than return True. Each worker checks the spool once a second in a thread of its
-own (:func:`watch_spool`, started by the first offloaded call) and, when what it finds changes,
-has the offloaded functions resolve their route again: the calls themselves check nothing.
+While the spool cannot keep calls, offloaded calls to dispatch mules are refused (see
+:mod:`uwsgiconf_mules.runtime.spool_watch`).
 """
 
 from __future__ import annotations
@@ -31,10 +28,8 @@ import os
 import time
 from _thread import get_ident
 
-from .. import _threads
-from ..declarations import SPOOL_GAUGE, Declarations
+from ..declarations import Declarations
 from ..errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
-from ..protocol import spool as _spool
 from ..protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
 from . import instance as _instance, metrics as _metrics
 
@@ -42,6 +37,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from .engines import Waiter
 
 BACKOFF_FIRST = 0.0001
 """Seconds slept after the first failed retry when no queue can be watched (doubles each time)."""
@@ -66,131 +63,11 @@ def recompile() -> str:
 _send_sockets: list[Any] | None = None  # this process's packet sockets, listed at the first full queue
 _budgets: dict[int, tuple[int, float]] = {}  # thread -> (request id, seconds its request may still wait)
 _engine: str | None = None  # the loop engine of this process's requests, told at the first wait (loop_engine)
-_waiter: tuple[Callable[[], Any], Callable[[float], object], Callable[[list[int], float], object]] | None = None
+_waiter: Waiter | None = None
 # (poll factory, sleep, wait for one of these fds to be writable): how a sender waits here; chosen with _engine
 BUDGETS_KEPT = 1024
 """Under a loop engine, budgets of requests are kept by the request's stack; beyond this many, the
 ones of earlier requests are dropped."""
-YIELDING = ("gevent",)
-"""The loop engines a waiting sender yields to. Not ugreen: on uWSGI 2.0.x, whose Python threads are
-always on, ``uwsgi.suspend()`` from Python keeps the GIL, and the next request that core switches
-to waits for it forever (the whole worker hangs). Not asyncio (with greenlet): a request greenlet
-resumed from the event loop rather than by uWSGI has no current request for uWSGI
-(``[BUG] current_wsgi_req NOT FOUND``), and pip builds uWSGI without that plugin."""
-
-
-SPOOL_CHECK_EVERY = 1.0
-"""Seconds between two checks of the spool by a worker (see :func:`watch_spool`)."""
-
-spool_problem: str | None = None
-"""Why the spool cannot keep calls, as this process last found; None while it can."""
-_watching = False  # whether this process runs its spool watcher
-
-
-SMALLEST_QUEUED = 768
-"""Bytes of queue buffer the smallest queued message takes (a kernel buffer): a queue holds at most
-its size divided by this many messages (about 278 by default)."""
-
-
-def spool_room(declarations: Declarations) -> tuple[int, int]:
-    """What the spool's disk must have free, (bytes, files): what the dispatch mules' queues can
-    hold (a full queue of each mule and farm), within the spool's limit.
-
-    :param declarations: This instance's declarations.
-    """
-    queues = len(declarations.dispatchers) + len(declarations.farms)
-    size = socket_message_limit(declarations.msg_size)
-    return min(size * queues, _spool.DEFAULT_LIMIT), size // SMALLEST_QUEUED * queues
-
-
-def spool_refusal(declarations: Declarations | None, mule_ids: tuple[int, ...]) -> str | None:
-    """Why calls to ``mule_ids`` cannot be sent now (the spool cannot keep them), or None.
-
-    :param declarations: This instance's declarations, or None outside uWSGI.
-    :param mule_ids: The target's mules.
-    """
-    problem = spool_problem
-    if problem is None or declarations is None or not set(mule_ids) & set(declarations.dispatchers):
-        return None
-    return (f"{problem}; the mules could not keep queued calls across a reload or stop, so none is sent "
-            "(fix it, see `uwsgiconf-mules check`: sending resumes within a second)")
-
-
-def watch_spool() -> bool:
-    """Start this process's spool watcher: a check now, then one every :data:`SPOOL_CHECK_EVERY`
-    seconds by a thread (once; never in the master, whose threads a fork would not carry).
-
-    :returns: Whether the watcher runs in this process.
-    """
-    global _watching
-    uwsgi = _instance.uwsgi
-    declarations = _instance.declarations()
-    if _watching or uwsgi is None or declarations is None or declarations.spool_dir is None:
-        return _watching
-    if uwsgi.masterpid() == os.getpid():
-        return False
-    _watching = True
-    check_spool(declarations)
-    _threads.start(_watch, declarations)
-    return True
-
-
-def check_spool(declarations: Declarations) -> None:
-    """Check the spool once; when what is found changed, say so and have offloaded functions
-    resolve their route again.
-
-    :param declarations: This instance's declarations.
-    """
-    global spool_problem
-    assert declarations.spool_dir is not None
-    found = _spool.problem(declarations.spool_dir, *spool_room(declarations))
-    if declarations.stats is not None and declarations.dispatchers:  # every check: a mule may have set it
-        _instance.uwsgi.metric_set(SPOOL_GAUGE, int(found is not None))
-    if found == spool_problem:
-        return
-    spool_problem = found
-    from . import tasks as _tasks
-
-    if found is not None:
-        _tasks.log().error("uwsgiconf-mules: %s: offloaded calls to dispatch mules are refused (DeliveryError) "
-                           "while the spool cannot keep them: %s", _who(), found)
-    else:
-        _tasks.log().warning("uwsgiconf-mules: %s: the spool %s can keep calls again; offloaded calls are sent",
-                             _who(), declarations.spool_dir)
-    for cache in list(_instance._caches):
-        refresh = getattr(cache, "_refresh", None)
-        if refresh is not None:
-            refresh()
-
-
-def spool_gauge(declarations: Declarations) -> None:
-    """Set the :data:`~uwsgiconf_mules._declarations.SPOOL_GAUGE` metric from a check of the spool
-    (a dispatch mule's sampler: the gauge holds even where no worker has sent yet).
-
-    :param declarations: This instance's declarations, with a spool.
-    """
-    assert declarations.spool_dir is not None
-    found = _spool.problem(declarations.spool_dir, *spool_room(declarations))
-    _instance.uwsgi.metric_set(SPOOL_GAUGE, int(found is not None))
-
-
-def _who() -> str:
-    uwsgi = _instance.uwsgi
-    try:
-        return f"worker {int(uwsgi.worker_id())}" if uwsgi.worker_id() else f"process {os.getpid()}"
-    except Exception:
-        return f"process {os.getpid()}"
-
-
-def _watch(declarations: Declarations) -> None:
-    while True:
-        time.sleep(SPOOL_CHECK_EVERY)
-        try:
-            check_spool(declarations)
-        except Exception:  # never the end of the watcher
-            from . import tasks as _tasks
-
-            _tasks.log().exception("uwsgiconf-mules: the spool check failed")
 
 
 def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
@@ -283,48 +160,35 @@ def _tell_engine() -> str:
     return ""
 
 
-def _choose_waiter() -> tuple[Callable[[], Any], Callable[[float], object], Callable[[list[int], float], object]]:
-    """How a sender waits for room in this process (see :func:`loop_engine`); says once in the log
-    when the wait holds the worker's other requests (a loop engine it cannot yield to)."""
+def _choose_waiter() -> Waiter:
+    """How a sender waits for room in this process (see :func:`loop_engine` and
+    :mod:`uwsgiconf_mules.runtime.engines`); says once in the log when the wait holds the worker's
+    other requests (a loop engine it cannot yield to)."""
     global _waiter
-    import select
+    from . import engines as _engines
 
     engine = loop_engine()
+    uwsgi = _instance.uwsgi
     if engine == "gevent":
-        import gevent
-        import gevent.select
-        from gevent.monkey import get_original
-
-        def wait_gevent(fds: list[int], seconds: float) -> object:
-            poller = gevent.select.poll()  # watchers of gevent's hub (its select is limited to fds below 1024)
-            for fd in fds:
-                poller.register(fd, select.POLLOUT)
-            return poller.poll(seconds * 1000)
-
-        _waiter = (get_original("select", "poll"), gevent.sleep, wait_gevent)
+        _waiter = _engines.gevent_waiter()
     else:
-        if engine:
-            import logging
+        chosen = {"asyncio": _engines.asyncio_waiter, "ugreen": _engines.ugreen_waiter}.get(engine)
+        found = chosen(uwsgi) if chosen is not None else ""
+        if isinstance(found, str):
+            if engine:
+                import logging
 
-            logging.getLogger("uwsgiconf_mules").warning(
-                "uwsgiconf-mules: worker %s runs the %s loop engine: a sender waiting for room in a full mule "
-                "queue holds the worker's other requests until there is room (at most send_timeout); await "
-                "aoffload() from coroutines, or run the workers with --gevent or --threads",
-                _instance.uwsgi.worker_id(), engine)
-        _waiter = (select.poll, time.sleep, _poll_wait)
+                logging.getLogger("uwsgiconf_mules").warning(
+                    "uwsgiconf-mules: worker %s runs the %s loop engine: a sender waiting for room in a full mule "
+                    "queue holds the worker's other requests until there is room (at most send_timeout)%s; await "
+                    "aoffload() from coroutines, or run the workers with --gevent or --threads",
+                    uwsgi.worker_id(), engine, f" ({found})" if found else "")
+            found = _engines.polling()
+        _waiter = found
     return _waiter
 
 
-def _poll_wait(fds: list[int], seconds: float) -> object:
-    import select
-
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLOUT)
-    return poller.poll(seconds * 1000)
-
-
-def wait_for_room(sleep: float, wait: float) -> None:
+def wait_for_room(sleep: float, wait: float, left: float = 0.0) -> None:
     """Wait until a full queue has room again.
 
     A queue's sending socket polls writable again once the mule has read three quarters of what
@@ -336,6 +200,8 @@ def wait_for_room(sleep: float, wait: float) -> None:
 
     :param sleep: Seconds to sleep when no socket can be watched.
     :param wait: Longest wait for a socket to become writable, in seconds.
+    :param left: Seconds the send may still wait in all (a loop engine whose timeouts are whole
+        seconds yields only with a second or more left).
     """
     global _send_sockets
     import select
@@ -352,7 +218,7 @@ def wait_for_room(sleep: float, wait: float) -> None:
     if len(writable) == len(_send_sockets):
         pause(sleep)
         return
-    wait_writable([fd for fd in (sock.fileno() for sock in _send_sockets) if fd not in writable], wait)
+    wait_writable([fd for fd in (sock.fileno() for sock in _send_sockets) if fd not in writable], wait, left)
 
 
 def serves_requests() -> bool:
@@ -430,7 +296,7 @@ def retry(attempt: Callable[[], object], timeout: float, what: str, size: int, t
                 raise DeliveryError(
                     f"{what}: the queue stayed full for {timeout:g} s; the message ({size} bytes) was "
                     "not sent (raise send_timeout or msg_buffer, or add mules)", target=target)
-            wait_for_room(min(delay, left), min(ROOM_WAIT, left))
+            wait_for_room(min(delay, left), min(ROOM_WAIT, left), left)
             if attempt():
                 return True
             delay = min(delay * 2, BACKOFF_MAX)

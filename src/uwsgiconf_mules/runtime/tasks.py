@@ -12,6 +12,7 @@ with its function and body decoder (the loop keeps its own entries, built from i
 from __future__ import annotations
 
 import importlib
+from _contextvars import ContextVar  # contextvars, without the module that only re-exports it
 from time import perf_counter
 
 from ..protocol import envelope as _protocol, spool as _spool
@@ -31,7 +32,26 @@ decoder of the body, offset of the body, task key, size of a call without argume
 TABLE: dict[bytes, tuple[Any, ...]] = {}
 """The dispatch mule loop's entries, built from :data:`HEADS` (see ``_dispatch.mule_loop``);
 emptied whenever a task is registered, so that it never runs a function :data:`HEADS` no longer names."""
+JOB_CHECKS: dict[str, Callable[[tuple[Any, ...]], None]] = {}
+"""Task key -> what refuses a call of that task in a job of a distributed task engine (an RQ job, which
+whoever can write to its Redis may have made) before it runs: registered by the task's module with the
+task (the Django backend's runner checks that the job names a Django task routed there), and called by
+``uwsgiconf_mules.remote.run`` with the call's positional arguments; it raises ``UnknownTaskError``."""
 _SHARED: set[bytes] = set()  # heads of two registered tasks (their tags collide): those run by key only
+
+NO_TASK = "-"
+"""The ``task`` of a log record emitted outside any task."""
+
+RUNNING: ContextVar[str] = ContextVar("uwsgiconf_mules_task", default=NO_TASK)
+"""The key of the task the code that runs it is running in this context: set by :func:`run` for
+the call it runs, and by the Django backend (whose ``async def`` tasks asgiref runs in a thread of
+its own, with a copy of this context); :data:`NO_TASK` otherwise. Read by
+:func:`uwsgiconf_mules.runtime.logs.current_task`."""
+
+LOOP_CALL: list[Any] = [None, 0]
+"""[the entry of the call the dispatch mule loop's fast path is running, or None; the loop's thread]:
+one cell the loop writes as it takes a call (the entry's last item but one is the task key), for
+:func:`uwsgiconf_mules.runtime.logs.current_task` to read in that thread."""
 
 _logger: logging.Logger | None = None
 
@@ -219,7 +239,8 @@ def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] 
 
 
 _dead_letters: _spool.DeadLetters | None = None  # where a dispatch mule keeps what it refuses
-_refusals = _spool.Burst(lambda line: log().error(line))  # refusals are said once per burst, with a count
+# Refusals are said once per burst, with a count.
+_refusals = _spool.Burst(lambda line: log().error(line), mule=current_mule)
 
 
 def set_dead_letters(spool: _spool.Spool | None) -> None:
@@ -282,6 +303,7 @@ def run(message: bytes, harakiri: int = 0) -> None:
         return
     uwsgi = _instance.uwsgi
     result = None
+    running = RUNNING.set(key.decode())  # a registered key: UTF-8
     counters = COUNTING
     cell = counters.cell(key) if counters is not None else None
     began = perf_counter()
@@ -303,6 +325,7 @@ def run(message: bytes, harakiri: int = 0) -> None:
             cell[1] += 1
         failed(key, args, kwargs, began)
     finally:
+        RUNNING.reset(running)
         if harakiri:
             uwsgi.set_user_harakiri(0)
         if cell is not None:  # None first: a sampler in between misses the time, never counts it twice

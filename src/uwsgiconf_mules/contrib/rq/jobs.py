@@ -1,0 +1,212 @@
+"""The function that runs every job of a farm routed to RQ, in the RQ worker.
+
+``uwsgiconf_mules.remote.run(key, /, *args, **kwargs)`` is what each job names (RQ finds it by
+this import path): it runs the function that ``mule_offload`` registered under ``key``
+(``module:qualname``), importing the key's module first as a dispatch mule does, and refuses any
+other key. So a job never calls anything that was not offloaded on purpose, and it runs the
+original function, never its offloading wrapper: a job does not offload itself again. ``key`` is
+positional-only: a task's own keyword argument named ``key`` reaches the task.
+
+Before it imports the first task module, a worker process runs the start-up steps of a dispatch
+mule (see :mod:`uwsgiconf_mules.mule.startup`): the declared ``mule_init`` hook, and
+``django.setup()`` when ``DJANGO_SETTINGS_MODULE`` is set. A job of the Django task backend
+(``uwsgiconf_mules.django``) runs only a Django task of that backend whose queue is a farm
+routed to an offload backend; any other path is refused.
+
+``uwsgiconf_mules.remote.Job`` is the job class ``uwsgiconf-mules worker`` gives RQ: a job that
+names any function other than :func:`run`, or whose hash carries a field our senders never set
+and that would make the worker call or reach something (callbacks, webhooks, dependencies,
+retries, repeats, rate limits: :data:`REFUSED_FIELDS`), or with a field RQ cannot read
+(``timeout=abc``: RQ's own reading raised outside any job and stopped the worker), fails without
+running anything, its callbacks and webhooks included. So whoever can write to Redis cannot make the worker call an
+arbitrary function or send a request (with the ``json`` serializer; a pickled job runs code as
+it is unpickled, which is why pickle is a declared choice).
+
+This module imports RQ: only RQ workers import it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as _RQJob
+
+from ...errors import UnknownTaskError
+from ...mule import startup as _startup
+from ...runtime import tasks as _tasks
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep worker imports cheap
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["REFUSED_FIELDS", "Job", "run"]
+
+_RUN = "uwsgiconf_mules.remote.run"  # how jobs name run(): its public path, in jobs queued since version 0.1
+
+REFUSED_FIELDS = (
+    "success_callback_name", "failure_callback_name", "stopped_callback_name",  # RQ imports and calls them
+    "webhooks",  # RQ sends HTTP requests to their URLs
+    "dependency_id", "dependency_ids", "allow_dependency_failures",  # RQ enqueues and waits on other jobs
+    "retries_left", "retry_intervals", "number_of_retries", "enqueue_at_front_on_retry",  # RQ runs it again
+    "repeats_left", "repeat_intervals",  # RQ runs it again
+    "rate_limit_key", "rate_limit_concurrency",  # RQ takes and frees slots of another Redis key
+)
+"""Fields of an RQ 3 job hash that make a worker call or reach something, and that the senders of
+uwsgiconf-mules never set: a job carrying any of them (not empty) is refused."""
+
+_started: list[int] = []  # pid of the process that ran the start-up steps
+
+
+def _start() -> None:
+    """Run the start-up steps of this worker process once: the ``mule_init`` hook and
+    ``django.setup()`` (see :mod:`uwsgiconf_mules.mule.startup`)."""
+    pid = os.getpid()
+    if _started and _started[0] == pid:
+        return
+    _started[:] = [pid]
+    from ...runtime import instance as _instance
+
+    where = f"RQ worker {pid}"
+    try:
+        declarations = _instance.declarations()
+    except Exception as exc:
+        _tasks.log().error("uwsgiconf-mules: %s: cannot read the declarations (%s: %s)", where, type(exc).__name__,
+                           exc)
+        declarations = None
+    if declarations is not None and declarations.mule_init:
+        _startup.run_hook(declarations.mule_init, where)
+    if _startup.django_needs_setup():
+        _startup.setup_django(where)
+
+
+def run(key: str, /, *args: Any, **kwargs: Any) -> Any:
+    """Run the offloaded function registered as ``key`` with these arguments; return its result.
+
+    :param key: The task key, ``module:qualname`` (positional-only: the task may take ``key=``).
+    :param args: Positional arguments of the call.
+    :param kwargs: Keyword arguments of the call.
+    :raises UnknownTaskError: when no function is registered under ``key`` by ``mule_offload``, or the
+        check the task's module registered refuses the call (see ``runtime.tasks.JOB_CHECKS``: a job of
+        the Django task backend that names something else than a Django task routed to an offload
+        backend); the job fails in RQ with this message, and nothing runs.
+    """
+    if not isinstance(key, str):
+        raise UnknownTaskError(f"job refused: task key {key!r} is not a string", key=repr(key))
+    _start()
+    found = _tasks.find(key.encode())
+    if isinstance(found, str):
+        raise UnknownTaskError(f"job refused: {found}", key=key)
+    check = _tasks.JOB_CHECKS.get(key)
+    if check is not None:  # the task's own module says which of its calls a job may make
+        check(args)
+    return found(*args, **kwargs)
+
+
+class Job(_RQJob):
+    """RQ's job, refusing any job that names another function than :func:`run`, carries one of
+    :data:`REFUSED_FIELDS` or has a field RQ cannot read; it never runs callbacks."""
+
+    _refused: tuple[str, ...] = ()
+    _unreadable: tuple[str, ...] = ()  # "field (what RQ raised)" of each field RQ could not read
+
+    def refresh(self) -> None:
+        """Read the job's hash from Redis (see :meth:`restore`); a job key that holds another kind
+        of value than a hash is no job: :class:`NoSuchJobError` after a log line, which RQ skips."""
+        from redis.exceptions import ResponseError
+
+        try:
+            super().refresh()  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            _tasks.log().warning("uwsgiconf-mules: RQ job %s: its key %s holds no hash, so it is no job; RQ skips it",
+                                 self.id, self.key)
+            raise NoSuchJobError(f"{self.key} holds no hash") from None
+
+    def restore(self, raw_data: Any) -> Any:
+        """Read the job from its Redis hash; note the :data:`REFUSED_FIELDS` it carries (not empty),
+        and drop them, so that nothing of them runs when the worker fails the job. A field that RQ
+        cannot read (``timeout=abc``, a date that is no date, ...) is left out and noted, and the job
+        fails without running (see :meth:`_restore_readable`): one bad hash never stops the worker. The
+        first job this process reads runs the start-up steps (see the module docstring).
+
+        :param raw_data: The hash, as Redis returns it.
+        :raises NoSuchJobError: as RQ does, when the hash has no ``data`` field (RQ skips it).
+        """
+        try:
+            result = super().restore(raw_data)
+        except NoSuchJobError:
+            _tasks.log().warning("uwsgiconf-mules: RQ job %s: its hash has no data field, so it is no job; RQ "
+                                 "skips it", self.id)
+            raise
+        except Exception:
+            result = self._restore_readable(raw_data)
+        fields = {(name.decode(errors="replace") if isinstance(name, bytes) else str(name)): value
+                  for name, value in raw_data.items()}
+        carried = tuple(name for name in REFUSED_FIELDS if fields.get(name) not in (None, b"", ""))
+        if carried:
+            self._refused = tuple(dict.fromkeys((*self._refused, *carried)))  # kept across a refresh
+        if self._refused or self._unreadable:
+            self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
+            self.webhooks = []  # dependencies are kept: RQ's bookkeeping of the jobs waiting on this one needs them
+            self.retries_left = self.retry_intervals = self.number_of_retries = None
+            self.enqueue_at_front_on_retry = False
+            self.repeats_left = self.repeat_intervals = None
+            self.rate_limit_key = self.rate_limit_concurrency = None
+        else:
+            _start()  # in the worker's main process as it takes the job: the processes it forks inherit it
+        return result
+
+    def _restore_readable(self, raw_data: Any) -> Any:
+        """Restore the job from the fields of its hash that RQ can read, one at a time from ``data``
+        on, and note in :attr:`_unreadable` each field that makes RQ's ``restore`` raise (the job is
+        then refused). Runs only for a hash RQ could not read as a whole.
+
+        :param raw_data: The hash, as Redis returns it (``data`` among its fields).
+        """
+        readable = {name: value for name, value in raw_data.items() if name in (b"data", "data")}
+        unreadable = list(self._unreadable)
+        for name, value in raw_data.items():
+            if name in readable:
+                continue
+            try:
+                super().restore({**readable, name: value})
+            except Exception as exc:
+                shown = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+                unreadable.append(f"{shown[:80]!r} ({type(exc).__name__}{': ' if str(exc) else ''}{str(exc)[:200]})")
+            else:
+                readable[name] = value
+        self._unreadable = tuple(sorted(set(unreadable)))  # kept across a refresh; sorted: Redis keeps no order
+        return super().restore(readable)
+
+    @property
+    def func(self) -> Any:
+        """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, for a
+        job that carries one of :data:`REFUSED_FIELDS`, or for one whose hash RQ cannot read."""
+        if self._unreadable:
+            raise UnknownTaskError(f"job refused: RQ cannot read its field(s) {', '.join(self._unreadable)}; nothing "
+                                   "ran (the senders of uwsgiconf-mules write every field readable: something else "
+                                   "wrote this hash)", key=str(self.id))
+        if self._refused:
+            raise UnknownTaskError(f"job refused: it carries {', '.join(self._refused)}, which jobs of farms routed "
+                                   "by uwsgiconf-mules never set; nothing ran", key=str(self.func_name))
+        if self.func_name != _RUN or self.instance is not None:
+            raise UnknownTaskError(f"job refused: it names {self.func_name!r}, and workers of farms routed by "
+                                   f"uwsgiconf-mules run only {_RUN}", key=self.func_name)
+        return run
+
+    @property
+    def success_callback(self) -> None:
+        """None: jobs of uwsgiconf-mules have no callbacks, and a forged one never runs."""
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        """None: jobs of uwsgiconf-mules have no callbacks, and a forged one never runs."""
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        """None: jobs of uwsgiconf-mules have no callbacks, and a forged one never runs."""
+        return None

@@ -1,0 +1,254 @@
+"""The RQ engine: offloaded calls of a routed farm become RQ jobs (see :mod:`._backends`).
+
+Imported only when a farm is routed to RQ (by the runtime, when it resolves such a farm's
+route, and by ``uwsgiconf-mules worker``); it imports ``rq`` and ``redis`` then, never before.
+
+Sending. Every job is ``Queue.enqueue_call(RUN, args=(key, *args), kwargs=kwargs)``: RQ runs
+:func:`uwsgiconf_mules.remote.run`, which runs the function ``mule_offload`` registered under
+``key`` and nothing else (``enqueue`` would take ``job_timeout``, ``description`` and a dozen
+other keyword names from the task's own arguments). With the ``json`` serializer (the default)
+the arguments are checked before anything is sent: only ``str``, ``int``, ``float``, ``bool``,
+``None``, ``list`` and ``dict`` with ``str`` keys reach the worker as they were sent, so
+anything else raises :class:`~uwsgiconf_mules.errors.PayloadError` at the call site, naming the
+argument.
+
+Connections. A Redis client is made on a process's first send, never at import nor in the uWSGI
+master, and only one per process and server (a process forked with a client makes its own);
+it is named ``uwsgiconf-mules:<pid>`` (``CLIENT LIST`` shows who is connected). Connecting
+waits at most the URL's ``connect_timeout``, every reply at most the declared ``send_timeout``;
+redis-py's own retries are off, so a Redis that is down or silent raises
+:class:`~uwsgiconf_mules.errors.DeliveryError` within those bounds, and a send returns True only
+once Redis accepted the job.
+"""
+
+from __future__ import annotations
+
+import os
+from math import isfinite
+
+from ...errors import DeliveryError, MulesConfigurationError, PayloadError
+from ...protocol import envelope as _protocol
+from ...runtime import tasks as _tasks
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep this module as cheap as the runtime
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
+    from ...declarations.backends import Backend
+
+__all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "redis_url", "sender", "worker_command"]
+
+RUN = "uwsgiconf_mules.remote.run"
+"""The function every job names: it runs the registered function of the job's task key."""
+
+JOB_CLASS = "uwsgiconf_mules.remote.Job"
+"""The job class of the workers: it runs :data:`RUN` and nothing else."""
+
+SERIALIZER_PATHS = {"json": "rq.serializers.JSONSerializer", "pickle": "rq.serializers.DefaultSerializer"}
+"""The RQ serializer of each declared ``serializer``: the same on both sides, always."""
+
+_JSON_SCALARS = frozenset((str, int, float, bool, type(None)))
+_MAX_DEPTH = 64
+_clients: dict[tuple[object, ...], tuple[int, Any]] = {}  # server and timeouts -> (pid, Redis client)
+
+
+def _argument(func: Callable[..., Any] | None, index: int) -> str:
+    code = getattr(func, "__code__", None)
+    if code is not None and index < code.co_argcount:
+        return repr(code.co_varnames[index])
+    return f"{index + 1} (positional)"
+
+
+def _json_problem(value: Any, depth: int = 0) -> tuple[str, str] | None:
+    """(where inside ``value``, what is wrong) when JSON would not give ``value`` back; else None."""
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return None if kind is not float or isfinite(value) else ("", f"{value!r}, which JSON does not carry")
+    if depth >= _MAX_DEPTH:
+        return "", f"nested more than {_MAX_DEPTH} levels deep (or contains itself)"
+    items: Iterable[tuple[str, Any]]
+    if kind is list:
+        items = ((f"[{i}]", item) for i, item in enumerate(value))
+    elif kind is dict:
+        bad = [name for name in value if type(name) is not str]
+        if bad:
+            return "", f"a dict with the {type(bad[0]).__name__} key {bad[0]!r} (JSON keys are strings)"
+        items = ((f"[{name!r}]", item) for name, item in value.items())
+    else:
+        return "", "a tuple (JSON would give the worker a list)" if kind is tuple else f"a {kind.__name__}"
+    for where, item in items:
+        found = _json_problem(item, depth + 1)
+        if found:
+            return where + found[0], found[1]
+    return None
+
+
+def check_json(key: str, args: Sequence[Any], kwargs: dict[str, Any], label: str) -> None:
+    """Refuse arguments that JSON would not give back to the worker as they were sent.
+
+    :param key: The task key, naming the function in the error.
+    :param args: Positional arguments.
+    :param kwargs: Keyword arguments.
+    :param label: The target, for the error.
+    :raises PayloadError: naming the argument, where inside it, and its type.
+    """
+    for name, value in (*enumerate(args), *kwargs.items()):
+        found = _json_problem(value) if type(value) not in _JSON_SCALARS or type(value) is float else None
+        if found:
+            argument = _argument(_tasks.REGISTRY.get(key.encode()), name) if isinstance(name, int) else repr(name)
+            raise PayloadError(
+                f"{key}: argument {argument}{found[0]} is {found[1]}; calls to {label} travel as JSON, which gives "
+                "back only str, int, float, bool, None, list and dict with str keys (pass another type as one of "
+                "those, or declare serializer=pickle for this farm)")
+
+
+def redis_url(backend: Backend, environ: dict[str, str] | None = None) -> str:
+    """The Redis URL of ``backend``, credentials read from the environment (for a worker).
+
+    :param backend: The backend.
+    :param environ: The environment (default ``os.environ``).
+    :raises MulesConfigurationError: when a variable the URL names is not set.
+    """
+    from urllib.parse import quote
+
+    env = os.environ if environ is None else environ
+    if backend.url_env:
+        return _env(backend, backend.url_env, env, MulesConfigurationError)
+    password = "" if backend.password_env is None else _env(backend, backend.password_env, env,
+                                                             MulesConfigurationError)
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{backend.host}:{backend.port}/{backend.db}"
+
+
+def _env(backend: Backend, name: str, environ: Any, error: type[Exception]) -> str:
+    value = environ.get(name)
+    if not value:
+        raise error(f"farm {backend.farm!r} is routed to {backend.where()}, and environment variable {name} "
+                    "is not set here")
+    return str(value)
+
+
+def _client(backend: Backend, timeout: float) -> Any:
+    """This process's Redis client for ``backend``'s server, made on first use."""
+    ident = (backend.url_env or "", backend.host, backend.port, backend.db, backend.password_env,
+             backend.connect_timeout, timeout)
+    pid = os.getpid()
+    found = _clients.get(ident)
+    if found is not None and found[0] == pid:
+        return found[1]
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    options: dict[str, Any] = {
+        "socket_connect_timeout": backend.connect_timeout, "socket_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0), "client_name": f"uwsgiconf-mules:{pid}",
+    }
+    if backend.url_env:
+        client = Redis.from_url(_env(backend, backend.url_env, os.environ, DeliveryError), **options)
+    else:
+        password = None if backend.password_env is None else _env(backend, backend.password_env, os.environ,
+                                                                  DeliveryError)
+        client = Redis(host=backend.host or "localhost", port=backend.port, db=backend.db, password=password,
+                       **options)
+    _clients[ident] = (pid, client)
+    return client
+
+
+def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int | bytes], bool]:
+    """The send function of offloaded functions routed to ``backend`` (see :mod:`._backends`).
+
+    :param backend: The backend.
+    :param label: The target as errors name it.
+    :param timeout: The declared send timeout: the longest wait for each reply of Redis.
+    """
+    import redis.exceptions
+    import rq
+
+    failures = (redis.exceptions.RedisError, OSError)
+    strict = backend.serializer == "json"
+    serializer = SERIALIZER_PATHS[backend.serializer]
+    queues: list[tuple[int, Any]] = []  # [(pid, Queue)]: one per process
+
+    def send(message: bytes, dest: int | bytes) -> bool:
+        raw_key, args, kwargs = _protocol.decode(message)
+        key = raw_key.decode()
+        if strict:
+            check_json(key, args, kwargs, label)
+        pid = os.getpid()
+        try:
+            if not queues or queues[0][0] != pid:
+                queues[:] = [(pid, rq.Queue(backend.queue, connection=_client(backend, timeout),
+                                            serializer=serializer))]
+            queues[0][1].enqueue_call(RUN, args=(key, *args), kwargs=kwargs)
+        except failures as exc:
+            raise DeliveryError(
+                f"{key} to {label}: Redis did not accept the job ({type(exc).__name__}: {exc}); the call was not "
+                f"queued (connect timeout {backend.connect_timeout:g} s, send timeout {timeout:g} s)",
+                target=backend.farm) from None
+        return True
+
+    return send
+
+
+def _check_worker_class(path: str) -> None:
+    """Import ``path`` as ``rq worker --worker-class`` would (the current directory first on the
+    path) and refuse anything but a subclass of RQ's ``Worker``, before the worker is started."""
+    import importlib
+    import sys
+
+    from rq.worker import BaseWorker
+
+    problem = None
+    module_name, _, name = path.rpartition(".")
+    sys.path.insert(0, os.getcwd())
+    try:
+        found = getattr(importlib.import_module(module_name or path), name)
+    except Exception as exc:
+        problem = f"cannot be imported ({type(exc).__name__}: {exc})"
+    else:
+        if not (isinstance(found, type) and issubclass(found, BaseWorker)):
+            problem = f"is not an RQ worker class (a subclass of rq.worker.BaseWorker) but {found!r}"
+    finally:
+        sys.path.remove(os.getcwd())
+    if problem:
+        raise MulesConfigurationError(f"--worker-class {path!r} {problem}; for instance rq.worker.SimpleWorker",
+                                      culprit=path)
+
+
+def worker_command(backends: Sequence[Backend], burst: bool = False, worker_class: str | None = None,
+                   ) -> tuple[list[str], dict[str, str]]:
+    """The command that starts one RQ worker for the queues of ``backends``, and the environment
+    variables it needs (the Redis URL goes there, not on the command line). It runs ``rq worker``
+    through :mod:`uwsgiconf_mules.contrib.rq.worker`, so that a worker that quits on an error exits with
+    a non-zero status.
+
+    :param backends: Farms routed to RQ, all on one Redis server with one serializer.
+    :param burst: Whether the worker exits once the queues are empty.
+    :param worker_class: RQ's ``--worker-class`` (``rq.worker.SimpleWorker``), or None for the
+        forking default.
+    :raises MulesConfigurationError: when the backends name several servers or serializers (one
+        worker reads one server, with one serializer: a job read with another one fails), a
+        variable the URL names is not set, or ``worker_class`` is not an RQ worker class.
+    """
+    import sys
+
+    if not backends:
+        raise MulesConfigurationError("no farm is routed to RQ")
+    urls = {redis_url(backend) for backend in backends}
+    serializers = {backend.serializer for backend in backends}
+    if len(urls) > 1 or len(serializers) > 1:
+        listed = ", ".join(f"{b.farm!r} ({b.where()}, {b.serializer})" for b in backends)
+        raise MulesConfigurationError(
+            f"the farms routed to RQ use several Redis servers or serializers ({listed}); a worker reads one "
+            "server with one serializer: start one worker per server with --farm")
+    command = [sys.executable, "-m", "uwsgiconf_mules.contrib.rq.worker", "worker", "--serializer",
+               SERIALIZER_PATHS[serializers.pop()], "--job-class", JOB_CLASS]
+    if burst:
+        command.append("--burst")
+    if worker_class:
+        _check_worker_class(worker_class)
+        command += ["--worker-class", worker_class]
+    queues = list(dict.fromkeys(backend.queue for backend in backends))
+    return [*command, *queues], {"RQ_REDIS_URL": urls.pop()}

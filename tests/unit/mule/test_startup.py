@@ -1,0 +1,104 @@
+"""A dispatch mule's start-up steps (``_startup``) and the task logging context (``logs``), as pure
+logic; on a real uWSGI: tests/integration/test_startup.py and tests/integration/test_django.py."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from uwsgiconf_mules import logs
+from uwsgiconf_mules.mule import startup as _startup
+from uwsgiconf_mules.protocol import envelope as _protocol
+from uwsgiconf_mules.runtime import tasks as _tasks
+
+
+def run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=True).stdout.strip()
+
+
+def test_logging_is_installed_only_when_nobody_configured_it() -> None:
+    code = ("import logging, sys; from uwsgiconf_mules.mule import startup as _startup\n"
+            "{setup}\n"
+            "print(_startup.install_logging(), len(logging.getLogger().handlers), logging.getLogger().level)")
+    assert run(code.format(setup="")) == "True 1 20"  # one handler, INFO
+    assert run(code.format(setup="logging.basicConfig(level=logging.DEBUG)")) == "False 1 10"  # kept as it was
+    assert run(code.format(setup="logging.getLogger().setLevel(logging.ERROR)")) == "True 1 40"  # its level kept
+
+
+def test_starting_a_mule_imports_only_the_standard_library_and_never_django() -> None:
+    loaded = run("import sys, uwsgiconf_mules.runtime\nbefore = set(sys.modules)\n"
+                 "from uwsgiconf_mules.mule import startup as _startup\n_startup.start(1, None)\n"
+                 "print(sorted(set(sys.modules) - before))")
+    modules = set(eval(loaded))
+    assert {"uwsgiconf_mules.mule.startup", "uwsgiconf_mules.runtime.logs", "logging"} <= modules
+    others = {name.partition(".")[0] for name in modules} - {"uwsgiconf_mules"}
+    assert others <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.MuleFormatter())
+    logger = logging.getLogger("startup-test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.removeHandler(handler)
+
+
+def logged_in_a_task(text: str) -> None:
+    logging.getLogger("startup-test").info("in the task: %s", text)
+
+
+def test_records_carry_the_running_task_only_while_it_runs(captured: io.StringIO) -> None:
+    key = f"{__name__}:logged_in_a_task"
+    _tasks.register(key, logged_in_a_task)
+    try:
+        _tasks.run(_protocol.encoder(key)(("hi",), {}))
+    finally:
+        _tasks.REGISTRY.pop(key.encode())
+    logging.getLogger("startup-test").info("after it")
+    lines = captured.getvalue().splitlines()
+    assert lines[0].endswith(f" mule 0 [{key}] INFO startup-test: in the task: hi")
+    assert lines[1].endswith(" mule 0 [-] INFO startup-test: after it")
+
+
+def test_a_failing_hook_is_one_line_naming_it_and_start_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, "uwsgiconf_mules"):
+        assert _startup.run_hook("json:no_such_function", 3) is False
+        assert _startup.run_hook("json:dumps", 3) is False  # called without arguments: a TypeError
+    first = caplog.records[0]
+    assert first.getMessage().startswith("uwsgiconf-mules: mule 3: the mule_init hook json:no_such_function failed "
+                                         "(AttributeError: ")
+    assert first.exc_info is not None
+    assert _startup.run_hook("gc:collect", 3) is True
+
+
+def test_django_is_set_up_only_when_its_settings_are_named_and_it_is_not_ready(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_startup.DJANGO_SETTINGS, raising=False)
+    assert _startup.django_needs_setup() is False
+    monkeypatch.setenv(_startup.DJANGO_SETTINGS, "mysite.settings")
+    monkeypatch.delitem(sys.modules, "django.apps", raising=False)
+    assert _startup.django_needs_setup() is True
+
+
+def test_the_projects_lines_name_it_once() -> None:
+    import logging
+
+    from uwsgiconf_mules import logs
+
+    record = logging.LogRecord("uwsgiconf_mules", logging.INFO, __file__, 1, "uwsgiconf-mules: mule %d stopped",
+                               (1,), None)
+    assert logs.MuleFormatter("%(levelname)s %(name)s: %(message)s").format(record) == (
+        "INFO uwsgiconf-mules: mule 1 stopped")
+    other = logging.LogRecord("shop.tasks", logging.INFO, __file__, 1, "uwsgiconf-mules: quoted", (), None)
+    assert logs.MuleFormatter("%(name)s: %(message)s").format(other) == "shop.tasks: uwsgiconf-mules: quoted"
