@@ -191,7 +191,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
     previous = spool.previous_pid(mule_id)
     if previous and previous != os.getpid() and not _spool.alive(previous):
         _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
-                           "the call it ran, if any, is said above; the calls queued behind it run now",
+                           "the call it was running, if any, is said above; the calls queued behind it run now",
                            mule_id, previous)
     spool.write_pid(mule_id)
     if spool.made:  # said here, once logging is set up
