@@ -18,6 +18,7 @@ run whole; the dead letter says so.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import time
@@ -95,13 +96,22 @@ def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> tuple[mmap.mm
         tmp = os.path.join(spool.part("tmp"), f"{mule_id}{SUFFIX}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, PAGE + size)
+            # Blocks reserved, not a sparse file: a full disk says so here (no record kept), never
+            # as SIGBUS when the loop first writes to a page of the mapping.
+            os.posix_fallocate(fd, 0, PAGE + size)
             head = mmap.mmap(fd, PAGE)
             body = mmap.mmap(fd, size, offset=PAGE)
         finally:
             os.close(fd)
         os.rename(tmp, path)
-    except OSError:
+    except OSError as exc:
+        from ..runtime import tasks as _tasks
+
+        with contextlib.suppress(OSError):  # what was made of it
+            os.unlink(os.path.join(spool.part("tmp"), f"{mule_id}{SUFFIX}"))
+
+        _tasks.log().warning("uwsgiconf-mules: mule %d keeps no record of its running call (%s: %s): a call "
+                             "interrupted by a kill is not reported", mule_id, path, exc.strerror or exc)
         return None
     words = memoryview(head).cast("Q")
     words[PID] = os.getpid()
