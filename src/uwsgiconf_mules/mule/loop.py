@@ -204,8 +204,10 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
                              "files, and never runs them: %s", mule_id, len(strangers), spool.part("queue"),
                              ", ".join(f"{name!r} ({why})" for name, why in strangers[:5])
                              + (", ..." if len(strangers) > 5 else ""))
-    for orphan in spool.orphans():
-        spool.bury(orphan, "the mule running it died; it may have run: replay it only if that is safe")
+    for dead in spool.orphans():
+        orphan = spool.take(dead)  # first: of two mules starting together, one only buries it
+        if orphan is not None:
+            spool.bury(orphan, "the mule running it died; it may have run: replay it only if that is safe")
     waiting = spool.waiting(targets)
     if waiting:
         _tasks.log().info("uwsgiconf-mules: mule %d: running %d call(s) from the spool %s", mule_id, waiting,

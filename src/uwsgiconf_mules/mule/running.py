@@ -24,16 +24,18 @@ import os
 import time
 
 from ..protocol import envelope as _protocol, spool as _spool
+from ..protocol.spool import checks as _checks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
     from typing import Any
 
 PAGE = mmap.ALLOCATIONGRANULARITY
-SIZE, PID, BEAT, SEEN, MAGIC, SIGN = range(6)
+SIZE, PID, BEAT, SEEN, MAGIC, SIGN, START = range(7)
 """Words of the header: size of the running call (0: none), pid of the mule, its last heartbeat
 and when it first saw the running call (ns since the epoch), a magic number, a sign of the call
-seen (for the heartbeat)."""
+seen (for the heartbeat), when the mule's process started (clock ticks since boot, see
+:func:`~uwsgiconf_mules.protocol.spool.checks.start_ticks`: with the pid, who wrote the record)."""
 MAGIC_VALUE = 0x55434D52554E0001  # "UCMRUN", version 1
 SUFFIX = ".run"
 
@@ -69,7 +71,7 @@ def read(spool: _spool.Spool, mule_id: int) -> tuple[int, bytes, int, int] | Non
                 return None
             words = memoryview(head).cast("Q")
             size, pid = words[SIZE], words[PID]
-            if words[MAGIC] != MAGIC_VALUE or not size or pid == os.getpid() or _spool.alive(pid):
+            if words[MAGIC] != MAGIC_VALUE or not size or _runs(pid, words[START]):
                 return None
             message = handle.read(size)
     except OSError:
@@ -77,6 +79,15 @@ def read(spool: _spool.Spool, mule_id: int) -> tuple[int, bytes, int, int] | Non
     if len(message) != size:
         return None
     return pid, message, words[BEAT], words[SEEN]
+
+
+def _runs(pid: int, started: int) -> bool:
+    """Whether the mule that wrote a record still runs: its pid is alive and is the same process
+    (its start time); never this process, which reads records at start, before it writes its own."""
+    if pid == os.getpid() or not _spool.alive(pid):
+        return False
+    now = _checks.start_ticks(pid)
+    return not (started and now and now != started)
 
 
 def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> tuple[mmap.mmap, Any] | None:
@@ -115,6 +126,7 @@ def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> tuple[mmap.mm
         return None
     words = memoryview(head).cast("Q")
     words[PID] = os.getpid()
+    words[START] = _checks.start_ticks(os.getpid())
     words[MAGIC] = MAGIC_VALUE
     _header, _buffer = words, body
     return body, words

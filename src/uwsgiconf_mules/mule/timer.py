@@ -305,11 +305,16 @@ def recover(spool: _spool.Spool, mule_id: int) -> None:
     :param spool: The spool.
     :param mule_id: This mule's id (the calls are re-run here).
     """
-    for path in _delayed.recover_claimed(spool):
-        name = os.path.basename(path)
-        parsed = _delayed.split_claimed(name)
+    for dead in _delayed.recover_claimed(spool):
+        parsed = _delayed.split_claimed(os.path.basename(dead))
         try:
-            info = os.lstat(path)
+            info = os.lstat(dead)
+        except FileNotFoundError:
+            continue
+        path = spool.take(dead)  # first: of two mules starting together, one only handles it
+        if path is None:
+            continue
+        try:
             note, payload = _spool.read(path)
             _, attempt = _delayed.parse_note(note)
         except FileNotFoundError:

@@ -43,3 +43,33 @@ def test_a_disk_too_full_for_the_record_keeps_no_record_and_says_so_instead_of_c
     assert probe.stdout == "no record\n"
     assert "mule 1 keeps no record of its running call (" in probe.stderr
     assert "No space left on device): a call interrupted by a kill is not reported" in probe.stderr
+
+
+def _record_of(tmp_path: Path, pid: int, started: int) -> object:
+    from uwsgiconf_mules.mule import running
+    from uwsgiconf_mules.protocol import envelope
+    from uwsgiconf_mules.protocol.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+    spool.create()
+    mapped = running.buffer(spool, 1, 4096)
+    assert mapped is not None
+    body, words = mapped
+    message = envelope.encoder("shop.tasks:mail")((1,), {})
+    body[:len(message)] = message
+    words[running.SIZE], words[running.PID], words[running.START] = len(message), pid, started
+    found = running.read(spool, 1)
+    return found[0] if found is not None else None
+
+
+def test_a_record_under_this_process_s_own_pid_is_a_predecessor_s(tmp_path: Path) -> None:
+    # a container's restart gives the mule the pid it had: what the record names was interrupted
+    assert _record_of(tmp_path, os.getpid(), 0) == os.getpid()
+
+
+def test_a_record_whose_pid_is_now_an_unrelated_process_s_is_a_dead_mule_s(tmp_path: Path) -> None:
+    from uwsgiconf_mules.protocol.spool import checks
+
+    parent = os.getppid()
+    assert _record_of(tmp_path, parent, checks.start_ticks(parent) + 1) == parent  # same pid, started another time
+    assert _record_of(tmp_path, parent, checks.start_ticks(parent)) is None  # that mule still runs

@@ -64,3 +64,86 @@ def test_notes_of_failed_and_interrupted_calls_group_by_task() -> None:
     assert _spool.grouped("interrupted: shop.tasks:mail (in mule 1, pid 5, after 1.0 s, attempt 1 of 1) | x") == \
         "interrupted: shop.tasks:mail"
     assert policy.task_name("uwsgiconf_mules.django:_run", ("shop.tasks.mail", 1)) == "shop.tasks.mail"
+
+
+DEAD_PID = 2 ** 22 + 12345  # above pid_max's default: no such process
+
+
+def _dead_claim(kept: _spool.Spool, state: str) -> str:
+    payload = envelope.stored(envelope.encoder("shop.tasks:mail")((1,), {}))
+    name = os.path.basename(delayed.write(kept, "mule:1", payload, 10))
+    claimed = delayed.claim(kept, "mule:1", name)
+    assert claimed is not None
+    if state == "run":
+        claimed = delayed.start(claimed)
+    dead = claimed.replace(f"{os.getpid()}-", f"{DEAD_PID}-", 1)
+    os.rename(claimed, dead)
+    return dead
+
+
+def test_orphans_of_the_queue_leave_the_claimed_delayed_calls_to_the_timer(tmp_path: Path) -> None:
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    waiting, running = _dead_claim(kept, "due"), _dead_claim(kept, "run")
+    queued = os.path.join(kept.part("claimed"), f"{DEAD_PID}-{1:020d}-77-00000001.call")
+    Path(queued).write_bytes(b"x")
+    assert kept.orphans() == [queued]
+    assert {waiting, running} <= set(os.path.join(kept.part("claimed"), n) for n in os.listdir(kept.part("claimed")))
+
+
+def test_burying_a_file_another_mule_buried_first_writes_nothing_and_raises_nothing(tmp_path: Path) -> None:
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    kept.bury(os.path.join(kept.part("claimed"), f"{DEAD_PID}-gone.call"), "the mule running it died")
+    assert os.listdir(kept.part("dead")) == []
+
+
+def test_two_mules_recovering_one_dead_running_claim_handle_it_once(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import timer
+
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    _dead_claim(kept, "run")
+    read = _spool.read
+    other_mule = [True]
+
+    def read_while_a_mate_recovers(path: str) -> tuple[str, bytes]:
+        found = read(path)
+        if other_mule[0]:  # the farm mate starts at the same moment, and recovers in between
+            other_mule[0] = False
+            timer.recover(kept, 2)
+        return found
+
+    monkeypatch.setattr(_spool, "read", read_while_a_mate_recovers)
+    timer.recover(kept, 1)
+    letters = os.listdir(kept.part("dead"))
+    assert len(letters) == 1, letters  # one interrupted letter, not one per mule
+    assert os.listdir(kept.part("claimed")) == []
+
+
+def test_a_pid_reused_by_a_later_process_is_a_dead_mule_s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from uwsgiconf_mules.protocol.spool import checks
+
+    before = time.time()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        began = checks.started_at(child.pid)
+        assert began is not None and before - 0.1 <= began <= time.time() + 0.1
+        assert checks.alive(child.pid, since=time.time())
+        assert not checks.alive(child.pid, since=before - 60)  # named with its pid before it started
+    finally:
+        child.kill()
+        child.wait()
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    payload = envelope.stored(envelope.encoder("shop.tasks:mail")((1,), {}))
+    name = os.path.basename(delayed.write(kept, "mule:1", payload, 10))
+    assert delayed.claim(kept, "mule:1", name) is not None  # under this process's pid...
+    assert delayed.recover_claimed(kept) == [] and delayed.pending(kept, "mule:1") == []  # ...alive: kept
+    monkeypatch.setattr(checks, "started_at", lambda pid: time.time() + 10)  # ...a process that came later
+    assert delayed.recover_claimed(kept) == [] and delayed.pending(kept, "mule:1") == [name]

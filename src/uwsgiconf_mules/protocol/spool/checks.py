@@ -89,10 +89,45 @@ def problem(path: str, needed: int = 0, files: int = 0) -> str | None:
     return None
 
 
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists.
+def start_ticks(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``, field 22); 0
+    when it is not known (no such process, no ``/proc``).
 
     :param pid: A process id.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read()
+        # The command (field 2) is in parentheses and may hold spaces: the fields after its last ")".
+        return int(text[text.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since the epoch (to a clock tick); None when not known.
+
+    :param pid: A process id.
+    """
+    ticks = start_ticks(pid)
+    if not ticks:
+        return None
+    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return booted + ticks / os.sysconf("SC_CLK_TCK")
+
+
+REUSE_MARGIN = 0.05
+"""Seconds a process must have started after a file was named with its pid for the pid to count as
+reused (the start time is known to a clock tick)."""
+
+
+def alive(pid: int, since: float | None = None) -> bool:
+    """Whether process ``pid`` exists (and, with ``since``, is the one that was there then).
+
+    :param pid: A process id.
+    :param since: When the pid was written (a claimed file's ctime, seconds since the epoch): a
+        process of that pid that started later is another one (a pid reused, as after a container's
+        restart), and ``pid`` counts as gone.
     """
     if pid <= 0:
         return False
@@ -101,7 +136,11 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if since is not None:
+        began = started_at(pid)
+        if began is not None and began > since + REUSE_MARGIN:
+            return False
     return True
 
 

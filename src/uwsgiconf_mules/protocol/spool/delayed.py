@@ -232,14 +232,15 @@ def put_back(spool: _store.Spool, claimed: str) -> bool:
 
 
 def dead_claims(spool: _store.Spool) -> list[tuple[str, str]]:
-    """(state, path) of the claimed delayed calls whose mule is gone (the pid in their name is not running).
+    """(state, path) of the claimed delayed calls whose mule is gone (the pid in their name is not
+    running, or is that of a process that started after the claim: a pid reused).
 
     :param spool: The spool.
     """
     found = []
     for entry in _store._scandir(spool.part("claimed")):
         parsed = split_claimed(entry.name)
-        if parsed is not None and not _checks.alive(parsed[0]):
+        if parsed is not None and not _checks.alive(parsed[0], since=_store._ctime(entry)):
             found.append((parsed[1], entry.path))
     return sorted(found)
 

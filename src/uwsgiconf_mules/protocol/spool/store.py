@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -19,6 +20,9 @@ from .layout import (
     UNTRUSTED,
     UNTRUSTED_MARK,
 )
+
+CLAIMED_DELAYED = ("due-", "run-")
+"""How the names of claimed delayed calls go on after the pid (see :mod:`.delayed`)."""
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -268,10 +272,13 @@ class Spool:
         """
         try:
             payload = read(path)[1]
+        except FileNotFoundError:
+            return  # buried (or run) by another mule meanwhile
         except (OSError, ValueError):
             payload = b""
         self.write("dead", payload, reason)
-        os.unlink(path)  # a regular file (see _scandir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a regular file (see _scandir)
 
     def files(self, part: str) -> list[str]:
         """Paths of the calls in ``part``, oldest first.
@@ -281,13 +288,32 @@ class Spool:
         return sorted(entry.path for entry in _scandir(self.part(part)))
 
     def orphans(self) -> list[str]:
-        """Claimed files whose mule is gone (the pid in their name is not running)."""
+        """Claimed calls of ``queue/`` whose mule is gone (the pid in their name is not running, or
+        is another process's now); the claimed delayed calls are the timer's
+        (:func:`~uwsgiconf_mules.protocol.spool.delayed.recover_claimed`)."""
         found = []
         for entry in _scandir(self.part("claimed")):
-            head = entry.name.partition("-")[0]
-            if not (head.isdigit() and alive(int(head))):
+            head, _, rest = entry.name.partition("-")
+            if rest.startswith(CLAIMED_DELAYED):
+                continue
+            if not (head.isdigit() and alive(int(head), since=_ctime(entry))):
                 found.append(entry.path)
         return found
+
+    def take(self, claimed: str) -> str | None:
+        """Take a claimed file of a dead mule over: renamed with this process's pid (atomic: of two
+        mules recovering it, one only gets it).
+
+        :param claimed: Its path in ``claimed/``.
+        :returns: Its new path, or None when another process took it first.
+        """
+        rest = os.path.basename(claimed).partition("-")[2]
+        taken = os.path.join(os.path.dirname(claimed), f"{os.getpid()}-{rest}")
+        try:
+            os.rename(claimed, taken)
+        except FileNotFoundError:
+            return None
+        return taken
 
 
     def pid_file(self, mule_id: int) -> str:
@@ -426,6 +452,14 @@ def read(path: str) -> tuple[str, bytes]:
         raise ValueError("not a spool file")
     reason, _, payload = data[len(MAGIC):].partition(b"\n")
     return reason.decode("utf-8", "replace"), payload
+
+
+def _ctime(entry: os.DirEntry[str]) -> float | None:
+    """When a claimed file got its name (its inode's change time: a rename sets it); None when gone."""
+    try:
+        return entry.stat(follow_symlinks=False).st_ctime
+    except OSError:
+        return None
 
 
 def _scandir(path: str, suffix: str = ".call") -> list[os.DirEntry[str]]:
