@@ -342,10 +342,13 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
     now_running = _tasks.LOOP_CALL  # [entry of the call run, this thread]: the running task, for log records
     now_running[:] = [None, _thread.get_ident()]
     while not _stopping:
+        # The record (see mule.running) names no call while the buffer is overwritten, and the
+        # new call from the moment it is read: never one call's bytes with another's size.
+        record[0] = 0
         try:
             size = current(buffer)  # a queue read directly, into the buffer
+            record[0] = size
         except BlockingIOError:
-            record[0] = 0  # no call runs (see mule.running)
             if last is not idle:  # the last call counted ended when its queue ran empty
                 running[0] = None
                 last[2] += clock() - began
@@ -355,7 +358,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             current, streak = queues.current, STREAK
             if waited is None:
                 continue
-            size = waited
+            record[0] = size = waited
         else:
             streak -= 1
             if not streak:  # let the other queues have a turn
@@ -375,7 +378,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                 entry = _entry(buffer[:LOOKUP_SIZE], view, None)
             if entry is not None and size >= entry[3]:
                 now_running[0] = entry  # the running task, for log records (logs.current_task)
-                record[0], began = size, clock()  # the running call; when it began, for the failure's line
+                began = clock()  # when the call began, for the failure's line
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
@@ -404,7 +407,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     last[2] += now - began
                     running[2] = began = now
                     last = running[0] = cell
-                running[1], record[0] = now, size
+                running[1] = now
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:
@@ -425,7 +428,6 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         if _stopping:
             pending = buffer[:size]
             break
-        record[0] = size
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)

@@ -129,6 +129,9 @@ def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> tuple[mmap.mm
     words[START] = _checks.start_ticks(os.getpid())
     words[MAGIC] = MAGIC_VALUE
     _header, _buffer = words, body
+    from ..runtime import deferred as _deferred
+
+    _deferred.KEPT[0] = clear
     return body, words
 
 

@@ -197,7 +197,15 @@ def _defer(target: str, due_ns: int, attempt: int, payload: bytes, file_name: st
     if file_name and letters is not None and _delayed.known(letters.spool, target, file_name):
         return
     schedule(target, payload, due_ns, attempt, file_name or None)
+    kept = KEPT[0]
+    if kept is not None:  # the record names this call no more: a mule killed now has nothing to do again
+        kept()
 
+
+KEPT: list[Callable[[], None] | None] = [None]
+"""Told when ``_defer`` has kept its delayed call (the dispatch mule's record of the running call,
+:func:`uwsgiconf_mules.mule.running.clear`): done again at the next start, it could write a call
+that a farm mate has run and removed meanwhile."""
 
 NOTIFY: list[Callable[[str, int, str], None] | None] = [None]
 """The dispatch mule's timer, told of each delayed call this process keeps (target, due, name)."""

@@ -117,3 +117,55 @@ def test_dead_letters_never_take_the_room_of_queued_calls(tmp_path: Path) -> Non
     keep = _dispatch._Keeper(spool)
     assert keep(signed("tasks:a", "x" * 40), 1) == 1
     assert (len(keep.kept), keep.lost) == (1, {})
+
+
+class _Stopped(Exception):
+    pass
+
+
+def test_the_record_never_pairs_a_call_s_bytes_with_the_size_of_the_one_before(
+        registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmap
+
+    from uwsgiconf_mules.runtime import instance as _instance
+
+    messages = [signed("tasks:long", "x" * 200), signed("tasks:short", 1)]
+    seen: list[tuple[str, int]] = []
+    buffer = mmap.mmap(-1, 4096)
+    record = [0]
+
+    def read(into: mmap.mmap) -> int:
+        if not messages:
+            raise _Stopped
+        seen.append(("read", record[0]))  # what a kill during the read leaves
+        message = messages.pop(0)
+        into[:len(message)] = message
+        return len(message)
+
+    class Queues:
+        def __init__(self) -> None:
+            self.buffer, self.view, self.record, self.current = buffer, memoryview(buffer), record, read
+
+    def task(*args: object) -> None:
+        seen.append(("run", record[0]))
+
+    _tasks.register("tasks:long", task)
+    _tasks.register("tasks:short", task)
+    _tasks.TABLE.clear()
+
+    class Uwsgi:
+        @staticmethod
+        def mule_id() -> int:
+            return 1
+
+    monkeypatch.setattr(_instance, "uwsgi", Uwsgi)
+    monkeypatch.setattr(_dispatch, "_prepare", lambda uwsgi, mule_id: (None, None, Queues()))
+    monkeypatch.setattr(_tasks, "COUNTING", None)
+    saved = list(_tasks.LOOP_CALL)
+    try:
+        with pytest.raises(_Stopped):
+            _dispatch.mule_loop()
+    finally:
+        _tasks.LOOP_CALL[:] = saved
+    sizes = [len(signed("tasks:long", "x" * 200)), len(signed("tasks:short", 1))]
+    assert seen == [("read", 0), ("run", sizes[0]), ("read", 0), ("run", sizes[1])]

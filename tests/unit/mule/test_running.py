@@ -73,3 +73,27 @@ def test_a_record_whose_pid_is_now_an_unrelated_process_s_is_a_dead_mule_s(tmp_p
     parent = os.getppid()
     assert _record_of(tmp_path, parent, checks.start_ticks(parent) + 1) == parent  # same pid, started another time
     assert _record_of(tmp_path, parent, checks.start_ticks(parent)) is None  # that mule still runs
+
+
+def test_a_delayed_call_once_kept_is_no_longer_the_running_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # killed after _defer's rename, the next start must not write it again (a farm mate may have run it)
+    from uwsgiconf_mules.mule import running
+    from uwsgiconf_mules.protocol import envelope
+    from uwsgiconf_mules.protocol.spool import Spool, delayed
+    from uwsgiconf_mules.runtime import deferred, tasks
+
+    for module, name in ((running, "_header"), (running, "_buffer"), (tasks, "_dead_letters")):
+        monkeypatch.setattr(module, name, getattr(module, name))
+    monkeypatch.setattr(deferred, "KEPT", [None])
+    monkeypatch.setattr(deferred, "NOTIFY", [None])
+    spool = Spool(str(tmp_path / "spool"))
+    spool.create()
+    tasks.set_dead_letters(spool)
+    mapped = running.buffer(spool, 1, 4096)
+    assert mapped is not None
+    words = mapped[1]
+    words[running.SIZE] = 100  # the _defer call runs
+    name = delayed.name(10)
+    deferred._defer("mule:1", 10, 1, envelope.stored(envelope.encoder("shop.tasks:mail")((1,), {})), name)
+    assert delayed.pending(spool, "mule:1") == [name]
+    assert words[running.SIZE] == 0
