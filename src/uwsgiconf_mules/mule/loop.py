@@ -36,7 +36,7 @@ from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..protocol.limits import socket_message_limit
-from ..protocol.spool import letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
+from ..protocol.spool import claims as _claims, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
 from . import signals as _signals, timer as _timer
 from .queues import STREAK, Queues, probe_destinations
@@ -205,7 +205,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
                              ", ".join(f"{name!r} ({why})" for name, why in strangers[:5])
                              + (", ..." if len(strangers) > 5 else ""))
     for dead in spool.orphans():
-        orphan = spool.take(dead)  # first: of two mules starting together, one only buries it
+        orphan = _claims.take(dead)  # first: of two mules starting together, one only buries it
         if orphan is not None:
             spool.bury(orphan, "the mule running it died; it may have run: replay it only if that is safe")
     waiting = spool.waiting(targets)

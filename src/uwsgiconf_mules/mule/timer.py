@@ -26,7 +26,7 @@ import time
 from collections import deque
 
 from ..protocol import envelope as _protocol, spool as _spool
-from ..protocol.spool import delayed as _delayed
+from ..protocol.spool import claims as _claims, delayed as _delayed
 from ..runtime import deferred as _deferred, policy as _policy, tasks as _tasks
 from . import running as _running
 
@@ -311,7 +311,7 @@ def recover(spool: _spool.Spool, mule_id: int) -> None:
             info = os.lstat(dead)
         except FileNotFoundError:
             continue
-        path = spool.take(dead)  # first: of two mules starting together, one only handles it
+        path = _claims.take(dead)  # first: of two mules starting together, one only handles it
         if path is None:
             continue
         try:

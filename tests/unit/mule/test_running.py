@@ -75,7 +75,8 @@ def test_a_record_whose_pid_is_now_an_unrelated_process_s_is_a_dead_mule_s(tmp_p
     assert _record_of(tmp_path, parent, checks.start_ticks(parent)) is None  # that mule still runs
 
 
-def test_a_delayed_call_once_kept_is_no_longer_the_running_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_delayed_call_once_kept_is_no_longer_the_running_call(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # killed after _defer's rename, the next start must not write it again (a farm mate may have run it)
     from uwsgiconf_mules.mule import running
     from uwsgiconf_mules.protocol import envelope

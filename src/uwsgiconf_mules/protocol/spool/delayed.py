@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import checks as _checks, store as _store
+from . import checks as _checks, claims as _claims, store as _store
 
 PART = "delayed"
 """The spool's part that holds delayed calls."""
@@ -240,7 +240,7 @@ def dead_claims(spool: _store.Spool) -> list[tuple[str, str]]:
     found = []
     for entry in _store._scandir(spool.part("claimed")):
         parsed = split_claimed(entry.name)
-        if parsed is not None and not _checks.alive(parsed[0], since=_store._ctime(entry)):
+        if parsed is not None and not _checks.alive(parsed[0], since=_claims.named_at(entry)):
             found.append((parsed[1], entry.path))
     return sorted(found)
 

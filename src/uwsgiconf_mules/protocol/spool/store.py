@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import time
 
-from .checks import alive, check_ancestors, private_dir
+from .checks import check_ancestors, private_dir
+from .claims import orphans
 from .layout import (
     ANY,
     DEAD_SHARE,
@@ -21,14 +21,10 @@ from .layout import (
     UNTRUSTED_MARK,
 )
 
-CLAIMED_DELAYED = ("due-", "run-")
-"""How the names of claimed delayed calls go on after the pid (see :mod:`.delayed`)."""
-
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
-
 
 _counter = 0
 
@@ -277,8 +273,10 @@ class Spool:
         except (OSError, ValueError):
             payload = b""
         self.write("dead", payload, reason)
-        with contextlib.suppress(FileNotFoundError):
+        try:  # noqa: SIM105 - contextlib is not imported here: workers and mules import this module
             os.unlink(path)  # a regular file (see _scandir)
+        except FileNotFoundError:
+            pass
 
     def files(self, part: str) -> list[str]:
         """Paths of the calls in ``part``, oldest first.
@@ -288,32 +286,8 @@ class Spool:
         return sorted(entry.path for entry in _scandir(self.part(part)))
 
     def orphans(self) -> list[str]:
-        """Claimed calls of ``queue/`` whose mule is gone (the pid in their name is not running, or
-        is another process's now); the claimed delayed calls are the timer's
-        (:func:`~uwsgiconf_mules.protocol.spool.delayed.recover_claimed`)."""
-        found = []
-        for entry in _scandir(self.part("claimed")):
-            head, _, rest = entry.name.partition("-")
-            if rest.startswith(CLAIMED_DELAYED):
-                continue
-            if not (head.isdigit() and alive(int(head), since=_ctime(entry))):
-                found.append(entry.path)
-        return found
-
-    def take(self, claimed: str) -> str | None:
-        """Take a claimed file of a dead mule over: renamed with this process's pid (atomic: of two
-        mules recovering it, one only gets it).
-
-        :param claimed: Its path in ``claimed/``.
-        :returns: Its new path, or None when another process took it first.
-        """
-        rest = os.path.basename(claimed).partition("-")[2]
-        taken = os.path.join(os.path.dirname(claimed), f"{os.getpid()}-{rest}")
-        try:
-            os.rename(claimed, taken)
-        except FileNotFoundError:
-            return None
-        return taken
+        """Claimed calls of ``queue/`` whose mule is gone (see :func:`.claims.orphans`)."""
+        return orphans(_scandir(self.part("claimed")))
 
 
     def pid_file(self, mule_id: int) -> str:
@@ -452,14 +426,6 @@ def read(path: str) -> tuple[str, bytes]:
         raise ValueError("not a spool file")
     reason, _, payload = data[len(MAGIC):].partition(b"\n")
     return reason.decode("utf-8", "replace"), payload
-
-
-def _ctime(entry: os.DirEntry[str]) -> float | None:
-    """When a claimed file got its name (its inode's change time: a rename sets it); None when gone."""
-    try:
-        return entry.stat(follow_symlinks=False).st_ctime
-    except OSError:
-        return None
 
 
 def _scandir(path: str, suffix: str = ".call") -> list[os.DirEntry[str]]:
