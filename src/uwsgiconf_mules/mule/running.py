@@ -149,6 +149,12 @@ def beat() -> None:
     words[BEAT] = now
 
 
+def idle() -> bool | None:
+    """Whether the loop runs no call now (the record's size is 0); None without a record."""
+    words = _header
+    return None if words is None else not words[SIZE]
+
+
 def clear() -> None:
     """Say that no call runs (a clean stop)."""
     if _header is not None:

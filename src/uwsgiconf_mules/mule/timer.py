@@ -42,8 +42,11 @@ RECOVER_EVERY = 5.0
 """Seconds between two looks for claimed calls left by mules that died (a generation that stopped
 after this one started)."""
 WAKE_AGAIN = 1.0
-"""Seconds after which claimed calls still not run are the subject of one more wake-up of the loop
-(run_due with nothing to run does nothing)."""
+"""Seconds after which claimed calls still not run while the loop is idle are the subject of one
+more wake-up of the loop (run_due with nothing to run does nothing)."""
+WAKE_UNKNOWN = 60.0
+"""The same, for a mule that keeps no record of its running call (it cannot tell a lost wake-up
+from one waiting behind a long call)."""
 RUN_DUE_KEY = "uwsgiconf_mules.mule.timer:run_due"
 
 _timer: Timer | None = None
@@ -70,6 +73,7 @@ class Timer:
         self.due: deque[str] = deque()  # claimed paths for the loop
         self.woken = False  # a run_due call is on its way
         self.woke_at = 0.0
+        self.idle_seen = 0  # rescans in a row that found the loop idle
         self.stopped = False
         self.wake_message = _protocol.encoder(RUN_DUE_KEY)((), {})
         for target in targets:
@@ -150,8 +154,10 @@ class Timer:
             if now_mono >= next_rescan:
                 next_rescan = now_mono + RESCAN
                 _running.beat()
-                if self.due and (not self.woken or now_mono - self.woke_at > WAKE_AGAIN):
-                    self._wake()  # the last wake-up found the queue full, or waits behind a long call
+                idle = _running.idle()
+                self.idle_seen = self.idle_seen + 1 if idle else 0
+                if self.due and (not self.woken or self._lost(now_mono - self.woke_at, idle)):
+                    self._wake()  # the last wake-up found the queue full, or was lost
             if now_mono >= next_recover:
                 next_recover = now_mono + RECOVER_EVERY
                 _delayed.recover_claimed(self.spool)
@@ -169,6 +175,15 @@ class Timer:
                     self._wake()
                 wait = RESCAN if not self.heap else min(RESCAN, max(0.0, (self.heap[0][0] - time.time_ns()) / 1e9))
                 self.cond.wait(max(wait, 0.0005))
+
+    def _lost(self, waited: float, idle: bool | None) -> bool:
+        """Whether a wake-up sent ``waited`` seconds ago was lost: the loop has been idle for two
+        rescans in a row since (never while a call runs: the wake-up waits in the queue behind it,
+        and one more each second would fill the mule's queue); without a record of the running
+        call, after :data:`WAKE_UNKNOWN` seconds."""
+        if idle is None:
+            return waited > WAKE_UNKNOWN
+        return waited > WAKE_AGAIN and self.idle_seen >= 2
 
     def _wake(self) -> None:
         # Set before the send: the loop may run run_due (which clears it) before mule_msg returns.
