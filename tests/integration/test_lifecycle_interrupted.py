@@ -87,12 +87,17 @@ def sleeps_c(tag):
         record("soft", tag=tag, how="sleep", after=time.time() - started)
 
 
+@mule_offload(time_limit=1)
+def quick(tag):
+    record("quick", tag=tag)
+
+
 @mule_offload()
 def after(tag):
     record("after", tag=tag)
 
 
-for _name in ("dies", "dies_once", "dies_always", "stuck", "slow_python", "slow_c", "sleeps_c", "after"):
+for _name in ("dies", "dies_once", "dies_always", "stuck", "slow_python", "slow_c", "sleeps_c", "quick", "after"):
     route("/" + _name)((lambda task: lambda query: task(query))(globals()[_name]))
 '''
 
@@ -201,5 +206,19 @@ def test_a_soft_time_limit_raises_in_python_code_in_a_sleep_and_in_a_socket_read
         server.wait_for(lambda: any(n.startswith("failed: app:slow_python (TimeLimitExceeded, attempt 2 of 2)")
                                     for n in notes(tmp_path)), 10, "the failed dead letter")
         assert spawns(server) == 1  # soft limits never kill the mule
+    finally:
+        server.stop()
+
+
+def test_a_quick_call_with_a_hard_time_limit_leaves_no_limit_armed_on_the_idle_mule(tmp_path: Path) -> None:
+    server, _ = start(tmp_path)
+    try:
+        assert server.get("/quick?q") == (200, True)
+        server.wait_lines("quick", 1, timeout=10)
+        time.sleep(2.5)  # idle past the call's time_limit=1: killed if it were still armed
+        assert server.get("/after?a") == (200, True)
+        server.wait_lines("after", 1, timeout=10)
+        assert "HARAKIRI" not in server.log().upper()
+        assert spawns(server) == 1
     finally:
         server.stop()

@@ -64,19 +64,20 @@ def limits(soft: float | None, hard: int | None) -> Iterator[None]:
     """
     uwsgi = _instance.uwsgi
     done = None
-    if soft is not None and threading.current_thread() is threading.main_thread():
-        if not _installed[0]:
-            signal.signal(signal.SIGALRM, _alarm)
-            _installed[0] = True
-        _count[0] += 1
-        number = _count[0]
-        _armed[1], _armed[0] = soft, number
-        done = _thread.allocate_lock()
-        done.acquire()
-        _threads.start(_watch, done, number, soft, threading.main_thread().ident)
-    if hard is not None and uwsgi is not None:
-        uwsgi.set_user_harakiri(hard)
-    try:
+    try:  # armed inside: whatever interrupts the arming (the soft limit's signal too), both are cleared
+        if hard is not None and uwsgi is not None:
+            uwsgi.set_user_harakiri(hard)
+        if soft is not None and threading.current_thread() is threading.main_thread():
+            if not _installed[0]:
+                signal.signal(signal.SIGALRM, _alarm)
+                _installed[0] = True
+            _count[0] += 1
+            number = _count[0]
+            lock = _thread.allocate_lock()
+            lock.acquire()
+            done = lock
+            _armed[1], _armed[0] = soft, number
+            _threads.start(_watch, done, number, soft, threading.main_thread().ident)
         yield
     finally:
         _armed[0] = 0
