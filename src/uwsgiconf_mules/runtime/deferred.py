@@ -188,18 +188,55 @@ def _defer(target: str, due_ns: int, attempt: int, payload: bytes, file_name: st
     :param due_ns: When it may run, in nanoseconds since the epoch.
     :param attempt: The attempt it will be.
     :param payload: The call without the token.
-    :param file_name: Its file name, drawn by the sender.
-    :raises MulesRuntimeError: when there is no spool to keep it in (the call failed, in the log).
+    :param file_name: Its file name, drawn by the sender (checked: one that
+        :func:`~uwsgiconf_mules.protocol.spool.delayed.name` draws, or the call is not kept).
+
+    A call that cannot be kept (no usable spool, the disk refuses, a bad file name) was accepted
+    all the same (its sender was told True): it is kept as a ``failed`` dead letter under its
+    task's name when the spool takes it, and said in one log line.
     """
     from ..protocol.spool import delayed as _delayed
 
     letters = _tasks._dead_letters
-    if file_name and letters is not None and _delayed.known(letters.spool, target, file_name):
+    try:
+        if file_name and not _delayed.valid_name(file_name):
+            raise ValueError(f"not the file name of a delayed call: {file_name[:80]!r}")
+        if file_name and letters is not None and _delayed.known(letters.spool, target, file_name):
+            return
+        schedule(target, payload, due_ns, attempt, file_name or None)
+    except Exception as exc:  # the sender was told True: kept as a dead letter, never dropped
+        _not_kept(target, due_ns, attempt, payload, exc)
         return
-    schedule(target, payload, due_ns, attempt, file_name or None)
     kept = KEPT[0]
     if kept is not None:  # the record names this call no more: a mule killed now has nothing to do again
         kept()
+
+
+def _not_kept(target: str, due_ns: int, attempt: int, payload: bytes, exc: Exception) -> None:
+    """A delayed call this mule could not keep (a full disk, no spool, a bad file name): a
+    ``failed`` dead letter under its task's name, when the spool takes it; one log line either way."""
+    from .._text import escape
+    from .policy import task_name
+
+    try:
+        key, args, _ = _protocol.decode(_protocol.restored(payload))
+        name = task_name(key.decode(), tuple(args))
+    except Exception:
+        name = "damaged call"
+    due = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(due_ns / 1e9))
+    why = f"{type(exc).__name__}: {exc}"
+    letters = _tasks._dead_letters
+    where = "nowhere (no usable spool)"
+    if letters is not None:
+        note = (f"failed: {escape(name)} (delayed call not kept, attempt {attempt}): {escape(why)[:200]} | due "
+                f"{due} UTC for {escape(target)}; replay it to run it now")
+        try:
+            letters.keep(payload, note, durable=False)
+            where = f"as a failed dead letter in {letters.spool.part('dead')}"
+        except OSError as keep_exc:
+            where = f"nowhere ({keep_exc.strerror or keep_exc})"
+    _tasks.log().error("uwsgiconf-mules: mule %d could not keep the delayed call of task %s due %s UTC for %s "
+                       "(%s): kept %s", _tasks.current_mule(), escape(name), due, escape(target), why, where)
 
 
 KEPT: list[Callable[[], None] | None] = [None]

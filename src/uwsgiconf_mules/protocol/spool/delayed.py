@@ -71,6 +71,19 @@ def name(due_ns: int) -> str:
     return f"{max(0, due_ns):0{DUE_DIGITS}d}-{os.getpid()}-{_counter:08d}.call"
 
 
+def valid_name(file_name: str) -> bool:
+    """Whether ``file_name`` is one that :func:`name` draws: ``<due:20 digits>-<pid>-<n:8+ digits>.call``
+    (a name taken from a message is checked before it is joined to a path).
+
+    :param file_name: A file name.
+    """
+    due, _, rest = file_name.partition("-")
+    pid, _, end = rest.partition("-")
+    count = end.removesuffix(".call")
+    return (len(due) == DUE_DIGITS and due.isdigit() and pid.isdigit() and end.endswith(".call")
+            and len(count) >= 8 and count.isdigit() and due.isascii() and pid.isascii() and count.isascii())
+
+
 def due_of(file_name: str) -> int:
     """The due time (ns since the epoch) in a delayed call's file name; 0 when it has none.
 

@@ -1,0 +1,62 @@
+"""Keeping a delayed call in the mule that receives it (runtime.deferred._defer): a call the sender
+was told is accepted is never dropped, and a file name taken from a message is checked."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from uwsgiconf_mules.protocol import envelope, spool as _spool
+from uwsgiconf_mules.protocol.spool import delayed
+from uwsgiconf_mules.runtime import deferred, tasks
+
+PAYLOAD = envelope.stored(envelope.encoder("shop.tasks:mail")((1,), {}))
+
+
+@pytest.fixture
+def kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _spool.Spool:
+    monkeypatch.setattr(tasks, "_dead_letters", None)
+    monkeypatch.setattr(deferred, "KEPT", [None])
+    monkeypatch.setattr(deferred, "NOTIFY", [None])
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    tasks.set_dead_letters(spool)
+    return spool
+
+
+def letters(spool: _spool.Spool) -> list[tuple[str, bytes]]:
+    return [_spool.read(os.path.join(spool.part("dead"), name)) for name in sorted(os.listdir(spool.part("dead")))]
+
+
+def test_a_delayed_call_the_disk_refuses_is_kept_as_a_failed_dead_letter_of_its_task(
+        kept: _spool.Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def full(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(deferred, "schedule", full)
+    with caplog.at_level(logging.ERROR):
+        deferred._defer("farm:mail-out", 10 ** 18, 2, PAYLOAD, delayed.name(10 ** 18))
+    [(note, payload)] = letters(kept)
+    assert note.startswith("failed: shop.tasks:mail (delayed call not kept, attempt 2): OSError: [Errno 28] No space")
+    assert payload == PAYLOAD  # replayable: the call itself
+    assert "could not keep the delayed call of task shop.tasks:mail due 2001-09-09 01:46:40 UTC for farm:mail-out" \
+        in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["../x.call", "00000000000000000010-1-00000001.call/..", "x.call",
+                                 "0000000000000000001-1-00000001.call", "00000000000000000010-1-0000001.call"])
+def test_a_file_name_from_a_message_that_no_sender_draws_is_refused_and_the_call_kept(
+        kept: _spool.Spool, bad: str) -> None:
+    deferred._defer("mule:1", 10, 1, PAYLOAD, bad)
+    assert not os.path.exists(kept.part("delayed/mule-1")) or delayed.pending(kept, "mule:1") == []
+    assert not os.path.exists(os.path.join(kept.path, "x.call"))
+    [(note, _)] = letters(kept)
+    assert note.startswith("failed: shop.tasks:mail (delayed call not kept, attempt 1): ValueError: not the file name")
+    assert os.listdir(kept.part("tmp")) == []
+
+
+def test_a_file_name_a_sender_draws_is_valid() -> None:
+    assert delayed.valid_name(delayed.name(10 ** 18))
