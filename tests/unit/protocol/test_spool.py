@@ -220,6 +220,23 @@ def test_a_flood_of_untrusted_messages_never_pushes_out_the_dead_letters_of_real
     assert len(payloads) > 20  # the newest untrusted notes are kept too
 
 
+def test_a_failure_storm_never_pushes_out_the_interrupted_calls(tmp_path: Path) -> None:
+    spool = _spool.Spool(str(tmp_path / "spool"), limit=8 * 20_000)  # dead/: 20,000 bytes
+    spool.create()
+    letters = _spool.DeadLetters(spool, [].append)
+    for i in range(5):
+        letters.keep(f"ak:{i}\x00".encode(), f"interrupted: app:run{i} (in mule 1, pid 2) | the mule died")
+    letters.keep(b"ak:refused\x00", "unknown task")
+    for i in range(2_000):  # a task failing far past the quota: only failed letters make room
+        letters.keep(f"ak:{i}\x00".encode() + b"y" * 50, f"failed: app:flaky (ValueError, attempt 1 of 1): {i}",
+                     durable=False)
+    notes = [_spool.read(path)[0] for path in spool.files("dead")]
+    assert sum(note.startswith("interrupted: ") for note in notes) == 5
+    assert "unknown task" in notes
+    assert notes[-1].endswith(": 1999")  # the newest failed ones are kept
+    assert spool.size(("dead",)) <= spool.dead_limit
+
+
 def test_refusals_are_said_once_per_burst_with_a_count() -> None:
     said: list[str] = []
     burst = _spool.Burst(said.append, window=0.2)

@@ -29,3 +29,6 @@ STALE_AFTER = 600.0
 UNTRUSTED_MARK = "-u.call"
 """End of the file name of a note of an untrusted message: past the quota of ``dead/``, these go
 first, so that a flood of forged messages cannot push out the dead letters of real calls."""
+FAILED_MARK = "-f.call"
+"""End of the file name of a ``failed: `` dead letter: past the quota, these go next, so that a
+failure storm cannot push out the ``interrupted`` ones (and the other dead letters)."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import time
 
-from .layout import DEAD_FILES, LIFECYCLE, MAGIC, UNTRUSTED, UNTRUSTED_MARK
-from .store import Spool, _scandir
+from .layout import DEAD_FILES, FAILED_MARK, LIFECYCLE, MAGIC, UNTRUSTED, UNTRUSTED_MARK
+from .store import Spool, _name, _scandir
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ class DeadLetters:
         """
         if self.held is None:
             self.held = self._count()
-        self.spool.write("dead", payload, note, durable=durable)
+        name = _name()[:-len(".call")] + FAILED_MARK if note.startswith(LIFECYCLE[0]) else ""
+        self.spool.write("dead", payload, note, durable=durable, name=name)
         self.held[0] += len(MAGIC) + len(note.encode("utf-8", "replace")) + 1 + len(payload)
         self.held[1] += 1
         if self.held[0] > self.spool.dead_limit or self.held[1] > DEAD_FILES:
@@ -89,7 +90,9 @@ class DeadLetters:
                 sized.append((entry.name, entry.path, entry.stat(follow_symlinks=False).st_size))
             except OSError:
                 continue
-        sized.sort(key=lambda item: (not item[0].endswith(UNTRUSTED_MARK), item[0]))  # untrusted notes first
+        # Untrusted notes first, then failed calls, then the rest (interrupted calls, refused ones), oldest first.
+        sized.sort(key=lambda item: (not item[0].endswith(UNTRUSTED_MARK), not item[0].endswith(FAILED_MARK),
+                                     item[0]))
         total, count, removed = sum(size for _, _, size in sized), len(sized), 0
         for _, path, size in sized:
             if total <= limit and count <= files:
