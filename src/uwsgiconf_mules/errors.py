@@ -155,16 +155,26 @@ class TaskOptionError(UsageError, ValueError):
         self.option = option
 
 
+MAX_RETRY_DELAY = 366 * 86400.0
+"""Longest ``Retry(delay=...)``, in seconds (``runtime.deferred.MAX_DELAY``: a year and a day)."""
+
+
 class Retry(MulesError):
     """Raised by an offloaded task to ask for another attempt, like Celery's ``self.retry()``: the
     call runs again after ``delay`` seconds (default: the task's backoff), as long as the task
     declares attempts left (``retries=``); on its last attempt it is a failed call.
 
-    :param delay: Seconds before the next attempt, or None for the task's backoff.
+    :param delay: Seconds before the next attempt (0 to a year and a day), or None for the task's backoff.
     :param reason: Why, for the log line.
+    :raises TaskOptionError: for a delay that is not such a number (raised where the task raises
+        ``Retry``: the call fails, naming it).
     """
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                                  or not 0 <= delay <= MAX_RETRY_DELAY):  # NaN too
+            raise TaskOptionError(f"Retry(delay=...) must be None or a number of seconds from 0 to "
+                                  f"{MAX_RETRY_DELAY:g}, not {delay!r}", option="delay")
         super().__init__(reason or "retry asked by the task")
         self.delay = delay
         self.reason = reason

@@ -185,6 +185,22 @@ def test_unsupported_features_are_refused_at_enqueue_and_run_after_is_honoured(t
                                    else "InvalidTaskError", "READY"]
 
 
+def test_a_naive_run_after_under_use_tz_false_is_taken_in_the_current_time_zone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "SETUP", SETUP.replace("USE_TZ=True", "USE_TZ=False"))
+    proc, _ = run_django(tmp_path, """
+        import datetime
+        import jobs
+        from django.utils import timezone
+        from uwsgiconf_mules.contrib.django import _aware
+        later = datetime.datetime.now() + datetime.timedelta(hours=1)  # naive: what Django makes with USE_TZ=False
+        print(jobs.touch_db.using(run_after=later).enqueue(2).status)
+        print(_aware(later) == timezone.make_aware(later), timezone.is_aware(_aware(later)))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["READY", "True", "True"]
+
+
 def test_a_queue_that_is_not_a_declared_farm_fails_at_enqueue(tmp_path: Path) -> None:
     proc, lines = run_django(tmp_path, """
         import jobs

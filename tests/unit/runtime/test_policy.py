@@ -198,3 +198,19 @@ def test_the_on_failure_hook_sees_the_attempt_that_failed() -> None:
         failures.reset()
     assert HOOKED == [(flaky.key, 3, "ValueError")]
     assert current_attempt() == 1
+
+
+@pytest.mark.parametrize("delay", ["x", float("nan"), -1, 10 ** 9, True])
+def test_a_retry_delay_that_is_not_a_number_of_seconds_in_range_is_refused_naming_it(delay: object) -> None:
+    from uwsgiconf_mules.errors import Retry, TaskOptionError
+
+    with pytest.raises(TaskOptionError, match=r"Retry\(delay=\.\.\.\) must be None or a number of seconds"):
+        Retry(delay=delay)  # type: ignore[arg-type]
+    assert Retry(delay=0).delay == 0 and Retry().delay is None
+
+
+def test_the_longest_retry_delay_is_the_longest_delay() -> None:
+    from uwsgiconf_mules.errors import MAX_RETRY_DELAY
+    from uwsgiconf_mules.runtime.deferred import MAX_DELAY
+
+    assert MAX_RETRY_DELAY == MAX_DELAY

@@ -262,6 +262,14 @@ def _job_problem(task: Any, path: str) -> str | None:
 _tasks.JOB_CHECKS[_KEY] = _check_job
 
 
+def _aware(when: Any) -> Any:
+    """``run_after`` as an aware datetime: with ``USE_TZ = False``, Django takes (and
+    ``using(run_after=timedelta)`` makes) naive ones, in the current time zone."""
+    from django.utils import timezone
+
+    return timezone.make_aware(when) if timezone.is_naive(when) else when
+
+
 class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
     """``django.tasks`` backend: each queue is a farm of dispatch mules (see the module docstring).
 
@@ -318,7 +326,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         result = self._accept(task, args, kwargs)
         try:
             sender = self._sender(task.queue_name)
-            sender = sender if task.run_after is None else sender.at(task.run_after)  # type: ignore[attr-defined]
+            sender = sender if task.run_after is None else sender.at(_aware(task.run_after))  # type: ignore[attr-defined]
             sender(task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
                    result.enqueued_at.isoformat())
         except MulesError as exc:  # named after the task, not after the function that runs it
