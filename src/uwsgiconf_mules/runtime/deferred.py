@@ -9,7 +9,7 @@ delayed call not yet kept is a queued call, kept across reloads and stops as eve
 A retry is kept the same way, by the mule where the call failed (:func:`schedule`).
 
 Outside uWSGI (inline calls, the test modes), a delayed call runs at once; a test mode records its
-delay (:data:`SENDING`).
+delay (:data:`SENDING`), and with no test mode a warning says so, once per task.
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ _NOTES: dict[tuple[Any, int, str | None], str] = {}  # (target, declarations, ho
 _NOTES_OF: list[Any] = [None]  # the declarations _NOTES were checked against
 
 
+_RAN_EARLY: set[str] = set()  # tasks whose delayed calls ran early outside uWSGI, said once
+
 SENDING: list[Any] = [None]
 """While a test mode records a delayed call: its delay in seconds (see ``testing``)."""
 
@@ -162,6 +164,11 @@ def delayed_sender(key: str, encode: Callable[[tuple[Any, ...], dict[str, Any]],
         note = target_note()
         message = encode(args, kwargs)
         if _instance.uwsgi is None:  # inline, or a test mode: at once (a test mode records the delay)
+            if seconds > 0 and _instance.local_send is None and key not in _RAN_EARLY:
+                _RAN_EARLY.add(key)  # said once per task: a script or a development server runs calls inline
+                _tasks.log().warning("uwsgiconf-mules: task %s: a delayed call outside uWSGI runs at once, %.3f s "
+                                     "earlier than asked (no spool, no timer here; the test modes record the "
+                                     "delay)", key, seconds)
             SENDING[0] = seconds
             try:
                 return deliver(message)
