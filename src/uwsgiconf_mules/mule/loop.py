@@ -36,7 +36,7 @@ from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..protocol.limits import socket_message_limit
-from ..protocol.spool import claims as _claims, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
+from ..protocol.spool import claims as _claims, delayed as _delayed, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
 from . import signals as _signals, timer as _timer
 from .queues import STREAK, Queues, probe_destinations
@@ -198,10 +198,11 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
     if spool.made:  # said here, once logging is set up
         _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
     _check_stops(spool)
-    strangers = spool.strangers()
+    strangers = [(f"queue/{name}", why) for name, why in spool.strangers()]
+    strangers += [(f"delayed/{name}", why) for name, why in _delayed.strangers(spool)]
     if strangers:
         _tasks.log().warning("uwsgiconf-mules: mule %d ignores %d file(s) in %s that are not this user's regular "
-                             "files, and never runs them: %s", mule_id, len(strangers), spool.part("queue"),
+                             "files, and never runs them: %s", mule_id, len(strangers), spool.path,
                              ", ".join(f"{name!r} ({why})" for name, why in strangers[:5])
                              + (", ..." if len(strangers) > 5 else ""))
     for dead in spool.orphans():

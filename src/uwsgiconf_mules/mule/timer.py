@@ -84,7 +84,9 @@ class Timer:
         where = self.spool.part(_delayed.folder(target))
         try:
             mtime = os.stat(where).st_mtime_ns
-            names = {name for name in os.listdir(where) if name.endswith(".call")}
+            with os.scandir(where) as entries:  # regular files only (no stat: the owner is checked at the claim's run)
+                names = {entry.name for entry in entries
+                         if entry.name.endswith(".call") and entry.is_file(follow_symlinks=False)}
         except FileNotFoundError:
             mtime, names = 0, set()
         with self.cond:

@@ -147,3 +147,37 @@ def test_a_pid_reused_by_a_later_process_is_a_dead_mule_s(tmp_path: Path, monkey
     assert delayed.recover_claimed(kept) == [] and delayed.pending(kept, "mule:1") == []  # ...alive: kept
     monkeypatch.setattr(checks, "started_at", lambda pid: time.time() + 10)  # ...a process that came later
     assert delayed.recover_claimed(kept) == [] and delayed.pending(kept, "mule:1") == [name]
+
+
+def test_links_and_fifos_in_delayed_are_strangers_never_claimed_and_never_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import timer
+
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    payload = envelope.stored(envelope.encoder("shop.tasks:mail")((1,), {}))
+    real = os.path.basename(delayed.write(kept, "mule:1", payload, 10))
+    where = Path(kept.part("delayed/mule-1"))
+    secret = tmp_path / "secret"
+    secret.write_bytes(_spool.MAGIC + b"mule:1 attempt=1\nak:secret\x00")
+    (where / "00000000000000000001-1-00000001.call").symlink_to(secret)
+    os.mkfifo(where / "00000000000000000002-1-00000001.call")
+    assert delayed.strangers(kept) == [("mule-1/00000000000000000001-1-00000001.call", "a symbolic link"),
+                                       ("mule-1/00000000000000000002-1-00000001.call", "not a regular file")]
+    scanned = timer.Timer(object(), kept, 1, ["mule:1"])
+    assert [name for _, _, name in scanned.heap] == [real]  # the link and the FIFO are never claimed
+    link = str(where / "00000000000000000001-1-00000001.call")
+    with pytest.raises(OSError):  # read never follows a link (nor waits on a FIFO)
+        _spool.read(link)
+    kept.bury(link, "unreadable")
+    assert [_spool.read(path)[1] for path in kept.files("dead")] == [b""]  # the link's target was not copied
+    with pytest.raises(ValueError, match="not a regular file"):
+        _spool.read(str(where / "00000000000000000002-1-00000001.call"))
+
+
+def test_a_spool_whose_delayed_calls_all_ran_can_be_stale(tmp_path: Path) -> None:
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    path = delayed.write(kept, "mule:1", b"mx:y\x00", 10)
+    os.unlink(path)  # ran: its folder stays
+    assert _spool.stale(kept.path, now=10 ** 12)

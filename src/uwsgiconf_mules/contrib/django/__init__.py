@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.apps import AppConfig
+from django.utils import timezone
 
 from ...declarations import CONFIG_ENV
 from ...errors import MulesError, UnknownTaskError
@@ -67,12 +68,6 @@ _api = _tasks_api()
 _base: Any = importlib.import_module(f"{_api.__name__}.base")
 _signals: Any = importlib.import_module(f"{_api.__name__}.signals")
 _BaseTaskBackend: Any = importlib.import_module(f"{_api.__name__}.backends.base").BaseTaskBackend
-
-
-def _now() -> Any:
-    from django.utils import timezone
-
-    return timezone.now()
 
 
 def _new_result(task: Any, result_id: str, alias: str, args: Any, kwargs: Any, **changes: Any) -> Any:
@@ -152,7 +147,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
     announce = _announcements.pop(result_id, None)
     if announce is not None:  # run within enqueue (outside uWSGI): accepted, and announced before it starts
         announce()
-    started = _now()
+    started = timezone.now()
     result = _new_result(task, result_id, alias, args, kwargs, status=_base.TaskResultStatus.RUNNING,
                          enqueued_at=_enqueued(enqueued_at, started), started_at=started, last_attempted_at=started,
                          worker_ids=[f"mule{_tasks.current_mule()}"])
@@ -172,7 +167,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         kind = type(exc)
         result.errors.append(_base.TaskError(exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
                                              traceback="".join(traceback.format_exception(exc))))
-        _set(result, status=_base.TaskResultStatus.FAILED, finished_at=_now())
+        _set(result, status=_base.TaskResultStatus.FAILED, finished_at=timezone.now())
         testing = _instance.uwsgi is None and _instance.local_send is not None
         if not testing:
             _tasks.failed(path)
@@ -181,7 +176,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         if testing:  # eager(), outbox.run(): the exception goes to the test, as for any offloaded call
             raise
     else:
-        _set(result, status=_base.TaskResultStatus.SUCCESSFUL, finished_at=_now(), _return_value=value)
+        _set(result, status=_base.TaskResultStatus.SUCCESSFUL, finished_at=timezone.now(), _return_value=value)
         _signals.task_finished.send(sender=backend, task_result=result)
     finally:
         close_old_connections()
@@ -263,10 +258,7 @@ _tasks.JOB_CHECKS[_KEY] = _check_job
 
 
 def _aware(when: Any) -> Any:
-    """``run_after`` as an aware datetime: with ``USE_TZ = False``, Django takes (and
-    ``using(run_after=timedelta)`` makes) naive ones, in the current time zone."""
-    from django.utils import timezone
-
+    """``run_after``, aware: with ``USE_TZ = False`` Django makes naive ones, in the current time zone."""
     return timezone.make_aware(when) if timezone.is_naive(when) else when
 
 
@@ -373,7 +365,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         self.validate_task(task)
         from django.utils.crypto import get_random_string
 
-        result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=_now())
+        result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=timezone.now())
         _announcements[result.id] = functools.partial(_signals.task_enqueued.send, sender=type(self),
                                                       task_result=result)
         return result

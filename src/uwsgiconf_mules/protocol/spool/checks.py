@@ -144,6 +144,15 @@ def alive(pid: int, since: float | None = None) -> bool:
     return True
 
 
+def _listed(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except NotADirectoryError:
+        return [path]  # something else there: kept, as in the other parts
+    except FileNotFoundError:
+        return []
+
+
 def stale(path: str, now: float | None = None) -> bool:
     """Whether the spool directory ``path`` holds nothing to keep: no file in ``queue/``,
     ``claimed/`` or ``dead/``, no running dispatch mule (a pid in ``mules/`` that is alive), and
@@ -160,6 +169,8 @@ def stale(path: str, now: float | None = None) -> bool:
             names = os.listdir(where)
         except FileNotFoundError:
             continue
+        if part == "delayed":  # its folders (one per target) stay once made: what counts is the calls in them
+            names = [name for folder in names for name in _listed(os.path.join(where, folder))]
         if part in ("queue", "claimed", "dead", "delayed") and names:
             return False
         for name in names if part == "mules" else ():
@@ -200,3 +211,30 @@ def purge_stale(root: str) -> tuple[int, int, list[str], list[str]]:
             continue
         removed += 1
     return len(names), removed, kept, problems
+
+
+def strangers(path: str) -> list[tuple[str, str]]:
+    """(name, why) of the entries of the folder ``path`` that look like spool files but are never
+    read: links, files of another user's, anything not a regular file.
+
+    :param path: A folder of the spool.
+    """
+    found = []
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".call"):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISLNK(info.st_mode):
+                    found.append((entry.name, "a symbolic link"))
+                elif not stat.S_ISREG(info.st_mode):
+                    found.append((entry.name, "not a regular file"))
+                elif info.st_uid != os.geteuid():
+                    found.append((entry.name, f"a file of uid {info.st_uid}, not of this user"))
+    except FileNotFoundError:
+        pass
+    return sorted(found)

@@ -298,3 +298,16 @@ def count(spool: _store.Spool) -> dict[str, int]:
     for folder_name in sorted(folders):
         found[target_of(folder_name)] = len(_store._scandir(spool.part(f"{PART}/{folder_name}")))
     return found
+
+
+def strangers(spool: _store.Spool) -> list[tuple[str, str]]:
+    """(name under ``delayed/``, why) of the entries of its folders that look like delayed calls but
+    are never read (see :meth:`Spool.strangers <uwsgiconf_mules.protocol.spool.Spool.strangers>`).
+
+    :param spool: The spool.
+    """
+    found: list[tuple[str, str]] = []
+    for target in count(spool):
+        where = folder(target)
+        found.extend((f"{where[len(PART) + 1:]}/{name}", why) for name, why in spool.strangers(where))
+    return found

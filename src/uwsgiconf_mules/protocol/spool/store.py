@@ -6,7 +6,7 @@ import os
 import stat
 import time
 
-from .checks import check_ancestors, private_dir
+from .checks import check_ancestors, private_dir, strangers
 from .claims import orphans
 from .layout import (
     ANY,
@@ -82,25 +82,7 @@ class Spool:
 
         :param part: A part.
         """
-        found = []
-        try:
-            with os.scandir(self.part(part)) as entries:
-                for entry in entries:
-                    if not entry.name.endswith(".call"):
-                        continue
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat.S_ISLNK(info.st_mode):
-                        found.append((entry.name, "a symbolic link"))
-                    elif not stat.S_ISREG(info.st_mode):
-                        found.append((entry.name, "not a regular file"))
-                    elif info.st_uid != os.geteuid():
-                        found.append((entry.name, f"a file of uid {info.st_uid}, not of this user"))
-        except FileNotFoundError:
-            pass
-        return sorted(found)
+        return strangers(self.part(part))
 
     def disk_free(self) -> int:
         """Bytes free on the spool's disk, less :data:`RESERVE` (never below 0); a large number when not known."""
@@ -420,7 +402,10 @@ def read(path: str) -> tuple[str, bytes]:
     :param path: The file.
     :raises ValueError: if it is not a spool file.
     """
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never a link's target, never a FIFO's wait
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         data = handle.read()
     if not data.startswith(MAGIC):
         raise ValueError("not a spool file")
