@@ -38,9 +38,14 @@ if TYPE_CHECKING:
 
 RESCAN = 0.1
 """Seconds between two checks of the folders' modification times (calls kept by other processes)."""
+FULL_RESCAN = 5.0
+"""Seconds between two listings of every folder, changed or not (a change its mtime did not show)."""
+YOUNG_NS = 1_000_000_000
+"""A folder whose mtime is younger than this (ns) is listed at every rescan."""
 RECOVER_EVERY = 5.0
 """Seconds between two looks for claimed calls left by mules that died (a generation that stopped
-after this one started)."""
+after this one started, a farm mate killed): those not started go back, running ones are
+interrupted calls (see :func:`recover`)."""
 WAKE_AGAIN = 1.0
 """Seconds after which claimed calls still not run while the loop is idle are the subject of one
 more wake-up of the loop (run_due with nothing to run does nothing)."""
@@ -103,15 +108,21 @@ class Timer:
         time changed), every :data:`RESCAN` seconds, or ten times as long as the last listing took
         (a folder of 100,000 calls), off the timer's thread so that claims stay on time."""
         interval = RESCAN
+        next_full = time.monotonic() + FULL_RESCAN
         while not self.stopped:
             time.sleep(interval)
             try:
+                full = time.monotonic() >= next_full
+                if full:
+                    next_full = time.monotonic() + FULL_RESCAN
                 for target in self.targets:
                     try:
                         mtime = os.stat(self.spool.part(_delayed.folder(target))).st_mtime_ns
                     except OSError:
                         mtime = 0
-                    if mtime != self.mtimes.get(target):
+                    # Listed again while its mtime is young too: a rename in the same clock tick as the
+                    # last listing leaves the mtime as it was (kernels without multigrain timestamps).
+                    if mtime != self.mtimes.get(target) or full or time.time_ns() - mtime < YOUNG_NS:
                         began = time.monotonic()
                         self._scan(target)
                         interval = max(RESCAN, 10 * (time.monotonic() - began))
@@ -162,7 +173,7 @@ class Timer:
                     self._wake()  # the last wake-up found the queue full, or was lost
             if now_mono >= next_recover:
                 next_recover = now_mono + RECOVER_EVERY
-                _delayed.recover_claimed(self.spool)
+                recover(self.spool, self.mule_id)  # waiting ones put back; running ones interrupted, taken first
             with self.cond:
                 now = time.time_ns()
                 claimed = False

@@ -49,3 +49,71 @@ def test_a_long_call_gets_no_flood_of_wake_ups_and_a_lost_one_is_sent_again_once
     finally:
         timer.stopped = True
         thread.join(5)
+
+
+def _scanning(timer: _timer.Timer) -> threading.Thread:
+    thread = threading.Thread(target=timer.scanner, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_call_renamed_in_without_a_change_of_its_folder_s_mtime_is_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    monkeypatch.setattr(_timer, "RESCAN", 0.01)
+    monkeypatch.setattr(_timer, "FULL_RESCAN", 1.0)
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    folder = spool.part("delayed/mule-1")
+    delayed.write(spool, "mule:1", b"mx:y\x00", 10)
+    timer = _timer.Timer(_Uwsgi(), spool, 1, ["mule:1"])
+    thread = _scanning(timer)
+    try:
+        for young in (True, False):  # the same clock tick as the listing; an old folder, so the full re-list
+            mtime = os.stat(folder).st_mtime_ns if young else 10 ** 18
+            os.utime(folder, ns=(mtime, mtime))
+            time.sleep(0.05)
+            with timer.cond:
+                timer.mtimes["mule:1"] = mtime
+            name = os.path.basename(delayed.write(spool, "mule:1", b"mx:y\x00", 10))
+            os.utime(folder, ns=(mtime, mtime))  # the mtime as the scanner last saw it
+            deadline = time.monotonic() + (0.5 if young else 2.5)  # young: well before the full re-list
+            while name not in timer.known and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert name in timer.known, young
+    finally:
+        timer.stopped = True
+        thread.join(5)
+
+
+def test_a_running_claim_of_a_mule_that_died_after_this_one_started_is_handled_without_a_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from uwsgiconf_mules.protocol import envelope
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    monkeypatch.setattr(_timer, "RECOVER_EVERY", 0.05)
+    monkeypatch.setattr(running, "_header", None)
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    timer = _timer.Timer(_Uwsgi(), spool, 1, ["mule:1"])
+    thread = threading.Thread(target=timer.run, daemon=True)
+    thread.start()
+    try:
+        payload = envelope.stored(envelope.encoder("shop.tasks:mail")((1,), {}))
+        name = os.path.basename(delayed.write(spool, "mule:2", payload, 10 ** 19))
+        claimed = delayed.start(delayed.claim(spool, "mule:2", name) or "")
+        os.rename(claimed, claimed.replace(f"{os.getpid()}-", f"{2 ** 22 + 12345}-", 1))  # its mule died
+        deadline = time.monotonic() + 3
+        while not os.listdir(spool.part("dead")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        [letter] = os.listdir(spool.part("dead"))
+        assert _spool.read(os.path.join(spool.part("dead"), letter))[0].startswith("interrupted: shop.tasks:mail ")
+        assert os.listdir(spool.part("claimed")) == []
+    finally:
+        timer.stopped = True
+        thread.join(5)
