@@ -52,6 +52,12 @@ more wake-up of the loop (run_due with nothing to run does nothing)."""
 WAKE_UNKNOWN = 60.0
 """The same, for a mule that keeps no record of its running call (it cannot tell a lost wake-up
 from one waiting behind a long call)."""
+CLAIM_BATCH = 16
+"""Due calls claimed at most per round of the timer (and farm calls set aside for the mates)."""
+FARM_GRACE = 1.0
+"""Seconds a due farm call is left to the idle mates of a busy mule before this one claims it too."""
+RUN_BATCH = 16
+"""Claimed calls one run_due call runs at most: the loop's queued calls get their turn in between."""
 RUN_DUE_KEY = "uwsgiconf_mules.mule.timer:run_due"
 
 _timer: Timer | None = None
@@ -175,19 +181,36 @@ class Timer:
                 next_recover = now_mono + RECOVER_EVERY
                 recover(self.spool, self.mule_id)  # waiting ones put back; running ones interrupted, taken first
             with self.cond:
-                now = time.time_ns()
-                claimed = False
-                while self.heap and self.heap[0][0] <= now and not self.stopped:
-                    _, target, name = heapq.heappop(self.heap)
-                    self.known.discard(name)
-                    path = _delayed.claim(self.spool, target, name)
-                    if path is not None:
-                        self.due.append(path)
-                        claimed = True
-                if claimed and not self.woken:
-                    self._wake()
-                wait = RESCAN if not self.heap else min(RESCAN, max(0.0, (self.heap[0][0] - time.time_ns()) / 1e9))
+                held = self._claim_due()
+                wait = RESCAN if held or not self.heap else \
+                    min(RESCAN, max(0.0, (self.heap[0][0] - time.time_ns()) / 1e9))
                 self.cond.wait(max(wait, 0.0005))
+
+    def _claim_due(self) -> bool:
+        """Claim up to :data:`CLAIM_BATCH` due calls (with the lock held); a farm's only while this
+        mule's loop is idle with nothing claimed waiting (an idle farm mate takes it, not this
+        busy one), or once it is :data:`FARM_GRACE` overdue. Returns whether farm calls were left
+        for the mates (the next look is a rescan away, not at once)."""
+        now = time.time_ns()
+        idle = _running.idle() is not False and not self.due
+        claimed, held = 0, []
+        while self.heap and self.heap[0][0] <= now and not self.stopped and claimed < CLAIM_BATCH:
+            due_ns, target, name = heapq.heappop(self.heap)
+            if not idle and target.startswith("farm:") and now - due_ns < FARM_GRACE * 1e9:
+                held.append((due_ns, target, name))
+                if len(held) >= CLAIM_BATCH:
+                    break
+                continue
+            self.known.discard(name)
+            path = _delayed.claim(self.spool, target, name)
+            if path is not None:
+                self.due.append(path)
+                claimed += 1
+        for item in held:
+            heapq.heappush(self.heap, item)
+        if claimed and not self.woken:
+            self._wake()
+        return bool(held)
 
     def _lost(self, waited: float, idle: bool | None) -> bool:
         """Whether a wake-up sent ``waited`` seconds ago was lost: the loop has been idle for two
@@ -226,12 +249,19 @@ def run_due() -> None:
     harakiri = _harakiri()
     from . import loop as _loop
 
-    while timer.due:
+    for _ in range(RUN_BATCH):
+        if not timer.due:
+            return
         claimed = timer.due.popleft()
         if _loop._stopping:
             _delayed.put_back(timer.spool, claimed)
             continue
         run_claimed(timer.spool, claimed, harakiri)
+    if _loop._stopping:
+        while timer.due:
+            _delayed.put_back(timer.spool, timer.due.popleft())
+    elif timer.due:
+        timer._wake()  # the rest after the calls queued meanwhile
 
 
 def _harakiri() -> int:

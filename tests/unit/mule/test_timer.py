@@ -108,7 +108,7 @@ def test_a_running_claim_of_a_mule_that_died_after_this_one_started_is_handled_w
         name = os.path.basename(delayed.write(spool, "mule:2", payload, 10 ** 19))
         claimed = delayed.start(delayed.claim(spool, "mule:2", name) or "")
         os.rename(claimed, claimed.replace(f"{os.getpid()}-", f"{2 ** 22 + 12345}-", 1))  # its mule died
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 10
         while not os.listdir(spool.part("dead")) and time.monotonic() < deadline:
             time.sleep(0.02)
         [letter] = os.listdir(spool.part("dead"))
@@ -117,3 +117,55 @@ def test_a_running_claim_of_a_mule_that_died_after_this_one_started_is_handled_w
     finally:
         timer.stopped = True
         thread.join(5)
+
+
+def _due_in(spool: _spool.Spool, target: str) -> str:
+    import os
+
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    return os.path.basename(delayed.write(spool, target, b"mx:y\x00", time.time_ns()))
+
+
+def test_a_busy_mule_leaves_due_farm_calls_to_its_idle_mates_but_takes_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    monkeypatch.setattr(_timer, "FARM_GRACE", 0.6)
+    header = [7, 0, 0, 0, 0, 0, 0]  # the loop runs a long call
+    monkeypatch.setattr(running, "_header", header)
+    monkeypatch.setattr(running, "_buffer", bytes(64))
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    farm, own = _due_in(spool, "farm:mail"), _due_in(spool, "mule:1")
+    timer = _timer.Timer(_Uwsgi(), spool, 1, ["mule:1", "farm:mail"])
+    thread = threading.Thread(target=timer.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        assert delayed.pending(spool, "farm:mail") == [farm]  # left for an idle mate
+        assert delayed.pending(spool, "mule:1") == []  # its own: only this mule can run it
+        time.sleep(0.6)
+        assert delayed.pending(spool, "farm:mail") == []  # overdue past the grace: taken all the same
+        assert len(timer.due) == 2
+    finally:
+        timer.stopped = True
+        thread.join(5)
+    assert own
+
+
+def test_run_due_runs_a_bounded_batch_and_wakes_the_loop_for_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    uwsgi = _Uwsgi()
+    timer = _timer.Timer(uwsgi, spool, 1, ["mule:1"])
+    ran: list[str] = []
+    monkeypatch.setattr(_timer, "_timer", timer)
+    monkeypatch.setattr(_timer, "_harakiri", lambda: 0)
+    monkeypatch.setattr(_timer, "run_claimed", lambda spool, claimed, harakiri: ran.append(claimed))
+    timer.due.extend(f"c{i}" for i in range(_timer.RUN_BATCH + 5))
+    _timer.run_due()
+    assert len(ran) == _timer.RUN_BATCH and len(timer.due) == 5 and uwsgi.sent == 1
+    _timer.run_due()
+    assert len(ran) == _timer.RUN_BATCH + 5 and uwsgi.sent == 1
