@@ -198,13 +198,12 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
     if spool.made:  # said here, once logging is set up
         _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
     _check_stops(spool)
-    strangers = [(f"queue/{name}", why) for name, why in spool.strangers()]
-    strangers += [(f"delayed/{name}", why) for name, why in _delayed.strangers(spool)]
-    if strangers:
-        _tasks.log().warning("uwsgiconf-mules: mule %d ignores %d file(s) in %s that are not this user's regular "
-                             "files, and never runs them: %s", mule_id, len(strangers), spool.path,
-                             ", ".join(f"{name!r} ({why})" for name, why in strangers[:5])
-                             + (", ..." if len(strangers) > 5 else ""))
+    for part, strangers in (("queue", spool.strangers()), (_delayed.PART, _delayed.strangers(spool))):
+        if strangers:
+            _tasks.log().warning("uwsgiconf-mules: mule %d ignores %d file(s) in %s that are not this user's "
+                                 "regular files, and never runs them: %s", mule_id, len(strangers), spool.part(part),
+                                 ", ".join(f"{name!r} ({why})" for name, why in strangers[:5])
+                                 + (", ..." if len(strangers) > 5 else ""))
     for dead in spool.orphans():
         orphan = _claims.take(dead)  # first: of two mules starting together, one only buries it
         if orphan is not None:
