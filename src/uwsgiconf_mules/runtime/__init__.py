@@ -42,6 +42,7 @@ from ..errors import NotInMuleError, UnknownTargetError, UsageError
 from ..protocol import envelope as _protocol
 from ..protocol.limits import socket_message_limit
 from . import instance as _instance, offload as _offload, tasks as _tasks
+from .handles import Result as Result
 from .sending import (
     Route as _Route,
     as_bytes as _as_bytes,
@@ -54,40 +55,13 @@ from .sending import (
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, ParamSpec, Protocol, TypeVar
-
+    from typing import Any, ParamSpec, TypeVar, overload
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
+    from .protocols import OffloadedFunction as OffloadedFunction, ResultFunction as ResultFunction
 
-    class OffloadedFunction(Protocol[_P, _R]):
-        """What ``mule_offload`` returns (for type annotations; import it under TYPE_CHECKING).
-
-        Calling it queues a call of the wrapped function for ``target`` and returns True once
-        queued; outside uWSGI it runs the call here, after the same checks. Type checkers check
-        its arguments against the wrapped function's parameters. It keeps the wrapped function's
-        ``__name__``, ``__qualname__``, ``__doc__``, ``__module__``; ``__wrapped__(...)`` runs the
-        function here, synchronously, and returns its result.
-        """
-
-        key: str
-        """The task key, ``module:qualname``."""
-        target: Mule | Farm
-        """The ``Mule`` or ``Farm`` calls are sent to."""
-        __wrapped__: Callable[_P, _R]
-
-        def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
-
-        def nowait(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
-            """Queue a call as calling the function does, but never wait: a full queue raises
-            ``DeliveryError`` at once."""
-
-        async def aoffload(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
-            """Queue a call as calling the function does, from a coroutine: a full queue is waited
-            on by sleeping on the running event loop (at most ``send_timeout``, then
-            ``DeliveryError``), never by blocking it."""
-
-__all__ = ["Farm", "Mule", "TypeMuleFarm", "mule_offload", "socket_message_limit"]
+__all__ = ["Farm", "Mule", "Result", "TypeMuleFarm", "mule_offload", "socket_message_limit"]
 
 
 def _require_mule(what: str) -> Any:
@@ -196,7 +170,13 @@ class Mule:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    if TYPE_CHECKING:
+        @overload
+        def offload(self, *, result_ttl: None = None) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+        @overload
+        def offload(self, *, result_ttl: float) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+
+    def offload(self, *, result_ttl: float | None = None) -> Any:
         """Decorator: calls of the decorated function run in this mule.
 
         .. code-block:: python
@@ -204,8 +184,10 @@ class Mule:
             @Mule(1).offload()
             def for_mule(*args, **kwargs):
                 ...  # runs in mule 1
+
+        :param result_ttl: As for :func:`mule_offload`.
         """
-        return mule_offload(self)
+        return mule_offload(self, result_ttl=result_ttl)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this mule; a programmed mule reads it with ``get_message``.
@@ -343,7 +325,13 @@ class Farm:
             if data is not None:
                 return _as_text(data)
 
-    def offload(self) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    if TYPE_CHECKING:
+        @overload
+        def offload(self, *, result_ttl: None = None) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+        @overload
+        def offload(self, *, result_ttl: float) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+
+    def offload(self, *, result_ttl: float | None = None) -> Any:
         """Decorator: calls of the decorated function run in one mule of this farm.
 
         .. code-block:: python
@@ -351,8 +339,10 @@ class Farm:
             @Farm('myfarm').offload()
             def for_farm(*args, **kwargs):
                 ...  # runs in any one mule of farm `myfarm`
+
+        :param result_ttl: As for :func:`mule_offload`.
         """
-        return mule_offload(self)
+        return mule_offload(self, result_ttl=result_ttl)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this farm of programmed mules; exactly one of them receives it, as
@@ -403,7 +393,17 @@ TypeMuleFarm = int | str | Mule | Farm | None
 """What ``mule_offload`` accepts as a target."""
 
 
-def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+if TYPE_CHECKING:
+    @overload
+    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: None = None
+                     ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+
+    @overload
+    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float
+                     ) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+
+
+def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float | None = None) -> Any:
     """Decorator: calls of the decorated function run in a mule or in a farm.
 
     .. code-block:: python
@@ -418,7 +418,15 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.
+    :param result_ttl: Seconds each call's result is kept: the call then returns its
+        :class:`~uwsgiconf_mules.runtime.results.Result` (``status``, ``result(timeout=...)``,
+        readable by id from any process of the instance with ``Result.get(id)``) instead of True.
+        Needs a results store (``set_mules_params(results=...)``); on a farm routed to RQ, RQ keeps
+        the result (its ``result_ttl``). None (the default): no result, today's path and cost.
     :raises UnknownTargetError: when the declarations are known and the target is not declared.
+    :raises MulesConfigurationError: for ``result_ttl`` on a farm of mules when no results store is
+        declared.
+    :raises UsageError: for a ``result_ttl`` that is not 1 second or more.
     """
     target: Mule | Farm
     if mule_or_farm is None:
@@ -435,7 +443,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None) -> Callable[[Callable[_P, _R
             target=mule_or_farm)
 
     def decorator(func: Callable[_P, _R]) -> OffloadedFunction[_P, _R]:
-        return _offload.build(func, target)
+        return _offload.build(func, target, result_ttl)
 
     return decorator
 

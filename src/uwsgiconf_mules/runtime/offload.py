@@ -15,7 +15,14 @@ import sys
 from ..declarations.backends import ENGINES
 from ..errors import DeliveryError, MulesRuntimeError
 from ..protocol import envelope as _protocol
-from . import instance as _instance, metrics as _metrics, spool_watch as _spool_watch, tasks as _tasks
+from . import (
+    instance as _instance,
+    metrics as _metrics,
+    result_offload as _result_offload,
+    results as _results,
+    spool_watch as _spool_watch,
+    tasks as _tasks,
+)
 from .sending import Route, adeliver, deliver
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -175,8 +182,10 @@ def _starting(raw: Send, swap: Swap) -> Send:
     return first
 
 
-def _task(func: Callable[..., Any]) -> str:
-    """The task key of ``func``, registered, once it is checked to be a function a mule can run."""
+def _task(func: Callable[..., Any], result_ttl: object = None, target: Mule | Farm | None = None
+          ) -> tuple[str, int | None]:
+    """The task key of ``func``, registered, once it is checked to be a function a mule can run,
+    and its ``result_ttl`` checked (None: the task keeps no results, and is registered as it is)."""
     qualname = getattr(func, "__qualname__", None)
     module = getattr(func, "__module__", None)
     if not callable(func) or not qualname or not module:
@@ -185,19 +194,27 @@ def _task(func: Callable[..., Any]) -> str:
     if problem:
         raise MulesRuntimeError(f"cannot offload {module}.{qualname}: {problem}")
     key = f"{module}:{qualname}"
-    _tasks.register(key, func)
-    return key
+    if result_ttl is None:
+        _tasks.register(key, func)
+        return key, None
+    ttl = _results.check_ttl(key, result_ttl)
+    if target is not None:
+        _result_offload.check_store(key, target)
+    _tasks.register(key, _results.wrap(key, func, ttl))  # its calls carry their result id first
+    return key, ttl
 
 
-def build(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction[_P, _R]:
+def build(func: Callable[_P, _R], target: Mule | Farm, result_ttl: object = None) -> OffloadedFunction[_P, _R]:
     """Build what ``mule_offload`` returns: a function that queues calls of ``func`` for ``target``.
 
     A closure rather than an object with ``__call__``: this is the hot path of every offload.
 
     :param func: The function offloaded.
     :param target: Where its calls go.
+    :param result_ttl: Seconds the result of each call is kept (see :mod:`.results`); None: no
+        results, the call returns True once queued.
     """
-    key = _task(func)
+    key, ttl = _task(func, result_ttl, target)
     encode = _protocol.encoder(key)
     # Where calls go, resolved once (at decoration when the declarations are known, which also
     # checks the target; otherwise at the first call) and kept in closure cells for the hot path.
@@ -273,9 +290,10 @@ def build(func: Callable[_P, _R], target: Mule | Farm) -> OffloadedFunction[_P, 
 
     if _instance.declarations() is not None:
         resolve()
-    return _published(offloaded_counting if counts_inline else offloaded, func, key, target,
-                      nowait=_nowait(attempt, resolve, key), aoffload=_aoffload(attempt, resolve, key), forget=forget,
-                      refresh=refresh)
+    # With results, each call returns its handle (see runtime.result_offload).
+    return _published(_result_offload.with_results(
+        (offloaded_counting if counts_inline else offloaded, _nowait(attempt, resolve, key),
+         _aoffload(attempt, resolve, key)), key, ttl, target), func, key, target, forget=forget, refresh=refresh)
 
 
 def _nowait(attempt: Callable[[tuple[Any, ...], dict[str, Any]], bytes | None], resolve: Callable[[], Route],
@@ -321,13 +339,15 @@ async def _in_executor(attempt: Callable[[tuple[Any, ...], dict[str, Any]], byte
     return await adeliver(message, route.dest, f"{key} to {route.label}", route.timeout)
 
 
-def _published(call: Callable[..., bool], func: Callable[_P, _R], key: str, target: Mule | Farm,
+def _published(sends: tuple[Callable[..., Any], ...], func: Callable[_P, _R], key: str, target: Mule | Farm,
                **methods: Callable[..., Any]) -> OffloadedFunction[_P, _R]:
-    """``call`` as the offloaded function: ``func``'s name and doc, its key, target and methods
-    (``nowait``, ``aoffload``; ``_forget`` and ``_refresh`` for the instance's state)."""
+    """The call of ``sends`` (call, ``nowait``, ``aoffload``) as the offloaded function: ``func``'s name
+    and doc, its key, target and methods (the two others; ``_forget`` and ``_refresh`` for the
+    instance's state)."""
+    call = sends[0]
     functools.update_wrapper(call, func)
-    call.nowait = methods["nowait"]  # type: ignore[attr-defined]
-    call.aoffload = methods["aoffload"]  # type: ignore[attr-defined]
+    call.nowait = sends[1]  # type: ignore[attr-defined]
+    call.aoffload = sends[2]  # type: ignore[attr-defined]
     call.key = key  # type: ignore[attr-defined]
     call.target = target  # type: ignore[attr-defined]
     call._forget = methods["forget"]  # type: ignore[attr-defined]
