@@ -12,6 +12,11 @@
     with eager():                        # offloads run at once; task exceptions propagate
         signup(request)
 
+A task that keeps results (``result_ttl``) returns its handle in both: in ``capture`` a ``queued``
+one, which :meth:`Outbox.run` completes (``Offload.result_id`` is its id); in ``eager`` a completed
+one, ``succeeded`` or ``failed``: its exception is kept in the handle (``result()`` raises
+:class:`~uwsgiconf_mules.errors.TaskFailed`) rather than raised at the offload.
+
 Both check every target against the project's declarations: an undeclared farm or mule id raises
 :class:`~uwsgiconf_mules.errors.UnknownTargetError` at the call, as under uWSGI. The declarations
 are those of the configuration module named by ``config``, else by the ``UWSGICONF_MULES_CONFIG``
@@ -45,7 +50,7 @@ from typing import Any
 from ...declarations import CONFIG_ENV, RECORD_ENV, Declarations
 from ...errors import DeclarationsMissingError, UsageError
 from ...protocol import envelope as _protocol
-from ...runtime import Farm, Mule, instance as _instance, tasks as _tasks
+from ...runtime import Farm, Mule, instance as _instance, results as _results, tasks as _tasks
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
 
@@ -61,17 +66,20 @@ class Offload:
     :param func: The function the task runs.
     :param args: Positional arguments, decoded from the message (copies).
     :param kwargs: Keyword arguments, decoded from the message (copies).
+    :param result_id: For a task that keeps results (``result_ttl``), the call's result id (what
+        ``Result.get`` reads: ``queued`` until :meth:`run` runs it); else None.
     """
 
-    __slots__ = ("args", "func", "key", "kwargs", "target")
+    __slots__ = ("args", "func", "key", "kwargs", "result_id", "target")
 
     def __init__(self, key: str, target: Mule | Farm, func: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> None:
+                 kwargs: dict[str, Any], result_id: str | None = None) -> None:
         self.key = key
         self.target = target
         self.func = func
         self.args = args
         self.kwargs = kwargs
+        self.result_id = result_id
 
     def __repr__(self) -> str:
         return f"Offload({self.key!r}, target={self.target!r}, args={self.args!r}, kwargs={self.kwargs!r})"
@@ -79,7 +87,11 @@ class Offload:
     def run(self) -> None:
         """Run the call here, now, as a mule would; exceptions propagate. A task that returns
         something other than None gets a :class:`~uwsgiconf_mules.errors.ReturnValueWarning`
-        (once per task and mode)."""
+        (once per task and mode). A task that keeps results gets its outcome written (the
+        exception is raised after it is: the handle says ``failed``)."""
+        if self.result_id is not None:
+            self.func(self.result_id, *self.args, **self.kwargs)
+            return
         result = self.func(*self.args, **self.kwargs)
         if result is not None:
             _tasks.returned(self.key.encode(), result)
@@ -169,7 +181,10 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
         func = _tasks.find(key)
         if isinstance(func, str):  # not registered: cannot happen for calls of mule_offload functions
             raise UsageError(func)
-        call = Offload(key.decode(), _target(dest), func, args, kwargs)
+        result_id = None
+        if key.decode() in _results.TASKS:  # a task that keeps results: its call carries its result id first
+            result_id, args = args[0], args[1:]
+        call = Offload(key.decode(), _target(dest), func, args, kwargs, result_id)
         outbox.calls.append(call)
         if run:
             call.run()
