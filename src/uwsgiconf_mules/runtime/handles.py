@@ -148,6 +148,11 @@ class Result(_Generic[_R]):
         :raises TaskFailed: when the call failed or was interrupted (its exception's text).
         :raises ResultNotFound: when the result is unknown, expired or evicted.
         """
+        fields = self._fields
+        if fields[1] not in FINAL:
+            self._fields = fields = _read(self.id)
+        if fields[1] in FINAL:  # at the first look: no clock read, no wait
+            return self.return_value
         now = time.monotonic()
         if timeout is None:
             times = id_times(self.id)
@@ -159,15 +164,14 @@ class Result(_Generic[_R]):
             deadline = now + timeout
         pause = WAIT_FIRST
         while True:
-            if self._fields[1] not in FINAL:
-                self.refresh()
-            if self._fields[1] in FINAL:
-                return self.return_value
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ResultTimeout(f"result {self.id}: no outcome within {timeout} s (the call is "
                                     f"{self.status})", result_id=self.id)
             time.sleep(min(pause, left))
+            self.refresh()
+            if self._fields[1] in FINAL:
+                return self.return_value
             pause = min(pause * 2, WAIT_MAX)
 
 

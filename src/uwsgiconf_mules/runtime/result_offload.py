@@ -69,7 +69,7 @@ def _with_result(call: Callable[..., bool], key: str, ttl: int, target: Mule | F
     """``call`` (a send of the task), for a task that keeps results: each call gets a result id,
     sent as its first argument, and returns its :class:`~uwsgiconf_mules.runtime.results.Result`.
     A call to a routed farm is the engine's job, whose own result the handle reads."""
-    queued, forget, new_id, handle = _results.queued, _results.forget, _results.new_id, _handles.Result
+    forget, new_id, handle = _results.forget, _results.new_id, _handles.Result
     routed: list[Any] = []  # [send of the engine's jobs with an id and a ttl], once resolved
 
     def with_result(*args: Any, **kwargs: Any) -> Any:
@@ -77,7 +77,7 @@ def _with_result(call: Callable[..., bool], key: str, ttl: int, target: Mule | F
         if backend is not None:
             return _routed_result(routed, backend, key, ttl, (args, kwargs))
         result_id = new_id(ttl)
-        queued(result_id)
+        _results.queued(result_id, ttl)
         try:
             call(result_id, *args, **kwargs)
         except BaseException:

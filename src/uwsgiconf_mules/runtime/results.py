@@ -84,6 +84,10 @@ LOCAL_ITEMS = 10000
 """Results kept outside uWSGI without a declared store (the oldest go first)."""
 _ID_SIZE = 32
 
+ATTEMPT = [0]
+"""The attempt of the call this process runs now (0: a first attempt); the lifecycle's own cell
+(``runtime.policy.ATTEMPT``) when it sets one."""
+
 TASKS: dict[str, int] = {}
 """Task key -> its ``result_ttl``, for the tasks that declare one."""
 
@@ -102,12 +106,29 @@ def check_ttl(key: str, value: object) -> int:
 
 # -- ids ------------------------------------------------------------------------------------------
 
+_pool: list[Any] = [b"", 6 * 4096]  # random bytes read ahead, and where the next id's start
+POOL = 6 * 4096
+"""Random bytes read at once for ids (one ``os.urandom`` per 4096 ids, and after a fork)."""
+
+
 def new_id(ttl: int) -> str:
     """A new result id: the time in milliseconds, ``ttl``, 48 random bits (32 hex digits).
 
     :param ttl: The result's time to live, in seconds.
     """
-    return f"{int(time.time() * 1000):012x}{ttl:08x}{os.urandom(6).hex()}"
+    pool = _pool
+    at = pool[1]
+    if at >= POOL:
+        pool[0], at = os.urandom(POOL), 0
+    pool[1] = at + 6
+    return str((int(time.time() * 1000).to_bytes(6, "big") + ttl.to_bytes(4, "big") + pool[0][at:at + 6]).hex())
+
+
+def _forked() -> None:
+    _pool[1] = POOL  # the parent's random bytes are not this process's: read new ones
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def id_times(result_id: str) -> tuple[float, int] | None:
@@ -251,12 +272,19 @@ def _final_write(result_id: str, record: bytes) -> bool:
     return _write(result_id, record)
 
 
-def queued(result_id: str) -> None:
+QUEUED_RECORD = _marshal((VERSION, QUEUED, 0, 0.0, 0.0, None, None))
+"""The record of every queued call."""
+
+
+def queued(result_id: str, ttl: int | None = None) -> None:
     """The call was accepted for sending (the sender, before it sends it).
 
     :param result_id: The call's result id.
+    :param ttl: Its ``result_ttl`` (read from the id when not given).
     """
-    _write(result_id, _encode(QUEUED, 0, (0.0, 0.0)))
+    current = store()
+    if not current.put(result_id, QUEUED_RECORD, ttl or _ttl(result_id)):
+        _write(result_id, QUEUED_RECORD)  # says why
 
 
 def forget(result_id: str) -> None:
@@ -340,6 +368,58 @@ def succeeded(result_id: str, value: object, started: float, attempt: int = 1) -
     return SUCCEEDED
 
 
+def kept(result_id: str) -> bool:
+    """Whether a call with this id keeps its result here: an id of this format, and a store (under
+    uWSGI, a declared one).
+
+    :param result_id: The call's id (a Django task's ``TaskResult.id``, for instance).
+    """
+    return id_times(result_id) is not None and available()
+
+
+def available() -> bool:
+    """Whether this process has a results store: under uWSGI, a declared one; outside, always."""
+    declarations = _instance.declarations()
+    return _instance.uwsgi is None or (declarations is not None and declarations.results is not None)
+
+
+def record(result_id: str, status: str, blob: bytes, *, attempt: int = 1, started: float = 0.0,
+           error: BaseException | None = None) -> str:
+    """Write a record whose value is ``blob`` as it is (for an integration that keeps more than the
+    return value, such as the Django backend: the task and its arguments too): ``queued``,
+    ``running``, or an outcome (written once; ``failed`` with the reason when ``blob`` does not fit).
+
+    :param result_id: The call's result id.
+    :param status: Its status.
+    :param blob: The value to keep (bytes the integration reads back itself).
+    :param attempt: The attempt.
+    :param started: When it started (0: not yet).
+    :param error: For ``failed``, what the call raised.
+    :returns: The status written.
+    """
+    if status not in FINAL:
+        _write(result_id, _encode(status, attempt, (started, 0.0), None, blob))
+        return status
+    if error is not None:
+        path, message, trace = _error(error)
+        for kept_blob, shortened in ((blob, trace), (blob, trace[-1000:]), (blob, ""), (b"", "")):
+            encoded = _encode(status, attempt, (started, time.time()), (path, message, shortened), kept_blob)
+            if len(encoded) <= store().item_size:
+                _final_write(result_id, encoded)
+                return status
+        _final_write(result_id, _fitted(status, attempt, started, (path, message, "")))
+        return status
+    encoded = _encode(status, attempt, (started, time.time()), None, blob)
+    if len(encoded) > store().item_size:
+        reason = (f"the result takes {len(encoded)} bytes, more than the results store's item_size "
+                  f"({store().item_size} bytes): it is not stored (declare a larger item_size in "
+                  "set_mules_params(results=...), or return less)")
+        _final_write(result_id, _fitted(FAILED, attempt, started, ("uwsgiconf_mules.errors.PayloadError", reason, "")))
+        return FAILED
+    _final_write(result_id, encoded)
+    return status
+
+
 def failed(result_id: str, exc: BaseException, started: float, attempt: int = 1) -> None:
     """The call's last attempt raised ``exc`` (the mule, or the lifecycle when no retry is left).
 
@@ -392,15 +472,33 @@ def wrap(key: str, func: Callable[..., Any], ttl: int) -> Callable[..., Any]:
 
     run = _tasks._awaited(func) if _tasks.is_async(func) else func
     TASKS[key] = ttl
+    clock, attempt, final = time.time, ATTEMPT, FINAL
 
     def with_result(result_id: str, /, *args: Any, **kwargs: Any) -> None:
-        started = running(result_id)
+        # running() and succeeded(), inlined: this runs for every call of the task in a mule.
+        current = store()
+        started = clock()
+        if attempt[0]:  # a retry or a re-run: running() checks for an outcome first
+            started = running(result_id, attempt[0])
+        else:  # a first attempt: its record is the queued one, no outcome can be there
+            current.put(result_id, _marshal((VERSION, RUNNING, 1, started, 0.0, None, None)), ttl)
         try:
             value = run(*args, **kwargs)
         except BaseException as exc:
-            failed(result_id, exc, started)
+            failed(result_id, exc, started, attempt[0] or 1)
             raise
-        succeeded(result_id, value, started)
+        try:
+            record = _marshal((VERSION, SUCCEEDED, attempt[0] or 1, started, clock(), None, _pickle(value, 5)))
+        except Exception:
+            record = b""
+        if not record or len(record) > current.item_size:  # says why it is not stored
+            succeeded(result_id, value, started, attempt[0] or 1)
+            return
+        if attempt[0]:  # a retry or a re-run: an outcome written already stays (once per outcome)
+            found = current.get(result_id)
+            if found is not None and _unmarshal(found)[1] in final:
+                return
+        current.put(result_id, record, ttl)
 
     with_result.__wrapped__ = func  # type: ignore[attr-defined]
     with_result._results_raw = run  # type: ignore[attr-defined]  # what an RQ job runs (RQ keeps the value)

@@ -94,7 +94,7 @@ def test_unknown_malformed_and_expired_ids_are_refused_at_once() -> None:
     with pytest.raises(errors.ResultNotFound, match=r"expired \d+ s ago \(its result_ttl of 600 s"):
         Result.get("0" * 12 + f"{600:08x}" + "ab" * 6)
     unknown = _results.new_id(60)
-    with pytest.raises(errors.ResultNotFound, match="never stored here.*evicted"):
+    with pytest.raises(errors.ResultNotFound, match=r"never stored here.*evicted"):
         Result.get(unknown)
     with pytest.raises(errors.ResultNotFound) as info:
         Result.get(unknown)
@@ -106,7 +106,7 @@ def test_result_waits_without_spinning_and_always_ends_within_its_timeout() -> N
     _results.queued(result_id)
     handle = Result.get(result_id)
     began = time.monotonic()
-    with pytest.raises(errors.ResultTimeout, match="no outcome within 0.2 s"):
+    with pytest.raises(errors.ResultTimeout, match=r"no outcome within 0\.2 s"):
         handle.result(timeout=0.2)
     assert 0.2 <= time.monotonic() - began < 0.5
     with pytest.raises(errors.UsageError):

@@ -20,11 +20,18 @@ carry (``normalize_json`` raises ``TypeError``) is ``FAILED``; ``enqueued_at`` i
 ``task`` has the backend and queue of ``.using(...)``. The call carries both (the queue name and
 ``enqueued_at`` as ISO 8601, after the five arguments of version 0.1, whose calls still run).
 
+Results (``supports_get_result = True``): with a results store declared
+(``set_mules_params(results=...)``, see :mod:`uwsgiconf_mules.runtime.results`), every call keeps its
+``TaskResult`` there for ``OPTIONS["RESULT_TTL"]`` seconds (default 3600): ``backend.get_result(id)``
+and ``result.refresh()``, in any worker or mule of the instance, give its status (``READY`` while
+queued, ``RUNNING``, ``SUCCESSFUL``, ``FAILED``), ``errors``, return value and times. The mule writes
+``RUNNING`` before it sends ``task_started`` and the outcome before ``task_finished``, so a signal's
+receiver that reads the result sees what the signal says. Without a store, ``get_result`` raises
+``TaskResultDoesNotExist`` saying to declare one.
+
 What it does not support, declared through the backend's flags: deferring (``run_after``,
-``supports_defer = False``), results (``supports_get_result = False``: the ``TaskResult`` returned by
-``enqueue`` stays ``READY``; the mule's outcome goes to the signals and the log, not back to the
-caller), priorities (``supports_priority = False``). Arguments must be JSON-serialisable, as
-``django.tasks`` requires.
+``supports_defer = False``), priorities (``supports_priority = False``). Arguments must be
+JSON-serialisable, as ``django.tasks`` requires.
 
 This module imports Django: the runtime never imports it; a mule imports it when it runs its
 first Django task.
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pickle
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,7 +50,14 @@ from django.apps import AppConfig
 from ...declarations import CONFIG_ENV
 from ...errors import MulesError, UnknownTaskError
 from ...protocol import envelope as _protocol
-from ...runtime import Farm, instance as _instance, mule_offload, tasks as _tasks
+from ...runtime import (
+    Farm,
+    handles as _handles,
+    instance as _instance,
+    mule_offload,
+    results as _results,
+    tasks as _tasks,
+)
 
 __all__ = ["MulesBackend", "MulesConfig"]
 
@@ -121,6 +136,43 @@ def _task_of(path: str, alias: str | None = None, queue_name: str | None = None)
     return task.using(**changes) if changes else task
 
 
+class _Kept:
+    """The records a Django call keeps in the results store (none for an id of no results store).
+
+    :param result_id: The call's id.
+    :param meta: ``(path, alias, queue_name, args, kwargs)``: what ``get_result`` builds its ``TaskResult`` of.
+    :param started: When the call started (``time.time()``).
+    """
+
+    def __init__(self, result_id: str, meta: tuple[Any, ...], started: float) -> None:
+        self.result_id, self.meta, self.started = result_id, meta, started
+        self.keep = _results.kept(result_id)
+
+    def write(self, status: str, value: Any = None, error: BaseException | None = None) -> str | None:
+        """Write the call's record in ``status``; the status written, None when nothing is kept.
+
+        :param status: The status.
+        :param value: The return value, for ``succeeded``.
+        :param error: What the call raised, for ``failed``.
+        """
+        if not self.keep:
+            return None
+        return _results.record(self.result_id, status, pickle.dumps((*self.meta, value)), started=self.started,
+                               error=error)
+
+    def succeeded(self, result: Any, value: Any) -> None:
+        """Write the outcome of a call that returned ``value``; one too large to keep is ``FAILED``,
+        saying so, in ``result`` too (the signal's).
+
+        :param result: The call's ``TaskResult``.
+        :param value: What it returned.
+        """
+        if self.write(_results.SUCCEEDED, value) == _results.FAILED:
+            _set(result, status=_base.TaskResultStatus.FAILED, _return_value=None)
+            result.errors.append(_base.TaskError(exception_class_path="uwsgiconf_mules.errors.PayloadError",
+                                                 traceback=_handles.Result.get(self.result_id).error or ""))
+
+
 def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[str, Any],  # noqa: PLR0917
          queue_name: str | None = None, enqueued_at: str | None = None) -> None:
     """Run the Django task at ``path`` in this mule (the function dispatch mules are sent), as
@@ -158,8 +210,10 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
                          worker_ids=[f"mule{_tasks.current_mule()}"])
     backend = type(task.get_backend())
     running = _tasks.RUNNING.set(path)  # for the thread asgiref runs an async task in
+    kept = _Kept(result_id, (path, alias, queue_name, list(args), dict(kwargs)), started.timestamp())
     close_old_connections()
     try:
+        kept.write(_results.RUNNING)  # each record before its signal: the receivers read what it says
         _signals.task_started.send(sender=backend, task_result=result)
         if task.takes_context:
             value = task.call(_base.TaskContext(task_result=result), *args, **kwargs)
@@ -173,6 +227,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         result.errors.append(_base.TaskError(exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
                                              traceback="".join(traceback.format_exception(exc))))
         _set(result, status=_base.TaskResultStatus.FAILED, finished_at=_now())
+        kept.write(_results.FAILED, error=exc)
         testing = _instance.uwsgi is None and _instance.local_send is not None
         if not testing:
             _tasks.failed(path)
@@ -181,6 +236,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
             raise
     else:
         _set(result, status=_base.TaskResultStatus.SUCCESSFUL, finished_at=_now(), _return_value=value)
+        kept.succeeded(result, value)
         _signals.task_finished.send(sender=backend, task_result=result)
     finally:
         close_old_connections()
@@ -270,12 +326,32 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
 
     supports_defer = False
     supports_async_task = True
-    supports_get_result = False
+    supports_get_result = True  # with a results store declared (see the module docstring)
     supports_priority = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
         self._senders: dict[str, Callable[..., bool]] = {}
+        self.result_ttl = _results.check_ttl(f"task backend {alias!r}", self.options.get("RESULT_TTL", 3600))
+
+    def get_result(self, result_id: str) -> Any:
+        """The ``TaskResult`` of a call, read from the results store, in any process of the instance.
+
+        :param result_id: ``TaskResult.id``, as ``enqueue`` returned it.
+        :raises TaskResultDoesNotExist: (``ResultDoesNotExist`` of older backports) for an id that
+            names no result: unknown, expired (``RESULT_TTL``), evicted, or no results store declared.
+        """
+        exceptions = importlib.import_module(f"{_api.__name__}.exceptions")
+        missing = getattr(exceptions, "TaskResultDoesNotExist", None) or exceptions.ResultDoesNotExist
+        if not isinstance(result_id, str) or not _results.kept(result_id):
+            raise missing(f"no result {str(result_id)[:80]!r}: " + (
+                "not an id of this backend" if isinstance(result_id, str) and _results.id_times(result_id) is None
+                else "this uWSGI instance declares no results store (set_mules_params(results=...))"))
+        try:
+            handle = _handles.Result.get(result_id)
+        except MulesError as exc:
+            raise missing(str(exc)) from None
+        return _django_result(handle)
 
     def _sender(self, queue: str) -> Callable[..., bool]:
         sender = self._senders.get(queue)
@@ -362,7 +438,12 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         self.validate_task(task)
         from django.utils.crypto import get_random_string
 
-        result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=_now())
+        keep = _results.available()
+        result_id = _results.new_id(self.result_ttl) if keep else get_random_string(32)
+        result = _new_result(task, result_id, self.alias, args, kwargs, enqueued_at=_now())
+        if keep:  # READY, with what get_result needs, before it is sent
+            _results.record(result_id, _results.QUEUED, pickle.dumps(
+                (task.module_path, self.alias, task.queue_name, list(result.args), dict(result.kwargs), None)))
         _announcements[result.id] = functools.partial(_signals.task_enqueued.send, sender=type(self),
                                                       task_result=result)
         return result
@@ -430,6 +511,36 @@ def _register_deploy_check() -> None:
 
 
 _register_deploy_check()  # when Django loads INSTALLED_APPS (or a setting names the backend)
+
+
+_STATUSES = {"queued": "READY", "retrying": "READY", "running": "RUNNING", "succeeded": "SUCCESSFUL",
+             "failed": "FAILED", "interrupted": "FAILED"}
+
+
+def _django_result(handle: Any) -> Any:
+    """A ``TaskResult`` from a record the backend wrote (see :func:`_run`)."""
+    from datetime import datetime, timezone
+
+    fields = handle._fields
+    path, alias, queue_name, args, kwargs, value = pickle.loads(fields[6]) if fields[6] else (
+        None, None, None, [], {}, None)
+    status = getattr(_base.TaskResultStatus, _STATUSES[handle.status])
+
+    def when(seconds: float | None) -> Any:
+        return None if not seconds else datetime.fromtimestamp(seconds, timezone.utc)
+
+    errors = []
+    if handle.error is not None:
+        kind = handle.exception_type or "Exception"
+        errors.append(_base.TaskError(exception_class_path=kind if "." in kind else f"builtins.{kind}",
+                                      traceback=handle.traceback or handle.error))
+    task = _task_of(path, alias, queue_name) if path else None
+    result = _new_result(task, handle.id, alias, args, kwargs, status=status, enqueued_at=when(handle.enqueued_at),
+                         started_at=when(handle.started_at), last_attempted_at=when(handle.started_at),
+                         finished_at=when(handle.finished_at), errors=errors)
+    if handle.status == "succeeded":
+        _set(result, _return_value=value)
+    return result
 
 
 def _rename(exc: MulesError, task: Any) -> None:

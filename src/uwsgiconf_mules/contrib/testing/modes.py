@@ -73,7 +73,7 @@ class Offload:
     __slots__ = ("args", "func", "key", "kwargs", "result_id", "target")
 
     def __init__(self, key: str, target: Mule | Farm, func: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], result_id: str | None = None) -> None:
+                 kwargs: dict[str, Any], *, result_id: str | None = None) -> None:
         self.key = key
         self.target = target
         self.func = func
@@ -184,7 +184,7 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
         result_id = None
         if key.decode() in _results.TASKS:  # a task that keeps results: its call carries its result id first
             result_id, args = args[0], args[1:]
-        call = Offload(key.decode(), _target(dest), func, args, kwargs, result_id)
+        call = Offload(key.decode(), _target(dest), func, args, kwargs, result_id=result_id)
         outbox.calls.append(call)
         if run:
             call.run()
