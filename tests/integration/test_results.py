@@ -263,3 +263,70 @@ def test_without_a_store_file_a_reload_loses_the_results_stored_before_it(tmp_pa
         assert all(kind == "ResultNotFound" for kind, _ in lost.values()), json.dumps(lost)[:500]
     finally:
         server.stop()
+
+
+RQ_CONFIG = """
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=1)
+section.workers.set_offload_backends(reports='rq://127.0.0.1:{port}/0?queue=reports')
+uwsgi_configuration = section.as_configuration()
+"""
+
+RQ_APP = '''
+from uwsgiconf_mules.runtime import Result
+from uwsgiconf_mules.errors import ResultError
+
+
+@Farm("reports").offload(result_ttl=600)
+def report(i):
+    if i < 0:
+        raise ValueError(f"negative {i}")
+    return {"i": i, "double": 2 * i}
+
+
+@route("/make")
+def make(query):
+    return {"pid": os.getpid(), "ids": [report(int(i)).id for i in query.split(",")]}
+
+
+@route("/read")
+def read(query):
+    found = {}
+    for rid in query.split(","):
+        handle = Result.get(rid)
+        try:
+            found[rid] = [handle.status, handle.result(timeout=0), handle.attempts]
+        except ResultError as exc:
+            found[rid] = [handle.status, type(exc).__name__, handle.error]
+    return {"pid": os.getpid(), "found": found}
+'''
+
+
+def test_on_a_farm_routed_to_rq_the_handle_reads_rqs_own_job_status_and_result(
+        tmp_path: Path, empty_redis: object) -> None:
+    import subprocess
+
+    from support.harness import BIN
+
+    server = start_server(tmp_path / "app", RQ_CONFIG.format(port=empty_redis.port), RQ_APP)  # type: ignore[attr-defined]
+    try:
+        _, body = server.get("/make?1,2,-3")
+        ids = body["ids"]
+        assert all(rid.startswith("reports/") for rid in ids)
+        _, before = server.get(f"/read?{','.join(ids)}")
+        assert [before["found"][rid][:2] for rid in ids] == [["queued", "ResultTimeout"]] * 3
+        worker = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", "--worker-class",
+                                 "rq.worker.SimpleWorker", "uwsgicfg.py"], cwd=server.directory,
+                                env=dict(os.environ, TEST_RESULTS=str(server.results)), capture_output=True,
+                                text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        _, after = server.get(f"/read?{','.join(ids)}")
+        assert after["found"][ids[0]] == ["succeeded", {"i": 1, "double": 2}, 1]
+        assert after["found"][ids[1]] == ["succeeded", {"i": 2, "double": 4}, 1]
+        assert after["found"][ids[2]] == ["failed", "TaskFailed", "ValueError: negative -3"]
+        assert server.get("/read?reports/" + "0" * 32) == (500, {
+            "error": "ResultNotFound", "message": f"no result reports/{'0' * 32} in RQ queue 'reports' at "
+            f"127.0.0.1:{empty_redis.port}/0: an unknown job, or one whose result expired (its result_ttl)"})  # type: ignore[attr-defined]
+    finally:
+        server.stop()
