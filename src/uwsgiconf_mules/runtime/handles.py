@@ -9,7 +9,8 @@ from pickle import loads as _unpickle
 
 from ..errors import ResultNotFound, ResultTimeout, TaskFailed, UsageError
 from . import instance as _instance
-from .results import FINAL, QUEUED, SUCCEEDED, VERSION, WAIT_FIRST, WAIT_MAX, _decode, id_times, store
+from .result_store import store
+from .results import FINAL, QUEUED, SUCCEEDED, VERSION, WAIT_FIRST, WAIT_MAX, _decode, id_times
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:

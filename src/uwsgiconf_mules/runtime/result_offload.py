@@ -8,7 +8,7 @@ the engine's job instead, sent with its own id and ``result_ttl``: the engine ke
 from __future__ import annotations
 
 from ..declarations.backends import ENGINES
-from . import handles as _handles, instance as _instance, results as _results
+from . import handles as _handles, instance as _instance, result_store as _result_store, results as _results
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _with_result(call: Callable[..., bool], key: str, ttl: int, target: Mule | F
             call(result_id, *args, **kwargs)
         except BaseException:
             if _instance.uwsgi is None:  # eager: the task's own exception is the handle's outcome
-                found = _results.store().get(result_id)
+                found = _result_store.store().get(result_id)
                 if found is not None and _results._decode(found)[1] in _results.FINAL:
                     return handle(result_id, _results._decode(found))
             forget(result_id)  # not sent: no result will come

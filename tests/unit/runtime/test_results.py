@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from uwsgiconf_mules import errors
-from uwsgiconf_mules.runtime import Result, instance as _instance, mule_offload, results as _results
+from uwsgiconf_mules.runtime import (
+    Result,
+    instance as _instance,
+    mule_offload,
+    result_store as _result_store,
+    results as _results,
+)
 from uwsgiconf_mules.testing import capture, eager
 
 CONFIG = """
@@ -24,10 +30,10 @@ uwsgi_configuration = section.as_configuration()
 @pytest.fixture(autouse=True)
 def fresh() -> Iterator[None]:
     _instance.reset(None)
-    _results._store = None
+    _result_store._store = None
     yield
     _instance.reset()
-    _results._store = None
+    _result_store._store = None
 
 
 @mule_offload(result_ttl=60)

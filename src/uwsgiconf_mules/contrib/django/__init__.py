@@ -47,12 +47,10 @@ from typing import Any
 
 from django.apps import AppConfig
 
-from ...declarations import CONFIG_ENV
 from ...errors import MulesError, UnknownTaskError
 from ...protocol import envelope as _protocol
 from ...runtime import (
     Farm,
-    handles as _handles,
     instance as _instance,
     mule_offload,
     results as _results,
@@ -136,43 +134,6 @@ def _task_of(path: str, alias: str | None = None, queue_name: str | None = None)
     return task.using(**changes) if changes else task
 
 
-class _Kept:
-    """The records a Django call keeps in the results store (none for an id of no results store).
-
-    :param result_id: The call's id.
-    :param meta: ``(path, alias, queue_name, args, kwargs)``: what ``get_result`` builds its ``TaskResult`` of.
-    :param started: When the call started (``time.time()``).
-    """
-
-    def __init__(self, result_id: str, meta: tuple[Any, ...], started: float) -> None:
-        self.result_id, self.meta, self.started = result_id, meta, started
-        self.keep = _results.kept(result_id)
-
-    def write(self, status: str, value: Any = None, error: BaseException | None = None) -> str | None:
-        """Write the call's record in ``status``; the status written, None when nothing is kept.
-
-        :param status: The status.
-        :param value: The return value, for ``succeeded``.
-        :param error: What the call raised, for ``failed``.
-        """
-        if not self.keep:
-            return None
-        return _results.record(self.result_id, status, pickle.dumps((*self.meta, value)), started=self.started,
-                               error=error)
-
-    def succeeded(self, result: Any, value: Any) -> None:
-        """Write the outcome of a call that returned ``value``; one too large to keep is ``FAILED``,
-        saying so, in ``result`` too (the signal's).
-
-        :param result: The call's ``TaskResult``.
-        :param value: What it returned.
-        """
-        if self.write(_results.SUCCEEDED, value) == _results.FAILED:
-            _set(result, status=_base.TaskResultStatus.FAILED, _return_value=None)
-            result.errors.append(_base.TaskError(exception_class_path="uwsgiconf_mules.errors.PayloadError",
-                                                 traceback=_handles.Result.get(self.result_id).error or ""))
-
-
 def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[str, Any],  # noqa: PLR0917
          queue_name: str | None = None, enqueued_at: str | None = None) -> None:
     """Run the Django task at ``path`` in this mule (the function dispatch mules are sent), as
@@ -210,7 +171,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
                          worker_ids=[f"mule{_tasks.current_mule()}"])
     backend = type(task.get_backend())
     running = _tasks.RUNNING.set(path)  # for the thread asgiref runs an async task in
-    kept = _Kept(result_id, (path, alias, queue_name, list(args), dict(kwargs)), started.timestamp())
+    kept = _stored.Kept(result_id, (path, alias, queue_name, list(args), dict(kwargs)), started.timestamp())
     close_old_connections()
     try:
         kept.write(_results.RUNNING)  # each record before its signal: the receivers read what it says
@@ -341,17 +302,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         :raises TaskResultDoesNotExist: (``ResultDoesNotExist`` of older backports) for an id that
             names no result: unknown, expired (``RESULT_TTL``), evicted, or no results store declared.
         """
-        exceptions = importlib.import_module(f"{_api.__name__}.exceptions")
-        missing = getattr(exceptions, "TaskResultDoesNotExist", None) or exceptions.ResultDoesNotExist
-        if not isinstance(result_id, str) or not _results.kept(result_id):
-            raise missing(f"no result {str(result_id)[:80]!r}: " + (
-                "not an id of this backend" if isinstance(result_id, str) and _results.id_times(result_id) is None
-                else "this uWSGI instance declares no results store (set_mules_params(results=...))"))
-        try:
-            handle = _handles.Result.get(result_id)
-        except MulesError as exc:
-            raise missing(str(exc)) from None
-        return _django_result(handle)
+        return _stored.get_result(result_id)
 
     def _sender(self, queue: str) -> Callable[..., bool]:
         sender = self._senders.get(queue)
@@ -459,88 +410,8 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
 
         :param kwargs: What Django passes to checks.
         """
-        from django.core import checks
-
         yield from super().check(**kwargs)
-        declarations = _instance.declarations()
-        if declarations is None:
-            return  # said by the deploy check (_unchecked), not on every manage.py command
-        for queue in sorted(self.queues):
-            farm = declarations.get_farm(queue)
-            if declarations.get_backend(queue) is not None:
-                continue  # routed: `uwsgiconf-mules worker` runs its tasks (Django set up there)
-            if farm is None:
-                yield checks.Error(
-                    f"task backend {self.alias!r}: queue {queue!r} is not a farm declared in the uWSGI config; "
-                    f"declared: {declarations.describe()}",
-                    hint=f"Declare section.workers.mule_farm({queue!r}, N) or fix QUEUES.",
-                    obj=self.alias, id="uwsgiconf_mules.E001")
-            elif not set(farm.mules) & set(declarations.dispatchers):
-                yield checks.Error(
-                    f"task backend {self.alias!r}: farm {queue!r} has only programmed mules "
-                    f"({', '.join(map(str, farm.mules))}), which do not run tasks",
-                    hint="Make the farm's mules dispatch mules (None in set_mules_params(mules=[...])).",
-                    obj=self.alias, id="uwsgiconf_mules.E002")
-
-
-def _unchecked(app_configs: Any = None, **kwargs: Any) -> Iterable[Any]:
-    """Deploy check (``manage.py check --deploy``): one ``Info`` per :class:`MulesBackend` whose queues
-    could not be compared with the farms, because no declarations are known in this process.
-
-    :param app_configs: What Django passes to checks.
-    :param kwargs: What Django passes to checks.
-    """
-    from django.core import checks
-
-    if _instance.declarations() is not None:
-        return
-    for backend in _api.task_backends.all():
-        if isinstance(backend, MulesBackend):
-            yield checks.Info(
-                f"task backend {backend.alias!r}: no uwsgiconf-mules declarations are known in this process, so its "
-                f"queues {sorted(backend.queues)} cannot be checked against the farms of the uWSGI config",
-                hint=f"Name the uWSGI config module to check them: {CONFIG_ENV}=uwsgicfg.py manage.py check "
-                     "(a path, or a module name). Outside uWSGI tasks run at once in the caller.",
-                id="uwsgiconf_mules.I001")
-
-
-def _register_deploy_check() -> None:
-    from django.core import checks
-
-    checks.register(_unchecked, "uwsgiconf_mules", deploy=True)
-
-
-_register_deploy_check()  # when Django loads INSTALLED_APPS (or a setting names the backend)
-
-
-_STATUSES = {"queued": "READY", "retrying": "READY", "running": "RUNNING", "succeeded": "SUCCESSFUL",
-             "failed": "FAILED", "interrupted": "FAILED"}
-
-
-def _django_result(handle: Any) -> Any:
-    """A ``TaskResult`` from a record the backend wrote (see :func:`_run`)."""
-    from datetime import datetime, timezone
-
-    fields = handle._fields
-    path, alias, queue_name, args, kwargs, value = pickle.loads(fields[6]) if fields[6] else (
-        None, None, None, [], {}, None)
-    status = getattr(_base.TaskResultStatus, _STATUSES[handle.status])
-
-    def when(seconds: float | None) -> Any:
-        return None if not seconds else datetime.fromtimestamp(seconds, timezone.utc)
-
-    errors = []
-    if handle.error is not None:
-        kind = handle.exception_type or "Exception"
-        errors.append(_base.TaskError(exception_class_path=kind if "." in kind else f"builtins.{kind}",
-                                      traceback=handle.traceback or handle.error))
-    task = _task_of(path, alias, queue_name) if path else None
-    result = _new_result(task, handle.id, alias, args, kwargs, status=status, enqueued_at=when(handle.enqueued_at),
-                         started_at=when(handle.started_at), last_attempted_at=when(handle.started_at),
-                         finished_at=when(handle.finished_at), errors=errors)
-    if handle.status == "succeeded":
-        _set(result, _return_value=value)
-    return result
+        yield from _checks.queue_errors(self)
 
 
 def _rename(exc: MulesError, task: Any) -> None:
@@ -556,3 +427,6 @@ class MulesConfig(AppConfig):  # type: ignore[misc]
     label = "uwsgiconf_mules"
     verbose_name = "uwsgiconf-mules"
     default = True
+
+
+from . import checks as _checks, results as _stored  # noqa: E402 - last: they read the names above
