@@ -11,6 +11,7 @@ section = Section()
 # In the config, not only in mysite/wsgi.py: under --lazy-apps mules never run the WSGI module,
 # and dispatch mules call django.setup() when this variable is set.
 section.env("DJANGO_SETTINGS_MODULE", "mysite.settings")
-section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2))
+# results: the store of task results (TaskResult.refresh(), backend.get_result(id)).
+section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2), results=True)
 
 uwsgi_configuration = section.as_configuration()

@@ -330,3 +330,28 @@ def test_on_a_farm_routed_to_rq_the_handle_reads_rqs_own_job_status_and_result(
             f"127.0.0.1:{empty_redis.port}/0: an unknown job, or one whose result expired (its result_ttl)"})  # type: ignore[attr-defined]
     finally:
         server.stop()
+
+
+def test_django_get_result_in_another_worker_reads_what_the_mule_wrote(tmp_path: Path) -> None:
+    from support.django_site import start
+
+    servers: list[Server] = []
+    try:
+        server, _ = start(tmp_path, "prefork", servers)
+        _, made = server.get("/count?email=ann@example.com")
+        _, failing = server.get("/count?email=")
+        seen = {}
+        for rid, pid in ((made["id"], made["pid"]), (failing["id"], failing["pid"])):
+            def other_worker_final(rid: str = rid, pid: int = pid) -> object:
+                status, body = server.get(f"/result?id={rid}")
+                assert status == 200, body
+                return body["pid"] != pid and body["status"] in ("SUCCESSFUL", "FAILED") and body
+            seen[rid] = server.wait_for(other_worker_final, 20, "a final result read by another worker")
+        assert seen[made["id"]]["status"] == "SUCCESSFUL"
+        assert seen[made["id"]]["value"]["email"] == "ann@example.com"
+        assert seen[made["id"]]["value"]["mule"] in (1, 2)
+        assert seen[failing["id"]] == {"status": "FAILED", "pid": seen[failing["id"]]["pid"], "value": None,
+                                       "errors": ["builtins.ValueError"]}
+    finally:
+        for server in servers:
+            server.stop()
