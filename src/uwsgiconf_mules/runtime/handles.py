@@ -5,6 +5,7 @@ records it reads are written by :mod:`.results`)."""
 from __future__ import annotations
 
 import time
+from marshal import loads as _unmarshal
 from pickle import loads as _unpickle
 
 from ..errors import ResultNotFound, ResultTimeout, TaskFailed, UsageError
@@ -181,6 +182,23 @@ def _read(result_id: str) -> tuple[Any, ...]:
 
     :raises ResultNotFound: naming why there is none.
     """
+    if type(result_id) is str and len(result_id) == 32:  # the common case, first: a record of a current result
+        found = store().get(result_id)
+        if found is not None:
+            try:
+                fields = _unmarshal(found)
+                head = int(result_id[:20], 16)  # milliseconds, then ttl: one parse
+                expires = (head >> 32) / 1000 + (head & 0xFFFFFFFF)
+            except ValueError:
+                pass
+            else:
+                if type(fields) is tuple and len(fields) == 7 and fields[0] == VERSION and time.time() <= expires:
+                    return fields
+    return _looked_up(result_id)
+
+
+def _looked_up(result_id: str) -> tuple[Any, ...]:
+    """:func:`_read`, its checks one by one, each with its error."""
     if not isinstance(result_id, str):
         raise ResultNotFound(f"a result id is a string, not {result_id!r}", result_id=repr(result_id))
     if "/" in result_id:
