@@ -213,6 +213,8 @@ def test_a_full_store_evicts_the_least_recently_used(tmp_path: Path) -> None:
         assert 40 <= len(kept) <= 50, (len(kept), evicted[:2])  # the store holds 50
         assert all("evicted (the store was full: the least recently used go first)" in text for text in evicted)
         assert all(found[rid][1]["i"] == ids.index(rid) for rid in kept)  # those kept are right
+        assert ids[-1] in kept and ids[0] not in kept  # the least recently used went: the newest are kept
+        assert "is FULL" not in server.log()  # uWSGI never refused a result
     finally:
         server.stop()
 

@@ -197,3 +197,15 @@ def test_result_ttl_is_checked_and_needs_a_declared_store(config: str, tmp_path:
     with eager(str(bare)), pytest.raises(errors.MulesConfigurationError, match="declares no results store"):
         mule_offload("calc", result_ttl=5)(spare)
     assert "spare" not in str(sorted(_results.TASKS))
+
+
+def test_a_task_without_result_ttl_is_registered_as_it_is_for_the_mule_s_fast_path() -> None:
+    from uwsgiconf_mules.runtime import tasks as _tasks
+
+    key = plain.key.encode()
+    assert _tasks.REGISTRY[key] is plain.__wrapped__  # no wrapper: the mule calls the function itself
+    assert {entry[0] for head, entry in _tasks.HEADS.items() if entry[3] == key} == {plain.__wrapped__}
+    assert plain.key not in _results.TASKS
+    wrapped = _tasks.REGISTRY[add.key.encode()]
+    assert wrapped is not add.__wrapped__ and wrapped.__wrapped__ is add.__wrapped__  # type: ignore[attr-defined]
+    assert _results.TASKS[add.key] == 60
