@@ -13,7 +13,7 @@ UWSGI_REQUIREMENT := uwsgi>=2.0.21,<2.1
 # Material for MkDocs prints a banner about MkDocs 2 at every build; the build is what matters here.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo docs docs-strict test test-matrix lint lint-imports typecheck unit bench clean redis-server
+.PHONY: demo docs docs-strict uwsgi-asyncio test test-matrix lint lint-imports typecheck unit bench clean redis-server
 
 # The tests and benchmarks of farms routed to RQ start a real redis-server (Debian's package),
 # installed here when it is missing (as root, as on CI; DEBIAN_FRONTEND keeps apt quiet).
@@ -34,6 +34,19 @@ $(DEMO_STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e . '$(UWSGI_REQUIREMENT)' $(EXTRA_REQUIREMENTS)
 	touch $(DEMO_STAMP)
 
+# A uWSGI with the asyncio and greenlet plugins (pip builds it with neither), for the tests of
+# `--asyncio --greenlet`: built from the sdist of the venv's uWSGI into the venv, once (about a minute).
+UWSGI_ASYNCIO := $(VENV)/uwsgi-asyncio/bin/uwsgi
+export UWSGICONF_MULES_TEST_UWSGI_ASYNCIO := $(abspath $(UWSGI_ASYNCIO))
+
+$(UWSGI_ASYNCIO): $(STAMP)
+	UWSGI_EMBED_PLUGINS=asyncio,greenlet \
+	APPEND_CFLAGS="-I$$($(BIN)/python -c 'import sys; print(f"{sys.prefix}/include/site/python{sys.version_info[0]}.{sys.version_info[1]}")')" \
+	$(BIN)/python -m pip install --quiet --no-cache-dir --no-binary uwsgi --no-deps --target $(VENV)/uwsgi-asyncio \
+		"uwsgi==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("uwsgi"))')"
+
+uwsgi-asyncio: $(UWSGI_ASYNCIO)
+
 demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
@@ -53,7 +66,7 @@ lint-imports: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint lint-imports typecheck docs-strict redis-server
+test: lint lint-imports typecheck docs-strict redis-server $(UWSGI_ASYNCIO)
 	$(BIN)/python -m pytest -p xdist -n 2
 
 test-matrix:

@@ -23,12 +23,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support.harness import APP_PRELUDE, declaration, start_server
-from support.pings import MODES, PING_APP, missing, ping_while, ran
+from support.pings import MODES, PING_APP, missing, ping_while, ran, uwsgi_for
 
 
 def run(tmp: Path, name: str, args: tuple[str, ...], path: str, calls: int, *, pause: float = 0) -> None:
     server = start_server(tmp / f"{name}{path}{pause}".replace(" ", "_").replace("/", "_"), declaration("mules=1"),
-                          PING_APP, workers=1, extra_args=args)
+                          PING_APP, workers=1, extra_args=args, uwsgi=uwsgi_for(name))
     try:
         pinged = ping_while(server, f"{path}?0:{calls}" + (f":{pause:g}" if pause else ""))
         server.wait_for(lambda: len(server.lines("ran")) >= pinged.body["queued"], 120, "the calls run")

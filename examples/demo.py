@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from harness import compile_config, launch  # noqa: E402
+from support.harness import compile_config, launch  # noqa: E402
 
 BASIC = HERE / "basic"
 REQUESTS = ["/thumbnail?id=1", "/thumbnail?id=2", "/thumbnail?id=3", "/thumbnail?id=4",

@@ -474,10 +474,11 @@ def test_the_pages_quote_what_top_prints_of_counters_and_the_spool() -> None:
 
 def test_the_loop_engines_page_quotes_what_a_worker_says(monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from uwsgiconf_mules.runtime import instance as _instance, sending as _sending
+    from uwsgiconf_mules.runtime import engines as _engines, instance as _instance, sending as _sending
 
     for name, value in (("_engine", None), ("_waiter", None), ("_send_sockets", [])):
         monkeypatch.setattr(_sending, name, value)
+    monkeypatch.setattr(_engines, "UGREEN_UNSAFE", (3, 0))  # the page quotes Python 3.11 and later
 
     class Worker:
         opt: ClassVar[dict[str, bytes]] = {"async": b"10", "ugreen": b"true"}

@@ -324,6 +324,7 @@ def start_server(
     prelude: bool = True,
     workers: int = 2,
     app_first: str = "",
+    uwsgi: Sequence[str] | None = None,
 ) -> Server:
     """Write, compile and start; see the module docstring.
 
@@ -337,6 +338,7 @@ def start_server(
     :param prelude: Whether ``app.py`` starts with ``APP_PRELUDE`` (routes, ``record``).
     :param workers: Number of uWSGI workers.
     :param app_first: Code placed at the very top of ``app.py``, before the prelude.
+    :param uwsgi: Another uWSGI to run: its binary and first arguments (default: ``UWSGI``, ``UWSGI_ARGS``).
     """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "uwsgicfg.py").write_text(textwrap.dedent(config))
@@ -350,7 +352,8 @@ def start_server(
         expect_mules = len(re.findall(r"^\s*mule\s*[=:]", compiled.stdout, re.M)) + sum(
             int(n) for n in re.findall(r"^\s*mules\s*[=:]\s*(\d+)", compiled.stdout, re.M))
 
-    return launch(path, directory, fmt=fmt, extra_args=extra_args, expect_mules=expect_mules, workers=workers)
+    return launch(path, directory, fmt=fmt, extra_args=extra_args, expect_mules=expect_mules, workers=workers,
+                  uwsgi=uwsgi)
 
 
 def launch(
@@ -364,6 +367,7 @@ def launch(
     env: dict[str, str] | None = None,
     run_dir: Path | None = None,
     app: Sequence[str] = ("--module", "app:application"),
+    uwsgi: Sequence[str] | None = None,
 ) -> Server:
     """Start real uWSGI on a compiled config and wait (bounded) until it is ready.
 
@@ -376,6 +380,7 @@ def launch(
     :param env: More environment variables.
     :param run_dir: Where the log and results go (default: ``directory``).
     :param app: The options that load the application (``--wsgi-file``, ``script.py`` instead).
+    :param uwsgi: Another uWSGI to run: its binary and first arguments (default: ``UWSGI``, ``UWSGI_ARGS``).
     """
     run_dir = run_dir or directory
     results = run_dir / "results"
@@ -384,7 +389,7 @@ def launch(
     log_path = run_dir / "uwsgi.log"
     full_env = dict(os.environ, TEST_RESULTS=str(results), **(env or {}))
     full_env.pop("UWSGICONF_MULES", None)
-    cmd = [str(UWSGI), *UWSGI_ARGS, f"--{fmt}", str(config), "--strict", "--master", "--die-on-term",
+    cmd = [*(uwsgi or (str(UWSGI), *UWSGI_ARGS)), f"--{fmt}", str(config), "--strict", "--master", "--die-on-term",
            "--http-socket", f"127.0.0.1:{port}", *app,
            "--pythonpath", str(directory), "--chdir", str(directory), "--workers", str(workers),
            "--hook-accepting", f"log:{WORKER_READY}", "--hook-as-mule", f"log:{MULE_READY}", *extra_args]

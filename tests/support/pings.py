@@ -11,7 +11,9 @@ records its number once it ran (``results/ran``).
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,22 +27,38 @@ MODES = {
     "--gevent 50": ("--gevent", "50"),
     "--async 10 --ugreen": ("--async", "10", "--ugreen"),
     "--asyncio 10 --greenlet": ("--asyncio", "10", "--greenlet"),
+    "--asyncio 10": ("--asyncio", "10"),
 }
 """Worker modes: name -> uWSGI options (one worker)."""
 
 
+ASYNCIO_UWSGI = os.environ.get("UWSGICONF_MULES_TEST_UWSGI_ASYNCIO", "")
+"""A uWSGI built with the asyncio and greenlet plugins (pip builds it without them): ``make test``
+builds one into the venv (``make uwsgi-asyncio``) and names it here."""
+
+
+def uwsgi_for(mode: str) -> tuple[str, ...] | None:
+    """The uWSGI to run ``mode`` with: :data:`ASYNCIO_UWSGI` (on this venv) for ``--asyncio``, else
+    the harness's (None)."""
+    if MODES[mode][0] == "--asyncio" and ASYNCIO_UWSGI:
+        return ASYNCIO_UWSGI, "--virtualenv", sys.prefix
+    return None
+
+
 def missing(mode: str) -> str:
-    """Why the uWSGI of the tests cannot run ``mode`` (its first option is not in ``uwsgi --help``:
-    the plugin is not built in; pip builds uWSGI without the greenlet and asyncio plugins); empty
-    when it can."""
+    """Why no uWSGI of the tests can run ``mode`` (its first option is not in ``uwsgi --help``:
+    the plugin is not built in; pip builds uWSGI without the greenlet and asyncio plugins, see
+    :data:`ASYNCIO_UWSGI`); empty when one can."""
     import subprocess
 
     option = MODES[mode][0]
-    shown = subprocess.run([str(UWSGI), *UWSGI_ARGS, "--help"], capture_output=True, text=True, timeout=30,
+    command = uwsgi_for(mode) or (str(UWSGI), *UWSGI_ARGS)
+    shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=30,
                            stdin=subprocess.DEVNULL, check=False).stdout
     if any(line.split()[:1] == [option] for line in shown.splitlines()):
         return ""
-    return f"{UWSGI} has no {option} (its plugin is not built in)"
+    return f"{command[0]} has no {option} (its plugin is not built in; `make uwsgi-asyncio` builds one that has)"
+
 
 PING_APP = '''
 import asyncio

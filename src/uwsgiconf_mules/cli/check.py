@@ -128,20 +128,36 @@ def _section_warnings(section: Any, declarations: Declarations) -> list[str]:
 LOOP_ENGINES = {
     "gevent": "gevent loop engine: a sender waiting for room in a full queue waits through gevent's hub, the "
               "worker's other requests run meanwhile (monkey-patched or not)",
-    "asyncio": "asyncio loop engine: a sender waiting for room in a full queue holds the worker's other requests "
-               "(at most send_timeout); coroutines: await f.aoffload(...)",
-    "async": "async mode: a sender waiting for room in a full queue holds the worker's other requests (at most "
-             "send_timeout; ugreen's suspend from Python hangs the worker on uWSGI 2.0.x); prefer --gevent or "
-             "--threads",
+    "asyncio+greenlet": "asyncio loop engine with greenlet: a sender waiting for room in a full queue switches to "
+                        "the event loop, the worker's other requests run meanwhile; coroutines: await "
+                        "f.aoffload(...)",
+    "asyncio": "asyncio loop engine without --greenlet: a sender waiting for room in a full queue holds the "
+               "worker's other requests (at most send_timeout); add --greenlet, or in coroutines await "
+               "f.aoffload(...)",
+    "ugreen": "ugreen on Python 3.10: a sender waiting for room in a full queue suspends its request, the "
+              "worker's other requests run meanwhile (timeouts in whole seconds)",
+    "ugreen-unsafe": "ugreen on Python 3.11 or later: a sender waiting for room in a full queue holds the worker's "
+                     "other requests (at most send_timeout; uWSGI's ugreen loses Python's frames across a switch); "
+                     "prefer --gevent, --asyncio with --greenlet, or --threads",
+    "async": "async mode without a suspend engine: a sender waiting for room in a full queue holds the worker's "
+             "other requests (at most send_timeout); prefer --gevent or --threads",
 }
-"""What a sender waiting for room does under each loop engine (an option of the section)."""
+"""What a sender waiting for room does under each loop engine (options of the section; ugreen: with
+the Python that runs the check)."""
 
 
 def _loop_engine(keys: set[str]) -> str:
     """The ``workers:`` line of ``check``: what a waiting sender does with the section's loop engine."""
-    for option in ("gevent", "asyncio", "async"):
-        if option in keys:
-            return LOOP_ENGINES[option]
+    from ..runtime.engines import UGREEN_UNSAFE
+
+    if "gevent" in keys:
+        return LOOP_ENGINES["gevent"]
+    if "asyncio" in keys:
+        return LOOP_ENGINES["asyncio+greenlet" if "greenlet" in keys else "asyncio"]
+    if "async" in keys:
+        if "ugreen" in keys:
+            return LOOP_ENGINES["ugreen" if sys.version_info < UGREEN_UNSAFE else "ugreen-unsafe"]
+        return LOOP_ENGINES["async"]
     return ("threads or processes: a sender waiting for room in a full queue holds its own request only; mules run "
             "no loop engine (a task that uses gevent joins its greenlets before it returns)")
 

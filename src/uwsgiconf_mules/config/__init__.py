@@ -125,7 +125,8 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
             least recently used result is evicted.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
-        given = {name: value for name, value in locals().items() if name != "self"}  # the arguments, by name
+        given = dict(locals())  # the arguments, by name (the first statement: nothing else is local yet)
+        del given["self"]
         section: MulesMixin = self._section
         if section._mules_declarations is None and all(value is None for value in given.values()):
             return section  # a preset's own call with nothing to declare (``nice.Section(mules=None)``)

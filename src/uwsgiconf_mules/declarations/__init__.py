@@ -22,7 +22,6 @@ runs the user's own script (``script.py``) or callable (``package.module:callabl
 from __future__ import annotations
 
 from ..errors import MulesConfigurationError
-from . import validate as _v
 from .backends import Backend
 from .farms import FarmSpec, MuleFarm, validate_farm_name
 from .model import FIELDS, Declarations, parse_record
@@ -46,14 +45,32 @@ from .names import (
     master_fds,
 )
 from .results import ResultsStore, results_store
-from .validate import (
-    check_programs,
-    default_spool_dir,
-    program_problem,
-    validate_callable_path,
-    validate_mule_init,
-    value_problem,
-)
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this package, keep it cheap
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .validate import (
+        check_programs as check_programs,
+        default_spool_dir as default_spool_dir,
+        program_problem as program_problem,
+        validate_callable_path as validate_callable_path,
+        validate_mule_init as validate_mule_init,
+        value_problem as value_problem,
+    )
+
+_BUILD_TIME = frozenset(("check_programs", "default_spool_dir", "program_problem", "validate_callable_path",
+                         "validate_mule_init", "value_problem"))
+"""What :mod:`.validate` gives: the builders' checks, loaded when first asked for (workers and mules
+read records, they never validate arguments)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BUILD_TIME:
+        from . import validate
+
+        return getattr(validate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BASE_FDS",
@@ -110,9 +127,7 @@ def declare(
     deploy_mode: object = None,
     mule_init: object = None,
     backends: object = None,
-    stats: object = None,
-    on_failure: object = None,
-    results: object = None,
+    stats: object = None, on_failure: object = None, results: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -125,6 +140,8 @@ def declare(
     :raises MulesConfigurationError: naming what is wrong; also for an argument uWSGI 2.0.x does not
         know (``msg_buffer_recv``) or an unknown one.
     """
+    from . import validate as _v
+
     for key, value in unsupported.items():
         if key in _UNSUPPORTED:
             if value is not None:
@@ -183,6 +200,8 @@ def _checked(declarations: Declarations) -> Declarations:
     """``declarations``, once every value it emits is fit for a config line (:func:`value_problem`)
     and every field of its record is free of the record's separator: the one check of what the
     builders write, whichever argument a value came from."""
+    from .validate import value_problem
+
     for key, value in declarations.record_fields():
         if ";" in value:
             raise MulesConfigurationError(
@@ -195,7 +214,7 @@ def _checked(declarations: Declarations) -> Declarations:
             "variable that Linux passes on: uWSGI would stop at its first reload (it runs itself again with it, "
             "'execvp(): Argument list too long'); list fewer mules in the farms", culprit=record[:80])
     for option, value in declarations.options():
-        problem = _v.value_problem(value)
+        problem = value_problem(value)
         if problem:
             raise MulesConfigurationError(
                 f"{_ARGUMENTS.get(option, option)}: the value of option '{option}', {value!r}, {problem}",

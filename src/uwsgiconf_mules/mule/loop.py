@@ -242,6 +242,11 @@ def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool 
     return spool
 
 
+NO_REQUEST = "only from the main callable"
+"""What uWSGI's ``signal_wait`` says where it has no request to wait in: a thread of a mule under
+``--async`` or ``--asyncio`` (it says so at once, every time, with a ``[BUG]`` line in the log)."""
+
+
 def _handle_signals(uwsgi: Any) -> None:
     """Run the handlers of uWSGI signals sent to this mule as they arrive, even while the loop
     is busy: uWSGI's own reader handles them only when every queue is empty."""
@@ -249,7 +254,12 @@ def _handle_signals(uwsgi: Any) -> None:
     while True:
         try:
             uwsgi.signal_wait()  # waits without the GIL, then runs the registered handler
-        except SystemError:  # interrupted by a signal of the system
+        except SystemError as exc:  # interrupted by a signal of the system; or no request to wait in
+            if NO_REQUEST in str(exc):  # a loop engine's (--async, --asyncio): uWSGI's reader handles them
+                _tasks.log().warning("uwsgiconf-mules: mule %d: uWSGI signals are handled when its queues are empty "
+                                  "(under a loop engine, uWSGI cannot wait for them in a thread of a mule)",
+                                  _tasks.current_mule())
+                return
             continue
         except Exception:
             _tasks.log().exception("uwsgiconf-mules: mule %d: a uWSGI signal handler failed", _tasks.current_mule())

@@ -9,9 +9,10 @@ one request may wait on full queues (a burst of sends that each wait a little wo
 hold the request for as long as the mules take to run the burst). The budget is kept per thread
 and request (``uwsgi.request_id()``, the request count of the thread's core) and spent only on
 this slow path.
-Under gevent (``--gevent``, monkey-patched or not) a waiting sender waits through gevent's hub, so
-the worker's other requests run meanwhile; under ugreen (``--async``) and ``--asyncio`` the wait
-holds the worker (said once in its log; see :data:`YIELDING`). The engine is told apart
+Under gevent (``--gevent``, monkey-patched or not), ``--asyncio`` with ``--greenlet``, and ugreen
+on Python 3.10, a waiting sender yields to the loop engine, so the worker's other requests run
+meanwhile; elsewhere under a loop engine the wait holds the worker (said once in its log; see
+:mod:`uwsgiconf_mules.runtime.engines`). The engine is told apart
 once per process, at its first wait (:func:`loop_engine`), and the budget is kept per request under
 any of them (their requests share a thread, each on a stack of its own). Coroutines wait with
 :func:`adeliver`, which never blocks their event loop.
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from .engines import Waiter
+
 BACKOFF_FIRST = 0.0001
 """Seconds slept after the first failed retry when no queue can be watched (doubles each time)."""
 BACKOFF_MAX = 0.01
@@ -60,17 +63,11 @@ def recompile() -> str:
 _send_sockets: list[Any] | None = None  # this process's packet sockets, listed at the first full queue
 _budgets: dict[int, tuple[int, float]] = {}  # thread -> (request id, seconds its request may still wait)
 _engine: str | None = None  # the loop engine of this process's requests, told at the first wait (loop_engine)
-_waiter: tuple[Callable[[], Any], Callable[[float], object], Callable[[list[int], float], object]] | None = None
+_waiter: Waiter | None = None
 # (poll factory, sleep, wait for one of these fds to be writable): how a sender waits here; chosen with _engine
 BUDGETS_KEPT = 1024
 """Under a loop engine, budgets of requests are kept by the request's stack; beyond this many, the
 ones of earlier requests are dropped."""
-YIELDING = ("gevent",)
-"""The loop engines a waiting sender yields to. Not ugreen: on uWSGI 2.0.x, whose Python threads are
-always on, ``uwsgi.suspend()`` from Python keeps the GIL, and the next request that core switches
-to waits for it forever (the whole worker hangs). Not asyncio (with greenlet): a request greenlet
-resumed from the event loop rather than by uWSGI has no current request for uWSGI
-(``[BUG] current_wsgi_req NOT FOUND``), and pip builds uWSGI without that plugin."""
 
 
 def check_mule_id(mule_id: object, declarations: Declarations | None) -> int:
@@ -163,48 +160,35 @@ def _tell_engine() -> str:
     return ""
 
 
-def _choose_waiter() -> tuple[Callable[[], Any], Callable[[float], object], Callable[[list[int], float], object]]:
-    """How a sender waits for room in this process (see :func:`loop_engine`); says once in the log
-    when the wait holds the worker's other requests (a loop engine it cannot yield to)."""
+def _choose_waiter() -> Waiter:
+    """How a sender waits for room in this process (see :func:`loop_engine` and
+    :mod:`uwsgiconf_mules.runtime.engines`); says once in the log when the wait holds the worker's
+    other requests (a loop engine it cannot yield to)."""
     global _waiter
-    import select
+    from . import engines as _engines
 
     engine = loop_engine()
+    uwsgi = _instance.uwsgi
     if engine == "gevent":
-        import gevent
-        import gevent.select
-        from gevent.monkey import get_original
-
-        def wait_gevent(fds: list[int], seconds: float) -> object:
-            poller = gevent.select.poll()  # watchers of gevent's hub (its select is limited to fds below 1024)
-            for fd in fds:
-                poller.register(fd, select.POLLOUT)
-            return poller.poll(seconds * 1000)
-
-        _waiter = (get_original("select", "poll"), gevent.sleep, wait_gevent)
+        _waiter = _engines.gevent_waiter()
     else:
-        if engine:
-            import logging
+        chosen = {"asyncio": _engines.asyncio_waiter, "ugreen": _engines.ugreen_waiter}.get(engine)
+        found = chosen(uwsgi) if chosen is not None else ""
+        if isinstance(found, str):
+            if engine:
+                import logging
 
-            logging.getLogger("uwsgiconf_mules").warning(
-                "uwsgiconf-mules: worker %s runs the %s loop engine: a sender waiting for room in a full mule "
-                "queue holds the worker's other requests until there is room (at most send_timeout); await "
-                "aoffload() from coroutines, or run the workers with --gevent or --threads",
-                _instance.uwsgi.worker_id(), engine)
-        _waiter = (select.poll, time.sleep, _poll_wait)
+                logging.getLogger("uwsgiconf_mules").warning(
+                    "uwsgiconf-mules: worker %s runs the %s loop engine: a sender waiting for room in a full mule "
+                    "queue holds the worker's other requests until there is room (at most send_timeout)%s; await "
+                    "aoffload() from coroutines, or run the workers with --gevent or --threads",
+                    uwsgi.worker_id(), engine, f" ({found})" if found else "")
+            found = _engines.polling()
+        _waiter = found
     return _waiter
 
 
-def _poll_wait(fds: list[int], seconds: float) -> object:
-    import select
-
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLOUT)
-    return poller.poll(seconds * 1000)
-
-
-def wait_for_room(sleep: float, wait: float) -> None:
+def wait_for_room(sleep: float, wait: float, left: float = 0.0) -> None:
     """Wait until a full queue has room again.
 
     A queue's sending socket polls writable again once the mule has read three quarters of what
@@ -216,6 +200,8 @@ def wait_for_room(sleep: float, wait: float) -> None:
 
     :param sleep: Seconds to sleep when no socket can be watched.
     :param wait: Longest wait for a socket to become writable, in seconds.
+    :param left: Seconds the send may still wait in all (a loop engine whose timeouts are whole
+        seconds yields only with a second or more left).
     """
     global _send_sockets
     import select
@@ -232,7 +218,7 @@ def wait_for_room(sleep: float, wait: float) -> None:
     if len(writable) == len(_send_sockets):
         pause(sleep)
         return
-    wait_writable([fd for fd in (sock.fileno() for sock in _send_sockets) if fd not in writable], wait)
+    wait_writable([fd for fd in (sock.fileno() for sock in _send_sockets) if fd not in writable], wait, left)
 
 
 def serves_requests() -> bool:
@@ -310,7 +296,7 @@ def retry(attempt: Callable[[], object], timeout: float, what: str, size: int, t
                 raise DeliveryError(
                     f"{what}: the queue stayed full for {timeout:g} s; the message ({size} bytes) was "
                     "not sent (raise send_timeout or msg_buffer, or add mules)", target=target)
-            wait_for_room(min(delay, left), min(ROOM_WAIT, left))
+            wait_for_room(min(delay, left), min(ROOM_WAIT, left), left)
             if attempt():
                 return True
             delay = min(delay * 2, BACKOFF_MAX)

@@ -687,21 +687,21 @@ def test_spool_list_shows_files_it_ignores_and_check_an_unusable_spool(tmp_path:
             "dispatch mules are refused (DeliveryError)") in checked.stdout
 
 
-@pytest.mark.parametrize(("option", "said"), [
-    ("gevent", "  workers: gevent loop engine: a sender waiting for room in a full queue waits through gevent's hub, "
-               "the worker's other requests run meanwhile (monkey-patched or not)"),
-    ("async", "  workers: async mode: a sender waiting for room in a full queue holds the worker's other requests (at "
-              "most send_timeout; ugreen's suspend from Python hangs the worker on uWSGI 2.0.x); prefer --gevent or "
-              "--threads"),
-    ("asyncio", "  workers: asyncio loop engine: a sender waiting for room in a full queue holds the worker's other "
-                "requests (at most send_timeout); coroutines: await f.aoffload(...)"),
+@pytest.mark.parametrize(("options", "said"), [
+    (("gevent",), "gevent"), (("async",), "async"), (("asyncio",), "asyncio"),
+    (("asyncio", "greenlet"), "asyncio+greenlet"),
+    (("async", "ugreen"), "ugreen" if sys.version_info < (3, 11) else "ugreen-unsafe"),
 ])
-def test_check_says_what_a_waiting_sender_does_under_the_loop_engine(tmp_path: Path, option: str, said: str) -> None:
+def test_check_says_what_a_waiting_sender_does_under_the_loop_engine(
+        tmp_path: Path, options: tuple[str, ...], said: str) -> None:
+    from uwsgiconf_mules.cli.check import LOOP_ENGINES
+
     body = ("from uwsgiconf_mules import Section\n"
             "section = Section()\n"
             "section.workers.set_mules_params(mules=1)\n"
-            f"section._set({option!r}, 10)\n"
-            "uwsgi_configuration = section.as_configuration()\n")
+            + "".join(f"section._set({option!r}, 10)\n" for option in options)
+            + "uwsgi_configuration = section.as_configuration()\n")
     proc = invoke_with(tmp_path, body, cli, "check")
     assert proc.returncode == 0, proc.stderr
-    assert [line for line in proc.stdout.splitlines() if line.startswith("  workers: ")] == [said]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("  workers: ")] == [
+        f"  workers: {LOOP_ENGINES[said]}"]

@@ -122,12 +122,32 @@ def test_under_gevent_a_queue_socket_above_fd_1023_is_waited_on(worker: Any) -> 
             sock.close()
 
 
-def test_a_loop_engine_the_wait_cannot_yield_to_is_named_once(worker: Any, caplog: pytest.LogCaptureFixture) -> None:
-    worker({"async": b"10", "ugreen": b"true"})
+@pytest.mark.parametrize(("opt", "why"), [
+    ({"async": b"10", "ugreen": b"true"}, "under ugreen a sender yields on Python 3.10 only: from 3.11 on, uWSGI's "
+                                          "ugreen loses Python's frames across a switch"),
+    ({"asyncio": b"10"}, "under asyncio a sender yields with --greenlet only"),
+])
+def test_a_loop_engine_the_wait_cannot_yield_to_is_named_once_with_why(
+        worker: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, opt: dict[str, bytes],
+        why: str) -> None:
+    from uwsgiconf_mules.runtime import engines as _engines
+
+    monkeypatch.setattr(_engines, "UGREEN_UNSAFE", (3, 0))  # what Python 3.11 and later are told, on any Python
+    worker(opt)
     for _ in range(3):
         _sending.wait_for_room(0.0, 0.0)
     said = [r.getMessage() for r in caplog.records if "loop engine" in r.getMessage()]
-    assert said == ["uwsgiconf-mules: worker 1 runs the ugreen loop engine: a sender waiting for room in a full mule "
+    engine = "ugreen" if "ugreen" in opt else "asyncio"
+    assert said == [f"uwsgiconf-mules: worker 1 runs the {engine} loop engine: a sender waiting for room in a full "
+                    f"mule queue holds the worker's other requests until there is room (at most send_timeout) ({why}); "
+                    "await aoffload() from coroutines, or run the workers with --gevent or --threads"]
+
+
+def test_a_plain_async_worker_is_told_without_a_reason(worker: Any, caplog: pytest.LogCaptureFixture) -> None:
+    worker({"async": b"10"})
+    _sending.wait_for_room(0.0, 0.0)
+    said = [r.getMessage() for r in caplog.records if "loop engine" in r.getMessage()]
+    assert said == ["uwsgiconf-mules: worker 1 runs the async loop engine: a sender waiting for room in a full mule "
                     "queue holds the worker's other requests until there is room (at most send_timeout); await "
                     "aoffload() from coroutines, or run the workers with --gevent or --threads"]
 

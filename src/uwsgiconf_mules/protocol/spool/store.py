@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from contextlib import suppress
 
 from .checks import alive, check_ancestors, private_dir
 from .layout import (
@@ -322,6 +321,8 @@ class Spool:
 
         :param mule_id: The mule.
         """
+        from contextlib import suppress  # at a clean stop only: workers and mules import this module
+
         with suppress(OSError):
             os.unlink(self.pid_file(mule_id))
 
