@@ -443,7 +443,7 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float | None 
             target=mule_or_farm)
 
     def decorator(func: Callable[_P, _R]) -> OffloadedFunction[_P, _R]:
-        return _offload.build(func, target, result_ttl)
+        return _offload.build(func, target, None if result_ttl is None else {"result_ttl": result_ttl})
 
     return decorator
 

@@ -204,17 +204,18 @@ def _task(func: Callable[..., Any], result_ttl: object = None, target: Mule | Fa
     return key, ttl
 
 
-def build(func: Callable[_P, _R], target: Mule | Farm, result_ttl: object = None) -> OffloadedFunction[_P, _R]:
+def build(func: Callable[_P, _R], target: Mule | Farm, options: dict[str, Any] | None = None,
+          ) -> OffloadedFunction[_P, _R]:
     """Build what ``mule_offload`` returns: a function that queues calls of ``func`` for ``target``.
 
     A closure rather than an object with ``__call__``: this is the hot path of every offload.
 
     :param func: The function offloaded.
     :param target: Where its calls go.
-    :param result_ttl: Seconds the result of each call is kept (see :mod:`.results`); None: no
-        results, the call returns True once queued.
+    :param options: The task's options, by name: ``result_ttl``, seconds the result of each call is
+        kept (see :mod:`.results`; without it the call returns True once queued). None: today's path.
     """
-    key, ttl = _task(func, result_ttl, target)
+    key, ttl = _task(func, (options or {}).get("result_ttl"), target)
     encode = _protocol.encoder(key)
     # Where calls go, resolved once (at decoration when the declarations are known, which also
     # checks the target; otherwise at the first call) and kept in closure cells for the hot path.

@@ -333,23 +333,33 @@ def record(result_id: str, status: str, blob: bytes, *, attempt: int = 1, starte
     return status
 
 
-def failed(result_id: str, exc: BaseException, started: float, attempt: int = 1) -> None:
+def _started(result_id: str) -> float:
+    """When the current record says its attempt started (0.0 when it says nothing)."""
+    found = store().get(result_id)
+    try:
+        return float(_decode(found)[3]) if found is not None else 0.0
+    except Exception:
+        return 0.0
+
+
+def failed(result_id: str, exc: BaseException, started: float | None = None, attempt: int = 1) -> None:
     """The call's last attempt raised ``exc`` (the mule, or the lifecycle when no retry is left).
 
     :param result_id: The call's result id.
     :param exc: What it raised.
-    :param started: When the attempt started.
+    :param started: When the attempt started (None: as its ``running`` record says).
     :param attempt: The attempt that raised.
     """
-    _final_write(result_id, _fitted(FAILED, attempt, started, _error(exc)))
+    _final_write(result_id, _fitted(FAILED, attempt, _started(result_id) if started is None else started,
+                                    _error(exc)))
 
 
-def retrying(result_id: str, exc: BaseException, started: float, attempt: int, delay: float) -> None:
+def retrying(result_id: str, exc: BaseException, started: float | None, attempt: int, delay: float) -> None:
     """Attempt ``attempt`` raised ``exc`` and a retry is kept (the lifecycle, where it keeps it).
 
     :param result_id: The call's result id.
     :param exc: What the attempt raised.
-    :param started: When the attempt started.
+    :param started: When the attempt started (None: as its ``running`` record says).
     :param attempt: The attempt that failed.
     :param delay: Seconds until the retry.
     """
@@ -357,6 +367,8 @@ def retrying(result_id: str, exc: BaseException, started: float, attempt: int, d
     found = store().get(result_id)
     if found is not None and _decode(found)[1] in FINAL:
         return
+    if started is None:
+        started = _started(result_id)
     _write(result_id, _fitted(RETRYING, attempt, started, (path, f"{message} (retry in {delay:.3f} s)", trace)))
 
 
@@ -372,7 +384,7 @@ def interrupted(result_id: str, reason: str, attempt: int = 1) -> None:
 
 # -- the task's side: what runs in the mule -------------------------------------------------------
 
-def wrap(key: str, func: Callable[..., Any], ttl: int) -> Callable[..., Any]:
+def wrap(key: str, func: Callable[..., Any], ttl: int, *, failures: bool = True) -> Callable[..., Any]:
     """The function registered for a task with results: it takes the call's result id first,
     writes ``running``, calls ``func`` and writes the outcome; an exception is raised again after
     its outcome is written (the mule reports it as every failure).
@@ -380,6 +392,8 @@ def wrap(key: str, func: Callable[..., Any], ttl: int) -> Callable[..., Any]:
     :param key: The task key.
     :param func: The function.
     :param ttl: Its ``result_ttl``.
+    :param failures: Whether an exception is written as the call's ``failed`` outcome here; False
+        when the lifecycle around it decides (a retry: :func:`retrying`; the last attempt: :func:`failed`).
     """
     from . import tasks as _tasks
 
@@ -398,7 +412,8 @@ def wrap(key: str, func: Callable[..., Any], ttl: int) -> Callable[..., Any]:
         try:
             value = run(*args, **kwargs)
         except BaseException as exc:
-            failed(result_id, exc, started, attempt[0] or 1)
+            if failures:
+                failed(result_id, exc, started, attempt[0] or 1)
             raise
         try:
             record = _marshal((VERSION, SUCCEEDED, attempt[0] or 1, started, clock(), None, _pickle(value, 5)))

@@ -209,3 +209,51 @@ def test_a_task_without_result_ttl_is_registered_as_it_is_for_the_mule_s_fast_pa
     wrapped = _tasks.REGISTRY[add.key.encode()]
     assert wrapped is not add.__wrapped__ and wrapped.__wrapped__ is add.__wrapped__  # type: ignore[attr-defined]
     assert _results.TASKS[add.key] == 60
+
+
+def test_the_hooks_compose_with_a_lifecycle_that_retries_around_the_wrapped_task() -> None:
+    """The composition the lifecycle makes (docs: Results > With retries and time limits): its guard
+    around ``wrap(..., failures=False)``, ``retrying`` where a retry is kept, ``failed`` after the last
+    attempt, and the attempt in ``ATTEMPT``."""
+    seen: list[tuple[str, int]] = []
+    calls = iter([OSError("down"), OSError("still down"), 42])
+
+    def flaky() -> int:
+        outcome = next(calls)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    inner = _results.wrap("tests.unit.runtime.test_results:flaky", flaky, 60, failures=False)
+
+    def guard(result_id: str, attempts: int) -> None:  # a lifecycle's guard, retrying at once
+        for attempt in range(1, attempts + 1):
+            _results.ATTEMPT[0] = attempt if attempt > 1 else 0
+            try:
+                inner(result_id)
+            except OSError as exc:
+                handle = Result.get(result_id)
+                seen.append((handle.status, handle.attempts))
+                if attempt == attempts:
+                    _results.failed(result_id, exc, None, attempt)
+                    return
+                _results.retrying(result_id, exc, None, attempt, 0.0)
+                seen.append((Result.get(result_id).status, attempt))
+            else:
+                return
+            finally:
+                _results.ATTEMPT[0] = 0
+
+    retried = _results.new_id(60)
+    _results.queued(retried)
+    guard(retried, 3)
+    assert seen == [("running", 1), ("retrying", 1), ("running", 2), ("retrying", 2)]
+    handle = Result.get(retried)
+    assert (handle.status, handle.attempts, handle.result()) == ("succeeded", 3, 42)
+    calls = iter([OSError("a"), OSError("b")])
+    exhausted = _results.new_id(60)
+    _results.queued(exhausted)
+    guard(exhausted, 2)
+    final = Result.get(exhausted)
+    assert (final.status, final.attempts, final.error) == ("failed", 2, "OSError: b")
+    assert final.started_at is not None
