@@ -110,6 +110,7 @@ def _routed_result(routed: list[Any], backend: Backend, key: str, ttl: int,
 
 def _awith_result(call: Callable[..., Any], key: str, ttl: int, target: Mule | Farm) -> Callable[..., Any]:
     """:func:`_with_result` for ``aoffload``."""
+    routed: list[Any] = []  # [send of the engine's jobs with an id and a ttl], once resolved
 
     async def with_result(*args: Any, **kwargs: Any) -> Any:
         backend = _routed(target)
@@ -117,7 +118,7 @@ def _awith_result(call: Callable[..., Any], key: str, ttl: int, target: Mule | F
             import asyncio
 
             return await asyncio.get_running_loop().run_in_executor(
-                None, lambda: _routed_result([], backend, key, ttl, (args, kwargs)))
+                None, lambda: _routed_result(routed, backend, key, ttl, (args, kwargs)))
         result_id = _results.new_id(ttl)
         _results.queued(result_id)
         try:

@@ -257,3 +257,12 @@ def test_the_hooks_compose_with_a_lifecycle_that_retries_around_the_wrapped_task
     final = Result.get(exhausted)
     assert (final.status, final.attempts, final.error) == ("failed", 2, "OSError: b")
     assert final.started_at is not None
+
+
+def test_nowait_and_aoffload_return_handles_and_result_is_generic_at_run_time(config: str) -> None:
+    import asyncio
+
+    assert Result[int] is Result  # no typing module needed in workers
+    with eager(config):
+        assert add.nowait(1, 1).result() == 2
+        assert asyncio.run(add.aoffload(2, 2)).result() == 4  # type: ignore[attr-defined]
