@@ -13,6 +13,7 @@ every handle, in order). Rounds alternate plain and results; the medians are pri
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -57,112 +58,25 @@ def _args(query):
 def run_plain(query):
     args = _args(query)
     n, flag = int(args["n"]), args["flag"]
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for i in range(n):
         plain(i)
     done(flag)
     while not os.path.exists(flag):
         time.sleep(0.0005)
-    return time.perf_counter() - began
+    return [time.perf_counter() - began, time.process_time() - cpu]
 
 
 @route("/results")
 def run_results(query):
     n = int(_args(query)["n"])
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     handles = [square(i) for i in range(n)]
-    sent = time.perf_counter()
     for i, handle in enumerate(handles):
         assert handle.result(timeout=60) == i * i
-    PHASES.append((sent - began) / n * 1e6)
-    return time.perf_counter() - began
+    return [time.perf_counter() - began, time.process_time() - cpu]
 
 
-PHASES = []
-
-
-@mule_offload(1, result_ttl=600)
-def mule_micro():
-    from uwsgiconf_mules.runtime import results as R, tasks as T
-    n = 20000
-    ids = [R.new_id(600) for _ in range(n)]
-    wrapper = T.REGISTRY[b"app:square"]
-    t = time.perf_counter()
-    for i, rid in enumerate(ids):
-        wrapper(rid, i)
-    out = {"mule wrapper": (time.perf_counter() - t) / n * 1e6}
-    t = time.perf_counter()
-    for i, rid in enumerate(ids):
-        R.store().get(rid)
-    out["mule get"] = (time.perf_counter() - t) / n * 1e6
-    return out
-
-
-@route("/noqueued")
-def noqueued(query):
-    from uwsgiconf_mules.runtime import result_offload as RO, results as R
-    n = int(_args(query)["n"])
-    saved = R.queued
-    R.queued = lambda *a: None
-    square._probe = 1
-    try:
-        began = time.perf_counter()
-        hs = [square(i) for i in range(n)]
-        sent = time.perf_counter()
-        for h in hs:
-            h.result(timeout=60)
-        return [(sent - began) / n * 1e6, (time.perf_counter() - began) / n * 1e6]
-    finally:
-        R.queued = saved
-
-
-@route("/mule_micro")
-def run_mule_micro(query):
-    return mule_micro().result(timeout=100)
-
-
-@route("/micro")
-def micro(query):
-    import uwsgi
-    from uwsgiconf_mules.runtime import results as R
-    n = 20000
-    out = {}
-    ids = [R.new_id(600) for _ in range(n)]
-    t = time.perf_counter()
-    for rid in ids:
-        R.new_id(600)
-    out["new_id"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    for rid in ids:
-        uwsgi.cache_update(rid, R.QUEUED_RECORD, 600, "uwsgiconf_mules_results")
-    out["cache_update"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    for rid in ids:
-        uwsgi.cache_get(rid, "uwsgiconf_mules_results")
-    out["cache_get"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    for rid in ids:
-        R.queued(rid, 600)
-    out["queued"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    for i in range(n):
-        plain(i)
-    out["plain send"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    hs = [square(i) for i in range(n)]
-    out["results send"] = (time.perf_counter() - t) / n * 1e6
-    for h in hs:
-        h.result(timeout=60)
-    t = time.perf_counter()
-    for h in hs:
-        Result(h.id).result(timeout=60)
-    out["read done"] = (time.perf_counter() - t) / n * 1e6
-    return out
-
-
-@route("/phases")
-def phases(query):
-    return PHASES
 
 
 @route("/make")
@@ -183,12 +97,22 @@ CONFIG = declaration("mules=3, farms=section.workers.mule_farm('calc', [2, 3]), 
                      "results={'items': 30000, 'item_size': 512}")
 
 
-def cost(server: Server, calls: int, rounds: int, flags: Path) -> tuple[list[float], list[float]]:
-    plain, results = [], []
+def mule_cpu(pid: int) -> float:
+    """Seconds of CPU process ``pid`` used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost(server: Server, calls: int, rounds: int, flags: Path) -> dict[str, list[list[float]]]:
+    """Per round and mode: [wall, the worker's CPU, the mule's CPU], µs per call."""
+    mule = server.mule_pids()[1]
+    found: dict[str, list[list[float]]] = {"plain": [], "results": []}
     for run in range(rounds):
-        plain.append(server.get(f"/plain?n={calls}&flag={flags}/{run}", timeout=120)[1] / calls * 1e6)
-        results.append(server.get(f"/results?n={calls}", timeout=120)[1] / calls * 1e6)
-    return plain, results
+        for mode, path in (("plain", f"/plain?n={calls}&flag={flags}/{run}"), ("results", f"/results?n={calls}")):
+            before = mule_cpu(mule)
+            wall, worker = server.get(path, timeout=120)[1]
+            found[mode].append([wall / calls * 1e6, worker / calls * 1e6, (mule_cpu(mule) - before) / calls * 1e6])
+    return found
 
 
 def proof(server: Server, calls: int = 10_000) -> tuple[int, int, float]:
@@ -233,21 +157,18 @@ def main() -> None:
             flags = Path(tmp) / "flags"
             flags.mkdir()
             cost(server, 1000, 1, flags)  # warm up
-            plain, results = cost(server, calls, rounds, flags)
+            found = cost(server, calls, rounds, flags)
             checked, wrong, seconds = proof(server)
-            sends = server.get("/phases")[1]
-            print(server.get("/micro", timeout=300)[1])
-            print(server.get("/mule_micro", timeout=300)[1])
-            print("noqueued", server.get("/noqueued?n=20000", timeout=300)[1])
         finally:
             server.stop()
-    print(f"plain offload, end to end: {', '.join(f'{v:.2f}' for v in plain)} µs/call "
-          f"(median {statistics.median(plain):.2f})")
-    print(f"with a result (offload + 2 writes + read): {', '.join(f'{v:.2f}' for v in results)} µs/call "
-          f"(median {statistics.median(results):.2f})")
-    print(f"of which the offloads (id, queued record, send): {', '.join(f'{v:.2f}' for v in sends[1:])} µs/call "
-          "(in whichever worker ran the round)")
-    print(f"results/plain = {statistics.median(results) / statistics.median(plain):.2f}")
+    for mode, what in (("plain", "plain offload"), ("results", "with a result (offload + queued write, the mule's "
+                                                                   "2 writes, the read)")):
+        runs = found[mode]
+        print(f"{what}, µs/call, wall (worker CPU, mule CPU): "
+              f"{', '.join(f'{w:.2f} ({c:.1f}, {m:.1f})' for w, c, m in runs)}; median wall "
+              f"{statistics.median(r[0] for r in runs):.2f}")
+    medians = {mode: statistics.median(r[0] for r in runs) for mode, runs in found.items()}
+    print(f"results/plain = {medians['results'] / medians['plain']:.2f}")
     print(f"proof: {checked} calls with results from 2 workers x 4 threads, read back from the other worker: "
           f"{wrong} wrong, {seconds:.1f} s")
 
