@@ -384,7 +384,8 @@ def interrupted(result_id: str, reason: str, attempt: int = 1) -> None:
 
 # -- the task's side: what runs in the mule -------------------------------------------------------
 
-def wrap(key: str, func: Callable[..., Any], ttl: int, *, failures: bool = True) -> Callable[..., Any]:
+def wrap(key: str, func: Callable[..., Any], ttl: int, *,
+         retried: Callable[[BaseException, int], bool] | None = None) -> Callable[..., Any]:
     """The function registered for a task with results: it takes the call's result id first,
     writes ``running``, calls ``func`` and writes the outcome; an exception is raised again after
     its outcome is written (the mule reports it as every failure).
@@ -392,8 +393,9 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *, failures: bool = True)
     :param key: The task key.
     :param func: The function.
     :param ttl: Its ``result_ttl``.
-    :param failures: Whether an exception is written as the call's ``failed`` outcome here; False
-        when the lifecycle around it decides (a retry: :func:`retrying`; the last attempt: :func:`failed`).
+    :param retried: For a task with a lifecycle around it (retries): whether the exception of that
+        attempt will be retried; then nothing is written here (the lifecycle writes :func:`retrying`
+        where it keeps the retry), otherwise the exception is the call's ``failed`` outcome.
     """
     from . import tasks as _tasks
 
@@ -412,7 +414,7 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *, failures: bool = True)
         try:
             value = run(*args, **kwargs)
         except BaseException as exc:
-            if failures:
+            if retried is None or not retried(exc, attempt[0] or 1):
                 failed(result_id, exc, started, attempt[0] or 1)
             raise
         try:

@@ -213,8 +213,8 @@ def test_a_task_without_result_ttl_is_registered_as_it_is_for_the_mule_s_fast_pa
 
 def test_the_hooks_compose_with_a_lifecycle_that_retries_around_the_wrapped_task() -> None:
     """The composition the lifecycle makes (docs: Results > With retries and time limits): its guard
-    around ``wrap(..., failures=False)``, ``retrying`` where a retry is kept, ``failed`` after the last
-    attempt, and the attempt in ``ATTEMPT``."""
+    around ``wrap(..., retried=...)``, ``retrying`` where a retry is kept, and the attempt in
+    ``ATTEMPT``; the wrapper writes ``failed`` for what is not retried."""
     seen: list[tuple[str, int]] = []
     calls = iter([OSError("down"), OSError("still down"), 42])
 
@@ -224,9 +224,12 @@ def test_the_hooks_compose_with_a_lifecycle_that_retries_around_the_wrapped_task
             raise outcome
         return outcome
 
-    inner = _results.wrap("tests.unit.runtime.test_results:flaky", flaky, 60, failures=False)
+    limit = [3]
+    inner = _results.wrap("tests.unit.runtime.test_results:flaky", flaky, 60,
+                          retried=lambda exc, attempt: isinstance(exc, OSError) and attempt < limit[0])
 
     def guard(result_id: str, attempts: int) -> None:  # a lifecycle's guard, retrying at once
+        limit[0] = attempts
         for attempt in range(1, attempts + 1):
             _results.ATTEMPT[0] = attempt if attempt > 1 else 0
             try:
@@ -235,8 +238,7 @@ def test_the_hooks_compose_with_a_lifecycle_that_retries_around_the_wrapped_task
                 handle = Result.get(result_id)
                 seen.append((handle.status, handle.attempts))
                 if attempt == attempts:
-                    _results.failed(result_id, exc, None, attempt)
-                    return
+                    return  # the wrapper wrote the outcome: not retried
                 _results.retrying(result_id, exc, None, attempt, 0.0)
                 seen.append((Result.get(result_id).status, attempt))
             else:
@@ -257,6 +259,12 @@ def test_the_hooks_compose_with_a_lifecycle_that_retries_around_the_wrapped_task
     final = Result.get(exhausted)
     assert (final.status, final.attempts, final.error) == ("failed", 2, "OSError: b")
     assert final.started_at is not None
+    calls = iter([ValueError("not retried")])
+    other = _results.new_id(60)
+    _results.queued(other)
+    with pytest.raises(ValueError):
+        guard(other, 3)
+    assert (Result.get(other).status, Result.get(other).error) == ("failed", "ValueError: not retried")
 
 
 def test_nowait_and_aoffload_return_handles_and_result_is_generic_at_run_time(config: str) -> None:
