@@ -11,7 +11,8 @@ section = Section()
 # In the config, not only in mysite/wsgi.py: under --lazy-apps mules never run the WSGI module,
 # and dispatch mules call django.setup() when this variable is set.
 section.env("DJANGO_SETTINGS_MODULE", "mysite.settings")
-# results: the store of task results (TaskResult.refresh(), backend.get_result(id)).
-section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2), results=True)
+section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2))
+# The store of the tasks' results (TaskResult.refresh(), backend.get_result(id)).
+section.workers.set_mules_params(results=True)
 
 uwsgi_configuration = section.as_configuration()

@@ -389,7 +389,8 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         self.validate_task(task)
         from django.utils.crypto import get_random_string
 
-        keep = _results.available()
+        declarations = _instance.declarations()  # a queue routed to RQ keeps no result here
+        keep = _results.available() and (declarations is None or declarations.get_backend(task.queue_name) is None)
         result_id = _results.new_id(self.result_ttl) if keep else get_random_string(32)
         result = _new_result(task, result_id, self.alias, args, kwargs, enqueued_at=_now())
         if keep:  # READY, with what get_result needs, before it is sent
