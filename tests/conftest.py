@@ -51,8 +51,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture(autouse=True)
 def _refusals_said_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no burst of refusals under way (they are said once per burst)."""
-    from uwsgiconf_mules.protocol import spool as _spool
     from uwsgiconf_mules.runtime import tasks as _tasks
 
-    monkeypatch.setattr(_tasks, "_refusals", _spool.Burst(lambda line: _tasks.log().error(line),
-                                                              mule=_tasks.current_mule))
+    monkeypatch.setattr(_tasks, "_burst", None)

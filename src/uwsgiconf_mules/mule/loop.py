@@ -32,12 +32,13 @@ import os
 import signal
 import time
 
-from .. import _threads
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..protocol.limits import socket_message_limit
+from ..protocol.spool import letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
+from . import signals as _signals
 from .queues import STREAK, Queues, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -163,7 +164,8 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
     if counters is not None:
         counters.spooled += len(keep.kept)
         _metrics.flush()
-    _tasks._refusals.flush()
+    if _tasks._burst is not None:
+        _tasks._burst.flush()
     log = _tasks.log()
     if keep.kept:
         log.info("uwsgiconf-mules: mule %d stopped; %d queued call(s) kept in the spool %s", mule_id, len(keep.kept),
@@ -242,33 +244,6 @@ def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool 
     return spool
 
 
-NO_REQUEST = "only from the main callable"
-"""What uWSGI's ``signal_wait`` says where it has no request to wait in: a thread of a mule under
-``--async`` or ``--asyncio`` (it says so at once, every time, with a ``[BUG]`` line in the log)."""
-
-
-def _handle_signals(uwsgi: Any) -> None:
-    """Run the handlers of uWSGI signals sent to this mule as they arrive, even while the loop
-    is busy: uWSGI's own reader handles them only when every queue is empty."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # those are the main thread's
-    while True:
-        try:
-            uwsgi.signal_wait()  # waits without the GIL, then runs the registered handler
-        except SystemError as exc:  # interrupted by a signal of the system; or no request to wait in
-            if NO_REQUEST in str(exc):  # a loop engine's (--async, --asyncio): uWSGI's reader handles them
-                _tasks.log().warning("uwsgiconf-mules: mule %d: uWSGI signals are handled when its queues are empty "
-                                  "(under a loop engine, uWSGI cannot wait for them in a thread of a mule)",
-                                  _tasks.current_mule())
-                return
-            continue
-        except Exception:
-            _tasks.log().exception("uwsgiconf-mules: mule %d: a uWSGI signal handler failed", _tasks.current_mule())
-
-
-def _start_signal_thread(uwsgi: Any) -> None:
-    _threads.start(_handle_signals, uwsgi)
-
-
 def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
     """Set this mule up: stop signals, start-up steps (:mod:`._startup`), spool (and what it kept for this
     mule), queues."""
@@ -280,7 +255,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
         declarations = _instance.declarations()
     for signum in STOP_SIGNALS:  # instead of uWSGI's handler, which exits at once, mid-call
         signal.signal(signum, _stop)
-    _start_signal_thread(uwsgi)
+    _signals.start(uwsgi, STOP_SIGNALS)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
     _tasks.COUNTING = _metrics.mule_counters(mule_id, declarations, spool.path if spool is not None else None)

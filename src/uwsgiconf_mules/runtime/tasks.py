@@ -239,8 +239,15 @@ def failed(key: bytes | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] 
 
 
 _dead_letters: _spool.DeadLetters | None = None  # where a dispatch mule keeps what it refuses
-# Refusals are said once per burst, with a count.
-_refusals = _spool.Burst(lambda line: log().error(line), mule=current_mule)
+_burst: _spool.Burst | None = None  # refusals are said once per burst, with a count (made at the first)
+
+
+def refusals() -> _spool.Burst:
+    """The burst of this process's refusals (see ``_spool.Burst``): made at the first refusal."""
+    global _burst
+    if _burst is None:
+        _burst = _spool.Burst(lambda line: log().error(line), mule=current_mule)
+    return _burst
 
 
 def set_dead_letters(spool: _spool.Spool | None) -> None:
@@ -264,7 +271,7 @@ def refuse(message: bytes, reason: str) -> None:
     """
     from .._text import escape  # the reason may quote the message: on one line
 
-    _refusals.note(f"uwsgiconf-mules: mule {current_mule()} refused a {len(message)}-byte message: {escape(reason)}",
+    refusals().note(f"uwsgiconf-mules: mule {current_mule()} refused a {len(message)}-byte message: {escape(reason)}",
                    reason.partition(" (")[0])
     letters = _dead_letters
     if letters is None:
@@ -277,7 +284,7 @@ def refuse(message: bytes, reason: str) -> None:
         if COUNTING is not None:
             COUNTING.dead += 1
     except OSError as exc:
-        _refusals.note(f"uwsgiconf-mules: mule {current_mule()} could not keep the refused message as a dead "
+        refusals().note(f"uwsgiconf-mules: mule {current_mule()} could not keep the refused message as a dead "
                        f"letter ({exc})", "not kept as a dead letter")
 
 

@@ -269,3 +269,16 @@ def test_a_message_refused_by_the_trust_check_is_noted_never_kept(tmp_path: Path
     assert untrusted_payload == b"" and untrusted.startswith(_spool.UNTRUSTED)
     assert "; 1005 bytes, sha256 " in untrusted
     assert unknown.startswith("cannot import module 'tasks'") and unknown_payload.startswith(b"mtasks:nope\x00")
+
+
+def test_a_flood_of_distinct_reasons_is_summed_up_in_a_bounded_line() -> None:
+    said: list[str] = []
+    burst = _spool.Burst(said.append, window=60)
+    for i in range(5_000):
+        burst.note(f"refused a message: reason {i}", f"reason {i} " + "x" * 100)
+    assert len(said) == _spool.Burst.REASONS  # the first of each, up to the limit
+    assert burst.flush()
+    summary = said[-1]
+    assert summary.startswith("uwsgiconf-mules: mule 0: 4980 more message(s) refused in the last 60 s: ")
+    assert f": {4980 - _spool.Burst.REASONS} x other reasons; 1 x reason 20 " in summary  # the most first
+    assert len(summary) < 3_000

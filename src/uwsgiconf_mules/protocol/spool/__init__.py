@@ -36,7 +36,6 @@ and the spool is trusted through its directory's permissions (0700, the uWSGI us
 
 from __future__ import annotations
 
-from .checks import alive, problem, purge_stale, stale
 from .layout import (
     ANY,
     DEAD_FILES,
@@ -51,8 +50,30 @@ from .layout import (
     UNTRUSTED,
     UNTRUSTED_MARK,
 )
-from .letters import Burst, DeadLetters, grouped, untrusted_note
-from .store import Spool, read
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers import this package, keep it cheap
+if TYPE_CHECKING:
+    from .checks import alive, problem, purge_stale, stale
+    from .letters import Burst, DeadLetters, grouped, untrusted_note
+    from .store import Spool, read
+
+_LAZY = {
+    "alive": "checks", "problem": "checks", "purge_stale": "checks", "stale": "checks",
+    "Burst": "letters", "DeadLetters": "letters", "grouped": "letters", "untrusted_note": "letters",
+    "Spool": "store", "read": "store",
+}
+"""Names loaded when first used: a worker that sends checks the spool once a second, and never writes to it."""
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "ANY",

@@ -104,6 +104,10 @@ class DeadLetters:
                       f"({self.removed} so far)")
 
 
+OTHERS = "other reasons"
+"""What a summary counts the reasons under once it names :attr:`Burst.REASONS` of them."""
+
+
 class Burst:
     """Lines said once per burst and reason: the first of each reason (up to :attr:`REASONS` of
     them) at once; then, every ``window`` seconds while more come, one line with how many more
@@ -115,7 +119,8 @@ class Burst:
     """
 
     REASONS = 20
-    """Most reasons said in full in one burst; the others are only counted."""
+    """Most reasons said in full in one burst, and most counted by name in one summary; the others
+    are only counted (as :data:`OTHERS`)."""
 
     def __init__(self, emit: Callable[[str], None], window: float = 1.0, mule: Callable[[], int] = int) -> None:
         import _thread
@@ -138,7 +143,10 @@ class Burst:
         """
         with self.lock:
             if why in self.said or len(self.said) >= self.REASONS:
-                self.more[why] = self.more.get(why, 0) + 1
+                if why in self.more or len(self.more) < self.REASONS:
+                    self.more[why] = self.more.get(why, 0) + 1
+                else:  # a flood of reasons (they may quote what was sent): counted, never kept one by one
+                    self.more[OTHERS] = self.more.get(OTHERS, 0) + 1
                 self.what = what
                 return
             self.said.add(why)
