@@ -78,6 +78,7 @@ unit: $(STAMP) redis-server
 bench: $(STAMP) redis-server
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/reload.py
+	$(BIN)/python benchmarks/lifecycle.py
 
 clean:
 	rm -rf $(VENV) .venv-matrix dist build site .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,12 @@ Every exception (and the one warning) the project raises derives from one root::
     │   ├── DeclarationsMissingError
     │   │                         running under uWSGI without the declarations record
     │   └── UsageError            (also TypeError) the API used in a way that cannot be right,
-    │                             such as ``if farm.is_mine:`` without the call
+    │       │                     such as ``if farm.is_mine:`` without the call
+    │       └── TaskOptionError   (also ValueError) a task option or a delay that cannot be
+    │                             honoured: a wrong type, a value out of range, a naive
+    │                             datetime, an option the target cannot honour
+    ├── Retry                     raised by a task to ask for another attempt (see ``retries=``)
+    ├── TimeLimitExceeded         raised inside a call that ran past its ``soft_time_limit``
     └── ReturnValueWarning        (also UserWarning) a warning: an offloaded task returned a
                                   value, which nobody receives (warned once per task)
 
@@ -46,8 +51,11 @@ __all__ = [
     "ResultError",
     "ResultNotFound",
     "ResultTimeout",
+    "Retry",
     "ReturnValueWarning",
     "TaskFailed",
+    "TaskOptionError",
+    "TimeLimitExceeded",
     "UnknownTargetError",
     "UnknownTaskError",
     "UsageError",
@@ -178,6 +186,50 @@ class DeclarationsMissingError(MulesRuntimeError):
 class UsageError(MulesRuntimeError, TypeError):
     """The runtime API used in a way that cannot be right, such as ``if farm.is_mine:``, which
     uwsgiconf 2.4 allowed (a property there) and which would always be true with the method."""
+
+
+class TaskOptionError(UsageError, ValueError):
+    """A task option (``retries=``, ``soft_time_limit=``, ...) or a delay (``f.later(...)``,
+    ``f.at(...)``) that cannot be honoured: of the wrong type, out of range, a naive datetime, or
+    on a target that cannot honour it. Raised at decoration, or at the call for delays.
+
+    :param message: What is wrong, naming the task and the option.
+    :param task: The task key (``module:qualname``).
+    :param option: The option at fault.
+    """
+
+    def __init__(self, message: str, *, task: str | None = None, option: str | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.option = option
+
+
+class Retry(MulesError):
+    """Raised by an offloaded task to ask for another attempt, like Celery's ``self.retry()``: the
+    call runs again after ``delay`` seconds (default: the task's backoff), as long as the task
+    declares attempts left (``retries=``); on its last attempt it is a failed call.
+
+    :param delay: Seconds before the next attempt, or None for the task's backoff.
+    :param reason: Why, for the log line.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry asked by the task")
+        self.delay = delay
+        self.reason = reason
+
+
+class TimeLimitExceeded(MulesError):
+    """Raised inside a call that ran past its ``soft_time_limit`` (like Celery's
+    ``SoftTimeLimitExceeded``): the task may catch it to clean up; uncaught, the call failed (and
+    is retried when ``retry_for`` names it).
+
+    :param seconds: The soft limit that was exceeded.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the call ran past its soft time limit of {seconds:g} s")
+        self.seconds = seconds
 
 
 class ReturnValueWarning(MulesError, UserWarning):

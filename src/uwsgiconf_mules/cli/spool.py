@@ -13,6 +13,7 @@ from uwsgiconf.utils import ConfModule
 
 from .._project import configurations
 from ..protocol import spool as _spool
+from ..protocol.spool import delayed as _delayed
 from .common import cli, echo, errors, fail, spools
 
 
@@ -23,7 +24,7 @@ def _key(payload: bytes) -> str:
 @cli.command()
 @click.argument("action", type=click.Choice(["list", "replay", "purge"]))
 @click.option("--all", "everything", is_flag=True,
-              help="purge: queued calls and calls left by dead mules too, not only dead letters.")
+              help="purge: queued calls, delayed calls and calls left by dead mules too, not only dead letters.")
 @click.option("--stale", is_flag=True,
               help="purge: remove the default spools (under /var/tmp, one per directory a config was compiled in) "
                    "that hold no call, no running mule uses and nothing changed in for 10 minutes; CONF is not read.")
@@ -31,11 +32,11 @@ def _key(payload: bytes) -> str:
 def spool(action: str, everything: bool, stale: bool, conf: str) -> None:
     """List, replay or purge the spool of CONF (a uwsgicfg.py, default, or a compiled config).
 
-    list: calls kept for the next mules, calls left by mules that died, and dead letters, by task
-    and reason. replay: dead letters back to the queue (the dispatch mules run them when they
-    next start: it says how, for the config at hand); untrusted ones never. purge: dead letters
-    (with --all, everything; with --stale, the default spools nobody uses). One red line per
-    problem, exit 1 on errors.
+    list: calls kept for the next mules, calls left by mules that died, dead letters (failed and
+    interrupted calls among them), by task and reason, and delayed calls by target. replay: dead
+    letters back to the queue (the dispatch mules run them when they next start: it says how, for
+    the config at hand); untrusted ones never. purge: dead letters (with --all, everything; with
+    --stale, the default spools nobody uses). One red line per problem, exit 1 on errors.
     """
     if stale:
         if action != "purge":
@@ -126,6 +127,10 @@ def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: l
             counts = Counter((_key(payload), _spool.grouped(note) if part == "dead" else "")
                              for _, note, payload in entries)
             lines.extend(f"  {n} x {key}{f' ({note})' if note else ''}" for (key, note), n in sorted(counts.items()))
+        pending = _delayed.count(kept)  # delayed calls and retries, waiting for their time
+        if any(pending.values()):
+            lines.append(f"delayed (calls and retries waiting for their time): {sum(pending.values())}")
+            lines.extend(f"  {n} x for {target}" for target, n in sorted(pending.items()) if n)
         strangers = kept.strangers()
         if strangers:
             lines.append(f"ignored in queue/, never run (not this user's regular files): {len(strangers)}")
@@ -136,4 +141,13 @@ def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: l
         return [f"replayed {replayed} dead letter(s): they run when the dispatch mules next start",
                 f"kept {untrusted} untrusted message(s): never replayed (purge them)"]
     parts = ("queue", "claimed", "dead") if everything else ("dead",)
-    return [f"purged {kept.purge(parts, problems)} file(s) from {', '.join(parts)}"]
+    removed = kept.purge(parts, problems)
+    delayed = _delayed.files(kept) if everything else []
+    for path in delayed:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            problems.append(f"{path}: cannot purge: {exc}")
+            continue
+        removed += 1
+    return [f"purged {removed} file(s) from {', '.join(parts + (('delayed',) if delayed else ()))}"]

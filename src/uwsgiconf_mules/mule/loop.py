@@ -38,7 +38,7 @@ from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..protocol.limits import socket_message_limit
 from ..protocol.spool import letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
-from . import signals as _signals
+from . import signals as _signals, timer as _timer
 from .queues import STREAK, Queues, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -141,6 +141,7 @@ def _shut_down(uwsgi: Any, queues: Queues, pending: bytes | None, spool: _spool.
                declarations: Declarations | None) -> None:
     """Spool what is queued, linger while workers may still send, and exit."""
     started = time.monotonic()
+    _timer.stop()  # claims no more delayed calls, puts back those not started; no call runs
     mercy = (declarations.reload_mercy if declarations and declarations.reload_mercy else 60)
     hard = started + max(0.5, min(LINGER, mercy - 1.0))
     mule_id = _tasks.current_mule()
@@ -191,7 +192,7 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
     previous = spool.previous_pid(mule_id)
     if previous and previous != os.getpid() and not _spool.alive(previous):
         _tasks.log().error("uwsgiconf-mules: mule %d (pid %d) ended without a clean stop (killed or crashed): "
-                           "the call it was running, if any, is lost; the calls queued behind it run now",
+                           "the call it was running, if any, is said above; the calls queued behind it run now",
                            mule_id, previous)
     spool.write_pid(mule_id)
     if spool.made:  # said here, once logging is set up
@@ -264,6 +265,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
 
     _startup.start(mule_id, declarations)
     if spool is not None:
+        _timer.start(uwsgi, spool, mule_id, declarations)  # delayed calls, and calls dead mules left running
         try:
             _start(spool, mule_id, _targets(mule_id, declarations), (declarations.harakiri or 0) if declarations else 0)
         except Exception as exc:  # never a mule that dies at start, and respawns in a loop
@@ -272,7 +274,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
-    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size)
+    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id))
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues
@@ -321,7 +323,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         raise NotInMuleError("mule_loop() can only be called in a uWSGI mule")
     declarations, spool, queues = _prepare(uwsgi, int(uwsgi.mule_id()))
     harakiri = (declarations.harakiri or 0) if declarations else 0
-    buffer, view = queues.buffer, queues.view
+    buffer, view, record = queues.buffer, queues.view, queues.record  # record[0]: the running call's size
     current, streak = queues.current, STREAK
     table = _tasks.TABLE
     receive, pass_on, returned = _tasks.receive, _tasks.pass_on, _tasks.returned
@@ -341,6 +343,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         try:
             size = current(buffer)  # a queue read directly, into the buffer
         except BlockingIOError:
+            record[0] = 0  # no call runs (see mule.running)
             if last is not idle:  # the last call counted ended when its queue ran empty
                 running[0] = None
                 last[2] += clock() - began
@@ -370,7 +373,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                 entry = _entry(buffer[:LOOKUP_SIZE], view, None)
             if entry is not None and size >= entry[3]:
                 now_running[0] = entry  # the running task, for log records (logs.current_task)
-                began = clock()  # for the failure's log line
+                record[0], began = size, clock()  # the running call; when it began, for the failure's line
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:  # said once per task: nobody receives it
@@ -399,7 +402,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
                     last[2] += now - began
                     running[2] = began = now
                     last = running[0] = cell
-                running[1] = now
+                running[1], record[0] = now, size
                 try:
                     result = entry[0](*entry[1](entry[2])) if size > entry[3] else entry[0]()
                     if result is not None:
@@ -420,6 +423,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         if _stopping:
             pending = buffer[:size]
             break
+        record[0] = size
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)

@@ -16,6 +16,7 @@ import os
 
 from ..protocol.envelope import PROBE, PROBE_SIZE
 from ..protocol.limits import packet_sockets
+from . import running
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -133,12 +134,18 @@ class Queues:
     :param destinations: Destinations (own mule id, farm names) to look for.
     :param farms: Whether ``mule_get_msg`` polls the farm queues too.
     :param buffer_size: Largest message read whole, in bytes.
+    :param record: (spool, mule id) whose record of the running call the buffer is (see
+        :mod:`uwsgiconf_mules.mule.running`), or None for anonymous memory and no record.
     """
 
-    def __init__(self, uwsgi: Any, destinations: list[int | bytes], farms: bool, buffer_size: int) -> None:
-        # One buffer for every message (a fresh one per read costs page faults); anonymous memory,
-        # so only the pages that messages reach are ever touched.
-        self.buffer = mmap.mmap(-1, buffer_size)
+    def __init__(self, uwsgi: Any, destinations: list[int | bytes], farms: bool, buffer_size: int,
+                 record: tuple[Any, int] | None = None) -> None:
+        # One buffer for every message (a fresh one per read costs page faults); anonymous memory
+        # (or the record's file), so only the pages that messages reach are ever touched.
+        mapped = running.buffer(*record, buffer_size) if record is not None else None
+        self.buffer: mmap.mmap = mapped[0] if mapped is not None else mmap.mmap(-1, buffer_size)
+        self.record: Any = mapped[1] if mapped is not None else [0]
+        """The record of the running call: ``record[0]`` its size, 0 for none (see :mod:`.running`)."""
         self.view = memoryview(self.buffer)
         self.current: Callable[[Any], int] = empty  # the reader of the queue read now
         self._readers: list[Callable[[Any], int]] = []

@@ -41,8 +41,9 @@ from ..declarations import FarmSpec as _FarmSpec
 from ..errors import NotInMuleError, UnknownTargetError, UsageError
 from ..protocol import envelope as _protocol
 from ..protocol.limits import socket_message_limit
-from . import instance as _instance, offload as _offload, tasks as _tasks
+from . import instance as _instance, offload as _offload, policy as _policy, tasks as _tasks
 from .handles import Result as Result
+from .policy import current_attempt as current_attempt
 from .sending import (
     Route as _Route,
     as_bytes as _as_bytes,
@@ -55,24 +56,14 @@ from .sending import (
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, ParamSpec, TypeVar, overload
+    from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
+
     from .protocols import OffloadedFunction as OffloadedFunction, ResultFunction as ResultFunction
 
-__all__ = ["Farm", "Mule", "Result", "TypeMuleFarm", "mule_offload", "socket_message_limit"]
-
-
-def _require_mule(what: str) -> Any:
-    uwsgi = _instance.uwsgi
-    if uwsgi is None or not uwsgi.mule_id():
-        raise NotInMuleError(f"{what} can only be called in a uWSGI mule")
-    return uwsgi
-
-
-def _as_text(message: bytes) -> str:
-    return str(message.decode("utf-8", "surrogateescape"))
+__all__ = ["Farm", "Mule", "Result", "TypeMuleFarm", "current_attempt", "mule_offload", "socket_message_limit"]
 
 
 class Mule:
@@ -153,7 +144,7 @@ class Mule:
             ``message.encode('utf-8', 'surrogateescape')`` gives the original bytes back).
         :raises NotInMuleError: when not called in a mule.
         """
-        uwsgi = _require_mule("Mule.get_message()")
+        uwsgi = _instance.require_mule("Mule.get_message()")
         deadline = None if timeout < 0 else time.monotonic() + timeout
         while True:
             wait = -1
@@ -168,15 +159,17 @@ class Mule:
                 continue
             data = _tasks.receive(message, strict=False)
             if data is not None:
-                return _as_text(data)
+                return _instance.as_text(data)
 
     if TYPE_CHECKING:
         @overload
-        def offload(self, *, result_ttl: None = None) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+        def offload(self, *, result_ttl: None = None, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
         @overload
-        def offload(self, *, result_ttl: float) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+        def offload(self, *, result_ttl: float, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
 
-    def offload(self, *, result_ttl: float | None = None) -> Any:
+    def offload(self, *, result_ttl: float | None = None, **options: Unpack[_policy.Options]) -> Any:
         """Decorator: calls of the decorated function run in this mule.
 
         .. code-block:: python
@@ -186,8 +179,9 @@ class Mule:
                 ...  # runs in mule 1
 
         :param result_ttl: As for :func:`mule_offload`.
+        :param options: The task's options (``retries=``, ...: see :func:`mule_offload`).
         """
-        return mule_offload(self, result_ttl=result_ttl)
+        return mule_offload(self, result_ttl=result_ttl, **options)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this mule; a programmed mule reads it with ``get_message``.
@@ -313,7 +307,7 @@ class Farm:
         :raises NotInMuleError: when not in a mule, or in a mule that belongs to no farm (uWSGI
             would wait forever).
         """
-        uwsgi = _require_mule("Farm.get_message()")
+        uwsgi = _instance.require_mule("Farm.get_message()")
         mule_id = int(uwsgi.mule_id())
         declarations = _instance.declarations()
         in_farm = declarations.farms_of(mule_id) if declarations else bool(uwsgi.in_farm())
@@ -323,15 +317,17 @@ class Farm:
             message = uwsgi.farm_get_msg()
             data = None if message is None else _tasks.receive(message, strict=False)
             if data is not None:
-                return _as_text(data)
+                return _instance.as_text(data)
 
     if TYPE_CHECKING:
         @overload
-        def offload(self, *, result_ttl: None = None) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+        def offload(self, *, result_ttl: None = None, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
         @overload
-        def offload(self, *, result_ttl: float) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+        def offload(self, *, result_ttl: float, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
 
-    def offload(self, *, result_ttl: float | None = None) -> Any:
+    def offload(self, *, result_ttl: float | None = None, **options: Unpack[_policy.Options]) -> Any:
         """Decorator: calls of the decorated function run in one mule of this farm.
 
         .. code-block:: python
@@ -341,8 +337,9 @@ class Farm:
                 ...  # runs in any one mule of farm `myfarm`
 
         :param result_ttl: As for :func:`mule_offload`.
+        :param options: The task's options (``retries=``, ...: see :func:`mule_offload`).
         """
-        return mule_offload(self, result_ttl=result_ttl)
+        return mule_offload(self, result_ttl=result_ttl, **options)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this farm of programmed mules; exactly one of them receives it, as
@@ -395,15 +392,15 @@ TypeMuleFarm = int | str | Mule | Farm | None
 
 if TYPE_CHECKING:
     @overload
-    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: None = None
+    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: None = None, **options: Unpack[_policy.Options],
                      ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
-
     @overload
-    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float
+    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float, **options: Unpack[_policy.Options],
                      ) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
 
 
-def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float | None = None) -> Any:
+def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float | None = None,
+                 **options: Unpack[_policy.Options]) -> Any:
     """Decorator: calls of the decorated function run in a mule or in a farm.
 
     .. code-block:: python
@@ -418,15 +415,12 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float | None 
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.
-    :param result_ttl: Seconds each call's result is kept: the call then returns its
-        :class:`~uwsgiconf_mules.runtime.results.Result` (``status``, ``result(timeout=...)``,
-        readable by id from any process of the instance with ``Result.get(id)``) instead of True.
-        Needs a results store (``set_mules_params(results=...)``); on a farm routed to RQ, RQ keeps
-        the result (its ``result_ttl``). None (the default): no result, today's path and cost.
+    :param result_ttl: Seconds each call's result is kept: the call returns its ``Result`` (read by id
+        in any process with ``Result.get(id)``) instead of True; needs ``set_mules_params(results=...)``
+        (a farm routed to RQ: RQ keeps it). None (the default): no result, today's path and cost.
+    :param options: The task's lifecycle, keyword-only (:class:`~uwsgiconf_mules.runtime.policy.Options`:
+        ``retries``, ``retry_for``, ``retry_backoff``, ``soft_time_limit``, ``time_limit``, ``acks_late``...).
     :raises UnknownTargetError: when the declarations are known and the target is not declared.
-    :raises MulesConfigurationError: for ``result_ttl`` on a farm of mules when no results store is
-        declared.
-    :raises UsageError: for a ``result_ttl`` that is not 1 second or more.
     """
     target: Mule | Farm
     if mule_or_farm is None:
@@ -443,7 +437,8 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float | None 
             target=mule_or_farm)
 
     def decorator(func: Callable[_P, _R]) -> OffloadedFunction[_P, _R]:
-        return _offload.build(func, target, None if result_ttl is None else {"result_ttl": result_ttl})
+        return _offload.build(func, target, dict(options) if result_ttl is None else {"result_ttl": result_ttl,
+                                                                                       **options})
 
     return decorator
 

@@ -103,13 +103,18 @@ def report(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, exc: 
         shown = bounded_repr(args, kwargs)
     except Exception as repr_exc:  # arguments that are not a tuple and a dict (a damaged call): never fatal
         shown = f"not shown ({type(repr_exc).__name__}: {repr_exc})"
-    _tasks.log().error("uwsgiconf-mules: task %s failed in mule %d%s: %s: %s; arguments %s", escape(key), mule_id,
-                       ran, escape(type(exc).__name__), message(exc), escape(shown), exc_info=exc)
+    from . import policy as _policy  # failed calls: attempts, and the dead letter kept
+
+    _tasks.log().error("uwsgiconf-mules: task %s failed in mule %d%s%s: %s: %s; arguments %s", escape(key), mule_id,
+                       ran, _policy.attempt_text(key), escape(type(exc).__name__), message(exc), escape(shown),
+                       exc_info=exc)
     function = hook()
     if function is None:
+        _policy.keep_failed(key, args, kwargs, exc)
         return
     try:
         function(key, args, dict(kwargs or {}), exc, mule_id)
     except (Exception, SystemExit) as hook_exc:
         _tasks.log().error("uwsgiconf-mules: mule %d: the on_failure hook failed on task %s (%s: %s)", mule_id,
                            escape(key), escape(type(hook_exc).__name__), message(hook_exc), exc_info=hook_exc)
+    _policy.keep_failed(key, args, kwargs, exc)

@@ -16,8 +16,10 @@ from ..declarations.backends import ENGINES
 from ..errors import DeliveryError, MulesRuntimeError
 from ..protocol import envelope as _protocol
 from . import (
+    deferred as _deferred,
     instance as _instance,
     metrics as _metrics,
+    policy as _policy,
     result_offload as _result_offload,
     results as _results,
     spool_watch as _spool_watch,
@@ -204,8 +206,8 @@ def _task(func: Callable[..., Any], result_ttl: object = None, target: Mule | Fa
     return key, ttl
 
 
-def build(func: Callable[_P, _R], target: Mule | Farm, options: dict[str, Any] | None = None,
-          ) -> OffloadedFunction[_P, _R]:
+def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closures
+          options: dict[str, Any] | None = None) -> OffloadedFunction[_P, _R]:
     """Build what ``mule_offload`` returns: a function that queues calls of ``func`` for ``target``.
 
     A closure rather than an object with ``__call__``: this is the hot path of every offload.
@@ -213,10 +215,17 @@ def build(func: Callable[_P, _R], target: Mule | Farm, options: dict[str, Any] |
     :param func: The function offloaded.
     :param target: Where its calls go.
     :param options: The task's options, by name: ``result_ttl``, seconds the result of each call is
-        kept (see :mod:`.results`; without it the call returns True once queued). None: today's path.
+        kept (see :mod:`.results`; without it the call returns True once queued), and the lifecycle's
+        (see :mod:`.policy`). None: today's path.
     """
-    key, ttl = _task(func, (options or {}).get("result_ttl"), target)
+    options = dict(options or {})
+    key, ttl = _task(func, options.pop("result_ttl", None), target)
     encode = _protocol.encoder(key)
+    policy = _policy.policy_of(key, _deferred.label(target), options, **_deferred.target_kind(target)) \
+        if options else None
+    if policy is not None:  # a declared lifecycle: its calls run through the policy (runtime.policy)
+        _policy.register(key, func if ttl is None else _results.wrap(key, func, ttl, retried=policy.retried), policy,
+                         encode, lambda: _deferred.target_note(target))
     # Where calls go, resolved once (at decoration when the declarations are known, which also
     # checks the target; otherwise at the first call) and kept in closure cells for the hot path.
     route: Route | None = None
@@ -289,12 +298,35 @@ def build(func: Callable[_P, _R], target: Mule | Farm, options: dict[str, Any] |
             route = None
             resolve()
 
+    def deliver_one(message: bytes) -> bool:
+        """Send one envelope (a delayed call's) to the target, as a call is sent."""
+        if len(message) > limit:
+            resolve().check_size(len(message), key)
+        if send(message, dest):
+            count[0] += 1
+            return True
+        current = resolve()
+        return deliver(message, dest, f"{key} to {current.label}", current.timeout)
+
+    def later(seconds: float) -> Callable[..., bool]:
+        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "later"),
+                                        _deferred.check_delay(key, seconds))
+
+    def at(when: Any) -> Callable[..., bool]:
+        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "at"),
+                                        _deferred.delay_until(key, when))
+
     if _instance.declarations() is not None:
         resolve()
-    # With results, each call returns its handle (see runtime.result_offload).
-    return _published(_result_offload.with_results(
-        (offloaded_counting if counts_inline else offloaded, _nowait(attempt, resolve, key),
-         _aoffload(attempt, resolve, key)), key, ttl, target), func, key, target, forget=forget, refresh=refresh)
+    # With results, each call (and each delayed one) returns its handle (see runtime.result_offload).
+    sends = _result_offload.with_results((offloaded_counting if counts_inline else offloaded,
+                                          _nowait(attempt, resolve, key), _aoffload(attempt, resolve, key)),
+                                         key, ttl, target)
+    chosen = sends[0]
+    chosen.policy = policy  # type: ignore[attr-defined]
+    chosen.later = _result_offload.delayed(later, key, ttl, target)  # type: ignore[attr-defined]
+    chosen.at = _result_offload.delayed(at, key, ttl, target)  # type: ignore[attr-defined]
+    return _published(sends, func, key, target, forget=forget, refresh=refresh)
 
 
 def _nowait(attempt: Callable[[tuple[Any, ...], dict[str, Any]], bytes | None], resolve: Callable[[], Route],

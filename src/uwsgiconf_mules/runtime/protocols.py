@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
+from . import policy as _policy
+
 if TYPE_CHECKING:
     from . import Farm, Mule
     from .handles import Result
@@ -14,7 +16,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-class OffloadedFunction(Protocol[_P, _R]):
+class OffloadedFunction(_policy.Delayable[_P], Protocol[_P, _R]):
     """What ``mule_offload`` returns (for type annotations; import it under TYPE_CHECKING).
 
     Calling it queues a call of the wrapped function for ``target`` and returns True once
@@ -40,6 +42,7 @@ class OffloadedFunction(Protocol[_P, _R]):
         """Queue a call as calling the function does, from a coroutine: a full queue is waited
         on by sleeping on the running event loop (at most ``send_timeout``, then
         ``DeliveryError``), never by blocking it."""
+
 
 class ResultFunction(Protocol[_P, _R]):
     """What ``mule_offload(..., result_ttl=...)`` returns (for type annotations; import it under

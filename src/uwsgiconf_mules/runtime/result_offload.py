@@ -19,6 +19,25 @@ if TYPE_CHECKING:
     from . import Farm, Mule
 
 
+def delayed(make: Callable[[Any], Callable[..., Any]], key: str, ttl: int | None, target: Mule | Farm,
+            ) -> Callable[[Any], Callable[..., Any]]:
+    """``later`` or ``at`` of an offloaded function (``make(when)`` gives the delayed send), each of
+    whose calls returns its handle for a task with results (``make`` itself without: ``ttl`` None).
+
+    :param make: ``later`` or ``at``.
+    :param key: The task key.
+    :param ttl: Its ``result_ttl``, or None.
+    :param target: Where its calls go.
+    """
+    if ttl is None:
+        return make
+
+    def when(moment: Any) -> Callable[..., Any]:
+        return _with_result(make(moment), key, ttl, target)
+
+    return when
+
+
 def _offload_bypassed() -> bool:
     from .offload import engine_bypassed
 

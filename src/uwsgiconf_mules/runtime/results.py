@@ -54,7 +54,7 @@ import time
 from marshal import dumps as _marshal, loads as _unmarshal
 from pickle import dumps as _pickle
 
-from ..errors import UsageError
+from ..errors import TaskOptionError
 from . import instance as _instance
 from .result_store import store
 
@@ -96,10 +96,11 @@ def check_ttl(key: str, value: object) -> int:
 
     :param key: The task key, for the error.
     :param value: The ``result_ttl`` given.
-    :raises UsageError: naming the task.
+    :raises TaskOptionError: naming the task (a ``UsageError`` and a ``ValueError``).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_TTL:  # NaN too
-        raise UsageError(f"task {key}: result_ttl must be a number of seconds from 1 to {MAX_TTL}, not {value!r}")
+        raise TaskOptionError(f"task {key}: result_ttl must be a number of seconds from 1 to {MAX_TTL}, not {value!r}",
+                              task=key, option="result_ttl")
     return int(value)
 
 

@@ -20,6 +20,9 @@ carry (``normalize_json`` raises ``TypeError``) is ``FAILED``; ``enqueued_at`` i
 ``task`` has the backend and queue of ``.using(...)``. The call carries both (the queue name and
 ``enqueued_at`` as ISO 8601, after the five arguments of version 0.1, whose calls still run).
 
+``run_after`` is honoured (``supports_defer``): a delayed call, kept in the spool until due (refused
+on a farm routed to RQ); Django has no retries, and a failed task is a ``failed`` dead letter.
+
 Results (``supports_get_result = True``): with a results store declared
 (``set_mules_params(results=...)``, see :mod:`uwsgiconf_mules.runtime.results`), every call keeps its
 ``TaskResult`` there for ``OPTIONS["RESULT_TTL"]`` seconds (default 3600): ``backend.get_result(id)``
@@ -29,9 +32,8 @@ queued, ``RUNNING``, ``SUCCESSFUL``, ``FAILED``), ``errors``, return value and t
 receiver that reads the result sees what the signal says. Without a store, ``get_result`` raises
 ``TaskResultDoesNotExist`` saying to declare one.
 
-What it does not support, declared through the backend's flags: deferring (``run_after``,
-``supports_defer = False``), priorities (``supports_priority = False``). Arguments must be
-JSON-serialisable, as ``django.tasks`` requires.
+Not supported, declared through the backend's flags: priorities (``supports_priority = False``).
+Arguments must be JSON-serialisable.
 
 This module imports Django: the runtime never imports it; a mule imports it when it runs its
 first Django task.
@@ -53,6 +55,7 @@ from ...runtime import (
     Farm,
     instance as _instance,
     mule_offload,
+    policy as _policy,
     results as _results,
     tasks as _tasks,
 )
@@ -192,6 +195,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         testing = _instance.uwsgi is None and _instance.local_send is not None
         if not testing:
             _tasks.failed(path)
+            _policy.keep_failed(_KEY, (path, result_id, alias, args, kwargs, queue_name, enqueued_at), None, exc)
         _signals.task_finished.send(sender=backend, task_result=result)
         if testing:  # eager(), outbox.run(): the exception goes to the test, as for any offloaded call
             raise
@@ -285,7 +289,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
     :param params: Its settings: ``QUEUES`` (farm names; default ``["default"]``), ``OPTIONS``.
     """
 
-    supports_defer = False
+    supports_defer = True  # run_after: a delayed call (see runtime.deferred), kept on disk until due
     supports_async_task = True
     supports_get_result = True  # with a results store declared (see the module docstring)
     supports_priority = False
@@ -343,8 +347,10 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         """
         result = self._accept(task, args, kwargs)
         try:
-            self._sender(task.queue_name)(task.module_path, result.id, self.alias, list(result.args),
-                                          dict(result.kwargs), task.queue_name, result.enqueued_at.isoformat())
+            sender = self._sender(task.queue_name)
+            sender = sender if task.run_after is None else sender.at(task.run_after)  # type: ignore[attr-defined]
+            sender(task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
+                   result.enqueued_at.isoformat())
         except MulesError as exc:  # named after the task, not after the function that runs it
             _rename(exc, task)
             raise

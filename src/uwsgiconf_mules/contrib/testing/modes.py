@@ -32,6 +32,12 @@ set (a relative path is taken from the ini file's directory). A mode replaces, f
 how calls are handled outside uWSGI (it resets the routes of offloaded functions, which choose
 their sending function when they resolve a route): production calls never test for a mode.
 
+Delayed calls (``f.later(seconds)(...)``, ``f.at(when)(...)``) are recorded with their delay
+(:attr:`Offload.delay`) and, in eager mode, run at once, without waiting; every recorded call
+carries its task's declared options (:attr:`Offload.policy`). A task that declares ``retries`` runs
+its retries at once, one after the other, without sleeping (eager mode, :meth:`Offload.run`), and
+raises what its last attempt raised; time limits apply in dispatch mules only.
+
 In eager mode a task's exception propagates to the code that offloaded it, a view for instance,
 and from there the framework decides: Flask turns an exception raised in a view into a 500
 response unless the app is in testing mode (``app.config["TESTING"] = True``; with an app
@@ -50,7 +56,15 @@ from typing import Any
 from ...declarations import CONFIG_ENV, RECORD_ENV, Declarations
 from ...errors import DeclarationsMissingError, UsageError
 from ...protocol import envelope as _protocol
-from ...runtime import Farm, Mule, instance as _instance, results as _results, tasks as _tasks
+from ...runtime import (
+    Farm,
+    Mule,
+    deferred as _deferred,
+    instance as _instance,
+    policy as _policy,
+    results as _results,
+    tasks as _tasks,
+)
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
 
@@ -66,23 +80,30 @@ class Offload:
     :param func: The function the task runs.
     :param args: Positional arguments, decoded from the message (copies).
     :param kwargs: Keyword arguments, decoded from the message (copies).
+    :param delay: For a delayed call (``f.later(...)``, ``f.at(...)``), its delay in seconds; else None.
+    :param policy: The task's declared options (``retries``, ``soft_time_limit``, ...), by name;
+        empty for a task that declares none.
     :param result_id: For a task that keeps results (``result_ttl``), the call's result id (what
         ``Result.get`` reads: ``queued`` until :meth:`run` runs it); else None.
     """
 
-    __slots__ = ("args", "func", "key", "kwargs", "result_id", "target")
+    __slots__ = ("args", "delay", "func", "key", "kwargs", "policy", "result_id", "target")
 
     def __init__(self, key: str, target: Mule | Farm, func: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], *, result_id: str | None = None) -> None:
+                 kwargs: dict[str, Any], *, delay: float | None = None, policy: dict[str, Any] | None = None,
+                 result_id: str | None = None) -> None:
         self.key = key
         self.target = target
         self.func = func
         self.args = args
         self.kwargs = kwargs
+        self.delay = delay
+        self.policy = policy or {}
         self.result_id = result_id
 
     def __repr__(self) -> str:
-        return f"Offload({self.key!r}, target={self.target!r}, args={self.args!r}, kwargs={self.kwargs!r})"
+        delay = "" if self.delay is None else f", delay={self.delay!r}"
+        return f"Offload({self.key!r}, target={self.target!r}, args={self.args!r}, kwargs={self.kwargs!r}{delay})"
 
     def run(self) -> None:
         """Run the call here, now, as a mule would; exceptions propagate. A task that returns
@@ -181,10 +202,12 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
         func = _tasks.find(key)
         if isinstance(func, str):  # not registered: cannot happen for calls of mule_offload functions
             raise UsageError(func)
+        policy = _policy.POLICIES.get(key.decode())
         result_id = None
         if key.decode() in _results.TASKS:  # a task that keeps results: its call carries its result id first
             result_id, args = args[0], args[1:]
-        call = Offload(key.decode(), _target(dest), func, args, kwargs, result_id=result_id)
+        call = Offload(key.decode(), _target(dest), func, args, kwargs, delay=_deferred.SENDING[0],
+                       policy=policy.as_dict() if policy is not None else None, result_id=result_id)
         outbox.calls.append(call)
         if run:
             call.run()

@@ -121,7 +121,7 @@ def stale(path: str, now: float | None = None) -> bool:
             names = os.listdir(where)
         except FileNotFoundError:
             continue
-        if part in ("queue", "claimed", "dead") and names:
+        if part in ("queue", "claimed", "dead", "delayed") and names:
             return False
         for name in names if part == "mules" else ():
             try:

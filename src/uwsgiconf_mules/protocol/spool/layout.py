@@ -6,9 +6,12 @@ MAGIC = b"UCMS1\n"
 """First bytes of every spool file."""
 STATUS_DIR = "status"
 """Part of the spool where dispatch mules write their per-task counters (``top`` reads them)."""
-PARTS = ("queue", "claimed", "dead", "tmp", "mules")
+PARTS = ("queue", "claimed", "dead", "tmp", "mules", "delayed")  # delayed/: see protocol.spool.delayed
 UNTRUSTED = "untrusted: "
 """Start of the note of a dead message refused by the trust check: never replayed."""
+LIFECYCLE = ("failed: ", "interrupted: ")
+"""Starts of the notes of dead letters of calls that ran: failed on their last attempt, or
+interrupted (their mule died during the call)."""
 ANY = "any"
 """Target note of a queued call whose queue is not known: any dispatch mule runs it."""
 DEFAULT_LIMIT = 256 * 1024 * 1024

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from .layout import DEAD_FILES, MAGIC, UNTRUSTED, UNTRUSTED_MARK
+from .layout import DEAD_FILES, LIFECYCLE, MAGIC, UNTRUSTED, UNTRUSTED_MARK
 from .store import Spool, _scandir
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -28,10 +28,13 @@ def untrusted_note(message: bytes, reason: str) -> str:
 
 
 def grouped(note: str) -> str:
-    """The note of a dead letter as listings group it: an untrusted one without its size and hash.
+    """The note of a dead letter as listings group it: an untrusted one without its size and hash;
+    a failed or interrupted call by task and kind (see ``runtime.policy``).
 
     :param note: The note.
     """
+    if note.startswith(LIFECYCLE):
+        return note.partition(" | ")[0].partition(" (")[0]
     return note.rpartition("; ")[0] if note.startswith(UNTRUSTED) and " bytes, sha256 " in note else note
 
 

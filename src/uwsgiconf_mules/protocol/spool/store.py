@@ -178,7 +178,7 @@ class Spool:
                     continue
         return total
 
-    def write(self, part: str, payload: bytes, note: str = ANY, *, durable: bool = True) -> str:
+    def write(self, part: str, payload: bytes, note: str = ANY, *, durable: bool = True, name: str = "") -> str:
         """Write one call durably into ``part`` (write, fsync, rename, fsync the directory).
 
         :param part: ``queue`` or ``dead``.
@@ -186,10 +186,11 @@ class Spool:
         :param note: One line: the target (``mule:N``, ``farm:NAME``, :data:`ANY`) for ``queue``,
             why it is there for ``dead``.
         :param durable: Whether to flush it to disk (False: a note of something never replayed).
+        :param name: The file's name (default: one that sorts oldest first; see ``spool.delayed``).
         :returns: The file's path.
         :raises OSError: when the disk refuses (full, read-only, no permission).
         """
-        name = _name(part == "dead" and note.startswith(UNTRUSTED))
+        name = name or _name(part == "dead" and note.startswith(UNTRUSTED))
         tmp = os.path.join(self.part("tmp"), name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -1,0 +1,235 @@
+"""Delayed calls: ``f.later(seconds)(...)``, ``f.at(when)(...)``, and the retries of
+:mod:`uwsgiconf_mules.runtime.policy`, kept on disk until due.
+
+A worker does not write the spool: it sends the delayed call to its target's queue as a call of
+:func:`_defer`, which the dispatch mule that receives it keeps on disk (in the spool's
+``delayed/`` part, see :mod:`uwsgiconf_mules.protocol.spool.delayed`) and tells its timer of
+(:mod:`uwsgiconf_mules.mule.timer`). So sending costs about what a plain offload costs, and a
+delayed call not yet kept is a queued call, kept across reloads and stops as every queued call is.
+A retry is kept the same way, by the mule where the call failed (:func:`schedule`).
+
+Outside uWSGI (inline calls, the test modes), a delayed call runs at once; a test mode records its
+delay (:data:`SENDING`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ..errors import TaskOptionError
+from ..protocol import envelope as _protocol
+from . import instance as _instance, tasks as _tasks
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+MAX_DELAY = 366 * 86400.0
+"""Longest delay of a delayed call or a retry, in seconds (a year and a day)."""
+DEFER_KEY = "uwsgiconf_mules.runtime.deferred:_defer"
+"""The task that keeps a delayed call on disk, in the mule that receives it."""
+
+
+def _number(key: str, option: str, value: object, *, low: float, high: float, integer: bool = False,
+            allow_low: bool = False) -> float:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "a whole number of seconds" if integer and option == "time_limit" else \
+            "an integer" if integer else "a number of seconds"
+        raise TaskOptionError(f"task {key}: {option} must be {what}, not {value!r}", task=key, option=option)
+    if math.isnan(value) or not ((low <= value) if allow_low else (low < value)) or value > high:  # NaN too
+        bound = f"at least {low:g}" if allow_low else f"more than {low:g}"
+        raise TaskOptionError(f"task {key}: {option} must be {bound} and at most {high:g}, not {value!r}",
+                              task=key, option=option)
+    return value
+
+
+def check_delay(key: str, seconds: object) -> float:
+    """A delay in seconds, checked.
+
+    :param key: The task key, for the error.
+    :param seconds: The delay.
+    :raises TaskOptionError: for a delay that is not a number, negative or past :data:`MAX_DELAY`.
+    """
+    return float(_number(key, "later(seconds)", seconds, low=0, high=MAX_DELAY, allow_low=True))
+
+
+def delay_until(key: str, when: object) -> float:
+    """Seconds from now until the aware datetime ``when`` (0 when it is past).
+
+    :param key: The task key, for the error.
+    :param when: An aware ``datetime``.
+    :raises TaskOptionError: for anything else, a naive datetime, or one past :data:`MAX_DELAY`.
+    """
+    import datetime
+
+    if not isinstance(when, datetime.datetime):
+        raise TaskOptionError(f"task {key}: at() takes an aware datetime, not {when!r}", task=key, option="at(when)")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise TaskOptionError(f"task {key}: at() takes an aware datetime (with a tzinfo), not the naive {when!r}: "
+                              "a naive one means a different time on each machine", task=key, option="at(when)")
+    seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    if seconds > MAX_DELAY:
+        raise TaskOptionError(f"task {key}: at({when.isoformat()}) is more than {MAX_DELAY / 86400:g} days away",
+                              task=key, option="at(when)")
+    return max(0.0, seconds)
+
+
+def label(target: Any) -> str:
+    """A ``Mule`` or a ``Farm`` as errors name it: ``mule 2``, ``farm 'mail'``.
+
+    :param target: The target.
+    """
+    name = getattr(target, "name", None)
+    return f"mule {target.id}" if name is None else f"farm {name!r}"
+
+
+def target_kind(target: Any) -> dict[str, bool]:
+    """Whether ``target`` (a ``Mule`` or a ``Farm``) is a farm routed to an offload backend, or
+    has programmed mules only, as :func:`policy_of` takes them; both False when nothing is declared.
+
+    :param target: The target.
+    """
+    declarations = _instance.declarations()
+    if declarations is None:
+        return {"routed": False, "programmed": False}
+    name = getattr(target, "name", None)
+    routed = name is not None and declarations.get_backend(name) is not None
+    ids = [target.id] if name is None else [mule.id for mule in target.mules]
+    programmed = bool(ids) and set(ids) <= set(declarations.programmed)
+    return {"routed": routed, "programmed": programmed}
+
+
+def target_note(target: Any, how: str | None = None) -> str | None:
+    """The target as delayed calls name it, ``mule:N`` or ``farm:NAME``; None outside uWSGI.
+
+    :param target: A ``Mule`` or a ``Farm``.
+    :param how: ``later`` or ``at``, for the error (None: a retry, checked at decoration).
+    :raises TaskOptionError: for a target whose calls cannot be delayed (routed to an offload
+        backend, programmed mules only, no spool), naming the target and ``how``.
+    """
+    declarations = _instance.declarations()
+    key = (target, id(declarations), how)
+    known = _NOTES.get(key)
+    if known is not None and _NOTES_OF[0] is declarations:
+        return known if _instance.uwsgi is not None else None
+    name = getattr(target, "name", None)
+    note = f"mule:{target.id}" if name is None else f"farm:{name}"
+    if declarations is None or how is None:
+        return note if _instance.uwsgi is not None else None
+    kind = target_kind(target)
+    problem = None
+    if kind["routed"]:
+        problem = "is routed to an offload backend, which runs no delayed call of this runtime"
+    elif kind["programmed"]:
+        problem = "has programmed mules only, which run no offloaded call"
+    elif declarations.spool_dir is None:
+        problem = "has no spool to keep delayed calls in"
+    if problem is not None:
+        raise TaskOptionError(f"{label(target)} {problem}: {how}() cannot delay a call to it", option=f"{how}()")
+    if _NOTES_OF[0] is not declarations:  # declarations of another test mode, say: start again
+        _NOTES.clear()
+        _NOTES_OF[0] = declarations
+    _NOTES[key] = note
+    return note if _instance.uwsgi is not None else None
+
+
+_NOTES: dict[tuple[Any, int, str | None], str] = {}  # (target, declarations, how) -> note, once checked
+_NOTES_OF: list[Any] = [None]  # the declarations _NOTES were checked against
+
+
+SENDING: list[Any] = [None]
+"""While a test mode records a delayed call: its delay in seconds (see ``testing``)."""
+
+
+def delayed_sender(key: str, encode: Callable[[tuple[Any, ...], dict[str, Any]], bytes],
+                   deliver: Callable[[bytes], bool], target_note: Callable[[], str | None],
+                   seconds: float) -> Callable[..., bool]:
+    """What ``f.later(seconds)`` returns: a function that sends a call of ``f`` to run no earlier
+    than ``seconds`` from the time of the call.
+
+    :param key: The task key.
+    :param encode: The task's envelope encoder.
+    :param deliver: Sends one envelope to the task's target (size checks, waits for room).
+    :param target_note: The target as delayed calls name it (``mule:N``, ``farm:NAME``); None
+        outside uWSGI; raises ``TaskOptionError`` for a target that cannot keep delayed calls.
+    :param seconds: The delay, checked.
+    """
+
+    def send_later(*args: Any, **kwargs: Any) -> bool:
+        note = target_note()
+        message = encode(args, kwargs)
+        if _instance.uwsgi is None:  # inline, or a test mode: at once (a test mode records the delay)
+            SENDING[0] = seconds
+            try:
+                return deliver(message)
+            finally:
+                SENDING[0] = None
+        assert note is not None
+        due = time.time_ns() + int(seconds * 1e9)
+        from ..protocol.spool.delayed import name
+
+        return deliver(_defer_encode((note, due, 1, _protocol.stored(message), name(due)), {}))
+
+    return send_later
+
+
+_defer_encode = _protocol.encoder(DEFER_KEY)
+
+
+def _defer(target: str, due_ns: int, attempt: int, payload: bytes, file_name: str = "") -> None:
+    """Keep a delayed call on disk (a call a dispatch mule receives; see the module docstring).
+    Done again when the mule died while doing it (``mule.running``): a name kept already is
+    not written twice.
+
+    :param target: ``mule:N`` or ``farm:NAME``.
+    :param due_ns: When it may run, in nanoseconds since the epoch.
+    :param attempt: The attempt it will be.
+    :param payload: The call without the token.
+    :param file_name: Its file name, drawn by the sender.
+    :raises MulesRuntimeError: when there is no spool to keep it in (the call failed, in the log).
+    """
+    from ..protocol.spool import delayed as _delayed
+
+    letters = _tasks._dead_letters
+    if file_name and letters is not None and _delayed.known(letters.spool, target, file_name):
+        return
+    schedule(target, payload, due_ns, attempt, file_name or None)
+
+
+NOTIFY: list[Callable[[str, int, str], None] | None] = [None]
+"""The dispatch mule's timer, told of each delayed call this process keeps (target, due, name)."""
+
+
+def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: str | None = None) -> str:
+    """Keep a delayed call in this dispatch mule's spool, and tell its timer.
+
+    :param target: ``mule:N`` or ``farm:NAME``.
+    :param payload: The call without the token.
+    :param due_ns: When it may run, in nanoseconds since the epoch.
+    :param attempt: The attempt it will be.
+    :param file_name: Its file name, or None for a new one.
+    :returns: The file's path.
+    :raises MulesRuntimeError: when this process has no usable spool.
+    :raises OSError: when the disk refuses.
+    """
+    import os
+
+    from ..protocol.spool import delayed as _delayed
+
+    letters = _tasks._dead_letters
+    if letters is None:
+        from ..errors import MulesRuntimeError
+
+        raise MulesRuntimeError(f"mule {_tasks.current_mule()} has no usable spool: the delayed call for {target} "
+                                "cannot be kept")
+    path = _delayed.write(letters.spool, target, payload, due_ns, attempt, file_name=file_name)
+    notify = NOTIFY[0]
+    if notify is not None:
+        notify(target, due_ns, os.path.basename(path))
+    return path
+
+
+_tasks.register(DEFER_KEY, _defer)

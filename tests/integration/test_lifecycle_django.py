@@ -1,0 +1,49 @@
+"""Django's ``run_after`` on a real uWSGI: the task runs no earlier than asked, once, in a mule."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.django_site import DJANGO_APP, rows, site
+from support.harness import Server, compile_config, launch, stop_all
+
+LATER = '''
+    elif via == "later":
+        import datetime
+
+        when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+        queued = tasks.welcome_task.using(run_after=when).enqueue(email).status == "READY"
+    else:'''
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    stop_all(started)
+
+
+def test_run_after_is_honoured(tmp_path: Path, servers: list[Server]) -> None:
+    directory, db = site(tmp_path)
+    views = directory / "shop" / "views.py"
+    text = views.read_text()
+    assert "\n    else:" in text
+    views.write_text(text.replace("\n    else:", LATER, 1))
+    config, compiled = compile_config(directory, "ini", out_dir=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    server = launch(config, directory, expect_mules=2, env={"EXAMPLE_DB": str(db)}, run_dir=tmp_path,
+                    app=DJANGO_APP)
+    servers.append(server)
+    sent = time.monotonic()
+    assert server.get("/signup?email=later@example.com&via=later") == (200, {"queued": True})
+    time.sleep(1.0)
+    assert rows(db) == []  # not yet
+    found = server.wait_for(lambda: rows(db), 20, "the delayed welcome")
+    assert time.monotonic() - sent >= 2.0
+    time.sleep(0.5)
+    assert [(email, via) for email, via, _ in rows(db)] == [("later@example.com", "task")]
+    assert found[0][2] in (1, 2)
