@@ -357,3 +357,83 @@ def test_django_get_result_in_another_worker_reads_what_the_mule_wrote(tmp_path:
     finally:
         for server in servers:
             server.stop()
+
+
+LIFECYCLE_APP = '''
+import signal
+import time
+
+from uwsgiconf_mules.runtime import Result, current_attempt
+
+MARKER = os.path.join(RESULTS, "marker")
+
+
+@mule_offload(result_ttl=600, retries=2, retry_for=OSError, retry_backoff=0.3, retry_jitter=False)
+def flaky(tag):
+    record("flaky", tag=tag, attempt=current_attempt())
+    if current_attempt() < 3:
+        raise OSError(f"down at attempt {current_attempt()}")
+    return f"{tag} at attempt {current_attempt()}"
+
+
+@mule_offload(result_ttl=600, retries=1, retry_for=OSError, retry_backoff=0.2, retry_jitter=False)
+def hopeless(tag):
+    raise OSError(f"never {tag}")
+
+
+@mule_offload(result_ttl=600)
+def dies(tag):
+    record("dies", tag=tag)
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)
+
+
+@route("/make")
+def make(query):
+    name, _, tag = query.partition("=")
+    return globals()[name](tag).id
+
+
+@route("/status")
+def status(query):
+    handle = Result.get(query)
+    return [handle.status, handle.attempts, handle.error, handle.return_value if handle.status == "succeeded"
+            else None]
+'''
+
+
+def test_a_retried_and_an_interrupted_call_show_their_transitions(tmp_path: Path) -> None:
+    config = declaration(f"mules=1, spool_dir={str(tmp_path / 'spool')!r}, reload_mercy=20, results=True")
+    server = start_server(tmp_path / "app", config, LIFECYCLE_APP)
+    try:
+        seen: list[tuple[str, int]] = []
+
+        def watch(rid: str, final: str) -> list[object]:
+            def look() -> list[object] | None:
+                found = server.get(f"/status?{rid}")[1]
+                if not seen or seen[-1] != (found[0], found[1]):
+                    seen.append((found[0], found[1]))
+                return found if found[0] == final else None
+            return server.wait_for(look, 30, f"{rid} {final}")  # type: ignore[no-any-return]
+
+        retried = server.get("/make?flaky=a")[1]
+        done = watch(retried, "succeeded")
+        assert done == ["succeeded", 3, None, "a at attempt 3"]
+        assert ("retrying", 1) in seen and ("retrying", 2) in seen  # each retry, with the attempt that failed
+        assert seen.index(("retrying", 1)) < seen.index(("retrying", 2)) < seen.index(("succeeded", 3))
+        assert [line["attempt"] for line in server.lines("flaky")] == [1, 2, 3]
+
+        seen.clear()
+        exhausted = server.get("/make?hopeless=b")[1]
+        assert watch(exhausted, "failed") == ["failed", 2, "OSError: never b", None]
+        assert ("retrying", 1) in seen
+
+        seen.clear()
+        killed = server.get("/make?dies=c")[1]
+        final = watch(killed, "interrupted")
+        assert final[0] == "interrupted" and final[1] == 1
+        assert str(final[2]).startswith("interrupted: app:dies (in mule 1, pid ")
+        assert ("running", 1) in seen  # it was seen running before its mule died
+    finally:
+        server.stop()
