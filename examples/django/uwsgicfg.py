@@ -12,5 +12,7 @@ section = Section()
 # and dispatch mules call django.setup() when this variable is set.
 section.env("DJANGO_SETTINGS_MODULE", "mysite.settings")
 section.workers.set_mules_params(farms=section.workers.mule_farm("mail", 2))
+# The store of the tasks' results (TaskResult.refresh(), backend.get_result(id)).
+section.workers.set_mules_params(results=True)
 
 uwsgi_configuration = section.as_configuration()

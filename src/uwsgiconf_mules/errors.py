@@ -16,6 +16,11 @@ Every exception (and the one warning) the project raises derives from one root::
     │   │                         the offload backend did not accept the call
     │   ├── UnknownTaskError      (also LookupError) a job naming a task key that no
     │   │                         mule_offload registered
+    │   ├── ResultError           a result read by id (``Result.get``, ``Result.result()``)
+    │   │   ├── ResultNotFound    (also LookupError) an id that names no result: never stored,
+    │   │   │                     expired, or evicted from a full store
+    │   │   ├── ResultTimeout     (also TimeoutError) ``result(timeout=...)`` ran out first
+    │   │   └── TaskFailed        the call failed or was interrupted: its exception's text
     │   ├── DeclarationsMissingError
     │   │                         running under uWSGI without the declarations record
     │   └── UsageError            (also TypeError) the API used in a way that cannot be right,
@@ -43,8 +48,12 @@ __all__ = [
     "MulesRuntimeError",
     "NotInMuleError",
     "PayloadError",
+    "ResultError",
+    "ResultNotFound",
+    "ResultTimeout",
     "Retry",
     "ReturnValueWarning",
+    "TaskFailed",
     "TaskOptionError",
     "TimeLimitExceeded",
     "UnknownTargetError",
@@ -128,6 +137,46 @@ class UnknownTaskError(MulesRuntimeError, LookupError):
     def __init__(self, message: str, *, key: object = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class ResultError(MulesRuntimeError):
+    """Base of the errors of reading a call's result.
+
+    :param message: What is wrong, naming the result id.
+    :param result_id: The id of the result at fault.
+    """
+
+    def __init__(self, message: str, *, result_id: str | None = None) -> None:
+        super().__init__(message)
+        self.result_id = result_id
+
+
+class ResultNotFound(ResultError, LookupError):
+    """No result has this id: it was never stored (an unknown id), it expired (its ``result_ttl``
+    passed), or the store evicted it (full: the least recently used go first) or lost it (a reload
+    without ``store=``)."""
+
+
+class ResultTimeout(ResultError, TimeoutError):
+    """``Result.result(timeout=...)``: the call had no final outcome within the timeout."""
+
+
+class TaskFailed(ResultError):
+    """``Result.result()`` of a call that failed or was interrupted.
+
+    :param message: The task, its status and the exception's text.
+    :param result_id: The result id.
+    :param status: ``failed`` or ``interrupted``.
+    :param exception_type: The exception's class path (``builtins.ValueError``), when known.
+    :param traceback: The traceback's text (its end), when known.
+    """
+
+    def __init__(self, message: str, *, result_id: str | None = None, status: str = "failed",
+                 exception_type: str | None = None, traceback: str | None = None) -> None:
+        super().__init__(message, result_id=result_id)
+        self.status = status
+        self.exception_type = exception_type
+        self.traceback = traceback
 
 
 class DeclarationsMissingError(MulesRuntimeError):

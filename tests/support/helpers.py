@@ -74,6 +74,12 @@ workers.set_mules_params(stats='/tmp/uwsgiconf-mules-case-stats.sock', on_failur
 workers.set_mules_params(mules=6, farms=[workers.mule_farm('io', 2), workers.mule_farm('cpu', [5, 6])])
 workers.set_mules_params(harakiri_timeout=60)
 """,
+    # A results store kept in a file across reloads, for the tasks that declare result_ttl (in /tmp: the
+    # compiled case runs on a real uWSGI, which makes the file).
+    "results": """
+workers.set_mules_params(farms=workers.mule_farm('calc', 2),
+                         results={'items': 5000, 'item_size': 8192, 'store': '/tmp/uwsgiconf-mules-case-results.cache'})
+""",
     # Farms routed to RQ next to a farm of mules: no mules for them, one record field each.
     "routed": """
 workers.set_mules_params(farms=workers.mule_farm('local', 1), send_timeout=3)

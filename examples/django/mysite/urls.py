@@ -5,5 +5,7 @@ from shop import views
 
 urlpatterns = [
     path("signup", views.signup),
+    path("count", views.count),
+    path("result", views.result),
     path("ping", views.ping),
 ]

@@ -29,6 +29,15 @@ def welcome_task(email: str) -> None:
 
 
 @task(queue_name="mail")
+def count_welcomes(email: str) -> dict:
+    """A task with a return value: ``backend.get_result(id)`` reads it in any worker (a results store
+    is declared in uwsgicfg.py)."""
+    if not email:
+        raise ValueError("no email")
+    return {"email": email, "welcomes": Welcome.objects.filter(email=email).count(), "mule": Mule.get_current_id()}
+
+
+@task(queue_name="mail")
 async def welcome_async(email: str) -> None:
     """An ``async def`` task: the mule runs it to completion."""
     await Welcome.objects.acreate(email=email, via="async", mule=Mule.get_current_id())

@@ -64,6 +64,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         mule_init: str | None = None,
         stats: str | None = None,
         on_failure: str | None = None,
+        results: bool | dict[str, object] | None = None,
     ) -> MulesMixin:
         """Declare mules and mule farms.
 
@@ -113,6 +114,15 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         :param on_failure: ``'package.module:function'``, called in the mule with every
             offloaded call that raised: ``function(key, args, kwargs, exception, mule_id)``.
             An exception it raises is logged, never fatal to the mule.
+        :param results: The results store of the tasks that declare ``result_ttl``
+            (``@mule_offload('fast', result_ttl=600)``, see "Results" in the docs): ``True`` for
+            the defaults, or a mapping of ``items`` (how many results it holds, default 1000),
+            ``item_size`` (the largest encoded result in bytes, default 16384; a larger one is
+            stored as a ``failed`` outcome saying so), ``store`` (an absolute file path: results
+            then survive reloads and restarts) and ``name`` (the uWSGI cache's name, default
+            ``uwsgiconf_mules_results``). Emits a ``cache2`` option: shared memory of about
+            ``items x item_size`` bytes that every worker and mule reads; when it is full, the
+            least recently used result is evicted.
         :raises MulesConfigurationError: naming the farm, mule id or option at fault.
         """
         given = dict(locals())  # the arguments, by name (the first statement: nothing else is local yet)

@@ -44,6 +44,7 @@ from .names import (
     SPOOL_GAUGE,
     master_fds,
 )
+from .results import ResultsStore, results_store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this package, keep it cheap
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ __all__ = [
     "Declarations",
     "FarmSpec",
     "MuleFarm",
+    "ResultsStore",
     "check_programs",
     "declare",
     "default_spool_dir",
@@ -125,8 +127,7 @@ def declare(
     deploy_mode: object = None,
     mule_init: object = None,
     backends: object = None,
-    stats: object = None,
-    on_failure: object = None,
+    stats: object = None, on_failure: object = None, results: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -180,11 +181,13 @@ def declare(
         send_timeout=_v.send_timeout(send_timeout),
         stats=None if stats is None else _v.stats_address(stats),
         on_failure=None if on_failure is None else _v.validate_callable_path(on_failure, "on_failure"),
+        results=results_store(results, _v.record_path),
     ))
 
 
 _ARGUMENTS = {"mule": "mules", "farm": "farms", "touch-mules-reload": "touch_reload or deploy_touch",
-              "touch-reload": "deploy_touch", "touch-chain-reload": "deploy_touch", "stats": "stats",
+              "touch-reload": "deploy_touch", "cache2": "results", "touch-chain-reload": "deploy_touch",
+              "stats": "stats",
               "hook-master-start": "stats", "metric": "farms", "env": "the declarations record"}
 
 

@@ -24,6 +24,7 @@ from .names import (
     RUNTIME_MODULE,
     SPOOL_GAUGE,
 )
+from .results import ResultsStore, parse_store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -91,6 +92,15 @@ def _seconds(key: str, default: float) -> Codec:
     return Codec((key,), lambda value: [(key, f"{value:g}")], read)
 
 
+def _parsed(key: str, text: Callable[[Any], str], parse: Callable[[str], Any]) -> Codec:
+    """An object written as one text when set, and parsed back."""
+    def read(found: Found) -> Any:
+        value = _last(found, key)
+        return None if value is None else parse(value)
+
+    return Codec((key,), lambda value: [] if value is None else [(key, text(value))], read)
+
+
 def _each(key: str, text: Callable[[Any], str], parse: Callable[[str], Any]) -> Codec:
     """A tuple of items, one ``key=`` field each, in order."""
     return Codec((key,), lambda items: [(key, text(item)) for item in items],
@@ -132,6 +142,7 @@ FIELDS = (
     Field("mule_init", None, _text("init")),
     Field("stats", None, _text("stats")),
     Field("on_failure", None, _text("on-failure")),
+    Field("results", None, _parsed("results", ResultsStore.record, parse_store)),
     Field("backends", (), _each("route", lambda backend: f"{backend.farm}:{backend.url()}", _route)),
     Field("touch_reload", (), None),
     Field("deploy", None, None),
@@ -177,6 +188,8 @@ class Declarations:
         :mod:`uwsgiconf_mules.runtime.metrics`). None: no counters, and nothing counted.
     :param on_failure: ``package.module:function`` called with every failed offloaded call (see
         :mod:`uwsgiconf_mules.runtime.failures`); or None.
+    :param results: The results store of the tasks that declare ``result_ttl`` (see
+        :mod:`uwsgiconf_mules.declarations.results`); or None.
     """
 
     __slots__ = (*_ATTRS, "_backends_by_name", "_farms_by_name")
@@ -193,6 +206,7 @@ class Declarations:
     mule_init: str | None
     stats: str | None
     on_failure: str | None
+    results: ResultsStore | None
     backends: tuple[Backend, ...]
     touch_reload: tuple[str, ...]
     deploy: tuple[str, str] | None
@@ -278,6 +292,8 @@ class Declarations:
         ):
             if value is not None:
                 opts.append((key, str(value)))
+        if self.results is not None:  # the results store: one shared-memory cache of the instance
+            opts.append(("cache2", self.results.option()))
         opts.extend(("touch-mules-reload", path) for path in self.touch_reload)
         if self.deploy is not None:
             path, mode = self.deploy

@@ -27,7 +27,7 @@ from collections import deque
 
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.spool import claims as _claims, delayed as _delayed
-from ..runtime import deferred as _deferred, policy as _policy, tasks as _tasks
+from ..runtime import deferred as _deferred, policy as _policy, results as _results, tasks as _tasks
 from . import running as _running
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
@@ -339,6 +339,8 @@ def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *,
             letters.keep(payload, note)
         else:
             spool.write("dead", payload, note)
+        if key in _results.TASKS and args and isinstance(args[0], str):  # its handle says so (runtime.results)
+            _results.interrupted(args[0], note.partition(" | ")[0], attempt)
         log.error("uwsgiconf-mules: task %s was interrupted in mule %d (pid %d) after %s (attempt %d of %d): kept "
                   "as an interrupted dead letter in %s%s", escape(name), mule_id, pid, how_long, attempt, attempts,
                   spool.part("dead"), why)

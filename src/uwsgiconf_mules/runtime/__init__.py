@@ -42,6 +42,7 @@ from ..errors import NotInMuleError, UnknownTargetError, UsageError
 from ..protocol import envelope as _protocol
 from ..protocol.limits import socket_message_limit
 from . import instance as _instance, offload as _offload, policy as _policy, tasks as _tasks
+from .handles import Result as Result
 from .policy import current_attempt as current_attempt
 from .sending import (
     Route as _Route,
@@ -55,51 +56,14 @@ from .sending import (
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, ParamSpec, Protocol, TypeVar, Unpack
-
+    from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
     _P = ParamSpec("_P")
     _R = TypeVar("_R")
 
-    class OffloadedFunction(_policy.Delayable[_P], Protocol[_P, _R]):
-        """What ``mule_offload`` returns (for type annotations; import it under TYPE_CHECKING).
+    from .protocols import OffloadedFunction as OffloadedFunction, ResultFunction as ResultFunction
 
-        Calling it queues a call of the wrapped function for ``target`` and returns True once
-        queued; outside uWSGI it runs the call here, after the same checks. Type checkers check
-        its arguments against the wrapped function's parameters. It keeps the wrapped function's
-        ``__name__``, ``__qualname__``, ``__doc__``, ``__module__``; ``__wrapped__(...)`` runs the
-        function here, synchronously, and returns its result.
-        """
-
-        key: str
-        """The task key, ``module:qualname``."""
-        target: Mule | Farm
-        """The ``Mule`` or ``Farm`` calls are sent to."""
-        __wrapped__: Callable[_P, _R]
-
-        def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
-
-        def nowait(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
-            """Queue a call as calling the function does, but never wait: a full queue raises
-            ``DeliveryError`` at once."""
-
-        async def aoffload(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
-            """Queue a call as calling the function does, from a coroutine: a full queue is waited
-            on by sleeping on the running event loop (at most ``send_timeout``, then
-            ``DeliveryError``), never by blocking it."""
-
-__all__ = ["Farm", "Mule", "TypeMuleFarm", "current_attempt", "mule_offload", "socket_message_limit"]
-
-
-def _require_mule(what: str) -> Any:
-    uwsgi = _instance.uwsgi
-    if uwsgi is None or not uwsgi.mule_id():
-        raise NotInMuleError(f"{what} can only be called in a uWSGI mule")
-    return uwsgi
-
-
-def _as_text(message: bytes) -> str:
-    return str(message.decode("utf-8", "surrogateescape"))
+__all__ = ["Farm", "Mule", "Result", "TypeMuleFarm", "current_attempt", "mule_offload", "socket_message_limit"]
 
 
 class Mule:
@@ -180,7 +144,7 @@ class Mule:
             ``message.encode('utf-8', 'surrogateescape')`` gives the original bytes back).
         :raises NotInMuleError: when not called in a mule.
         """
-        uwsgi = _require_mule("Mule.get_message()")
+        uwsgi = _instance.require_mule("Mule.get_message()")
         deadline = None if timeout < 0 else time.monotonic() + timeout
         while True:
             wait = -1
@@ -195,9 +159,17 @@ class Mule:
                 continue
             data = _tasks.receive(message, strict=False)
             if data is not None:
-                return _as_text(data)
+                return _instance.as_text(data)
 
-    def offload(self, **options: Unpack[_policy.Options]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    if TYPE_CHECKING:
+        @overload
+        def offload(self, *, result_ttl: None = None, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+        @overload
+        def offload(self, *, result_ttl: float, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+
+    def offload(self, *, result_ttl: float | None = None, **options: Unpack[_policy.Options]) -> Any:
         """Decorator: calls of the decorated function run in this mule.
 
         .. code-block:: python
@@ -206,9 +178,10 @@ class Mule:
             def for_mule(*args, **kwargs):
                 ...  # runs in mule 1
 
+        :param result_ttl: As for :func:`mule_offload`.
         :param options: The task's options (``retries=``, ...: see :func:`mule_offload`).
         """
-        return mule_offload(self, **options)
+        return mule_offload(self, result_ttl=result_ttl, **options)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this mule; a programmed mule reads it with ``get_message``.
@@ -334,7 +307,7 @@ class Farm:
         :raises NotInMuleError: when not in a mule, or in a mule that belongs to no farm (uWSGI
             would wait forever).
         """
-        uwsgi = _require_mule("Farm.get_message()")
+        uwsgi = _instance.require_mule("Farm.get_message()")
         mule_id = int(uwsgi.mule_id())
         declarations = _instance.declarations()
         in_farm = declarations.farms_of(mule_id) if declarations else bool(uwsgi.in_farm())
@@ -344,9 +317,17 @@ class Farm:
             message = uwsgi.farm_get_msg()
             data = None if message is None else _tasks.receive(message, strict=False)
             if data is not None:
-                return _as_text(data)
+                return _instance.as_text(data)
 
-    def offload(self, **options: Unpack[_policy.Options]) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+    if TYPE_CHECKING:
+        @overload
+        def offload(self, *, result_ttl: None = None, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+        @overload
+        def offload(self, *, result_ttl: float, **options: Unpack[_policy.Options],
+                    ) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+
+    def offload(self, *, result_ttl: float | None = None, **options: Unpack[_policy.Options]) -> Any:
         """Decorator: calls of the decorated function run in one mule of this farm.
 
         .. code-block:: python
@@ -355,9 +336,10 @@ class Farm:
             def for_farm(*args, **kwargs):
                 ...  # runs in any one mule of farm `myfarm`
 
+        :param result_ttl: As for :func:`mule_offload`.
         :param options: The task's options (``retries=``, ...: see :func:`mule_offload`).
         """
-        return mule_offload(self, **options)
+        return mule_offload(self, result_ttl=result_ttl, **options)
 
     def send(self, message: str | bytes) -> bool:
         """Send a message to this farm of programmed mules; exactly one of them receives it, as
@@ -408,8 +390,17 @@ TypeMuleFarm = int | str | Mule | Farm | None
 """What ``mule_offload`` accepts as a target."""
 
 
-def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[_policy.Options],
-                 ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]:
+if TYPE_CHECKING:
+    @overload
+    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: None = None, **options: Unpack[_policy.Options],
+                     ) -> Callable[[Callable[_P, _R]], OffloadedFunction[_P, _R]]: ...
+    @overload
+    def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float, **options: Unpack[_policy.Options],
+                     ) -> Callable[[Callable[_P, _R]], ResultFunction[_P, _R]]: ...
+
+
+def mule_offload(mule_or_farm: TypeMuleFarm = None, *, result_ttl: float | None = None,
+                 **options: Unpack[_policy.Options]) -> Any:
     """Decorator: calls of the decorated function run in a mule or in a farm.
 
     .. code-block:: python
@@ -424,6 +415,9 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[_policy.Op
 
     :param mule_or_farm: A mule id (int), a farm name (str), a ``Mule`` or a ``Farm``. If not
         set, calls go to the first mule.
+    :param result_ttl: Seconds each call's result is kept: the call returns its ``Result`` (read by id
+        in any process with ``Result.get(id)``) instead of True; needs ``set_mules_params(results=...)``
+        (a farm routed to RQ: RQ keeps it). None (the default): no result, today's path and cost.
     :param options: The task's lifecycle, keyword-only (:class:`~uwsgiconf_mules.runtime.policy.Options`:
         ``retries``, ``retry_for``, ``retry_backoff``, ``soft_time_limit``, ``time_limit``, ``acks_late``...).
     :raises UnknownTargetError: when the declarations are known and the target is not declared.
@@ -443,7 +437,8 @@ def mule_offload(mule_or_farm: TypeMuleFarm = None, **options: Unpack[_policy.Op
             target=mule_or_farm)
 
     def decorator(func: Callable[_P, _R]) -> OffloadedFunction[_P, _R]:
-        return _offload.build(func, target, dict(options))
+        return _offload.build(func, target, dict(options) if result_ttl is None else {"result_ttl": result_ttl,
+                                                                                       **options})
 
     return decorator
 

@@ -18,7 +18,7 @@ import os
 import weakref
 
 from ..declarations import CONFIG_ENV, RECORD_ENV, RUNTIME_MODULE, Declarations, parse_record
-from ..errors import DeclarationsMissingError
+from ..errors import DeclarationsMissingError, NotInMuleError
 from ..protocol.envelope import TOKEN_PID
 from ..protocol.limits import clear_cache
 
@@ -126,3 +126,22 @@ def reset(known: Declarations | None = _MISSING, source: str | None = None) -> N
     clear_cache()
     for cache in list(_caches):
         cache._forget()
+
+
+def require_mule(what: str) -> Any:
+    """The ``uwsgi`` module, in a mule.
+
+    :param what: The operation, for the error.
+    :raises NotInMuleError: anywhere else.
+    """
+    if uwsgi is None or not uwsgi.mule_id():
+        raise NotInMuleError(f"{what} can only be called in a uWSGI mule")
+    return uwsgi
+
+
+def as_text(message: bytes) -> str:
+    """A message as text (UTF-8, undecodable bytes kept as surrogates).
+
+    :param message: The bytes read.
+    """
+    return str(message.decode("utf-8", "surrogateescape"))

@@ -20,6 +20,8 @@ from . import (
     instance as _instance,
     metrics as _metrics,
     policy as _policy,
+    result_offload as _result_offload,
+    results as _results,
     spool_watch as _spool_watch,
     tasks as _tasks,
 )
@@ -182,8 +184,10 @@ def _starting(raw: Send, swap: Swap) -> Send:
     return first
 
 
-def _task(func: Callable[..., Any]) -> str:
-    """The task key of ``func``, registered, once it is checked to be a function a mule can run."""
+def _task(func: Callable[..., Any], result_ttl: object = None, target: Mule | Farm | None = None
+          ) -> tuple[str, int | None]:
+    """The task key of ``func``, registered, once it is checked to be a function a mule can run,
+    and its ``result_ttl`` checked (None: the task keeps no results, and is registered as it is)."""
     qualname = getattr(func, "__qualname__", None)
     module = getattr(func, "__module__", None)
     if not callable(func) or not qualname or not module:
@@ -192,8 +196,14 @@ def _task(func: Callable[..., Any]) -> str:
     if problem:
         raise MulesRuntimeError(f"cannot offload {module}.{qualname}: {problem}")
     key = f"{module}:{qualname}"
-    _tasks.register(key, func)
-    return key
+    if result_ttl is None:
+        _tasks.register(key, func)
+        return key, None
+    ttl = _results.check_ttl(key, result_ttl)
+    if target is not None:
+        _result_offload.check_store(key, target)
+    _tasks.register(key, _results.wrap(key, func, ttl))  # its calls carry their result id first
+    return key, ttl
 
 
 def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closures
@@ -204,14 +214,18 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
 
     :param func: The function offloaded.
     :param target: Where its calls go.
-    :param options: The task's lifecycle options (see :mod:`.policy`); none: today's path.
+    :param options: The task's options, by name: ``result_ttl``, seconds the result of each call is
+        kept (see :mod:`.results`; without it the call returns True once queued), and the lifecycle's
+        (see :mod:`.policy`). None: today's path.
     """
-    key = _task(func)
+    options = dict(options or {})
+    key, ttl = _task(func, options.pop("result_ttl", None), target)
     encode = _protocol.encoder(key)
     policy = _policy.policy_of(key, _deferred.label(target), options, **_deferred.target_kind(target)) \
         if options else None
     if policy is not None:  # a declared lifecycle: its calls run through the policy (runtime.policy)
-        _policy.register(key, func, policy, encode, lambda: _deferred.target_note(target))
+        _policy.register(key, func if ttl is None else _results.wrap(key, func, ttl, retried=policy.retried), policy,
+                         encode, lambda: _deferred.target_note(target))
     # Where calls go, resolved once (at decoration when the declarations are known, which also
     # checks the target; otherwise at the first call) and kept in closure cells for the hot path.
     route: Route | None = None
@@ -304,13 +318,15 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
 
     if _instance.declarations() is not None:
         resolve()
-    chosen = offloaded_counting if counts_inline else offloaded
+    # With results, each call (and each delayed one) returns its handle (see runtime.result_offload).
+    sends = _result_offload.with_results((offloaded_counting if counts_inline else offloaded,
+                                          _nowait(attempt, resolve, key), _aoffload(attempt, resolve, key)),
+                                         key, ttl, target)
+    chosen = sends[0]
     chosen.policy = policy  # type: ignore[attr-defined]
-    chosen.later = later  # type: ignore[attr-defined]
-    chosen.at = at  # type: ignore[attr-defined]
-    return _published(chosen, func, key, target,
-                      nowait=_nowait(attempt, resolve, key), aoffload=_aoffload(attempt, resolve, key), forget=forget,
-                      refresh=refresh)
+    chosen.later = _result_offload.delayed(later, key, ttl, target)  # type: ignore[attr-defined]
+    chosen.at = _result_offload.delayed(at, key, ttl, target)  # type: ignore[attr-defined]
+    return _published(sends, func, key, target, forget=forget, refresh=refresh)
 
 
 def _nowait(attempt: Callable[[tuple[Any, ...], dict[str, Any]], bytes | None], resolve: Callable[[], Route],
@@ -356,13 +372,15 @@ async def _in_executor(attempt: Callable[[tuple[Any, ...], dict[str, Any]], byte
     return await adeliver(message, route.dest, f"{key} to {route.label}", route.timeout)
 
 
-def _published(call: Callable[..., bool], func: Callable[_P, _R], key: str, target: Mule | Farm,
+def _published(sends: tuple[Callable[..., Any], ...], func: Callable[_P, _R], key: str, target: Mule | Farm,
                **methods: Callable[..., Any]) -> OffloadedFunction[_P, _R]:
-    """``call`` as the offloaded function: ``func``'s name and doc, its key, target and methods
-    (``nowait``, ``aoffload``; ``_forget`` and ``_refresh`` for the instance's state)."""
+    """The call of ``sends`` (call, ``nowait``, ``aoffload``) as the offloaded function: ``func``'s name
+    and doc, its key, target and methods (the two others; ``_forget`` and ``_refresh`` for the
+    instance's state)."""
+    call = sends[0]
     functools.update_wrapper(call, func)
-    call.nowait = methods["nowait"]  # type: ignore[attr-defined]
-    call.aoffload = methods["aoffload"]  # type: ignore[attr-defined]
+    call.nowait = sends[1]  # type: ignore[attr-defined]
+    call.aoffload = sends[2]  # type: ignore[attr-defined]
     call.key = key  # type: ignore[attr-defined]
     call.target = target  # type: ignore[attr-defined]
     call._forget = methods["forget"]  # type: ignore[attr-defined]

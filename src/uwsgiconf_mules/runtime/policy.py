@@ -35,7 +35,7 @@ import time
 
 from ..errors import Retry, TaskOptionError
 from ..protocol import envelope as _protocol
-from . import instance as _instance, tasks as _tasks
+from . import instance as _instance, results as _results, tasks as _tasks
 from .deferred import DEFER_KEY, MAX_DELAY, _number, schedule
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -145,6 +145,15 @@ class Policy:
             seconds *= random.uniform(0.5, 1.0)
         return seconds
 
+    def retried(self, exc: BaseException, attempt: int) -> bool:
+        """Whether attempt ``attempt`` raising ``exc`` gets another attempt (for the results of the
+        task's calls: a retried exception is no outcome, see ``runtime.results.wrap``).
+
+        :param exc: What the attempt raised.
+        :param attempt: The attempt (1 for the first).
+        """
+        return isinstance(exc, (Retry, *self.retry_for)) and attempt < self.attempts
+
     def as_dict(self) -> dict[str, Any]:
         """The options, by name (what ``capture`` records on each ``Offload``)."""
         return {name: getattr(self, name) for name in OPTIONS}
@@ -158,8 +167,9 @@ class Policy:
 POLICIES: dict[str, Policy] = {}
 """Task key -> its policy, for the tasks that declare one."""
 
-ATTEMPT = [0]
-"""The attempt of the call this process runs now (0: a first attempt); set by the mule's timer."""
+ATTEMPT = _results.ATTEMPT
+"""The attempt of the call this process runs now (0: a first attempt); set by the mule's timer. The
+results' cell (``runtime.results.ATTEMPT``): a task with results writes the attempt it runs."""
 
 
 def current_attempt() -> int:
@@ -260,6 +270,7 @@ def register(key: str, func: Callable[..., Any], policy: Policy, encode: Callabl
 def _guard(key: str, func: Callable[..., Any], policy: Policy, encode: Callable[..., bytes],
            target_note: Callable[[], str | None]) -> Callable[..., Any]:
     retry_for = policy.retry_for
+    results = key in _results.TASKS  # registered by runtime.offload before the policy
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         first = ATTEMPT[0]
@@ -283,7 +294,10 @@ def _guard(key: str, func: Callable[..., Any], policy: Policy, encode: Callable[
                 FAILED[0] = attempt  # for the failure's line and dead letter (see failed_attempt)
                 raise error
             delay = policy.delay(attempt) if asked is None else max(0.0, min(float(asked), MAX_DELAY))
+            result_id = args[0] if results and args else None  # a task with results: its calls carry their id first
             if _instance.uwsgi is None or not _tasks.current_mule():  # inline, test modes: at once, no sleep
+                if result_id is not None:
+                    _results.retrying(result_id, error, None, attempt, 0.0)
                 ATTEMPT[0] = attempt + 1
                 continue
             note = target_note()
@@ -293,7 +307,11 @@ def _guard(key: str, func: Callable[..., Any], policy: Policy, encode: Callable[
             except Exception as keep_exc:
                 _tasks.log().error("uwsgiconf-mules: task %s: the retry (attempt %d of %d) cannot be kept (%s): the "
                                    "call fails now", key, attempt + 1, policy.attempts, keep_exc)
+                if result_id is not None:
+                    _results.failed(result_id, error, None, attempt)
                 raise error from None
+            if result_id is not None:
+                _results.retrying(result_id, error, None, attempt, delay)
             from .._text import escape
 
             _tasks.log().warning("uwsgiconf-mules: task %s failed in mule %d (attempt %d of %d: %s: %s); retrying "

@@ -181,7 +181,7 @@ def test_unsupported_features_are_refused_at_enqueue_and_run_after_is_honoured(t
         print(jobs.touch_db.using(run_after=later).enqueue(2).status)  # a delayed call: here, at once
     """)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", "False", "False", "True", "InvalidTask" if _django6()
+    assert proc.stdout.split() == ["True", "True", "False", "True", "InvalidTask" if _django6()
                                    else "InvalidTaskError", "READY"]
 
 
@@ -475,3 +475,41 @@ def test_aenqueue_sends_with_aoffload_and_announces_as_enqueue_does(tmp_path: Pa
         "recorded 1 ['enqueued', 'started', 'finished', 'enqueued']",
     ]
     assert lines == [{"n": 1, "result_id": result_id}]
+
+
+def test_results_get_result_refresh_errors_and_signals_agree_with_the_store(tmp_path: Path) -> None:
+    proc, _ = run_django(tmp_path, """
+        from django.tasks.signals import task_finished, task_started
+        from django.tasks import default_task_backend
+        from django.tasks.exceptions import TaskResultDoesNotExist
+        import jobs
+        seen = []
+        for name, signal in (("started", task_started), ("finished", task_finished)):
+            signal.connect(lambda sender, task_result, name=name, **kw: seen.append(
+                (name, task_result.status, default_task_backend.get_result(task_result.id).status)), weak=False)
+        ok = jobs.gives.enqueue("tuple")
+        assert ok.status == "READY"  # as enqueue returns it: the call ran (outside uWSGI), refresh() reads it
+        ok.refresh()
+        failed = default_task_backend.get_result(jobs.boom.enqueue().id)
+        try:
+            default_task_backend.get_result("nope")
+        except TaskResultDoesNotExist as exc:
+            missing = str(exc)
+        print(json.dumps({"supports": default_task_backend.supports_get_result, "status": ok.status,
+                          "value": ok.return_value, "task": ok.task.module_path, "args": ok.args,
+                          "times": ok.enqueued_at <= ok.started_at <= ok.finished_at,
+                          "failed": [failed.status, failed.errors[0].exception_class_path,
+                                     "boom in a task" in failed.errors[0].traceback], "seen": seen,
+                          "missing": missing}))
+    """.replace("django.tasks.signals", "django.tasks.signals" if _django6() else "django_tasks.signals").replace(
+        "from django.tasks ", "from django.tasks " if _django6() else "from django_tasks ").replace(
+        "django.tasks.exceptions", "django.tasks.exceptions" if _django6() else "django_tasks.exceptions"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {
+        "supports": True, "status": "SUCCESSFUL", "value": [1, {"a": "x"}],
+        "task": "jobs.gives", "args": ["tuple"], "times": True,
+        "failed": ["FAILED", "builtins.RuntimeError", True],
+        "seen": [["started", "RUNNING", "RUNNING"], ["finished", "SUCCESSFUL", "SUCCESSFUL"],
+                 ["started", "RUNNING", "RUNNING"], ["finished", "FAILED", "FAILED"]],
+        "missing": "no result 'nope': not an id of this backend"}

@@ -21,10 +21,19 @@ carry (``normalize_json`` raises ``TypeError``) is ``FAILED``; ``enqueued_at`` i
 ``enqueued_at`` as ISO 8601, after the five arguments of version 0.1, whose calls still run).
 
 ``run_after`` is honoured (``supports_defer``): a delayed call, kept in the spool until due (refused
-on a farm routed to RQ); Django has no retries, and a failed task is a ``failed`` dead letter. Not
-supported, declared through the backend's flags: results (``supports_get_result = False``: the
-``TaskResult`` of ``enqueue`` stays ``READY``; the outcome goes to the signals and the log, not to
-the caller), priorities (``supports_priority = False``). Arguments must be JSON-serialisable.
+on a farm routed to RQ); Django has no retries, and a failed task is a ``failed`` dead letter.
+
+Results (``supports_get_result = True``): with a results store declared
+(``set_mules_params(results=...)``, see :mod:`uwsgiconf_mules.runtime.results`), every call keeps its
+``TaskResult`` there for ``OPTIONS["RESULT_TTL"]`` seconds (default 3600): ``backend.get_result(id)``
+and ``result.refresh()``, in any worker or mule of the instance, give its status (``READY`` while
+queued, ``RUNNING``, ``SUCCESSFUL``, ``FAILED``), ``errors``, return value and times. The mule writes
+``RUNNING`` before it sends ``task_started`` and the outcome before ``task_finished``, so a signal's
+receiver that reads the result sees what the signal says. Without a store, ``get_result`` raises
+``TaskResultDoesNotExist`` saying to declare one.
+
+Not supported, declared through the backend's flags: priorities (``supports_priority = False``).
+Arguments must be JSON-serialisable.
 
 This module imports Django: the runtime never imports it; a mule imports it when it runs its
 first Django task.
@@ -34,16 +43,23 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pickle
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.apps import AppConfig
 from django.utils import timezone
 
-from ...declarations import CONFIG_ENV
 from ...errors import MulesError, UnknownTaskError
 from ...protocol import envelope as _protocol
-from ...runtime import Farm, instance as _instance, mule_offload, policy as _policy, tasks as _tasks
+from ...runtime import (
+    Farm,
+    instance as _instance,
+    mule_offload,
+    policy as _policy,
+    results as _results,
+    tasks as _tasks,
+)
 
 __all__ = ["MulesBackend", "MulesConfig"]
 
@@ -153,8 +169,10 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
                          worker_ids=[f"mule{_tasks.current_mule()}"])
     backend = type(task.get_backend())
     running = _tasks.RUNNING.set(path)  # for the thread asgiref runs an async task in
+    kept = _stored.Kept(result_id, (path, alias, queue_name, list(args), dict(kwargs)), started.timestamp())
     close_old_connections()
     try:
+        kept.write(_results.RUNNING)  # each record before its signal: the receivers read what it says
         _signals.task_started.send(sender=backend, task_result=result)
         if task.takes_context:
             value = task.call(_base.TaskContext(task_result=result), *args, **kwargs)
@@ -168,6 +186,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
         result.errors.append(_base.TaskError(exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
                                              traceback="".join(traceback.format_exception(exc))))
         _set(result, status=_base.TaskResultStatus.FAILED, finished_at=timezone.now())
+        kept.write(_results.FAILED, error=exc)
         testing = _instance.uwsgi is None and _instance.local_send is not None
         if not testing:
             _tasks.failed(path)
@@ -177,6 +196,7 @@ def _run(path: str, result_id: str, alias: str, args: list[Any], kwargs: dict[st
             raise
     else:
         _set(result, status=_base.TaskResultStatus.SUCCESSFUL, finished_at=timezone.now(), _return_value=value)
+        kept.succeeded(result, value)
         _signals.task_finished.send(sender=backend, task_result=result)
     finally:
         close_old_connections()
@@ -271,12 +291,22 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
 
     supports_defer = True  # run_after: a delayed call (see runtime.deferred), kept on disk until due
     supports_async_task = True
-    supports_get_result = False
+    supports_get_result = True  # with a results store declared (see the module docstring)
     supports_priority = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
         self._senders: dict[str, Callable[..., bool]] = {}
+        self.result_ttl = _results.check_ttl(f"task backend {alias!r}", self.options.get("RESULT_TTL", 3600))
+
+    def get_result(self, result_id: str) -> Any:
+        """The ``TaskResult`` of a call, read from the results store, in any process of the instance.
+
+        :param result_id: ``TaskResult.id``, as ``enqueue`` returned it.
+        :raises TaskResultDoesNotExist: (``ResultDoesNotExist`` of older backports) for an id that
+            names no result: unknown, expired (``RESULT_TTL``), evicted, or no results store declared.
+        """
+        return _stored.get_result(result_id)
 
     def _sender(self, queue: str) -> Callable[..., bool]:
         sender = self._senders.get(queue)
@@ -365,7 +395,13 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         self.validate_task(task)
         from django.utils.crypto import get_random_string
 
-        result = _new_result(task, get_random_string(32), self.alias, args, kwargs, enqueued_at=timezone.now())
+        declarations = _instance.declarations()  # a queue routed to RQ keeps no result here
+        keep = _results.available() and (declarations is None or declarations.get_backend(task.queue_name) is None)
+        result_id = _results.new_id(self.result_ttl) if keep else get_random_string(32)
+        result = _new_result(task, result_id, self.alias, args, kwargs, enqueued_at=timezone.now())
+        if keep:  # READY, with what get_result needs, before it is sent
+            _results.record(result_id, _results.QUEUED, pickle.dumps(
+                (task.module_path, self.alias, task.queue_name, list(result.args), dict(result.kwargs), None)))
         _announcements[result.id] = functools.partial(_signals.task_enqueued.send, sender=type(self),
                                                       task_result=result)
         return result
@@ -381,58 +417,8 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
 
         :param kwargs: What Django passes to checks.
         """
-        from django.core import checks
-
         yield from super().check(**kwargs)
-        declarations = _instance.declarations()
-        if declarations is None:
-            return  # said by the deploy check (_unchecked), not on every manage.py command
-        for queue in sorted(self.queues):
-            farm = declarations.get_farm(queue)
-            if declarations.get_backend(queue) is not None:
-                continue  # routed: `uwsgiconf-mules worker` runs its tasks (Django set up there)
-            if farm is None:
-                yield checks.Error(
-                    f"task backend {self.alias!r}: queue {queue!r} is not a farm declared in the uWSGI config; "
-                    f"declared: {declarations.describe()}",
-                    hint=f"Declare section.workers.mule_farm({queue!r}, N) or fix QUEUES.",
-                    obj=self.alias, id="uwsgiconf_mules.E001")
-            elif not set(farm.mules) & set(declarations.dispatchers):
-                yield checks.Error(
-                    f"task backend {self.alias!r}: farm {queue!r} has only programmed mules "
-                    f"({', '.join(map(str, farm.mules))}), which do not run tasks",
-                    hint="Make the farm's mules dispatch mules (None in set_mules_params(mules=[...])).",
-                    obj=self.alias, id="uwsgiconf_mules.E002")
-
-
-def _unchecked(app_configs: Any = None, **kwargs: Any) -> Iterable[Any]:
-    """Deploy check (``manage.py check --deploy``): one ``Info`` per :class:`MulesBackend` whose queues
-    could not be compared with the farms, because no declarations are known in this process.
-
-    :param app_configs: What Django passes to checks.
-    :param kwargs: What Django passes to checks.
-    """
-    from django.core import checks
-
-    if _instance.declarations() is not None:
-        return
-    for backend in _api.task_backends.all():
-        if isinstance(backend, MulesBackend):
-            yield checks.Info(
-                f"task backend {backend.alias!r}: no uwsgiconf-mules declarations are known in this process, so its "
-                f"queues {sorted(backend.queues)} cannot be checked against the farms of the uWSGI config",
-                hint=f"Name the uWSGI config module to check them: {CONFIG_ENV}=uwsgicfg.py manage.py check "
-                     "(a path, or a module name). Outside uWSGI tasks run at once in the caller.",
-                id="uwsgiconf_mules.I001")
-
-
-def _register_deploy_check() -> None:
-    from django.core import checks
-
-    checks.register(_unchecked, "uwsgiconf_mules", deploy=True)
-
-
-_register_deploy_check()  # when Django loads INSTALLED_APPS (or a setting names the backend)
+        yield from _checks.queue_errors(self)
 
 
 def _rename(exc: MulesError, task: Any) -> None:
@@ -448,3 +434,6 @@ class MulesConfig(AppConfig):  # type: ignore[misc]
     label = "uwsgiconf_mules"
     verbose_name = "uwsgiconf-mules"
     default = True
+
+
+from . import checks as _checks, results as _stored  # noqa: E402 - last: they read the names above

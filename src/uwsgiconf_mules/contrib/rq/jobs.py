@@ -100,7 +100,9 @@ def run(key: str, /, *args: Any, **kwargs: Any) -> Any:
     check = _tasks.JOB_CHECKS.get(key)
     if check is not None:  # the task's own module says which of its calls a job may make
         check(args)
-    return found(*args, **kwargs)
+    # A task that keeps results is registered wrapped (its calls to mules carry a result id): RQ keeps a job's
+    # result itself, so the job runs the function and returns its value.
+    return getattr(found, "_results_raw", found)(*args, **kwargs)
 
 
 class Job(_RQJob):

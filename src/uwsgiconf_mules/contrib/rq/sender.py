@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
     from ...declarations.backends import Backend
 
-__all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "redis_url", "sender", "worker_command"]
+__all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "job_fields", "redis_url", "result_sender", "sender",
+           "worker_command"]
 
 RUN = "uwsgiconf_mules.remote.run"
 """The function every job names: it runs the registered function of the job's task key."""
@@ -190,6 +191,92 @@ def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int
         return True
 
     return send
+
+
+def result_sender(backend: Backend, label: str, timeout: float) -> Callable[[str, tuple[Any, ...], dict[str, Any], int],
+                                                                          str]:
+    """The send function of a task with results routed to ``backend``: each call is a job with an id
+    drawn here and RQ's ``result_ttl``, so that RQ keeps its status and return value; it returns
+    the job's id (see :func:`job_fields`).
+
+    :param backend: The backend.
+    :param label: The target as errors name it.
+    :param timeout: The declared send timeout.
+    """
+    import redis.exceptions
+    import rq
+
+    failures = (redis.exceptions.RedisError, OSError)
+    strict = backend.serializer == "json"
+    serializer = SERIALIZER_PATHS[backend.serializer]
+    queues: list[tuple[int, Any]] = []
+
+    def send(key: str, args: tuple[Any, ...], kwargs: dict[str, Any], ttl: int) -> str:
+        if strict:
+            check_json(key, args, kwargs, label)
+        pid = os.getpid()
+        job_id = os.urandom(16).hex()
+        try:
+            if not queues or queues[0][0] != pid:
+                queues[:] = [(pid, rq.Queue(backend.queue, connection=_client(backend, timeout),
+                                            serializer=serializer))]
+            queues[0][1].enqueue_call(RUN, args=(key, *args), kwargs=kwargs, job_id=job_id, result_ttl=ttl)
+        except failures as exc:
+            raise DeliveryError(
+                f"{key} to {label}: Redis did not accept the job ({type(exc).__name__}: {exc}); the call was not "
+                f"queued (connect timeout {backend.connect_timeout:g} s, send timeout {timeout:g} s)",
+                target=backend.farm) from None
+        return job_id
+
+    return send
+
+
+_RQ_STATUSES = {"queued": "queued", "deferred": "queued", "scheduled": "queued", "started": "running",
+                "finished": "succeeded", "failed": "failed", "stopped": "interrupted", "canceled": "interrupted"}
+
+
+def job_fields(backend: Backend, job_id: str, timeout: float) -> tuple[Any, ...] | None:
+    """The fields of a result (as :mod:`uwsgiconf_mules.runtime.results` lays them out, and when
+    the call was made) read from RQ's job ``job_id``: its status, times, the exception text of a
+    failed job and its return value; None when RQ has no such job (unknown, or its ``result_ttl``
+    passed).
+
+    :param backend: The backend the job was sent to.
+    :param job_id: The job's id.
+    :param timeout: The longest wait for a reply of Redis.
+    :raises DeliveryError: when Redis does not answer.
+    """
+    import pickle
+
+    import redis.exceptions
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.serializers import resolve_serializer
+
+    try:
+        job = Job.fetch(job_id, connection=_client(backend, timeout),
+                        serializer=resolve_serializer(SERIALIZER_PATHS[backend.serializer]))
+        found = job.get_status(refresh=False)
+        status = _RQ_STATUSES.get(str(getattr(found, "value", found)), "queued")
+        value = pickle.dumps(job.return_value(refresh=False), 5) if status == "succeeded" else None
+        latest = job.latest_result() if status == "failed" else None
+    except NoSuchJobError:
+        return None
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise DeliveryError(f"result {backend.farm}/{job_id}: Redis did not answer ({type(exc).__name__}: {exc})",
+                            target=backend.farm) from None
+    error = None
+    if status in ("failed", "interrupted"):
+        text = str(getattr(latest, "exc_string", None) or job.exc_info or status).strip()
+        last = text.splitlines()[-1] if text else status
+        kind, colon, message = last.partition(": ")
+        error = (kind if colon else "", message if colon else last, text[-4000:])
+
+    def seconds(when: Any) -> float:
+        return float(when.timestamp()) if when is not None else 0.0
+
+    return (1, status, 1 if job.started_at else 0, seconds(job.started_at), seconds(job.ended_at), error, value,
+            seconds(job.enqueued_at))
 
 
 def _check_worker_class(path: str) -> None:

@@ -12,6 +12,11 @@
     with eager():                        # offloads run at once; task exceptions propagate
         signup(request)
 
+A task that keeps results (``result_ttl``) returns its handle in both: in ``capture`` a ``queued``
+one, which :meth:`Outbox.run` completes (``Offload.result_id`` is its id); in ``eager`` a completed
+one, ``succeeded`` or ``failed``: its exception is kept in the handle (``result()`` raises
+:class:`~uwsgiconf_mules.errors.TaskFailed`) rather than raised at the offload.
+
 Both check every target against the project's declarations: an undeclared farm or mule id raises
 :class:`~uwsgiconf_mules.errors.UnknownTargetError` at the call, as under uWSGI. The declarations
 are those of the configuration module named by ``config``, else by the ``UWSGICONF_MULES_CONFIG``
@@ -51,7 +56,15 @@ from typing import Any
 from ...declarations import CONFIG_ENV, RECORD_ENV, Declarations
 from ...errors import DeclarationsMissingError, UsageError
 from ...protocol import envelope as _protocol
-from ...runtime import Farm, Mule, deferred as _deferred, instance as _instance, policy as _policy, tasks as _tasks
+from ...runtime import (
+    Farm,
+    Mule,
+    deferred as _deferred,
+    instance as _instance,
+    policy as _policy,
+    results as _results,
+    tasks as _tasks,
+)
 
 __all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
 
@@ -70,12 +83,15 @@ class Offload:
     :param delay: For a delayed call (``f.later(...)``, ``f.at(...)``), its delay in seconds; else None.
     :param policy: The task's declared options (``retries``, ``soft_time_limit``, ...), by name;
         empty for a task that declares none.
+    :param result_id: For a task that keeps results (``result_ttl``), the call's result id (what
+        ``Result.get`` reads: ``queued`` until :meth:`run` runs it); else None.
     """
 
-    __slots__ = ("args", "delay", "func", "key", "kwargs", "policy", "target")
+    __slots__ = ("args", "delay", "func", "key", "kwargs", "policy", "result_id", "target")
 
     def __init__(self, key: str, target: Mule | Farm, func: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], *, delay: float | None = None, policy: dict[str, Any] | None = None) -> None:
+                 kwargs: dict[str, Any], *, delay: float | None = None, policy: dict[str, Any] | None = None,
+                 result_id: str | None = None) -> None:
         self.key = key
         self.target = target
         self.func = func
@@ -83,6 +99,7 @@ class Offload:
         self.kwargs = kwargs
         self.delay = delay
         self.policy = policy or {}
+        self.result_id = result_id
 
     def __repr__(self) -> str:
         delay = "" if self.delay is None else f", delay={self.delay!r}"
@@ -91,7 +108,11 @@ class Offload:
     def run(self) -> None:
         """Run the call here, now, as a mule would; exceptions propagate. A task that returns
         something other than None gets a :class:`~uwsgiconf_mules.errors.ReturnValueWarning`
-        (once per task and mode)."""
+        (once per task and mode). A task that keeps results gets its outcome written (the
+        exception is raised after it is: the handle says ``failed``)."""
+        if self.result_id is not None:
+            self.func(self.result_id, *self.args, **self.kwargs)
+            return
         result = self.func(*self.args, **self.kwargs)
         if result is not None:
             _tasks.returned(self.key.encode(), result)
@@ -182,8 +203,11 @@ def _recorder(outbox: Outbox, run: bool) -> Callable[[bytes, int | bytes], bool]
         if isinstance(func, str):  # not registered: cannot happen for calls of mule_offload functions
             raise UsageError(func)
         policy = _policy.POLICIES.get(key.decode())
+        result_id = None
+        if key.decode() in _results.TASKS:  # a task that keeps results: its call carries its result id first
+            result_id, args = args[0], args[1:]
         call = Offload(key.decode(), _target(dest), func, args, kwargs, delay=_deferred.SENDING[0],
-                       policy=policy.as_dict() if policy is not None else None)
+                       policy=policy.as_dict() if policy is not None else None, result_id=result_id)
         outbox.calls.append(call)
         if run:
             call.run()

@@ -1,0 +1,177 @@
+"""What a result costs, on a real uWSGI: a call with a result (offload, the mule's two writes,
+the caller's read) against a plain offload, end to end, per call; and the proof at scale: 10,000
+calls with results made by two workers of four threads, each read back by id from the other
+worker and checked.
+
+    python benchmarks/results_cost.py [CALLS] [ROUNDS]
+
+Cost: one worker thread offloads CALLS small calls to one dispatch mule, then waits for the last
+to have run (plain: a call that touches a file the worker waits for; results: ``result()`` of
+every handle, in order). Rounds alternate plain and results; the medians are printed, with
+``results/plain = X.XX``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.harness import Server, declaration, start_server
+
+APP = '''
+import time
+from uwsgiconf_mules.runtime import Result
+
+
+@mule_offload(1)
+def plain(i):
+    pass
+
+
+@mule_offload(1)
+def done(path):
+    open(path, "w").close()
+
+
+@mule_offload(1, result_ttl=600)
+def square(i):
+    return i * i
+
+
+@Farm("calc").offload(result_ttl=600)
+def farm_square(i):
+    return {"i": i, "square": i * i, "mule": Mule.get_current_id()}
+
+
+def _args(query):
+    return dict(part.split("=", 1) for part in query.split("&") if part)
+
+
+@route("/plain")
+def run_plain(query):
+    args = _args(query)
+    n, flag = int(args["n"]), args["flag"]
+    began, cpu = time.perf_counter(), time.process_time()
+    for i in range(n):
+        plain(i)
+    done(flag)
+    while not os.path.exists(flag):
+        time.sleep(0.0005)
+    return [time.perf_counter() - began, time.process_time() - cpu]
+
+
+@route("/results")
+def run_results(query):
+    n = int(_args(query)["n"])
+    began, cpu = time.perf_counter(), time.process_time()
+    handles = [square(i) for i in range(n)]
+    for i, handle in enumerate(handles):
+        assert handle.result(timeout=60) == i * i
+    return [time.perf_counter() - began, time.process_time() - cpu]
+
+
+
+
+@route("/make")
+def make(query):
+    n = int(_args(query)["n"])
+    return {"pid": os.getpid(), "ids": [farm_square(i).id for i in range(n)]}
+
+
+@route("/read")
+def read(query):
+    args = _args(query)
+    if int(args["not"]) == os.getpid():
+        return {"retry": True}
+    return {"pid": os.getpid(), "values": [Result.get(rid).result(timeout=60) for rid in args["ids"].split(",")]}
+'''
+
+CONFIG = declaration("mules=3, farms=section.workers.mule_farm('calc', [2, 3]), "
+                     "results={'items': 30000, 'item_size': 512}")
+
+
+def mule_cpu(pid: int) -> float:
+    """Seconds of CPU process ``pid`` used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost(server: Server, calls: int, rounds: int, flags: Path) -> dict[str, list[list[float]]]:
+    """Per round and mode: [wall, the worker's CPU, the mule's CPU], µs per call."""
+    mule = server.mule_pids()[1]
+    found: dict[str, list[list[float]]] = {"plain": [], "results": []}
+    for run in range(rounds):
+        for mode, path in (("plain", f"/plain?n={calls}&flag={flags}/{run}"), ("results", f"/results?n={calls}")):
+            before = mule_cpu(mule)
+            wall, worker = server.get(path, timeout=120)[1]
+            found[mode].append([wall / calls * 1e6, worker / calls * 1e6, (mule_cpu(mule) - before) / calls * 1e6])
+    return found
+
+
+def proof(server: Server, calls: int = 10_000) -> tuple[int, int, float]:
+    """(calls checked, wrong ones, seconds): 8 requests at once make the calls, each read back by
+    the other worker."""
+    made: list[dict[str, object]] = []
+    lock = threading.Lock()
+    began = time.monotonic()
+
+    def make() -> None:
+        body = server.get(f"/make?n={calls // 8}", timeout=120)[1]
+        with lock:
+            made.append(body)
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    checked = wrong = 0
+    for body in made:
+        ids = body["ids"]
+        for start in range(0, len(ids), 100):
+            chunk = ids[start:start + 100]
+            for _ in range(100):
+                answer = server.get(f"/read?not={body['pid']}&ids={','.join(chunk)}", timeout=120)[1]
+                if not answer.get("retry"):
+                    break
+            assert answer["pid"] != body["pid"]
+            for i, value in enumerate(answer["values"], start):
+                checked += 1
+                wrong += value["i"] != i or value["square"] != i * i
+    return checked, wrong, time.monotonic() - began
+
+
+def main() -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(Path(tmp) / "app", CONFIG, APP, extra_args=("--threads", "4", "--buffer-size", "65535"))
+        try:
+            flags = Path(tmp) / "flags"
+            flags.mkdir()
+            cost(server, 1000, 1, flags)  # warm up
+            found = cost(server, calls, rounds, flags)
+            checked, wrong, seconds = proof(server)
+        finally:
+            server.stop()
+    for mode, what in (("plain", "plain offload"), ("results", "with a result (offload + queued write, the mule's "
+                                                                   "2 writes, the read)")):
+        runs = found[mode]
+        print(f"{what}, µs/call, wall (worker CPU, mule CPU): "
+              f"{', '.join(f'{w:.2f} ({c:.1f}, {m:.1f})' for w, c, m in runs)}; median wall "
+              f"{statistics.median(r[0] for r in runs):.2f}")
+    medians = {mode: statistics.median(r[0] for r in runs) for mode, runs in found.items()}
+    print(f"results/plain = {medians['results'] / medians['plain']:.2f}")
+    print(f"proof: {checked} calls with results from 2 workers x 4 threads, read back from the other worker: "
+          f"{wrong} wrong, {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The types of what ``mule_offload`` returns, for type checkers only (import them under
+``TYPE_CHECKING``, from :mod:`uwsgiconf_mules.runtime`): nothing here runs in a uWSGI process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+
+from . import policy as _policy
+
+if TYPE_CHECKING:
+    from . import Farm, Mule
+    from .handles import Result
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class OffloadedFunction(_policy.Delayable[_P], Protocol[_P, _R]):
+    """What ``mule_offload`` returns (for type annotations; import it under TYPE_CHECKING).
+
+    Calling it queues a call of the wrapped function for ``target`` and returns True once
+    queued; outside uWSGI it runs the call here, after the same checks. Type checkers check
+    its arguments against the wrapped function's parameters. It keeps the wrapped function's
+    ``__name__``, ``__qualname__``, ``__doc__``, ``__module__``; ``__wrapped__(...)`` runs the
+    function here, synchronously, and returns its result.
+    """
+
+    key: str
+    """The task key, ``module:qualname``."""
+    target: Mule | Farm
+    """The ``Mule`` or ``Farm`` calls are sent to."""
+    __wrapped__: Callable[_P, _R]
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
+
+    def nowait(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
+        """Queue a call as calling the function does, but never wait: a full queue raises
+        ``DeliveryError`` at once."""
+
+    async def aoffload(self, *args: _P.args, **kwargs: _P.kwargs) -> bool:
+        """Queue a call as calling the function does, from a coroutine: a full queue is waited
+        on by sleeping on the running event loop (at most ``send_timeout``, then
+        ``DeliveryError``), never by blocking it."""
+
+
+class ResultFunction(Protocol[_P, _R]):
+    """What ``mule_offload(..., result_ttl=...)`` returns (for type annotations; import it under
+    TYPE_CHECKING): as :class:`OffloadedFunction`, but a call returns the
+    :class:`~uwsgiconf_mules.runtime.results.Result` of the call once queued."""
+
+    key: str
+    """The task key, ``module:qualname``."""
+    target: Mule | Farm
+    """The ``Mule`` or ``Farm`` calls are sent to."""
+    __wrapped__: Callable[_P, _R]
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> Result[_R]: ...
+
+    def nowait(self, *args: _P.args, **kwargs: _P.kwargs) -> Result[_R]:
+        """Queue a call without waiting for room (a full queue raises ``DeliveryError``)."""
+
+    async def aoffload(self, *args: _P.args, **kwargs: _P.kwargs) -> Result[_R]:
+        """Queue a call from a coroutine."""
