@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import time
 
-from .. import _threads
 from ..protocol import spool as _spool
 from . import instance as _instance
 
@@ -127,6 +126,8 @@ def start(sampler: Callable[[], None] | None = None) -> bool:
     import atexit
 
     atexit.register(flush)  # what a worker counted in its last second, when uWSGI stops or reloads it
+    from .. import _threads  # when first needed: a process that never sends starts no thread
+
     _threads.start(_loop)
     return True
 

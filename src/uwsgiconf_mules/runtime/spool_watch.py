@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 
-from .. import _threads
 from ..declarations import SPOOL_GAUGE
 from ..protocol import spool as _spool
 from ..protocol.limits import socket_message_limit
@@ -73,6 +72,8 @@ def watch_spool() -> bool:
         return False
     _watching = True
     check_spool(declarations)
+    from .. import _threads  # when first needed: a process that never sends starts no thread
+
     _threads.start(_watch, declarations)
     return True
 

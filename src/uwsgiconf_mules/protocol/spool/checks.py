@@ -8,7 +8,7 @@ import os
 import stat
 import time
 
-from .layout import PARTS, RESERVE, STALE_AFTER
+from . import PARTS, RESERVE, STALE_AFTER
 
 
 def private_dir(path: str) -> None:

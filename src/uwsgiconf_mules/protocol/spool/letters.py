@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from .layout import DEAD_FILES, FAILED_MARK, LIFECYCLE, MAGIC, UNTRUSTED, UNTRUSTED_MARK
+from . import DEAD_FILES, FAILED_MARK, LIFECYCLE, MAGIC, UNTRUSTED, UNTRUSTED_MARK
 from .store import Spool, _name, _scandir
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap

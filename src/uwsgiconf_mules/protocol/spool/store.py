@@ -6,9 +6,7 @@ import os
 import stat
 import time
 
-from .checks import check_ancestors, private_dir, strangers
-from .claims import orphans
-from .layout import (
+from . import (
     ANY,
     DEAD_SHARE,
     DEFAULT_LIMIT,
@@ -20,6 +18,8 @@ from .layout import (
     UNTRUSTED,
     UNTRUSTED_MARK,
 )
+from .checks import check_ancestors, private_dir, strangers
+from .claims import orphans
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
