@@ -109,7 +109,8 @@ def test_a_running_claim_of_a_mule_that_died_after_this_one_started_is_handled_w
         claimed = delayed.start(delayed.claim(spool, "mule:2", name) or "")
         os.rename(claimed, claimed.replace(f"{os.getpid()}-", f"{2 ** 22 + 12345}-", 1))  # its mule died
         deadline = time.monotonic() + 10
-        while not os.listdir(spool.part("dead")) and time.monotonic() < deadline:
+        # The dead letter is written first, then the claim removed: wait for both.
+        while (not os.listdir(spool.part("dead")) or os.listdir(spool.part("claimed"))) and time.monotonic() < deadline:
             time.sleep(0.02)
         [letter] = os.listdir(spool.part("dead"))
         assert _spool.read(os.path.join(spool.part("dead"), letter))[0].startswith("interrupted: shop.tasks:mail ")
