@@ -6,10 +6,8 @@ in uWSGI's log, run by a mule. Bounded waits; uWSGI always stopped; stdin /dev/n
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.harness import free_port
+from support.harness import free_port, stop_uwsgi
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -81,16 +79,7 @@ class Running:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
-            raise AssertionError(f"uWSGI did not stop within {STOP_TIMEOUT} s of SIGINT\n{self.log()[-6000:]}"
-                                 ) from None
+        stop_uwsgi(self.proc, self.log, STOP_TIMEOUT)
 
 
 @pytest.fixture

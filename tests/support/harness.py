@@ -288,16 +288,27 @@ class Server:
 
     def stop(self) -> None:
         """SIGINT; if uWSGI is still running after ``STOP_TIMEOUT``, SIGKILL its process group and fail."""
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
-            raise AssertionError(f"uWSGI did not stop within {STOP_TIMEOUT} s of SIGINT and was killed with "
-                                 f"SIGKILL\n--- uWSGI log ---\n{self.log()[-6000:]}") from None
+        stop_uwsgi(self.proc, self.log)
+
+
+def stop_uwsgi(proc: subprocess.Popen[bytes], log: Callable[[], str], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGINT to a uWSGI master; if it still runs after ``timeout`` seconds, SIGKILL its process
+    group and fail with the tail of ``log()``.
+
+    :param proc: The master (started in a session of its own).
+    :param log: Reads its log.
+    :param timeout: Seconds it has to stop.
+    """
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+        raise AssertionError(f"uWSGI did not stop within {timeout:g} s of SIGINT and was killed with "
+                             f"SIGKILL\n--- uWSGI log ---\n{log()[-6000:]}") from None
 
 
 def stop_all(servers: Sequence[Server]) -> None:
