@@ -59,14 +59,15 @@ import time
 from marshal import dumps as _marshal, loads as _unmarshal
 from pickle import dumps as _pickle
 
-from . import instance as _instance
-from .result_ids import MAX_TTL, check_ttl, id_times, new_id  # noqa: F401 - read here by the senders
+from . import instance as _instance, result_ids as _ids
 from .result_store import store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+MAX_TTL, check_ttl, id_times, new_id = _ids.MAX_TTL, _ids.check_ttl, _ids.id_times, _ids.new_id  # where callers look
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 SUCCEEDED, FAILED, INTERRUPTED = "succeeded", "failed", "interrupted"
@@ -118,7 +119,7 @@ BEAT = [0.0]
 # -- records and the hooks of each transition -----------------------------------------------------
 
 def _encode(status: str, attempts: int, times: tuple[float, float], error: tuple[str, str, str] | None = None,
-            value: object = None) -> bytes:
+            value: Any = None) -> bytes:
     return _marshal((VERSION, status, attempts, times[0], times[1], error, value))
 
 
