@@ -4,7 +4,6 @@ from the id alone, and waits no longer than the result lives."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 
@@ -21,8 +20,14 @@ MAX_TTL = 0xFFFFFFFF
 
 POOL = 4096
 """Ids whose random bits are read at once (one ``os.urandom`` per 4096 ids, and after a fork)."""
-_random = [os.urandom(6 * POOL).hex()]  # the random digits of the next ids, 12 an id
-_next = [itertools.count().__next__]  # each id its own number, even from threads at once (one C call)
+_random: list[str] = []  # the random digits of the next ids, 12 each: list.pop is one C call, safe from threads
+
+
+def _refill() -> str:
+    """The random digits of one id, once :data:`_random` has new ones (it was empty)."""
+    digits = os.urandom(6 * POOL).hex()
+    _random.extend([digits[at:at + 12] for at in range(12, 12 * POOL, 12)])
+    return digits[:12]
 
 
 def new_id(ttl: int) -> str:
@@ -41,23 +46,23 @@ def id_maker(ttl: int) -> Callable[[], str]:
     """
     digits = f"{ttl:08x}"
     head: list[tuple[int, str]] = [(-1, "")]  # (millisecond, its 20 digits), one cell: threads swap it whole
-    clock, numbers, pool = time.time, _next, _random
+    clock, pop = time.time, _random.pop
 
     def make() -> str:
         now = int(clock() * 1000)
         made = head[0]
         if made[0] != now:
             head[0] = made = (now, f"{now:012x}{digits}")
-        at = numbers[0]() % POOL * 12
-        if not at:
-            pool[0] = os.urandom(6 * POOL).hex()
-        return made[1] + pool[0][at:at + 12]
+        try:
+            return made[1] + pop()
+        except IndexError:
+            return made[1] + _refill()
 
     return make
 
 
 def _forked() -> None:
-    _next[0] = itertools.count().__next__  # the parent's random bytes are not this process's: read new ones
+    _random.clear()  # the parent's random digits are not this process's: read new ones
 
 
 os.register_at_fork(after_in_child=_forked)

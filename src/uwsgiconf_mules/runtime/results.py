@@ -109,7 +109,7 @@ CURRENT: list[tuple[str, int, float] | None] = [None]
 """(result id, attempt, started) of the call with a result this mule runs, until :func:`beat`
 writes its ``running`` record or it ends."""
 LAST: list[tuple[str, int, float] | None] = [None]
-"""The same, of the call that ran last (when it started, for the lifecycle's hooks)."""
+"""The same, of the call that raised last (when it started, for the lifecycle's hooks)."""
 WRITING: list[tuple[str, int, float] | None] = [None]
 """The call whose ``running`` record the timer thread is writing now (:func:`beat`), or None."""
 BEAT = [0.0]
@@ -401,7 +401,7 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *,
         current = store()
         started = clock()
         again = attempt[0]  # 0: a first attempt, whose record cannot hold an outcome yet
-        last[0] = call = (result_id, again or 1, started)
+        call = (result_id, again or 1, started)
         watched = started - beaten[0] < BEAT_STALE
         if watched:  # the timer thread writes `running` if the call outlasts RUNNING_AFTER
             current_call[0] = call
@@ -412,6 +412,7 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *,
         try:
             value = run(*args, **kwargs)
         except BaseException as exc:
+            last[0] = call  # when it started, for the lifecycle's hooks that follow
             if watched:
                 current_call[0] = None
                 if writing[0] is call:
