@@ -377,12 +377,10 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         return result
 
     def _send(self, task: Any) -> Callable[..., bool]:
-        """The sender of ``task``'s calls: its farm's, delayed until ``run_after`` when set."""
         sender = self._sender(task.queue_name)
         return sender if task.run_after is None else sender.at(_aware(task.run_after))  # type: ignore[attr-defined]
 
     def _call(self, task: Any, result: Any) -> tuple[Any, ...]:
-        """The arguments of ``_run`` in the mule for the call of ``result``."""
         return (task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
                 result.enqueued_at.isoformat())
 
@@ -422,8 +420,7 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
 
 @contextlib.contextmanager
 def _sending(task: Any, result: Any) -> Iterator[None]:
-    """Around the send of ``result``'s call: an error names ``task``, and the ``task_enqueued``
-    signal waiting in :data:`_announcements` is sent once the call is accepted (never for a refused one)."""
+    """Around a send: an error names ``task``; ``task_enqueued`` is sent once the call is accepted."""
     try:
         yield
     except MulesError as exc:  # named after the task, not after the function that runs it
