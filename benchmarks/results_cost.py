@@ -1,14 +1,16 @@
-"""What a result costs, on a real uWSGI: a call with a result (offload, the mule's two writes,
-the caller's read) against a plain offload, end to end, per call; and the proof at scale: 10,000
-calls with results made by two workers of four threads, each read back by id from the other
-worker and checked.
+"""What a result costs, on a real uWSGI: a call with a result (offload, the mule's write of its
+outcome, the caller's read) against a plain offload, end to end, per call; and the proof at scale:
+10,000 calls with results made by two workers of four threads, each read back by id from the
+other worker and checked.
 
     python benchmarks/results_cost.py [CALLS] [ROUNDS]
 
 Cost: one worker thread offloads CALLS small calls to one dispatch mule, then waits for the last
 to have run (plain: a call that touches a file the worker waits for; results: ``result()`` of
-every handle, in order). Rounds alternate plain and results; the medians are printed, with
-``results/plain = X.XX``.
+every handle, in order). Each round runs both modes back to back (their order alternating); the
+median of the rounds' ratios is printed as ``result/plain = X.XX`` (wall time), with the ratio of
+the CPU the worker and the mule used (``/proc``), and the load average. ``benchmarks/run.py``
+(``make bench``) runs :func:`summary` and prints :func:`report`.
 """
 
 from __future__ import annotations
