@@ -127,7 +127,7 @@ def declare(
     deploy_mode: object = None,
     mule_init: object = None,
     backends: object = None,
-    stats: object = None, on_failure: object = None, results: object = None,
+    stats: object = None, on_failure: object = None, results: object = None, schedules: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -135,7 +135,8 @@ def declare(
     The arguments are those of :meth:`uwsgiconf_mules.config.Workers.set_mules_params`, where each
     is documented (once: the docs render that docstring), and ``backends``, the farm name -> URL
     mapping of :meth:`~uwsgiconf_mules.config.Workers.set_offload_backends`. Each is checked by its
-    function in :mod:`.validate`.
+    function in :mod:`.validate`; ``schedules``, what ``section.workers.schedule`` collected
+    (:mod:`.schedules`), whose targets are checked here.
 
     :raises MulesConfigurationError: naming what is wrong; also for an argument uWSGI 2.0.x does not
         know (``msg_buffer_recv``) or an unknown one.
@@ -166,8 +167,14 @@ def declare(
             f"{max(culprit.mules)}; mule ids run from 1 to the number of mules", culprit=culprit.name)
 
     paths = _v.touch_paths(touch_reload)
+    routes = _v.backends(backends, seen)
+    from .schedules import check_targets
+
+    dispatchers = tuple(i for i, program in enumerate(programs, 1) if program is None)
     return _checked(Declarations(
-        backends=_v.backends(backends, seen),
+        schedules=check_targets(schedules, {spec.name: spec.mules for spec in specs},
+                                {backend.farm for backend in routes}, dispatchers),
+        backends=routes,
         dispatch_script=_v.dispatch_script() if None in programs else None,
         spool_dir=_v.spool_dir(spool_dir) if None in programs else None,
         deploy=_v.deploy(deploy_touch, deploy_mode),

@@ -25,6 +25,7 @@ from .names import (
     SPOOL_GAUGE,
 )
 from .results import ResultsStore, parse_store
+from .schedules import ScheduleSpec, parse_schedule
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ FIELDS = (
     Field("on_failure", None, _text("on-failure")),
     Field("results", None, _parsed("results", ResultsStore.record, parse_store)),
     Field("backends", (), _each("route", lambda backend: f"{backend.farm}:{backend.url()}", _route)),
+    Field("schedules", (), _each("schedule", ScheduleSpec.record, parse_schedule)),
     Field("touch_reload", (), None),
     Field("deploy", None, None),
 )
@@ -190,6 +192,8 @@ class Declarations:
         :mod:`uwsgiconf_mules.runtime.failures`); or None.
     :param results: The results store of the tasks that declare ``result_ttl`` (see
         :mod:`uwsgiconf_mules.declarations.results`); or None.
+    :param schedules: Periodic and cron calls (see :mod:`uwsgiconf_mules.declarations.schedules`),
+        in declared order.
     """
 
     __slots__ = (*_ATTRS, "_backends_by_name", "_farms_by_name")
@@ -208,6 +212,7 @@ class Declarations:
     on_failure: str | None
     results: ResultsStore | None
     backends: tuple[Backend, ...]
+    schedules: tuple[ScheduleSpec, ...]
     touch_reload: tuple[str, ...]
     deploy: tuple[str, str] | None
 
