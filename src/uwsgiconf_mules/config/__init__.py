@@ -220,7 +220,7 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
                              overlap=overlap, missed=missed, grace=grace, name=name, host_env=host_env)
         params = dict(self._section._mules_params)
         existing = params.get("schedules") or ()
-        params["schedules"] = (*existing, spec)  # type: ignore[misc]
+        params["schedules"] = (*existing, spec)
         return self._declare(params)
 
     def _declare(self, params: dict[str, object]) -> MulesMixin:

@@ -35,7 +35,7 @@ MAX_EVERY = 366 * 86400.0
 """The longest interval, in seconds."""
 CATCH_UP = 1000
 """The most ticks one look at a schedule runs (on-time ticks after a long pause are capped)."""
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 _CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 SEP = "|"
 """Separator of a schedule's parts in its record field."""
@@ -320,7 +320,7 @@ def schedule_spec(func: object, *, cron: object = None, every: object = None, fa
 
     func_path = validate_callable_path(func, "schedule function")
     label = name if name is not None else func_path
-    if not isinstance(label, str) or not label or len(label) > 100 or not _NAME_CHARS.issuperset(label.replace(":", ".")):
+    if not isinstance(label, str) or not label or len(label) > 100 or not _NAME_CHARS.issuperset(label):
         raise MulesConfigurationError(
             f"schedule name must be 1 to 100 letters, digits, '_', '-', '.' or ':', not {label!r}", culprit=label)
     if (cron is None) == (every is None):
@@ -360,7 +360,8 @@ def schedule_spec(func: object, *, cron: object = None, every: object = None, fa
     if host_env is not None and (not isinstance(host_env, str) or not host_env.isidentifier()):
         raise MulesConfigurationError(f"schedule {label!r}: host_env must be an environment variable's name, not "
                                       f"{host_env!r}", culprit=host_env)
-    return ScheduleSpec(label, func_path, f"farm:{farm}" if farm is not None else f"mule:{mule}", cron=cron,
+    target = f"farm:{farm}" if farm is not None else f"mule:{mule}"
+    return ScheduleSpec(label, func_path, target, cron=None if cron is None else str(cron),
                         every=seconds, tz=tz, args=call_args, kwargs=call_kwargs, overlap=overlap,
                         missed=str(missed), grace=float(grace), host_env=host_env)
 
