@@ -47,6 +47,8 @@ DIR = "schedules"
 """The spool's folder of the schedules' state files."""
 MAX_WAIT = 30.0
 """Longest sleep of the thread (a clock that jumps is seen again within it)."""
+POLL_NS = 50_000_000
+"""While a late tick waits for the previous run to finish: ns between two looks."""
 LOCK_TTL_MIN = 3600
 """Seconds a routed tick's Redis lock lives at least (longer for longer periods: twice the period)."""
 
@@ -212,28 +214,50 @@ class Scheduler:
                     self.cond.wait(min(MAX_WAIT, max(wait, 0.001)))
 
     def fire(self, spec: _specs.ScheduleSpec, now: int) -> int:
-        """Make the due ticks of ``spec`` calls (once: under its lock), and return its next tick.
+        """Make the due ticks of ``spec`` calls (once: under its lock), and return when to look again.
+
+        Without ``overlap``, one call at a time: a tick that came after the previous run was made,
+        while it has not finished, is skipped (counted); ticks that were already due then (late
+        ones, after a reload) wait their turn, each made once the previous run has finished.
 
         :param spec: The schedule.
         :param now: Now (ns).
         """
         with locked(state_path(self.spool, spec)) as state:
             last = state.get("tick")
-            if not isinstance(last, int):  # its first start: from now on
+            if not isinstance(last, int):  # its state was removed: from now on
                 state.update(tick=now, name=spec.name, func=spec.func)
-            else:
-                run, missed, looked = plan(spec, last, now)
-                if missed:
-                    state["missed"] = state.get("missed", 0) + missed
-                    _tasks.log().warning("uwsgiconf-mules: schedule %s missed %d tick(s) while no mule could fire "
-                                         "it (more than %g s late): %s", spec.name, missed, spec.grace,
-                                         "one run for them" if spec.missed == "once" else "skipped")
-                for tick in run:
-                    self._make(spec, tick, state)
-                state["tick"] = max(last, looked)
+                return _specs.next_ticks(spec, now)[0]
+            run, missed, looked = plan(spec, last, now)
+            floor = max(last, now - int(spec.grace * 1e9)) if missed else last
+            if missed:
+                state["missed"] = state.get("missed", 0) + missed
+                _tasks.log().warning("uwsgiconf-mules: schedule %s missed %d tick(s) while no mule could fire it "
+                                     "(more than %g s late): %s", spec.name, missed, spec.grace,
+                                     "one run for them" if spec.missed == "once" else "skipped")
+            waiting = False
+            for index, tick in enumerate(run):
+                if not spec.overlap and self._busy(spec, state):
+                    if tick > state.get("made_at", 0):  # it came while the previous run had not finished
+                        state["skipped"] = state.get("skipped", 0) + 1
+                        _tasks.log().warning("uwsgiconf-mules: schedule %s: the tick of %s is skipped, its previous "
+                                             "run has not finished (overlap=False)", spec.name, _when(tick))
+                        continue
+                    waiting, looked = True, tick - 1  # due before the previous run was made: its turn comes
+                    break
+                self._make(spec, tick, state)
+                if not spec.overlap and index + 1 < len(run):
+                    waiting, looked = True, tick
+                    break
+            state["tick"] = max(floor, looked)
             following = _specs.next_ticks(spec, state["tick"])[0]
             state["next"] = following
-        return following
+        return max(following, time.time_ns() + POLL_NS) if waiting else following
+
+    def _busy(self, spec: _specs.ScheduleSpec, state: dict[str, Any]) -> bool:
+        routed = self.declarations is not None and spec.target.startswith("farm:") and \
+            self.declarations.get_backend(spec.target[5:]) is not None
+        return not routed and pending(self.spool, spec, state.get("made"))
 
     def _make(self, spec: _specs.ScheduleSpec, tick: int, state: dict[str, Any]) -> None:
         """Make one tick a call (or skip it: overlap), with the lock held."""
@@ -246,18 +270,13 @@ class Scheduler:
             else:
                 state["elsewhere"] = state.get("elsewhere", 0) + 1
             return
-        if not spec.overlap and pending(self.spool, spec, state.get("made")):
-            state["skipped"] = state.get("skipped", 0) + 1
-            _tasks.log().warning("uwsgiconf-mules: schedule %s: the tick of %s is skipped, its previous run has not "
-                                 "finished (overlap=False)", spec.name, _when(tick))
-            return
         name = tick_name(spec, tick)
         if not _delayed.known(self.spool, spec.target, name):
             message = _protocol.encoder(spec.func)(spec.args, spec.kwargs)
             _delayed.write(self.spool, spec.target, _protocol.stored(message), tick, file_name=name)
             if self.notify is not None:
                 self.notify(spec.target, tick, name)
-        state["made"] = tick
+        state.update(made=tick, made_at=time.time_ns())
 
     def ran(self, claimed: str, ok: bool, began: float) -> None:
         """Note the outcome of a tick's call in its schedule's state (the timer calls it after each

@@ -1,0 +1,113 @@
+"""Schedules on a real uWSGI (see mule.schedules): once per tick whatever the workers and mules,
+with and without --lazy-apps, no overlap, across reloads and stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from support.harness import APP_PRELUDE, Server, compile_config, launch
+
+APP = '''
+import time
+
+
+@mule_offload("ticks")
+def tick(label):
+    record("tick", label=label, at=time.time(), pid=os.getpid())
+
+
+@mule_offload("ticks")
+def slow(label):
+    record("slow", label=label, at=time.time())
+    time.sleep(3.5)
+'''
+
+
+def config(spool: Path, schedules: str, mules: int = 2) -> str:
+    return (
+        "from datetime import timedelta\n"
+        "from uwsgiconf_mules import Section\n"
+        "section = Section()\n"
+        f"section.workers.set_mules_params(mules={mules}, farms=[section.workers.mule_farm('ticks', "
+        f"{list(range(1, mules + 1))})], spool_dir={str(spool)!r}, reload_mercy=20)\n"
+        f"{schedules}\n"
+        "uwsgi_configuration = section.as_configuration()\n"
+    )
+
+
+def start(tmp_path: Path, schedules: str, *, workers: int = 4, mules: int = 2, extra_args: tuple[str, ...] = (),
+          env: dict[str, str] | None = None) -> tuple[Server, Path]:
+    spool = tmp_path / "spool"
+    (tmp_path / "uwsgicfg.py").write_text(config(spool, schedules, mules))
+    (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    return launch(path, tmp_path, expect_mules=mules, workers=workers, extra_args=extra_args, env=env), path
+
+
+def state(tmp_path: Path) -> dict[str, object]:
+    (found,) = (tmp_path / "spool" / "schedules").glob("*.json")
+    return dict(json.loads(found.read_text()))
+
+
+def seconds_of(runs: list[dict[str, object]]) -> list[int]:
+    return [round(float(str(run["at"]))) for run in runs]
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["prefork", "lazy-apps"])
+def test_an_every_second_schedule_runs_once_per_second_with_4_workers_and_2_mules(tmp_path: Path,
+                                                                                  lazy: bool) -> None:
+    server, _ = start(tmp_path, "section.workers.schedule('app:tick', every=1, farm='ticks', args=['s'])",
+                      extra_args=("--lazy-apps",) if lazy else ())
+    try:
+        began = time.time()
+        time.sleep(10)
+        ended = time.time()
+        runs = [run for run in server.lines("tick") if began <= float(run["at"]) <= ended]
+        assert 9 <= len(runs) <= 11, runs  # once per second, +-1 at the edges of the window
+        seconds = seconds_of(runs)
+        assert len(set(seconds)) == len(seconds), seconds  # never twice in one tick
+        assert {run["label"] for run in runs} == {"s"}
+    finally:
+        server.stop()
+
+
+def test_a_long_run_is_not_overlapped_and_the_skips_are_counted(tmp_path: Path) -> None:
+    server, _ = start(tmp_path, "section.workers.schedule('app:slow', every=1, farm='ticks', args=['x'])",
+                      workers=1)
+    try:
+        time.sleep(8.5)
+        runs = server.lines("slow")
+        assert 2 <= len(runs) <= 3, runs  # a 3.5 s run every 4 ticks at most: never two at once
+        gaps = [b["at"] - a["at"] for a, b in zip(runs, runs[1:])]
+        assert all(gap >= 3.5 for gap in gaps), gaps
+        assert int(state(tmp_path).get("skipped", 0)) >= 4, state(tmp_path)
+        assert "the tick of" in server.log() and "is skipped, its previous run has not finished" in server.log()
+    finally:
+        server.stop()
+
+
+def test_sighup_every_2_s_neither_drops_nor_doubles_a_tick(tmp_path: Path) -> None:
+    server, _ = start(tmp_path, "section.workers.schedule('app:tick', every=1, farm='ticks', args=['h'])",
+                      workers=2)
+    try:
+        for _ in range(5):
+            time.sleep(2)
+            os.kill(server.proc.pid, signal.SIGHUP)
+        time.sleep(3)  # the last reload ends, its late ticks run (grace)
+        reloads = server.log().count("gracefully reloading") or server.log().count("...gracefully killing")
+        found = state(tmp_path)
+        runs = server.lines("tick")
+        first = int(float(runs[0]["at"]))  # the first tick ran within a second of its time
+        made = int(str(found["made"])) // 1_000_000_000
+        assert len(runs) == made - first + 1, (first, made, seconds_of(runs), found)  # each tick once
+        assert found.get("skipped", 0) == 0 and found.get("missed", 0) == 0, found
+        assert made - first >= 11, (first, made)  # 13 s of ticks, the last one or two still to come
+        assert reloads >= 1, server.log()[-3000:]
+    finally:
+        server.stop()
