@@ -111,3 +111,30 @@ def test_sighup_every_2_s_neither_drops_nor_doubles_a_tick(tmp_path: Path) -> No
         assert reloads >= 1, server.log()[-3000:]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("missed", ["skip", "once"])
+def test_ticks_missed_across_a_stop_follow_the_declared_policy(tmp_path: Path, missed: str) -> None:
+    server, path = start(tmp_path, f"section.workers.schedule('app:tick', every=4, farm='ticks', args=['m'], "
+                                   f"grace=1, missed={missed!r})", workers=1)
+    try:
+        server.wait_lines("tick", 1, timeout=10)
+    finally:
+        server.stop()
+    time.sleep(9 - time.time() % 4 + 0.6)  # down across two ticks at least; back at 0.6 s past a tick
+    runs_before = len(server.lines("tick"))
+    server = launch(path, tmp_path, expect_mules=2, workers=1)
+    try:
+        time.sleep(2.5)
+        after = server.lines("tick")[runs_before:]
+        off_tick = [run for run in after if 0.6 < float(run["at"]) % 4 < 3.9]  # not a tick's own run
+        found = state(tmp_path)
+        assert int(found["missed"]) >= 2, found
+        if missed == "skip":
+            assert off_tick == [], after
+        else:
+            assert len(off_tick) == 1, after  # one run for all the missed ticks
+            assert "one run for them" in server.log()
+        assert f"missed {found['missed']} tick(s)" in server.log() or "missed" in server.log()
+    finally:
+        server.stop()

@@ -406,3 +406,23 @@ def check_targets(schedules: object, farms: dict[str, tuple[int, ...]], routed: 
             raise MulesConfigurationError(f"schedule {spec.name!r}: farm {target!r} has programmed mules only, which "
                                           "run no offloaded call", culprit=spec.name)
     return tuple(schedules)
+
+
+def describe(spec: ScheduleSpec, now_ns: int, count: int = 3) -> str:
+    """One line on ``spec`` for ``uwsgiconf-mules check``: what, where, when, and its next runs.
+
+    :param spec: The schedule.
+    :param now_ns: Now (ns since the epoch).
+    :param count: How many next runs.
+    """
+    import datetime
+
+    where = spec.target.replace(":", " ", 1)
+    tz = zone(spec.tz)
+    when = f"{spec.when} ({spec.tz or 'local time'})" if spec.cron is not None else f"{spec.when} s"
+    following = ", ".join(datetime.datetime.fromtimestamp(tick / 1e9, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+                          for tick in next_ticks(spec, now_ns, count))
+    extra = "; overlap allowed" if spec.overlap else ""
+    host = f"; only where {spec.host_env}=1" if spec.host_env else ""
+    return (f"schedule {spec.name}: {spec.func} on {where}, {when}; next: {following}; missed: {spec.missed} "
+            f"(grace {spec.grace:g} s){extra}{host}")
