@@ -3,6 +3,7 @@ with and without --lazy-apps, no overlap, across reloads and stops."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support.harness import APP_PRELUDE, Server, compile_config, launch
 
 APP = '''
@@ -84,7 +86,7 @@ def test_a_long_run_is_not_overlapped_and_the_skips_are_counted(tmp_path: Path) 
         time.sleep(8.5)
         runs = server.lines("slow")
         assert 2 <= len(runs) <= 3, runs  # a 3.5 s run every 4 ticks at most: never two at once
-        gaps = [b["at"] - a["at"] for a, b in zip(runs, runs[1:])]
+        gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(runs)]
         assert all(gap >= 3.5 for gap in gaps), gaps
         assert int(state(tmp_path).get("skipped", 0)) >= 4, state(tmp_path)
         assert "the tick of" in server.log() and "is skipped, its previous run has not finished" in server.log()

@@ -245,7 +245,7 @@ class Scheduler:
                         continue
                     waiting, looked = True, tick - 1  # due before the previous run was made: its turn comes
                     break
-                self._make(spec, tick, state)
+                self._make(spec, tick, state, now)
                 if not spec.overlap and index + 1 < len(run):
                     waiting, looked = True, tick
                     break
@@ -259,7 +259,7 @@ class Scheduler:
             self.declarations.get_backend(spec.target[5:]) is not None
         return not routed and pending(self.spool, spec, state.get("made"))
 
-    def _make(self, spec: _specs.ScheduleSpec, tick: int, state: dict[str, Any]) -> None:
+    def _make(self, spec: _specs.ScheduleSpec, tick: int, state: dict[str, Any], now: int) -> None:
         """Make one tick a call (or skip it: overlap), with the lock held."""
         routed = self.declarations.get_backend(spec.target[5:]) if self.declarations is not None and \
             spec.target.startswith("farm:") else None
@@ -276,7 +276,7 @@ class Scheduler:
             _delayed.write(self.spool, spec.target, _protocol.stored(message), tick, file_name=name)
             if self.notify is not None:
                 self.notify(spec.target, tick, name)
-        state.update(made=tick, made_at=time.time_ns())
+        state.update(made=tick, made_at=now)
 
     def ran(self, claimed: str, ok: bool, began: float) -> None:
         """Note the outcome of a tick's call in its schedule's state (the timer calls it after each
@@ -316,8 +316,9 @@ def _enqueue(backend: Any, spec: _specs.ScheduleSpec, tick: int, declarations: A
     engine = import_module(ENGINES[backend.scheme].rpartition(".")[0] + ".schedules")
     period = spec.every if spec.every is not None else 86400.0
     ttl = int(max(LOCK_TTL_MIN, 2 * period))
-    taken: bool = engine.enqueue_tick(backend, f"uwsgiconf_mules:schedule:{spec.file_id}:{tick}", ttl, spec.func,
-                                      spec.args, spec.kwargs, declarations.send_timeout)
+    taken: bool = engine.enqueue_tick(backend, f"uwsgiconf_mules:schedule:{spec.file_id}:{tick}", ttl=ttl,
+                                      func=spec.func, args=spec.args, kwargs=spec.kwargs,
+                                      timeout=declarations.send_timeout)
     return taken
 
 

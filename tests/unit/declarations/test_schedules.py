@@ -88,7 +88,7 @@ def test_a_bad_schedule_is_refused_at_compile_naming_what_is_wrong(kwargs: dict[
 
 def test_the_function_path_is_checked_and_names_are_unique() -> None:
     built = section()
-    with pytest.raises(MulesConfigurationError, match="schedule function must be 'package.module:function'"):
+    with pytest.raises(MulesConfigurationError, match=r"schedule function must be 'package\.module:function'"):
         built.workers.schedule('app.tasks.job', every=5, farm='reports')
     built.workers.schedule('app.tasks:job', every=5, farm='reports')
     with pytest.raises(MulesConfigurationError, match="declared twice: give each schedule of one function its own"):
