@@ -366,20 +366,19 @@ def schedule_spec(func: object, *, cron: object = None, every: object = None, fa
                         missed=str(missed), grace=float(grace), host_env=host_env)
 
 
-def check_targets(schedules: object, farms: dict[str, tuple[int, ...]], routed: set[str],
-                  dispatchers: tuple[int, ...]) -> tuple[ScheduleSpec, ...]:
-    """The declared schedules, once their names are unique and their targets exist.
+def check_targets(declarations: Any) -> None:
+    """Check that the schedules of ``declarations`` have unique names and targets that exist.
 
-    :param schedules: What ``section.workers.schedule`` collected (a tuple of :class:`ScheduleSpec`), or None.
-    :param farms: The farms of mules, name -> mule ids.
-    :param routed: The farms routed to an offload backend.
-    :param dispatchers: The ids of the dispatch mules.
+    :param declarations: The declarations (a ``Declarations``), with what ``section.workers.schedule``
+        collected as its ``schedules``.
     :raises MulesConfigurationError: naming the schedule and its target.
     """
-    if schedules is None:
-        return ()
-    if not isinstance(schedules, (tuple, list)) or not all(isinstance(item, ScheduleSpec) for item in schedules):
+    schedules = declarations.schedules
+    if not all(isinstance(item, ScheduleSpec) for item in schedules):
         raise MulesConfigurationError("schedules are declared with section.workers.schedule(...)", culprit=schedules)
+    farms = {farm.name: farm.mules for farm in declarations.farms}
+    routed = {backend.farm for backend in declarations.backends}
+    dispatchers = declarations.dispatchers
     names: dict[str, str] = {}
     for spec in schedules:
         if spec.name in names or spec.file_id in names.values():
@@ -388,24 +387,21 @@ def check_targets(schedules: object, farms: dict[str, tuple[int, ...]], routed: 
                 "(a second schedule of the same function replaces nothing)", culprit=spec.name)
         names[spec.name] = spec.file_id
         kind, _, target = spec.target.partition(":")
+        problem = None
         if kind == "mule":
             if int(target) not in dispatchers:
-                raise MulesConfigurationError(
-                    f"schedule {spec.name!r}: mule {target} is not a dispatch mule of this section (dispatch mules: "
-                    f"{', '.join(map(str, dispatchers)) or 'none'})", culprit=spec.name)
+                problem = (f"mule {target} is not a dispatch mule of this section (dispatch mules: "
+                           f"{', '.join(map(str, dispatchers)) or 'none'})")
         elif target in routed:
             if not dispatchers:
-                raise MulesConfigurationError(
-                    f"schedule {spec.name!r}: farm {target!r} is routed to an offload backend, and its ticks are "
-                    "enqueued by a dispatch mule: declare at least one", culprit=spec.name)
+                problem = (f"farm {target!r} is routed to an offload backend, and its ticks are enqueued by a "
+                           "dispatch mule: declare at least one")
         elif target not in farms:
-            known = ", ".join(sorted([*farms, *routed])) or "none"
-            raise MulesConfigurationError(f"schedule {spec.name!r}: farm {target!r} is not declared (farms: {known})",
-                                          culprit=spec.name)
+            problem = f"farm {target!r} is not declared (farms: {', '.join(sorted([*farms, *routed])) or 'none'})"
         elif not set(farms[target]) & set(dispatchers):
-            raise MulesConfigurationError(f"schedule {spec.name!r}: farm {target!r} has programmed mules only, which "
-                                          "run no offloaded call", culprit=spec.name)
-    return tuple(schedules)
+            problem = f"farm {target!r} has programmed mules only, which run no offloaded call"
+        if problem is not None:
+            raise MulesConfigurationError(f"schedule {spec.name!r}: {problem}", culprit=spec.name)
 
 
 def describe(spec: ScheduleSpec, now_ns: int, count: int = 3) -> str:
