@@ -25,12 +25,13 @@ from .names import (
     SPOOL_GAUGE,
 )
 from .results import ResultsStore, parse_store
-from .schedules import ScheduleSpec, parse_schedule
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from .schedules import ScheduleSpec
 
     Found = dict[str, list[str]]  # record key -> its values, in order
 
@@ -126,6 +127,12 @@ def _farm(text: str) -> FarmSpec:
     return FarmSpec(name, tuple(int(i) for i in ids.split(",")))
 
 
+def _schedule(text: str) -> ScheduleSpec:
+    from .schedules import parse_schedule  # loaded by a record that has schedules only (workers read none)
+
+    return parse_schedule(text)
+
+
 def _route(text: str) -> Backend:
     name, _, url = text.partition(":")
     return parse_backend(name, url)
@@ -145,7 +152,7 @@ FIELDS = (
     Field("on_failure", None, _text("on-failure")),
     Field("results", None, _parsed("results", ResultsStore.record, parse_store)),
     Field("backends", (), _each("route", lambda backend: f"{backend.farm}:{backend.url()}", _route)),
-    Field("schedules", (), _each("schedule", ScheduleSpec.record, parse_schedule)),
+    Field("schedules", (), _each("schedule", lambda spec: spec.record(), _schedule)),
     Field("touch_reload", (), None),
     Field("deploy", None, None),
 )

@@ -167,3 +167,25 @@ def test_mine_is_the_targets_of_this_mule_where_the_host_flag_says_so() -> None:
     assert [spec.name for spec in _schedules.mine(1, declarations, {})] == ["app:a"]
     assert [spec.name for spec in _schedules.mine(1, declarations, {"HOST_FLAG": "1"})] == ["app:a", "app:c"]
     assert [spec.name for spec in _schedules.mine(2, declarations, {})] == ["app:b"]
+
+
+def _loaded(code: str) -> list[str]:
+    import subprocess
+    import sys
+
+    script = f"import sys\n{code}\nprint(sorted(m for m in sys.modules if 'sched' in m or 'cron' in m))"
+    return eval(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,  # type: ignore[no-any-return]
+                               check=True).stdout)
+
+
+def test_workers_and_mules_of_an_instance_without_schedules_load_none_of_it_and_cron_is_lazy() -> None:
+    plain = "v2;mules=1;send-timeout=5;spool=/tmp/x"
+    every_record = plain + ";schedule=s|app:job|mule:1|every 5||0|skip|60||"
+    cron_record = plain + ";schedule=s|app:job|mule:1|cron 0 3 * * *|UTC|0|skip|60||"
+    runtime = ("import uwsgiconf_mules.runtime, uwsgiconf_mules.dispatch_mule\n"
+               "from uwsgiconf_mules.declarations import parse_record\n")
+    assert _loaded(runtime + f"parse_record({plain!r})") == []
+    assert _loaded(runtime + f"parse_record({every_record!r})") == ["uwsgiconf_mules.declarations.schedules"]
+    assert "cronsim" not in _loaded(runtime + f"parse_record({cron_record!r})")
+    assert "cronsim" in _loaded(runtime + "from uwsgiconf_mules.declarations.schedules import next_ticks\n"
+                                f"next_ticks(parse_record({cron_record!r}).schedules[0], 0)")
