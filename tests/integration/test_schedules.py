@@ -7,12 +7,13 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from support.harness import APP_PRELUDE, Server, compile_config, launch
+from support.harness import APP_PRELUDE, BIN, Server, compile_config, launch
 
 APP = '''
 import time
@@ -30,22 +31,22 @@ def slow(label):
 '''
 
 
-def config(spool: Path, schedules: str, mules: int = 2) -> str:
+def config(spool: Path, schedules: str, mules: int = 2, params: str = "") -> str:
     return (
         "from datetime import timedelta\n"
         "from uwsgiconf_mules import Section\n"
         "section = Section()\n"
         f"section.workers.set_mules_params(mules={mules}, farms=[section.workers.mule_farm('ticks', "
-        f"{list(range(1, mules + 1))})], spool_dir={str(spool)!r}, reload_mercy=20)\n"
+        f"{list(range(1, mules + 1))})], spool_dir={str(spool)!r}, reload_mercy=20{params})\n"
         f"{schedules}\n"
         "uwsgi_configuration = section.as_configuration()\n"
     )
 
 
 def start(tmp_path: Path, schedules: str, *, workers: int = 4, mules: int = 2, extra_args: tuple[str, ...] = (),
-          env: dict[str, str] | None = None) -> tuple[Server, Path]:
+          env: dict[str, str] | None = None, params: str = "") -> tuple[Server, Path]:
     spool = tmp_path / "spool"
-    (tmp_path / "uwsgicfg.py").write_text(config(spool, schedules, mules))
+    (tmp_path / "uwsgicfg.py").write_text(config(spool, schedules, mules, params))
     (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
     path, compiled = compile_config(tmp_path)
     assert compiled.returncode == 0, compiled.stderr
@@ -80,10 +81,21 @@ def test_an_every_second_schedule_runs_once_per_second_with_4_workers_and_2_mule
 
 
 def test_a_long_run_is_not_overlapped_and_the_skips_are_counted(tmp_path: Path) -> None:
+    stats = tmp_path / "stats.sock"
     server, _ = start(tmp_path, "section.workers.schedule('app:slow', every=1, farm='ticks', args=['x'])",
-                      workers=1)
+                      workers=1, params=f", stats={str(stats)!r}")
     try:
         time.sleep(8.5)
+        top = subprocess.run([str(BIN / "uwsgiconf-mules"), "top", "--once", "uwsgicfg.py"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert top.returncode == 0, top.stderr
+        lines = top.stdout.splitlines()
+        at = next(index for index, line in enumerate(lines) if line.startswith("SCHEDULE"))
+        header, row = lines[at], lines[at + 1]
+        assert header.split() == ["SCHEDULE", "TARGET", "RUNS", "FAILED", "SKIPPED", "MISSED", "LAST", "RUN",
+                                  "OUTCOME", "NEXT"]
+        assert row.split()[1:3] == ["farm:ticks", str(len(server.lines("slow")) - 1)]  # the last one still runs
+        assert "succeeded" in row
         runs = server.lines("slow")
         assert 2 <= len(runs) <= 3, runs  # a 3.5 s run every 4 ticks at most: never two at once
         gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(runs)]
