@@ -152,3 +152,54 @@ def test_ticks_missed_across_a_stop_follow_the_declared_policy(tmp_path: Path, m
         assert f"missed {found['missed']} tick(s)" in server.log() or "missed" in server.log()
     finally:
         server.stop()
+
+
+FAILING = '''
+
+from uwsgiconf_mules.runtime import current_attempt
+
+
+@mule_offload("ticks", retries=1, retry_for=ValueError, retry_backoff=0.2, retry_jitter=False)
+def flaky(label):
+    record("flaky", label=label, attempt=current_attempt(), at=time.time())
+    if current_attempt() == 1:
+        raise ValueError("first attempt")
+
+
+@mule_offload("ticks")
+def broken(label):
+    raise RuntimeError(f"broken {label}")
+'''
+
+HOOKS = '''
+import json, os
+
+
+def report(key, args, kwargs, exc, mule_id):
+    with open(os.path.join(os.environ["TEST_RESULTS"], "hook"), "a") as out:
+        out.write(json.dumps({"key": key, "args": list(args), "error": str(exc)}) + "\\n")
+'''
+
+
+def test_retries_and_the_failure_hook_apply_to_scheduled_calls(tmp_path: Path) -> None:
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    schedules = ("section.workers.schedule('app:flaky', every=2, farm='ticks', args=['f'])\n"
+                 "section.workers.schedule('app:broken', every=2, farm='ticks', args=['b'])")
+    spool = tmp_path / "spool"
+    (tmp_path / "uwsgicfg.py").write_text(config(spool, schedules, 2, ", on_failure='hooks:report'"))
+    (tmp_path / "app.py").write_text(APP_PRELUDE + APP + FAILING)
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    server = launch(path, tmp_path, expect_mules=2, workers=1)
+    try:
+        runs = server.wait_lines("flaky", 4, timeout=15)
+        hooked = server.wait_lines("hook", 1, timeout=10)
+        assert [run["attempt"] for run in runs[:2]] == [1, 2]  # each tick's call retried once, then done
+        assert runs[1]["at"] - runs[0]["at"] >= 0.15
+        assert {(line["key"], line["error"]) for line in hooked} == {("app:broken", "broken b")}
+        states = {json.loads(path.read_text())["name"]: json.loads(path.read_text())
+                  for path in (spool / "schedules").glob("*.json")}
+        assert states["app:broken"]["failed"] >= 1 and states["app:broken"]["outcome"] == "failed"
+        assert "task app:broken failed in mule" in server.log()
+    finally:
+        server.stop()
