@@ -189,6 +189,7 @@ class Scheduler:
         self.all = list(declarations.schedules) if declarations is not None else list(specs)
         self.cond = threading.Condition()
         self.stopped = False
+        self.timer: Any = None  # the mule's timer, whose stop stops this thread too
         self.next: dict[str, int] = {}
         for spec in specs:
             with locked(state_path(spool, spec)) as state:
@@ -198,7 +199,7 @@ class Scheduler:
 
     def run(self) -> None:
         """The thread: fires each schedule at its ticks until the mule stops."""
-        while not self.stopped:
+        while not (self.stopped or getattr(self.timer, "stopped", False)):
             now = time.time_ns()
             for spec in self.specs:
                 if self.next[spec.name] <= now and not self.stopped:
@@ -278,23 +279,34 @@ class Scheduler:
                 self.notify(spec.target, tick, name)
         state.update(made=tick, made_at=now)
 
-    def ran(self, claimed: str, ok: bool, began: float) -> None:
+    @staticmethod
+    def failures() -> int:
+        """Failures reported in this process so far (``runtime.failures``): the timer reads it before a
+        tick's call, and :meth:`ran` after it."""
+        from ..runtime import failures as _failures
+
+        return _failures.REPORTED[0]
+
+    def ran(self, claimed: str, failures: int, began: float) -> None:
         """Note the outcome of a tick's call in its schedule's state (the timer calls it after each
-        delayed call of a schedule it ran).
+        delayed call of a schedule it ran): ``failed`` when a failure was reported meanwhile,
+        ``refused`` when its function is not a registered task, ``succeeded`` otherwise.
 
         :param claimed: The call's claimed path.
-        :param ok: Whether it succeeded.
+        :param failures: :meth:`failures` before the call.
         :param began: When it began (``time.time()``).
         """
         number = schedule_of(os.path.basename(claimed))
         spec = next((spec for spec in self.all if spec.file_id == number), None)
         if spec is None:
             return
+        outcome = "failed" if self.failures() != failures else \
+            "succeeded" if spec.func.encode() in _tasks.REGISTRY else "refused"
         with locked(state_path(self.spool, spec)) as state:
             state["runs"] = state.get("runs", 0) + 1
-            if not ok:
+            if outcome != "succeeded":
                 state["failed"] = state.get("failed", 0) + 1
-            state.update(last_start=began, last_end=time.time(), outcome="succeeded" if ok else "failed")
+            state.update(last_start=began, last_end=time.time(), outcome=outcome)
 
     def stop(self) -> None:
         """Stop firing."""
@@ -340,19 +352,20 @@ def mine(mule_id: int, declarations: Declarations, environ: Any = None) -> list[
     return found
 
 
-def start(spool: _spool.Spool, mule_id: int, declarations: Declarations | None,
-          notify: Callable[[str, int, str], None] | None) -> Scheduler | None:
-    """Start this dispatch mule's schedules thread, when it fires any schedule.
+def start(spool: _spool.Spool, mule_id: int, declarations: Declarations | None, timer: Any) -> Scheduler | None:
+    """Start this dispatch mule's schedules thread, when it fires any schedule; it stops with the
+    timer (a tick made after that is kept in the spool for the next mules, as any delayed call).
 
     :param spool: The spool.
     :param mule_id: This mule's id.
     :param declarations: The instance's declarations.
-    :param notify: The timer's ``notify``.
+    :param timer: The mule's timer (``mule.timer.Timer``): told of each call made, and whether it stopped.
     """
     if declarations is None or not declarations.schedules:
         return None
     specs = mine(mule_id, declarations)
-    scheduler = Scheduler(spool, mule_id, specs, declarations, notify)
+    scheduler = Scheduler(spool, mule_id, specs, declarations, timer.notify)
+    scheduler.timer = timer
     if specs:
         from .. import _threads
 

@@ -293,15 +293,16 @@ def run_claimed(spool: _spool.Spool, claimed: str, harakiri: int) -> None:
             spool.bury(claimed, f"unreadable delayed call: {exc}")
         return
     _policy.ATTEMPT[0] = attempt if attempt > 1 else 0
-    began, ok = time.time(), False
+    scheduler, began = SCHEDULER[0] if "-0-" in claimed else None, time.time()  # a schedule's tick: outcome noted
+    failures = scheduler.failures() if scheduler is not None else 0
     try:
-        ok = _tasks.run(_protocol.restored(payload), harakiri)
+        _tasks.run(_protocol.restored(payload), harakiri)
     finally:
         _policy.ATTEMPT[0] = 0
         with contextlib.suppress(FileNotFoundError):
             os.unlink(running)
-        if SCHEDULER[0] is not None and "-0-" in claimed:  # a schedule's tick (mule.schedules): its outcome noted
-            SCHEDULER[0].ran(claimed, ok, began)
+        if scheduler is not None:
+            scheduler.ran(claimed, failures, began)
 
 
 def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *, attempt: int, ran: float | None,
@@ -432,7 +433,7 @@ def start(uwsgi: Any, spool: _spool.Spool, mule_id: int, declarations: Declarati
     _threads.start(timer.scanner)
     if declarations is not None and declarations.schedules:  # imported only by mules of an instance with schedules
         from .schedules import start as start_schedules
-        SCHEDULER[0] = start_schedules(spool, mule_id, declarations, timer.notify)
+        SCHEDULER[0] = start_schedules(spool, mule_id, declarations, timer)  # it stops with the timer
     return timer
 
 
@@ -440,8 +441,6 @@ def stop() -> None:
     """Stop the timer of this mule (told to stop), putting back what it claimed and did not start;
     the record says no call runs."""
     _running.clear()
-    if SCHEDULER[0] is not None:
-        SCHEDULER[0].stop()
     timer = _timer
     if timer is not None:
         timer.stop()

@@ -288,7 +288,7 @@ def refuse(message: bytes, reason: str) -> None:
                        f"letter ({exc})", "not kept as a dead letter")
 
 
-def run(message: bytes, harakiri: int = 0) -> bool:
+def run(message: bytes, harakiri: int = 0) -> None:
     """Run the call in an authenticated envelope (one that starts with ``_protocol.PREFIX``);
     refuse it, with a log line, when it cannot run. Never raises under uWSGI (outside, a warnings
     filter may turn the :func:`returned` warning into an exception), except ``KeyboardInterrupt``:
@@ -298,20 +298,18 @@ def run(message: bytes, harakiri: int = 0) -> bool:
 
     :param message: The envelope.
     :param harakiri: Seconds the call may run before uWSGI kills the mule; 0 for no limit.
-    :returns: Whether the call ran and returned (False: refused, or it raised).
     """
     try:
         key, args, kwargs = _protocol.decode(message)
     except Exception as exc:
         refuse(message, f"cannot decode the envelope ({type(exc).__name__}: {exc})")
-        return False
+        return
     func = find(key)
     if isinstance(func, str):
         refuse(message, func)
-        return False
+        return
     uwsgi = _instance.uwsgi
     result = None
-    ok = False
     running = RUNNING.set(key.decode())  # a registered key: UTF-8
     counters = COUNTING
     cell = counters.cell(key) if counters is not None else None
@@ -324,7 +322,6 @@ def run(message: bytes, harakiri: int = 0) -> bool:
         if harakiri:
             uwsgi.set_user_harakiri(harakiri)
         result = func(*args, **kwargs)
-        ok = True
     except KeyboardInterrupt:  # the one exception that stops the mule, as it stops Django's immediate backend
         if cell is not None:
             cell[1] += 1
@@ -343,7 +340,6 @@ def run(message: bytes, harakiri: int = 0) -> bool:
             cell[2] += perf_counter() - began
     if result is not None:
         returned(key, result)
-    return ok
 
 
 def receive(message: bytes, harakiri: int = 0, *, strict: bool = True) -> bytes | None:

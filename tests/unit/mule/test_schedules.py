@@ -189,3 +189,25 @@ def test_workers_and_mules_of_an_instance_without_schedules_load_none_of_it_and_
     assert "cronsim" not in _loaded(runtime + f"parse_record({cron_record!r})")
     assert "cronsim" in _loaded(runtime + "from uwsgiconf_mules.declarations.schedules import next_ticks\n"
                                 f"next_ticks(parse_record({cron_record!r}).schedules[0], 0)")
+
+
+def test_the_outcome_of_a_tick_s_call_is_noted_in_its_state(tmp_path: Path) -> None:
+    from uwsgiconf_mules.runtime import failures, tasks
+
+    spool = make(tmp_path)
+    spec = every()
+    mule = scheduler(spool, spec)
+    claimed = f"/x/123-run-farm-f-{_schedules.tick_name(spec, T0 + S)}"
+    before = mule.failures()
+    mule.ran(claimed, before, 1.0)  # app:job is no registered task: refused
+    tasks.REGISTRY[b"app:job"] = lambda: None
+    try:
+        mule.ran(claimed, before, 2.0)
+        failures.REPORTED[0] += 1  # a failure reported during the call
+        mule.ran(claimed, before, 3.0)
+    finally:
+        del tasks.REGISTRY[b"app:job"]
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert (state["runs"], state["failed"], state["outcome"], state["last_start"]) == (3, 2, "failed", 3.0)
+    mule.ran("/x/123-run-farm-f-00000000000000000001-77-00000001.call", before, 4.0)  # not a schedule's call
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["runs"] == 3
