@@ -184,7 +184,8 @@ def report(key, args, kwargs, exc, mule_id):
 def test_retries_and_the_failure_hook_apply_to_scheduled_calls(tmp_path: Path) -> None:
     (tmp_path / "hooks.py").write_text(HOOKS)
     schedules = ("section.workers.schedule('app:flaky', every=2, farm='ticks', args=['f'])\n"
-                 "section.workers.schedule('app:broken', every=2, farm='ticks', args=['b'])")
+                 "section.workers.schedule('app:broken', every=2, farm='ticks', args=['b'])\n"
+                 "section.workers.schedule('app:missing', every=2, farm='ticks')")
     spool = tmp_path / "spool"
     (tmp_path / "uwsgicfg.py").write_text(config(spool, schedules, 2, ", on_failure='hooks:report'"))
     (tmp_path / "app.py").write_text(APP_PRELUDE + APP + FAILING)
@@ -197,9 +198,16 @@ def test_retries_and_the_failure_hook_apply_to_scheduled_calls(tmp_path: Path) -
         assert [run["attempt"] for run in runs[:2]] == [1, 2]  # each tick's call retried once, then done
         assert runs[1]["at"] - runs[0]["at"] >= 0.15
         assert {(line["key"], line["error"]) for line in hooked} == {("app:broken", "broken b")}
-        states = {json.loads(path.read_text())["name"]: json.loads(path.read_text())
-                  for path in (spool / "schedules").glob("*.json")}
+        states = states_of(spool)
         assert states["app:broken"]["failed"] >= 1 and states["app:broken"]["outcome"] == "failed"
         assert "task app:broken failed in mule" in server.log()
+        assert "schedule app:missing names no task (unknown task app:missing" in server.log()  # said at start
+        server.wait_for(lambda: states_of(spool)["app:missing"].get("outcome") == "refused", what="a refusal")
+        assert "refused a" in server.log() and "unknown task app:missing" in server.log()
     finally:
         server.stop()
+
+
+def states_of(spool: Path) -> dict[str, dict[str, object]]:
+    found = [json.loads(path.read_text()) for path in (spool / "schedules").glob("*.json")]
+    return {str(state["name"]): state for state in found}

@@ -198,7 +198,15 @@ class Scheduler:
                 self.next[spec.name] = _specs.next_ticks(spec, state["tick"])[0]
 
     def run(self) -> None:
-        """The thread: fires each schedule at its ticks until the mule stops."""
+        """The thread: checks that each schedule names a task (said at start, not at its first tick,
+        which may be days away), then fires each schedule at its ticks until the mule stops."""
+        for spec in self.specs:
+            if self.declarations is None or self.declarations.get_backend(spec.target.partition(":")[2]) is None:
+                found = _tasks.find(spec.func.encode())  # imports its module, as a mule does for a call
+                if isinstance(found, str):
+                    _tasks.log().error("uwsgiconf-mules: mule %d: schedule %s names no task (%s): each of its ticks "
+                                       "will be refused, as any call of an unknown task", self.mule_id, spec.name,
+                                       found)
         while not (self.stopped or getattr(self.timer, "stopped", False)):
             now = time.time_ns()
             for spec in self.specs:
