@@ -3,8 +3,9 @@
 Four instances in turn, each with 2 workers and 2 dispatch mules in one farm: no schedule, 100
 cron schedules not due in the window (``0 3 * * *`` under 100 names), 100 schedules every 60 s
 (aligned to the epoch: all tick at :00, once at most in the window) and 100 every 10 s (two
-ticks each in the window, each a call of a task that does nothing). After a settling second, the CPU time of every process of the instance (utime + stime
-of the master, workers and mules, from /proc) over ``--seconds`` (default 20), as % of one core.
+ticks each in the window, each a call of a task that does nothing). After a settling second, the
+CPU time of every process of the instance (utime + stime of the master, workers and mules, from
+/proc) over ``--seconds`` (default 20), as % of one core.
 
     python benchmarks/schedules_idle.py [--seconds 20]
 """
