@@ -13,11 +13,13 @@ stop) is found at the next start: late by less than the schedule's ``grace``, it
 later, it is *missed* (``skip``: counted and dropped; ``once``: one run for all of them).
 
 No overlap (the default): a tick whose previous run is still pending, claimed or running (a file
-of that schedule in ``delayed/`` or ``claimed/`` of a live mule) is skipped and counted.
+of that schedule in ``delayed/`` or ``claimed/`` of a live mule; a retry of a tick's call is kept
+under the schedule's name too, see :meth:`Scheduler.before`) is skipped and counted.
 
 A farm routed to an offload backend (RQ) has no mules: the first dispatch mule enqueues its ticks,
 each under a lock in the engine's Redis (``SET NX EX``), so that every uWSGI instance that runs the
-same config enqueues each tick once for the whole cluster.
+same config enqueues each tick once for the whole cluster; the engine skips a tick while the
+previous tick's job has not ended (:mod:`uwsgiconf_mules.contrib.rq.schedules`).
 
 The state file also keeps the counters (runs, failed, skipped, missed) and the last run's outcome,
 which ``uwsgiconf-mules top`` shows.
@@ -133,10 +135,11 @@ def pending(spool: _spool.Spool, spec: _specs.ScheduleSpec, made: int | None, re
     if made is not None and os.path.lexists(os.path.join(spool.part(_delayed.folder(spec.target)),
                                                           tick_name(spec, made))):
         return True
-    if isinstance(retry, list) and len(retry) == 2 and schedule_of(str(retry[1])) == spec.file_id and \
-            str(retry[0]).startswith(("mule:", "farm:")) and \
-            os.path.lexists(os.path.join(spool.part(_delayed.folder(str(retry[0]))), str(retry[1]))):
-        return True
+    if isinstance(retry, list) and len(retry) == 2 and _delayed.valid_name(str(retry[1])) and \
+            schedule_of(str(retry[1])) == spec.file_id:  # a name of this schedule's (its folder is checked)
+        with contextlib.suppress(ValueError):
+            if os.path.lexists(os.path.join(spool.part(_delayed.folder(str(retry[0]))), str(retry[1]))):
+                return True
     suffix = f"-0-{spec.file_id}.call"
     try:
         names = os.listdir(spool.part("claimed"))
