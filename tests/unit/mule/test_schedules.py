@@ -142,7 +142,7 @@ def test_a_routed_farm_s_tick_is_enqueued_under_a_lock(tmp_path: Path, monkeypat
         if key in taken:
             return "elsewhere"
         taken.add(key)
-        sent.append((key, ttl, func))
+        sent.append((key, ttl, func, overlap))
         return "skipped" if key.endswith(str(T0 + 2 * S)) else "enqueued"  # the job of T0 + S still runs
 
     import uwsgiconf_mules.contrib.rq.schedules as engine
@@ -156,12 +156,13 @@ def test_a_routed_farm_s_tick_is_enqueued_under_a_lock(tmp_path: Path, monkeypat
         mule.fire(spec, T0 + S // 2)
     for mule in instances:
         mule.fire(spec, T0 + S + 1000)
-    assert sent == [(f"uwsgiconf_mules:schedule:{spec.file_id}:{T0 + S}", 3600, "app:job")]
+    assert sent == [(f"uwsgiconf_mules:schedule:{spec.file_id}:{T0 + S}", 3600, "app:job", False)]
     for mule in instances:
         mule.fire(spec, T0 + 2 * S + 1000)
     states = [_schedules.read_state(_schedules.state_path(mule.spool, spec)) for mule in instances]
     assert [(state.get("runs", 0), state.get("skipped", 0), state.get("elsewhere", 0)) for state in states] == \
         [(1, 1, 0), (0, 0, 2)]  # the instance that took the tick counts its skip
+    assert len(sent) == 2 and not sent[1][3]
     del spool
 
 
