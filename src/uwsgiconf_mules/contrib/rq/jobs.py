@@ -250,8 +250,11 @@ class Job(_RQJob):
         from ...errors import Retry
         from ...runtime import policy as _policy
 
-        key = self._task_key()
-        policy = _policy.POLICIES.get(key) if key is not None else None
+        policy = None
+        key = self._task_key() if self.func_name == _RUN and not (self._refused or self._unreadable) else None
+        if key is not None:  # its module imported first, as run() imports it (a forked work horse has not yet)
+            _start()
+            policy = None if isinstance(_tasks.find(key.encode()), str) else _policy.POLICIES.get(key)
         attempt = 1
         if policy is not None and isinstance(self.retries_left, int):
             attempt = max(1, policy.retries - self.retries_left + 1)

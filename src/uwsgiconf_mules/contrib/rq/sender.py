@@ -252,7 +252,8 @@ def delayed_sender(backend: Backend, label: str, timeout: float) -> Callable[[by
         key = raw_key.decode()
         if strict:
             check_json(key, args, kwargs, label)
-        when = datetime.datetime.fromtimestamp(due_ns / 1e9, datetime.timezone.utc)
+        # RQ keeps a scheduled job's time in whole seconds, rounded down: rounded up here, never early.
+        when = datetime.datetime.fromtimestamp(-(-due_ns // 1_000_000_000), datetime.timezone.utc)
         try:
             queue = _queue(queues, backend, timeout)
             job = queue.create_job(RUN, args=(key, *args), kwargs=kwargs, status=JobStatus.SCHEDULED,
