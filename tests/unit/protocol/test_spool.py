@@ -299,3 +299,31 @@ def test_a_flood_of_distinct_reasons_is_summed_up_in_a_bounded_line() -> None:
     assert summary.startswith("uwsgiconf-mules: mule 0: 4980 more message(s) refused in the last 60 s: ")
     assert f": {4980 - _spool.Burst.REASONS} x other reasons; 1 x reason 20 " in summary  # the most first
     assert len(summary) < 3_000
+
+
+def test_dead_letters_kept_from_two_threads_are_counted_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                ) -> None:
+    # A dispatch mule keeps dead letters from its loop (failed calls) and its timer thread (interrupted
+    # calls, see mule.timer.interrupted): the count of dead/ that keeps its quota stays exact. Here the
+    # timer's letter comes while the loop's is being counted (the first keep counts dead/).
+    import threading
+
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    letters = _spool.DeadLetters(spool, [].append)
+    count = letters._count
+    other = threading.Thread(target=lambda: letters.keep(b"ak:timer\x00", "interrupted: app:t (in mule 1)"))
+
+    def counting() -> list[int]:
+        found = count()
+        if not other.is_alive() and other.ident is None:
+            other.start()
+            other.join(0.5)  # done by now without the lock; waits for it with the lock
+        return found
+
+    monkeypatch.setattr(letters, "_count", counting)
+    letters.keep(b"ak:loop\x00", "failed: app:f (ValueError, attempt 1 of 1): x", durable=False)
+    other.join(10)
+    for i in range(20):
+        letters.keep(f"ak:{i}\x00".encode(), "unknown task")
+    assert letters.held == count() == [spool.size(("dead",)), 22]
