@@ -138,7 +138,8 @@ def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: l
         return lines
     if action == "replay":
         replayed, untrusted = kept.replay(problems)
-        return [f"replayed {replayed} dead letter(s): they run when the dispatch mules next start",
+        return [f"replayed {replayed} dead letter(s): they run when the dispatch mules next start (a delayed call "
+                "still ahead of its time, back among the delayed calls of its target, when due)",
                 f"kept {untrusted} untrusted message(s): never replayed (purge them)"]
     parts = ("queue", "claimed", "dead") if everything else ("dead",)
     removed = kept.purge(parts, problems)

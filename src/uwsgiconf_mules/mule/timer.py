@@ -333,7 +333,8 @@ def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *,
         why = "" if policy is None or not policy.acks_late else "; no attempt left"
         note = (f"interrupted: {escape(name)} (in mule {mule_id}, pid {pid}, after {how_long}, attempt {attempt} of "
                 f"{attempts}{why}) | the mule died during the call (killed, out of memory, or a hard time limit): "
-                "it may have run in part; replay it only if that is safe")
+                "it may have run in part; replay it only if that is safe"
+                f"{_delayed.origin_note(target) if target else ''}")
         letters = _tasks._dead_letters
         if letters is not None:
             letters.keep(payload, note)

@@ -247,6 +247,7 @@ def _not_kept(target: str, due_ns: int, attempt: int, payload: bytes, exc: Excep
     """A delayed call this mule could not keep (a full disk, no spool, a bad file name): a
     ``failed`` dead letter under its task's name, when the spool takes it; one log line either way."""
     from .._text import escape
+    from ..protocol.spool import delayed as _delayed
     from .policy import task_name
 
     try:
@@ -259,8 +260,9 @@ def _not_kept(target: str, due_ns: int, attempt: int, payload: bytes, exc: Excep
     letters = _tasks._dead_letters
     where = "nowhere (no usable spool)"
     if letters is not None:
+        origin = _delayed.origin_note(target, due_ns, attempt)
         note = (f"failed: {escape(name)} (delayed call not kept, attempt {attempt}): {escape(why)[:200]} | due "
-                f"{due} UTC for {escape(target)}; replay it to run it now")
+                f"{due} UTC for {escape(target)}; replayed, it waits for its time again{origin}")
         try:
             letters.keep(payload, note, durable=False)
             where = f"as a failed dead letter in {letters.spool.part('dead')}"

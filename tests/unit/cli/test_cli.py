@@ -484,7 +484,8 @@ def test_spool_lists_replays_and_purges(tmp_path: Path) -> None:
     ]
     replayed = invoke_with(tmp_path, body, cli, "spool", "replay")
     assert replayed.stdout.splitlines()[1:] == [
-        "  replayed 2 dead letter(s): they run when the dispatch mules next start",
+        "  replayed 2 dead letter(s): they run when the dispatch mules next start (a delayed call still ahead of its "
+        "time, back among the delayed calls of its target, when due)",
         "  kept 1 untrusted message(s): never replayed (purge them)",
         "  to start them now: kill -HUP <pid of the uWSGI master> (a graceful reload of the instance); for a file to "
         "touch instead, declare set_mules_params(touch_reload=...)"]

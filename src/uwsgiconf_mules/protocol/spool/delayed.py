@@ -102,6 +102,46 @@ def note(target: str, attempt: int) -> str:
     return f"{target} attempt={attempt}"
 
 
+ORIGIN = " | kept for "
+"""Start of the end of a dead letter's note that says where its call goes back when replayed (see
+:func:`origin_note`)."""
+
+
+def origin_note(target: str, due_ns: int = 0, attempt: int = 1) -> str:
+    """The end of a dead letter's note that says where its call belongs: its target, and for a
+    delayed call (or a retry) its due time and attempt; :meth:`Spool.replay
+    <uwsgiconf_mules.protocol.spool.Spool.replay>` puts it back there.
+
+    :param target: ``mule:N`` or ``farm:NAME``.
+    :param due_ns: When it may run (ns since the epoch), or 0 for a call that was due already.
+    :param attempt: The attempt it will be.
+    :returns: The end of the note; empty for a target that is none (its call goes to any mule).
+    """
+    try:
+        folder(target)
+    except ValueError:
+        return ""
+    return f"{ORIGIN}{target} due_ns={max(0, due_ns)} attempt={max(1, attempt)}"
+
+
+def parse_origin(text: str) -> tuple[str, int, int] | None:
+    """(target, due ns, attempt) of a dead letter's note that ends with :func:`origin_note`; None
+    for any other (its call goes back to ``queue/`` for any dispatch mule).
+
+    :param text: The note.
+    """
+    _, found, end = text.rpartition(ORIGIN)
+    target, _, rest = end.partition(" due_ns=")
+    due, _, attempt = rest.partition(" attempt=")
+    if not found or not due.isdigit() or not attempt.isdigit() or not due.isascii() or not attempt.isascii():
+        return None
+    try:
+        folder(target)
+    except ValueError:
+        return None
+    return target, int(due), max(1, int(attempt))
+
+
 def parse_note(text: str) -> tuple[str, int]:
     """(target, attempt) of a delayed call's note.
 
