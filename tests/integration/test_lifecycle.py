@@ -81,6 +81,15 @@ def later(query):
     return stamp.later(float(seconds))(tag, due)
 
 
+@route("/later_or_error")
+def later_or_error(query):
+    tag, seconds = query.split(",")
+    try:
+        return stamp.later(float(seconds))(tag, time.time() + float(seconds))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 @route("/spread")
 def spread(query):
     count, span = (float(x) for x in query.split(","))
@@ -244,5 +253,37 @@ def test_a_thousand_delayed_calls_over_ten_seconds_each_run_once_none_early(tmp_
         by_mule = collections.Counter(run["mule"] for run in runs)
         print(f"1000 delayed calls, by mule {dict(by_mule)}: lateness p50 {late[500] * 1000:.1f} ms, "
               f"p99 {late[990] * 1000:.1f} ms, max {late[-1] * 1000:.1f} ms")
+    finally:
+        server.stop()
+
+
+def test_delayed_calls_past_the_spool_limit_are_refused_to_their_sender(tmp_path: Path) -> None:
+    """Delayed calls count against the spool's limit as queued calls do: a sparse file of 256 MiB
+    among the delayed calls (due in 2100: never run) fills the limit without using the disk."""
+    from uwsgiconf_mules.protocol import spool as _spool
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    server, _ = start(tmp_path)
+    try:
+        assert server.get("/later_or_error?before,0.5") == (200, True)
+        kept = _spool.Spool(str(tmp_path / "spool"))
+        os.makedirs(kept.part(delayed.folder("mule:1")), 0o700, exist_ok=True)
+        filler = os.path.join(kept.part(delayed.folder("mule:1")), delayed.name(4_102_444_800 * 10 ** 9))
+        with open(filler, "wb") as handle:
+            handle.truncate(_spool.DEFAULT_LIMIT)
+        os.chmod(filler, 0o600)
+        refused = server.wait_for(lambda: (lambda r: r[1] if r[1] is not True else None)(
+            server.get("/later_or_error?refused,0.5")), 10, "a refused delayed call")
+        assert refused.startswith("DeliveryError: task app:stamp: a delayed call for mule:1 is refused: the spool "
+                                  f"{kept.path} holds its limit of {_spool.DEFAULT_LIMIT} bytes"), refused
+        os.unlink(filler)
+        server.wait_for(lambda: server.get("/later_or_error?after,0.5")[1] is True, 10, "delayed calls taken again")
+        runs = server.wait_lines("stamp", 2)
+        time.sleep(1.0)
+        tags = [run["tag"] for run in server.lines("stamp")]
+        assert tags.count("before") == 1 and tags.count("after") == 1 and "refused" not in tags
+        assert "delayed calls are refused (DeliveryError) while the spool" in server.log()
+        assert "takes delayed calls again" in server.log()
+        assert runs
     finally:
         server.stop()

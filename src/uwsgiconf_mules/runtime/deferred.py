@@ -201,7 +201,15 @@ def delayed_sender(key: str, encode: Callable[[tuple[Any, ...], dict[str, Any]],
                 SENDING[0] = None
         assert note is not None
         from ..protocol.spool.delayed import name
+        from .spool_watch import delayed_refusal
 
+        full = delayed_refusal()
+        if full is not None:  # told now: the mule that would receive it could only keep it past the limit
+            from ..errors import DeliveryError
+
+            raise DeliveryError(f"task {key}: a delayed call for {note} is refused: {full}; it was not sent "
+                                "(sending resumes within a second of room being made: run or purge calls)",
+                                target=note)
         return deliver(_defer_encode((note, due, 1, _protocol.stored(message), name(due)), {}))
 
     return send_delayed
@@ -281,7 +289,8 @@ NOTIFY: list[Callable[[str, int, str], None] | None] = [None]
 """The dispatch mule's timer, told of each delayed call this process keeps (target, due, name)."""
 
 
-def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: str | None = None) -> str:
+def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: str | None = None, *,
+             within_limit: bool = False) -> str:
     """Keep a delayed call in this dispatch mule's spool, and tell its timer.
 
     :param target: ``mule:N`` or ``farm:NAME``.
@@ -289,8 +298,11 @@ def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: 
     :param due_ns: When it may run, in nanoseconds since the epoch.
     :param attempt: The attempt it will be.
     :param file_name: Its file name, or None for a new one.
+    :param within_limit: Refuse it while the spool holds its limit (a retry; a call its sender was
+        told is accepted is kept whatever the limit).
     :returns: The file's path.
-    :raises MulesRuntimeError: when this process has no usable spool.
+    :raises MulesRuntimeError: when this process has no usable spool, or (``within_limit``) the
+        spool holds its limit.
     :raises OSError: when the disk refuses.
     """
     import os
@@ -298,11 +310,16 @@ def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: 
     from ..protocol.spool import delayed as _delayed
 
     letters = _tasks._dead_letters
-    if letters is None:
+    full = None
+    if within_limit and letters is not None:
+        from .spool_watch import delayed_refusal
+
+        full = delayed_refusal()
+    if letters is None or full is not None:
         from ..errors import MulesRuntimeError
 
-        raise MulesRuntimeError(f"mule {_tasks.current_mule()} has no usable spool: the delayed call for {target} "
-                                "cannot be kept")
+        raise MulesRuntimeError(full or f"mule {_tasks.current_mule()} has no usable spool: the delayed call for "
+                                f"{target} cannot be kept")
     path = _delayed.write(letters.spool, target, payload, due_ns, attempt, file_name=file_name)
     notify = NOTIFY[0]
     if notify is not None:

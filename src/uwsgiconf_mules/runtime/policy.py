@@ -310,7 +310,7 @@ def _guard(key: str, func: Callable[..., Any], policy: Policy, encode: Callable[
             note = target_note()
             try:
                 schedule(note or f"mule:{_tasks.current_mule()}", _protocol.stored(encode(args, kwargs)),
-                         time.time_ns() + int(delay * 1e9), attempt + 1)
+                         time.time_ns() + int(delay * 1e9), attempt + 1, within_limit=True)
             except Exception as keep_exc:
                 _tasks.log().error("uwsgiconf-mules: task %s: the retry (attempt %d of %d) cannot be kept (%s): the "
                                    "call fails now", key, attempt + 1, policy.attempts, keep_exc)

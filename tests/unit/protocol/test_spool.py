@@ -327,3 +327,30 @@ def test_dead_letters_kept_from_two_threads_are_counted_exactly(tmp_path: Path, 
     for i in range(20):
         letters.keep(f"ak:{i}\x00".encode(), "unknown task")
     assert letters.held == count() == [spool.size(("dead",)), 22]
+
+
+def test_the_bytes_of_delayed_calls_are_counted_again_only_for_changed_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    held = delayed.Held(spool)
+    assert held.total() == 0
+    first = delayed.write(spool, "farm:a", b"x" * 100, 10 ** 18)
+    delayed.write(spool, "mule:1", b"y" * 50, 10 ** 18)
+    assert held.total() == spool.size(("delayed/farm-a", "delayed/mule-1")) == os.path.getsize(first) + \
+        os.path.getsize(spool.files("delayed/mule-1")[0])
+    os.unlink(first)
+    assert held.total() == os.path.getsize(spool.files("delayed/mule-1")[0])  # a removal seen
+    old = time.time_ns() - 10 * 10 ** 9
+    for where in ("delayed/farm-a", "delayed/mule-1"):
+        os.utime(spool.part(where), ns=(old, old))
+    total = held.total()  # listed once more (their times changed), then not again
+    measured: list[str] = []
+    scandir = _spool.store._scandir  # type: ignore[attr-defined]
+    monkeypatch.setattr(_spool.store, "_scandir", lambda path, *a: measured.append(path) or scandir(path, *a))
+    assert held.total() == total
+    assert measured == []  # unchanged folders: not listed again

@@ -351,3 +351,44 @@ def strangers(spool: _store.Spool) -> list[tuple[str, str]]:
         where = folder(target)
         found.extend((f"{where[len(PART) + 1:]}/{name}", why) for name, why in spool.strangers(where))
     return found
+
+
+class Held:
+    """Bytes the delayed calls of a spool hold, counted again cheaply: a folder is listed again only
+    when its modification time changed (or is younger than a second: a change in the same clock
+    tick), and only the files not seen yet are measured. Delayed calls count against the spool's
+    limit as queued calls do (see ``runtime.spool_watch``).
+
+    :param spool: The spool.
+    """
+
+    def __init__(self, spool: _store.Spool) -> None:
+        self.spool = spool
+        self.folders: dict[str, tuple[int, dict[str, int], int]] = {}  # folder -> (mtime, name -> size, sum)
+
+    def total(self) -> int:
+        """Bytes held in ``delayed/`` now (this user's regular files only)."""
+        import time
+
+        try:
+            with os.scandir(self.spool.part(PART)) as entries:
+                names = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            names = []
+        now, total, seen = time.time_ns(), 0, {}
+        for folder_name in names:
+            where = self.spool.part(f"{PART}/{folder_name}")
+            try:
+                mtime = os.stat(where).st_mtime_ns
+            except OSError:
+                continue
+            known = self.folders.get(folder_name)
+            if known is None or known[0] != mtime or now - mtime < 1_000_000_000:
+                before = known[1] if known is not None else {}
+                sizes = {entry.name: before.get(entry.name) or entry.stat(follow_symlinks=False).st_size
+                         for entry in _store._scandir(where)}
+                known = (mtime, sizes, sum(sizes.values()))
+            seen[folder_name] = known
+            total += known[2]
+        self.folders = seen
+        return total
