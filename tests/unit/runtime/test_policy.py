@@ -229,3 +229,20 @@ def test_the_longest_retry_delay_is_the_longest_delay() -> None:
     from uwsgiconf_mules.runtime.deferred import MAX_DELAY
 
     assert MAX_RETRY_DELAY == MAX_DELAY
+
+
+def test_at_keeps_its_moment_a_sender_kept_for_later_does_not_drift(tmp_path: Path) -> None:
+    import time
+
+    cfg = tmp_path / "cfg_at.py"
+    cfg.write_text("from uwsgiconf_mules import Section\nsection = Section()\n"
+                   "section.workers.set_mules_params(mules=1)\nuwsgi_configuration = section.as_configuration()\n")
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=10)
+    with capture(str(cfg)) as outbox:
+        kept = plain.at(when)
+        later = plain.later(10)
+        time.sleep(0.5)
+        kept(1)
+        later(2)
+    assert outbox[0].delay is not None and 9.0 < outbox[0].delay <= 9.55  # the moment, not 10 s from at()
+    assert outbox[1].delay == 10  # later(): from each call
