@@ -272,8 +272,11 @@ def test_delayed_calls_past_the_spool_limit_are_refused_to_their_sender(tmp_path
         with open(filler, "wb") as handle:
             handle.truncate(_spool.DEFAULT_LIMIT)
         os.chmod(filler, 0o600)
-        refused = server.wait_for(lambda: (lambda r: r[1] if r[1] is not True else None)(
-            server.get("/later_or_error?refused,0.5")), 10, "a refused delayed call")
+        def refusal() -> object:
+            answer = server.get("/later_or_error?refused,0.5")[1]
+            return None if answer is True else answer
+
+        refused = server.wait_for(refusal, 10, "a refused delayed call")
         assert refused.startswith("DeliveryError: task app:stamp: a delayed call for mule:1 is refused: the spool "
                                   f"{kept.path} holds its limit of {_spool.DEFAULT_LIMIT} bytes"), refused
         os.unlink(filler)

@@ -5,6 +5,7 @@ jobs, ``time_limit`` as ``job_timeout``, and the job class still refusing forged
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -100,10 +101,8 @@ def worker_of(tmp_path: Path) -> Iterator[Callable[[Server, tuple[str, ...]], su
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        try:  # the scheduler and the work horse it may have left
+        with contextlib.suppress(ProcessLookupError):  # the scheduler and the work horse it may have left
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.parametrize("worker_args", [(), ("--worker-class", "rq.worker.SimpleWorker")],
@@ -129,7 +128,8 @@ def test_retries_delays_and_time_limits_run_in_rq_and_forged_retries_stay_refuse
     spacing = [flaky[1]["at"] - flaky[0]["at"], flaky[2]["at"] - flaky[1]["at"]]
     # The declared spacing, 3 s then 6 s, within 20 %, give or take the whole seconds RQ keeps scheduled times in
     # (rounded down) and the 1 s rounds of its scheduler.
-    assert 3.0 * 0.8 - 1.0 <= spacing[0] <= 3.0 * 1.2 + 1.0 and 6.0 * 0.8 - 1.0 <= spacing[1] <= 6.0 * 1.2 + 1.0, spacing
+    for seconds, declared in zip(spacing, (3.0, 6.0), strict=True):
+        assert declared * 0.8 - 1.0 <= seconds <= declared * 1.2 + 1.0, spacing
     stamps = server.wait_lines("stamp", 2, timeout=30)
     assert sorted(line["tag"] for line in stamps) == ["at", "later"]
     for line in stamps:  # none early; RQ's scheduler moves a due job within about a second

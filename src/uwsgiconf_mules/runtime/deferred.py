@@ -160,8 +160,9 @@ SENDING: list[Any] = [None]
 
 
 def delayed_sender(key: str, encode: Callable[[tuple[Any, ...], dict[str, Any]], bytes],
-                   deliver: Callable[[bytes], bool], target_note: Callable[[], str | None], how: str, when: object,
-                   remote: Callable[[], Callable[[bytes, int], bool] | None] | None = None) -> Callable[..., bool]:
+                   deliver: Callable[[bytes], bool], target_note: Callable[[], str | None], *, how: str,
+                   when: object, remote: Callable[[], Callable[[bytes, int], bool] | None] | None = None,
+                   ) -> Callable[..., bool]:
     """What ``f.later(seconds)`` and ``f.at(when)`` return: a function that sends a call of ``f`` to
     run no earlier than ``seconds`` after each call of it, or than the moment ``when`` (kept as it
     is: the delay is taken at each call, so a sender kept for later does not drift).

@@ -323,8 +323,8 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
             raise TaskOptionError(f"task {key}: {_deferred.label(target)} is routed to an offload backend, and a task "
                                   f"with result_ttl cannot be delayed there yet: {how}() is refused", task=key,
                                   option=f"{how}()")
-        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, how), how,
-                                        when, remote)
+        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, how),
+                                        how=how, when=when, remote=remote)
 
     later = functools.partial(delayed, "later")
     at = functools.partial(delayed, "at")

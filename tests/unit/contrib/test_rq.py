@@ -429,7 +429,8 @@ def test_a_retry_field_within_what_the_task_declares_runs_and_a_forged_one_does_
     forged = queue(routed)
     ids = {
         "too many": forged.enqueue_call(_remote.RUN, args=(FLAKY, "x", 9), retry=rq.Retry(max=50)).id,
-        "far interval": forged.enqueue_call(_remote.RUN, args=(FLAKY, "y", 9), retry=rq.Retry(max=1, interval=10**9)).id,
+        "far interval": forged.enqueue_call(_remote.RUN, args=(FLAKY, "y", 9),
+                                            retry=rq.Retry(max=1, interval=10**9)).id,
         "callback": forged.enqueue_call(_remote.RUN, args=(FLAKY, "z", 9), retry=rq.Retry(max=2),
                                         on_failure=rq.Callback("support.remote_tasks.dropped")).id,
         "no retries declared": forged.enqueue_call(_remote.RUN, args=(KEY, "w"), retry=rq.Retry(max=1)).id,

@@ -107,7 +107,7 @@ def run(key: str, /, *args: Any, **kwargs: Any) -> Any:
     if check is not None:  # the task's own module says which of its calls a job may make
         check(args)
     if getattr(found, "_policy", None) is not None:  # a task with a lifecycle: RQ runs its retries (see Job)
-        found = found.__wrapped__
+        found = found.__wrapped__  # type: ignore[attr-defined]
     # A task that keeps results is registered wrapped (its calls to mules carry a result id): RQ keeps a job's
     # result itself, so the job runs the function and returns its value.
     return getattr(found, "_results_raw", found)(*args, **kwargs)
@@ -267,7 +267,7 @@ class Job(_RQJob):
             elif isinstance(exc, Retry) and exc.delay is not None and isinstance(self.retry_intervals, list):
                 from ...runtime.deferred import MAX_DELAY
 
-                intervals = list(self.retry_intervals) or [0.0]
+                intervals: list[Any] = list(self.retry_intervals) or [0.0]
                 index = min(max(len(intervals) - self.retries_left, 0), len(intervals) - 1)
                 intervals[index] = max(0.0, min(float(exc.delay), MAX_DELAY))
                 self.retry_intervals = intervals

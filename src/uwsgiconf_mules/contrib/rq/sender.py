@@ -177,8 +177,9 @@ def job_options(key: str) -> dict[str, Any]:
     if policy.retries:
         from rq import Retry
 
-        options["retry"] = Retry(max=policy.retries,
-                                 interval=[round(policy.delay(attempt), 3) for attempt in range(1, policy.retries + 1)])
+        # RQ's Retry says int, and takes seconds as floats (timedelta(seconds=...)): the declared backoff as it is.
+        intervals: list[Any] = [round(policy.delay(attempt), 3) for attempt in range(1, policy.retries + 1)]
+        options["retry"] = Retry(max=policy.retries, interval=intervals)
     return options
 
 
