@@ -10,7 +10,8 @@ other keyword names from the task's own arguments). With the ``json`` serializer
 the arguments are checked before anything is sent: only ``str``, ``int``, ``float``, ``bool``,
 ``None``, ``list`` and ``dict`` with ``str`` keys reach the worker as they were sent, so
 anything else raises :class:`~uwsgiconf_mules.errors.PayloadError` at the call site, naming the
-argument.
+argument. A task's lifecycle (``retries``, ``time_limit``, see :func:`job_options`) is carried by
+RQ's own options, and a delayed call is a scheduled job (:func:`delayed_sender`).
 
 Connections. A Redis client is made on a process's first send, never at import nor in the uWSGI
 master, and only one per process and server (a process forked with a client makes its own);
