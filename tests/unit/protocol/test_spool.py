@@ -339,18 +339,21 @@ def test_the_bytes_of_delayed_calls_are_counted_again_only_for_changed_folders(
     spool.create()
     held = delayed.Held(spool)
     assert held.total() == 0
+    time.sleep(0.05)
     first = delayed.write(spool, "farm:a", b"x" * 100, 10 ** 18)
     delayed.write(spool, "mule:1", b"y" * 50, 10 ** 18)
     assert held.total() == spool.size(("delayed/farm-a", "delayed/mule-1")) == os.path.getsize(first) + \
         os.path.getsize(spool.files("delayed/mule-1")[0])
     os.unlink(first)
+    time.sleep(0.05)  # past the next listing allowed (twenty times as long as the last one took)
     assert held.total() == os.path.getsize(spool.files("delayed/mule-1")[0])  # a removal seen
     old = time.time_ns() - 10 * 10 ** 9
     for where in ("delayed/farm-a", "delayed/mule-1"):
         os.utime(spool.part(where), ns=(old, old))
     total = held.total()  # listed once more (their times changed), then not again
     measured: list[str] = []
-    scandir = _spool.store._scandir  # type: ignore[attr-defined]
-    monkeypatch.setattr(_spool.store, "_scandir", lambda path, *a: measured.append(path) or scandir(path, *a))
+    sizes = delayed.Held._sizes
+    monkeypatch.setattr(delayed.Held, "_sizes", staticmethod(lambda where, before: measured.append(where) or
+                                                             sizes(where, before)))
     assert held.total() == total
     assert measured == []  # unchanged folders: not listed again

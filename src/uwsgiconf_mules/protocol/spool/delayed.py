@@ -356,15 +356,20 @@ def strangers(spool: _store.Spool) -> list[tuple[str, str]]:
 class Held:
     """Bytes the delayed calls of a spool hold, counted again cheaply: a folder is listed again only
     when its modification time changed (or is younger than a second: a change in the same clock
-    tick), and only the files not seen yet are measured. Delayed calls count against the spool's
-    limit as queued calls do (see ``runtime.spool_watch``).
+    tick), at most every twenty times as long as its last listing took (a folder of 100,000 calls
+    that changes all the time costs its counter a few percent of a core), and only the files not
+    seen yet are measured. Delayed calls count against the spool's limit as queued calls do (see
+    ``runtime.spool_watch``).
 
     :param spool: The spool.
     """
 
+    SLOWER = 20
+    """A folder is listed again at most every this many times as long as its last listing took."""
+
     def __init__(self, spool: _store.Spool) -> None:
         self.spool = spool
-        self.folders: dict[str, tuple[int, dict[str, int], int]] = {}  # folder -> (mtime, name -> size, sum)
+        self.folders: dict[str, tuple[int, dict[str, int], int, float]] = {}  # (mtime, sizes, sum, next listing)
 
     def total(self) -> int:
         """Bytes held in ``delayed/`` now (this user's regular files only)."""
@@ -383,12 +388,39 @@ class Held:
             except OSError:
                 continue
             known = self.folders.get(folder_name)
-            if known is None or known[0] != mtime or now - mtime < 1_000_000_000:
-                before = known[1] if known is not None else {}
-                sizes = {entry.name: before.get(entry.name) or entry.stat(follow_symlinks=False).st_size
-                         for entry in _store._scandir(where)}
-                known = (mtime, sizes, sum(sizes.values()))
+            changed = known is None or known[0] != mtime or now - mtime < 1_000_000_000
+            if changed and (known is None or time.monotonic() >= known[3]):
+                began = time.monotonic()
+                sizes = self._sizes(where, known[1] if known is not None else {})
+                known = (mtime, sizes, sum(sizes.values()), began + self.SLOWER * (time.monotonic() - began))
+            assert known is not None
             seen[folder_name] = known
             total += known[2]
         self.folders = seen
         return total
+
+    @staticmethod
+    def _sizes(where: str, before: dict[str, int]) -> dict[str, int]:
+        """Name -> size of the delayed calls in folder ``where``: names listed without a ``stat``,
+        the files not in ``before`` measured (and kept only when they are this user's)."""
+        sizes: dict[str, int] = {}
+        uid = os.geteuid()
+        try:
+            with os.scandir(where) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if not name.endswith(".call") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    size = before.get(name)
+                    if size is None:
+                        try:
+                            info = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if info.st_uid != uid:
+                            continue
+                        size = info.st_size
+                    sizes[name] = size
+        except FileNotFoundError:
+            pass
+        return sizes
