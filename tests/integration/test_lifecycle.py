@@ -39,6 +39,18 @@ def always_fails(tag):
     raise KeyError(tag)
 
 
+@mule_offload(retries=1, retry_for=ValueError, retry_backoff=4.0, retry_jitter=False)
+def slow_retry(tag):
+    record("slow_retry", tag=tag, attempt=current_attempt(), at=time.time())
+    if current_attempt() == 1:
+        raise ValueError("once")
+
+
+@route("/slow_retry")
+def send_slow_retry(query):
+    return slow_retry(query)
+
+
 @mule_offload()
 def plain_fails(tag):
     raise RuntimeError(f"plain {tag}")
@@ -294,5 +306,30 @@ def test_delayed_calls_past_the_spool_limit_are_refused_to_their_sender(tmp_path
         assert "delayed calls are refused (DeliveryError) while the spool" in server.log()
         assert "takes delayed calls again" in server.log()
         assert runs
+    finally:
+        server.stop()
+
+
+def test_a_pending_retry_survives_a_reload_and_a_killed_mule_and_runs_once(tmp_path: Path) -> None:
+    """A retry is a delayed call: kept in the spool across a SIGHUP and a SIGKILL of its mule."""
+    server, path = start(tmp_path)
+    try:
+        for number, (tag, trigger) in enumerate((("hup", _hup), ("kill", _kill_mule))):
+            assert server.get(f"/slow_retry?{tag}") == (200, True)
+            server.wait_for(lambda tag=tag: [r for r in server.lines("slow_retry") if r["tag"] == tag], 10, tag)
+            time.sleep(0.3)  # the retry kept in delayed/ (due in 4 s)
+            if trigger is _hup:
+                trigger(server, tmp_path, path)
+            else:
+                os.kill(server.mule_pids()[1], signal.SIGKILL)
+                _wait_spawn(server, 3 + number - 1)
+            server.wait_for(lambda tag=tag: len([r for r in server.lines("slow_retry") if r["tag"] == tag]) >= 2, 20,
+                            f"the retry of {tag}")
+        time.sleep(1.0)
+        runs = server.lines("slow_retry")
+        for tag in ("hup", "kill"):
+            mine = [run for run in runs if run["tag"] == tag]
+            assert [run["attempt"] for run in mine] == [1, 2], runs  # once, after the reload or the kill
+            assert mine[1]["at"] - mine[0]["at"] >= 4.0 * 0.8, mine
     finally:
         server.stop()
