@@ -16,7 +16,6 @@ from ..protocol import spool as _spool
 from ..protocol.spool import delayed as _delayed
 from .common import cli, echo, errors, fail, spools
 
-
 _DJANGO_RUN = "uwsgiconf_mules.django:_run"
 
 
