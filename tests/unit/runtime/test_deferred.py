@@ -96,3 +96,22 @@ def test_an_origin_note_is_parsed_back_and_anything_else_is_not() -> None:
     for bad in ("unknown task", "x | kept for farm:mail due_ns=1x attempt=1",
                 "x | kept for ../etc due_ns=1 attempt=1", "x | kept for farm:mail due_ns=1"):
         assert delayed.parse_origin(bad) is None, bad
+
+
+def test_a_failed_call_is_kept_with_a_bounded_message_and_the_end_of_its_traceback(kept: _spool.Spool) -> None:
+    from uwsgiconf_mules.runtime import policy
+
+    error: BaseException = KeyError("first of the chain")
+    for number in range(100):  # a long traceback: a chain of 100 exceptions
+        try:
+            raise ValueError(f"link {number:03d} " + "m" * 400) from error
+        except ValueError as exc:
+            error = exc
+    policy.keep_failed("shop.tasks:mail", (1,), {}, error)
+    [(note, payload)] = letters(kept)
+    assert payload == PAYLOAD  # the call itself: replayable
+    head, _, text = note.partition(" | ")
+    assert head == "failed: shop.tasks:mail (ValueError, attempt 1 of 1): " + ("link 099 " + "m" * 400)[
+        :policy.MESSAGE_MAX]
+    assert len(text) <= 2 * policy.TRACEBACK_MAX  # its last 4,000 characters (line ends escaped)
+    assert "link 099" in text and "first of the chain" not in text  # the end is what is kept, not the start
