@@ -51,6 +51,11 @@ def send_slow_retry(query):
     return slow_retry(query)
 
 
+def hooked(key, args, kwargs, exc, mule_id):
+    """The on_failure hook of a test: the attempt that failed."""
+    record("hooked", key=key, attempt=current_attempt(), exc=type(exc).__name__, mule_id=mule_id)
+
+
 @mule_offload()
 def plain_fails(tag):
     raise RuntimeError(f"plain {tag}")
@@ -112,11 +117,11 @@ def spread(query):
 '''
 
 
-def start(tmp_path: Path, mules: int = 1) -> tuple[Server, Path]:
+def start(tmp_path: Path, mules: int = 1, more: str = "") -> tuple[Server, Path]:
     spool = tmp_path / "spool"
     farm = f"section.workers.mule_farm('timed', {list(range(1, mules + 1))})"
     (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules={mules}, farms=[{farm}], spool_dir={str(spool)!r}, "
-                                                      "reload_mercy=20"))
+                                                      f"reload_mercy=20{more}"))
     from support.harness import APP_PRELUDE
 
     (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
@@ -331,5 +336,19 @@ def test_a_pending_retry_survives_a_reload_and_a_killed_mule_and_runs_once(tmp_p
             mine = [run for run in runs if run["tag"] == tag]
             assert [run["attempt"] for run in mine] == [1, 2], runs  # once, after the reload or the kill
             assert mine[1]["at"] - mine[0]["at"] >= 4.0 * 0.8, mine
+    finally:
+        server.stop()
+
+
+def test_the_on_failure_hook_sees_the_attempt_that_failed_last(tmp_path: Path) -> None:
+    server, _ = start(tmp_path, more=", on_failure='app:hooked'")
+    try:
+        assert server.get("/always?h") == (200, True)  # retries=1 (KeyError): fails at attempts 1 and 2
+        server.wait_lines("hooked", 1, timeout=20)
+        time.sleep(0.5)
+        assert [run["attempt"] for run in server.lines("always")] == [1, 2]
+        hooked = server.lines("hooked")
+        assert [(run["key"], run["attempt"], run["exc"], run["mule_id"]) for run in hooked] == [
+            ("app:always_fails", 2, "KeyError", 1)]  # once, on the last attempt (a retried failure is no failure)
     finally:
         server.stop()
