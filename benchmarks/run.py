@@ -20,7 +20,9 @@ variant costs per call, not how it waits. End to end means from the first send u
 has run call N; a run that loses calls is reported as lost, not as fast. ``x raw`` is the median
 over runs of the ratio to the raw run just before it (every run of a variant follows a raw run
 of its own, round by round, and the machine's speed drifts within seconds). Prints a markdown table,
-writes ``benchmarks/results/latest.json``, and ends with the line ``offload/raw = X.XX``.
+writes ``benchmarks/results/latest.json``, and ends with the line ``offload/raw = X.XX``. Before it,
+``result/plain = X.XX``: a call with a result (offload, the mule's write of its outcome, the
+caller's read) against a plain offload, end to end per call, paired runs (``results_cost.py``).
 
     python benchmarks/run.py            # full run (a few minutes)
     python benchmarks/run.py --smoke    # tiny N, one run: checks that the benchmark works
@@ -44,6 +46,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+import results_cost  # noqa: E402  # beside this script: a call with a result against a plain offload
 
 from support.harness import Server, declaration, start_server  # noqa: E402
 
@@ -448,6 +452,8 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "| idle mule | RSS kB | PSS kB | PSS overhead kB |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} |"
               for name, m in results["memory"].items()]
+    if "results_cost" in results:  # a call with a result against a plain offload (benchmarks/results_cost.py)
+        lines += ["", *results_cost.report(results["results_cost"])]
     lines += ["", f"counters on/raw = {_ratio(thr, sizes[0], COUNTED)}", f"offload/raw = {_ratio(thr, sizes[0])}"]
     return "\n".join(lines)
 
@@ -491,6 +497,8 @@ def main() -> int:
         if not args.skip_extras and not args.rq_only:
             results["import"] = import_cost(repeat)
             results["memory"] = mule_memory(workdir)
+            results["results_cost"] = results_cost.summary(workdir / "results-cost", *(
+                (500, 1) if args.smoke else (20_000, 7)))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
     print(report(results))
