@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 RESCAN = 0.1
 """Seconds between two checks of the folders' modification times (calls kept by other processes)."""
-FULL_RESCAN = 5.0
-"""Seconds between two listings of every folder, changed or not (a change its mtime did not show)."""
+FULL_RESCAN = 20.0
+"""Seconds between two listings of every folder, changed or not (a safety net; young ones are listed always)."""
 YOUNG_NS = 1_000_000_000
 """A folder whose mtime is younger than this (ns) is listed at every rescan."""
 RECOVER_EVERY = 5.0
