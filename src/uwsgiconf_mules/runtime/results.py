@@ -81,7 +81,7 @@ TRACEBACK_MAX = 4000
 """Longest traceback text kept with a failed call, in characters (its end)."""
 MESSAGE_MAX = 1000
 """Longest exception message kept, in characters."""
-WAIT_FIRST = 0.0005
+WAIT_FIRST = 0.00005
 """Seconds ``result()`` sleeps after its first look (doubled at each next, up to :data:`WAIT_MAX`)."""
 WAIT_MAX = 0.05
 """Longest sleep of ``result()`` between two looks, in seconds."""
