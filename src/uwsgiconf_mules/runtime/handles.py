@@ -10,7 +10,7 @@ from pickle import loads as _unpickle
 
 from ..errors import ResultNotFound, ResultTimeout, TaskFailed, UsageError
 from . import instance as _instance
-from .result_store import store
+from .result_store import hot_store, store
 from .results import FINAL, QUEUED_FIELDS, SUCCEEDED, VERSION, WAIT_FIRST, WAIT_MAX, _decode, id_times
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -170,8 +170,8 @@ class Result(_Generic[_R]):
         when it expires (the offload's): one ``cache_get``, one ``marshal.loads``, one clock read."""
         expires = self._expires
         if expires is not None:
-            current = store()
-            found = current.get_raw(self.id, current.name)
+            _, _, get, name, _ = _HOT[0] if _HOT else hot_store(_HOT)
+            found = get(self.id, name)
             if found is None:
                 return _looked_up(self.id)  # queued, lost, expired: one look more, which says which
             try:
@@ -207,6 +207,10 @@ class Result(_Generic[_R]):
             if self._fields[1] in FINAL:
                 return self.return_value
             pause = min(pause * 2, WAIT_MAX)
+
+
+_HOT: list[tuple[Any, Any, Any, str, int]] = []
+"""The store of the lean read (:meth:`Result._look`), under uWSGI (see :func:`.result_store.hot_store`)."""
 
 
 def _read(result_id: str) -> tuple[Any, ...]:

@@ -395,11 +395,11 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *,
     TASKS[key] = ttl
     clock, attempt, final, current_call, last, beaten = time.time, ATTEMPT, FINAL, CURRENT, LAST, BEAT
     writing, direct = WRITING, DIRECT
-    hot: list[tuple[Any, Any, str, int]] = []  # under uWSGI: (store, its put, name, item_size), at the first call
+    hot: list[tuple[Any, Any, Any, str, int]] = []  # under uWSGI: see hot_store, from the first call
 
     def with_result(result_id: str, /, *args: Any, **kwargs: Any) -> None:
         # succeeded(), inlined: this runs for every call of the task in a mule.
-        current, put, name, limit = hot[0] if hot else hot_store(hot)
+        current, put, _, name, limit = hot[0] if hot else hot_store(hot)
         started = clock()
         again = attempt[0]  # 0: a first attempt, whose record cannot hold an outcome yet
         number = again or 1
