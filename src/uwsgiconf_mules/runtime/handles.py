@@ -180,7 +180,7 @@ class Result(_Generic[_R]):
                 pass  # not a record: _read says so
             else:
                 if type(fields) is tuple and len(fields) == 7 and fields[0] == VERSION and time.time() <= expires:
-                    return fields  # type: ignore[no-any-return]
+                    return fields
         return _read(self.id)
 
     def _wait(self, timeout: float | None) -> _R:
