@@ -87,6 +87,16 @@ def _note(dest: int | bytes | None) -> str:
     return f"mule:{dest}" if isinstance(dest, int) else f"farm:{dest.decode()}"
 
 
+def _delayed_held(spool: _spool.Spool) -> int:
+    """Bytes the delayed calls of ``spool`` hold (0 when they cannot be counted)."""
+    from ..protocol.spool import delayed as _delayed
+
+    try:
+        return _delayed.Held(spool).total()
+    except OSError:
+        return 0
+
+
 class _Keeper:
     """What a stopping mule does with each message it takes from a queue: a call goes to the
     spool, within its size limit; anything else is handled as while running. Counts what it kept
@@ -99,7 +109,8 @@ class _Keeper:
         self.spool = spool
         self.kept: list[str] = []  # names of the files written
         self.lost: dict[str, int] = {}  # why -> how many
-        self.room = spool.limit - spool.size(("queue",)) if spool is not None else 0  # dead/ has its own quota
+        # dead/ has its own quota; delayed calls count against the limit as queued ones do
+        self.room = spool.limit - spool.size(("queue",)) - _delayed_held(spool) if spool is not None else 0
         self.free = spool.disk_free() if spool is not None else 0  # what the disk takes, less room for the record
 
     def __call__(self, message: bytes, dest: int | bytes | None) -> int:

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 RESCAN = 0.1
 """Seconds between two checks of the folders' modification times (calls kept by other processes)."""
-FULL_RESCAN = 5.0
-"""Seconds between two listings of every folder, changed or not (a change its mtime did not show)."""
+FULL_RESCAN = 20.0
+"""Seconds between two listings of every folder, changed or not (a safety net; young ones are listed always)."""
 YOUNG_NS = 1_000_000_000
 """A folder whose mtime is younger than this (ns) is listed at every rescan."""
 RECOVER_EVERY = 5.0
@@ -338,7 +338,8 @@ def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *,
         why = "" if policy is None or not policy.acks_late else "; no attempt left"
         note = (f"interrupted: {escape(name)} (in mule {mule_id}, pid {pid}, after {how_long}, attempt {attempt} of "
                 f"{attempts}{why}) | the mule died during the call (killed, out of memory, or a hard time limit): "
-                "it may have run in part; replay it only if that is safe")
+                "it may have run in part; replay it only if that is safe"
+                f"{_delayed.origin_note(target) if target else ''}")
         letters = _tasks._dead_letters
         if letters is not None:
             letters.keep(payload, note)
