@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -240,10 +241,14 @@ def results_store(stats: Path) -> dict[str, int]:
 
 
 def reload(server: Server) -> None:
-    """A graceful reload (SIGHUP), waited for until the workers answer again."""
-    before = server.log().count("spawned uWSGI worker 1 ")
+    """A graceful reload (SIGHUP), waited for until every worker is accepting again (a stop sent
+    while one still starts may outlast the harness's bound)."""
+    log = server.log()
+    workers = set(re.findall(r"spawned uWSGI worker (\d+) ", log))
+    accepting = log.count("harness: worker accepting")
     os.kill(server.proc.pid, signal.SIGHUP)
-    server.wait_for(lambda: server.log().count("spawned uWSGI worker 1 ") > before, 30, "the reload")
+    server.wait_for(lambda: server.log().count("harness: worker accepting") >= accepting + len(workers), 30,
+                    f"the {len(workers)} workers accepting after the reload")
     server.wait_for(lambda: server.get("/ping")[0] == 200, 30, "workers after the reload")
 
 
