@@ -34,11 +34,11 @@ import time
 
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
-from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
+from ..protocol.envelope import BATCH_HEAD, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..protocol.limits import socket_message_limit
 from ..protocol.spool import claims as _claims, delayed as _delayed, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
-from . import signals as _signals, timer as _timer
+from . import batch as _batch, signals as _signals, timer as _timer
 from .queues import STREAK, Queues, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -76,6 +76,10 @@ def _stop(signum: int, frame: Any) -> None:
     _tasks.TABLE.clear()
 
 
+def _told_to_stop() -> bool:
+    return _stopping
+
+
 def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
     farms = declarations.farms_of(mule_id) if declarations else ()
     return frozenset([_spool.ANY, f"mule:{mule_id}", *(f"farm:{farm.name}" for farm in farms)])
@@ -103,7 +107,7 @@ class _Keeper:
         self.free = spool.disk_free() if spool is not None else 0  # what the disk takes, less room for the record
 
     def __call__(self, message: bytes, dest: int | bytes | None) -> int:
-        if not _protocol.is_call(message):
+        if not _protocol.is_call(message) and not message.startswith(BATCH_HEAD):  # a batch: kept whole, in one file
             rest = _tasks.receive(message)  # a probe, foreign bytes or a forgery: never a call here
             if rest is not None:
                 _tasks.pass_on(rest)
@@ -428,6 +432,13 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         if _stopping:
             pending = buffer[:size]
             break
+        if buffer[:len(BATCH_HEAD)] == BATCH_HEAD:  # calls of f.map(): the rest is kept when told to stop
+            done = _batch.run(buffer, view, size, harakiri=harakiri, counted=counters is not None,
+                              stopping=_told_to_stop)
+            if done < size:
+                pending = BATCH_HEAD + buffer[done:size]
+                break
+            continue
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)

@@ -28,6 +28,9 @@ Layout of a call (bytes)::
   starts it.
 * Kind ``d`` wraps plain data sent with ``Mule.send``/``Farm.send`` that happens to start with
   :data:`PREFIX` (see :func:`data`): readers unwrap it, and it is never run.
+* Kind ``b`` is a *batch* (:func:`pack`): the rest of the message is whole envelopes of calls,
+  token included, each after its length (4 bytes, little-endian); a reader runs each as the call
+  it is (:func:`split`), and refuses the rest of a batch from the first damaged length.
 * A *probe* (kind ``p``, then random bytes, no key) is what a dispatch mule sends to its own
   queues to find which socket receives them (see :mod:`uwsgiconf_mules.mule.queues`); every mule
   drops probes.
@@ -80,6 +83,12 @@ MARSHAL = b"m"
 """Kind byte: the body is a marshal-ed tuple of positional arguments of :data:`MARSHAL_SAFE` types."""
 DATA = b"d"
 """Kind byte: the rest of the message is plain data, wrapped by :func:`data`."""
+BATCH = b"b"
+"""Kind byte: the rest of the message is calls, each a whole envelope after its length (see :func:`pack`)."""
+BATCH_HEAD = PREFIX + BATCH
+"""Start of a batch."""
+BATCH_ITEM = 4
+"""Bytes of the length before each call of a batch."""
 PROBE = PREFIX + b"p"
 """Start of a probe: a message a dispatch mule sends to its own queues and every mule drops."""
 PROBE_SIZE = len(PROBE) + 12
@@ -260,6 +269,8 @@ def stored(message: bytes) -> bytes:
     :param message: An envelope that starts with :data:`PREFIX`.
     """
     kind, start, end = _bounds(message)
+    if kind == BATCH:  # its calls, each as the spool keeps it
+        return _stored_batch(message)
     if end < 0:  # damaged: kept as it is, after the kind
         return kind + b"\x00" + message[HEAD_SIZE:]
     return kind + message[end + 1:] + b"\x00" + message[start:end]
@@ -271,9 +282,65 @@ def restored(payload: bytes) -> bytes:
     :param payload: Kind, key, NUL, body.
     """
     kind = payload[:1]
+    if kind == BATCH:
+        return _restored_batch(payload)
     end = payload.find(b"\x00", 1)
     key, body = (payload[1:end], payload[end + 1:]) if end > 0 else (payload[1:], b"")
     return _head(kind, tag(key)) + body + b"\x00" + key
+
+
+def pack(messages: list[bytes], limit: int) -> list[tuple[bytes, int]]:
+    """Calls packed, in order, into as few messages of at most ``limit`` bytes as they fit:
+    (message, how many calls it carries). A message of one call is that call's envelope as it is.
+
+    :param messages: Envelopes of calls, each at most ``limit`` bytes.
+    :param limit: Largest message the target reads whole.
+    """
+    packed: list[tuple[bytes, int]] = []
+    parts: list[bytes] = []
+    room = limit - len(BATCH_HEAD)
+    size = 0
+    for message in messages:
+        need = BATCH_ITEM + len(message)
+        if size + need > room and parts:
+            packed.append((parts[1] if len(parts) == 2 else BATCH_HEAD + b"".join(parts), len(parts) // 2))
+            parts, size = [], 0
+        parts += (len(message).to_bytes(BATCH_ITEM, "little"), message)
+        size += need
+    if parts:
+        packed.append((parts[1] if len(parts) == 2 else BATCH_HEAD + b"".join(parts), len(parts) // 2))
+    return packed
+
+
+def split(message: bytes, start: int = len(BATCH_HEAD), smallest: int = len(PREFIX)) -> tuple[list[bytes], bool]:
+    """The envelopes of the calls of a batch from ``start``, and whether it ended where its last call
+    does (False: a damaged length, and what follows it is not returned).
+
+    :param message: A batch (it starts with :data:`BATCH_HEAD`).
+    :param start: Where its next call's length is.
+    :param smallest: The shortest call (an envelope: :data:`PREFIX` at least).
+    """
+    calls: list[bytes] = []
+    end = len(message)
+    while start < end:
+        size = int.from_bytes(message[start:start + BATCH_ITEM], "little")
+        start += BATCH_ITEM
+        if start + size > end or size < smallest:
+            return calls, False
+        calls.append(message[start:start + size])
+        start += size
+    return calls, True
+
+
+def _stored_batch(message: bytes) -> bytes:
+    calls, _ = split(message)
+    return BATCH + b"\x00" + b"".join(len(s).to_bytes(BATCH_ITEM, "little") + s for s in map(stored, calls))
+
+
+def _restored_batch(payload: bytes) -> bytes:
+    kept, _ = split(payload, 2, 2)
+    calls = [restored(call) for call in kept]
+    return BATCH_HEAD + b"".join(len(call).to_bytes(BATCH_ITEM, "little") + call for call in calls)
 
 
 def refusal(message: bytes) -> str | None:

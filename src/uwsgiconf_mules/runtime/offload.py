@@ -13,7 +13,7 @@ import functools
 import sys
 
 from ..declarations.backends import ENGINES
-from ..errors import DeliveryError, MulesRuntimeError
+from ..errors import DeliveryError, MulesRuntimeError, UsageError
 from ..protocol import envelope as _protocol
 from . import (
     deferred as _deferred,
@@ -29,7 +29,7 @@ from .sending import Route, adeliver, deliver
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any, ParamSpec, TypeVar
 
     from ..declarations.backends import Backend
@@ -316,6 +316,9 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
         return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "at"),
                                         _deferred.delay_until(key, when))
 
+    def current() -> tuple[Route, Send, int | bytes, list[int]]:
+        return resolve(), send, dest, count
+
     if _instance.declarations() is not None:
         resolve()
     # With results, each call (and each delayed one) returns its handle (see runtime.result_offload).
@@ -326,7 +329,26 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
     chosen.policy = policy  # type: ignore[attr-defined]
     chosen.later = _result_offload.delayed(later, key, ttl, target)  # type: ignore[attr-defined]
     chosen.at = _result_offload.delayed(at, key, ttl, target)  # type: ignore[attr-defined]
+    chosen.map, chosen.starmap = _batches(key, encode, current, ttl)  # type: ignore[attr-defined]
     return _published(sends, func, key, target, forget=forget, refresh=refresh)
+
+
+def _batches(key: str, encode: _protocol.Encoder, current: Callable[[], tuple[Route, Send, int | bytes, list[int]]],
+             ttl: int | None) -> tuple[Callable[..., int], Callable[..., int]]:
+    """``map`` and ``starmap`` of an offloaded function (see :mod:`.batches`, imported at the first batch)."""
+
+    def starmap(calls: Iterable[Iterable[Any]], /) -> int:
+        if ttl is not None:
+            raise UsageError(f"{key} keeps results (result_ttl): f.map() and f.starmap() return no handles; "
+                             "call it once per call to get each Result")
+        from .batches import send_calls
+
+        return send_calls(key, encode, current, calls)  # type: ignore[arg-type]
+
+    def map(args: Iterable[Any], /) -> int:
+        return starmap((arg,) for arg in args)
+
+    return map, starmap
 
 
 def _nowait(attempt: Callable[[tuple[Any, ...], dict[str, Any]], bytes | None], resolve: Callable[[], Route],
