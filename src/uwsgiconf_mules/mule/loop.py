@@ -35,7 +35,7 @@ import time
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import BATCH_HEAD, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
-from ..protocol.limits import socket_message_limit
+from ..protocol.limits import socket_message_limit, steady_heap
 from ..protocol.spool import claims as _claims, delayed as _delayed, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
 from . import batch as _batch, signals as _signals, timer as _timer
@@ -280,6 +280,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
+    steady_heap(buffer_size)  # each large call decoded without a page fault (see there)
     _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id))
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)

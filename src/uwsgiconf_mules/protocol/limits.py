@@ -97,3 +97,23 @@ def packet_sockets() -> list[Any]:
         else:
             sock.close()
     return found
+
+
+_steady = [0]  # the largest buffer steady_heap() freed in this process (a fork inherits the heap's state)
+
+
+def steady_heap(limit: int) -> None:
+    """Let this process build and read messages of up to ``limit`` bytes without a page fault per
+    message: free a buffer of twice that size once. glibc's malloc maps every buffer of 128 KiB and
+    more on its own and unmaps it when freed (new pages, faulted in at each message), and raises
+    that threshold to the size of a mapped buffer freed (and the heap it keeps untrimmed to twice
+    that): a call of 150 KiB builds two such buffers (the marshal-ed body, the envelope), which cost
+    a sender 150 µs a call, against 2.6 µs once the heap keeps them (benchmarks/README.md). Other
+    C libraries ignore it: nothing but a freed buffer.
+
+    :param limit: The largest message this process sends or reads.
+    """
+    size = 2 * min(limit, DATAGRAM_CEILING)
+    if size > _steady[0]:
+        _steady[0] = size
+        bytes(size)  # calloc'ed and freed: mapped pages never touched

@@ -15,6 +15,7 @@ import sys
 from ..declarations.backends import ENGINES
 from ..errors import DeliveryError, MulesRuntimeError, UsageError
 from ..protocol import envelope as _protocol
+from ..protocol.limits import PROGRAMMED_READ_LIMIT, steady_heap
 from . import (
     deferred as _deferred,
     instance as _instance,
@@ -146,6 +147,8 @@ def _sender(route: Route, counts_inline: bool, swap: Swap) -> tuple[Send, list[i
         send = route.sender
     else:
         send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
+        if uwsgi is not None and route.limit > PROGRAMMED_READ_LIMIT:
+            steady_heap(route.limit)  # messages over 128 KiB without a page fault each (see there)
     if route.check is not None and send is not route.sender:  # kept here: the engine's check all the same
         send = _checked(route.check, send)
     count = [0, 0]
