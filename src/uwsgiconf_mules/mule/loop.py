@@ -226,15 +226,17 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
 
 def _check_stops(spool: _spool.Spool) -> None:
     """Say what the last stops of the mules could not keep, and which calls they kept went missing since."""
-    log = _tasks.log()
+    log = _tasks.log  # logging is imported only to say something (see mule.startup)
     for mule_id, kept, found, lost in spool.check_stops():
         if found < kept:
-            log.error("uwsgiconf-mules: the spool %s lost calls since the last stop of mule %d: expected %d kept "
-                      "call(s), found %d (someone removed them, or replaced the spool)", spool.path, mule_id, kept,
-                      found)
+            log().error("uwsgiconf-mules: the spool %s lost calls since the last stop of mule %d: expected %d kept "
+                        "call(s), found %d (someone removed them, or replaced the spool)", spool.path, mule_id, kept,
+                        found)
         for why, count in lost.items():
-            log.error("uwsgiconf-mules: the last stop of mule %d could not keep %d queued call(s): %s", mule_id, count,
-                      why)
+            log().error("uwsgiconf-mules: the last stop of mule %d could not keep %d queued call(s): %s", mule_id,
+                        count, why)
+
+
 
 
 def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool = False) -> _spool.Spool | None:
