@@ -35,7 +35,7 @@ import time
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import BATCH_HEAD, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
-from ..protocol.limits import socket_message_limit, steady_heap
+from ..protocol.limits import MALLOC_MAPPED, socket_message_limit, steady_heap
 from ..protocol.spool import claims as _claims, delayed as _delayed, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
 from . import batch as _batch, signals as _signals, timer as _timer
@@ -74,10 +74,6 @@ def _stop(signum: int, frame: Any) -> None:
     _stopping = True
     _tasks.HEADS.clear()
     _tasks.TABLE.clear()
-
-
-def _told_to_stop() -> bool:
-    return _stopping
 
 
 def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
@@ -282,7 +278,6 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
-    steady_heap(buffer_size)  # each large call decoded without a page fault (see there)
     _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id))
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)
@@ -366,6 +361,8 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             if waited is None:
                 continue
             record[0] = size = waited
+            if size > MALLOC_MAPPED:  # large calls decoded without a page fault each (see there)
+                steady_heap(size)
         else:
             streak -= 1
             if not streak:  # let the other queues have a turn
@@ -437,7 +434,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             break
         if buffer[:len(BATCH_HEAD)] == BATCH_HEAD:  # calls of f.map(): the rest is kept when told to stop
             done = _batch.run(buffer, view, size, harakiri=harakiri, counted=counters is not None,
-                              stopping=_told_to_stop)
+                              stopping=lambda: _stopping)
             if done < size:
                 pending = BATCH_HEAD + buffer[done:size]
                 break

@@ -99,21 +99,27 @@ def packet_sockets() -> list[Any]:
     return found
 
 
+MALLOC_MAPPED = 128 * 1024
+"""glibc's malloc maps buffers of this size and more on their own (its default ``M_MMAP_THRESHOLD``)
+until :func:`steady_heap` raises it."""
+
 _steady = [0]  # the largest buffer steady_heap() freed in this process (a fork inherits the heap's state)
 
 
-def steady_heap(limit: int) -> None:
-    """Let this process build and read messages of up to ``limit`` bytes without a page fault per
-    message: free a buffer of twice that size once. glibc's malloc maps every buffer of 128 KiB and
-    more on its own and unmaps it when freed (new pages, faulted in at each message), and raises
-    that threshold to the size of a mapped buffer freed (and the heap it keeps untrimmed to twice
-    that): a call of 150 KiB builds two such buffers (the marshal-ed body, the envelope), which cost
-    a sender 150 µs a call, against 2.6 µs once the heap keeps them (benchmarks/README.md). Other
-    C libraries ignore it: nothing but a freed buffer.
+def steady_heap(size: int) -> None:
+    """Let this process build messages of ``size`` bytes without a page fault for each: free a
+    buffer of twice that size once. glibc's malloc maps every buffer of 128 KiB and more on its own
+    and unmaps it when freed, and raises that threshold to the size of a mapped buffer freed (and
+    the free heap it keeps untrimmed to twice that): a call of 150 KiB builds two such buffers (the
+    marshal-ed body, the envelope), which cost a sender 150 µs a call, against 2.6 µs once the heap
+    keeps them (benchmarks/README.md). Called at the first message larger than
+    :data:`MALLOC_MAPPED` (an offloaded function's size check, see ``Route.check_size``), never
+    before: the heap then keeps up to four times ``size`` free. Other C libraries ignore it: it is
+    only a freed buffer.
 
-    :param limit: The largest message this process sends or reads.
+    :param size: The size of the message.
     """
-    size = 2 * min(limit, DATAGRAM_CEILING)
+    size = 2 * min(size, DATAGRAM_CEILING)
     if size > _steady[0]:
         _steady[0] = size
         bytes(size)  # calloc'ed and freed: mapped pages never touched

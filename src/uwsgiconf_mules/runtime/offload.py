@@ -15,7 +15,7 @@ import sys
 from ..declarations.backends import ENGINES
 from ..errors import DeliveryError, MulesRuntimeError, UsageError
 from ..protocol import envelope as _protocol
-from ..protocol.limits import PROGRAMMED_READ_LIMIT, steady_heap
+from ..protocol.limits import MALLOC_MAPPED
 from . import (
     deferred as _deferred,
     instance as _instance,
@@ -147,8 +147,6 @@ def _sender(route: Route, counts_inline: bool, swap: Swap) -> tuple[Send, list[i
         send = route.sender
     else:
         send = _run_inline if uwsgi is None else route.refuse if route.refused else uwsgi.mule_msg
-        if uwsgi is not None and route.limit > PROGRAMMED_READ_LIMIT:
-            steady_heap(route.limit)  # messages over 128 KiB without a page fault each (see there)
     if route.check is not None and send is not route.sender:  # kept here: the engine's check all the same
         send = _checked(route.check, send)
     count = [0, 0]
@@ -245,7 +243,7 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
         nonlocal route, limit, dest, send, count
         if route is None:
             route = _resolved(target)
-            limit, dest = route.limit, route.dest
+            limit, dest = min(route.limit, MALLOC_MAPPED), route.dest  # larger: checked at each call (steady_heap)
             send, count = _sender(route, counts_inline, swap)
         return route
 
