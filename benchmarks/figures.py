@@ -9,8 +9,9 @@ busy), and a mule's memory (idle, and after many calls). Every figure is paired 
   sender's ``time.monotonic_ns()``, carried in the call) to the start of the function in the mule;
   p50 and p99 per run, idle and with ``BUSY`` CPU-bound processes running beside uWSGI.
 * **memory**: PSS and RSS of an idle mule (``/proc/<pid>/smaps_rollup``): a bare mule (``mule =``
-  an empty script), a programmed mule that imported ``uwsgiconf.runtime.mules``, and a dispatch
-  mule; then the dispatch mule's RSS after a few calls and after many.
+  a script that only waits with ``uwsgi.mule_get_msg()``), a programmed mule that waits with
+  ``uwsgiconf.runtime.mules`` (imported by the app too, in the master), and a dispatch mule; then
+  the dispatch mule's RSS after 1,000 calls and after many.
 """
 
 from __future__ import annotations
@@ -159,11 +160,13 @@ def latency(workdir: Path, n: int, runs: int) -> dict[str, Any]:
 
 def memory_use(pid: int) -> dict[str, int]:
     """RSS and PSS of process ``pid``, in kB (``/proc/<pid>/smaps_rollup``)."""
-    values = {}
+    values = {"uss_kb": 0}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         key, _, rest = line.partition(":")
         if key in ("Rss", "Pss"):
             values[key.lower() + "_kb"] = int(rest.split()[0])
+        elif key in ("Private_Clean", "Private_Dirty"):  # USS: what only this process maps
+            values["uss_kb"] += int(rest.split()[0])
     return values
 
 
@@ -193,19 +196,38 @@ def application(environ, start_response):
 '''
 
 
+BARE_MULE = """
+import uwsgi
+
+while True:
+    uwsgi.mule_get_msg()
+"""
+"""A bare programmed mule: it waits for messages, and imports nothing (a script that ends would be respawned)."""
+
+UWSGICONF_MULE = """
+from uwsgiconf.runtime.mules import Mule
+
+while True:
+    Mule.get_message()
+"""
+"""A programmed mule of uwsgiconf 2.4: it waits for messages with its runtime."""
+
+
 def memory(workdir: Path, calls: int) -> dict[str, Any]:
-    """Idle mules' memory (bare, uwsgiconf's, a dispatch mule), and the dispatch mule's RSS after
-    1,000 calls of 1 KiB and after ``calls``."""
+    """Idle mules' memory (a bare mule: ``mule =`` a script that only waits for messages; uwsgiconf's: a programmed mule
+    reading messages with ``uwsgiconf.runtime.mules``; a dispatch mule), and the dispatch mule's RSS
+    after 1,000 calls of 1 KiB and after ``calls``."""
     app = "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'pong']\n"
-    cases = {
-        "bare mule": (PLAIN, app),
-        "uwsgiconf runtime": (PLAIN, "import uwsgiconf.runtime.mules\n" + app),
-        "uwsgiconf-mules runtime": (declaration("mules=1"), MEMORY_APP),
+    programmed = PLAIN.replace("mules=1", "mules=['mule_script.py']")
+    cases = {  # (config, app, the mule's script)
+        "bare mule": (programmed, app, BARE_MULE),
+        "uwsgiconf runtime": (programmed, "import uwsgiconf.runtime.mules\n" + app, UWSGICONF_MULE),
+        "uwsgiconf-mules runtime": (declaration("mules=1"), MEMORY_APP, None),
     }
     results: dict[str, Any] = {}
-    for name, (config, code) in cases.items():
+    for name, (config, code, script) in cases.items():
         server = start_server(workdir / ("mem_" + name.replace(" ", "_").replace("-", "_")), config, code,
-                              prelude=False, workers=1)
+                              prelude=False, workers=1, modules=None if script is None else {"mule_script": script})
         try:
             time.sleep(1.0)
             pid = server.mule_pids()[1]

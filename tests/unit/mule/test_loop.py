@@ -169,3 +169,14 @@ def test_the_record_never_pairs_a_call_s_bytes_with_the_size_of_the_one_before(
         _tasks.LOOP_CALL[:] = saved
     sizes = [len(signed("tasks:long", "x" * 200)), len(signed("tasks:short", 1))]
     assert seen == [("read", 0), ("run", sizes[0]), ("read", 0), ("run", sizes[1])]
+
+
+def test_the_dispatch_script_freezes_what_the_master_made_before_anything_else() -> None:
+    import subprocess
+    import sys
+
+    code = ("import gc, runpy\nfrom uwsgiconf_mules import dispatch_mule\nassert gc.get_freeze_count() == 0\n"
+            "try:\n    runpy.run_path(dispatch_mule.__file__, run_name='__main__')\n"
+            "except Exception as exc:\n    print(type(exc).__name__, gc.get_freeze_count() > 0)\n")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert found.stdout.strip() == "NotInMuleError True"
