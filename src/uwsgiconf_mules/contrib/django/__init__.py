@@ -41,10 +41,12 @@ first Django task.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import importlib
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.apps import AppConfig
@@ -337,35 +339,27 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
         """Queue a call of ``task`` for one mule of the farm named by its ``queue_name``.
 
-        :param task: The task.
+        :param task: The task (its ``run_after``, when set, makes it a delayed call).
         :param args: Positional arguments (JSON-serialisable).
         :param kwargs: Keyword arguments (JSON-serialisable).
-        :returns: A ``TaskResult`` in status ``READY``; it is not updated (``supports_get_result`` is False).
+        :returns: A ``TaskResult`` in status ``READY``; with a results store, ``refresh()`` and
+            :meth:`get_result` follow the call.
         :raises UnknownTargetError: when the farm is not declared.
         :raises PayloadError: when the call is too large (errors name the task's ``module_path``).
         :raises DeliveryError: when the farm's queue stayed full until the send timeout.
         """
         result = self._accept(task, args, kwargs)
-        try:
-            sender = self._sender(task.queue_name)
-            sender = sender if task.run_after is None else sender.at(_aware(task.run_after))  # type: ignore[attr-defined]
-            sender(task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
-                   result.enqueued_at.isoformat())
-        except MulesError as exc:  # named after the task, not after the function that runs it
-            _rename(exc, task)
-            raise
-        finally:
-            announce = _announcements.pop(result.id, None)
-        if announce is not None:
-            announce()
+        with _sending(task, result):
+            self._send(task)(*self._call(task, result))
         return result
 
     async def aenqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
         """:meth:`enqueue` for async code (``await task.aenqueue(...)``): the call is sent with
         ``aoffload``, so a full queue is waited on without blocking the running event loop (each
-        send bounded by ``send_timeout``).
+        send bounded by ``send_timeout``); a delayed call (``run_after``) is written from the
+        loop's executor.
 
-        :param task: The task.
+        :param task: The task (its ``run_after``, when set, makes it a delayed call).
         :param args: Positional arguments (JSON-serialisable).
         :param kwargs: Keyword arguments (JSON-serialisable).
         :returns: A ``TaskResult`` in status ``READY``, as :meth:`enqueue` returns.
@@ -374,18 +368,21 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         :raises DeliveryError: when the farm's queue stayed full until the send timeout.
         """
         result = self._accept(task, args, kwargs)
-        try:
-            await self._sender(task.queue_name).aoffload(  # type: ignore[attr-defined]
-                task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
-                result.enqueued_at.isoformat())
-        except MulesError as exc:  # named after the task, not after the function that runs it
-            _rename(exc, task)
-            raise
-        finally:
-            announce = _announcements.pop(result.id, None)
-        if announce is not None:
-            announce()
+        with _sending(task, result):
+            if task.run_after is None:
+                await self._sender(task.queue_name).aoffload(*self._call(task, result))  # type: ignore[attr-defined]
+            else:
+                send = functools.partial(self._send(task), *self._call(task, result))
+                await asyncio.get_running_loop().run_in_executor(None, send)
         return result
+
+    def _send(self, task: Any) -> Callable[..., bool]:
+        sender = self._sender(task.queue_name)
+        return sender if task.run_after is None else sender.at(_aware(task.run_after))  # type: ignore[attr-defined]
+
+    def _call(self, task: Any, result: Any) -> tuple[Any, ...]:
+        return (task.module_path, result.id, self.alias, list(result.args), dict(result.kwargs), task.queue_name,
+                result.enqueued_at.isoformat())
 
     def _accept(self, task: Any, args: Any, kwargs: Any) -> Any:
         """The ``TaskResult`` of a call about to be sent, its ``task_enqueued`` signal waiting in
@@ -419,6 +416,20 @@ class MulesBackend(_BaseTaskBackend):  # type: ignore[misc]
         """
         yield from super().check(**kwargs)
         yield from _checks.queue_errors(self)
+
+
+@contextlib.contextmanager
+def _sending(task: Any, result: Any) -> Iterator[None]:
+    """Around a send: an error names ``task``; ``task_enqueued`` is sent once the call is accepted."""
+    try:
+        yield
+    except MulesError as exc:  # named after the task, not after the function that runs it
+        _rename(exc, task)
+        raise
+    finally:
+        announce = _announcements.pop(result.id, None)
+    if announce is not None:
+        announce()
 
 
 def _rename(exc: MulesError, task: Any) -> None:
