@@ -104,16 +104,19 @@ class PayloadError(MulesRuntimeError, ValueError):
     :param message: What is wrong, naming the function or target, the size and the limit.
     :param size: Size of the encoded message in bytes, when known.
     :param limit: Largest message the target accepts, when known.
-    :param failed: Of a batch (``f.map``, ``f.starmap``), the indices of the calls at fault (no
-        call of the batch was sent); empty otherwise.
+    :param failed: Of a batch (``f.map``, ``f.starmap``), the indices of the calls at fault; empty
+        otherwise.
+    :param queued: Of a batch, how many of its calls were queued before (the first ones, in order;
+        those from the first at fault on were not sent); None otherwise.
     """
 
     def __init__(self, message: str, *, size: int | None = None, limit: int | None = None,
-                 failed: tuple[int, ...] = ()) -> None:
+                 failed: tuple[int, ...] = (), queued: int | None = None) -> None:
         super().__init__(message)
         self.size = size
         self.limit = limit
         self.failed = failed
+        self.queued = queued
 
 
 class DeliveryError(MulesRuntimeError):

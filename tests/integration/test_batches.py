@@ -52,10 +52,11 @@ def slow_batch(query):
 
 @route("/refused")
 def refused(query):
+    n, bad = (int(x) for x in query.split(","))
     try:
-        item.starmap([(0, ""), (1, lambda: 0), (2, "")])
+        item.starmap((i, (lambda: 0) if i == bad else "") for i in range(n))
     except Exception as exc:
-        return {"error": type(exc).__name__, "failed": list(exc.failed), "message": str(exc)}
+        return {"error": type(exc).__name__, "failed": list(exc.failed), "queued": exc.queued, "message": str(exc)}
     return "sent"
 '''
 
@@ -75,15 +76,19 @@ def test_a_batch_larger_than_the_queue_runs_every_call_once_in_order(tmp_path: P
         assert (status, body) == (200, n)
         done = server.wait_lines("item", n, timeout=60)
         assert [line["i"] for line in done] == list(range(n))
-        status, body = server.get("/refused")  # a call that cannot be pickled: none is sent
-        assert body["error"] == "PayloadError" and body["failed"] == [1], body
-        assert "call 1:" in body["message"]
+        status, body = server.get("/refused?3,1")  # a call that cannot be pickled: none of its batch is sent
+        assert (body["error"], body["failed"], body["queued"]) == ("PayloadError", [1], 0), body
+        assert "call 1 of the batch cannot be sent" in body["message"]
         status, body = server.get("/map-fails?30")
         assert (status, body) == (200, 30)
         server.wait_lines("fails", 20)
         server.wait_for(lambda: server.log().count("ValueError: call ") >= 10, 20, "the failures")
         assert sorted(line["i"] for line in server.lines("fails")) == [i for i in range(30) if i % 3]
         assert len(server.lines("item")) == n  # the refused batch sent nothing
+        status, body = server.get("/refused?5000,4000")  # the messages sent before the bad call stay queued
+        assert body["failed"] == [4000] and 0 < body["queued"] < 4000, body
+        done = server.wait_lines("item", n + body["queued"])
+        assert [line["i"] for line in done[n:]] == list(range(body["queued"]))
     finally:
         server.stop()
 

@@ -11,12 +11,13 @@ counters are on (counted per call), takes :func:`uwsgiconf_mules.runtime.tasks.r
 call would. A failed call is reported as any failed call, and the next one runs.
 
 Told to stop (a reload, a stop), the mule finishes the call it is running and returns where the
-next call starts: the loop keeps the rest of the batch in the spool, with what is still queued.
+next call starts: the loop keeps the rest of the batch (:func:`rest`) in the spool, with what is
+still queued.
 """
 
 from __future__ import annotations
 
-from ..protocol.envelope import BATCH_HEAD, BATCH_ITEM, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
+from ..protocol.envelope import BATCH_HEAD, BATCH_ITEM, BATCH_LIST, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
 from ..runtime import tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
@@ -25,9 +26,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+BYTES = ord("s")
+"""marshal's code of a bytes object, before each envelope of a batch."""
+
+
 def run(buffer: Any, view: memoryview, size: int, *, harakiri: int, counted: bool, stopping: Callable[[], bool]) -> int:
     """Run the calls of the batch in ``buffer[:size]``; return where the first call not run starts
-    (``size`` once all ran, or the rest was refused).
+    (``size`` once all ran, or the rest was refused): see :func:`rest`.
 
     :param buffer: The loop's buffer (it starts with ``BATCH_HEAD``).
     :param view: A memoryview of it.
@@ -39,29 +44,39 @@ def run(buffer: Any, view: memoryview, size: int, *, harakiri: int, counted: boo
     heads, now_running = _tasks.HEADS, _tasks.LOOP_CALL
     entries: dict[bytes, tuple[Any, ...] | None] = {}  # for this batch: registering a task meanwhile changes HEADS
     from_bytes, run_one, failed, returned = int.from_bytes, _tasks.run, _tasks.failed, _tasks.returned
-    where = len(BATCH_HEAD)
+    where = BATCH_LIST
     slow = harakiri > 0 or counted
+    last = b""  # the lookup of the calls run with `entry` (a streak of calls of one task, as f.map() sends)
+    entry: tuple[Any, ...] | None = None
+    func = loads = None
+    offset = smallest = 0
     try:
         while where < size:
             if not heads and stopping():  # the stop handler empties HEADS: one test while not told
                 return where
-            length = from_bytes(buffer[where:where + BATCH_ITEM], "little")
+            length = from_bytes(buffer[where + 1:where + BATCH_ITEM], "little")
             start = where + BATCH_ITEM
             where = end = start + length
-            if end > size or length < LOOKUP_SIZE:
+            if end > size or length < LOOKUP_SIZE or buffer[start - BATCH_ITEM] != BYTES:
                 _damaged(size, start - BATCH_ITEM)
                 return size
             lookup = buffer[start:start + LOOKUP_SIZE]
-            try:
-                entry = entries[lookup]
-            except KeyError:
-                entry = entries[lookup] = None if slow else _entry(heads, lookup)
-            if entry is None or length < entry[3]:
+            if lookup != last:  # the token is in the lookup: a call without it is no entry's
+                try:
+                    entry = entries[lookup]
+                except KeyError:
+                    entry = entries[lookup] = None if slow else _entry(heads, lookup)
+                last = lookup
+                now_running[0] = entry
+                if entry is not None:
+                    func, loads, offset, smallest = entry[:4]
+            if entry is None or length < smallest:
+                now_running[0] = None
+                last = b""
                 run_one(buffer[start:end], harakiri)
                 continue
-            now_running[0] = entry
             try:
-                result = entry[0](*entry[1](view[start + entry[2]:end])) if length > entry[3] else entry[0]()
+                result = func(*loads(view[start + offset:end])) if length > smallest else func()  # type: ignore[misc]
                 if result is not None:
                     returned(entry[4], result)
             except KeyboardInterrupt:  # see tasks.run: said as a failure, then it stops the mule
@@ -72,6 +87,22 @@ def run(buffer: Any, view: memoryview, size: int, *, harakiri: int, counted: boo
         return size
     finally:
         now_running[0] = None
+
+
+def rest(buffer: Any, where: int, size: int) -> bytes:
+    """The batch of the calls of the batch in ``buffer[:size]`` from ``where`` (see :func:`run`).
+
+    :param buffer: The loop's buffer.
+    :param where: Where the first call not run starts.
+    :param size: The batch's size.
+    """
+    count = 0
+    at = where
+    while at < size:
+        at += BATCH_ITEM + int.from_bytes(buffer[at + 1:at + BATCH_ITEM], "little")
+        count += 1
+    calls: bytes = buffer[where:size]
+    return BATCH_HEAD + b"[" + count.to_bytes(4, "little") + calls
 
 
 def _entry(heads: dict[bytes, Any], lookup: bytes) -> tuple[Any, ...] | None:

@@ -436,7 +436,7 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             done = _batch.run(buffer, view, size, harakiri=harakiri, counted=counters is not None,
                               stopping=lambda: _stopping)
             if done < size:
-                pending = BATCH_HEAD + buffer[done:size]
+                pending = _batch.rest(buffer, done, size)
                 break
             continue
         rest = receive(buffer[:size], harakiri)

@@ -28,9 +28,10 @@ Layout of a call (bytes)::
   starts it.
 * Kind ``d`` wraps plain data sent with ``Mule.send``/``Farm.send`` that happens to start with
   :data:`PREFIX` (see :func:`data`): readers unwrap it, and it is never run.
-* Kind ``b`` is a *batch* (:func:`pack`): the rest of the message is whole envelopes of calls,
-  token included, each after its length (4 bytes, little-endian); a reader runs each as the call
-  it is (:func:`split`), and refuses the rest of a batch from the first damaged length.
+* Kind ``b`` is a *batch* (:func:`pack`): the rest of the message is a ``marshal``-ed list of whole
+  envelopes of calls, token included (marshal version 2 writes it as ``[``, a 4-byte count, then
+  each envelope as ``s``, its 4-byte length and its bytes: the mule walks it without decoding
+  it); a reader runs each as the call it is (:func:`split`).
 * A *probe* (kind ``p``, then random bytes, no key) is what a dispatch mule sends to its own
   queues to find which socket receives them (see :mod:`uwsgiconf_mules.mule.queues`); every mule
   drops probes.
@@ -84,11 +85,13 @@ MARSHAL = b"m"
 DATA = b"d"
 """Kind byte: the rest of the message is plain data, wrapped by :func:`data`."""
 BATCH = b"b"
-"""Kind byte: the rest of the message is calls, each a whole envelope after its length (see :func:`pack`)."""
+"""Kind byte: the rest of the message is a marshal-ed list of envelopes of calls (see :func:`pack`)."""
 BATCH_HEAD = PREFIX + BATCH
 """Start of a batch."""
-BATCH_ITEM = 4
-"""Bytes of the length before each call of a batch."""
+BATCH_LIST = len(BATCH_HEAD) + 5
+"""Where the first call of a batch starts: after the head, marshal's list code and its count."""
+BATCH_ITEM = 5
+"""Bytes before each envelope of a batch: marshal's bytes code and the length (little-endian)."""
 PROBE = PREFIX + b"p"
 """Start of a probe: a message a dispatch mule sends to its own queues and every mule drops."""
 PROBE_SIZE = len(PROBE) + 12
@@ -115,6 +118,7 @@ same types."""
 _POSITIONAL: dict[bytes, Decoder] = {ARGS: _unpickle, MARSHAL: _unmarshal}
 _COUNTED = frozenset(b"([<>")  # marshal's tuple, list, set and frozenset codes: a 4-byte count follows
 _TUPLE = ord("(")
+_LIST = ord("[")
 
 
 def tag(key: bytes) -> bytes:
@@ -176,7 +180,17 @@ def encoder(key: str) -> Encoder:
         except Exception as exc:
             raise PayloadError(f"{key}: arguments cannot be pickled: {exc}") from exc
 
+    encode.marshal_parts = (header_m, trailer)  # type: ignore[attr-defined]  # for batches: see marshal_parts()
     return encode
+
+
+def marshal_parts(encode: Encoder) -> tuple[bytes, bytes]:
+    """What an envelope of ``encode`` (from :func:`encoder`) is made of around a marshal-ed body:
+    the header, and the trailer (NUL, key); the loop of a batch builds them inline, a call less each.
+
+    :param encode: The encoder of a task.
+    """
+    return encode.marshal_parts  # type: ignore[attr-defined, no-any-return]
 
 
 def heads(key: str) -> dict[bytes, tuple[Decoder, int]]:
@@ -297,50 +311,53 @@ def pack(messages: list[bytes], limit: int) -> list[tuple[bytes, int]]:
     :param limit: Largest message the target reads whole.
     """
     packed: list[tuple[bytes, int]] = []
-    parts: list[bytes] = []
-    room = limit - len(BATCH_HEAD)
+    calls: list[bytes] = []
+    room = limit - BATCH_LIST
     size = 0
     for message in messages:
-        need = BATCH_ITEM + len(message)
-        if size + need > room and parts:
-            packed.append((parts[1] if len(parts) == 2 else BATCH_HEAD + b"".join(parts), len(parts) // 2))
-            parts, size = [], 0
-        parts += (len(message).to_bytes(BATCH_ITEM, "little"), message)
-        size += need
-    if parts:
-        packed.append((parts[1] if len(parts) == 2 else BATCH_HEAD + b"".join(parts), len(parts) // 2))
+        if size + BATCH_ITEM + len(message) > room and calls:
+            packed.append((batch(calls), len(calls)))
+            calls, size = [], 0
+        calls.append(message)
+        size += BATCH_ITEM + len(message)
+    if calls:
+        packed.append((batch(calls), len(calls)))
     return packed
 
 
-def split(message: bytes, start: int = len(BATCH_HEAD), smallest: int = len(PREFIX)) -> tuple[list[bytes], bool]:
-    """The envelopes of the calls of a batch from ``start``, and whether it ended where its last call
-    does (False: a damaged length, and what follows it is not returned).
+def batch(calls: list[bytes]) -> bytes:
+    """The message of ``calls``: a batch, or the envelope of a single call as it is.
 
-    :param message: A batch (it starts with :data:`BATCH_HEAD`).
-    :param start: Where its next call's length is.
-    :param smallest: The shortest call (an envelope: :data:`PREFIX` at least).
+    :param calls: Envelopes of calls.
     """
-    calls: list[bytes] = []
-    end = len(message)
-    while start < end:
-        size = int.from_bytes(message[start:start + BATCH_ITEM], "little")
-        start += BATCH_ITEM
-        if start + size > end or size < smallest:
-            return calls, False
-        calls.append(message[start:start + size])
-        start += size
-    return calls, True
+    return calls[0] if len(calls) == 1 else BATCH_HEAD + _marshal(calls, MARSHAL_VERSION)
+
+
+def split(message: bytes) -> list[bytes]:
+    """The envelopes of the calls of a batch.
+
+    :param message: A batch (it starts with :data:`BATCH_HEAD`, so it carries this instance's token).
+    :raises ValueError: for a damaged batch.
+    """
+    body = memoryview(message)[len(BATCH_HEAD):]
+    if len(body) < 5 or body[0] != _LIST or int.from_bytes(body[1:5], "little") > len(body):
+        raise ValueError("damaged batch")
+    calls = _unmarshal(body)
+    if type(calls) is not list or not all(type(call) is bytes for call in calls):
+        raise ValueError("damaged batch")
+    return calls
 
 
 def _stored_batch(message: bytes) -> bytes:
-    calls, _ = split(message)
-    return BATCH + b"\x00" + b"".join(len(s).to_bytes(BATCH_ITEM, "little") + s for s in map(stored, calls))
+    try:
+        calls = split(message)
+    except (ValueError, EOFError, TypeError):
+        return BATCH + b"\x00" + message[len(BATCH_HEAD):]  # damaged: kept as it is
+    return BATCH + b"\x00" + _marshal([stored(call) for call in calls], MARSHAL_VERSION)
 
 
 def _restored_batch(payload: bytes) -> bytes:
-    kept, _ = split(payload, 2, 2)
-    calls = [restored(call) for call in kept]
-    return BATCH_HEAD + b"".join(len(call).to_bytes(BATCH_ITEM, "little") + call for call in calls)
+    return BATCH_HEAD + _marshal([restored(call) for call in _unmarshal(payload[2:])], MARSHAL_VERSION)
 
 
 def refusal(message: bytes) -> str | None:

@@ -347,20 +347,21 @@ def run(message: bytes, harakiri: int = 0) -> None:
 
 def run_batch(message: bytes, harakiri: int = 0) -> None:
     """Run the calls of a batch (``_protocol.pack``) one after the other, each as :func:`run` runs
-    a call; a damaged rest (only a holder of the token can send one) is said in the log.
+    a call; a damaged batch (only a holder of the token can send one) is refused whole.
 
     :param message: The batch.
     :param harakiri: Seconds each call may run before uWSGI kills the mule; 0 for no limit.
     """
-    calls, whole = _protocol.split(message)
+    try:
+        calls = _protocol.split(message)
+    except Exception as exc:
+        refuse(message, f"cannot decode the batch ({type(exc).__name__}: {exc})")
+        return
     for call in calls:
         if call.startswith(_protocol.PREFIX):
             run(call, harakiri)
         else:
             refuse(call, "a call of a batch without this instance's token")
-    if not whole:
-        log().error("uwsgiconf-mules: mule %d refused the rest of a damaged batch after its %d whole call(s) "
-                    "(%d bytes): not run", current_mule(), len(calls), len(message))
 
 
 def receive(message: bytes, harakiri: int = 0, *, strict: bool = True) -> bytes | None:

@@ -193,8 +193,8 @@ def test_calls_are_packed_in_order_into_batches_within_the_limit() -> None:
             found.append(message)
             continue
         assert message.startswith(protocol.BATCH_HEAD)
-        inner, whole = protocol.split(message)
-        assert whole and len(inner) == number
+        inner = protocol.split(message)
+        assert len(inner) == number
         found += inner
     assert found == calls
     assert protocol.pack(calls[:1], 4096) == [(calls[0], 1)]  # one call: its envelope as it is
@@ -209,6 +209,7 @@ def test_a_batch_is_kept_in_the_spool_as_one_payload_and_restored_with_the_token
     payload = protocol.stored(batch)
     assert protocol.TOKEN not in payload and payload[:1] == protocol.BATCH
     assert protocol.restored(payload) == batch
-    damaged = batch[:-3]
-    inner, whole = protocol.split(damaged)
-    assert not whole and inner == calls[:3]
+    with pytest.raises(ValueError, match="damaged batch"):
+        protocol.split(batch[:len(protocol.BATCH_HEAD) + 1] + (10**6).to_bytes(4, "little"))
+    with pytest.raises(ValueError, match="damaged batch"):
+        protocol.split(protocol.BATCH_HEAD + marshal.dumps([1, 2], 2))
