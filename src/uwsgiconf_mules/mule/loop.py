@@ -433,10 +433,9 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             pending = buffer[:size]
             break
         if buffer[:len(BATCH_HEAD)] == BATCH_HEAD:  # calls of f.map(): the rest is kept when told to stop
-            done = _batch.run(buffer, view, size, harakiri=harakiri, counted=counters is not None,
-                              stopping=lambda: _stopping)
-            if done < size:
-                pending = _batch.rest(buffer, done, size)
+            pending = _batch.run(view, size, harakiri=harakiri, counted=counters is not None,
+                                 stopping=lambda: _stopping)
+            if pending is not None:
                 break
             continue
         rest = receive(buffer[:size], harakiri)

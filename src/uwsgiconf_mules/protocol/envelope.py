@@ -333,10 +333,11 @@ def batch(calls: list[bytes]) -> bytes:
     return calls[0] if len(calls) == 1 else BATCH_HEAD + _marshal(calls, MARSHAL_VERSION)
 
 
-def split(message: bytes) -> list[bytes]:
+def split(message: bytes | memoryview) -> list[bytes]:
     """The envelopes of the calls of a batch.
 
-    :param message: A batch (it starts with :data:`BATCH_HEAD`, so it carries this instance's token).
+    :param message: A batch (it starts with :data:`BATCH_HEAD`, so it carries this instance's token),
+        or a view of one.
     :raises ValueError: for a damaged batch.
     """
     body = memoryview(message)[len(BATCH_HEAD):]
