@@ -109,6 +109,7 @@ PAD = bytes(5)
 LOOKUP_SIZE = HEAD_SIZE + len(PAD)
 """Length of what the fast path looks up: the head, and marshal's tuple header or :data:`PAD`."""
 PICKLE_PROTOCOL = 5
+_join = b"".join
 MARSHAL_VERSION = 2
 """The marshal format written: version 3 and later note every object written in a table, to
 write repeated ones once, which costs more than the whole tuple of a small call (about 170 ns of
@@ -173,7 +174,7 @@ def encoder(key: str) -> Encoder:
                 if type(arg) not in safe:
                     break
             else:
-                return header_m + _marshal(args, MARSHAL_VERSION) + trailer if args else empty
+                return _join((header_m, _marshal(args, MARSHAL_VERSION), trailer)) if args else empty
         try:
             return header_kw + _pickle((args, kwargs), PICKLE_PROTOCOL) + trailer if kwargs else \
                 header + _pickle(args, PICKLE_PROTOCOL) + trailer
