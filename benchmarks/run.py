@@ -219,7 +219,8 @@ def _measure_throughput(server: Server, n: int, size: int, timeout: float,
     deadline = time.monotonic() + min(timeout, 5 + 10 * sender_seconds)
     while len(server.lines("done")) <= done_before:
         if time.monotonic() > deadline:
-            return {"rate": None, "lost": "the last call never ran"}
+            cpu = [figures.cpu_ticks(pid) - before for pid, before in zip(pids or (), ticks, strict=True)]
+            return {"rate": None, "lost": "the last call never ran", "n": n, "cpu_ticks": cpu}
         time.sleep(0.01)
     done = server.lines("done")[-1]
     seconds = (done["end"] - sent["start"]) / 1e9
@@ -308,7 +309,7 @@ def _row(taken: list[dict[str, Any]], raws: list[dict[str, Any]], n: int) -> dic
     # of neighbouring runs are what compare.
     paired = [s["rate"] / r["rate"] for s, r in zip(taken, raws, strict=True) if s["rate"] and r["rate"]]
     calls = sum(s["n"] for s in taken)
-    cpu = [sum(s["cpu_ticks"][which] for s in taken) * figures.TICK_US / calls for which in (0, 1)]
+    cpu = [sum(s["cpu_ticks"][which] for s in taken if s["cpu_ticks"]) * figures.TICK_US / calls for which in (0, 1)]
     return {
         "n": n, "runs": len(taken),
         "median": statistics.median(rates) if len(rates) == len(taken) else None,
