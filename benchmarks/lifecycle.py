@@ -98,6 +98,7 @@ def _cpu(pid: int) -> float:
 def scale(pending: int) -> dict[str, Any]:
     from uwsgiconf_mules.protocol import envelope, spool as _spool
     from uwsgiconf_mules.protocol.spool import delayed
+    from uwsgiconf_mules.protocol.spool.checks import private_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         kept = _spool.Spool(f"{tmp}/spool")
@@ -106,8 +107,8 @@ def scale(pending: int) -> dict[str, Any]:
         now = time.time()
         written = time.perf_counter()
         where = delayed.folder("mule:1")
-        _spool._private_dir(kept.part(delayed.PART))
-        _spool._private_dir(kept.part(where))
+        private_dir(kept.part(delayed.PART))
+        private_dir(kept.part(where))
         for i in range(pending):
             due = now + 600 + 600 * i / pending
             kept.write(where, envelope.stored(encode((f"p{i}", due), {})), delayed.note("mule:1", 1), durable=False,

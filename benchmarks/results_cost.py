@@ -1,18 +1,21 @@
-"""What a result costs, on a real uWSGI: a call with a result (offload, the mule's two writes,
-the caller's read) against a plain offload, end to end, per call; and the proof at scale: 10,000
-calls with results made by two workers of four threads, each read back by id from the other
-worker and checked.
+"""What a result costs, on a real uWSGI: a call with a result (offload, the mule's write of its
+outcome, the caller's read) against a plain offload, end to end, per call; and the proof at scale:
+10,000 calls with results made by two workers of four threads, each read back by id from the
+other worker and checked.
 
     python benchmarks/results_cost.py [CALLS] [ROUNDS]
 
 Cost: one worker thread offloads CALLS small calls to one dispatch mule, then waits for the last
 to have run (plain: a call that touches a file the worker waits for; results: ``result()`` of
-every handle, in order). Rounds alternate plain and results; the medians are printed, with
-``results/plain = X.XX``.
+every handle, in order). Each round runs both modes back to back (their order alternating); the
+median of the rounds' ratios is printed as ``result/plain = X.XX`` (wall time), with the ratio of
+the CPU the worker and the mule used (``/proc``), and the load average. ``benchmarks/run.py``
+(``make bench``) runs :func:`summary` and prints :func:`report`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -20,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -77,8 +81,6 @@ def run_results(query):
     return [time.perf_counter() - began, time.process_time() - cpu]
 
 
-
-
 @route("/make")
 def make(query):
     n = int(_args(query)["n"])
@@ -93,26 +95,87 @@ def read(query):
     return {"pid": os.getpid(), "values": [Result.get(rid).result(timeout=60) for rid in args["ids"].split(",")]}
 '''
 
-CONFIG = declaration("mules=3, farms=section.workers.mule_farm('calc', [2, 3]), "
-                     "results={'items': 30000, 'item_size': 512}")
+
+
+def config(items: int) -> str:
+    """The config: mule 1 for the cost, a farm of mules 2 and 3 for the proof, a store of ``items``."""
+    return declaration(f"mules=3, farms=section.workers.mule_farm('calc', [2, 3]), "
+                       f"results={{'items': {items}, 'item_size': 256}}")
+
+
+CONFIG = config(30000)
 
 
 def mule_cpu(pid: int) -> float:
-    """Seconds of CPU process ``pid`` used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """Seconds of CPU the threads of process ``pid`` ran so far (``/proc/PID/task/*/schedstat``:
+    nanoseconds, not the clock ticks of ``/proc/PID/stat``)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def cost(server: Server, calls: int, rounds: int, flags: Path) -> dict[str, list[list[float]]]:
-    """Per round and mode: [wall, the worker's CPU, the mule's CPU], µs per call."""
+    """Per round and mode: [wall, the worker's CPU, the mule's CPU], µs per call. Each round runs
+    both modes back to back (plain first in even rounds, results first in odd ones): the pairs
+    compare runs seconds apart on a machine whose speed drifts."""
     mule = server.mule_pids()[1]
     found: dict[str, list[list[float]]] = {"plain": [], "results": []}
     for run in range(rounds):
-        for mode, path in (("plain", f"/plain?n={calls}&flag={flags}/{run}"), ("results", f"/results?n={calls}")):
+        modes = [("plain", f"/plain?n={calls}&flag={flags}/{run}"), ("results", f"/results?n={calls}")]
+        for mode, path in modes if run % 2 == 0 else modes[::-1]:
             before = mule_cpu(mule)
-            wall, worker = server.get(path, timeout=120)[1]
+            wall, worker = server.get(path, timeout=300)[1]
             found[mode].append([wall / calls * 1e6, worker / calls * 1e6, (mule_cpu(mule) - before) / calls * 1e6])
     return found
+
+
+def ratios(found: dict[str, list[list[float]]]) -> dict[str, float]:
+    """Medians of the per-round ratios (results / plain) of wall time and of CPU (worker + mule)."""
+    pairs = list(zip(found["plain"], found["results"], strict=True))
+    return {"wall": statistics.median(r[0] / p[0] for p, r in pairs),
+            "cpu": statistics.median((r[1] + r[2]) / (p[1] + p[2]) for p, r in pairs)}
+
+
+def summary(workdir: Path, calls: int = 20_000, rounds: int = 7) -> dict[str, Any]:
+    """The cost part of ``benchmarks/run.py`` (``make bench``): rounds of ``calls`` calls of each
+    mode, paired; the load average before and after.
+
+    :param workdir: An empty directory for the server.
+    :param calls: Calls per run.
+    :param rounds: Rounds (one run of each mode each).
+    """
+    load = os.getloadavg()[0]
+    # A store that holds every result of the runs: a full one evicts the least recently used, and
+    # uWSGI logs a line per eviction (a cost of an undersized store, not of a result).
+    items = calls * (rounds + 1) + min(calls, 1000) + 1000
+    server = start_server(workdir, config(items), APP, extra_args=("--threads", "4", "--buffer-size", "65535"))
+    try:
+        flags = workdir / "flags"
+        flags.mkdir()
+        cost(server, min(calls, 1000), 1, flags)  # warm up
+        found = cost(server, calls, rounds, flags)
+    finally:
+        server.stop()
+    return {"calls": calls, "rounds": rounds, "runs": found, "ratio": ratios(found),
+            "load": [round(load, 2), round(os.getloadavg()[0], 2)]}
+
+
+def report(summary: dict[str, Any]) -> list[str]:
+    """Lines of :func:`summary`'s figures, ending with ``result/plain = X.XX`` (wall, paired)."""
+    lines = []
+    for mode, what in (("plain", "plain offload"), ("results", "with a result (offload + outcome write + read)")):
+        runs = summary["runs"][mode]
+        lines.append(f"{what}, µs/call, wall (worker CPU, mule CPU): "
+                     f"{', '.join(f'{w:.2f} ({c:.2f}, {m:.2f})' for w, c, m in runs)}; median wall "
+                     f"{statistics.median(r[0] for r in runs):.2f}")
+    ratio = summary["ratio"]
+    lines.append(f"{summary['calls']} calls x {summary['rounds']} rounds, paired; load average "
+                 f"{summary['load'][0]:.2f} before, {summary['load'][1]:.2f} after; CPU (worker + mule) "
+                 f"result/plain = {ratio['cpu']:.2f}")
+    lines.append(f"result/plain = {ratio['wall']:.2f}")
+    return lines
 
 
 def proof(server: Server, calls: int = 10_000) -> tuple[int, int, float]:
@@ -141,7 +204,7 @@ def proof(server: Server, calls: int = 10_000) -> tuple[int, int, float]:
                 answer = server.get(f"/read?not={body['pid']}&ids={','.join(chunk)}", timeout=120)[1]
                 if not answer.get("retry"):
                     break
-            assert answer["pid"] != body["pid"]
+            assert answer.get("pid") not in (None, body["pid"]), answer
             for i, value in enumerate(answer["values"], start):
                 checked += 1
                 wrong += value["i"] != i or value["square"] != i * i
@@ -150,25 +213,16 @@ def proof(server: Server, calls: int = 10_000) -> tuple[int, int, float]:
 
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp) / "app", CONFIG, APP, extra_args=("--threads", "4", "--buffer-size", "65535"))
+        found = summary(Path(tmp) / "cost", calls, rounds)
+        print("\n".join(report(found)))
+        server = start_server(Path(tmp) / "proof", CONFIG, APP, extra_args=("--threads", "4", "--buffer-size",
+                                                                              "65535"))
         try:
-            flags = Path(tmp) / "flags"
-            flags.mkdir()
-            cost(server, 1000, 1, flags)  # warm up
-            found = cost(server, calls, rounds, flags)
             checked, wrong, seconds = proof(server)
         finally:
             server.stop()
-    for mode, what in (("plain", "plain offload"), ("results", "with a result (offload + queued write, the mule's "
-                                                                   "2 writes, the read)")):
-        runs = found[mode]
-        print(f"{what}, µs/call, wall (worker CPU, mule CPU): "
-              f"{', '.join(f'{w:.2f} ({c:.1f}, {m:.1f})' for w, c, m in runs)}; median wall "
-              f"{statistics.median(r[0] for r in runs):.2f}")
-    medians = {mode: statistics.median(r[0] for r in runs) for mode, runs in found.items()}
-    print(f"results/plain = {medians['results'] / medians['plain']:.2f}")
     print(f"proof: {checked} calls with results from 2 workers x 4 threads, read back from the other worker: "
           f"{wrong} wrong, {seconds:.1f} s")
 

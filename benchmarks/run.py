@@ -20,7 +20,9 @@ variant costs per call, not how it waits. End to end means from the first send u
 has run call N; a run that loses calls is reported as lost, not as fast. ``x raw`` is the median
 over runs of the ratio to the raw run just before it (every run of a variant follows a raw run
 of its own, round by round, and the machine's speed drifts within seconds). Prints a markdown table,
-writes ``benchmarks/results/latest.json``, and ends with the line ``offload/raw = X.XX``.
+writes ``benchmarks/results/latest.json``, and ends with the line ``offload/raw = X.XX``. Before it,
+``result/plain = X.XX``: a call with a result (offload, the mule's write of its outcome, the
+caller's read) against a plain offload, end to end per call, paired runs (``results_cost.py``).
 
     python benchmarks/run.py            # full run (a few minutes)
     python benchmarks/run.py --smoke    # tiny N, one run: checks that the benchmark works
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import figures  # noqa: E402
+import results_cost  # noqa: E402  # beside this script: a call with a result against a plain offload
 
 from support.harness import Server, declaration, start_server  # noqa: E402
 
@@ -506,6 +509,8 @@ def report(results: dict[str, Any]) -> str:
         many = after["rss_kb_after_" + str(after["calls"])]
         lines += ["", f"dispatch mule RSS after 1,000 calls of 1 KiB: {after['rss_kb_after_1000']} kB; after "
                   f"{after['calls']:,}: {many} kB ({after['growth_kb']:+d} kB)"]
+    if "results_cost" in results:  # a call with a result against a plain offload (benchmarks/results_cost.py)
+        lines += ["", *results_cost.report(results["results_cost"])]
     results["summary"] = summary(results)
     return "\n".join([*lines, "", *results["summary"]])
 
@@ -583,6 +588,8 @@ def main() -> int:
         if extras:
             results["import"] = import_cost(repeat)
             results["memory"] = figures.memory(workdir, memory_calls)
+            results["results_cost"] = results_cost.summary(workdir / "results-cost", *(
+                (500, 1) if args.smoke else (20_000, 7)))
     text = report(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))

@@ -93,7 +93,7 @@ def option_rows() -> list[tuple[str, str, str, str]]:
     from uwsgiconf_mules.declarations import MuleFarm
 
     return [*rows_of("set_mules_params", Workers.set_mules_params), *rows_of("mule_farm", MuleFarm),
-            *rows_of("set_offload_backends", Workers.set_offload_backends)]
+            *rows_of("set_offload_backends", Workers.set_offload_backends), *rows_of("schedule", Workers.schedule)]
 
 
 def options_table() -> str:

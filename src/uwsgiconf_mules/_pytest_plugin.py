@@ -4,6 +4,6 @@ module re-exports for pytest to find."""
 
 from __future__ import annotations
 
-from .contrib.testing.pytest_plugin import mules_eager, mules_outbox, pytest_addoption
+from .contrib.testing.pytest_plugin import mules_eager, mules_outbox, mules_schedules, pytest_addoption
 
-__all__ = ["mules_eager", "mules_outbox", "pytest_addoption"]
+__all__ = ["mules_eager", "mules_outbox", "mules_schedules", "pytest_addoption"]

@@ -17,8 +17,8 @@ Every exception (and the one warning) the project raises derives from one root::
     │   ├── UnknownTaskError      (also LookupError) a job naming a task key that no
     │   │                         mule_offload registered
     │   ├── ResultError           a result read by id (``Result.get``, ``Result.result()``)
-    │   │   ├── ResultNotFound    (also LookupError) an id that names no result: never stored,
-    │   │   │                     expired, or evicted from a full store
+    │   │   ├── ResultNotFound    (also LookupError) an id that names no result: not an id,
+    │   │   │                     expired, or lost in a reload of a store without a file
     │   │   ├── ResultTimeout     (also TimeoutError) ``result(timeout=...)`` ran out first
     │   │   └── TaskFailed        the call failed or was interrupted: its exception's text
     │   ├── DeclarationsMissingError
@@ -162,9 +162,10 @@ class ResultError(MulesRuntimeError):
 
 
 class ResultNotFound(ResultError, LookupError):
-    """No result has this id: it was never stored (an unknown id), it expired (its ``result_ttl``
-    passed), or the store evicted it (full: the least recently used go first) or lost it (a reload
-    without ``store=``)."""
+    """No result has this id: it is not an id, it expired (its ``result_ttl`` passed), or the store
+    lost it (a reload or restart of a store without ``store=`` since the call was made). An unexpired
+    id with no record is ``queued`` instead (nothing is written before a call starts), which is also
+    what a result evicted from a full store reads as."""
 
 
 class ResultTimeout(ResultError, TimeoutError):

@@ -4,5 +4,6 @@
 from __future__ import annotations
 
 from .contrib.testing.modes import Offload, Outbox, Sent, capture, eager
+from .contrib.testing.schedules import ScheduleClock, Tick, run_scheduled, scheduled
 
-__all__ = ["Offload", "Outbox", "Sent", "capture", "eager"]
+__all__ = ["Offload", "Outbox", "ScheduleClock", "Sent", "Tick", "capture", "eager", "run_scheduled", "scheduled"]

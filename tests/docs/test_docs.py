@@ -123,11 +123,12 @@ def test_the_options_table_has_every_parameter_of_the_builders() -> None:
     expected += [("mule_farm", name) for name in inspect.signature(MuleFarm).parameters]
     expected += [("set_offload_backends", name) for name in inspect.signature(Workers.set_offload_backends).parameters
                  if name != "self"]
+    expected += [("schedule", name) for name in inspect.signature(Workers.schedule).parameters if name != "self"]
     assert named == expected
     table = hooks.render(page("configuration"))
     assert "<!-- generated" not in table
     tables = dict(re.findall(r"^### `(\w+)`\n\n(.*?)(?=^#|\Z)", table, re.M | re.S))
-    assert list(tables) == ["set_mules_params", "mule_farm", "set_offload_backends"]
+    assert list(tables) == ["set_mules_params", "mule_farm", "set_offload_backends", "schedule"]
     for call, name in expected:
         assert f"\n| `{name}` | " in tables[call], (call, name)
 
@@ -274,6 +275,31 @@ def test_testing_example_runs_with_the_plugin(tmp_path: Path) -> None:
                           env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
+
+
+def test_schedules_page_declaration_compiles_checks_and_its_test_runs_with_the_plugin(tmp_path: Path) -> None:
+    text = page("schedules")
+    declaration, tasks, flagged, example = blocks(text, "python")
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "tasks.py").write_text(tasks)
+    (tmp_path / "uwsgicfg.py").write_text(declaration)
+    checked = invoke_with(tmp_path, declaration, cli, "check")
+    assert checked.returncode == 0, checked.stderr
+    sample = next(block for block in blocks(text, "text") if "next:" in block).strip()
+    shown = next(line.strip() for line in checked.stdout.splitlines() if "schedule shop.tasks:nightly_report:" in line)
+    assert shown.partition("; next: ")[0] == sample.partition("; next: ")[0]
+    assert shown.endswith("; missed: skip (grace 60 s)") and sample.endswith("; missed: skip (grace 60 s)")
+    namespace: dict[str, Any] = {}
+    exec(declaration.replace("uwsgi_configuration", "_") + flagged, namespace)
+    assert namespace["section"].mules_declarations.schedules[-1].host_env == "SHOP_SCHEDULES"
+    (tmp_path / "pytest.ini").write_text("[pytest]\nuwsgiconf_mules_config = uwsgicfg.py\npythonpath = .\n")
+    (tmp_path / "test_reports.py").write_text(example)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_reports.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
 
 
 def test_routing_page_declaration_compiles_and_its_commands_exist(tmp_path: Path) -> None:
@@ -435,7 +461,7 @@ def test_the_spool_figures_of_the_pages_are_the_code_s() -> None:
 
 
 def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogCaptureFixture) -> None:
-    from uwsgiconf_mules.mule import loop as _dispatch
+    from uwsgiconf_mules.mule import startup as _startup
 
     said = section("reloads", "What the log says")
     quoted = [re.sub(r"\s+", " ", sample) for sample in re.findall(r"`([^`]+)`", said)]
@@ -447,7 +473,7 @@ def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogC
             return [(1, 5, 3, {}), (2, 0, 0, {"the disk of the spool /var/spool/app is full": 2})]
 
     with caplog.at_level("ERROR", logger="uwsgiconf_mules"):
-        _dispatch._check_stops(Stopped())  # type: ignore[arg-type]
+        _startup.check_stops(Stopped())  # type: ignore[arg-type]
     logged = [record.getMessage() for record in caplog.records]
     checked = [sample for sample in quoted if "lost calls since" in sample or "could not keep" in sample]
     assert len(checked) == 2

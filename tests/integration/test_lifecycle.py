@@ -39,6 +39,23 @@ def always_fails(tag):
     raise KeyError(tag)
 
 
+@mule_offload(retries=1, retry_for=ValueError, retry_backoff=4.0, retry_jitter=False)
+def slow_retry(tag):
+    record("slow_retry", tag=tag, attempt=current_attempt(), at=time.time())
+    if current_attempt() == 1:
+        raise ValueError("once")
+
+
+@route("/slow_retry")
+def send_slow_retry(query):
+    return slow_retry(query)
+
+
+def hooked(key, args, kwargs, exc, mule_id):
+    """The on_failure hook of a test: the attempt that failed."""
+    record("hooked", key=key, attempt=current_attempt(), exc=type(exc).__name__, mule_id=mule_id)
+
+
 @mule_offload()
 def plain_fails(tag):
     raise RuntimeError(f"plain {tag}")
@@ -81,6 +98,15 @@ def later(query):
     return stamp.later(float(seconds))(tag, due)
 
 
+@route("/later_or_error")
+def later_or_error(query):
+    tag, seconds = query.split(",")
+    try:
+        return stamp.later(float(seconds))(tag, time.time() + float(seconds))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 @route("/spread")
 def spread(query):
     count, span = (float(x) for x in query.split(","))
@@ -91,11 +117,11 @@ def spread(query):
 '''
 
 
-def start(tmp_path: Path, mules: int = 1) -> tuple[Server, Path]:
+def start(tmp_path: Path, mules: int = 1, more: str = "") -> tuple[Server, Path]:
     spool = tmp_path / "spool"
     farm = f"section.workers.mule_farm('timed', {list(range(1, mules + 1))})"
     (tmp_path / "uwsgicfg.py").write_text(declaration(f"mules={mules}, farms=[{farm}], spool_dir={str(spool)!r}, "
-                                                      "reload_mercy=20"))
+                                                      f"reload_mercy=20{more}"))
     from support.harness import APP_PRELUDE
 
     (tmp_path / "app.py").write_text(APP_PRELUDE + APP)
@@ -244,5 +270,85 @@ def test_a_thousand_delayed_calls_over_ten_seconds_each_run_once_none_early(tmp_
         by_mule = collections.Counter(run["mule"] for run in runs)
         print(f"1000 delayed calls, by mule {dict(by_mule)}: lateness p50 {late[500] * 1000:.1f} ms, "
               f"p99 {late[990] * 1000:.1f} ms, max {late[-1] * 1000:.1f} ms")
+    finally:
+        server.stop()
+
+
+def test_delayed_calls_past_the_spool_limit_are_refused_to_their_sender(tmp_path: Path) -> None:
+    """Delayed calls count against the spool's limit as queued calls do: a sparse file of 256 MiB
+    among the delayed calls (due in 2100: never run) fills the limit without using the disk."""
+    from uwsgiconf_mules.protocol import spool as _spool
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    server, _ = start(tmp_path)
+    try:
+        assert server.get("/later_or_error?before,0.5") == (200, True)
+        kept = _spool.Spool(str(tmp_path / "spool"))
+        os.makedirs(kept.part(delayed.folder("mule:1")), 0o700, exist_ok=True)
+        filler = os.path.join(kept.part(delayed.folder("mule:1")), delayed.name(4_102_444_800 * 10 ** 9))
+        with open(filler, "wb") as handle:
+            handle.truncate(_spool.DEFAULT_LIMIT)
+        os.chmod(filler, 0o600)
+        accepted = []  # sent before the workers' watcher counted the filler (within a second): kept and run
+
+        def refusal() -> object:
+            answer = server.get(f"/later_or_error?probe{len(accepted)},0.5")[1]
+            if answer is True:
+                accepted.append(answer)
+                return None
+            return answer
+
+        refused = server.wait_for(refusal, 10, "a refused delayed call")
+        assert refused.startswith("DeliveryError: task app:stamp: a delayed call for mule:1 is refused: the spool "
+                                  f"{kept.path} holds its limit of {_spool.DEFAULT_LIMIT} bytes"), refused
+        os.unlink(filler)
+        server.wait_for(lambda: server.get("/later_or_error?after,0.5")[1] is True, 10, "delayed calls taken again")
+        runs = server.wait_lines("stamp", 2 + len(accepted))
+        time.sleep(1.0)
+        tags = [run["tag"] for run in server.lines("stamp")]
+        assert sorted(tags) == sorted(["before", "after", *(f"probe{i}" for i in range(len(accepted)))])
+        assert f"probe{len(accepted)}" not in tags  # the refused one never ran
+        assert "delayed calls are refused (DeliveryError) while the spool" in server.log()
+        assert "takes delayed calls again" in server.log()
+        assert runs
+    finally:
+        server.stop()
+
+
+def test_a_pending_retry_survives_a_reload_and_a_killed_mule_and_runs_once(tmp_path: Path) -> None:
+    """A retry is a delayed call: kept in the spool across a SIGHUP and a SIGKILL of its mule."""
+    server, path = start(tmp_path)
+    try:
+        for number, (tag, trigger) in enumerate((("hup", _hup), ("kill", _kill_mule))):
+            assert server.get(f"/slow_retry?{tag}") == (200, True)
+            server.wait_for(lambda tag=tag: [r for r in server.lines("slow_retry") if r["tag"] == tag], 10, tag)
+            time.sleep(0.3)  # the retry kept in delayed/ (due in 4 s)
+            if trigger is _hup:
+                trigger(server, tmp_path, path)
+            else:
+                os.kill(server.mule_pids()[1], signal.SIGKILL)
+                _wait_spawn(server, 3 + number - 1)
+            server.wait_for(lambda tag=tag: len([r for r in server.lines("slow_retry") if r["tag"] == tag]) >= 2, 20,
+                            f"the retry of {tag}")
+        time.sleep(1.0)
+        runs = server.lines("slow_retry")
+        for tag in ("hup", "kill"):
+            mine = [run for run in runs if run["tag"] == tag]
+            assert [run["attempt"] for run in mine] == [1, 2], runs  # once, after the reload or the kill
+            assert mine[1]["at"] - mine[0]["at"] >= 4.0 * 0.8, mine
+    finally:
+        server.stop()
+
+
+def test_the_on_failure_hook_sees_the_attempt_that_failed_last(tmp_path: Path) -> None:
+    server, _ = start(tmp_path, more=", on_failure='app:hooked'")
+    try:
+        assert server.get("/always?h") == (200, True)  # retries=1 (KeyError): fails at attempts 1 and 2
+        server.wait_lines("hooked", 1, timeout=20)
+        time.sleep(0.5)
+        assert [run["attempt"] for run in server.lines("always")] == [1, 2]
+        hooked = server.lines("hooked")
+        assert [(run["key"], run["attempt"], run["exc"], run["mule_id"]) for run in hooked] == [
+            ("app:always_fails", 2, "KeyError", 1)]  # once, on the last attempt (a retried failure is no failure)
     finally:
         server.stop()

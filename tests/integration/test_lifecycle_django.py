@@ -56,3 +56,35 @@ def test_run_after_is_honoured(tmp_path: Path, servers: list[Server], via: str) 
     time.sleep(0.5)
     assert [(email, via) for email, via, _ in rows(db)] == [("later@example.com", "task")]
     assert found[0][2] in (1, 2)
+
+
+FAILS = '''
+    elif via == "fails":
+        queued = tasks.count_welcomes.enqueue("").status == "READY"  # raises ValueError("no email") in the mule
+    else:'''
+
+
+def test_a_failed_django_task_is_a_dead_letter_listed_under_its_own_path(tmp_path: Path, servers: list[Server]) -> None:
+    import subprocess
+
+    from support.harness import BIN
+
+    directory, db = site(tmp_path)
+    views = directory / "shop" / "views.py"
+    views.write_text(views.read_text().replace("\n    else:", FAILS, 1))
+    config, compiled = compile_config(directory, "ini", out_dir=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    server = launch(config, directory, expect_mules=2, env={"EXAMPLE_DB": str(db)}, run_dir=tmp_path,
+                    app=DJANGO_APP)
+    servers.append(server)
+    assert server.get("/signup?email=x&via=fails") == (200, {"queued": True})
+
+    def listed() -> str:
+        found = subprocess.run([str(BIN / "uwsgiconf-mules"), "spool", "list", str(config)], capture_output=True,
+                               text=True, cwd=directory, check=False).stdout
+        return found if "failed: shop.tasks.count_welcomes" in found else ""
+
+    text = server.wait_for(listed, 20, "the failed dead letter")
+    # Under the task's own path, not the backend's runner (uwsgiconf_mules.django:_run).
+    assert "1 x shop.tasks.count_welcomes (failed: shop.tasks.count_welcomes)" in text, text
+    assert "uwsgiconf_mules.django:_run" not in text

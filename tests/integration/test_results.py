@@ -193,8 +193,11 @@ def test_a_failed_call_has_its_exception_text_and_unknown_ids_are_refused(server
     assert "expired" in found["0" * 12 + "00000258" + "ab" * 6][1]
     assert found["nonsense"] == ["ResultNotFound", "'nonsense' is not a result id (32 hex digits, as Result.id "
                                                    "gives)"]
-    unknown = f"{int(time.time() * 1000):012x}00000258{'cd' * 6}"
-    assert read_elsewhere(server, 0, [unknown])[unknown][0] == "ResultNotFound"
+    unknown = f"{int(time.time() * 1000):012x}00000258{'cd' * 6}"  # unexpired, never made: no record, so queued
+    assert read_elsewhere(server, 0, [unknown], timeout=0)[unknown] == [
+        "ResultTimeout", f"result {unknown}: no outcome within 0.0 s (the call is queued (no record: not started yet, "
+                         "or evicted from a full store))"]
+    assert server.get(f"/status?id={unknown}")[1] == {"status": "queued", "error": None, "attempts": 0}
     _, body = server.get("/timeout")
     assert body["raised"] == "ResultTimeout" and body["waited"] < 0.5
 
@@ -204,14 +207,17 @@ def test_a_full_store_evicts_the_least_recently_used(tmp_path: Path) -> None:
     try:
         _, body = server.get("/make?n=120")
         ids = [rid for _, rid in body["ids"]]
-        time.sleep(1)  # every call ran (1 ms each)
+        # Every call ran: one new item each (its outcome, nothing before it), 70 of them into a full store
+        server.wait_for(lambda: server.log().count("LRU item will be purged") >= 70, 20, "120 results stored")
         found = {}
         for start in range(0, len(ids), 40):  # 40 ids a request: within uWSGI's 4 KiB request buffer
             found.update(read_elsewhere(server, 0, ids[start:start + 40], timeout=0))
         kept = [rid for rid in ids if found[rid][0] == "ok"]
-        evicted = [found[rid][1] for rid in ids if found[rid][0] != "ok"]
+        evicted = [found[rid] for rid in ids if found[rid][0] != "ok"]
         assert 40 <= len(kept) <= 50, (len(kept), evicted[:2])  # the store holds 50
-        assert all("evicted (the store was full: the least recently used go first)" in text for text in evicted)
+        # no record: queued, as a call not started (which it cannot be told from), and the timeout says both
+        assert all(kind == "ResultTimeout" and "queued (no record: not started yet, or evicted from a full store)"
+                   in text for kind, text in evicted)
         assert all(found[rid][1]["i"] == ids.index(rid) for rid in kept)  # those kept are right
         assert ids[-1] in kept and ids[0] not in kept  # the least recently used went: the newest are kept
         assert "is FULL" not in server.log()  # uWSGI never refused a result
@@ -260,9 +266,11 @@ def test_without_a_store_file_a_reload_loses_the_results_stored_before_it(tmp_pa
         _, body = server.get("/make_slow?start=0&n=20")
         ids = [rid for _, rid in body["ids"]]
         assert all(kind == "ok" for kind, _ in read_elsewhere(server, 0, ids).values())
+        time.sleep(1.1)  # uWSGI's start time, which a store without a file dates from, is in whole seconds
         reload(server)
         lost = read_elsewhere(server, 0, ids, timeout=1)
-        assert all(kind == "ResultNotFound" for kind, _ in lost.values()), json.dumps(lost)[:500]
+        assert all(kind == "ResultNotFound" and "the reload lost it" in text for kind, text in lost.values()), \
+            json.dumps(lost)[:500]
     finally:
         server.stop()
 

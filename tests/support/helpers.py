@@ -87,6 +87,17 @@ workers.set_offload_backends(
     reports='rq://redis.internal:6380/2?queue=reports',
     mail='rq://?url_env=REDIS_URL&queue=mail&serializer=pickle&connect_timeout=0.5')
 """,
+    # Schedules: a cron expression in a time zone with arguments, an interval on one mule (one
+    # record field each), a second schedule of one function under its own name, a per-host flag.
+    "schedules": """
+from datetime import timedelta
+workers.set_mules_params(farms=workers.mule_farm('reports', 2))
+workers.schedule('shop.tasks:nightly_report', cron='0 3 * * MON-FRI', farm='reports', tz='Europe/Paris',
+                 args=['daily', 3], kwargs={'mail': True}, missed='once')
+workers.schedule('shop.tasks:refresh', every=timedelta(days=1), mule=2, overlap=True, grace=5)
+workers.schedule('shop.tasks:nightly_report', name='weekly', cron='30 4 * * SUN', farm='reports',
+                 host_env='SHOP_SCHEDULES')
+""",
 }
 
 

@@ -43,3 +43,14 @@ def dropped(*args: Any) -> None:
 def init_hook() -> None:
     """The declared ``mule_init`` hook of a test."""
     CALLS.append(("init_hook", (), {}))
+
+
+@Farm("reports").offload(retries=2, retry_for=ValueError, retry_backoff=0.0, retry_jitter=False, time_limit=30)
+def flaky(name: str, fail_until: int, error: str = "ValueError") -> None:
+    """Fails until its attempt ``fail_until`` (RQ retries it: ``retries=2``, ValueError only)."""
+    from uwsgiconf_mules.errors import Retry
+    from uwsgiconf_mules.runtime import current_attempt
+
+    CALLS.append(("flaky", (name, current_attempt()), {}))
+    if current_attempt() < fail_until:
+        raise {"ValueError": ValueError, "KeyError": KeyError, "Retry": Retry}[error](f"attempt {current_attempt()}")

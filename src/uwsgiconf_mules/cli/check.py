@@ -79,6 +79,12 @@ def summary(section: Any) -> tuple[list[str], list[str]]:
         lines.append("farms: none")
     lines.extend(f"farm {backend.farm}: routed to {backend.where()}, {backend.serializer} arguments (no mules; "
                  "workers: uwsgiconf-mules worker)" for backend in declarations.backends)
+    if declarations.schedules:
+        import time
+
+        from ..declarations.schedules import describe
+
+        lines.extend(describe(spec, time.time_ns()) for spec in declarations.schedules)
     limit = socket_message_limit(declarations.msg_size)
     programmed_limit = min(limit, PROGRAMMED_READ_LIMIT)
     lines.append(f"largest message: {limit} bytes to dispatch mules, {programmed_limit} bytes to programmed "

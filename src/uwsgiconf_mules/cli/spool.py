@@ -16,9 +16,25 @@ from ..protocol import spool as _spool
 from ..protocol.spool import delayed as _delayed
 from .common import cli, echo, errors, fail, spools
 
+_DJANGO_RUN = "uwsgiconf_mules.django:_run"
+
 
 def _key(payload: bytes) -> str:
-    return payload[1:payload.find(b"\x00")].decode("utf-8", "replace") if b"\x00" in payload else "?"
+    """The task a kept call is listed under: its key, or for a call of the Django backend's runner
+    the Django task's own path (its first argument; see ``runtime.policy.task_name``)."""
+    if b"\x00" not in payload:
+        return "?"
+    key = payload[1:payload.find(b"\x00")].decode("utf-8", "replace")
+    if key != _DJANGO_RUN:
+        return key
+    from ..protocol import envelope as _protocol
+    from ..runtime.policy import task_name
+
+    try:
+        _, args, _ = _protocol.decode(_protocol.restored(payload))
+    except Exception:  # a call that cannot be read here (its arguments need the project's code): by its key
+        return key
+    return task_name(key, tuple(args))
 
 
 @cli.command()
@@ -138,7 +154,8 @@ def _spool_action(kept: _spool.Spool, action: str, everything: bool, problems: l
         return lines
     if action == "replay":
         replayed, untrusted = kept.replay(problems)
-        return [f"replayed {replayed} dead letter(s): they run when the dispatch mules next start",
+        return [f"replayed {replayed} dead letter(s): they run when the dispatch mules next start (a delayed call "
+                "still ahead of its time, back among the delayed calls of its target, when due)",
                 f"kept {untrusted} untrusted message(s): never replayed (purge them)"]
     parts = ("queue", "claimed", "dead") if everything else ("dead",)
     removed = kept.purge(parts, problems)

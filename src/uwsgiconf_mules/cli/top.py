@@ -114,7 +114,31 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
               "queue_bytes": metrics.get(f"farm.{farm.name}.queue_bytes")} for farm in declarations.farms]
     return {"stats": declarations.stats, "uwsgi": {"version": stats.get("version"), "pid": stats.get("pid")},
             "time": now, "counting_since": counting_since(stats), "mules": mules, "farms": farms,
-            "spool_problem": spool_problem(declarations)}
+            "spool_problem": spool_problem(declarations), "schedules": schedules(declarations, spool)}
+
+
+def schedules(declarations: Declarations, spool: _spool.Spool | None) -> list[dict[str, Any]]:
+    """Each schedule with its counters, last run, outcome and next run, from its state file.
+
+    :param declarations: The instance's declarations.
+    :param spool: Its spool, or None.
+    """
+    if not declarations.schedules or spool is None:
+        return []
+    from ..mule.schedules import read_state, state_path
+
+    found = []
+    for spec in declarations.schedules:
+        state = read_state(state_path(spool, spec))
+        found.append({"name": spec.name, "func": spec.func, "target": spec.target,
+                      **{key: state.get(key, 0) for key in ("runs", "failed", "skipped", "missed")},
+                      "last_start": state.get("last_start"), "outcome": state.get("outcome"),
+                      "next": state["next"] / 1e9 if isinstance(state.get("next"), int) else None})
+    return found
+
+
+def _clock(when: Any) -> str:
+    return "-" if not isinstance(when, (int, float)) else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
 def spool_problem(declarations: Declarations) -> str | None:
@@ -184,6 +208,13 @@ def render(view: dict[str, Any]) -> str:
     if tasks:
         lines.append("")
         lines += _table(["TASK", "MULE", "STARTED", "OK", "FAILED", "RUN s"], tasks)
+    if view.get("schedules"):
+        lines.append("")
+        lines += _table(["SCHEDULE", "TARGET", "RUNS", "FAILED", "SKIPPED", "MISSED", "LAST RUN", "OUTCOME", "NEXT"],
+                        [[item["name"], item["target"], *(str(item[key]) for key in ("runs", "failed", "skipped",
+                                                                                      "missed")),
+                          _clock(item["last_start"]), item["outcome"] or "-", _clock(item["next"])]
+                         for item in view["schedules"]])
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ one line) and emitted together with the record the runtime reads back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from uwsgiconf.base import Options
@@ -155,6 +156,71 @@ class Workers(_BaseWorkers):  # type: ignore[misc]
         """
         params = dict(self._section._mules_params)
         params["backends"] = dict(farms)
+        return self._declare(params)
+
+    def schedule(
+        self,
+        func: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        farm: str | None = None,
+        mule: int | None = None,
+        tz: str | None = None,
+        args: Sequence[object] = (),
+        kwargs: dict[str, object] | None = None,
+        overlap: bool = False,
+        missed: str = "skip",
+        grace: float = 60.0,
+        name: str | None = None,
+        host_env: str | None = None,
+    ) -> MulesMixin:
+        """Call a task periodically, or on a cron expression, in one mule of a farm (or in one mule):
+        once per tick for the whole instance, whatever the number of workers and mules, across
+        reloads; see "Schedules" in the docs.
+
+        .. code-block:: python
+
+            section.workers.schedule('app.tasks:nightly_report', cron='0 3 * * *', farm='reports')
+            section.workers.schedule('app.tasks:poll', every=timedelta(minutes=5), farm='fast')
+
+        Declare the mules and farms first (``set_mules_params``); each call adds one schedule.
+
+        :param func: The task, ``'package.module:function'``: a function decorated with
+            ``mule_offload`` (or offloaded with ``Farm(...).offload()``); a mule refuses to run
+            anything else, as it refuses a call of an unknown task.
+        :param cron: A cron expression of 5 fields (minute hour day-of-month month day-of-week;
+            ranges, steps, lists, names such as ``MON`` and ``JAN``), in ``tz``.
+        :param every: An interval instead (a ``timedelta`` or seconds, at least 1 s, whole
+            milliseconds), aligned to the epoch: ``every=300`` ticks at :00, :05, ... of each hour.
+        :param farm: The farm that runs it (a farm of mules, or one routed to RQ: then each tick is
+            enqueued once for the whole cluster, see the docs).
+        :param mule: Or the id of the dispatch mule that runs it.
+        :param tz: An IANA time zone name for ``cron`` (``'Europe/Paris'``, ``'UTC'``); default: the
+            server's local time zone (``TZ``, else ``/etc/localtime``) where uWSGI runs.
+        :param args: Positional arguments of every call (JSON values: they are kept in the config).
+        :param kwargs: Keyword arguments of every call (JSON values).
+        :param overlap: ``False`` (default): a tick that comes while the previous run of this
+            schedule still runs (or waits to run) is skipped, and counted; ``True`` to run it anyway.
+        :param missed: What happens to ticks missed while the instance was down (longer ago than
+            ``grace``): ``'skip'`` (default) drops them (counted), ``'once'`` runs the task once for
+            all of them.
+        :param grace: Seconds a tick may be late and still run as usual (default 60: a reload or a
+            restart loses no tick).
+        :param name: The schedule's name (default: ``func``); needed to schedule one function twice.
+        :param host_env: An environment variable: the schedule fires only in uWSGI instances whose
+            environment sets it to ``1``, ``true`` or ``yes`` (one host of several that run the same
+            config); default: everywhere.
+        :raises MulesConfigurationError: naming the schedule and the argument at fault (a cron
+            error names the field).
+        """
+        from ..declarations.schedules import schedule_spec
+
+        spec = schedule_spec(func, cron=cron, every=every, farm=farm, mule=mule, tz=tz, args=args, kwargs=kwargs,
+                             overlap=overlap, missed=missed, grace=grace, name=name, host_env=host_env)
+        params = dict(self._section._mules_params)
+        existing = params.get("schedules") or ()
+        params["schedules"] = (*existing, spec)
         return self._declare(params)
 
     def _declare(self, params: dict[str, object]) -> MulesMixin:

@@ -127,7 +127,7 @@ def declare(
     deploy_mode: object = None,
     mule_init: object = None,
     backends: object = None,
-    stats: object = None, on_failure: object = None, results: object = None,
+    stats: object = None, on_failure: object = None, results: object = None, schedules: object = None,
     **unsupported: object,
 ) -> Declarations:
     """Validate builder arguments and return the declaration they describe.
@@ -135,7 +135,8 @@ def declare(
     The arguments are those of :meth:`uwsgiconf_mules.config.Workers.set_mules_params`, where each
     is documented (once: the docs render that docstring), and ``backends``, the farm name -> URL
     mapping of :meth:`~uwsgiconf_mules.config.Workers.set_offload_backends`. Each is checked by its
-    function in :mod:`.validate`.
+    function in :mod:`.validate`; ``schedules`` is what ``section.workers.schedule`` collected
+    (:mod:`.schedules`), whose targets :func:`_checked` checks.
 
     :raises MulesConfigurationError: naming what is wrong; also for an argument uWSGI 2.0.x does not
         know (``msg_buffer_recv``) or an unknown one.
@@ -177,7 +178,7 @@ def declare(
         msg_size=None if msg_buffer is None else _v.positive_int(msg_buffer, "msg_buffer"),
         harakiri=None if harakiri_timeout is None else _v.positive_int(harakiri_timeout, "harakiri_timeout"),
         reload_mercy=None if reload_mercy is None else _v.positive_int(reload_mercy, "reload_mercy"),
-        touch_reload=paths,
+        touch_reload=paths, schedules=schedules if isinstance(schedules, tuple) else (schedules or ()),
         send_timeout=_v.send_timeout(send_timeout),
         stats=None if stats is None else _v.stats_address(stats),
         on_failure=None if on_failure is None else _v.validate_callable_path(on_failure, "on_failure"),
@@ -200,8 +201,10 @@ def _checked(declarations: Declarations) -> Declarations:
     """``declarations``, once every value it emits is fit for a config line (:func:`value_problem`)
     and every field of its record is free of the record's separator: the one check of what the
     builders write, whichever argument a value came from."""
+    from .schedules import check_targets
     from .validate import value_problem
 
+    check_targets(declarations)
     for key, value in declarations.record_fields():
         if ";" in value:
             raise MulesConfigurationError(

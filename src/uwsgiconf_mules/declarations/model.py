@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from .schedules import ScheduleSpec
+
     Found = dict[str, list[str]]  # record key -> its values, in order
 
 
@@ -125,6 +127,12 @@ def _farm(text: str) -> FarmSpec:
     return FarmSpec(name, tuple(int(i) for i in ids.split(",")))
 
 
+def _schedule(text: str) -> ScheduleSpec:
+    from .schedules import parse_schedule  # loaded by a record that has schedules only (workers read none)
+
+    return parse_schedule(text)
+
+
 def _route(text: str) -> Backend:
     name, _, url = text.partition(":")
     return parse_backend(name, url)
@@ -144,6 +152,7 @@ FIELDS = (
     Field("on_failure", None, _text("on-failure")),
     Field("results", None, _parsed("results", ResultsStore.record, parse_store)),
     Field("backends", (), _each("route", lambda backend: f"{backend.farm}:{backend.url()}", _route)),
+    Field("schedules", (), _each("schedule", lambda spec: spec.record(), _schedule)),
     Field("touch_reload", (), None),
     Field("deploy", None, None),
 )
@@ -190,6 +199,8 @@ class Declarations:
         :mod:`uwsgiconf_mules.runtime.failures`); or None.
     :param results: The results store of the tasks that declare ``result_ttl`` (see
         :mod:`uwsgiconf_mules.declarations.results`); or None.
+    :param schedules: Periodic and cron calls (see :mod:`uwsgiconf_mules.declarations.schedules`),
+        in declared order.
     """
 
     __slots__ = (*_ATTRS, "_backends_by_name", "_farms_by_name")
@@ -208,6 +219,7 @@ class Declarations:
     on_failure: str | None
     results: ResultsStore | None
     backends: tuple[Backend, ...]
+    schedules: tuple[ScheduleSpec, ...]
     touch_reload: tuple[str, ...]
     deploy: tuple[str, str] | None
 

@@ -87,6 +87,16 @@ def _note(dest: int | bytes | None) -> str:
     return f"mule:{dest}" if isinstance(dest, int) else f"farm:{dest.decode()}"
 
 
+def _delayed_held(spool: _spool.Spool) -> int:
+    """Bytes the delayed calls of ``spool`` hold (0 when they cannot be counted)."""
+    from ..protocol.spool import delayed as _delayed
+
+    try:
+        return _delayed.Held(spool).total()
+    except OSError:
+        return 0
+
+
 class _Keeper:
     """What a stopping mule does with each message it takes from a queue: a call goes to the
     spool, within its size limit; anything else is handled as while running. Counts what it kept
@@ -99,7 +109,8 @@ class _Keeper:
         self.spool = spool
         self.kept: list[str] = []  # names of the files written
         self.lost: dict[str, int] = {}  # why -> how many
-        self.room = spool.limit - spool.size(("queue",)) if spool is not None else 0  # dead/ has its own quota
+        # dead/ has its own quota; delayed calls count against the limit as queued ones do
+        self.room = spool.limit - spool.size(("queue",)) - _delayed_held(spool) if spool is not None else 0
         self.free = spool.disk_free() if spool is not None else 0  # what the disk takes, less room for the record
 
     def __call__(self, message: bytes, dest: int | bytes | None) -> int:
@@ -197,7 +208,9 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
     spool.write_pid(mule_id)
     if spool.made:  # said here, once logging is set up
         _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
-    _check_stops(spool)
+    from . import startup as _startup  # loaded by _prepare already
+
+    _startup.check_stops(spool)
     for part, strangers in (("queue", spool.strangers()), (_delayed.PART, _delayed.strangers(spool))):
         if strangers:
             _tasks.log().warning("uwsgiconf-mules: mule %d ignores %d file(s) in %s that are not this user's "
@@ -218,21 +231,6 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
             break
         _tasks.run(_protocol.restored(payload), harakiri)
         spool.done(claimed)
-
-
-def _check_stops(spool: _spool.Spool) -> None:
-    """Say what the last stops of the mules could not keep, and which calls they kept went missing since."""
-    log = _tasks.log  # logging is imported only to say something (see mule.startup)
-    for mule_id, kept, found, lost in spool.check_stops():
-        if found < kept:
-            log().error("uwsgiconf-mules: the spool %s lost calls since the last stop of mule %d: expected %d kept "
-                        "call(s), found %d (someone removed them, or replaced the spool)", spool.path, mule_id, kept,
-                        found)
-        for why, count in lost.items():
-            log().error("uwsgiconf-mules: the last stop of mule %d could not keep %d queued call(s): %s", mule_id,
-                        count, why)
-
-
 
 
 def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool = False) -> _spool.Spool | None:

@@ -7,7 +7,8 @@ with SIGKILL) without a copy. The file's first page is a header of 64-bit words 
 ...): before each call, the loop stores the call's size in the header (one store into shared
 memory: no system call, no flush), and stores 0 when its queues run empty. A thread of the mule
 (the timer's, every :data:`~uwsgiconf_mules.mule.timer.RESCAN` seconds) notes a heartbeat and when
-the running call was first seen, which tells the successor how long it had run (at least).
+the running call was first seen, which tells the successor how long it had run (at least); the
+same look writes the ``running`` record of a call with a result that has run a few milliseconds.
 
 At start (:func:`recover`), a mule whose predecessor's header names a running call and whose
 pid is gone reads the call back from the file: it is an *interrupted* call
@@ -25,6 +26,7 @@ import time
 
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.spool import checks as _checks
+from ..runtime import results as _results
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -136,7 +138,10 @@ def buffer(spool: _spool.Spool | None, mule_id: int, size: int) -> tuple[mmap.mm
 
 
 def beat() -> None:
-    """Note a heartbeat, and when the running call was first seen (the timer thread, a few times a second)."""
+    """Note a heartbeat, and when the running call was first seen (the timer thread, a few times a
+    second); a call with a result that has run a few milliseconds gets its ``running`` record
+    (:func:`uwsgiconf_mules.runtime.results.beat`)."""
+    _results.beat()
     words, body = _header, _buffer
     if words is None or body is None:
         return

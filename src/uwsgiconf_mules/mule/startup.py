@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..declarations import Declarations
+    from ..protocol import spool as _spool
 
 DJANGO_SETTINGS = "DJANGO_SETTINGS_MODULE"
 
@@ -144,6 +145,22 @@ class LoggingWatch:
 
             loader.exec_module = exec_module
         return spec
+
+
+def check_stops(spool: _spool.Spool) -> None:
+    """Say what the last stops of the mules could not keep, and which calls they kept went missing since.
+
+    :param spool: The instance's spool.
+    """
+    log = _tasks.log  # logging is imported only to say something (see mule.startup)
+    for mule_id, kept, found, lost in spool.check_stops():
+        if found < kept:
+            log().error("uwsgiconf-mules: the spool %s lost calls since the last stop of mule %d: expected %d kept "
+                        "call(s), found %d (someone removed them, or replaced the spool)", spool.path, mule_id, kept,
+                        found)
+        for why, count in lost.items():
+            log().error("uwsgiconf-mules: the last stop of mule %d could not keep %d queued call(s): %s", mule_id,
+                        count, why)
 
 
 def start(mule_id: int, declarations: Declarations | None) -> None:

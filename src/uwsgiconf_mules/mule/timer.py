@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 RESCAN = 0.1
 """Seconds between two checks of the folders' modification times (calls kept by other processes)."""
-FULL_RESCAN = 5.0
-"""Seconds between two listings of every folder, changed or not (a change its mtime did not show)."""
+FULL_RESCAN = 20.0
+"""Seconds between two listings of every folder, changed or not (a safety net; young ones are listed always)."""
 YOUNG_NS = 1_000_000_000
 """A folder whose mtime is younger than this (ns) is listed at every rescan."""
 RECOVER_EVERY = 5.0
@@ -61,6 +61,7 @@ RUN_BATCH = 16
 RUN_DUE_KEY = "uwsgiconf_mules.mule.timer:run_due"
 
 _timer: Timer | None = None
+SCHEDULER: list[Any] = [None]  # this mule's mule.schedules.Scheduler, told of each tick's outcome
 
 
 class Timer:
@@ -292,12 +293,16 @@ def run_claimed(spool: _spool.Spool, claimed: str, harakiri: int) -> None:
             spool.bury(claimed, f"unreadable delayed call: {exc}")
         return
     _policy.ATTEMPT[0] = attempt if attempt > 1 else 0
+    scheduler, began = SCHEDULER[0] if "-0-" in claimed else None, time.time()  # a schedule's tick: outcome noted
+    failures = scheduler.failures() if scheduler is not None else 0
     try:
         _tasks.run(_protocol.restored(payload), harakiri)
     finally:
         _policy.ATTEMPT[0] = 0
         with contextlib.suppress(FileNotFoundError):
             os.unlink(running)
+        if scheduler is not None:
+            scheduler.ran(claimed, failures, began)
 
 
 def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *, attempt: int, ran: float | None,
@@ -333,7 +338,8 @@ def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *,
         why = "" if policy is None or not policy.acks_late else "; no attempt left"
         note = (f"interrupted: {escape(name)} (in mule {mule_id}, pid {pid}, after {how_long}, attempt {attempt} of "
                 f"{attempts}{why}) | the mule died during the call (killed, out of memory, or a hard time limit): "
-                "it may have run in part; replay it only if that is safe")
+                "it may have run in part; replay it only if that is safe"
+                f"{_delayed.origin_note(target) if target else ''}")
         letters = _tasks._dead_letters
         if letters is not None:
             letters.keep(payload, note)
@@ -426,6 +432,9 @@ def start(uwsgi: Any, spool: _spool.Spool, mule_id: int, declarations: Declarati
 
     _threads.start(timer.run)  # blocks uWSGI's signals (and SIGALRM, the soft time limits') in the thread
     _threads.start(timer.scanner)
+    if declarations is not None and declarations.schedules:  # imported only by mules of an instance with schedules
+        from .schedules import start as start_schedules
+        SCHEDULER[0] = start_schedules(spool, mule_id, declarations, timer)  # it stops with the timer
     return timer
 
 

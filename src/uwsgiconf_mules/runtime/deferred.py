@@ -56,8 +56,10 @@ def check_delay(key: str, seconds: object) -> float:
     return float(_number(key, "later(seconds)", seconds, low=0, high=MAX_DELAY, allow_low=True))
 
 
-def delay_until(key: str, when: object) -> float:
-    """Seconds from now until the aware datetime ``when`` (0 when it is past).
+def due_at(key: str, when: object) -> int:
+    """The aware datetime ``when`` as nanoseconds since the epoch, checked (its distance from now
+    is checked here, and the delay is taken from it at each call: a sender kept for later does not
+    drift).
 
     :param key: The task key, for the error.
     :param when: An aware ``datetime``.
@@ -70,11 +72,22 @@ def delay_until(key: str, when: object) -> float:
     if when.tzinfo is None or when.utcoffset() is None:
         raise TaskOptionError(f"task {key}: at() takes an aware datetime (with a tzinfo), not the naive {when!r}: "
                               "a naive one means a different time on each machine", task=key, option="at(when)")
-    seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-    if seconds > MAX_DELAY:
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    moment = when - epoch
+    if moment.total_seconds() - time.time() > MAX_DELAY:
         raise TaskOptionError(f"task {key}: at({when.isoformat()}) is more than {MAX_DELAY / 86400:g} days away",
                               task=key, option="at(when)")
-    return max(0.0, seconds)
+    return (moment.days * 86400 + moment.seconds) * 1_000_000_000 + moment.microseconds * 1000
+
+
+def delay_until(key: str, when: object) -> float:
+    """Seconds from now until the aware datetime ``when`` (0 when it is past).
+
+    :param key: The task key, for the error.
+    :param when: An aware ``datetime``.
+    :raises TaskOptionError: for anything else, a naive datetime, or one past :data:`MAX_DELAY`.
+    """
+    return max(0.0, (due_at(key, when) - time.time_ns()) / 1e9)
 
 
 def label(target: Any) -> str:
@@ -121,9 +134,9 @@ def target_note(target: Any, how: str | None = None) -> str | None:
         return note if _instance.uwsgi is not None else None
     kind = target_kind(target)
     problem = None
-    if kind["routed"]:
-        problem = "is routed to an offload backend, which runs no delayed call of this runtime"
-    elif kind["programmed"]:
+    if kind["routed"]:  # the engine's own scheduling (see delayed_sender), or at once outside uWSGI
+        return None
+    if kind["programmed"]:
         problem = "has programmed mules only, which run no offloaded call"
     elif declarations.spool_dir is None:
         problem = "has no spool to keep delayed calls in"
@@ -147,23 +160,36 @@ SENDING: list[Any] = [None]
 
 
 def delayed_sender(key: str, encode: Callable[[tuple[Any, ...], dict[str, Any]], bytes],
-                   deliver: Callable[[bytes], bool], target_note: Callable[[], str | None],
-                   seconds: float) -> Callable[..., bool]:
-    """What ``f.later(seconds)`` returns: a function that sends a call of ``f`` to run no earlier
-    than ``seconds`` from the time of the call.
+                   deliver: Callable[[bytes], bool], target_note: Callable[[], str | None], *, how: str,
+                   when: object, remote: Callable[[], Callable[[bytes, int], bool] | None] | None = None,
+                   ) -> Callable[..., bool]:
+    """What ``f.later(seconds)`` and ``f.at(when)`` return: a function that sends a call of ``f`` to
+    run no earlier than ``seconds`` after each call of it, or than the moment ``when`` (kept as it
+    is: the delay is taken at each call, so a sender kept for later does not drift).
 
     :param key: The task key.
     :param encode: The task's envelope encoder.
     :param deliver: Sends one envelope to the task's target (size checks, waits for room).
     :param target_note: The target as delayed calls name it (``mule:N``, ``farm:NAME``); None
         outside uWSGI; raises ``TaskOptionError`` for a target that cannot keep delayed calls.
-    :param seconds: The delay, checked.
+    :param how: ``later`` or ``at``.
+    :param when: The delay in seconds (``later``) or an aware datetime (``at``), checked here.
+    :param remote: For a farm routed to an offload backend: the engine's send of a delayed call
+        ``(envelope, due ns)``, or None when its calls stay in this process (a test mode).
+    :raises TaskOptionError: for a bad delay or datetime, naming the task.
     """
+    offset, absolute = (check_delay(key, when), 0) if how == "later" else (0.0, due_at(key, when))
 
-    def send_later(*args: Any, **kwargs: Any) -> bool:
+    def send_delayed(*args: Any, **kwargs: Any) -> bool:
+        now = time.time_ns()
+        due = absolute or now + int(offset * 1e9)
+        engine = remote() if remote is not None else None
+        if engine is not None:  # a farm routed to an engine: its own scheduling (RQ: enqueue_at)
+            return engine(encode(args, kwargs), due)
         note = target_note()
         message = encode(args, kwargs)
         if _instance.uwsgi is None:  # inline, or a test mode: at once (a test mode records the delay)
+            seconds = max(0.0, (due - now) / 1e9)
             if seconds > 0 and _instance.local_send is None and key not in _RAN_EARLY:
                 _RAN_EARLY.add(key)  # said once per task: a script or a development server runs calls inline
                 _tasks.log().warning("uwsgiconf-mules: task %s: a delayed call outside uWSGI runs at once, %.3f s "
@@ -175,12 +201,19 @@ def delayed_sender(key: str, encode: Callable[[tuple[Any, ...], dict[str, Any]],
             finally:
                 SENDING[0] = None
         assert note is not None
-        due = time.time_ns() + int(seconds * 1e9)
         from ..protocol.spool.delayed import name
+        from .spool_watch import delayed_refusal
 
+        full = delayed_refusal()
+        if full is not None:  # told now: the mule that would receive it could only keep it past the limit
+            from ..errors import DeliveryError
+
+            raise DeliveryError(f"task {key}: a delayed call for {note} is refused: {full}; it was not sent "
+                                "(sending resumes within a second of room being made: run or purge calls)",
+                                target=note)
         return deliver(_defer_encode((note, due, 1, _protocol.stored(message), name(due)), {}))
 
-    return send_later
+    return send_delayed
 
 
 _defer_encode = _protocol.encoder(DEFER_KEY)
@@ -223,6 +256,7 @@ def _not_kept(target: str, due_ns: int, attempt: int, payload: bytes, exc: Excep
     """A delayed call this mule could not keep (a full disk, no spool, a bad file name): a
     ``failed`` dead letter under its task's name, when the spool takes it; one log line either way."""
     from .._text import escape
+    from ..protocol.spool import delayed as _delayed
     from .policy import task_name
 
     try:
@@ -235,8 +269,9 @@ def _not_kept(target: str, due_ns: int, attempt: int, payload: bytes, exc: Excep
     letters = _tasks._dead_letters
     where = "nowhere (no usable spool)"
     if letters is not None:
+        origin = _delayed.origin_note(target, due_ns, attempt)
         note = (f"failed: {escape(name)} (delayed call not kept, attempt {attempt}): {escape(why)[:200]} | due "
-                f"{due} UTC for {escape(target)}; replay it to run it now")
+                f"{due} UTC for {escape(target)}; replayed, it waits for its time again{origin}")
         try:
             letters.keep(payload, note, durable=False)
             where = f"as a failed dead letter in {letters.spool.part('dead')}"
@@ -255,7 +290,8 @@ NOTIFY: list[Callable[[str, int, str], None] | None] = [None]
 """The dispatch mule's timer, told of each delayed call this process keeps (target, due, name)."""
 
 
-def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: str | None = None) -> str:
+def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: str | None = None, *,
+             within_limit: bool = False) -> str:
     """Keep a delayed call in this dispatch mule's spool, and tell its timer.
 
     :param target: ``mule:N`` or ``farm:NAME``.
@@ -263,8 +299,11 @@ def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: 
     :param due_ns: When it may run, in nanoseconds since the epoch.
     :param attempt: The attempt it will be.
     :param file_name: Its file name, or None for a new one.
+    :param within_limit: Refuse it while the spool holds its limit (a retry; a call its sender was
+        told is accepted is kept whatever the limit).
     :returns: The file's path.
-    :raises MulesRuntimeError: when this process has no usable spool.
+    :raises MulesRuntimeError: when this process has no usable spool, or (``within_limit``) the
+        spool holds its limit.
     :raises OSError: when the disk refuses.
     """
     import os
@@ -272,11 +311,16 @@ def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: 
     from ..protocol.spool import delayed as _delayed
 
     letters = _tasks._dead_letters
-    if letters is None:
+    full = None
+    if within_limit and letters is not None:
+        from .spool_watch import delayed_refusal
+
+        full = delayed_refusal()
+    if letters is None or full is not None:
         from ..errors import MulesRuntimeError
 
-        raise MulesRuntimeError(f"mule {_tasks.current_mule()} has no usable spool: the delayed call for {target} "
-                                "cannot be kept")
+        raise MulesRuntimeError(full or f"mule {_tasks.current_mule()} has no usable spool: the delayed call for "
+                                f"{target} cannot be kept")
     path = _delayed.write(letters.spool, target, payload, due_ns, attempt, file_name=file_name)
     notify = NOTIFY[0]
     if notify is not None:

@@ -24,6 +24,8 @@ ARGS_REPR_MAX = 300
 
 _MISSING: Any = object()
 _hook: Any = _MISSING  # the declared hook once imported; None: none declared, or it cannot be imported
+REPORTED = [0]
+"""Failures :func:`report` said in this process (the schedules tell a tick's outcome from it)."""
 
 
 def bounded_repr(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> str:
@@ -97,6 +99,7 @@ def report(key: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, exc: 
     :param exc: What it raised.
     :param seconds: How long it ran, or None when not known.
     """
+    REPORTED[0] += 1
     mule_id = _tasks.current_mule()
     ran = "" if seconds is None else f" after {seconds:.3f} s"
     try:

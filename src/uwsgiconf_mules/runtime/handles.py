@@ -11,7 +11,7 @@ from pickle import loads as _unpickle
 from ..errors import ResultNotFound, ResultTimeout, TaskFailed, UsageError
 from . import instance as _instance
 from .result_store import store
-from .results import FINAL, QUEUED, SUCCEEDED, VERSION, WAIT_FIRST, WAIT_MAX, _decode, id_times
+from .results import FINAL, QUEUED_FIELDS, SUCCEEDED, VERSION, WAIT_FIRST, WAIT_MAX, _decode, id_times
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -38,7 +38,9 @@ class Result(_Generic[_R]):
     what :meth:`get` gives for an id, in any process of the instance.
 
     Its fields are those of the last look at the store (the offload's, :meth:`get`'s or
-    :meth:`refresh`'s); :meth:`result` looks until the outcome is there.
+    :meth:`refresh`'s); :meth:`result` looks until the outcome is there. An unexpired id with no
+    record is ``queued``: the call has not started (nor run long enough to be marked ``running``),
+    or its result was evicted from a full store, which the store cannot tell.
 
     :param result_id: The id.
     :param fields: The record's fields, as read (None: not looked at yet).
@@ -48,7 +50,7 @@ class Result(_Generic[_R]):
 
     def __init__(self, result_id: str, fields: tuple[Any, ...] | None = None) -> None:
         self.id = result_id
-        self._fields = fields if fields is not None else (VERSION, QUEUED, 0, 0.0, 0.0, None, None)
+        self._fields = fields if fields is not None else QUEUED_FIELDS
 
     def __repr__(self) -> str:
         return f"Result({self.id!r}, status={self.status!r})"
@@ -153,7 +155,10 @@ class Result(_Generic[_R]):
         fields = self._fields
         if fields[1] not in FINAL:
             self._fields = fields = _read(self.id)
-        if fields[1] in FINAL:  # at the first look: no clock read, no wait
+        if fields[1] == SUCCEEDED:  # at the first look: no clock read, no wait
+            value = fields[6]
+            return _unpickle(value) if type(value) is bytes else value  # type: ignore[no-any-return]
+        if fields[1] in FINAL:
             return self.return_value
         now = time.monotonic()
         if timeout is None:
@@ -168,8 +173,10 @@ class Result(_Generic[_R]):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                unknown = " (no record: not started yet, or evicted from a full store)" \
+                    if self._fields is QUEUED_FIELDS else ""
                 raise ResultTimeout(f"result {self.id}: no outcome within {timeout} s (the call is "
-                                    f"{self.status})", result_id=self.id)
+                                    f"{self.status}{unknown})", result_id=self.id)
             time.sleep(min(pause, left))
             self.refresh()
             if self._fields[1] in FINAL:
@@ -178,12 +185,14 @@ class Result(_Generic[_R]):
 
 
 def _read(result_id: str) -> tuple[Any, ...]:
-    """The fields of the result ``result_id``.
+    """The fields of the result ``result_id`` (:data:`~.results.QUEUED_FIELDS` for an unexpired id
+    with no record).
 
     :raises ResultNotFound: naming why there is none.
     """
     if type(result_id) is str and len(result_id) == 32:  # the common case, first: a record of a current result
-        found = store().get(result_id)
+        current = store()
+        found = current.get_raw(result_id, current.name)
         if found is not None:
             try:
                 fields = _unmarshal(found)
@@ -207,16 +216,21 @@ def _looked_up(result_id: str) -> tuple[Any, ...]:
     if times is None:
         raise ResultNotFound(f"{result_id[:80]!r} is not a result id (32 hex digits, as Result.id gives)",
                              result_id=result_id[:80])
-    found = store().get(result_id)
+    current = store()
+    found = current.get(result_id)
     expires = times[0] + times[1]
     now = time.time()
-    if found is None or now > expires:
-        if now > expires:
-            raise ResultNotFound(f"result {result_id} expired {now - expires:.0f} s ago (its result_ttl of "
-                                 f"{times[1]} s from the call)", result_id=result_id)
-        raise ResultNotFound(f"no result {result_id} in the results store: it was never stored here (another "
-                             "instance's id?), or evicted (the store was full: the least recently used go first), "
-                             "or lost (a reload or restart of a store without store=)", result_id=result_id)
+    if now > expires:
+        raise ResultNotFound(f"result {result_id} expired {now - expires:.0f} s ago (its result_ttl of "
+                             f"{times[1]} s from the call)", result_id=result_id)
+    if found is None:
+        if times[0] < current.since:
+            since = time.strftime("%H:%M:%S", time.localtime(current.since))
+            raise ResultNotFound(f"no result {result_id} in the results store: its call was made before the last "
+                                 f"reload or restart of the instance ({since}), and the store keeps no file "
+                                 "(store=): the reload lost it (a call kept in the spool across it writes its "
+                                 "outcome when it runs)", result_id=result_id)
+        return QUEUED_FIELDS  # not started yet: nothing is written before a call starts
     try:
         return _decode(found)
     except Exception as exc:

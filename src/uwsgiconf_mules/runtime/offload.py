@@ -87,8 +87,10 @@ def remote_route(name: str, backend: Backend, timeout: float) -> Route:
         def check(key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             check_json(key, args, kwargs, label)
 
-    sender = None if engine_bypassed() else engine.sender(backend, label, timeout)
-    return Route(name.encode(), label, sys.maxsize, timeout, sender=sender, check=check)
+    bypassed = engine_bypassed()
+    sender = None if bypassed else engine.sender(backend, label, timeout)
+    later = None if bypassed else engine.delayed_sender(backend, label, timeout)
+    return Route(name.encode(), label, sys.maxsize, timeout, sender=sender, check=check, later=later)
 
 
 def engine_bypassed() -> bool:
@@ -309,13 +311,24 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
         current = resolve()
         return deliver(message, dest, f"{key} to {current.label}", current.timeout)
 
-    def later(seconds: float) -> Callable[..., bool]:
-        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "later"),
-                                        _deferred.check_delay(key, seconds))
+    def remote() -> Callable[[bytes, int], bool] | None:
+        """The engine's send of delayed calls, for a farm routed to one whose calls go there."""
+        current = resolve()
+        return current.later if send is current.sender else None
 
-    def at(when: Any) -> Callable[..., bool]:
-        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, "at"),
-                                        _deferred.delay_until(key, when))
+    def delayed(how: str, when: Any) -> Callable[..., bool]:
+        """``later(seconds)`` and ``at(when)``: one body (see ``deferred.delayed_sender``)."""
+        if ttl is not None and _deferred.target_kind(target)["routed"]:
+            from ..errors import TaskOptionError
+
+            raise TaskOptionError(f"task {key}: {_deferred.label(target)} is routed to an offload backend, and a task "
+                                  f"with result_ttl cannot be delayed there yet: {how}() is refused", task=key,
+                                  option=f"{how}()")
+        return _deferred.delayed_sender(key, encode, deliver_one, lambda: _deferred.target_note(target, how),
+                                        how=how, when=when, remote=remote)
+
+    later = functools.partial(delayed, "later")
+    at = functools.partial(delayed, "at")
 
     def current() -> tuple[Route, Send, int | bytes, list[int]]:
         return resolve(), send, dest, count

@@ -85,6 +85,12 @@ OPTIONS = ("retries", "retry_for", "retry_backoff", "retry_backoff_max", "retry_
 """The keyword-only options of ``mule_offload`` this module owns."""
 DEFAULTS: dict[str, Any] = {"retries": 0, "retry_for": (), "retry_backoff": 1.0, "retry_backoff_max": 600.0,
                             "retry_jitter": True, "soft_time_limit": None, "time_limit": None, "acks_late": False}
+UNMAPPED = {
+    "soft_time_limit": "RQ has one time limit per job, job_timeout, which time_limit= sets",
+    "acks_late": "RQ decides what becomes of a job whose worker died: with retries left it runs again, "
+                 "otherwise it is failed (AbandonedJobError)",
+}
+"""The options a farm routed to RQ cannot honour (refused at decoration), with why."""
 TRACEBACK_MAX = 4000
 """Longest traceback text kept with a failed call, in characters (its end is kept)."""
 MESSAGE_MAX = 300
@@ -189,8 +195,8 @@ def policy_of(key: str, label: str, options: dict[str, Any], *, routed: bool = F
     :param key: The task key.
     :param label: Its target, for the errors (``farm 'mail'``).
     :param options: The options given, by name.
-    :param routed: Whether the target is a farm routed to an offload backend (RQ), which cannot
-        honour them.
+    :param routed: Whether the target is a farm routed to an offload backend (RQ), which honours
+        the retries and ``time_limit`` (see ``contrib.rq.sender.job_options``), not :data:`UNMAPPED`.
     :param programmed: Whether the target's mules are all programmed mules, which run no offloaded call.
     :raises TaskOptionError: naming the task and the option at fault.
     """
@@ -201,11 +207,12 @@ def policy_of(key: str, label: str, options: dict[str, Any], *, routed: bool = F
     given = {name: value for name, value in options.items() if not is_default(name, value)}
     if not given:
         return None
-    if routed:
-        name = sorted(given)[0]
+    unmapped = sorted(set(given) & set(UNMAPPED)) if routed else []
+    if unmapped:
+        name = unmapped[0]
         raise TaskOptionError(f"task {key}: {label} is routed to an offload backend, which does not honour {name}= "
-                              "(declare the task on a farm of dispatch mules, or use the engine's own options)",
-                              task=key, option=name)
+                              f"({UNMAPPED[name]}; declare the task on a farm of dispatch mules)", task=key,
+                              option=name)
     if programmed:
         name = sorted(given)[0]
         raise TaskOptionError(f"task {key}: {label} has programmed mules only, which run no offloaded call: "
@@ -303,7 +310,7 @@ def _guard(key: str, func: Callable[..., Any], policy: Policy, encode: Callable[
             note = target_note()
             try:
                 schedule(note or f"mule:{_tasks.current_mule()}", _protocol.stored(encode(args, kwargs)),
-                         time.time_ns() + int(delay * 1e9), attempt + 1)
+                         time.time_ns() + int(delay * 1e9), attempt + 1, within_limit=True)
             except Exception as keep_exc:
                 _tasks.log().error("uwsgiconf-mules: task %s: the retry (attempt %d of %d) cannot be kept (%s): the "
                                    "call fails now", key, attempt + 1, policy.attempts, keep_exc)

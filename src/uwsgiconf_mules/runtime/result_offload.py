@@ -1,14 +1,16 @@
 """What an offloaded function whose task declares ``result_ttl`` does with each call: it gives the
 call a result id (sent as the call's first argument, see :func:`uwsgiconf_mules.runtime.results.wrap`),
-writes its ``queued`` record before sending it, and returns its
-:class:`~uwsgiconf_mules.runtime.handles.Result`. A call to a farm routed to an offload backend is
-the engine's job instead, sent with its own id and ``result_ttl``: the engine keeps its result.
+sends it and returns its :class:`~uwsgiconf_mules.runtime.handles.Result`, ``queued``: nothing is
+written before the call starts (an unexpired id with no record is ``queued``). A call to a farm
+routed to an offload backend is the engine's job instead, sent with its own id and ``result_ttl``:
+the engine keeps its result.
 """
 
 from __future__ import annotations
 
 from ..declarations.backends import ENGINES
 from . import handles as _handles, instance as _instance, result_store as _result_store, results as _results
+from .result_ids import id_maker
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -86,31 +88,38 @@ def _routed(target: Mule | Farm) -> Backend | None:
 
 def _with_result(call: Callable[..., bool], key: str, ttl: int, target: Mule | Farm) -> Callable[..., Any]:
     """``call`` (a send of the task), for a task that keeps results: each call gets a result id,
-    sent as its first argument, and returns its :class:`~uwsgiconf_mules.runtime.results.Result`.
-    A call to a routed farm is the engine's job, whose own result the handle reads."""
-    forget, new_id, handle = _results.forget, _results.new_id, _handles.Result
+    sent as its first argument, and returns its :class:`~uwsgiconf_mules.runtime.handles.Result`.
+    A call to a routed farm is the engine's job, whose own result the handle reads. Under uWSGI,
+    whether the target is routed is decided at the first call (the declarations do not change)."""
+    new_id, handle = id_maker(ttl), _handles.Result
     routed: list[Any] = []  # [send of the engine's jobs with an id and a ttl], once resolved
+    look = [True]  # whether a call looks for a routed farm first: always outside uWSGI, once under it
 
     def with_result(*args: Any, **kwargs: Any) -> Any:
-        backend = _routed(target)
-        if backend is not None:
-            return _routed_result(routed, backend, key, ttl, (args, kwargs))
-        result_id = new_id(ttl)
-        _results.queued(result_id, ttl)
-        try:
-            call(result_id, *args, **kwargs)
-        except BaseException:
-            if _instance.uwsgi is None:  # eager: the task's own exception is the handle's outcome
-                found = _result_store.store().get(result_id)
-                if found is not None and _results._decode(found)[1] in _results.FINAL:
-                    return handle(result_id, _results._decode(found))
-            forget(result_id)  # not sent: no result will come
-            raise
-        if _instance.uwsgi is None:  # run here (inline, eager) or recorded (capture): as it is now
-            return _handles.Result.get(result_id)
+        if look[0]:
+            backend = _routed(target)
+            if backend is not None:
+                return _routed_result(routed, backend, key, ttl, (args, kwargs))
+            if _instance.uwsgi is None:
+                return _here(call, new_id(), args, kwargs)
+            look[0] = False
+        result_id = new_id()
+        call(result_id, *args, **kwargs)  # raises when not sent: nothing was written
         return handle(result_id)
 
     return with_result
+
+
+def _here(call: Callable[..., Any], result_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A call outside uWSGI, run here (inline, eager) or recorded (capture): its handle as it is now."""
+    try:
+        call(result_id, *args, **kwargs)
+    except BaseException:
+        found = _result_store.store().get(result_id)
+        if found is not None and _results._decode(found)[1] in _results.FINAL:  # eager: the task's own exception
+            return _handles.Result(result_id, _results._decode(found))
+        raise
+    return _handles.Result.get(result_id)
 
 
 def _routed_result(routed: list[Any], backend: Backend, key: str, ttl: int,
@@ -139,12 +148,7 @@ def _awith_result(call: Callable[..., Any], key: str, ttl: int, target: Mule | F
             return await asyncio.get_running_loop().run_in_executor(
                 None, lambda: _routed_result(routed, backend, key, ttl, (args, kwargs)))
         result_id = _results.new_id(ttl)
-        _results.queued(result_id)
-        try:
-            await call(result_id, *args, **kwargs)
-        except BaseException:
-            _results.forget(result_id)
-            raise
+        await call(result_id, *args, **kwargs)  # raises when not sent: nothing was written
         return _handles.Result(result_id) if _instance.uwsgi is not None else _handles.Result.get(result_id)
 
     return with_result

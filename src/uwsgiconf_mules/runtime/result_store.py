@@ -20,11 +20,17 @@ class _CacheStore:
     :param uwsgi: The ``uwsgi`` module.
     :param name: The cache's name.
     :param item_size: The largest record it takes.
+    :param since: Since when it holds the results of the calls made (``time.time()``): for a store
+        without a file, when the instance last started or reloaded (it lost every earlier one); 0
+        for one with a file, which keeps them.
     """
 
-    def __init__(self, uwsgi: Any, name: str, item_size: int) -> None:
-        self.name, self.item_size = name, item_size
+    def __init__(self, uwsgi: Any, name: str, item_size: int, since: float = 0.0) -> None:
+        self.name, self.item_size, self.since = name, item_size, since
         self._get, self._put, self._del = uwsgi.cache_get, uwsgi.cache_update, uwsgi.cache_del
+        # The hot paths' calls, with the store's name last: uWSGI's own functions, no frame of ours.
+        self.get_raw: Any = uwsgi.cache_get
+        self.put_raw: Any = uwsgi.cache_update
 
     def get(self, result_id: str) -> bytes | None:
         value: bytes | None = self._get(result_id, self.name)
@@ -46,6 +52,7 @@ class _LocalStore:
     """
 
     name = "local"
+    since = 0.0
 
     def __init__(self, items: int, item_size: int) -> None:
         import threading
@@ -70,6 +77,14 @@ class _LocalStore:
     def delete(self, result_id: str) -> None:
         self._records.pop(result_id, None)
 
+    def get_raw(self, result_id: str, name: str) -> bytes | None:
+        """:meth:`get` with the store's name, as the hot paths call a uWSGI store."""
+        return self._records.get(result_id)
+
+    def put_raw(self, result_id: str, record: bytes, ttl: int, name: str) -> bool:
+        """:meth:`put` with the store's name, as the hot paths call a uWSGI store."""
+        return self.put(result_id, record, ttl)
+
 
 _store: Any = None
 _store_for: Any = None  # the declarations the store was made for
@@ -91,7 +106,10 @@ def store() -> _CacheStore | _LocalStore:
             raise MulesConfigurationError(
                 "results: this uWSGI instance declares no results store, so no call keeps a result: declare one "
                 "with set_mules_params(results=...) and compile the config again", culprit="results")
-        _store = _CacheStore(uwsgi, spec.name, spec.item_size)
+        # uWSGI's start time (seconds, the master's, set again at each reload): a store without a
+        # file is made anew then, so a call made before it has no result here.
+        since = 0.0 if spec.store else float(getattr(uwsgi, "started_on", 0) or 0)
+        _store = _CacheStore(uwsgi, spec.name, spec.item_size, since)
     else:
         _store = _LocalStore(spec.items if spec else LOCAL_ITEMS, spec.item_size if spec else 1 << 30)
     _store_for = declarations

@@ -15,26 +15,32 @@ The store is the uWSGI cache the config declares (``set_mules_params(results=...
 reads and writes (``uwsgi.cache_get``/``cache_update``/``cache_del`` with the store's name).
 Outside uWSGI (inline calls, the test modes, scripts) it is a dictionary of this process.
 
-One record per call, under its id, rewritten at each transition by one function here (the hooks the
-lifecycle of a call calls, from the points where it happens):
+One record per call, under its id, written at the transitions a reader must see (the hooks the
+lifecycle of a call calls, from the points where it happens), and none where the id says enough:
 
 ================  =========================================  ==================================
 status            written by                                 where
 ================  =========================================  ==================================
-``queued``        :func:`queued`                             the sender, before the call is sent
-``running``       :func:`running`                            the mule, as an attempt starts
+``queued``        nobody: no record, a valid unexpired id    (the sender writes nothing)
+``running``       :func:`running`                            the mule's timer thread (:func:`beat`)
 ``retrying``      :func:`retrying`                           the lifecycle, when a retry is kept
 ``succeeded``     :func:`succeeded`                          the mule, when the call returned
 ``failed``        :func:`failed`                             the mule, when the last attempt raised
 ``interrupted``   :func:`interrupted`                        the lifecycle, for a call whose mule died
 ================  =========================================  ==================================
 
-The three last are final: written once per outcome; a record that is final is never written again
+``running`` is written for a call still running :data:`RUNNING_AFTER` after it started, at the
+next look of the mule's timer thread (every 0.1 s). So a short call costs one write, its outcome;
+a reader of an id with no record, unexpired, sees ``queued`` (the handle cannot tell a call not
+started from a result evicted from a full store, and says so when it times out). A mule whose
+timer thread does not run (no spool) writes ``running`` itself as each attempt starts. The three
+last are final: written once per outcome; a record that is final is never written again
 (:func:`_final_write` checks it), so a late ``running`` of a call run twice cannot hide its outcome.
 
 A record is ``marshal`` of (version, status, attempts, started, finished, error, value): the value
-is the return value pickled (as arguments are, on farms of mules); ``error`` is (exception class
-path, message, traceback text). A return value that cannot be pickled, or whose record would be
+is the return value as arguments are encoded (itself when it is of a type marshal keeps exactly,
+bytes excepted; pickled otherwise, so bytes in a record are always a pickle); ``error`` is
+(exception class path, message, traceback text). A return value that cannot be pickled, or whose record would be
 larger than the store's ``item_size``, makes the outcome ``failed``, saying why: a value is stored
 whole or not at all (uWSGI refuses a value larger than its block whole, it never truncates).
 
@@ -49,19 +55,19 @@ id is ``<farm>/<job id>``, and reading it asks RQ (see :mod:`uwsgiconf_mules.con
 
 from __future__ import annotations
 
-import os
 import time
 from marshal import dumps as _marshal, loads as _unmarshal
 from pickle import dumps as _pickle
 
-from ..errors import TaskOptionError
-from . import instance as _instance
+from . import instance as _instance, result_ids as _ids
 from .result_store import store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+MAX_TTL, check_ttl, id_times, new_id = _ids.MAX_TTL, _ids.check_ttl, _ids.id_times, _ids.new_id  # where callers look
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 SUCCEEDED, FAILED, INTERRUPTED = "succeeded", "failed", "interrupted"
@@ -71,8 +77,6 @@ FINAL = frozenset((SUCCEEDED, FAILED, INTERRUPTED))
 """The statuses of an outcome: written once, never changed."""
 VERSION = 1
 """The version of a record (its first field)."""
-MAX_TTL = 0xFFFFFFFF
-"""The longest ``result_ttl``, in seconds (what an id carries)."""
 TRACEBACK_MAX = 4000
 """Longest traceback text kept with a failed call, in characters (its end)."""
 MESSAGE_MAX = 1000
@@ -81,7 +85,18 @@ WAIT_FIRST = 0.0005
 """Seconds ``result()`` sleeps after its first look (doubled at each next, up to :data:`WAIT_MAX`)."""
 WAIT_MAX = 0.05
 """Longest sleep of ``result()`` between two looks, in seconds."""
-_ID_SIZE = 32
+RUNNING_AFTER = 0.005
+"""Seconds a call runs before its ``running`` record is written (at the next look of the mule's
+timer thread, every 0.1 s): shorter calls write their outcome only."""
+BEAT_STALE = 1.0
+"""Seconds after the timer thread's last look (:func:`beat`) past which a mule writes ``running``
+itself as each attempt starts (no timer, or one stuck)."""
+PAYLOAD_ERROR = "uwsgiconf_mules.errors.PayloadError"
+DIRECT = frozenset({int, float, complex, str, bool, type(None)})
+"""Types of return values a record keeps as they are (marshal gives them back exactly, as for
+arguments); bytes and the rest are pickled."""
+QUEUED_FIELDS = (VERSION, QUEUED, 0, 0.0, 0.0, None, None)
+"""The fields a reader sees for an unexpired id with no record (a call not started yet)."""
 
 ATTEMPT = [0]
 """The attempt of the call this process runs now (0: a first attempt); the lifecycle's own cell
@@ -90,64 +105,21 @@ ATTEMPT = [0]
 TASKS: dict[str, int] = {}
 """Task key -> its ``result_ttl``, for the tasks that declare one."""
 
-
-def check_ttl(key: str, value: object) -> int:
-    """A task's ``result_ttl``, checked: whole seconds from 1 to :data:`MAX_TTL`.
-
-    :param key: The task key, for the error.
-    :param value: The ``result_ttl`` given.
-    :raises TaskOptionError: naming the task (a ``UsageError`` and a ``ValueError``).
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_TTL:  # NaN too
-        raise TaskOptionError(f"task {key}: result_ttl must be a number of seconds from 1 to {MAX_TTL}, not {value!r}",
-                              task=key, option="result_ttl")
-    return int(value)
-
-
-# -- ids ------------------------------------------------------------------------------------------
-
-_pool: list[Any] = [b"", 6 * 4096]  # random bytes read ahead, and where the next id's start
-POOL = 6 * 4096
-"""Random bytes read at once for ids (one ``os.urandom`` per 4096 ids, and after a fork)."""
-
-
-def new_id(ttl: int) -> str:
-    """A new result id: the time in milliseconds, ``ttl``, 48 random bits (32 hex digits).
-
-    :param ttl: The result's time to live, in seconds.
-    """
-    pool = _pool
-    at = pool[1]
-    if at >= POOL:
-        pool[0], at = os.urandom(POOL), 0
-    pool[1] = at + 6
-    return str((int(time.time() * 1000).to_bytes(6, "big") + ttl.to_bytes(4, "big") + pool[0][at:at + 6]).hex())
-
-
-def _forked() -> None:
-    _pool[1] = POOL  # the parent's random bytes are not this process's: read new ones
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def id_times(result_id: str) -> tuple[float, int] | None:
-    """(when the call was made, its ttl) that an id of a farm of mules carries; None for any other text.
-
-    :param result_id: The id.
-    """
-    if len(result_id) != _ID_SIZE:
-        return None
-    try:
-        return int(result_id[:12], 16) / 1000, int(result_id[12:20], 16)
-    except ValueError:
-        return None
+CURRENT: list[tuple[str, int, float] | None] = [None]
+"""(result id, attempt, started) of the call with a result this mule runs, until :func:`beat`
+writes its ``running`` record or it ends."""
+LAST: list[tuple[str, int, float] | None] = [None]
+"""The same, of the call that raised last (when it started, for the lifecycle's hooks)."""
+WRITING: list[tuple[str, int, float] | None] = [None]
+"""The call whose ``running`` record the timer thread is writing now (:func:`beat`), or None."""
+BEAT = [0.0]
+"""When the timer thread last looked (:func:`beat`, ``time.time()``); 0: never."""
 
 
 # -- records and the hooks of each transition -----------------------------------------------------
 
 def _encode(status: str, attempts: int, times: tuple[float, float], error: tuple[str, str, str] | None = None,
-            value: bytes | None = None) -> bytes:
+            value: Any = None) -> bytes:
     return _marshal((VERSION, status, attempts, times[0], times[1], error, value))
 
 
@@ -174,58 +146,64 @@ def _write(result_id: str, record: bytes) -> bool:
     return False
 
 
+def _is_final(result_id: str) -> bool:
+    """Whether the record of ``result_id`` holds an outcome."""
+    found = store().get(result_id)
+    try:
+        return found is not None and _decode(found)[1] in FINAL
+    except Exception:
+        return False
+
+
 def _final_write(result_id: str, record: bytes) -> bool:
     """Write an outcome, unless the record holds one already (written once per outcome)."""
-    found = store().get(result_id)
-    if found is not None:
-        try:
-            if _decode(found)[1] in FINAL:
-                return False
-        except Exception:
-            pass
-    return _write(result_id, record)
+    return False if _is_final(result_id) else _write(result_id, record)
 
 
-QUEUED_RECORD = _marshal((VERSION, QUEUED, 0, 0.0, 0.0, None, None))
-"""The record of every queued call."""
-
-
-def queued(result_id: str, ttl: int | None = None) -> None:
-    """The call was accepted for sending (the sender, before it sends it).
-
-    :param result_id: The call's result id.
-    :param ttl: Its ``result_ttl`` (read from the id when not given).
-    """
-    current = store()
-    if not current.put(result_id, QUEUED_RECORD, ttl or _ttl(result_id)):
-        _write(result_id, QUEUED_RECORD)  # says why
-
-
-def forget(result_id: str) -> None:
-    """The call was not sent after all (the send raised): no record of it is kept.
-
-    :param result_id: The call's result id.
-    """
-    store().delete(result_id)
-
-
-def running(result_id: str, attempt: int = 1) -> float:
-    """An attempt of the call starts (the mule, before it calls the function).
+def running(result_id: str, attempt: int = 1, started: float | None = None) -> float:
+    """An attempt of the call runs (the mule's timer thread for a call that outlasts
+    :data:`RUNNING_AFTER`, see :func:`beat`; the mule as the attempt starts when no timer runs).
 
     :param result_id: The call's result id.
     :param attempt: The attempt: 1 for the first.
+    :param started: When it started (None: now).
     :returns: When it started (``time.time()``), for the next hook.
     """
-    started = time.time()
-    found = store().get(result_id)
-    if found is not None:
-        try:
-            if _decode(found)[1] in FINAL:  # run again after its outcome (a re-run): the outcome stays
-                return started
-        except Exception:
-            pass
-    _write(result_id, _encode(RUNNING, attempt, (started, 0.0)))
+    started = time.time() if started is None else started
+    if not _is_final(result_id):  # run again after its outcome (a re-run): the outcome stays
+        _write(result_id, _encode(RUNNING, attempt, (started, 0.0)))
     return started
+
+
+def beat() -> None:
+    """Write ``running`` for the call with a result this mule runs, once it has run
+    :data:`RUNNING_AFTER` (the timer thread of a dispatch mule, every 0.1 s, see
+    :func:`uwsgiconf_mules.mule.running.beat`): once per call, never after its outcome (the call's
+    end clears :data:`CURRENT`, then waits while :data:`WRITING` names it: see :func:`settle`)."""
+    now = time.time()
+    BEAT[0] = now
+    call = CURRENT[0]
+    if call is None or now - call[2] < RUNNING_AFTER:
+        return
+    WRITING[0] = call
+    try:
+        if CURRENT[0] is call:  # looked at again after WRITING is set: the call has not ended
+            CURRENT[0] = None
+            running(*call)
+    except Exception as exc:  # never the heartbeat's failure: the next call tries again
+        from . import tasks as _tasks
+
+        _tasks.log().error("uwsgiconf-mules: results: the running record of %s failed: %s", call[0], exc)
+    finally:
+        WRITING[0] = None
+
+
+def settle(call: tuple[str, int, float]) -> None:
+    """Wait until the timer thread's ``running`` write of ``call`` (:func:`beat`) is done, so that
+    the outcome written next is the last record (bounded: one write of the store)."""
+    deadline = time.monotonic() + 5.0
+    while WRITING[0] is call and time.monotonic() < deadline:
+        time.sleep(0.0002)
 
 
 def _error(exc: BaseException | None, text: str | None = None) -> tuple[str, str, str]:
@@ -254,32 +232,49 @@ def _fitted(status: str, attempts: int, started: float, error: tuple[str, str, s
     return record
 
 
+def _outcome(result_id: str, status: str, value: object, started: float, attempt: int, *, what: str) -> str:
+    """Write the outcome ``status`` whose record keeps ``value`` (as it is in the record), or
+    ``failed`` saying why when that record would be larger than the store's ``item_size``.
+
+    :returns: The status written.
+    """
+    record = _encode(status, attempt, (started, time.time()), None, value)
+    limit = store().item_size
+    if len(record) > limit:
+        reason = (f"{what} takes {len(record)} bytes, more than the results store's item_size ({limit} bytes): it is "
+                  "not stored (declare a larger item_size in set_mules_params(results=...), or return less)")
+        record, status = _fitted(FAILED, attempt, started, (PAYLOAD_ERROR, reason, "")), FAILED
+    _final_write(result_id, record)
+    return status
+
+
+def stored_value(value: object) -> object:
+    """``value`` as a record keeps it: itself for the types marshal keeps exactly (but bytes),
+    else its pickle (bytes).
+
+    :param value: A return value.
+    :raises Exception: what ``pickle`` raises for a value it cannot pickle.
+    """
+    return value if type(value) in DIRECT else _pickle(value, 5)
+
+
 def succeeded(result_id: str, value: object, started: float, attempt: int = 1) -> str:
     """The call returned ``value`` (the mule): its outcome is ``succeeded``, or ``failed`` when the
     value cannot be pickled or its record would not fit the store's ``item_size``.
 
     :param result_id: The call's result id.
     :param value: What the function returned.
-    :param started: When the attempt started (from :func:`running`).
+    :param started: When the attempt started.
     :param attempt: The attempt that returned.
     :returns: The status written.
     """
     try:
-        blob = _pickle(value, 5)
+        kept = stored_value(value)
     except Exception as exc:
         reason = f"the return value ({type(value).__name__}) cannot be pickled: {type(exc).__name__}: {exc}"
-        _final_write(result_id, _fitted(FAILED, attempt, started, ("uwsgiconf_mules.errors.PayloadError", reason, "")))
+        _final_write(result_id, _fitted(FAILED, attempt, started, (PAYLOAD_ERROR, reason, "")))
         return FAILED
-    record = _encode(SUCCEEDED, attempt, (started, time.time()), None, blob)
-    limit = store().item_size
-    if len(record) > limit:
-        reason = (f"the return value ({type(value).__name__}) takes {len(record)} bytes, more than the results "
-                  f"store's item_size ({limit} bytes): it is not stored (declare a larger item_size in "
-                  "set_mules_params(results=...), or return less)")
-        _final_write(result_id, _fitted(FAILED, attempt, started, ("uwsgiconf_mules.errors.PayloadError", reason, "")))
-        return FAILED
-    _final_write(result_id, record)
-    return SUCCEEDED
+    return _outcome(result_id, SUCCEEDED, kept, started, attempt, what=f"the return value ({type(value).__name__})")
 
 
 def kept(result_id: str) -> bool:
@@ -314,28 +309,24 @@ def record(result_id: str, status: str, blob: bytes, *, attempt: int = 1, starte
     if status not in FINAL:
         _write(result_id, _encode(status, attempt, (started, 0.0), None, blob))
         return status
-    if error is not None:
-        path, message, trace = _error(error)
-        for kept_blob, shortened in ((blob, trace), (blob, trace[-1000:]), (blob, ""), (b"", "")):
-            encoded = _encode(status, attempt, (started, time.time()), (path, message, shortened), kept_blob)
-            if len(encoded) <= store().item_size:
-                _final_write(result_id, encoded)
-                return status
-        _final_write(result_id, _fitted(status, attempt, started, (path, message, "")))
-        return status
-    encoded = _encode(status, attempt, (started, time.time()), None, blob)
-    if len(encoded) > store().item_size:
-        reason = (f"the result takes {len(encoded)} bytes, more than the results store's item_size "
-                  f"({store().item_size} bytes): it is not stored (declare a larger item_size in "
-                  "set_mules_params(results=...), or return less)")
-        _final_write(result_id, _fitted(FAILED, attempt, started, ("uwsgiconf_mules.errors.PayloadError", reason, "")))
-        return FAILED
-    _final_write(result_id, encoded)
+    if error is None:
+        return _outcome(result_id, status, blob, started, attempt, what="the result")
+    path, message, trace = _error(error)
+    for kept_blob, shortened in ((blob, trace), (blob, trace[-1000:]), (blob, ""), (b"", "")):
+        encoded = _encode(status, attempt, (started, time.time()), (path, message, shortened), kept_blob)
+        if len(encoded) <= store().item_size:
+            _final_write(result_id, encoded)
+            return status
+    _final_write(result_id, _fitted(status, attempt, started, (path, message, "")))
     return status
 
 
 def _started(result_id: str) -> float:
-    """When the current record says its attempt started (0.0 when it says nothing)."""
+    """When the attempt of ``result_id`` that ran last started: as the mule noted it, else as the
+    record says (0.0 when it says nothing)."""
+    last = LAST[0]
+    if last is not None and last[0] == result_id:
+        return float(last[2])
     found = store().get(result_id)
     try:
         return float(_decode(found)[3]) if found is not None else 0.0
@@ -348,7 +339,7 @@ def failed(result_id: str, exc: BaseException, started: float | None = None, att
 
     :param result_id: The call's result id.
     :param exc: What it raised.
-    :param started: When the attempt started (None: as its ``running`` record says).
+    :param started: When the attempt started (None: as the mule noted it).
     :param attempt: The attempt that raised.
     """
     _final_write(result_id, _fitted(FAILED, attempt, _started(result_id) if started is None else started,
@@ -360,13 +351,12 @@ def retrying(result_id: str, exc: BaseException, started: float | None, attempt:
 
     :param result_id: The call's result id.
     :param exc: What the attempt raised.
-    :param started: When the attempt started (None: as its ``running`` record says).
+    :param started: When the attempt started (None: as the mule noted it).
     :param attempt: The attempt that failed.
     :param delay: Seconds until the retry.
     """
     path, message, trace = _error(exc)
-    found = store().get(result_id)
-    if found is not None and _decode(found)[1] in FINAL:
+    if _is_final(result_id):
         return
     if started is None:
         started = _started(result_id)
@@ -388,8 +378,9 @@ def interrupted(result_id: str, reason: str, attempt: int = 1) -> None:
 def wrap(key: str, func: Callable[..., Any], ttl: int, *,
          retried: Callable[[BaseException, int], bool] | None = None) -> Callable[..., Any]:
     """The function registered for a task with results: it takes the call's result id first,
-    writes ``running``, calls ``func`` and writes the outcome; an exception is raised again after
-    its outcome is written (the mule reports it as every failure).
+    notes the call for :func:`beat` (or writes ``running`` itself when no timer thread looks),
+    calls ``func`` and writes the outcome; an exception is raised again after its outcome is
+    written (the mule reports it as every failure).
 
     :param key: The task key.
     :param func: The function.
@@ -402,34 +393,50 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *,
 
     run = _tasks._awaited(func) if _tasks.is_async(func) else func
     TASKS[key] = ttl
-    clock, attempt, final = time.time, ATTEMPT, FINAL
+    clock, attempt, final, current_call, last, beaten = time.time, ATTEMPT, FINAL, CURRENT, LAST, BEAT
+    writing, direct = WRITING, DIRECT
 
     def with_result(result_id: str, /, *args: Any, **kwargs: Any) -> None:
-        # running() and succeeded(), inlined: this runs for every call of the task in a mule.
+        # succeeded(), inlined: this runs for every call of the task in a mule.
         current = store()
         started = clock()
-        if attempt[0]:  # a retry or a re-run: running() checks for an outcome first
-            started = running(result_id, attempt[0])
-        else:  # a first attempt: its record is the queued one, no outcome can be there
-            current.put(result_id, _marshal((VERSION, RUNNING, 1, started, 0.0, None, None)), ttl)
+        again = attempt[0]  # 0: a first attempt, whose record cannot hold an outcome yet
+        call = (result_id, again or 1, started)
+        watched = started - beaten[0] < BEAT_STALE
+        if watched:  # the timer thread writes `running` if the call outlasts RUNNING_AFTER
+            current_call[0] = call
+        elif again:
+            running(result_id, again, started)
+        else:
+            current.put_raw(result_id, _marshal((VERSION, RUNNING, 1, started, 0.0, None, None)), ttl, current.name)
         try:
             value = run(*args, **kwargs)
         except BaseException as exc:
-            if retried is None or not retried(exc, attempt[0] or 1):
-                failed(result_id, exc, started, attempt[0] or 1)
+            last[0] = call  # when it started, for the lifecycle's hooks that follow
+            if watched:
+                current_call[0] = None
+                if writing[0] is call:
+                    settle(call)
+            if retried is None or not retried(exc, again or 1):
+                failed(result_id, exc, started, again or 1)
             raise
+        if watched:
+            current_call[0] = None
+            if writing[0] is call:  # its `running` record is being written: the outcome goes after it
+                settle(call)
         try:
-            record = _marshal((VERSION, SUCCEEDED, attempt[0] or 1, started, clock(), None, _pickle(value, 5)))
+            record = _marshal((VERSION, SUCCEEDED, again or 1, started, clock(), None,
+                               value if type(value) in direct else _pickle(value, 5)))
         except Exception:
             record = b""
         if not record or len(record) > current.item_size:  # says why it is not stored
-            succeeded(result_id, value, started, attempt[0] or 1)
+            succeeded(result_id, value, started, again or 1)
             return
-        if attempt[0]:  # a retry or a re-run: an outcome written already stays (once per outcome)
+        if again:  # a retry or a re-run: an outcome written already stays (once per outcome)
             found = current.get(result_id)
             if found is not None and _unmarshal(found)[1] in final:
                 return
-        current.put(result_id, record, ttl)
+        current.put_raw(result_id, record, ttl, current.name)
 
     with_result.__wrapped__ = func  # type: ignore[attr-defined]
     with_result._results_raw = run  # type: ignore[attr-defined]  # what an RQ job runs (RQ keeps the value)

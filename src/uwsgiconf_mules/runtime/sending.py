@@ -367,13 +367,16 @@ class Route:
         decoded arguments, ``check(key, args, kwargs)`` raising ``PayloadError`` (RQ with JSON:
         only what JSON gives back); None when there is none. Outside uWSGI, calls that do not go
         to the engine (test modes, development servers) pass it too.
+    :param later: For a farm routed to an offload backend, the engine's send of a delayed call,
+        ``later(envelope, due ns since the epoch)`` (RQ: a scheduled job); None otherwise.
     """
 
-    __slots__ = ("check", "dest", "label", "limit", "refused", "sender", "timeout")
+    __slots__ = ("check", "dest", "label", "later", "limit", "refused", "sender", "timeout")
 
     def __init__(self, dest: int | bytes, label: str, limit: int, timeout: float, refused: str | None = None,
                  *, sender: Callable[[bytes, int | bytes], bool] | None = None,
-                 check: Callable[[str, tuple[Any, ...], dict[str, Any]], None] | None = None) -> None:
+                 check: Callable[[str, tuple[Any, ...], dict[str, Any]], None] | None = None,
+                 later: Callable[[bytes, int], bool] | None = None) -> None:
         self.dest = dest
         self.label = label
         self.limit = limit
@@ -381,6 +384,7 @@ class Route:
         self.refused = refused
         self.sender = sender
         self.check = check
+        self.later = later
 
     def refuse(self, message: bytes, dest: int | bytes) -> bool:
         """Raise :class:`~uwsgiconf_mules.errors.DeliveryError` for :attr:`refused` (the sending

@@ -25,7 +25,11 @@ SPOOL_CHECK_EVERY = 1.0
 
 spool_problem: str | None = None
 """Why the spool cannot keep calls, as this process last found; None while it can."""
+spool_full: str | None = None
+"""Why the spool takes no more delayed calls (its queued and delayed calls hold its limit), as this
+process last found; None while it takes them (see :func:`delayed_refusal`)."""
 _watching = False  # whether this process runs its spool watcher
+_held: list[tuple[str, _spool.Spool, object]] = []  # [(spool dir, Spool, delayed.Held)], made at the first check
 
 
 SMALLEST_QUEUED = 768
@@ -89,6 +93,7 @@ def check_spool(declarations: Declarations) -> None:
     found = _spool.problem(declarations.spool_dir, *spool_room(declarations))
     if declarations.stats is not None and declarations.dispatchers:  # every check: a mule may have set it
         _instance.uwsgi.metric_set(SPOOL_GAUGE, int(found is not None))
+    check_full(declarations.spool_dir)
     if found == spool_problem:
         return
     spool_problem = found
@@ -104,6 +109,44 @@ def check_spool(declarations: Declarations) -> None:
         refresh = getattr(cache, "_refresh", None)
         if refresh is not None:
             refresh()
+
+
+def check_full(spool_dir: str) -> None:
+    """Count what the spool holds (queued and delayed calls) against its limit, and set
+    :data:`spool_full` (said in the log when it changes).
+
+    :param spool_dir: The spool's directory.
+    """
+    global spool_full
+    from ..protocol.spool import delayed as _delayed
+
+    if not _held or _held[0][0] != spool_dir:
+        spool = _spool.Spool(spool_dir)
+        _held[:] = [(spool_dir, spool, _delayed.Held(spool))]
+    _, spool, held = _held[0]
+    try:
+        holds = spool.size(("queue",)) + held.total()  # type: ignore[attr-defined]
+    except OSError:
+        return  # the spool's problem, if any, is said by check_spool
+    found = (f"the spool {spool_dir} holds its limit of {spool.limit} bytes ({holds} bytes of queued and delayed "
+             "calls)") if holds >= spool.limit else None
+    if found == spool_full:
+        return
+    spool_full = found
+    from . import tasks as _tasks
+
+    if found is not None:
+        _tasks.log().error("uwsgiconf-mules: %s: delayed calls are refused (DeliveryError) while %s", _who(), found)
+    else:
+        _tasks.log().warning("uwsgiconf-mules: %s: the spool %s takes delayed calls again", _who(), spool_dir)
+
+
+def delayed_refusal() -> str | None:
+    """Why a delayed call (``later``/``at``, a retry) cannot be kept now, or None: this process's
+    watcher checks it once a second (started here, when it is not yet)."""
+    if not _watching:
+        watch_spool()
+    return spool_full
 
 
 def spool_gauge(declarations: Declarations) -> None:

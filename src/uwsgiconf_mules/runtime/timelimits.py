@@ -5,8 +5,9 @@ after which uWSGI stops the mule.
   (``uwsgi.set_user_harakiri(seconds)``; 0 clears it): when it expires, the master kills the
   mule as it kills a mule stuck past ``mule-harakiri``, and respawns it. The instance's harakiri
   (``set_mules_params(harakiri=...)``) is set again after the call.
-* The soft limit is a watchdog thread (one per call, started through ``_threads``) that, when the limit
-  expires, sends ``SIGALRM`` to the mule's main thread only (``signal.pthread_kill``): a call
+* The soft limit is kept by one watchdog thread per process (started through ``_threads`` with the
+  first call that declares one, then shared by all: a heap of deadlines under a condition) that,
+  when the limit expires, sends ``SIGALRM`` to the mule's main thread only (``signal.pthread_kill``): a call
   blocked in C (``time.sleep``, a socket read) is interrupted by the signal, and this module's
   handler raises :class:`~uwsgiconf_mules.errors.TimeLimitExceeded` there, so the task's
   ``except``/``finally`` blocks run and ``retry_for`` may name it. A call that has already
@@ -16,9 +17,11 @@ after which uWSGI stops the mule.
 
 from __future__ import annotations
 
-import _thread
+import heapq
+import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 
 from .. import _threads
@@ -29,7 +32,6 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, kee
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import FrameType
-    from typing import Any
 
 _armed = [0, 0.0]  # [number of the armed soft limit (0: none), its seconds]
 _fired = [0]  # the number whose limit expired
@@ -45,13 +47,52 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
         raise TimeLimitExceeded(seconds)
 
 
-def _watch(done: Any, number: int, seconds: float, main: int) -> None:
-    """The watchdog of one call: SIGALRM to the main thread unless the call ended in time."""
-    if done.acquire(timeout=seconds):
-        return
-    if _armed[0] == number:
-        _fired[0] = number
-        signal.pthread_kill(main, signal.SIGALRM)
+_cond = threading.Condition()
+_deadlines: list[tuple[float, int, int]] = []  # heap of (monotonic deadline, number, main thread's ident)
+_watching = [0]  # pid of the process whose watchdog runs (0: none; a forked child starts its own)
+
+
+def _watchdog() -> None:
+    """The watchdog thread: SIGALRM to the main thread when the armed soft limit expires; deadlines
+    of calls that ended in time are dropped as they come up."""
+    with _cond:
+        while True:
+            while _deadlines and _deadlines[0][1] != _armed[0]:
+                heapq.heappop(_deadlines)  # the call ended (or another one is armed): nothing to do
+            if not _deadlines:
+                _cond.wait()
+                continue
+            deadline, number, main = _deadlines[0]
+            wait = deadline - time.monotonic()
+            if wait > 0:
+                _cond.wait(wait)
+                continue
+            heapq.heappop(_deadlines)
+            _fired[0] = number
+            signal.pthread_kill(main, signal.SIGALRM)
+
+
+def _arm(number: int, seconds: float) -> None:
+    """Arm soft limit ``number`` for ``seconds`` with the process's watchdog (started on first use)."""
+    with _cond:
+        heapq.heappush(_deadlines, (time.monotonic() + seconds, number, threading.main_thread().ident or 0))
+        _armed[1], _armed[0] = seconds, number
+        if _watching[0] != os.getpid():
+            try:
+                _threads.start(_watchdog)
+            except BaseException:
+                _armed[0] = 0
+                raise
+            _watching[0] = os.getpid()
+        _cond.notify()
+
+
+def _disarm() -> None:
+    """No soft limit armed (the watchdog drops its deadline)."""
+    _armed[0] = 0
+    if _deadlines:
+        with _cond:
+            _cond.notify()
 
 
 @contextmanager
@@ -63,7 +104,6 @@ def limits(soft: float | None, hard: int | None) -> Iterator[None]:
     :param hard: Seconds after which uWSGI kills the mule.
     """
     uwsgi = _instance.uwsgi
-    done = None
     try:  # armed inside: whatever interrupts the arming (the soft limit's signal too), both are cleared
         if hard is not None and uwsgi is not None:
             uwsgi.set_user_harakiri(hard)
@@ -72,17 +112,10 @@ def limits(soft: float | None, hard: int | None) -> Iterator[None]:
                 signal.signal(signal.SIGALRM, _alarm)
                 _installed[0] = True
             _count[0] += 1
-            number = _count[0]
-            lock = _thread.allocate_lock()
-            lock.acquire()
-            done = lock
-            _armed[1], _armed[0] = soft, number
-            _threads.start(_watch, done, number, soft, threading.main_thread().ident)
+            _arm(_count[0], soft)
         yield
     finally:
-        _armed[0] = 0
-        if done is not None:
-            done.release()  # the watchdog ends
+        _disarm()
         if hard is not None and uwsgi is not None:
             declarations = _instance.declarations()
             uwsgi.set_user_harakiri((declarations.harakiri or 0) if declarations is not None else 0)

@@ -484,7 +484,8 @@ def test_spool_lists_replays_and_purges(tmp_path: Path) -> None:
     ]
     replayed = invoke_with(tmp_path, body, cli, "spool", "replay")
     assert replayed.stdout.splitlines()[1:] == [
-        "  replayed 2 dead letter(s): they run when the dispatch mules next start",
+        "  replayed 2 dead letter(s): they run when the dispatch mules next start (a delayed call still ahead of its "
+        "time, back among the delayed calls of its target, when due)",
         "  kept 1 untrusted message(s): never replayed (purge them)",
         "  to start them now: kill -HUP <pid of the uWSGI master> (a graceful reload of the instance); for a file to "
         "touch instead, declare set_mules_params(touch_reload=...)"]
@@ -614,11 +615,11 @@ def test_worker_command_is_rq_worker_with_the_declared_url_queues_and_serializer
                 parse_backend("mail", "rq://h:6380/2?password_env=PW&serializer=pickle&queue=reports")]
     command, env = worker_command(backends, burst=True, worker_class="rq.worker.SimpleWorker")
     assert command == [sys.executable, "-m", "uwsgiconf_mules.contrib.rq.worker", "worker", "--serializer",
-                       "rq.serializers.DefaultSerializer", "--job-class", "uwsgiconf_mules.remote.Job", "--burst",
-                       "--worker-class", "rq.worker.SimpleWorker", "reports"]
+                       "rq.serializers.DefaultSerializer", "--job-class", "uwsgiconf_mules.remote.Job",
+                       "--with-scheduler", "--burst", "--worker-class", "rq.worker.SimpleWorker", "reports"]
     assert env == {"RQ_REDIS_URL": "redis://:p%20w%2F%40@h:6380/2"}  # the password is not on the command line
     command, env = worker_command([parse_backend("mail", "rq://h")])
-    assert command[-3:] == ["--job-class", "uwsgiconf_mules.remote.Job", "mail"]
+    assert command[-4:] == ["--job-class", "uwsgiconf_mules.remote.Job", "--with-scheduler", "mail"]  # RQ's scheduler
     assert command[5] == "rq.serializers.JSONSerializer"
     assert env == {"RQ_REDIS_URL": "redis://h:6379/0"}
 

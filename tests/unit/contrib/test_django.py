@@ -495,6 +495,12 @@ def test_results_get_result_refresh_errors_and_signals_agree_with_the_store(tmp_
             default_task_backend.get_result("nope")
         except TaskResultDoesNotExist as exc:
             missing = str(exc)
+        from uwsgiconf_mules.runtime import results
+        unknown = results.new_id(60)  # well formed, unexpired, never enqueued: the backend wrote no record
+        try:
+            default_task_backend.get_result(unknown)
+        except TaskResultDoesNotExist as exc:
+            missing += " | " + str(exc).replace(unknown, "ID")
         print(json.dumps({"supports": default_task_backend.supports_get_result, "status": ok.status,
                           "value": ok.return_value, "task": ok.task.module_path, "args": ok.args,
                           "times": ok.enqueued_at <= ok.started_at <= ok.finished_at,
@@ -512,4 +518,5 @@ def test_results_get_result_refresh_errors_and_signals_agree_with_the_store(tmp_
         "failed": ["FAILED", "builtins.RuntimeError", True],
         "seen": [["started", "RUNNING", "RUNNING"], ["finished", "SUCCESSFUL", "SUCCESSFUL"],
                  ["started", "RUNNING", "RUNNING"], ["finished", "FAILED", "FAILED"]],
-        "missing": "no result 'nope': not an id of this backend"}
+        "missing": "no result 'nope': not an id of this backend | no result ID: no record in the results store "
+                   "(never enqueued here, or evicted from a full store: the least recently used go first)"}

@@ -315,7 +315,7 @@ def test_every_field_of_a_job_is_refused_or_known_harmless(routed: RedisServer) 
     job.repeats_left, job.repeat_intervals, job.rate_limit_key, job.rate_limit_concurrency = 1, [1], "k", 1
     job.allow_dependency_failures, job.enqueue_at_front, job._result, job._exc_info = True, True, 1, "e"
     fields = set(job.to_dict())
-    assert fields - harmless - set(remote.REFUSED_FIELDS) == set()
+    assert fields - harmless - set(remote.REFUSED_FIELDS) - set(_jobs.CHECKED_FIELDS) == set()
     assert set(remote.REFUSED_FIELDS) <= fields
 
 
@@ -400,3 +400,83 @@ def test_a_batch_to_a_routed_farm_is_one_pipeline_of_jobs_checked_first(routed: 
     assert len(queue(routed)) == 50
     work(routed)
     assert [args for _, args, _ in remote_tasks.CALLS] == [(i, "b") for i in range(50)]
+
+
+FLAKY = "support.remote_tasks:flaky"
+
+
+def test_retries_and_the_time_limit_of_a_task_become_rqs_retry_and_job_timeout(routed: RedisServer) -> None:
+    assert _remote.job_options(KEY) == {}  # a task that declares nothing: RQ's defaults, as before
+    remote_tasks.flaky("a", 3)
+    (job,) = queue(routed).jobs
+    assert (job.retries_left, job.retry_intervals, job.timeout) == (2, [0.0, 0.0], 30)
+    work(routed)  # fails twice (ValueError), then succeeds: RQ ran it three times, the attempt visible to the task
+    assert remote_tasks.CALLS == [("flaky", ("a", 1), {}), ("flaky", ("a", 2), {}), ("flaky", ("a", 3), {})]
+    remote_tasks.CALLS.clear()
+    remote_tasks.flaky("b", 9)  # its retries run out: failed in RQ
+    remote_tasks.flaky("c", 9, "KeyError")  # not named by retry_for: not retried (RQ alone retries everything)
+    work(routed)
+    assert sorted(remote_tasks.CALLS) == [("flaky", ("b", 1), {}), ("flaky", ("b", 2), {}), ("flaky", ("b", 3), {}),
+                                          ("flaky", ("c", 1), {})]
+    assert len(rq.registry.FailedJobRegistry(queue=queue(routed))) == 2
+
+
+def test_the_backoff_is_drawn_for_each_job_and_retry_delay_sets_the_next_interval(routed: RedisServer) -> None:
+    from uwsgiconf_mules.runtime import policy
+
+    found = policy.policy_of("m:f", "farm 'reports'", {"retries": 3, "retry_backoff": 2.0, "retry_backoff_max": 5.0,
+                                                       "retry_jitter": False}, routed=True)
+    assert found is not None
+    policy.POLICIES["m:f"] = found
+    try:
+        assert _remote.job_options("m:f")["retry"].intervals == [2.0, 4.0, 5.0]
+        found.retry_jitter = True
+        drawn = [_remote.job_options("m:f")["retry"].intervals for _ in range(20)]
+        assert all(1.0 <= first <= 2.0 and 2.0 <= second <= 4.0 for first, second, _ in drawn)
+        assert len({tuple(one) for one in drawn}) > 1  # each job its own jitter
+    finally:
+        del policy.POLICIES["m:f"]
+    remote_tasks.flaky("r", 2, "Retry")  # Retry() without a delay: the declared interval (0 here)
+    work(routed)
+    assert remote_tasks.CALLS == [("flaky", ("r", 1), {}), ("flaky", ("r", 2), {})]
+
+
+def test_a_retry_field_within_what_the_task_declares_runs_and_a_forged_one_does_not(routed: RedisServer) -> None:
+    forged = queue(routed)
+    ids = {
+        "too many": forged.enqueue_call(_remote.RUN, args=(FLAKY, "x", 9), retry=rq.Retry(max=50)).id,
+        "far interval": forged.enqueue_call(_remote.RUN, args=(FLAKY, "y", 9),
+                                            retry=rq.Retry(max=1, interval=10**9)).id,
+        "callback": forged.enqueue_call(_remote.RUN, args=(FLAKY, "z", 9), retry=rq.Retry(max=2),
+                                        on_failure=rq.Callback("support.remote_tasks.dropped")).id,
+        "no retries declared": forged.enqueue_call(_remote.RUN, args=(KEY, "w"), retry=rq.Retry(max=1)).id,
+    }
+    remote_tasks.flaky("ours", 2)  # what our sender set: accepted
+    work(routed)
+    assert remote_tasks.CALLS == [("flaky", ("ours", 1), {}), ("flaky", ("ours", 2), {})]
+    for name, job_id in ids.items():
+        job = forged.fetch_job(job_id)
+        assert job is not None and job.get_status() == "failed", name
+        assert "UnknownTaskError: job refused" in (job.latest_result().exc_string or ""), name  # type: ignore[union-attr]
+    assert len(forged) == 0 and len(rq.registry.ScheduledJobRegistry(queue=forged)) == 0  # none retried
+
+
+def test_later_and_at_schedule_a_job_in_rqs_scheduled_registry(routed: RedisServer) -> None:
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=10)
+    sender = remote_tasks.report.at(when)  # type: ignore[attr-defined]
+    before = time.time()
+    assert remote_tasks.report.later(60)(1, via="later") is True  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    assert sender(2) is True  # kept for a while: still the moment asked, no drift
+    assert remote_tasks.flaky.later(5)("late", 1) is True  # type: ignore[attr-defined]
+    registry = rq.registry.ScheduledJobRegistry(queue=queue(routed))
+    scheduled = {tuple(queue(routed).fetch_job(job_id.decode()).args[1:]): score  # type: ignore[union-attr]
+                 for job_id, score in routed.client().zrange(registry.key, 0, -1, withscores=True)}
+    assert set(scheduled) == {(1,), (2,), ("late", 1)}
+    assert before + 60 <= scheduled[(1,)] <= time.time() + 61  # never early: whole seconds rounded up
+    assert scheduled[(2,)] == math.ceil(when.timestamp())  # RQ keeps whole seconds: rounded up
+    jobs = {tuple(job.args[1:]): job for job in (queue(routed).fetch_job(i.decode())
+                                                 for i in routed.client().zrange(registry.key, 0, -1)) if job}
+    assert jobs[(1,)].get_status() == "scheduled" and jobs[(1,)].kwargs == {"via": "later"}
+    assert (jobs[("late", 1)].retries_left, jobs[("late", 1)].timeout) == (2, 30)  # the task's options too
+    assert len(queue(routed)) == 0 and remote_tasks.CALLS == []

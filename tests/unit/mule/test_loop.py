@@ -62,6 +62,17 @@ def test_past_its_limit_or_when_the_disk_refuses_the_spool_keeps_nothing_and_say
                          "the disk refused it (Not a directory)": 1}
 
 
+def test_delayed_calls_count_against_the_limit_of_what_a_stopping_mule_keeps(tmp_path: Path) -> None:
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    spool = _spool.Spool(str(tmp_path / "spool"), limit=200)
+    spool.create()
+    delayed.write(spool, "farm:fast", b"m" * 120, 10 ** 18)  # a delayed call of 120 bytes and its header
+    keep = _dispatch._Keeper(spool)
+    assert keep(signed("tasks:a", "x" * 40), 1) == 0  # what is left of the 200 bytes is too little
+    assert keep.lost == {f"the spool {spool.path} holds its limit of 200 bytes": 1}
+
+
 @pytest.fixture
 def registry() -> Iterator[None]:
     saved = dict(_tasks.REGISTRY), dict(_tasks.HEADS), set(_tasks._SHARED)

@@ -299,3 +299,61 @@ def test_a_flood_of_distinct_reasons_is_summed_up_in_a_bounded_line() -> None:
     assert summary.startswith("uwsgiconf-mules: mule 0: 4980 more message(s) refused in the last 60 s: ")
     assert f": {4980 - _spool.Burst.REASONS} x other reasons; 1 x reason 20 " in summary  # the most first
     assert len(summary) < 3_000
+
+
+def test_dead_letters_kept_from_two_threads_are_counted_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                ) -> None:
+    # A dispatch mule keeps dead letters from its loop (failed calls) and its timer thread (interrupted
+    # calls, see mule.timer.interrupted): the count of dead/ that keeps its quota stays exact. Here the
+    # timer's letter comes while the loop's is being counted (the first keep counts dead/).
+    import threading
+
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    letters = _spool.DeadLetters(spool, [].append)
+    count = letters._count
+    other = threading.Thread(target=lambda: letters.keep(b"ak:timer\x00", "interrupted: app:t (in mule 1)"))
+
+    def counting() -> list[int]:
+        found = count()
+        if not other.is_alive() and other.ident is None:
+            other.start()
+            other.join(0.5)  # done by now without the lock; waits for it with the lock
+        return found
+
+    monkeypatch.setattr(letters, "_count", counting)
+    letters.keep(b"ak:loop\x00", "failed: app:f (ValueError, attempt 1 of 1): x", durable=False)
+    other.join(10)
+    for i in range(20):
+        letters.keep(f"ak:{i}\x00".encode(), "unknown task")
+    assert letters.held == count() == [spool.size(("dead",)), 22]
+
+
+def test_the_bytes_of_delayed_calls_are_counted_again_only_for_changed_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from uwsgiconf_mules.protocol.spool import delayed
+
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    held = delayed.Held(spool)
+    assert held.total() == 0
+    time.sleep(0.05)
+    first = delayed.write(spool, "farm:a", b"x" * 100, 10 ** 18)
+    delayed.write(spool, "mule:1", b"y" * 50, 10 ** 18)
+    assert held.total() == spool.size(("delayed/farm-a", "delayed/mule-1")) == os.path.getsize(first) + \
+        os.path.getsize(spool.files("delayed/mule-1")[0])
+    os.unlink(first)
+    time.sleep(0.05)  # past the next listing allowed (twenty times as long as the last one took)
+    assert held.total() == os.path.getsize(spool.files("delayed/mule-1")[0])  # a removal seen
+    old = time.time_ns() - 10 * 10 ** 9
+    for where in ("delayed/farm-a", "delayed/mule-1"):
+        os.utime(spool.part(where), ns=(old, old))
+    total = held.total()  # listed once more (their times changed), then not again
+    measured: list[str] = []
+    sizes = delayed.Held._sizes
+    monkeypatch.setattr(delayed.Held, "_sizes", staticmethod(lambda where, before: measured.append(where) or
+                                                             sizes(where, before)))
+    assert held.total() == total
+    assert measured == []  # unchanged folders: not listed again

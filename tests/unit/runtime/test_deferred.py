@@ -60,3 +60,58 @@ def test_a_file_name_from_a_message_that_no_sender_draws_is_refused_and_the_call
 
 def test_a_file_name_a_sender_draws_is_valid() -> None:
     assert delayed.valid_name(delayed.name(10 ** 18))
+
+
+def test_a_replayed_delayed_call_goes_back_to_its_target_with_its_due_time(
+        kept: _spool.Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from uwsgiconf_mules.mule import timer
+
+    def full(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    ahead = time.time_ns() + 3600 * 10 ** 9
+    with monkeypatch.context() as patched:
+        patched.setattr(deferred, "schedule", full)
+        deferred._defer("farm:mail-out", ahead, 2, PAYLOAD, delayed.name(ahead))  # due in an hour
+        deferred._defer("mule:1", 10 ** 18, 1, PAYLOAD, delayed.name(10 ** 18))  # due in 2001: past
+    timer.interrupted(kept, "", 1, PAYLOAD, attempt=1, ran=2.0, pid=99, target="farm:mail-out")  # ran: due
+    kept.write("dead", PAYLOAD, "unknown task shop.tasks:mail")  # no target known: any mule
+    problems: list[str] = []
+    assert kept.replay(problems) == (4, 0) and problems == []
+    [name] = delayed.pending(kept, "farm:mail-out")
+    assert delayed.due_of(name) == ahead  # its time kept, not run at the next start
+    note, payload = _spool.read(os.path.join(kept.part("delayed/farm-mail-out"), name))
+    assert delayed.parse_note(note) == ("farm:mail-out", 2) and payload == PAYLOAD
+    queued = sorted(_spool.read(path)[0] for path in kept.files("queue"))
+    assert queued == [_spool.ANY, "farm:mail-out", "mule:1"]  # each for its own target
+    assert kept.files("dead") == []
+
+
+def test_an_origin_note_is_parsed_back_and_anything_else_is_not() -> None:
+    note = "failed: x (y) | z" + delayed.origin_note("farm:mail", 123, 3)
+    assert delayed.parse_origin(note) == ("farm:mail", 123, 3)
+    assert delayed.origin_note("nowhere") == ""
+    for bad in ("unknown task", "x | kept for farm:mail due_ns=1x attempt=1",
+                "x | kept for ../etc due_ns=1 attempt=1", "x | kept for farm:mail due_ns=1"):
+        assert delayed.parse_origin(bad) is None, bad
+
+
+def test_a_failed_call_is_kept_with_a_bounded_message_and_the_end_of_its_traceback(kept: _spool.Spool) -> None:
+    from uwsgiconf_mules.runtime import policy
+
+    error: BaseException = KeyError("first of the chain")
+    for number in range(100):  # a long traceback: a chain of 100 exceptions
+        try:
+            raise ValueError(f"link {number:03d} " + "m" * 400) from error
+        except ValueError as exc:
+            error = exc
+    policy.keep_failed("shop.tasks:mail", (1,), {}, error)
+    [(note, payload)] = letters(kept)
+    assert payload == PAYLOAD  # the call itself: replayable
+    head, _, text = note.partition(" | ")
+    assert head == "failed: shop.tasks:mail (ValueError, attempt 1 of 1): " + ("link 099 " + "m" * 400)[
+        :policy.MESSAGE_MAX]
+    assert len(text) <= 2 * policy.TRACEBACK_MAX  # its last 4,000 characters (line ends escaped)
+    assert "link 099" in text and "first of the chain" not in text  # the end is what is kept, not the start

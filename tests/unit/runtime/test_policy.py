@@ -176,14 +176,20 @@ def _task(name: str) -> Any:
 
 def test_options_on_a_target_that_cannot_honour_them_are_refused_naming_it() -> None:
     _instance.reset(declare(mules=[None, "prog.py"], backends={"reports": "rq://127.0.0.1:1/0"}), "test")
-    with pytest.raises(errors.TaskOptionError, match=r"farm 'reports' is routed to an offload backend, which does "
-                                                     r"not honour retries="):
-        mule_offload("reports", retries=2)(_task("routed"))
+    for option, value in (("soft_time_limit", 3.0), ("acks_late", True)):
+        with pytest.raises(errors.TaskOptionError, match=rf"task shop.tasks:routed: farm 'reports' is routed to an "
+                                                         rf"offload backend, which does not honour {option}=") as info:
+            mule_offload("reports", retries=2, **{option: value})(_task("routed"))
+        assert info.value.option == option
+    # RQ honours the retries and the hard limit (see tests/unit/contrib/test_rq.py)
+    assert mule_offload("reports", retries=2, retry_for=ValueError, time_limit=5)(_task("routed")).policy.retries == 2
     with pytest.raises(errors.TaskOptionError, match="programmed mules only"):
         mule_offload(2, soft_time_limit=3)(_task("programmed"))
     routed = mule_offload("reports")(_task("routed_plain"))  # no option: accepted, as before
-    with pytest.raises(errors.TaskOptionError, match=r"farm 'reports' is routed to an offload backend.*later\(\)"):
-        routed.later(5)()
+    assert routed.later(5)() is True  # the engine bypassed here (declarations of a test): at once
+    with pytest.raises(errors.TaskOptionError, match=r"farm 'reports' is routed to an offload backend, and a task "
+                                                     r"with result_ttl cannot be delayed there yet: later\(\)"):
+        mule_offload("reports", result_ttl=60)(_task("routed_results")).later(5)
     with pytest.raises(errors.TaskOptionError, match="mule 2 has programmed mules only"):
         mule_offload(2)(_task("programmed_plain")).later(5)()
 
@@ -223,3 +229,20 @@ def test_the_longest_retry_delay_is_the_longest_delay() -> None:
     from uwsgiconf_mules.runtime.deferred import MAX_DELAY
 
     assert MAX_RETRY_DELAY == MAX_DELAY
+
+
+def test_at_keeps_its_moment_a_sender_kept_for_later_does_not_drift(tmp_path: Path) -> None:
+    import time
+
+    cfg = tmp_path / "cfg_at.py"
+    cfg.write_text("from uwsgiconf_mules import Section\nsection = Section()\n"
+                   "section.workers.set_mules_params(mules=1)\nuwsgi_configuration = section.as_configuration()\n")
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=10)
+    with capture(str(cfg)) as outbox:
+        kept = plain.at(when)
+        later = plain.later(10)
+        time.sleep(0.5)
+        kept(1)
+        later(2)
+    assert outbox[0].delay is not None and 9.0 < outbox[0].delay <= 9.55  # the moment, not 10 s from at()
+    assert outbox[1].delay == 10  # later(): from each call

@@ -94,22 +94,56 @@ def test_an_unpicklable_return_value_is_a_failed_outcome_saying_why() -> None:
     assert handle.error is not None and "the return value (function) cannot be pickled" in handle.error
 
 
-def test_unknown_malformed_and_expired_ids_are_refused_at_once() -> None:
+def test_malformed_and_expired_ids_are_refused_at_once_and_an_unknown_one_is_queued() -> None:
     with pytest.raises(errors.ResultNotFound, match="is not a result id"):
         Result.get("nope")
     with pytest.raises(errors.ResultNotFound, match=r"expired \d+ s ago \(its result_ttl of 600 s"):
         Result.get("0" * 12 + f"{600:08x}" + "ab" * 6)
-    unknown = _results.new_id(60)
-    with pytest.raises(errors.ResultNotFound, match=r"never stored here.*evicted"):
-        Result.get(unknown)
     with pytest.raises(errors.ResultNotFound) as info:
-        Result.get(unknown)
+        Result.get("nope")
     assert isinstance(info.value, LookupError)
+    unknown = _results.new_id(60)  # no record is written before a call starts: an unexpired id is queued
+    handle = Result.get(unknown)
+    assert (handle.status, handle.attempts, handle.is_finished, handle.started_at) == ("queued", 0, False, None)
+    with pytest.raises(errors.ResultTimeout, match=r"the call is queued \(no record: not started yet, or evicted"):
+        handle.result(timeout=0)
+
+
+def test_an_id_made_before_the_store_was_made_anew_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _results.new_id(60)
+    current = _result_store.store()
+    monkeypatch.setattr(current, "since", time.time() + 1)  # a store without a file, made at a reload since
+    with pytest.raises(errors.ResultNotFound, match=r"made before the last reload or restart of the instance .* the "
+                                                    r"store keeps no file \(store=\): the reload lost it"):
+        Result.get(before)
+    current.put(before, _results._encode("succeeded", 1, (1.0, 2.0), None, 7), 60)  # a call kept across it ran
+    assert Result.get(before).result(timeout=0) == 7
+
+
+def test_a_store_without_a_file_under_uwsgi_holds_the_calls_since_uwsgi_started() -> None:
+    class Uwsgi:
+        started_on = 1234
+        cache_get = cache_update = cache_del = staticmethod(lambda *args: None)
+
+    from uwsgiconf_mules.declarations.results import ResultsStore
+
+    class Declared:
+        results = ResultsStore("r", 10, 512)
+
+    made = _result_store._CacheStore(Uwsgi(), "r", 512, 1234.0)
+    assert made.since == 1234.0 and made.get_raw is Uwsgi.cache_get and made.put_raw is Uwsgi.cache_update
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_instance, "uwsgi", Uwsgi())
+        patch.setattr(_instance, "declarations", lambda: Declared)
+        assert _result_store.store().since == 1234.0
+        _result_store._store = None
+        Declared.results = ResultsStore("r", 10, 512, "/tmp/results.cache")
+        assert _result_store.store().since == 0.0  # a file keeps them across reloads
+    _result_store._store = None
 
 
 def test_result_waits_without_spinning_and_always_ends_within_its_timeout() -> None:
     result_id = _results.new_id(60)
-    _results.queued(result_id)
     handle = Result.get(result_id)
     began = time.monotonic()
     with pytest.raises(errors.ResultTimeout, match=r"no outcome within 0\.2 s"):
@@ -136,7 +170,6 @@ def test_an_outcome_is_written_once() -> None:
 
 def test_the_lifecycle_hooks_write_retrying_and_interrupted() -> None:
     result_id = _results.new_id(60)
-    _results.queued(result_id)
     started = _results.running(result_id, 1)
     _results.retrying(result_id, OSError("down"), started, 1, 2.5)
     handle = Result.get(result_id)
@@ -182,8 +215,10 @@ def test_the_declared_item_size_and_items_apply_outside_uwsgi_too(config: str) -
         assert big.status == "failed"
         assert "more than the results store's item_size (512 bytes): it is not stored" in (big.error or "")
         handles = [add(i, 0) for i in range(4)]  # the store holds 3: the oldest goes
-        with pytest.raises(errors.ResultNotFound, match="evicted"):
-            Result.get(handles[0].id)
+        evicted = Result.get(handles[0].id)
+        assert evicted.status == "queued"  # no record: the store cannot tell it from a call not started
+        with pytest.raises(errors.ResultTimeout, match="evicted from a full store"):
+            evicted.result(timeout=0)
         assert Result.get(handles[3].id).result() == 3
 
 
@@ -247,21 +282,18 @@ def test_the_hooks_compose_with_a_lifecycle_that_retries_around_the_wrapped_task
                 _results.ATTEMPT[0] = 0
 
     retried = _results.new_id(60)
-    _results.queued(retried)
     guard(retried, 3)
     assert seen == [("running", 1), ("retrying", 1), ("running", 2), ("retrying", 2)]
     handle = Result.get(retried)
     assert (handle.status, handle.attempts, handle.result()) == ("succeeded", 3, 42)
     calls = iter([OSError("a"), OSError("b")])
     exhausted = _results.new_id(60)
-    _results.queued(exhausted)
     guard(exhausted, 2)
     final = Result.get(exhausted)
     assert (final.status, final.attempts, final.error) == ("failed", 2, "OSError: b")
     assert final.started_at is not None
     calls = iter([ValueError("not retried")])
     other = _results.new_id(60)
-    _results.queued(other)
     with pytest.raises(ValueError):
         guard(other, 3)
     assert (Result.get(other).status, Result.get(other).error) == ("failed", "ValueError: not retried")
@@ -274,3 +306,124 @@ def test_nowait_and_aoffload_return_handles_and_result_is_generic_at_run_time(co
     with eager(config):
         assert add.nowait(1, 1).result() == 2
         assert asyncio.run(add.aoffload(2, 2)).result() == 4  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def beating() -> Iterator[list[float]]:
+    """A timer thread that looked just now (``results.beat``): the wrapper leaves ``running`` to it."""
+    _results.BEAT[0] = time.time() + 3600
+    yield _results.BEAT
+    _results.BEAT[0] = 0.0
+    _results.CURRENT[0] = _results.WRITING[0] = None
+
+
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statuses written to the store from now on, in order."""
+    written: list[str] = []
+    current = _result_store.store()
+    put = current.put
+
+    def counted(result_id: str, record: bytes, ttl: int) -> bool:
+        written.append(_results._decode(record)[1])
+        return put(result_id, record, ttl)
+
+    monkeypatch.setattr(current, "put", counted)
+    return written
+
+
+def test_a_short_call_writes_its_outcome_only(beating: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    written = writes(monkeypatch)
+    inner = _results.wrap("tests.unit.runtime.test_results:quick", lambda: "done", 60)
+    result_id = _results.new_id(60)
+    assert Result.get(result_id).status == "queued"
+    inner(result_id)
+    _results.beat()  # the timer's next look: the call has ended, nothing to write
+    assert written == ["succeeded"]
+    assert Result.get(result_id).result(timeout=0) == "done"
+
+
+def test_the_timer_writes_running_once_for_a_call_that_outlasts_a_few_ms(
+        beating: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    written = writes(monkeypatch)
+    result_id = _results.new_id(60)
+    seen = []
+
+    def slow() -> int:
+        time.sleep(_results.RUNNING_AFTER + 0.01)
+        _results.beat()
+        _results.beat()  # once per call
+        seen.append((Result.get(result_id).status, Result.get(result_id).attempts))
+        return 5
+
+    _results.wrap("tests.unit.runtime.test_results:slow", slow, 60)(result_id)
+    assert seen == [("running", 1)] and written == ["running", "succeeded"]
+    handle = Result.get(result_id)
+    assert handle.result(timeout=0) == 5 and handle.started_at is not None
+    _results.CURRENT[0] = (result_id, 1, 0.0)  # a late look for a call that has its outcome
+    _results.beat()
+    assert Result.get(result_id).status == "succeeded"
+
+
+def test_the_outcome_waits_for_a_running_write_under_way(beating: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    result_id = _results.new_id(60)
+    inside = threading.Event()
+    write = _results._write
+
+    def slow_write(rid: str, record: bytes) -> bool:
+        if _results._decode(record)[1] == "running":  # checked for an outcome already: none yet
+            inside.set()
+            time.sleep(0.05)  # the call ends meanwhile
+        return write(rid, record)
+
+    monkeypatch.setattr(_results, "_write", slow_write)
+
+    timer = threading.Thread(target=_results.beat)
+
+    def func() -> str:
+        time.sleep(_results.RUNNING_AFTER + 0.005)
+        timer.start()
+        assert inside.wait(5)
+        return "last"
+
+    _results.wrap("tests.unit.runtime.test_results:func", func, 60)(result_id)
+    timer.join(5)
+    assert Result.get(result_id).status == "succeeded"  # written after the timer's `running`, not before it
+
+
+@mule_offload(result_ttl=60)
+def echo(value: object) -> object:
+    return value
+
+
+def test_return_values_are_kept_as_arguments_are_sent(config: str) -> None:
+    with eager(config):
+        for value in (3, 2.5, "text", None, True, b"raw", [1, "a"], {"k": (1, 2)}):
+            handle = echo(value)
+            assert handle.result(timeout=0) == value and type(handle.return_value) is type(value)
+        kept = _result_store.store().get(echo("text").id)
+        assert kept is not None and _results._decode(kept)[6] == "text"  # as it is: no pickle
+        kept = _result_store.store().get(echo(b"raw").id)
+        assert kept is not None and _results._decode(kept)[6] != b"raw"  # bytes in a record are a pickle
+
+
+def test_ids_made_by_threads_at_once_are_all_different() -> None:
+    import threading
+
+    from uwsgiconf_mules.runtime import result_ids
+
+    made: list[list[str]] = [[] for _ in range(4)]
+    make = result_ids.id_maker(60)
+
+    def run(into: list[str]) -> None:
+        into.extend(make() for _ in range(3 * result_ids.POOL))
+
+    threads = [threading.Thread(target=run, args=(into,)) for into in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [rid for into in made for rid in into]
+    assert len(set(every)) == len(every) == 12 * result_ids.POOL
+    assert all(_results.id_times(rid) is not None and _results.id_times(rid)[1] == 60 for rid in every[:100])

@@ -53,7 +53,38 @@ def test_a_call_interrupted_while_its_limits_are_armed_leaves_neither_armed(
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(timelimits._threads, "start", no_thread)
+    monkeypatch.setattr(timelimits, "_watching", [0])  # the watchdog not started yet: it is, at this call
     uwsgi.interrupt_at = None
     with pytest.raises(RuntimeError), timelimits.limits(1.0, 10):
         pass
     assert uwsgi.harakiri[-1] == 30 and timelimits._armed[0] == 0
+
+
+def test_many_calls_with_a_soft_limit_share_one_watchdog_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import threading
+    import time
+
+    started: list[object] = []
+    start = timelimits._threads.start
+
+    def counted(func: object, *args: object) -> int:
+        started.append(func)
+        return start(func, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(timelimits._threads, "start", counted)
+    monkeypatch.setattr(timelimits, "_watching", [0])  # as in a process that ran none yet
+    before = threading.active_count()
+    for _ in range(200):
+        with timelimits.limits(30.0, None):
+            pass
+    assert len(started) == 1 and threading.active_count() <= before + 1  # not 200 threads
+    assert timelimits._watching == [os.getpid()]
+    began = time.monotonic()
+    with pytest.raises(TimeLimitExceeded), timelimits.limits(0.05, None):  # the shared watchdog still fires
+        time.sleep(5)
+    assert time.monotonic() - began < 2
+    with timelimits.limits(0.05, None):  # a call that ended in time is never hit later
+        pass
+    time.sleep(0.2)
+    assert len(started) == 1 and timelimits._armed[0] == 0

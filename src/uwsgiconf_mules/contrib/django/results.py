@@ -96,4 +96,7 @@ def get_result(result_id: str) -> Any:
         handle = _handles.Result.get(result_id)
     except MulesError as exc:
         raise missing(str(exc)) from None
+    if handle._fields is _results.QUEUED_FIELDS:  # no record: the backend writes one before it sends a call
+        raise missing(f"no result {result_id}: no record in the results store (never enqueued here, or evicted "
+                      "from a full store: the least recently used go first)")
     return django_result(handle)

@@ -40,7 +40,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep worker imports cheap
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["REFUSED_FIELDS", "Job", "run"]
+__all__ = ["CHECKED_FIELDS", "REFUSED_FIELDS", "Job", "run"]
 
 _RUN = "uwsgiconf_mules.remote.run"  # how jobs name run(): its public path, in jobs queued since version 0.1
 
@@ -48,12 +48,18 @@ REFUSED_FIELDS = (
     "success_callback_name", "failure_callback_name", "stopped_callback_name",  # RQ imports and calls them
     "webhooks",  # RQ sends HTTP requests to their URLs
     "dependency_id", "dependency_ids", "allow_dependency_failures",  # RQ enqueues and waits on other jobs
-    "retries_left", "retry_intervals", "number_of_retries", "enqueue_at_front_on_retry",  # RQ runs it again
+    "enqueue_at_front_on_retry",  # RQ runs it again, first
     "repeats_left", "repeat_intervals",  # RQ runs it again
     "rate_limit_key", "rate_limit_concurrency",  # RQ takes and frees slots of another Redis key
 )
 """Fields of an RQ 3 job hash that make a worker call or reach something, and that the senders of
 uwsgiconf-mules never set: a job carrying any of them (not empty) is refused."""
+
+CHECKED_FIELDS = ("retries_left", "retry_intervals", "number_of_retries")
+"""Fields of an RQ 3 job hash that make RQ run the job again, which the senders of uwsgiconf-mules
+set for a task that declares ``retries=`` (see ``contrib.rq.sender.job_options``): a job carrying
+them runs only when they stay within what its task declares (no more retries than its
+``retries``, each interval a number of seconds within a year), otherwise it is refused."""
 
 _started: list[int] = []  # pid of the process that ran the start-up steps
 
@@ -100,9 +106,36 @@ def run(key: str, /, *args: Any, **kwargs: Any) -> Any:
     check = _tasks.JOB_CHECKS.get(key)
     if check is not None:  # the task's own module says which of its calls a job may make
         check(args)
+    if getattr(found, "_policy", None) is not None:  # a task with a lifecycle: RQ runs its retries (see Job)
+        found = found.__wrapped__  # type: ignore[attr-defined]
     # A task that keeps results is registered wrapped (its calls to mules carry a result id): RQ keeps a job's
     # result itself, so the job runs the function and returns its value.
     return getattr(found, "_results_raw", found)(*args, **kwargs)
+
+
+def _retry_problem(job: Any, key: str) -> str | None:
+    """Why the retry fields of ``job`` go past what task ``key`` declares (None: they do not)."""
+    import math
+
+    from ...runtime import policy as _policy
+    from ...runtime.deferred import MAX_DELAY
+
+    policy = _policy.POLICIES.get(key)
+    allowed = policy.retries if policy is not None else 0
+    shown = f"task {key} declares retries={allowed}"
+    for name in ("retries_left", "number_of_retries"):
+        value = getattr(job, name)
+        if value is not None and not (isinstance(value, int) and 0 <= value <= allowed):
+            return f"{name}={value!r}, and {shown}"
+    intervals = job.retry_intervals
+    if intervals is not None:
+        if not isinstance(intervals, list) or len(intervals) > allowed:
+            return f"retry_intervals={str(intervals)[:80]}, and {shown}"
+        for value in intervals:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
+                    0 <= value <= MAX_DELAY):
+                return f"retry_intervals with {str(value)[:40]!r}, which is no number of seconds within a year"
+    return None
 
 
 class Job(_RQJob):
@@ -152,7 +185,7 @@ class Job(_RQJob):
         if self._refused or self._unreadable:
             self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
             self.webhooks = []  # dependencies are kept: RQ's bookkeeping of the jobs waiting on this one needs them
-            self.retries_left = self.retry_intervals = self.number_of_retries = None
+            self._no_retry()
             self.enqueue_at_front_on_retry = False
             self.repeats_left = self.repeat_intervals = None
             self.rate_limit_key = self.rate_limit_concurrency = None
@@ -182,10 +215,71 @@ class Job(_RQJob):
         self._unreadable = tuple(sorted(set(unreadable)))  # kept across a refresh; sorted: Redis keeps no order
         return super().restore(readable)
 
+    def _no_retry(self) -> None:
+        self.retries_left = self.retry_intervals = self.number_of_retries = None
+
+    def _task_key(self) -> str | None:
+        """The task key the job names (its first argument), or None."""
+        try:
+            args = self.args
+        except Exception:
+            return None
+        return args[0] if args and isinstance(args[0], str) else None
+
+    def _check_retries(self) -> None:
+        """Refuse the job when its :data:`CHECKED_FIELDS` go past what its task declares (the task's
+        module imported first, as :func:`run` imports it); a task that cannot be found gets no retry."""
+        if self.retries_left is None and self.retry_intervals is None and self.number_of_retries is None:
+            return
+        key = self._task_key()
+        if key is None or isinstance(_tasks.find(key.encode()), str):
+            self._no_retry()  # refused by run(): never run again
+            return
+        problem = _retry_problem(self, key)
+        if problem is not None:
+            self._no_retry()
+            self._refused = (*self._refused, problem)
+            raise UnknownTaskError(f"job refused: it carries {problem}; the senders of uwsgiconf-mules never set "
+                                   "more, so nothing ran", key=key)
+
+    def perform(self) -> Any:
+        """Run the job (RQ's ``perform``), with ``current_attempt()`` set from its retries left; when
+        it raises an exception that its task's ``retry_for`` (or :class:`~uwsgiconf_mules.errors.Retry`)
+        does not name, RQ does not retry it (RQ's own ``Retry`` retries every exception), and a
+        ``Retry(delay=...)`` sets the delay of the next retry."""
+        from ...errors import Retry
+        from ...runtime import policy as _policy
+
+        policy = None
+        key = self._task_key() if self.func_name == _RUN and not (self._refused or self._unreadable) else None
+        if key is not None:  # its module imported first, as run() imports it (a forked work horse has not yet)
+            _start()
+            policy = None if isinstance(_tasks.find(key.encode()), str) else _policy.POLICIES.get(key)
+        attempt = 1
+        if policy is not None and isinstance(self.retries_left, int):
+            attempt = max(1, policy.retries - self.retries_left + 1)
+        _policy.ATTEMPT[0] = attempt if attempt > 1 else 0
+        try:
+            return super().perform()
+        except BaseException as exc:
+            if not self.retries_left or policy is None or not policy.retried(exc, attempt):
+                self._no_retry()
+            elif isinstance(exc, Retry) and exc.delay is not None and isinstance(self.retry_intervals, list):
+                from ...runtime.deferred import MAX_DELAY
+
+                intervals: list[Any] = list(self.retry_intervals) or [0.0]
+                index = min(max(len(intervals) - self.retries_left, 0), len(intervals) - 1)
+                intervals[index] = max(0.0, min(float(exc.delay), MAX_DELAY))
+                self.retry_intervals = intervals
+            raise
+        finally:
+            _policy.ATTEMPT[0] = 0
+
     @property
     def func(self) -> Any:
         """The function the job runs: :func:`run`, or :class:`UnknownTaskError` for any other, for a
-        job that carries one of :data:`REFUSED_FIELDS`, or for one whose hash RQ cannot read."""
+        job that carries one of :data:`REFUSED_FIELDS`, for one whose hash RQ cannot read, or whose
+        :data:`CHECKED_FIELDS` go past what its task declares."""
         if self._unreadable:
             raise UnknownTaskError(f"job refused: RQ cannot read its field(s) {', '.join(self._unreadable)}; nothing "
                                    "ran (the senders of uwsgiconf-mules write every field readable: something else "
@@ -196,6 +290,7 @@ class Job(_RQJob):
         if self.func_name != _RUN or self.instance is not None:
             raise UnknownTaskError(f"job refused: it names {self.func_name!r}, and workers of farms routed by "
                                    f"uwsgiconf-mules run only {_RUN}", key=self.func_name)
+        self._check_retries()
         return run
 
     @property

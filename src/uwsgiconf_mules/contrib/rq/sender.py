@@ -10,7 +10,8 @@ other keyword names from the task's own arguments). With the ``json`` serializer
 the arguments are checked before anything is sent: only ``str``, ``int``, ``float``, ``bool``,
 ``None``, ``list`` and ``dict`` with ``str`` keys reach the worker as they were sent, so
 anything else raises :class:`~uwsgiconf_mules.errors.PayloadError` at the call site, naming the
-argument.
+argument. A task's lifecycle (``retries``, ``time_limit``, see :func:`job_options`) is carried by
+RQ's own options, and a delayed call is a scheduled job (:func:`delayed_sender`).
 
 Connections. A Redis client is made on a process's first send, never at import nor in the uWSGI
 master, and only one per process and server (a process forked with a client makes its own);
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
 
     from ...declarations.backends import Backend
 
-__all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "job_fields", "redis_url", "result_sender", "sender",
-           "worker_command"]
+__all__ = ["JOB_CLASS", "RUN", "SERIALIZER_PATHS", "check_json", "delayed_sender", "job_fields", "job_options",
+           "redis_url", "result_sender", "sender", "worker_command"]
 
 RUN = "uwsgiconf_mules.remote.run"
 """The function every job names: it runs the registered function of the job's task key."""
@@ -157,6 +158,49 @@ def _client(backend: Backend, timeout: float) -> Any:
     return client
 
 
+def job_options(key: str) -> dict[str, Any]:
+    """The options of RQ's ``create_job`` that carry the lifecycle task ``key`` declares (see
+    :mod:`uwsgiconf_mules.runtime.policy`): ``retries`` as ``retry=Retry(max=retries,
+    interval=[...])``, the intervals drawn here for each job from ``retry_backoff``,
+    ``retry_backoff_max`` and ``retry_jitter`` (each job its own jitter); ``time_limit`` as
+    ``timeout`` (RQ's ``job_timeout``). Empty for a task that declares none.
+
+    :param key: The task key.
+    """
+    from ...runtime import policy as _policy
+
+    policy = _policy.POLICIES.get(key)
+    if policy is None:
+        return {}
+    options: dict[str, Any] = {}
+    if policy.time_limit is not None:
+        options["timeout"] = policy.time_limit
+    if policy.retries:
+        from rq import Retry
+
+        # RQ's Retry says int, and takes seconds as floats (timedelta(seconds=...)): the declared backoff as it is.
+        intervals: list[Any] = [round(policy.delay(attempt), 3) for attempt in range(1, policy.retries + 1)]
+        options["retry"] = Retry(max=policy.retries, interval=intervals)
+    return options
+
+
+def _queue(queues: list[tuple[int, Any]], backend: Backend, timeout: float) -> Any:
+    """This process's ``rq.Queue`` of ``backend`` (made on the first send of a process, kept in ``queues``)."""
+    pid = os.getpid()
+    if not queues or queues[0][0] != pid:
+        import rq
+
+        queues[:] = [(pid, rq.Queue(backend.queue, connection=_client(backend, timeout),
+                                    serializer=SERIALIZER_PATHS[backend.serializer]))]
+    return queues[0][1]
+
+
+def _refused(exc: BaseException, key: str, label: str, backend: Backend, timeout: float) -> DeliveryError:
+    return DeliveryError(
+        f"{key} to {label}: Redis did not accept the job ({type(exc).__name__}: {exc}); the call was not "
+        f"queued (connect timeout {backend.connect_timeout:g} s, send timeout {timeout:g} s)", target=backend.farm)
+
+
 def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int | bytes], bool]:
     """The send function of offloaded functions routed to ``backend`` (see :mod:`._backends`).
 
@@ -165,11 +209,9 @@ def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int
     :param timeout: The declared send timeout: the longest wait for each reply of Redis.
     """
     import redis.exceptions
-    import rq
 
     failures = (redis.exceptions.RedisError, OSError)
     strict = backend.serializer == "json"
-    serializer = SERIALIZER_PATHS[backend.serializer]
     queues: list[tuple[int, Any]] = []  # [(pid, Queue)]: one per process
 
     def send(message: bytes, dest: int | bytes) -> bool:
@@ -177,32 +219,24 @@ def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int
         key = raw_key.decode()
         if strict:
             check_json(key, args, kwargs, label)
-        pid = os.getpid()
         try:
-            if not queues or queues[0][0] != pid:
-                queues[:] = [(pid, rq.Queue(backend.queue, connection=_client(backend, timeout),
-                                            serializer=serializer))]
-            queues[0][1].enqueue_call(RUN, args=(key, *args), kwargs=kwargs)
+            _queue(queues, backend, timeout).enqueue_call(RUN, args=(key, *args), kwargs=kwargs, **job_options(key))
         except failures as exc:
-            raise DeliveryError(
-                f"{key} to {label}: Redis did not accept the job ({type(exc).__name__}: {exc}); the call was not "
-                f"queued (connect timeout {backend.connect_timeout:g} s, send timeout {timeout:g} s)",
-                target=backend.farm) from None
+            raise _refused(exc, key, label, backend, timeout) from None
         return True
 
     def send_many(messages: list[bytes]) -> int:
         """Jobs of many calls in one round trip (``Queue.enqueue_many``: one pipeline, a
         transaction): all accepted, or none. Returns how many."""
+        import rq
+
         jobs = []
         for message in messages:
             raw_key, args, kwargs = _protocol.decode(message)
-            jobs.append(rq.Queue.prepare_data(RUN, args=(raw_key.decode(), *args), kwargs=kwargs))
-        pid = os.getpid()
+            key = raw_key.decode()
+            jobs.append(rq.Queue.prepare_data(RUN, args=(key, *args), kwargs=kwargs, **job_options(key)))
         try:
-            if not queues or queues[0][0] != pid:
-                queues[:] = [(pid, rq.Queue(backend.queue, connection=_client(backend, timeout),
-                                            serializer=serializer))]
-            queue = queues[0][1]
+            queue = _queue(queues, backend, timeout)
             with queue.connection.pipeline() as pipe:
                 queue.enqueue_many(jobs, pipeline=pipe)
                 pipe.execute()
@@ -217,6 +251,46 @@ def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int
     return send
 
 
+def delayed_sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int], bool]:
+    """The send function of delayed calls (``f.later(...)``, ``f.at(...)``) routed to ``backend``:
+    each is a job scheduled in RQ's ``ScheduledJobRegistry`` for its due time, as
+    ``Queue.enqueue_at`` schedules one (``create_job`` then ``schedule_job``: the task's own
+    keyword arguments never reach RQ's options), with the task's :func:`job_options`. RQ moves it
+    to the queue when due: its workers must run with the scheduler (``uwsgiconf-mules worker``
+    starts them with ``--with-scheduler``).
+
+    :param backend: The backend.
+    :param label: The target as errors name it.
+    :param timeout: The declared send timeout.
+    """
+    import datetime
+
+    import redis.exceptions
+    from rq.job import JobStatus
+
+    failures = (redis.exceptions.RedisError, OSError)
+    strict = backend.serializer == "json"
+    queues: list[tuple[int, Any]] = []
+
+    def send_at(message: bytes, due_ns: int) -> bool:
+        raw_key, args, kwargs = _protocol.decode(message)
+        key = raw_key.decode()
+        if strict:
+            check_json(key, args, kwargs, label)
+        # RQ keeps a scheduled job's time in whole seconds, rounded down: rounded up here, never early.
+        when = datetime.datetime.fromtimestamp(-(-due_ns // 1_000_000_000), datetime.timezone.utc)
+        try:
+            queue = _queue(queues, backend, timeout)
+            job = queue.create_job(RUN, args=(key, *args), kwargs=kwargs, status=JobStatus.SCHEDULED,
+                                   **job_options(key))
+            queue.schedule_job(job, when)
+        except failures as exc:
+            raise _refused(exc, key, label, backend, timeout) from None
+        return True
+
+    return send_at
+
+
 def result_sender(backend: Backend, label: str, timeout: float) -> Callable[[str, tuple[Any, ...], dict[str, Any], int],
                                                                           str]:
     """The send function of a task with results routed to ``backend``: each call is a job with an id
@@ -228,28 +302,20 @@ def result_sender(backend: Backend, label: str, timeout: float) -> Callable[[str
     :param timeout: The declared send timeout.
     """
     import redis.exceptions
-    import rq
 
     failures = (redis.exceptions.RedisError, OSError)
     strict = backend.serializer == "json"
-    serializer = SERIALIZER_PATHS[backend.serializer]
     queues: list[tuple[int, Any]] = []
 
     def send(key: str, args: tuple[Any, ...], kwargs: dict[str, Any], ttl: int) -> str:
         if strict:
             check_json(key, args, kwargs, label)
-        pid = os.getpid()
         job_id = os.urandom(16).hex()
         try:
-            if not queues or queues[0][0] != pid:
-                queues[:] = [(pid, rq.Queue(backend.queue, connection=_client(backend, timeout),
-                                            serializer=serializer))]
-            queues[0][1].enqueue_call(RUN, args=(key, *args), kwargs=kwargs, job_id=job_id, result_ttl=ttl)
+            _queue(queues, backend, timeout).enqueue_call(RUN, args=(key, *args), kwargs=kwargs, job_id=job_id,
+                                                          result_ttl=ttl, **job_options(key))
         except failures as exc:
-            raise DeliveryError(
-                f"{key} to {label}: Redis did not accept the job ({type(exc).__name__}: {exc}); the call was not "
-                f"queued (connect timeout {backend.connect_timeout:g} s, send timeout {timeout:g} s)",
-                target=backend.farm) from None
+            raise _refused(exc, key, label, backend, timeout) from None
         return job_id
 
     return send
@@ -355,7 +421,7 @@ def worker_command(backends: Sequence[Backend], burst: bool = False, worker_clas
             f"the farms routed to RQ use several Redis servers or serializers ({listed}); a worker reads one "
             "server with one serializer: start one worker per server with --farm")
     command = [sys.executable, "-m", "uwsgiconf_mules.contrib.rq.worker", "worker", "--serializer",
-               SERIALIZER_PATHS[serializers.pop()], "--job-class", JOB_CLASS]
+               SERIALIZER_PATHS[serializers.pop()], "--job-class", JOB_CLASS, "--with-scheduler"]
     if burst:
         command.append("--burst")
     if worker_class:

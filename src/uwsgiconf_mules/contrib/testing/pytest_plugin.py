@@ -1,6 +1,6 @@
 """The pytest plugin of uwsgiconf-mules (registered with the ``pytest11`` entry point).
 
-It adds the fixtures ``mules_outbox`` and ``mules_eager`` (see :mod:`uwsgiconf_mules.testing`) and
+It adds the fixtures ``mules_outbox``, ``mules_eager`` and ``mules_schedules`` (see :mod:`uwsgiconf_mules.testing`) and
 the ini option ``uwsgiconf_mules_config``. Nothing else: loading the plugin imports neither the
 runtime nor the project's config, and changes nothing until a test uses one of the fixtures.
 """
@@ -16,6 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .modes import Outbox
+    from .schedules import ScheduleClock
 
 CONFIG_INI = "uwsgiconf_mules_config"
 
@@ -79,3 +80,22 @@ def mules_eager(request: pytest.FixtureRequest) -> Iterator[Outbox]:
     :param request: pytest's request.
     """
     yield from _fixture(request, run=True)
+
+
+@pytest.fixture
+def mules_schedules(request: pytest.FixtureRequest) -> Iterator[ScheduleClock]:
+    """The declared schedules with a fake clock: ``mules_schedules.between(t0, t1)`` lists the
+    ticks of ``(t0, t1]``, ``mules_schedules.run(t0, t1)`` runs them (``uwsgiconf_mules.testing.scheduled``);
+    the calls the tasks offload are recorded, as with ``mules_outbox``.
+
+    :param request: pytest's request.
+    """
+    from .schedules import ScheduleClock
+
+    for outbox in _fixture(request, run=False):
+        del outbox
+        from ...runtime import instance
+
+        declarations = instance.declarations()
+        assert declarations is not None  # the test mode found them
+        yield ScheduleClock(declarations)

@@ -43,17 +43,22 @@ class DeadLetters:
     it, the oldest are removed (a tenth more, so that this happens once in a while; notes of
     untrusted messages before any dead letter of a real call), said in the log with how many. What
     ``dead/`` holds is counted once, then kept up to date by this process (other mules write there
-    too: it is counted again before anything is removed).
+    too: it is counted again before anything is removed). Safe across threads: a dispatch mule keeps
+    dead letters from its loop and from its timer thread (interrupted calls), one at a time under
+    :attr:`lock`.
 
     :param spool: The spool.
     :param emit: Logs one line (a warning).
     """
 
     def __init__(self, spool: Spool, emit: Callable[[str], None]) -> None:
+        import _thread
+
         self.spool = spool
         self.emit = emit
         self.held: list[int] | None = None  # [bytes, files]
         self.removed = 0
+        self.lock = _thread.allocate_lock()
 
     def keep(self, payload: bytes, note: str, *, durable: bool = True) -> None:
         """Write one dead letter, then keep the quota.
@@ -63,14 +68,15 @@ class DeadLetters:
         :param durable: Whether to flush it to disk.
         :raises OSError: when the disk refuses.
         """
-        if self.held is None:
-            self.held = self._count()
-        name = _name()[:-len(".call")] + FAILED_MARK if note.startswith(LIFECYCLE[0]) else ""
-        self.spool.write("dead", payload, note, durable=durable, name=name)
-        self.held[0] += len(MAGIC) + len(note.encode("utf-8", "replace")) + 1 + len(payload)
-        self.held[1] += 1
-        if self.held[0] > self.spool.dead_limit or self.held[1] > DEAD_FILES:
-            self._prune()
+        with self.lock:
+            if self.held is None:
+                self.held = self._count()
+            name = _name()[:-len(".call")] + FAILED_MARK if note.startswith(LIFECYCLE[0]) else ""
+            self.spool.write("dead", payload, note, durable=durable, name=name)
+            self.held[0] += len(MAGIC) + len(note.encode("utf-8", "replace")) + 1 + len(payload)
+            self.held[1] += 1
+            if self.held[0] > self.spool.dead_limit or self.held[1] > DEAD_FILES:
+                self._prune()
 
     def _count(self) -> list[int]:
         entries = _scandir(self.spool.part("dead"))

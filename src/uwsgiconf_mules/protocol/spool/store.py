@@ -359,18 +359,30 @@ class Spool:
         return found
 
     def replay(self, problems: list[str]) -> tuple[int, int]:
-        """Move the dead letters back to ``queue/`` (the dispatch mules run them when they next
-        start), except untrusted ones, which are never replayed; return (replayed, untrusted).
+        """Move the dead letters back where their calls belong, except untrusted ones, which are
+        never replayed; return (replayed, untrusted). A dead letter whose note says where its call
+        was going (``spool.delayed.origin_note``: a delayed call or a retry that could not be kept,
+        an interrupted delayed call) goes back to its target: to ``delayed/`` with its due time and
+        attempt while that time is ahead (the timer of a running mule takes it when due), else to
+        ``queue/`` for that target; any other goes to ``queue/`` for any dispatch mule. Calls of
+        ``queue/`` run when the dispatch mules next start.
 
         :param problems: Where a file that cannot be read or moved is said.
         """
+        from . import delayed as _delayed
+
         replayed = untrusted = 0
+        now = time.time_ns()
         for path, note, payload in self.entries("dead", problems):
             if note.startswith(UNTRUSTED):
                 untrusted += 1
                 continue
+            origin = _delayed.parse_origin(note)
             try:
-                self.write("queue", payload)
+                if origin is not None and origin[1] > now:
+                    _delayed.write(self, origin[0], payload, origin[1], origin[2])
+                else:
+                    self.write("queue", payload, origin[0] if origin is not None else ANY)
                 os.unlink(path)
             except OSError as exc:
                 problems.append(f"{path}: cannot replay: {exc}")

@@ -1,0 +1,46 @@
+"""The ticks of schedules on farms routed to RQ: each enqueued once for the whole cluster.
+
+Every uWSGI instance that runs the same config fires the schedule (in its first dispatch mule, see
+:mod:`uwsgiconf_mules.mule.schedules`); before it enqueues a tick it takes the tick's lock in the
+farm's Redis, ``SET uwsgiconf_mules:schedule:<id>:<tick> <host:pid> NX EX <ttl>``: of the instances,
+the one that sets it enqueues the job, the others find it set. The key expires (at least an hour,
+twice the period for longer ones), so Redis keeps one small key per schedule and recent tick.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from ...declarations import Backend
+from ...errors import DeliveryError
+from .sender import RUN, SERIALIZER_PATHS, _client
+
+
+def enqueue_tick(backend: Backend, lock: str, *, ttl: int, func: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 timeout: float) -> bool:
+    """Enqueue one tick's job unless another instance did; whether this one did.
+
+    :param backend: The farm's route.
+    :param lock: The tick's lock key.
+    :param ttl: Seconds the lock lives.
+    :param func: The task, ``package.module:function``.
+    :param args: Its positional arguments.
+    :param kwargs: Its keyword arguments.
+    :param timeout: The send timeout: the longest wait for each reply of Redis.
+    :raises DeliveryError: when Redis cannot be reached (the tick is tried again by the mule).
+    """
+    import redis.exceptions
+    import rq
+
+    client = _client(backend, timeout)
+    try:
+        if not client.set(lock, f"{socket.gethostname()}:{os.getpid()}", nx=True, ex=ttl):
+            return False
+        queue = rq.Queue(backend.queue, connection=client, serializer=SERIALIZER_PATHS[backend.serializer])
+        queue.enqueue_call(RUN, args=(func, *args), kwargs=kwargs)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise DeliveryError(f"{func} to farm {backend.farm!r}: Redis did not take the scheduled tick "
+                            f"({type(exc).__name__}: {exc})", target=backend.farm) from None
+    return True

@@ -1,0 +1,91 @@
+"""Schedules across hosts on a real uWSGI: a farm routed to RQ gets each tick once from two
+instances of the same config (one redis-server), and a per-host flag keeps a schedule of a farm
+of mules to the hosts that set it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+import rq
+
+from support.harness import BIN, Server
+from support.redis_server import RedisServer
+
+ROUTED = """
+import os
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=1, spool_dir=os.path.join(os.getcwd(), 'spool'))
+section.workers.set_offload_backends(reports='rq://127.0.0.1:{port}/0?queue=reports')
+section.workers.schedule('app:report', every=1, farm='reports', args=['tick'])
+uwsgi_configuration = section.as_configuration()
+"""
+
+APP = '''
+import time
+
+
+@Farm("reports").offload()
+def report(label):
+    record("report", label=label, at=time.time())
+'''
+
+LOCAL = '''
+import time
+
+
+@mule_offload(1)
+def local(label):
+    record("local", label=label, at=time.time())
+'''
+
+
+def test_two_instances_of_one_config_enqueue_each_tick_once(uwsgi_server: Callable[..., Server],
+                                                            own_redis: RedisServer) -> None:
+    config = ROUTED.format(port=own_redis.port)
+    servers = [uwsgi_server(config, APP, workers=1), uwsgi_server(config, APP, workers=1)]
+    time.sleep(6)
+    for server in servers:
+        server.stop()
+    client = own_redis.client()
+    locks = sorted(int(key.rpartition(b":")[2]) // 1_000_000_000 for key in client.keys("uwsgiconf_mules:schedule:*"))
+    jobs = len(rq.Queue("reports", connection=client))
+    assert jobs == len(locks) >= 5, (jobs, locks)  # each tick enqueued once, by one instance
+    assert locks == list(range(locks[0], locks[0] + len(locks))), locks  # none lost while both ran
+    states = [json.loads(next((server.directory / "spool" / "schedules").glob("*.json")).read_text())
+              for server in servers]
+    assert sum(state.get("runs", 0) for state in states) == jobs
+    assert all(state.get("runs", 0) + state.get("elsewhere", 0) >= 4 for state in states), states  # both fired
+    assert all(0 < client.ttl(key) <= 3600 for key in client.keys("uwsgiconf_mules:schedule:*"))
+    proc = subprocess.run([str(BIN / "uwsgiconf-mules"), "worker", "--burst", "uwsgicfg.py"],
+                          cwd=servers[0].directory, env=dict(os.environ, TEST_RESULTS=str(servers[0].results)),
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(servers[0].lines("report")) == jobs
+
+
+FLAGGED = """
+import os
+from uwsgiconf_mules import Section
+section = Section()
+section.workers.set_mules_params(mules=1, spool_dir=os.path.join(os.getcwd(), 'spool'))
+section.workers.schedule('app:local', every=1, mule=1, args=['flagged'], host_env='RUN_SCHEDULES')
+uwsgi_configuration = section.as_configuration()
+"""
+
+
+def test_a_schedule_with_a_host_flag_fires_only_where_it_is_set(uwsgi_server: Callable[..., Server],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUN_SCHEDULES", raising=False)
+    plain = uwsgi_server(FLAGGED, LOCAL, workers=1)
+    monkeypatch.setenv("RUN_SCHEDULES", "1")  # the environment of the second host's uWSGI
+    flagged = uwsgi_server(FLAGGED, LOCAL, workers=1)
+    time.sleep(3.5)
+    assert len(flagged.lines("local")) >= 2
+    assert plain.lines("local") == []
+    assert not (plain.directory / "spool" / "schedules").exists()

@@ -1,0 +1,213 @@
+"""The schedules of a dispatch mule (mule.schedules) with a fake clock: each tick made a delayed
+call once, whatever the number of mules firing it; overlap, late and missed ticks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from uwsgiconf_mules.declarations import Declarations, FarmSpec
+from uwsgiconf_mules.declarations.schedules import ScheduleSpec, schedule_spec
+from uwsgiconf_mules.mule import schedules as _schedules
+from uwsgiconf_mules.protocol import spool as _spool
+from uwsgiconf_mules.protocol.spool import delayed as _delayed
+
+S = 1_000_000_000
+T0 = 1_800_000_000 * S  # a whole second (a tick of every=1, 2, 4, 5, 10)
+
+
+def make(tmp_path: Path) -> _spool.Spool:
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    return spool
+
+
+def every(seconds: float = 1, **kwargs: object) -> ScheduleSpec:
+    return schedule_spec("app:job", every=seconds, farm="f", **kwargs)  # type: ignore[arg-type]
+
+
+def scheduler(spool: _spool.Spool, *specs: ScheduleSpec, now: int = T0) -> _schedules.Scheduler:
+    declarations = Declarations((None, None), farms=(FarmSpec("f", (1, 2)),), schedules=specs)
+    made = _schedules.Scheduler(spool, 1, list(specs), declarations)
+    for spec in specs:  # as if first started at `now`
+        with _schedules.locked(_schedules.state_path(spool, spec)) as state:
+            state["tick"] = now
+    return made
+
+
+def calls(spool: _spool.Spool) -> list[int]:
+    return [_delayed.due_of(name) for name in _delayed.pending(spool, "farm:f")]
+
+
+def finish(spool: _spool.Spool) -> None:
+    """The mules ran every pending call."""
+    for name in _delayed.pending(spool, "farm:f"):
+        os.unlink(os.path.join(spool.part("delayed/farm-f"), name))
+
+
+def test_a_tick_is_made_one_delayed_call_once_by_the_first_of_the_mules_that_fire_it(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    one, two = scheduler(spool, spec), _schedules.Scheduler(spool, 2, [spec])
+    assert one.fire(spec, T0 + S + 1000) == T0 + 2 * S
+    assert two.fire(spec, T0 + S + 2000) == T0 + 2 * S  # found done
+    assert calls(spool) == [T0 + S]
+    (name,) = _delayed.pending(spool, "farm:f")
+    assert name == f"{T0 + S:020d}-0-{spec.file_id}.call" and _delayed.valid_name(name)
+    note, payload = _spool.read(os.path.join(spool.part("delayed/farm-f"), name))
+    assert note == "farm:f attempt=1" and b"app:job" in payload
+
+
+def test_mules_racing_for_a_tick_make_it_once(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    scheduler(spool, spec)
+    mules = [_schedules.Scheduler(spool, i, [spec]) for i in range(1, 9)]
+    barrier = threading.Barrier(len(mules))
+
+    def fire(mule: _schedules.Scheduler) -> None:
+        barrier.wait()
+        for step in range(1, 11):
+            mule.fire(spec, T0 + step * S + 500)
+
+    threads = [threading.Thread(target=fire, args=(mule,)) for mule in mules]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert calls(spool) == [T0 + step * S for step in range(1, 11)]  # each tick once, none lost
+
+
+def test_a_tick_while_the_previous_run_has_not_finished_is_skipped_and_counted(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every()
+    mule = scheduler(spool, spec)
+    mule.fire(spec, T0 + S + 1000)
+    mule.fire(spec, T0 + 2 * S + 1000)  # the first has not run
+    mule.fire(spec, T0 + 3 * S + 1000)
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert calls(spool) == [T0 + S] and state["skipped"] == 2
+    finish(spool)
+    mule.fire(spec, T0 + 4 * S + 1000)
+    assert calls(spool) == [T0 + 4 * S]
+    claimed = os.path.join(spool.part("claimed"), f"{os.getpid()}-run-farm-f-{T0 + 4 * S:020d}-0-{spec.file_id}.call")
+    os.rename(os.path.join(spool.part("delayed/farm-f"), _delayed.pending(spool, "farm:f")[0]), claimed)
+    mule.fire(spec, T0 + 5 * S + 1000)  # running in a live mule (this process): skipped too
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["skipped"] == 3
+
+
+def test_late_ticks_within_grace_each_run_once_in_turn(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every()
+    mule = scheduler(spool, spec)
+    after = mule.fire(spec, T0 + 3 * S + 1000)  # a reload: three ticks late
+    assert calls(spool) == [T0 + S] and after < T0 + 4 * S  # the next one soon, not at the next tick
+    mule.fire(spec, T0 + 3 * S + 2000)
+    assert calls(spool) == [T0 + S]  # its turn comes when the previous run has finished: not skipped
+    for tick in (2, 3):
+        finish(spool)
+        mule.fire(spec, T0 + 3 * S + 3000)
+        assert calls(spool) == [T0 + tick * S]
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert state.get("skipped", 0) == 0 and state.get("missed", 0) == 0
+
+
+@pytest.mark.parametrize(("missed", "made"), [("skip", [T0 + 98 * S, T0 + 99 * S, T0 + 100 * S]),
+                                              ("once", [T0 + 97 * S, T0 + 98 * S, T0 + 99 * S, T0 + 100 * S])])
+def test_ticks_later_than_grace_follow_the_missed_policy(tmp_path: Path, missed: str, made: list[int]) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True, grace=2.5, missed=missed)
+    mule = scheduler(spool, spec)
+    mule.fire(spec, T0 + 100 * S + 1000)  # down for 100 s: 97 ticks missed, 98..100 within grace
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert state["missed"] == 97
+    assert calls(spool) == made  # once: one run (at the last missed tick) for all of them
+    mule.fire(spec, T0 + 100 * S + 2000)
+    assert calls(spool) == made  # nothing twice
+
+
+def test_a_routed_farm_s_tick_is_enqueued_under_a_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = make(tmp_path)
+    spec = schedule_spec("app:job", every=1, farm="r")
+    from uwsgiconf_mules.declarations.backends import parse_backend
+
+    declarations = Declarations((None,), backends=(parse_backend("r", "rq://127.0.0.1:6399/0"),), schedules=(spec,))
+    taken: set[str] = set()
+    sent = []
+
+    def enqueue(backend: object, key: str, *, ttl: int, func: str, **_: object) -> bool:
+        if key in taken:
+            return False
+        taken.add(key)
+        sent.append((key, ttl, func))
+        return True
+
+    import uwsgiconf_mules.contrib.rq.schedules as engine
+
+    monkeypatch.setattr(engine, "enqueue_tick", enqueue)
+    instances = [_schedules.Scheduler(make(tmp_path / str(i)), 1, [spec], declarations) for i in range(2)]
+    for mule in instances:  # each instance first started at T0, with a spool of its own
+        with _schedules.locked(_schedules.state_path(mule.spool, spec)) as state:
+            state["tick"] = T0
+    for mule in instances:
+        mule.fire(spec, T0 + S // 2)
+    for mule in instances:
+        mule.fire(spec, T0 + S + 1000)
+    assert sent == [(f"uwsgiconf_mules:schedule:{spec.file_id}:{T0 + S}", 3600, "app:job")]
+    del spool
+
+
+def test_mine_is_the_targets_of_this_mule_where_the_host_flag_says_so() -> None:
+    specs = (schedule_spec("app:a", every=1, farm="f"), schedule_spec("app:b", every=1, mule=2),
+             schedule_spec("app:c", every=1, farm="f", host_env="HOST_FLAG"))
+    declarations = Declarations((None, None), farms=(FarmSpec("f", (1,)),), schedules=specs)
+    assert [spec.name for spec in _schedules.mine(1, declarations, {})] == ["app:a"]
+    assert [spec.name for spec in _schedules.mine(1, declarations, {"HOST_FLAG": "1"})] == ["app:a", "app:c"]
+    assert [spec.name for spec in _schedules.mine(2, declarations, {})] == ["app:b"]
+
+
+def _loaded(code: str) -> list[str]:
+    import subprocess
+    import sys
+
+    script = f"import sys\n{code}\nprint(sorted(m for m in sys.modules if 'sched' in m or 'cron' in m))"
+    return eval(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,  # type: ignore[no-any-return]
+                               check=True).stdout)
+
+
+def test_workers_and_mules_of_an_instance_without_schedules_load_none_of_it_and_cron_is_lazy() -> None:
+    plain = "v2;mules=1;send-timeout=5;spool=/tmp/x"
+    every_record = plain + ";schedule=s|app:job|mule:1|every 5||0|skip|60||"
+    cron_record = plain + ";schedule=s|app:job|mule:1|cron 0 3 * * *|UTC|0|skip|60||"
+    runtime = ("import uwsgiconf_mules.runtime, uwsgiconf_mules.dispatch_mule\n"
+               "from uwsgiconf_mules.declarations import parse_record\n")
+    assert _loaded(runtime + f"parse_record({plain!r})") == []
+    assert _loaded(runtime + f"parse_record({every_record!r})") == ["uwsgiconf_mules.declarations.schedules"]
+    assert "cronsim" not in _loaded(runtime + f"parse_record({cron_record!r})")
+    assert "cronsim" in _loaded(runtime + "from uwsgiconf_mules.declarations.schedules import next_ticks\n"
+                                f"next_ticks(parse_record({cron_record!r}).schedules[0], 0)")
+
+
+def test_the_outcome_of_a_tick_s_call_is_noted_in_its_state(tmp_path: Path) -> None:
+    from uwsgiconf_mules.runtime import failures, tasks
+
+    spool = make(tmp_path)
+    spec = every()
+    mule = scheduler(spool, spec)
+    claimed = f"/x/123-run-farm-f-{_schedules.tick_name(spec, T0 + S)}"
+    before = mule.failures()
+    mule.ran(claimed, before, 1.0)  # app:job is no registered task: refused
+    tasks.REGISTRY[b"app:job"] = lambda: None
+    try:
+        mule.ran(claimed, before, 2.0)
+        failures.REPORTED[0] += 1  # a failure reported during the call
+        mule.ran(claimed, before, 3.0)
+    finally:
+        del tasks.REGISTRY[b"app:job"]
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert (state["runs"], state["failed"], state["outcome"], state["last_start"]) == (3, 2, "failed", 3.0)
+    mule.ran("/x/123-run-farm-f-00000000000000000001-77-00000001.call", before, 4.0)  # not a schedule's call
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["runs"] == 3
