@@ -213,10 +213,11 @@ while True:
 """A programmed mule of uwsgiconf 2.4: it waits for messages with its runtime."""
 
 
-def memory(workdir: Path, calls: int) -> dict[str, Any]:
-    """Idle mules' memory (a bare mule: ``mule =`` a script that only waits for messages; uwsgiconf's: a programmed mule
-    reading messages with ``uwsgiconf.runtime.mules``; a dispatch mule), and the dispatch mule's RSS
-    after 1,000 calls of 1 KiB and after ``calls``."""
+def memory(workdir: Path, calls: int, repeat: int = 3) -> dict[str, Any]:
+    """Idle mules' memory (a bare mule: ``mule =`` a script that only waits for messages; uwsgiconf's:
+    a programmed mule reading messages with ``uwsgiconf.runtime.mules``; a dispatch mule), medians of
+    ``repeat`` servers each (a mule's PSS moves with what the master and the worker write), and the
+    dispatch mule's RSS after 1,000 calls of 1 KiB and after ``calls``."""
     app = "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'pong']\n"
     programmed = PLAIN.replace("mules=1", "mules=['mule_script.py']")
     cases = {  # (config, app, the mule's script)
@@ -224,18 +225,23 @@ def memory(workdir: Path, calls: int) -> dict[str, Any]:
         "uwsgiconf runtime": (programmed, "import uwsgiconf.runtime.mules\n" + app, UWSGICONF_MULE),
         "uwsgiconf-mules runtime": (declaration("mules=1"), MEMORY_APP, None),
     }
+    taken: dict[str, list[dict[str, int]]] = {name: [] for name in cases}
     results: dict[str, Any] = {}
-    for name, (config, code, script) in cases.items():
-        server = start_server(workdir / ("mem_" + name.replace(" ", "_").replace("-", "_")), config, code,
-                              prelude=False, workers=1, modules=None if script is None else {"mule_script": script})
-        try:
-            time.sleep(1.0)
-            pid = server.mule_pids()[1]
-            results[name] = memory_use(pid)
-            if name == "uwsgiconf-mules runtime":
-                results["after calls"] = _after_calls(server, pid, calls)
-        finally:
-            server.stop()
+    for run in range(repeat):  # the cases in turns
+        for name, (config, code, script) in cases.items():
+            server = start_server(workdir / f"mem_{run}_{name.replace(' ', '_').replace('-', '_')}", config, code,
+                                  prelude=False, workers=1, modules=None if script is None else {"mule_script": script})
+            try:
+                time.sleep(1.0)
+                pid = server.mule_pids()[1]
+                taken[name].append(memory_use(pid))
+                if name == "uwsgiconf-mules runtime" and not run:
+                    results["after calls"] = _after_calls(server, pid, calls)
+            finally:
+                server.stop()
+    for name, found in taken.items():
+        results[name] = {key: int(statistics.median(values[key] for values in found)) for key in found[0]}
+        results[name]["runs"] = [values["pss_kb"] for values in found]
     bare = results["bare mule"]
     for name in cases:
         results[name]["pss_overhead_kb"] = results[name]["pss_kb"] - bare["pss_kb"]

@@ -502,9 +502,10 @@ def report(results: dict[str, Any]) -> str:
                   f"| ratio | {imp['ratio']:.2f} |"]
     if "memory" in results:
         mem = results["memory"]
-        lines += ["", "| idle mule | RSS kB | PSS kB | PSS over a bare mule kB |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} |"
-                  for name, m in mem.items() if name != "after calls"]
+        lines += ["", "| idle mule (medians) | RSS kB | PSS kB | PSS over a bare mule kB | USS kB | PSS of each run |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} | {m['uss_kb']} | "
+                  f"{', '.join(map(str, m['runs']))} |" for name, m in mem.items() if name != "after calls"]
         after = mem["after calls"]
         many = after["rss_kb_after_" + str(after["calls"])]
         lines += ["", f"dispatch mule RSS after 1,000 calls of 1 KiB: {after['rss_kb_after_1000']} kB; after "
@@ -587,7 +588,7 @@ def main() -> int:
             results["rq"] = rq_cost(workdir, rq_rounds, rq_batch, rq_jobs)
         if extras:
             results["import"] = import_cost(repeat)
-            results["memory"] = figures.memory(workdir, memory_calls)
+            results["memory"] = figures.memory(workdir, memory_calls, 1 if args.smoke else 3)
             results["results_cost"] = results_cost.summary(workdir / "results-cost", *(
                 (500, 1) if args.smoke else (20_000, 7)))
     text = report(results)
