@@ -73,7 +73,7 @@ def send_calls(key: str, encode: Encoder, current: Current, calls: Iterable[tupl
     size = queued = 0
     empty: dict[str, Any] = {}
     header, trailer = marshal_parts(encode)
-    safe, dumps = MARSHAL_SAFE, _marshal
+    safe, dumps, join = MARSHAL_SAFE, _marshal, b"".join
     for given in calls:  # the hot loop of a batch: its index is queued + len(parts)
         try:
             args = given if type(given) is tuple else tuple(given)
@@ -82,7 +82,7 @@ def send_calls(key: str, encode: Encoder, current: Current, calls: Iterable[tupl
                     message = encode(args, empty)
                     break
             else:
-                message = header + dumps(args, MARSHAL_VERSION) + trailer if args else encode(args, empty)
+                message = join((header, dumps(args, MARSHAL_VERSION), trailer)) if args else encode(args, empty)
         except (PayloadError, TypeError) as exc:
             raise _refused(key, queued + len(parts), queued, exc) from None
         size += len(message) + ITEM
