@@ -46,7 +46,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import figures  # noqa: E402
 import results_cost  # noqa: E402  # beside this script: a call with a result against a plain offload
 
 from support.harness import Server, declaration, start_server  # noqa: E402
@@ -84,7 +86,7 @@ def run(n, size):
     start = time.monotonic_ns()
     for i in range(n):
         send_one(i, n, payload)
-    return {"start": start, "sent": time.monotonic_ns()}
+    return {"start": start, "sent": time.monotonic_ns(), "pid": os.getpid()}
 
 
 def sender(rounds, batch):
@@ -202,8 +204,15 @@ def _wmem_max() -> int:
         return 4194304
 
 
-def _measure_throughput(server: Server, n: int, size: int, timeout: float) -> dict[str, Any]:
+def _pids(server: Server) -> tuple[int, int]:
+    """(the worker, the mule 1) of ``server``: the processes whose CPU time a run counts."""
+    return server.get("/run?n=1000&size=0")[1]["pid"], server.mule_pids()[1]
+
+
+def _measure_throughput(server: Server, n: int, size: int, timeout: float,
+                        pids: tuple[int, int] | None = None) -> dict[str, Any]:
     done_before = len(server.lines("done"))
+    ticks = [figures.cpu_ticks(pid) for pid in pids] if pids else []
     status, sent = server.get(f"/run?n={n}&size={size}", timeout=timeout)
     if status != 200:
         raise RuntimeError(f"run failed: {sent}")
@@ -213,28 +222,62 @@ def _measure_throughput(server: Server, n: int, size: int, timeout: float) -> di
     deadline = time.monotonic() + min(timeout, 5 + 10 * sender_seconds)
     while len(server.lines("done")) <= done_before:
         if time.monotonic() > deadline:
-            return {"rate": None, "lost": "the last call never ran"}
+            cpu = [figures.cpu_ticks(pid) - before for pid, before in zip(pids or (), ticks, strict=True)]
+            return {"rate": None, "lost": "the last call never ran", "n": n, "cpu_ticks": cpu}
         time.sleep(0.01)
     done = server.lines("done")[-1]
     seconds = (done["end"] - sent["start"]) / 1e9
     lost = n - done["count"]
+    cpu = [figures.cpu_ticks(pid) - before for pid, before in zip(pids or (), ticks, strict=True)]
     return {"rate": None if lost else n / seconds, "lost": lost, "seconds": seconds,
-            "sender_seconds": sender_seconds}
+            "sender_seconds": sender_seconds, "cpu_ticks": cpu, "n": n}
+
+
+BIG = 153600
+"""The payload of the largest row (150 KiB, near the default socket limit of 208 KiB). uWSGI's own
+mule loop, which runs raw's hook, reads at most ``mule-msg-size`` bytes of a message (64 KiB by
+default: the rest is cut off), so this row runs on servers of its own declaring
+``msg_buffer=BIG_BUFFER`` for every variant: each reads its messages whole, from queues of one size."""
+BIG_BUFFER = 163840
+BIG_VARIANTS = (RAW, OURS, COUNTED, "uwsgiconf-mules Farm")
+"""Variants of the largest row (uwsgiconf 2.4 and uwsgidecorators read 64 KiB at most)."""
 
 
 def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
                only: list[str] | None = None) -> dict[str, Any]:
+    """The table: the rows up to 32 KiB on one set of servers, the largest on another (see :data:`BIG`)."""
+    small = {size: n for size, n in sizes.items() if size != BIG}
+    results = _throughput(workdir / "small", small, runs, timeout, only) if small else {}
+    if BIG in sizes:
+        big = _throughput(workdir / "big", {BIG: sizes[BIG]}, runs, timeout,
+                          [name for name in BIG_VARIANTS if not only or name in only], buffer=BIG_BUFFER)
+        for name, found in big.items():
+            if name in results:
+                results[name]["sizes"].update(found["sizes"])
+            else:
+                results[name] = found
+    return results
+
+
+def _config(name: str, workdir: Path, index: int, buffer: int | None) -> str:
+    config = VARIANTS[name]["config"].replace("{wmem_max}", str(_wmem_max())).replace(
+        "{stats}", str(workdir / f"stats-{index}.sock"))
+    if buffer is None:
+        return config
+    return re.sub(r"set_mules_params\(", f"set_mules_params(msg_buffer={buffer}, ", config, count=1)
+
+
+def _throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
+                only: list[str] | None = None, *, buffer: int | None = None) -> dict[str, Any]:
     """All servers up at once; runs interleaved variant by variant, so drift hits all alike."""
     names = [name for name in VARIANTS if not only or name in only or name == RAW]
     servers: dict[str, Server] = {}
     try:
         for name in names:
-            config = VARIANTS[name]["config"].replace("{wmem_max}", str(_wmem_max())).replace(
-                "{stats}", str(workdir / f"stats-{len(servers)}.sock"))
-            servers[name] = start_server(workdir / re.sub(r"\W+", "_", name), config,
+            servers[name] = start_server(workdir / re.sub(r"\W+", "_", name), _config(name, workdir, len(servers),
+                                                                                     buffer),
                                          COMMON + VARIANTS[name]["app"], prelude=False, workers=1)
-        for server in servers.values():
-            server.get("/run?n=1000&size=0")  # warm up
+        pids = {name: _pids(server) for name, server in servers.items()}  # and a warm-up
         time.sleep(0.5)
         samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
         raw_before: dict[tuple[str, int], list[dict[str, Any]]] = {}  # the raw run just before each run
@@ -243,32 +286,57 @@ def throughput(workdir: Path, sizes: dict[int, int], runs: int, timeout: float,
                 for name, server in servers.items():
                     if name == RAW:
                         continue
-                    raw = _measure_throughput(servers[RAW], n, size, timeout)
+                    raw = _measure_throughput(servers[RAW], n, size, timeout, pids[RAW])
                     samples.setdefault((RAW, size), []).append(raw)
                     raw_before.setdefault((name, size), []).append(raw)
-                    samples.setdefault((name, size), []).append(_measure_throughput(server, n, size, timeout))
+                    samples.setdefault((name, size), []).append(_measure_throughput(server, n, size, timeout,
+                                                                                    pids[name]))
         results: dict[str, Any] = {}
         for name, server in servers.items():
-            per_size = {}
-            for size, n in sizes.items():
-                taken = samples[(name, size)]
-                rates = [s["rate"] for s in taken if s["rate"]]
-                # Paired with the raw run just before it: the machine's speed drifts within
-                # seconds, so ratios of neighbouring runs are what compare.
-                paired = [s["rate"] / r["rate"] for s, r in zip(taken, raw_before.get((name, size), taken), strict=True)
-                          if s["rate"] and r["rate"]]
-                per_size[str(size)] = {
-                    "n": n, "runs": len(taken),
-                    "median": statistics.median(rates) if len(rates) == len(taken) else None,
-                    "min": min(rates) if rates else None, "max": max(rates) if rates else None,
-                    "rates": [s["rate"] for s in taken],
-                    "x_raw": statistics.median(paired) if len(paired) == len(taken) else None,
-                    "lost": [s["lost"] for s in taken if s["lost"]],
-                }
+            per_size = {str(size): _row(samples[(name, size)], raw_before.get((name, size), samples[(name, size)]), n)
+                        for size, n in sizes.items()}
             cost = server.get(f"/sender?rounds={max(2, runs * 4)}&batch=100", timeout=timeout)[1]
             results[name] = {"sizes": per_size, "sender_us_per_call": cost["us_per_call"],
                              "queue_full_events": server.log().count("MULE MSG QUEUE IS FULL")}
         return results
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def _row(taken: list[dict[str, Any]], raws: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """One row of the table: rates, the median of the ratios to the paired raw runs, and the CPU
+    time per call of the sender (the worker) and of the mule, from /proc (utime + stime)."""
+    rates = [s["rate"] for s in taken if s["rate"]]
+    # Paired with the raw run just before it: the machine's speed drifts within seconds, so ratios
+    # of neighbouring runs are what compare.
+    paired = [s["rate"] / r["rate"] for s, r in zip(taken, raws, strict=True) if s["rate"] and r["rate"]]
+    calls = sum(s["n"] for s in taken)
+    cpu = [sum(s["cpu_ticks"][which] for s in taken if s["cpu_ticks"]) * figures.TICK_US / calls for which in (0, 1)]
+    return {
+        "n": n, "runs": len(taken),
+        "median": statistics.median(rates) if len(rates) == len(taken) else None,
+        "min": min(rates) if rates else None, "max": max(rates) if rates else None,
+        "rates": [s["rate"] for s in taken],
+        "x_raw": statistics.median(paired) if len(paired) == len(taken) else None,
+        "lost": [s["lost"] for s in taken if s["lost"]],
+        "sender_cpu_us": cpu[0], "mule_cpu_us": cpu[1],
+    }
+
+
+def batch(workdir: Path, n: int, runs: int, timeout: float) -> dict[str, Any]:
+    """``n`` small calls by ``task.starmap(...)`` against ``n`` raw ``mule_msg`` calls, paired run by run."""
+    servers = {RAW: start_server(workdir / "batch_raw", VARIANTS[RAW]["config"], COMMON + VARIANTS[RAW]["app"],
+                                 prelude=False, workers=1),
+               "starmap": start_server(workdir / "batch_ours", OURS_CONFIG, COMMON + figures.BATCH_APP,
+                                       prelude=False, workers=1)}
+    try:
+        pids = {name: _pids(server) for name, server in servers.items()}
+        raws, ours = [], []
+        for _ in range(runs):
+            raws.append(_measure_throughput(servers[RAW], n, 0, timeout, pids[RAW]))
+            ours.append(_measure_throughput(servers["starmap"], n, 0, timeout, pids["starmap"]))
+        return {"raw": _row(raws, raws, n), "starmap": _row(ours, raws, n)}
     finally:
         for server in servers.values():
             server.stop()
@@ -375,38 +443,6 @@ def import_cost(repeat: int) -> dict[str, Any]:
             "ratio": statistics.median(ours) / statistics.median(theirs)}
 
 
-def _memory(pid: int) -> dict[str, int]:
-    values = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("Rss", "Pss"):
-            values[key.lower() + "_kb"] = int(rest.split()[0])
-    return values
-
-
-def mule_memory(workdir: Path) -> dict[str, Any]:
-    cases = {
-        "bare mule": (PLAIN_CONFIG.format(extra=""), ""),
-        "uwsgiconf runtime": (PLAIN_CONFIG.format(extra=""), "import uwsgiconf.runtime.mules\n"),
-        "uwsgiconf-mules runtime": (OURS_CONFIG, "import uwsgiconf_mules.runtime\n"),
-    }
-    app = "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'pong']\n"
-    results = {}
-    for name, (config, imports) in cases.items():
-        server = start_server(workdir / ("mem_" + re.sub(r"\W+", "_", name)), config, imports + app,
-                              prelude=False, workers=1)
-        try:
-            time.sleep(1.0)
-            results[name] = _memory(server.mule_pids()[1])
-        finally:
-            server.stop()
-    bare = results["bare mule"]
-    for values in results.values():
-        values["pss_overhead_kb"] = values["pss_kb"] - bare["pss_kb"]
-        values["rss_overhead_kb"] = values["rss_kb"] - bare["rss_kb"]
-    return results
-
-
 def _fmt_rate(value: float | None) -> str:
     return f"{value:,.0f}" if value else "-"
 
@@ -423,39 +459,85 @@ def rq_report(rq_results: dict[str, Any]) -> list[str]:
 
 
 def report(results: dict[str, Any]) -> str:
-    if "throughput" not in results:
-        return "\n".join(rq_report(results["rq"]))
-    thr = results["throughput"]
-    sizes = list(thr[RAW]["sizes"])
-    lines = [f"Machine: {results['machine']}", "",
-             "| variant | payload | msgs/s (median) | min | max | x raw (paired) | lost |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for name, variant in thr.items():
-        for size in sizes:
-            row = variant["sizes"][size]
-            ratio = f"{row['x_raw']:.2f}" if row["x_raw"] else "-"
-            lost = ", ".join(map(str, row["lost"])) or "0"
-            lines.append(f"| {name} | {size} B | {_fmt_rate(row['median'])} | {_fmt_rate(row['min'])} | "
-                         f"{_fmt_rate(row['max'])} | {ratio} | {lost} |")
-    lines += ["", "| variant | sender cost (µs/call, small) |", "|---|---:|"]
-    lines += [f"| {name} | {variant['sender_us_per_call']:.2f} |" for name, variant in thr.items()]
+    lines = [f"Machine: {results['machine']} (load before the run: {results.get('load', '?')})"]
+    thr = results.get("throughput", {})
+    if thr:
+        lines += ["", "| variant | payload | msgs/s (median) | min | max | x raw (paired) | sender CPU µs/call | "
+                  "mule CPU µs/call | lost |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for name, variant in thr.items():
+            for size, row in variant["sizes"].items():
+                ratio = f"{row['x_raw']:.2f}" if row["x_raw"] else "-"
+                lost = ", ".join(map(str, row["lost"])) or "0"
+                lines.append(f"| {name} | {size} B | {_fmt_rate(row['median'])} | {_fmt_rate(row['min'])} | "
+                             f"{_fmt_rate(row['max'])} | {ratio} | {row['sender_cpu_us']:.2f} | "
+                             f"{row['mule_cpu_us']:.2f} | {lost} |")
+        lines += ["", "| variant | sender cost (µs/call, small) |", "|---|---:|"]
+        lines += [f"| {name} | {variant['sender_us_per_call']:.2f} |" for name, variant in thr.items()]
+    if "batch" in results:
+        lines += ["", "| small calls, one worker to one mule | calls | calls/s (median) | x raw (paired) | "
+                  "sender CPU µs/call | mule CPU µs/call |", "|---|---:|---:|---:|---:|---:|"]
+        for name, row in results["batch"].items():
+            label = "raw mule_msg, one call per message" if name == "raw" else "task.starmap(...), one batch"
+            lines.append(f"| {label} | {row['n']} | {_fmt_rate(row['median'])} | {row['x_raw'] or 0:.2f} | "
+                         f"{row['sender_cpu_us']:.2f} | {row['mule_cpu_us']:.2f} |")
+    if "latency" in results:
+        lat = results["latency"]
+        lines += ["", f"| one call every {lat['gap_s'] * 1000:g} ms, send to start (µs, median of {lat['runs']} runs "
+                  f"of {lat['calls']}) | p50 | p99 | p50 x raw | p99 x raw |", "|---|---:|---:|---:|---:|"]
+        for mode in ("idle", "busy"):
+            found = lat[mode]
+            for name in ("raw", "ours"):
+                ratios = (f"{found['p50_x_raw']:.2f} | {found['p99_x_raw']:.2f}" if name == "ours" else "1.00 | 1.00")
+                who = "raw mule_msg" if name == "raw" else "Mule(1).offload()"
+                beside = f" ({lat['busy_processes']} CPU-bound processes beside)" if mode == "busy" else ""
+                lines.append(f"| {who}, {mode}{beside} | {found[name]['p50_us']:.1f} | {found[name]['p99_us']:.1f} | "
+                             f"{ratios} |")
     if "rq" in results:
         lines += rq_report(results["rq"])
-    if "import" not in results:
-        lines += ["", f"counters on/raw = {_ratio(thr, sizes[0], COUNTED)}", f"offload/raw = {_ratio(thr, sizes[0])}"]
-        return "\n".join(lines)
-    imp = results["import"]
-    lines += ["", "| import (fresh interpreter, median) | ms |", "|---|---:|",
-              f"| uwsgiconf_mules.runtime | {imp['uwsgiconf_mules.runtime_ms']:.2f} |",
-              f"| uwsgiconf.runtime.mules | {imp['uwsgiconf.runtime.mules_ms']:.2f} |",
-              f"| ratio | {imp['ratio']:.2f} |"]
-    lines += ["", "| idle mule | RSS kB | PSS kB | PSS overhead kB |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} |"
-              for name, m in results["memory"].items()]
+    if "import" in results:
+        imp = results["import"]
+        lines += ["", "| import (fresh interpreter, median) | ms |", "|---|---:|",
+                  f"| uwsgiconf_mules.runtime | {imp['uwsgiconf_mules.runtime_ms']:.2f} |",
+                  f"| uwsgiconf.runtime.mules | {imp['uwsgiconf.runtime.mules_ms']:.2f} |",
+                  f"| ratio | {imp['ratio']:.2f} |"]
+    if "memory" in results:
+        mem = results["memory"]
+        lines += ["", "| idle mule (medians) | RSS kB | PSS kB | PSS over a bare mule kB | USS kB | PSS of each run |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {name} | {m['rss_kb']} | {m['pss_kb']} | {m['pss_overhead_kb']} | {m['uss_kb']} | "
+                  f"{', '.join(map(str, m['runs']))} |" for name, m in mem.items() if name != "after calls"]
+        after = mem["after calls"]
+        many = after["rss_kb_after_" + str(after["calls"])]
+        lines += ["", f"dispatch mule RSS after 1,000 calls of 1 KiB: {after['rss_kb_after_1000']} kB; after "
+                  f"{after['calls']:,}: {many} kB ({after['growth_kb']:+d} kB)"]
     if "results_cost" in results:  # a call with a result against a plain offload (benchmarks/results_cost.py)
         lines += ["", *results_cost.report(results["results_cost"])]
-    lines += ["", f"counters on/raw = {_ratio(thr, sizes[0], COUNTED)}", f"offload/raw = {_ratio(thr, sizes[0])}"]
-    return "\n".join(lines)
+    results["summary"] = summary(results)
+    return "\n".join([*lines, "", *results["summary"]])
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The last lines of the output, one per figure, for scripts to read."""
+    lines = []
+    thr = results.get("throughput", {})
+    if OURS in thr or COUNTED in thr:
+        first = next(iter(thr[RAW]["sizes"]))
+        lines += [f"counters on/raw = {_ratio(thr, first, COUNTED)}", f"offload/raw = {_ratio(thr, first)}"]
+    rows = [(row["x_raw"], name, size) for name in BIG_VARIANTS[1:] if name in thr
+            for size, row in thr[name]["sizes"].items()]
+    if rows:
+        worst = min(rows, key=lambda item: item[0] or 0.0)
+        label = worst[1].replace("uwsgiconf-mules ", "")
+        lines.append(f"slowest/raw = {worst[0] or 0:.2f} ({label}, {worst[2]} B)")
+    if "latency" in results:
+        lines.append(f"latency p50 busy/raw = {results['latency']['busy']['p50_x_raw']:.2f}")
+    if "memory" in results:
+        mem = results["memory"]
+        lines.append(f"mule pss over bare = {mem['uwsgiconf-mules runtime']['pss_overhead_kb']} kB "
+                     f"(uwsgiconf {mem['uwsgiconf runtime']['pss_overhead_kb']} kB)")
+    if "batch" in results:
+        lines.append(f"batch/raw = {results['batch']['starmap']['x_raw'] or 0:.2f}")
+    return lines
 
 
 def _ratio(thr: dict[str, Any], size: str, name: str = OURS) -> str:
@@ -465,43 +547,54 @@ def _ratio(thr: dict[str, Any], size: str, name: str = OURS) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny N, one run")
+    parser.add_argument("--smoke", "--quick", action="store_true", help="tiny counts, one run: checks that every "
+                        "figure of the benchmark works (about two minutes)")
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--only", action="append", choices=list(VARIANTS),
                         help="measure only these variants (and raw); repeatable")
     parser.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",")],
-                        help="payload sizes to measure, e.g. 0,1024 (default 0,1024,32768)")
-    parser.add_argument("--skip-extras", action="store_true", help="throughput only: no import, memory or RQ")
+                        help=f"payload sizes to measure, e.g. 0,1024 (default 0,1024,32768,{BIG})")
+    parser.add_argument("--skip-extras", action="store_true", help="throughput only: no batch, latency, import, "
+                        "memory or RQ")
+    parser.add_argument("--skip-table", action="store_true", help="no throughput table: the other figures only")
     parser.add_argument("--rq-only", action="store_true", help="the farm routed to RQ only")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = parser.parse_args()
     if args.smoke:
-        sizes, runs, repeat, timeout = {0: 300, 1024: 100, 32768: 20}, 1, 2, 30.0
+        sizes, runs, repeat, timeout = {0: 300, 1024: 100, 32768: 20, BIG: 10}, 1, 2, 30.0
         rq_rounds, rq_batch, rq_jobs = 2, 50, 50
+        batch_n, batch_runs, latency_n, latency_runs, memory_calls = 300, 1, 50, 1, 3000
     else:
-        sizes, runs, repeat, timeout = {0: 200_000, 1024: 100_000, 32768: 20_000}, args.runs, 15, 120.0
+        sizes, runs, repeat, timeout = {0: 200_000, 1024: 100_000, 32768: 20_000, BIG: 5_000}, args.runs, 15, 120.0
         rq_rounds, rq_batch, rq_jobs = 21, 500, 1000
+        batch_n, batch_runs, latency_n, latency_runs, memory_calls = 10_000, 15, 1000, 5, 1_000_000
     if args.sizes:
         sizes = {size: n for size, n in sizes.items() if size in args.sizes}
+    extras = not args.skip_extras and not args.rq_only
     with tempfile.TemporaryDirectory(prefix="uwsgiconf-mules-bench-") as tmp:
         workdir = Path(tmp)
         results: dict[str, Any] = {
             "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-                       f"{__import__('os').cpu_count()} cores, {platform.platform()}",
+                       f"{os.cpu_count()} cores, {platform.platform()}",
+            "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
             "smoke": args.smoke,
         }
-        if not args.rq_only:
+        if not args.rq_only and not args.skip_table:
             results["throughput"] = throughput(workdir, sizes, runs, timeout, args.only)
+        if extras:
+            results["batch"] = batch(workdir, batch_n, batch_runs, timeout)
+            results["latency"] = figures.latency(workdir, latency_n, latency_runs)
         if not args.skip_extras:
             results["rq"] = rq_cost(workdir, rq_rounds, rq_batch, rq_jobs)
-        if not args.skip_extras and not args.rq_only:
+        if extras:
             results["import"] = import_cost(repeat)
-            results["memory"] = mule_memory(workdir)
+            results["memory"] = figures.memory(workdir, memory_calls, 1 if args.smoke else 3)
             results["results_cost"] = results_cost.summary(workdir / "results-cost", *(
                 (500, 1) if args.smoke else (20_000, 7)))
+    text = report(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
-    print(report(results))
+    print(text)
     return 0
 
 

@@ -104,12 +104,19 @@ class PayloadError(MulesRuntimeError, ValueError):
     :param message: What is wrong, naming the function or target, the size and the limit.
     :param size: Size of the encoded message in bytes, when known.
     :param limit: Largest message the target accepts, when known.
+    :param failed: Of a batch (``f.map``, ``f.starmap``), the indices of the calls at fault; empty
+        otherwise.
+    :param queued: Of a batch, how many of its calls were queued before (the first ones, in order;
+        those from the first at fault on were not sent); None otherwise.
     """
 
-    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None) -> None:
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None,
+                 failed: tuple[int, ...] = (), queued: int | None = None) -> None:
         super().__init__(message)
         self.size = size
         self.limit = limit
+        self.failed = failed
+        self.queued = queued
 
 
 class DeliveryError(MulesRuntimeError):
@@ -119,11 +126,14 @@ class DeliveryError(MulesRuntimeError):
 
     :param message: What was not delivered, where to, and for how long it was retried.
     :param target: The mule id or farm name.
+    :param queued: Of a batch (``f.map``, ``f.starmap``), how many of its calls were queued (the
+        first ones, in order) before the wait ran out; None otherwise.
     """
 
-    def __init__(self, message: str, *, target: object = None) -> None:
+    def __init__(self, message: str, *, target: object = None, queued: int | None = None) -> None:
         super().__init__(message)
         self.target = target
+        self.queued = queued
 
 
 class UnknownTaskError(MulesRuntimeError, LookupError):

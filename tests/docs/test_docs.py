@@ -461,7 +461,7 @@ def test_the_spool_figures_of_the_pages_are_the_code_s() -> None:
 
 
 def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogCaptureFixture) -> None:
-    from uwsgiconf_mules.mule import loop as _dispatch
+    from uwsgiconf_mules.mule import startup as _startup
 
     said = section("reloads", "What the log says")
     quoted = [re.sub(r"\s+", " ", sample) for sample in re.findall(r"`([^`]+)`", said)]
@@ -473,7 +473,7 @@ def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogC
             return [(1, 5, 3, {}), (2, 0, 0, {"the disk of the spool /var/spool/app is full": 2})]
 
     with caplog.at_level("ERROR", logger="uwsgiconf_mules"):
-        _dispatch._check_stops(Stopped())  # type: ignore[arg-type]
+        _startup.check_stops(Stopped())  # type: ignore[arg-type]
     logged = [record.getMessage() for record in caplog.records]
     checked = [sample for sample in quoted if "lost calls since" in sample or "could not keep" in sample]
     assert len(checked) == 2

@@ -34,11 +34,11 @@ import time
 
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
-from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, lookup_ok
-from ..protocol.limits import socket_message_limit
+from ..protocol.envelope import BATCH_HEAD, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
+from ..protocol.limits import MALLOC_MAPPED, socket_message_limit, steady_heap
 from ..protocol.spool import claims as _claims, delayed as _delayed, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
-from . import signals as _signals, timer as _timer
+from . import batch as _batch, signals as _signals, timer as _timer
 from .queues import STREAK, Queues, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -114,7 +114,7 @@ class _Keeper:
         self.free = spool.disk_free() if spool is not None else 0  # what the disk takes, less room for the record
 
     def __call__(self, message: bytes, dest: int | bytes | None) -> int:
-        if not _protocol.is_call(message):
+        if not _protocol.is_call(message) and not message.startswith(BATCH_HEAD):  # a batch: kept whole, in one file
             rest = _tasks.receive(message)  # a probe, foreign bytes or a forgery: never a call here
             if rest is not None:
                 _tasks.pass_on(rest)
@@ -208,7 +208,9 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
     spool.write_pid(mule_id)
     if spool.made:  # said here, once logging is set up
         _tasks.log().info("uwsgiconf-mules: mule %d made a new, empty spool %s", mule_id, spool.path)
-    _check_stops(spool)
+    from . import startup as _startup  # loaded by _prepare already
+
+    _startup.check_stops(spool)
     for part, strangers in (("queue", spool.strangers()), (_delayed.PART, _delayed.strangers(spool))):
         if strangers:
             _tasks.log().warning("uwsgiconf-mules: mule %d ignores %d file(s) in %s that are not this user's "
@@ -229,19 +231,6 @@ def _start(spool: _spool.Spool, mule_id: int, targets: frozenset[str], harakiri:
             break
         _tasks.run(_protocol.restored(payload), harakiri)
         spool.done(claimed)
-
-
-def _check_stops(spool: _spool.Spool) -> None:
-    """Say what the last stops of the mules could not keep, and which calls they kept went missing since."""
-    log = _tasks.log()
-    for mule_id, kept, found, lost in spool.check_stops():
-        if found < kept:
-            log.error("uwsgiconf-mules: the spool %s lost calls since the last stop of mule %d: expected %d kept "
-                      "call(s), found %d (someone removed them, or replaced the spool)", spool.path, mule_id, kept,
-                      found)
-        for why, count in lost.items():
-            log.error("uwsgiconf-mules: the last stop of mule %d could not keep %d queued call(s): %s", mule_id, count,
-                      why)
 
 
 def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool = False) -> _spool.Spool | None:
@@ -370,6 +359,8 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
             if waited is None:
                 continue
             record[0] = size = waited
+            if size > MALLOC_MAPPED:  # large calls decoded without a page fault each (see there)
+                steady_heap(size)
         else:
             streak -= 1
             if not streak:  # let the other queues have a turn
@@ -439,6 +430,12 @@ def mule_loop() -> None:  # noqa: PLR0915 - the fast paths are inlined, for thro
         if _stopping:
             pending = buffer[:size]
             break
+        if buffer[:len(BATCH_HEAD)] == BATCH_HEAD:  # calls of f.map(): the rest is kept when told to stop
+            pending = _batch.run(view, size, harakiri=harakiri, counted=counters is not None,
+                                 stopping=lambda: _stopping)
+            if pending is not None:
+                break
+            continue
         rest = receive(buffer[:size], harakiri)
         if rest is not None:
             pass_on(rest)

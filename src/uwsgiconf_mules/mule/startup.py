@@ -5,7 +5,10 @@
    ``--lazy-apps`` uWSGI loads the app (whose WSGI module sets Django up) in workers only, and a
    task module importing models would fail with ``AppRegistryNotReady``. In the pre-fork mode the
    mule inherits a Django already set up from the master, and nothing is done.
-3. Logging, when nobody configured it (see :mod:`uwsgiconf_mules.runtime.logs`).
+3. Logging, when nobody configured it (see :mod:`uwsgiconf_mules.runtime.logs`): at once when
+   ``logging`` is imported already (by the app in the master, the hook, Django), otherwise as soon
+   as anything imports it (:class:`LoggingWatch`: a task, the runtime to say something), so that
+   a mule whose app never logs does not load ``logging`` (1.9 MB of PSS per mule, benchmarks/README.md).
 
 A step that fails is logged on one line naming it, with its traceback, and the mule goes on:
 a mule that exits at start is respawned by uWSGI at once, again and again, while calls pile up in
@@ -23,7 +26,10 @@ from ..runtime import tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..declarations import Declarations
+    from ..protocol import spool as _spool
 
 DJANGO_SETTINGS = "DJANGO_SETTINGS_MODULE"
 
@@ -105,6 +111,58 @@ def install_logging() -> bool:
     return True
 
 
+class LoggingWatch:
+    """A finder first in ``sys.meta_path`` until ``logging`` is imported: it lets the usual finders
+    find it, and runs :func:`install_logging` right after the module is executed, before the
+    importer gets it (so before any record can be emitted); then it leaves ``sys.meta_path``."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        """The spec of ``logging`` as the other finders give it, its loader set to install the
+        handler once the module is loaded; None for any other module.
+
+        :param name: The module imported.
+        :param path: The parent package's path (None for a top-level module).
+        :param target: The module object reloaded, if any.
+        """
+        if name != "logging":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            found = getattr(finder, "find_spec", None)
+            spec = found(name, path, target) if found is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is not None and hasattr(loader, "exec_module"):
+            execute = loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                execute(module)
+                install_logging()
+
+            loader.exec_module = exec_module
+        return spec
+
+
+def check_stops(spool: _spool.Spool) -> None:
+    """Say what the last stops of the mules could not keep, and which calls they kept went missing since.
+
+    :param spool: The instance's spool.
+    """
+    log = _tasks.log  # logging is imported only to say something (see mule.startup)
+    for mule_id, kept, found, lost in spool.check_stops():
+        if found < kept:
+            log().error("uwsgiconf-mules: the spool %s lost calls since the last stop of mule %d: expected %d kept "
+                        "call(s), found %d (someone removed them, or replaced the spool)", spool.path, mule_id, kept,
+                        found)
+        for why, count in lost.items():
+            log().error("uwsgiconf-mules: the last stop of mule %d could not keep %d queued call(s): %s", mule_id,
+                        count, why)
+
+
 def start(mule_id: int, declarations: Declarations | None) -> None:
     """Run the start-up steps of a dispatch mule (see the module docstring).
 
@@ -116,4 +174,7 @@ def start(mule_id: int, declarations: Declarations | None) -> None:
         run_hook(hook, mule_id)
     if django_needs_setup():
         setup_django(mule_id)
-    install_logging()
+    if "logging" in sys.modules:
+        install_logging()
+    else:
+        sys.meta_path.insert(0, LoggingWatch())

@@ -28,6 +28,10 @@ Layout of a call (bytes)::
   starts it.
 * Kind ``d`` wraps plain data sent with ``Mule.send``/``Farm.send`` that happens to start with
   :data:`PREFIX` (see :func:`data`): readers unwrap it, and it is never run.
+* Kind ``b`` is a *batch* (:func:`pack`): the rest of the message is a ``marshal``-ed list of whole
+  envelopes of calls, token included (marshal version 2 writes it as ``[``, a 4-byte count, then
+  each envelope as ``s``, its 4-byte length and its bytes: the mule walks it without decoding
+  it); a reader runs each as the call it is (:func:`split`).
 * A *probe* (kind ``p``, then random bytes, no key) is what a dispatch mule sends to its own
   queues to find which socket receives them (see :mod:`uwsgiconf_mules.mule.queues`); every mule
   drops probes.
@@ -80,6 +84,14 @@ MARSHAL = b"m"
 """Kind byte: the body is a marshal-ed tuple of positional arguments of :data:`MARSHAL_SAFE` types."""
 DATA = b"d"
 """Kind byte: the rest of the message is plain data, wrapped by :func:`data`."""
+BATCH = b"b"
+"""Kind byte: the rest of the message is a marshal-ed list of envelopes of calls (see :func:`pack`)."""
+BATCH_HEAD = PREFIX + BATCH
+"""Start of a batch."""
+BATCH_LIST = len(BATCH_HEAD) + 5
+"""Where the first call of a batch starts: after the head, marshal's list code and its count."""
+BATCH_ITEM = 5
+"""Bytes before each envelope of a batch: marshal's bytes code and the length (little-endian)."""
 PROBE = PREFIX + b"p"
 """Start of a probe: a message a dispatch mule sends to its own queues and every mule drops."""
 PROBE_SIZE = len(PROBE) + 12
@@ -97,6 +109,7 @@ PAD = bytes(5)
 LOOKUP_SIZE = HEAD_SIZE + len(PAD)
 """Length of what the fast path looks up: the head, and marshal's tuple header or :data:`PAD`."""
 PICKLE_PROTOCOL = 5
+_join = b"".join
 MARSHAL_VERSION = 2
 """The marshal format written: version 3 and later note every object written in a table, to
 write repeated ones once, which costs more than the whole tuple of a small call (about 170 ns of
@@ -106,6 +119,7 @@ same types."""
 _POSITIONAL: dict[bytes, Decoder] = {ARGS: _unpickle, MARSHAL: _unmarshal}
 _COUNTED = frozenset(b"([<>")  # marshal's tuple, list, set and frozenset codes: a 4-byte count follows
 _TUPLE = ord("(")
+_LIST = ord("[")
 
 
 def tag(key: bytes) -> bytes:
@@ -160,14 +174,24 @@ def encoder(key: str) -> Encoder:
                 if type(arg) not in safe:
                     break
             else:
-                return header_m + _marshal(args, MARSHAL_VERSION) + trailer if args else empty
+                return _join((header_m, _marshal(args, MARSHAL_VERSION), trailer)) if args else empty
         try:
             return header_kw + _pickle((args, kwargs), PICKLE_PROTOCOL) + trailer if kwargs else \
                 header + _pickle(args, PICKLE_PROTOCOL) + trailer
         except Exception as exc:
             raise PayloadError(f"{key}: arguments cannot be pickled: {exc}") from exc
 
+    encode.marshal_parts = (header_m, trailer)  # type: ignore[attr-defined]  # for batches: see marshal_parts()
     return encode
+
+
+def marshal_parts(encode: Encoder) -> tuple[bytes, bytes]:
+    """What an envelope of ``encode`` (from :func:`encoder`) is made of around a marshal-ed body:
+    the header, and the trailer (NUL, key); the loop of a batch builds them inline, a call less each.
+
+    :param encode: The encoder of a task.
+    """
+    return encode.marshal_parts  # type: ignore[attr-defined, no-any-return]
 
 
 def heads(key: str) -> dict[bytes, tuple[Decoder, int]]:
@@ -260,6 +284,8 @@ def stored(message: bytes) -> bytes:
     :param message: An envelope that starts with :data:`PREFIX`.
     """
     kind, start, end = _bounds(message)
+    if kind == BATCH:  # its calls, each as the spool keeps it
+        return _stored_batch(message)
     if end < 0:  # damaged: kept as it is, after the kind
         return kind + b"\x00" + message[HEAD_SIZE:]
     return kind + message[end + 1:] + b"\x00" + message[start:end]
@@ -271,9 +297,69 @@ def restored(payload: bytes) -> bytes:
     :param payload: Kind, key, NUL, body.
     """
     kind = payload[:1]
+    if kind == BATCH:
+        return _restored_batch(payload)
     end = payload.find(b"\x00", 1)
     key, body = (payload[1:end], payload[end + 1:]) if end > 0 else (payload[1:], b"")
     return _head(kind, tag(key)) + body + b"\x00" + key
+
+
+def pack(messages: list[bytes], limit: int) -> list[tuple[bytes, int]]:
+    """Calls packed, in order, into as few messages of at most ``limit`` bytes as they fit:
+    (message, how many calls it carries). A message of one call is that call's envelope as it is.
+
+    :param messages: Envelopes of calls, each at most ``limit`` bytes.
+    :param limit: Largest message the target reads whole.
+    """
+    packed: list[tuple[bytes, int]] = []
+    calls: list[bytes] = []
+    room = limit - BATCH_LIST
+    size = 0
+    for message in messages:
+        if size + BATCH_ITEM + len(message) > room and calls:
+            packed.append((batch(calls), len(calls)))
+            calls, size = [], 0
+        calls.append(message)
+        size += BATCH_ITEM + len(message)
+    if calls:
+        packed.append((batch(calls), len(calls)))
+    return packed
+
+
+def batch(calls: list[bytes]) -> bytes:
+    """The message of ``calls``: a batch, or the envelope of a single call as it is.
+
+    :param calls: Envelopes of calls.
+    """
+    return calls[0] if len(calls) == 1 else BATCH_HEAD + _marshal(calls, MARSHAL_VERSION)
+
+
+def split(message: bytes | memoryview) -> list[bytes]:
+    """The envelopes of the calls of a batch.
+
+    :param message: A batch (it starts with :data:`BATCH_HEAD`, so it carries this instance's token),
+        or a view of one.
+    :raises ValueError: for a damaged batch.
+    """
+    body = memoryview(message)[len(BATCH_HEAD):]
+    if len(body) < 5 or body[0] != _LIST or int.from_bytes(body[1:5], "little") > len(body):
+        raise ValueError("damaged batch")
+    calls = _unmarshal(body)
+    if type(calls) is not list or not all(type(call) is bytes for call in calls):
+        raise ValueError("damaged batch")
+    return calls
+
+
+def _stored_batch(message: bytes) -> bytes:
+    try:
+        calls = split(message)
+    except (ValueError, EOFError, TypeError):
+        return BATCH + b"\x00" + message[len(BATCH_HEAD):]  # damaged: kept as it is
+    return BATCH + b"\x00" + _marshal([stored(call) for call in calls], MARSHAL_VERSION)
+
+
+def _restored_batch(payload: bytes) -> bytes:
+    return BATCH_HEAD + _marshal([restored(call) for call in _unmarshal(payload[2:])], MARSHAL_VERSION)
 
 
 def refusal(message: bytes) -> str | None:

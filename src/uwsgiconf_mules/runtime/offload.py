@@ -13,8 +13,9 @@ import functools
 import sys
 
 from ..declarations.backends import ENGINES
-from ..errors import DeliveryError, MulesRuntimeError
+from ..errors import DeliveryError, MulesRuntimeError, UsageError
 from ..protocol import envelope as _protocol
+from ..protocol.limits import MALLOC_MAPPED
 from . import (
     deferred as _deferred,
     instance as _instance,
@@ -29,7 +30,7 @@ from .sending import Route, adeliver, deliver
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any, ParamSpec, TypeVar
 
     from ..declarations.backends import Backend
@@ -244,7 +245,7 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
         nonlocal route, limit, dest, send, count
         if route is None:
             route = _resolved(target)
-            limit, dest = route.limit, route.dest
+            limit, dest = min(route.limit, MALLOC_MAPPED), route.dest  # larger: checked at each call (steady_heap)
             send, count = _sender(route, counts_inline, swap)
         return route
 
@@ -329,6 +330,9 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
     later = functools.partial(delayed, "later")
     at = functools.partial(delayed, "at")
 
+    def current() -> tuple[Route, Send, int | bytes, list[int]]:
+        return resolve(), send, dest, count
+
     if _instance.declarations() is not None:
         resolve()
     # With results, each call (and each delayed one) returns its handle (see runtime.result_offload).
@@ -339,7 +343,26 @@ def build(func: Callable[_P, _R], target: Mule | Farm,  # noqa: PLR0915 - closur
     chosen.policy = policy  # type: ignore[attr-defined]
     chosen.later = _result_offload.delayed(later, key, ttl, target)  # type: ignore[attr-defined]
     chosen.at = _result_offload.delayed(at, key, ttl, target)  # type: ignore[attr-defined]
+    chosen.map, chosen.starmap = _batches(key, encode, current, ttl)  # type: ignore[attr-defined]
     return _published(sends, func, key, target, forget=forget, refresh=refresh)
+
+
+def _batches(key: str, encode: _protocol.Encoder, current: Callable[[], tuple[Route, Send, int | bytes, list[int]]],
+             ttl: int | None) -> tuple[Callable[..., int], Callable[..., int]]:
+    """``map`` and ``starmap`` of an offloaded function (see :mod:`.batches`, imported at the first batch)."""
+
+    def starmap(calls: Iterable[Iterable[Any]], /) -> int:
+        if ttl is not None:
+            raise UsageError(f"{key} keeps results (result_ttl): f.map() and f.starmap() return no handles; "
+                             "call it once per call to get each Result")
+        from .batches import send_calls
+
+        return send_calls(key, encode, current, calls)  # type: ignore[arg-type]
+
+    def map(args: Iterable[Any], /) -> int:
+        return starmap((arg,) for arg in args)
+
+    return map, starmap
 
 
 def _nowait(attempt: Callable[[tuple[Any, ...], dict[str, Any]], bytes | None], resolve: Callable[[], Route],

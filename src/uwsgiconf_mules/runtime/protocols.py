@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from . import policy as _policy
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 class OffloadedFunction(_policy.Delayable[_P], Protocol[_P, _R]):
@@ -42,6 +43,19 @@ class OffloadedFunction(_policy.Delayable[_P], Protocol[_P, _R]):
         """Queue a call as calling the function does, from a coroutine: a full queue is waited
         on by sleeping on the running event loop (at most ``send_timeout``, then
         ``DeliveryError``), never by blocking it."""
+
+    def map(self: Callable[[_T], object], args: Iterable[_T], /) -> int:
+        """Queue one call per item of ``args`` (a task of one parameter: type checkers check the
+        items against it), packed into as few messages as the target reads whole; returns how
+        many were queued. A call that cannot be sent raises ``PayloadError`` before any is sent
+        (its ``failed``: their indices); a queue that stays full raises ``DeliveryError`` (its
+        ``queued``: how many, the first ones)."""
+
+    def starmap(self, calls: Iterable[tuple[Any, ...]], /) -> int:
+        """:meth:`map` for tasks of several parameters: one call per tuple of positional
+        arguments. Type checkers see ``tuple[Any, ...]``: a ParamSpec's ``args`` cannot be named
+        as a tuple type (PEP 612), and overloads per arity would need a catch-all that accepts any
+        tuple anyway; :meth:`map` is checked (a task of one positional parameter)."""
 
 
 class ResultFunction(Protocol[_P, _R]):

@@ -30,7 +30,7 @@ from _thread import get_ident
 
 from ..declarations import Declarations
 from ..errors import DeliveryError, MulesRuntimeError, PayloadError, UnknownTargetError
-from ..protocol.limits import PROGRAMMED_READ_LIMIT, socket_message_limit
+from ..protocol.limits import MALLOC_MAPPED, PROGRAMMED_READ_LIMIT, socket_message_limit, steady_heap
 from . import instance as _instance, metrics as _metrics
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
@@ -396,17 +396,21 @@ class Route:
         raise DeliveryError(f"nothing sent to {self.label}: {self.refused}", target=dest)
 
     def check_size(self, size: int, what: str) -> None:
-        """Refuse a message larger than :attr:`limit`.
+        """Refuse a message larger than :attr:`limit` (senders call it for messages larger than
+        ``MALLOC_MAPPED`` too: see ``steady_heap``).
 
         :param size: Size of the message in bytes.
         :param what: What is sent (a task key, ``message``), for the error message.
         :raises PayloadError: naming ``what``, the size, the limit and the target.
         """
-        if size > self.limit:
-            raise PayloadError(
-                f"{what}: message of {size} bytes exceeds the {self.limit}-byte limit of {self.label}; "
-                "it would arrive truncated or not at all (pass large data by reference: a file "
-                "path, a cache key, a database id)", size=size, limit=self.limit)
+        if size <= self.limit:
+            if size > MALLOC_MAPPED:  # no page fault per large message (see there)
+                steady_heap(size)
+            return
+        raise PayloadError(
+            f"{what}: message of {size} bytes exceeds the {self.limit}-byte limit of {self.label}; "
+            "it would arrive truncated or not at all (pass large data by reference: a file "
+            "path, a cache key, a database id)", size=size, limit=self.limit)
 
     def send(self, message: bytes, what: str) -> bool:
         """Send one message, waiting for room when the queue is full.

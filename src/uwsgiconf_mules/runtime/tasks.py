@@ -302,6 +302,9 @@ def run(message: bytes, harakiri: int = 0) -> None:
     try:
         key, args, kwargs = _protocol.decode(message)
     except Exception as exc:
+        if message[len(_protocol.PREFIX):len(_protocol.PREFIX) + 1] == _protocol.BATCH:
+            run_batch(message, harakiri)
+            return
         refuse(message, f"cannot decode the envelope ({type(exc).__name__}: {exc})")
         return
     func = find(key)
@@ -340,6 +343,25 @@ def run(message: bytes, harakiri: int = 0) -> None:
             cell[2] += perf_counter() - began
     if result is not None:
         returned(key, result)
+
+
+def run_batch(message: bytes, harakiri: int = 0) -> None:
+    """Run the calls of a batch (``_protocol.pack``) one after the other, each as :func:`run` runs
+    a call; a damaged batch (only a holder of the token can send one) is refused whole.
+
+    :param message: The batch.
+    :param harakiri: Seconds each call may run before uWSGI kills the mule; 0 for no limit.
+    """
+    try:
+        calls = _protocol.split(message)
+    except Exception as exc:
+        refuse(message, f"cannot decode the batch ({type(exc).__name__}: {exc})")
+        return
+    for call in calls:
+        if call.startswith(_protocol.PREFIX):
+            run(call, harakiri)
+        else:
+            refuse(call, "a call of a batch without this instance's token")
 
 
 def receive(message: bytes, harakiri: int = 0, *, strict: bool = True) -> bytes | None:

@@ -386,6 +386,22 @@ def test_aoffload_to_a_routed_farm_never_holds_its_event_loop(routed: RedisServe
     assert [job.args[0] for job in queue(routed).jobs] == [KEY]
 
 
+def test_a_batch_to_a_routed_farm_is_one_pipeline_of_jobs_checked_first(routed: RedisServer,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    remote_tasks.report(-1, "connects")
+    queue(routed).empty()
+    monkeypatch.setattr(rq.Queue, "enqueue_call", None)  # not one job at a time: Queue.enqueue_many
+    assert remote_tasks.report.starmap([(i, "b") for i in range(50)]) == 50
+    jobs = queue(routed).jobs
+    assert [list(job.args) for job in jobs] == [[KEY, i, "b"] for i in range(50)]
+    with pytest.raises(PayloadError, match=r"1 of 3 calls cannot be sent, so none was: call 2: .*a tuple") as info:
+        remote_tasks.report.starmap([(50, "b"), (51, "b"), ((1, 2), "b")])  # JSON: checked before any is sent
+    assert info.value.failed == (2,)
+    assert len(queue(routed)) == 50
+    work(routed)
+    assert [args for _, args, _ in remote_tasks.CALLS] == [(i, "b") for i in range(50)]
+
+
 FLAKY = "support.remote_tasks:flaky"
 
 

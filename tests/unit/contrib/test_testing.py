@@ -197,6 +197,22 @@ def test_nowait_calls_are_recorded_and_run_alike(config: Path) -> None:
     assert RAN == [("mail", 9, ""), ("mail", 10, "")]
 
 
+def test_batches_are_recorded_and_run_call_by_call(config: Path) -> None:
+    with capture(str(config)) as outbox:
+        assert send_mail.map([1, 2, 3]) == 3
+        assert send_mail.starmap([(4,), (5,)]) == 2
+        with pytest.raises(errors.PayloadError, match=r"1 of 3 calls cannot be sent, so none was: call 1: ") as info:
+            send_mail.starmap([(6,), (lambda: 0,), (7,)])
+        assert info.value.failed == (1,)
+    assert [call.args for call in outbox] == [(1,), (2,), (3,), (4,), (5,)] and RAN == []
+    with eager(str(config)):
+        assert send_mail.map(range(8, 10)) == 2
+        with pytest.raises(RuntimeError, match="first"):  # runs the calls before it
+            broken.starmap([("first",), ("second",)])
+    assert send_mail.map([]) == 0
+    assert RAN == [("mail", 8, ""), ("mail", 9, "")]
+
+
 def test_capture_checks_targets_and_arguments_as_production(config: Path) -> None:
     payload = {"a": [1]}
     with capture(str(config)) as outbox:

@@ -35,6 +35,18 @@ def test_calls_are_kept_for_their_queue_and_other_messages_are_not(tmp_path: Pat
     assert (len(keep.kept), keep.lost) == (3, {})
 
 
+def test_a_batch_is_kept_whole_in_one_file_and_runs_in_order_from_it(tmp_path: Path) -> None:
+    spool = _spool.Spool(str(tmp_path / "spool"))
+    spool.create()
+    calls = [signed("tasks:a", i) for i in range(5)]
+    batch = _protocol.batch(calls)
+    assert _dispatch._Keeper(spool)(batch, 1) == 1
+    (path,) = spool.files("queue")
+    note, payload = _spool.read(path)
+    assert note == "mule:1" and _protocol.TOKEN not in payload
+    assert _protocol.split(_protocol.restored(payload)) == calls  # with this instance's token again, in order
+
+
 def test_past_its_limit_or_when_the_disk_refuses_the_spool_keeps_nothing_and_says_how_much(tmp_path: Path) -> None:
     spool = _spool.Spool(str(tmp_path / "spool"), limit=100)
     spool.create()
@@ -180,3 +192,43 @@ def test_the_record_never_pairs_a_call_s_bytes_with_the_size_of_the_one_before(
         _tasks.LOOP_CALL[:] = saved
     sizes = [len(signed("tasks:long", "x" * 200)), len(signed("tasks:short", 1))]
     assert seen == [("read", 0), ("run", sizes[0]), ("read", 0), ("run", sizes[1])]
+
+
+def test_the_dispatch_script_freezes_what_the_master_made_before_anything_else() -> None:
+    import subprocess
+    import sys
+
+    code = ("import gc, runpy\nfrom uwsgiconf_mules import dispatch_mule\nassert gc.get_freeze_count() == 0\n"
+            "try:\n    runpy.run_path(dispatch_mule.__file__, run_name='__main__')\n"
+            "except Exception as exc:\n    print(type(exc).__name__, gc.get_freeze_count() > 0)\n")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert found.stdout.strip() == "NotInMuleError True"
+
+
+def test_a_batch_runs_its_calls_in_order_and_refuses_one_without_the_token(registry: None,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import batch as _batch
+
+    ran: list[object] = []
+
+    def job(*args: object, **kwargs: object) -> None:
+        ran.append(args)
+        if args == (4,):
+            raise ValueError("call 4 fails")
+
+    _tasks.register("tasks:job", job)
+    refused: list[str] = []
+    monkeypatch.setattr(_tasks, "refuse", lambda message, reason: refused.append(reason))
+    monkeypatch.setattr(_tasks, "failed", lambda key, args, kwargs, began=None: ran.append(("failed", args)))
+    forged = _protocol.HEADER + bytes(16) + signed("tasks:job", 3)[len(_protocol.PREFIX):]  # another token
+    calls = [signed("tasks:job", 1), signed("tasks:job", 2), forged, signed("tasks:job", 4),
+             _protocol.encoder("tasks:job")((5,), {"k": 1}), signed("tasks:job", 6)]
+    view = memoryview(bytearray(_protocol.batch(calls) + b"\xff" * 16))
+    size = len(_protocol.batch(calls))
+    assert _batch.run(view, size, harakiri=0, counted=False, stopping=lambda: False) is None
+    assert ran == [(1,), (2,), (4,), ("failed", (4,)), (5,), (6,)]  # keywords took tasks.run, in their turn
+    assert refused == ["a call of a batch without this instance's token"]
+    ran.clear()
+    _tasks.HEADS.clear()  # what the stop handler does: the rest of the batch is returned, not run
+    rest = _batch.run(view, size, harakiri=0, counted=False, stopping=lambda: True)
+    assert ran == [] and rest is not None and _protocol.split(rest) == calls

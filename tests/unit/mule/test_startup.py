@@ -36,6 +36,26 @@ def test_starting_a_mule_imports_only_the_standard_library_and_never_django() ->
                  "from uwsgiconf_mules.mule import startup as _startup\n_startup.start(1, None)\n"
                  "print(sorted(set(sys.modules) - before))")
     modules = set(eval(loaded))
+    assert modules == {"uwsgiconf_mules.mule", "uwsgiconf_mules.mule.startup"}  # logging once something imports it
+
+
+def test_logging_is_installed_as_soon_as_anything_imports_it() -> None:
+    start = ("import sys, uwsgiconf_mules.runtime\nfrom uwsgiconf_mules.mule import startup as _startup\n"
+             "{before}_startup.start(1, None)\nloaded = 'logging' in sys.modules\n")
+    report = ("import logging; root = logging.getLogger()\n"
+              "print(loaded, [type(h.formatter).__name__ for h in root.handlers], root.level)")
+    assert run(start.format(before="") + report) == "False ['MuleFormatter'] 20"  # installed at its import
+    assert run(start.format(before="import logging\n") + report) == "True ['MuleFormatter'] 20"  # at once
+    assert run(start.format(before="import logging; logging.basicConfig()\n") + report) == "True ['Formatter'] 30"
+    said = run(start.format(before="") + "from uwsgiconf_mules.runtime import tasks\ntasks.log().info('said')\n"
+               "import logging; print(loaded, [type(h.formatter).__name__ for h in logging.getLogger().handlers])")
+    assert said == "False ['MuleFormatter']"  # the runtime's own lines get the handler too
+    assert run(start.format(before="") + "import sys; from uwsgiconf_mules.mule import startup as s\n"
+               "import logging\nprint(any(isinstance(f, s.LoggingWatch) for f in sys.meta_path))") == "False"
+    loaded = run("import sys, uwsgiconf_mules.runtime\nbefore = set(sys.modules)\n"
+                 "from uwsgiconf_mules.mule import startup as _startup\n_startup.start(1, None)\nimport logging\n"
+                 "print(sorted(set(sys.modules) - before))")
+    modules = set(eval(loaded))
     assert {"uwsgiconf_mules.mule.startup", "uwsgiconf_mules.runtime.logs", "logging"} <= modules
     others = {name.partition(".")[0] for name in modules} - {"uwsgiconf_mules"}
     assert others <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)

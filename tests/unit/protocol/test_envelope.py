@@ -179,3 +179,37 @@ def test_kind_and_is_call_read_the_envelope_once_for_every_reader() -> None:
     for other in (b"plain", b"", protocol.PREFIX, protocol.HEADER + bytes(16) + protocol.ARGS):
         assert not protocol.is_call(other)
     assert protocol.kind(b"plain") is None and protocol.kind(protocol.PREFIX) == b""
+
+
+def test_calls_are_packed_in_order_into_batches_within_the_limit() -> None:
+    encode = protocol.encoder("tasks:batch")
+    calls = [encode((i, "x" * (i % 50)), {}) for i in range(500)]
+    packed = protocol.pack(calls, 4096)
+    assert sum(number for _, number in packed) == 500 and len(packed) > 1
+    assert all(len(message) <= 4096 for message, _ in packed)
+    found = []
+    for message, number in packed:
+        if number == 1:
+            found.append(message)
+            continue
+        assert message.startswith(protocol.BATCH_HEAD)
+        inner = protocol.split(message)
+        assert len(inner) == number
+        found += inner
+    assert found == calls
+    assert protocol.pack(calls[:1], 4096) == [(calls[0], 1)]  # one call: its envelope as it is
+    assert protocol.pack([], 4096) == []
+
+
+def test_a_batch_is_kept_in_the_spool_as_one_payload_and_restored_with_the_token() -> None:
+    encode = protocol.encoder("tasks:batch")
+    calls = [encode((i,), {}) for i in range(3)] + [encode((), {"k": 1})]
+    (batch, number), = protocol.pack(calls, 65536)
+    assert number == 4
+    payload = protocol.stored(batch)
+    assert protocol.TOKEN not in payload and payload[:1] == protocol.BATCH
+    assert protocol.restored(payload) == batch
+    with pytest.raises(ValueError, match="damaged batch"):
+        protocol.split(batch[:len(protocol.BATCH_HEAD) + 1] + (10**6).to_bytes(4, "little"))
+    with pytest.raises(ValueError, match="damaged batch"):
+        protocol.split(protocol.BATCH_HEAD + marshal.dumps([1, 2], 2))

@@ -13,7 +13,7 @@ from typing import Any
 import gevent
 import pytest
 
-from uwsgiconf_mules.errors import DeliveryError
+from uwsgiconf_mules.errors import DeliveryError, PayloadError
 from uwsgiconf_mules.runtime import instance as _instance, mule_offload, sending as _sending
 
 
@@ -219,3 +219,18 @@ def test_aoffload_outside_uwsgi_runs_the_call_and_is_typed_like_it() -> None:
     offloaded = mule_offload()(record)
     assert asyncio.run(offloaded.aoffload(3)) is True
     assert ran == [3]
+
+
+def test_the_first_large_message_lets_the_heap_keep_buffers_of_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.protocol import limits
+
+    monkeypatch.setattr(limits, "_steady", [0])
+    route = _sending.Route(1, "mule 1", 1_000_000, 1.0)
+    route.check_size(limits.MALLOC_MAPPED, "small")
+    assert limits._steady == [0]  # nothing for messages malloc keeps in its heap anyway
+    route.check_size(200_000, "large")
+    assert limits._steady == [800_000]
+    route.check_size(150_000, "smaller")
+    assert limits._steady == [800_000]  # once per size reached
+    with pytest.raises(PayloadError):
+        route.check_size(1_000_001, "too large")

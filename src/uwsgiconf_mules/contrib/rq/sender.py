@@ -225,6 +225,29 @@ def sender(backend: Backend, label: str, timeout: float) -> Callable[[bytes, int
             raise _refused(exc, key, label, backend, timeout) from None
         return True
 
+    def send_many(messages: list[bytes]) -> int:
+        """Jobs of many calls in one round trip (``Queue.enqueue_many``: one pipeline, a
+        transaction): all accepted, or none. Returns how many."""
+        import rq
+
+        jobs = []
+        for message in messages:
+            raw_key, args, kwargs = _protocol.decode(message)
+            key = raw_key.decode()
+            jobs.append(rq.Queue.prepare_data(RUN, args=(key, *args), kwargs=kwargs, **job_options(key)))
+        try:
+            queue = _queue(queues, backend, timeout)
+            with queue.connection.pipeline() as pipe:
+                queue.enqueue_many(jobs, pipeline=pipe)
+                pipe.execute()
+        except failures as exc:
+            raise DeliveryError(
+                f"{len(messages)} call(s) to {label}: Redis did not accept the jobs ({type(exc).__name__}: {exc}); "
+                f"none was queued (connect timeout {backend.connect_timeout:g} s, send timeout {timeout:g} s)",
+                target=backend.farm) from None
+        return len(messages)
+
+    send.many = send_many  # type: ignore[attr-defined]  # f.map() and f.starmap() (runtime.batches)
     return send
 
 
