@@ -99,6 +99,8 @@ def test_benchmark_smoke_mode_runs(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--output", str(output)],
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].startswith("offload/raw = ")
+    summary = [line.split(" = ")[0] for line in proc.stdout.splitlines() if line.strip()][-7:]
+    assert summary == ["result/plain", "counters on/raw", "offload/raw", "slowest/raw", "latency p50 busy/raw",
+                       "mule pss over bare", "batch/raw"], proc.stdout[-2000:]  # one line per figure, for scripts
     results = json.loads(output.read_text())
     assert set(results) >= {"throughput", "import", "memory", "machine"}

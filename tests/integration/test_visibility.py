@@ -255,6 +255,8 @@ def top_json(server: Server) -> dict[str, Any]:
 
 def test_top_under_load(uwsgi_server: Callable[..., Server], tmp_path: Path) -> None:
     server, _ = start(uwsgi_server, tmp_path)
+    # the farm's calls of start() are read: its gauge (flushed once a second) says so before the load
+    server.wait_for(lambda: top_json(server)["farms"][0]["queue_bytes"] == 0, what="the farm's queue measured empty")
     stop = threading.Event()
     sent = []
 
