@@ -280,6 +280,8 @@ class Scheduler:
                 state["elsewhere"] = state.get("elsewhere", 0) + 1
             return
         name = tick_name(spec, tick)
+        if isinstance(state.get("ran"), int) and tick <= state["ran"]:
+            return  # it ran already: its maker was killed before it recorded it (see :meth:`ran`)
         if not _delayed.known(self.spool, spec.target, name):
             message = _protocol.encoder(spec.func)(spec.args, spec.kwargs)
             _delayed.write(self.spool, spec.target, _protocol.stored(message), tick, file_name=name)
@@ -310,7 +312,10 @@ class Scheduler:
             return
         outcome = "failed" if self.failures() != failures else \
             "succeeded" if spec.func.encode() in _tasks.REGISTRY else "refused"
+        tick = _delayed.due_of(os.path.basename(claimed))
         with locked(state_path(self.spool, spec)) as state:
+            if not isinstance(state.get("ran"), int) or tick > state["ran"]:
+                state["ran"] = tick  # a tick whose maker died before it recorded it is not made again
             state["runs"] = state.get("runs", 0) + 1
             if outcome != "succeeded":
                 state["failed"] = state.get("failed", 0) + 1

@@ -211,3 +211,63 @@ def test_the_outcome_of_a_tick_s_call_is_noted_in_its_state(tmp_path: Path) -> N
     assert (state["runs"], state["failed"], state["outcome"], state["last_start"]) == (3, 2, "failed", 3.0)
     mule.ran("/x/123-run-farm-f-00000000000000000001-77-00000001.call", before, 4.0)  # not a schedule's call
     assert _schedules.read_state(_schedules.state_path(spool, spec))["runs"] == 3
+
+
+class _Killed(BaseException):
+    """What a SIGKILL does to the code that was running: nothing after it runs."""
+
+
+def test_a_mule_killed_between_a_tick_s_call_and_its_state_runs_the_tick_once(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec)
+    write = _delayed.write
+
+    def killed_after_write(*args: object, **kwargs: object) -> str:
+        write(*args, **kwargs)  # type: ignore[arg-type]
+        raise _Killed  # the call is kept, the state not written back
+
+    monkeypatch.setattr(_delayed, "write", killed_after_write)
+    with pytest.raises(_Killed):
+        mule.fire(spec, T0 + S + 1000)
+    monkeypatch.setattr(_delayed, "write", write)
+    assert calls(spool) == [T0 + S]
+    # A farm mate's timer claims the tick's call, runs it, forgets it and notes its outcome.
+    name = _delayed.pending(spool, "farm:f")[0]
+    claimed = os.path.join(spool.part("claimed"), f"{os.getpid()}-run-farm-f-{name}")
+    os.rename(os.path.join(spool.part("delayed/farm-f"), name), claimed)
+    os.unlink(claimed)
+    mate = _schedules.Scheduler(spool, 2, [spec])
+    mate.ran(claimed, mate.failures(), 1.0)
+    _schedules.Scheduler(spool, 1, [spec]).fire(spec, T0 + S + 5000)  # the killed mule, respawned
+    assert calls(spool) == []  # the tick ran once: not made again
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["runs"] == 1
+
+
+def test_a_tick_s_call_is_noted_as_run_before_its_claimed_file_goes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import timer as _timer
+    from uwsgiconf_mules.protocol import envelope as _protocol
+    from uwsgiconf_mules.runtime import tasks
+
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec)
+    mule.fire(spec, T0 + S + 1000)
+    name = _delayed.pending(spool, "farm:f")[0]
+    claimed = _delayed.claim(spool, "farm:f", name)
+    assert claimed is not None
+    seen: list[list[str]] = []
+    noted = mule.ran
+
+    def ran(path: str, failures: int, began: float) -> None:
+        seen.append(os.listdir(spool.part("claimed")))  # a killed mule leaves its claim: made again, never
+        noted(path, failures, began)
+
+    monkeypatch.setattr(mule, "ran", ran)
+    monkeypatch.setattr(_timer, "SCHEDULER", [mule])
+    monkeypatch.setattr(tasks, "run", lambda message, harakiri=0: None)
+    monkeypatch.setattr(_protocol, "restored", lambda payload: payload)
+    _timer.run_claimed(spool, claimed, 0)
+    assert len(seen) == 1 and len(seen[0]) == 1 and os.listdir(spool.part("claimed")) == []
