@@ -51,7 +51,7 @@ def test_a_mule_killed_after_a_tick_s_call_and_before_its_state_runs_the_tick_on
     assert compiled.returncode == 0, compiled.stderr
     server = launch(path, tmp_path, expect_mules=1, workers=1)
     try:
-        server.wait_for(lambda: (server.results / "killed").exists(), 15, "the mule killed at a tick")
+        server.wait_for((server.results / "killed").exists, 15, "the mule killed at a tick")
         time.sleep(5.5)  # the respawned mule runs what is left, and two or three more ticks
         runs = server.lines("tick")
         buckets = [int(float(run["at"])) // 2 for run in runs]

@@ -15,7 +15,16 @@ from typing import Any
 
 from ...declarations import Backend
 from ...errors import DeliveryError
-from .sender import RUN, SERIALIZER_PATHS, _client
+from .sender import RUN, SERIALIZER_PATHS, _client, job_options
+
+
+def _options(func: str) -> dict[str, Any]:
+    """The RQ options of task ``func`` (its retries and time limit, see ``sender.job_options``), its
+    module imported first as a mule imports it for a call; none for a function that is no task
+    (the worker refuses its job)."""
+    from ...runtime import tasks as _tasks
+
+    return {} if isinstance(_tasks.find(func.encode()), str) else job_options(func)
 
 
 def enqueue_tick(backend: Backend, lock: str, *, ttl: int, func: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -39,7 +48,7 @@ def enqueue_tick(backend: Backend, lock: str, *, ttl: int, func: str, args: tupl
         if not client.set(lock, f"{socket.gethostname()}:{os.getpid()}", nx=True, ex=ttl):
             return False
         queue = rq.Queue(backend.queue, connection=client, serializer=SERIALIZER_PATHS[backend.serializer])
-        queue.enqueue_call(RUN, args=(func, *args), kwargs=kwargs)
+        queue.enqueue_call(RUN, args=(func, *args), kwargs=kwargs, **_options(func))
     except (redis.exceptions.RedisError, OSError) as exc:
         raise DeliveryError(f"{func} to farm {backend.farm!r}: Redis did not take the scheduled tick "
                             f"({type(exc).__name__}: {exc})", target=backend.farm) from None
