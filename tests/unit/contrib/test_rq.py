@@ -493,3 +493,25 @@ def test_a_routed_schedule_s_tick_carries_the_task_s_retries_and_time_limit(rout
                                       kwargs={}, timeout=5.0)
     (job,) = queue(routed).jobs
     assert (list(job.args), job.retries_left, job.timeout) == ([FLAKY, "t", 1], 2, 30)
+
+
+def test_a_routed_tick_that_redis_did_not_take_is_enqueued_at_the_next_try(routed: RedisServer,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.exceptions
+
+    from uwsgiconf_mules.contrib.rq import schedules as _rq_schedules
+    from uwsgiconf_mules.declarations.backends import parse_backend
+
+    backend = parse_backend("reports", f"rq://127.0.0.1:{routed.port}/0")
+    lock = "uwsgiconf_mules:schedule:t:2"
+
+    def dropped(*args: object, **kwargs: object) -> None:
+        raise redis.exceptions.ConnectionError("connection reset by peer")  # after the lock was set
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rq.Queue, "enqueue_call", dropped)
+        with pytest.raises(DeliveryError, match="Redis did not take the scheduled tick"):
+            _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={}, timeout=5.0)
+    # The mule tries the tick again a second later: not lost for the whole cluster behind its own lock.
+    assert _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={}, timeout=5.0)
+    assert [list(job.args) for job in queue(routed).jobs] == [[KEY, "t"]]

@@ -4,7 +4,9 @@ Every uWSGI instance that runs the same config fires the schedule (in its first 
 :mod:`uwsgiconf_mules.mule.schedules`); before it enqueues a tick it takes the tick's lock in the
 farm's Redis, ``SET uwsgiconf_mules:schedule:<id>:<tick> <host:pid> NX EX <ttl>``: of the instances,
 the one that sets it enqueues the job, the others find it set. The key expires (at least an hour,
-twice the period for longer ones), so Redis keeps one small key per schedule and recent tick.
+twice the period for longer ones), so Redis keeps one small key per schedule and recent tick. When
+Redis took the lock but not the job (a connection lost between the two), the mule tries the tick
+again a second later, and the lock it holds (its value says ``host:pid``) lets it enqueue the job.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def enqueue_tick(backend: Backend, lock: str, *, ttl: int, func: str, args: tupl
     import rq
 
     client = _client(backend, timeout)
+    me = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        if not client.set(lock, f"{socket.gethostname()}:{os.getpid()}", nx=True, ex=ttl):
+        # A lock of this process's own: it took it, and Redis did not take the job (its try again, not lost).
+        if not client.set(lock, me, nx=True, ex=ttl) and client.get(lock) not in (me, me.encode()):
             return False
         queue = rq.Queue(backend.queue, connection=client, serializer=SERIALIZER_PATHS[backend.serializer])
         queue.enqueue_call(RUN, args=(func, *args), kwargs=kwargs, **_options(func))
