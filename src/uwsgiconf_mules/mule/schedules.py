@@ -49,6 +49,9 @@ MAX_WAIT = 30.0
 """Longest sleep of the thread (a clock that jumps is seen again within it)."""
 POLL_NS = 50_000_000
 """While a late tick waits for the previous run to finish: ns between two looks."""
+CLOCK_BACK_NS = 1_000_000_000
+"""A last tick done this far ahead of the clock (ns): the clock was set back since (NTP fixed a clock
+that was ahead); the schedule goes on from now rather than wait for the clock to catch up."""
 LOCK_TTL_MIN = 3600
 """Seconds a routed tick's Redis lock lives at least (longer for longer periods: twice the period)."""
 
@@ -195,7 +198,9 @@ class Scheduler:
             with locked(state_path(spool, spec)) as state:
                 if not isinstance(state.get("tick"), int):
                     state.update(tick=time.time_ns(), name=spec.name, func=spec.func)
-                self.next[spec.name] = _specs.next_ticks(spec, state["tick"])[0]
+                ahead = state["tick"] > time.time_ns() + CLOCK_BACK_NS  # the clock was set back: fired at once
+                self.next[spec.name] = 0 if ahead else _specs.next_ticks(spec, state["tick"])[0]
+        self.offset = time.time_ns() - time.monotonic_ns()  # the wall clock's, to see it set back
 
     def run(self) -> None:
         """The thread: checks that each schedule names a task (said at start, not at its first tick,
@@ -208,6 +213,8 @@ class Scheduler:
                                        "will be refused, as any call of an unknown task", self.mule_id, spec.name,
                                        found)
         while not (self.stopped or getattr(self.timer, "stopped", False)):
+            if self.clock_set_back():
+                self.next = dict.fromkeys(self.next, 0)  # each fired at once: from the clock's time now
             now = time.time_ns()
             for spec in self.specs:
                 if self.next[spec.name] <= now and not self.stopped:
@@ -222,6 +229,12 @@ class Scheduler:
                 if not self.stopped:
                     self.cond.wait(min(MAX_WAIT, max(wait, 0.001)))
 
+    def clock_set_back(self) -> bool:
+        """Whether the wall clock was set back (by more than :data:`CLOCK_BACK_NS`) since the last look."""
+        offset = time.time_ns() - time.monotonic_ns()
+        back, self.offset = offset < self.offset - CLOCK_BACK_NS, offset
+        return back
+
     def fire(self, spec: _specs.ScheduleSpec, now: int) -> int:
         """Make the due ticks of ``spec`` calls (once: under its lock), and return when to look again.
 
@@ -234,7 +247,10 @@ class Scheduler:
         """
         with locked(state_path(self.spool, spec)) as state:
             last = state.get("tick")
-            if not isinstance(last, int):  # its state was removed: from now on
+            if isinstance(last, int) and last > now + CLOCK_BACK_NS:
+                _tasks.log().warning("uwsgiconf-mules: schedule %s: its last tick (%s) is ahead of the clock, which "
+                                     "was set back: it goes on from now", spec.name, _when(last))
+            if not isinstance(last, int) or last > now + CLOCK_BACK_NS:  # its state was removed: from now on
                 state.update(tick=now, name=spec.name, func=spec.func)
                 return _specs.next_ticks(spec, now)[0]
             run, missed, looked = plan(spec, last, now)

@@ -271,3 +271,29 @@ def test_a_tick_s_call_is_noted_as_run_before_its_claimed_file_goes(tmp_path: Pa
     monkeypatch.setattr(_protocol, "restored", lambda payload: payload)
     _timer.run_claimed(spool, claimed, 0)
     assert len(seen) == 1 and len(seen[0]) == 1 and os.listdir(spool.part("claimed")) == []
+
+
+def test_a_clock_set_back_does_not_stop_a_schedule_until_it_catches_up(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec, now=T0 + 86400 * S)  # its last tick done while the clock was a day ahead
+    following = mule.fire(spec, T0 + 5 * S + 1000)  # NTP set the clock back
+    assert following == T0 + 6 * S  # the next tick of the clock now, not of a day later
+    mule.fire(spec, T0 + 6 * S + 1000)
+    assert calls(spool) == [T0 + 6 * S]
+    assert "is ahead of the clock, which was set back" in caplog.text
+
+
+def test_a_mule_sees_the_clock_set_back_at_start_and_while_it_runs(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    spool = make(tmp_path)
+    spec = every()
+    mule = scheduler(spool, spec, now=time.time_ns() + 86400 * S)  # done while the clock was a day ahead
+    assert _schedules.Scheduler(spool, 2, [spec]).next[spec.name] == 0  # started after: fired at once
+    assert not mule.clock_set_back()
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 3600 * S)  # set back an hour
+    assert mule.clock_set_back() and not mule.clock_set_back()
