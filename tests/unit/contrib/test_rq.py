@@ -515,3 +515,24 @@ def test_a_routed_tick_that_redis_did_not_take_is_enqueued_at_the_next_try(route
     # The mule tries the tick again a second later: not lost for the whole cluster behind its own lock.
     assert _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={}, timeout=5.0)
     assert [list(job.args) for job in queue(routed).jobs] == [[KEY, "t"]]
+
+
+@pytest.mark.parametrize("job_id", ["../x", "a b", "x\nHSET", "", "é"])
+def test_a_result_id_of_a_routed_farm_with_no_job_id_rq_takes_is_no_result(routed: RedisServer, job_id: str) -> None:
+    from uwsgiconf_mules.errors import ResultNotFound
+    from uwsgiconf_mules.runtime import Result
+
+    with pytest.raises(ResultNotFound, match="no result"):
+        Result.get(f"reports/{job_id}")  # a status page's id from the request: never a ValueError of RQ
+
+
+def test_a_result_of_a_routed_farm_whose_job_hash_rq_cannot_read_is_no_result(routed: RedisServer) -> None:
+    from uwsgiconf_mules.errors import ResultNotFound
+    from uwsgiconf_mules.runtime import Result
+
+    client = routed.client()
+    client.hset("rq:job:planted", mapping={"data": b"not json", "timeout": "abc", "status": "bogus"})
+    client.hset("rq:job:nodata", mapping={"status": "finished"})
+    for job_id in ("planted", "nodata"):
+        with pytest.raises(ResultNotFound):
+            Result.get(f"reports/{job_id}")
