@@ -118,7 +118,7 @@ def locked(path: str) -> Iterator[dict[str, Any]]:
         yield state
         if state != before:
             text = json.dumps(state, sort_keys=True).encode()
-            os.pwrite(fd, text, 0)
+            os.pwrite(fd, text.ljust(len(data)), 0)  # spaces over the old end: killed before the cut, it reads
             os.ftruncate(fd, len(text))
     finally:
         os.close(fd)  # releases the lock

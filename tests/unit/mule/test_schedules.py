@@ -297,3 +297,19 @@ def test_a_mule_sees_the_clock_set_back_at_start_and_while_it_runs(tmp_path: Pat
     real = time.time_ns
     monkeypatch.setattr(time, "time_ns", lambda: real() - 3600 * S)  # set back an hour
     assert mule.clock_set_back() and not mule.clock_set_back()
+
+
+def test_a_mule_killed_between_writing_a_shorter_state_and_cutting_it_leaves_a_state_that_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = make(tmp_path)
+    path = _schedules.state_path(spool, every())
+    with _schedules.locked(path) as state:
+        state.update(tick=T0, name="x" * 200, runs=7)  # a longer state before
+    with monkeypatch.context() as patched:
+        def killed(*args: object) -> None:
+            raise _Killed
+
+        patched.setattr(os, "ftruncate", killed)
+        with pytest.raises(_Killed), _schedules.locked(path) as state:
+            state.update(tick=T0 + S, name="x", runs=8)
+    assert _schedules.read_state(path) == {"tick": T0 + S, "name": "x", "runs": 8}  # not lost, nor reset
