@@ -211,3 +211,41 @@ def test_retries_and_the_failure_hook_apply_to_scheduled_calls(tmp_path: Path) -
 def states_of(spool: Path) -> dict[str, dict[str, object]]:
     found = [json.loads(path.read_text()) for path in (spool / "schedules").glob("*.json")]
     return {str(state["name"]): state for state in found}
+
+
+RETRIED = '''
+
+from uwsgiconf_mules.runtime import current_attempt
+
+
+@mule_offload("ticks", retries=1, retry_for=ValueError, retry_backoff=2.5, retry_jitter=False)
+def retried(label):
+    record("retried", label=label, attempt=current_attempt(), at=time.time())
+    if current_attempt() == 1:
+        raise ValueError("first attempt")
+'''
+
+
+def test_a_tick_whose_retry_is_pending_is_still_running_so_the_next_ticks_are_skipped(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (tmp_path / "uwsgicfg.py").write_text(config(spool, "section.workers.schedule('app:retried', every=1, "
+                                                        "farm='ticks', args=['r'])"))
+    (tmp_path / "app.py").write_text(APP_PRELUDE + APP + RETRIED)
+    path, compiled = compile_config(tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    server = launch(path, tmp_path, expect_mules=2, workers=1)
+    try:
+        runs = server.wait_lines("retried", 5, timeout=20)  # 3 ticks' first attempts and 2 retries
+        time.sleep(0.3)
+        found = state(tmp_path)
+    finally:
+        server.stop()
+    runs = server.lines("retried")
+    attempts = [run["attempt"] for run in runs]
+    assert attempts[:5] == [1, 2, 1, 2, 1], runs  # no tick while the previous one's retry waits or runs
+    assert all(b["at"] >= a["at"] for a, b in itertools.pairwise(runs)), runs
+    assert all(runs[i + 1]["at"] - runs[i]["at"] >= 2.4 for i in range(0, 4, 2)), runs  # the retry's backoff
+    assert int(found.get("skipped", 0)) >= 4, found  # two ticks skipped during each retry's backoff
+    assert found.get("runs") == attempts.count(1) or found.get("runs") == attempts.count(1) - 1, (found, attempts)
+    assert found.get("failed", 0) == 0, found
+    assert "its previous run has not finished" in server.log()

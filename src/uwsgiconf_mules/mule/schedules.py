@@ -13,11 +13,13 @@ stop) is found at the next start: late by less than the schedule's ``grace``, it
 later, it is *missed* (``skip``: counted and dropped; ``once``: one run for all of them).
 
 No overlap (the default): a tick whose previous run is still pending, claimed or running (a file
-of that schedule in ``delayed/`` or ``claimed/`` of a live mule) is skipped and counted.
+of that schedule in ``delayed/`` or ``claimed/`` of a live mule; a retry of a tick's call is kept
+under the schedule's name too, see :meth:`Scheduler.before`) is skipped and counted.
 
 A farm routed to an offload backend (RQ) has no mules: the first dispatch mule enqueues its ticks,
 each under a lock in the engine's Redis (``SET NX EX``), so that every uWSGI instance that runs the
-same config enqueues each tick once for the whole cluster.
+same config enqueues each tick once for the whole cluster; the engine skips a tick while the
+previous tick's job has not ended (:mod:`uwsgiconf_mules.contrib.rq.schedules`).
 
 The state file also keeps the counters (runs, failed, skipped, missed) and the last run's outcome,
 which ``uwsgiconf-mules top`` shows.
@@ -124,16 +126,23 @@ def locked(path: str) -> Iterator[dict[str, Any]]:
         os.close(fd)  # releases the lock
 
 
-def pending(spool: _spool.Spool, spec: _specs.ScheduleSpec, made: int | None) -> bool:
-    """Whether a run of ``spec`` is still pending, claimed or running (not finished).
+def pending(spool: _spool.Spool, spec: _specs.ScheduleSpec, made: int | None, retry: Any = None) -> bool:
+    """Whether a run of ``spec`` is still pending, claimed or running (not finished), its retries
+    included (a retry of a tick's call is named as the schedule's calls: see :meth:`Scheduler.before`).
 
     :param spool: The spool.
     :param spec: The schedule.
     :param made: The last tick made a call, or None.
+    :param retry: The last retry kept of its calls, ``[target, file name]``, or None.
     """
     if made is not None and os.path.lexists(os.path.join(spool.part(_delayed.folder(spec.target)),
                                                           tick_name(spec, made))):
         return True
+    if isinstance(retry, list) and len(retry) == 2 and _delayed.valid_name(str(retry[1])) and \
+            schedule_of(str(retry[1])) == spec.file_id:  # a name of this schedule's (its folder is checked)
+        with contextlib.suppress(ValueError):
+            if os.path.lexists(os.path.join(spool.part(_delayed.folder(str(retry[0]))), str(retry[1]))):
+                return True
     suffix = f"-0-{spec.file_id}.call"
     try:
         names = os.listdir(spool.part("claimed"))
@@ -193,6 +202,7 @@ class Scheduler:
         self.cond = threading.Condition()
         self.stopped = False
         self.timer: Any = None  # the mule's timer, whose stop stops this thread too
+        self.current: list[Any] | None = None  # [spec, attempt, retry's name] of the schedule's call running
         self.next: dict[str, int] = {}
         for spec in specs:
             with locked(state_path(spool, spec)) as state:
@@ -271,7 +281,7 @@ class Scheduler:
                     waiting, looked = True, tick - 1  # due before the previous run was made: its turn comes
                     break
                 self._make(spec, tick, state, now)
-                if not spec.overlap and index + 1 < len(run):
+                if not spec.overlap and index + 1 < len(run) and self._route(spec) is None:  # RQ says if it ended
                     waiting, looked = True, tick
                     break
             state["tick"] = max(floor, looked)
@@ -279,19 +289,29 @@ class Scheduler:
             state["next"] = following
         return max(following, time.time_ns() + POLL_NS) if waiting else following
 
+    def _route(self, spec: _specs.ScheduleSpec) -> Any:
+        """The backend ``spec``'s farm is routed to, or None (a farm of mules, a mule)."""
+        if self.declarations is None or not spec.target.startswith("farm:"):
+            return None
+        return self.declarations.get_backend(spec.target[5:])
+
     def _busy(self, spec: _specs.ScheduleSpec, state: dict[str, Any]) -> bool:
-        routed = self.declarations is not None and spec.target.startswith("farm:") and \
-            self.declarations.get_backend(spec.target[5:]) is not None
-        return not routed and pending(self.spool, spec, state.get("made"))
+        """Whether the previous run of ``spec`` (or a retry of it) has not finished, on a farm of mules
+        (for a routed farm, the engine tells as it enqueues)."""
+        return self._route(spec) is None and pending(self.spool, spec, state.get("made"), state.get("retry"))
 
     def _make(self, spec: _specs.ScheduleSpec, tick: int, state: dict[str, Any], now: int) -> None:
         """Make one tick a call (or skip it: overlap), with the lock held."""
-        routed = self.declarations.get_backend(spec.target[5:]) if self.declarations is not None and \
-            spec.target.startswith("farm:") else None
+        routed = self._route(spec)
         if routed is not None:
-            if _enqueue(routed, spec, tick, self.declarations):
+            done = _enqueue(routed, spec, tick, self.declarations)
+            if done == "enqueued":
                 state["runs"] = state.get("runs", 0) + 1
                 state.update(last_start=time.time(), outcome="enqueued")
+            elif done == "skipped":  # the previous tick's job has not ended (in any instance's enqueue)
+                state["skipped"] = state.get("skipped", 0) + 1
+                _tasks.log().warning("uwsgiconf-mules: schedule %s: the tick of %s is skipped, the RQ job of its "
+                                     "previous tick has not ended (overlap=False)", spec.name, _when(tick))
             else:
                 state["elsewhere"] = state.get("elsewhere", 0) + 1
             return
@@ -307,35 +327,75 @@ class Scheduler:
 
     @staticmethod
     def failures() -> int:
-        """Failures reported in this process so far (``runtime.failures``): the timer reads it before a
-        tick's call, and :meth:`ran` after it."""
+        """Failures reported in this process so far (``runtime.failures``): :meth:`before` reads it
+        before a tick's call, and :meth:`ran` after it."""
         from ..runtime import failures as _failures
 
         return _failures.REPORTED[0]
 
+    def before(self, claimed: str) -> int:
+        """Before the timer runs a call of a schedule (a tick's, or a retry of one): from now on until
+        :meth:`ran`, a retry that the call keeps is named as the schedule's calls
+        (``<due>-0-<id>.call``, see :meth:`_retry_name`), so that the no-overlap rule sees it as the
+        tick's run, not finished yet; returns :meth:`failures`.
+
+        :param claimed: The call's claimed path.
+        """
+        from ..runtime import deferred as _deferred, policy as _policy
+
+        number = schedule_of(os.path.basename(claimed))
+        spec = next((spec for spec in self.all if spec.file_id == number), None)
+        self.current = [spec, _policy.ATTEMPT[0] or 1, None] if spec is not None else None
+        _deferred.NAMING[0] = self._retry_name if spec is not None else None
+        return self.failures()
+
+    def _retry_name(self, target: str, due_ns: int, attempt: int) -> str | None:
+        """The name of a delayed call kept during a schedule's call: the schedule's own for a retry
+        (attempt 2 on), noted in its state (before its file is written: the call still runs then),
+        None for any other (``f.later()`` in the task: a call of its own)."""
+        current = self.current
+        if current is None or attempt < 2:
+            return None
+        name = tick_name(current[0], due_ns)
+        with locked(state_path(self.spool, current[0])) as state:
+            state["retry"] = [target, name]
+        current[2] = name
+        return name
+
     def ran(self, claimed: str, failures: int, began: float) -> None:
-        """Note the outcome of a tick's call in its schedule's state (the timer calls it after each
-        delayed call of a schedule it ran): ``failed`` when a failure was reported meanwhile,
-        ``refused`` when its function is not a registered task, ``succeeded`` otherwise.
+        """Note the outcome of a schedule's call in its state (the timer calls it after each delayed
+        call of a schedule it ran, retries included): ``failed`` when a failure was reported
+        meanwhile, ``refused`` when its function is not a registered task, ``retrying`` when it kept
+        a retry, ``succeeded`` otherwise. ``runs`` counts first attempts only (a tick's run); a retry
+        updates the outcome.
 
         :param claimed: The call's claimed path.
         :param failures: :meth:`failures` before the call.
         :param began: When it began (``time.time()``).
         """
+        from ..runtime import deferred as _deferred
+
+        _deferred.NAMING[0] = None
+        current, self.current = self.current, None
         number = schedule_of(os.path.basename(claimed))
         spec = next((spec for spec in self.all if spec.file_id == number), None)
         if spec is None:
             return
-        outcome = "failed" if self.failures() != failures else \
+        attempt, retried = (current[1], current[2]) if current is not None and current[0] is spec else (1, None)
+        outcome = "failed" if self.failures() != failures else "retrying" if retried else \
             "succeeded" if spec.func.encode() in _tasks.REGISTRY else "refused"
         tick = _delayed.due_of(os.path.basename(claimed))
         with locked(state_path(self.spool, spec)) as state:
-            if not isinstance(state.get("ran"), int) or tick > state["ran"]:
-                state["ran"] = tick  # a tick whose maker died before it recorded it is not made again
-            state["runs"] = state.get("runs", 0) + 1
-            if outcome != "succeeded":
+            if attempt == 1:
+                if not isinstance(state.get("ran"), int) or tick > state["ran"]:
+                    state["ran"] = tick  # a tick whose maker died before it recorded it is not made again
+                state["runs"] = state.get("runs", 0) + 1
+                state["last_start"] = began
+            if outcome in ("failed", "refused"):
                 state["failed"] = state.get("failed", 0) + 1
-            state.update(last_start=began, last_end=time.time(), outcome=outcome)
+            if not retried:
+                state.pop("retry", None)
+            state.update(last_end=time.time(), outcome=outcome, attempt=attempt)
 
     def stop(self) -> None:
         """Stop firing."""
@@ -348,8 +408,10 @@ def _when(tick_ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(tick_ns / 1e9))
 
 
-def _enqueue(backend: Any, spec: _specs.ScheduleSpec, tick: int, declarations: Any) -> bool:
-    """Enqueue a tick of a routed farm's schedule once for the cluster; whether this instance did."""
+def _enqueue(backend: Any, spec: _specs.ScheduleSpec, tick: int, declarations: Any) -> str:
+    """Enqueue a tick of a routed farm's schedule once for the cluster, and not while its previous
+    tick's job has not ended (without ``overlap``); what this instance did: ``enqueued``,
+    ``elsewhere`` (another instance took the tick) or ``skipped``."""
     from importlib import import_module
 
     from ..declarations.backends import ENGINES
@@ -357,10 +419,10 @@ def _enqueue(backend: Any, spec: _specs.ScheduleSpec, tick: int, declarations: A
     engine = import_module(ENGINES[backend.scheme].rpartition(".")[0] + ".schedules")
     period = spec.every if spec.every is not None else 86400.0
     ttl = int(max(LOCK_TTL_MIN, 2 * period))
-    taken: bool = engine.enqueue_tick(backend, f"uwsgiconf_mules:schedule:{spec.file_id}:{tick}", ttl=ttl,
-                                      func=spec.func, args=spec.args, kwargs=spec.kwargs,
-                                      timeout=declarations.send_timeout)
-    return taken
+    done: str = engine.enqueue_tick(backend, f"uwsgiconf_mules:schedule:{spec.file_id}:{tick}", ttl=ttl,
+                                    func=spec.func, args=spec.args, kwargs=spec.kwargs,
+                                    timeout=declarations.send_timeout, overlap=spec.overlap)
+    return done
 
 
 def mine(mule_id: int, declarations: Declarations, environ: Any = None) -> list[_specs.ScheduleSpec]:

@@ -292,7 +292,7 @@ def run_claimed(spool: _spool.Spool, claimed: str, harakiri: int) -> None:
         return
     _policy.ATTEMPT[0] = attempt if attempt > 1 else 0
     scheduler, began = SCHEDULER[0] if "-0-" in claimed else None, time.time()  # a schedule's tick: outcome noted
-    failures = scheduler.failures() if scheduler is not None else 0
+    failures = scheduler.before(claimed) if scheduler is not None else 0  # a retry kept is the tick's
     try:
         _tasks.run(_protocol.restored(payload), harakiri)
     finally:

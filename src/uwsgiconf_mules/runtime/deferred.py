@@ -289,6 +289,10 @@ that a farm mate has run and removed meanwhile."""
 NOTIFY: list[Callable[[str, int, str], None] | None] = [None]
 """The dispatch mule's timer, told of each delayed call this process keeps (target, due, name)."""
 
+NAMING: list[Callable[[str, int, int], str | None] | None] = [None]
+"""While a mule runs a schedule's tick: names the delayed calls kept meanwhile (target, due, attempt),
+so that a retry of the tick carries the schedule's name (``mule.schedules``); None: a name of its own."""
+
 
 def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: str | None = None, *,
              within_limit: bool = False) -> str:
@@ -321,6 +325,9 @@ def schedule(target: str, payload: bytes, due_ns: int, attempt: int, file_name: 
 
         raise MulesRuntimeError(full or f"mule {_tasks.current_mule()} has no usable spool: the delayed call for "
                                 f"{target} cannot be kept")
+    naming = NAMING[0]
+    if naming is not None and file_name is None:
+        file_name = naming(target, due_ns, attempt)
     path = _delayed.write(letters.spool, target, payload, due_ns, attempt, file_name=file_name)
     notify = NOTIFY[0]
     if notify is not None:

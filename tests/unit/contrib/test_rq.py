@@ -490,7 +490,7 @@ def test_a_routed_schedule_s_tick_carries_the_task_s_retries_and_time_limit(rout
 
     backend = parse_backend("reports", f"rq://127.0.0.1:{routed.port}/0")
     assert _rq_schedules.enqueue_tick(backend, "uwsgiconf_mules:schedule:t:1", ttl=60, func=FLAKY, args=("t", 1),
-                                      kwargs={}, timeout=5.0)
+                                      kwargs={}, timeout=5.0) == _rq_schedules.ENQUEUED
     (job,) = queue(routed).jobs
     assert (list(job.args), job.retries_left, job.timeout) == ([FLAKY, "t", 1], 2, 30)
 
@@ -513,7 +513,8 @@ def test_a_routed_tick_that_redis_did_not_take_is_enqueued_at_the_next_try(route
         with pytest.raises(DeliveryError, match="Redis did not take the scheduled tick"):
             _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={}, timeout=5.0)
     # The mule tries the tick again a second later: not lost for the whole cluster behind its own lock.
-    assert _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={}, timeout=5.0)
+    assert _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={},
+                                      timeout=5.0) == _rq_schedules.ENQUEUED
     assert [list(job.args) for job in queue(routed).jobs] == [[KEY, "t"]]
 
 

@@ -138,12 +138,12 @@ def test_a_routed_farm_s_tick_is_enqueued_under_a_lock(tmp_path: Path, monkeypat
     taken: set[str] = set()
     sent = []
 
-    def enqueue(backend: object, key: str, *, ttl: int, func: str, **_: object) -> bool:
+    def enqueue(backend: object, key: str, *, ttl: int, func: str, overlap: bool, **_: object) -> str:
         if key in taken:
-            return False
+            return "elsewhere"
         taken.add(key)
-        sent.append((key, ttl, func))
-        return True
+        sent.append((key, ttl, func, overlap))
+        return "skipped" if key.endswith(str(T0 + 2 * S)) else "enqueued"  # the job of T0 + S still runs
 
     import uwsgiconf_mules.contrib.rq.schedules as engine
 
@@ -156,7 +156,13 @@ def test_a_routed_farm_s_tick_is_enqueued_under_a_lock(tmp_path: Path, monkeypat
         mule.fire(spec, T0 + S // 2)
     for mule in instances:
         mule.fire(spec, T0 + S + 1000)
-    assert sent == [(f"uwsgiconf_mules:schedule:{spec.file_id}:{T0 + S}", 3600, "app:job")]
+    assert sent == [(f"uwsgiconf_mules:schedule:{spec.file_id}:{T0 + S}", 3600, "app:job", False)]
+    for mule in instances:
+        mule.fire(spec, T0 + 2 * S + 1000)
+    states = [_schedules.read_state(_schedules.state_path(mule.spool, spec)) for mule in instances]
+    assert [(state.get("runs", 0), state.get("skipped", 0), state.get("elsewhere", 0)) for state in states] == \
+        [(1, 1, 0), (0, 0, 2)]  # the instance that took the tick counts its skip
+    assert len(sent) == 2 and not sent[1][3]
     del spool
 
 
@@ -313,3 +319,48 @@ def test_a_mule_killed_between_writing_a_shorter_state_and_cutting_it_leaves_a_s
         with pytest.raises(_Killed), _schedules.locked(path) as state:
             state.update(tick=T0 + S, name="x", runs=8)
     assert _schedules.read_state(path) == {"tick": T0 + S, "name": "x", "runs": 8}  # not lost, nor reset
+
+
+def test_a_tick_while_a_retry_of_the_previous_one_is_pending_or_running_is_skipped(tmp_path: Path) -> None:
+    from uwsgiconf_mules.runtime import deferred, policy, tasks
+
+    spool = make(tmp_path)
+    spec = every()
+    mule = scheduler(spool, spec)
+    mule.fire(spec, T0 + S + 1000)
+    (name,) = _delayed.pending(spool, "farm:f")
+    claimed = _delayed.claim(spool, "farm:f", name)
+    assert claimed is not None
+    running = _delayed.start(claimed)
+    mule.before(claimed)  # the timer runs attempt 1, which asks for a retry
+    assert deferred.NAMING[0] is not None and deferred.NAMING[0]("farm:f", T0 + 5 * S, 1) is None  # f.later(): its own
+    retry = deferred.NAMING[0]("farm:f", T0 + 5 * S + 7, 2)
+    assert retry == _schedules.tick_name(spec, T0 + 5 * S + 7)
+    _delayed.write(spool, "farm:f", b"payload", T0 + 5 * S + 7, 2, file_name=retry)
+    os.unlink(running)
+    tasks.REGISTRY[b"app:job"] = lambda: None
+    try:
+        mule.ran(claimed, mule.failures(), 1.0)
+        assert deferred.NAMING[0] is None
+        state = _schedules.read_state(_schedules.state_path(spool, spec))
+        assert (state["runs"], state["outcome"], state.get("failed", 0)) == (1, "retrying", 0)
+        mule.fire(spec, T0 + 2 * S + 1000)  # the retry is pending: the tick's run has not finished
+        assert _schedules.read_state(_schedules.state_path(spool, spec))["skipped"] == 1
+        claimed = _delayed.claim(spool, "farm:f", retry)
+        assert claimed is not None
+        running = _delayed.start(claimed)
+        policy.ATTEMPT[0] = 2
+        mule.before(claimed)  # the retry runs (attempt 2): still the tick's run
+        policy.ATTEMPT[0] = 0
+        mule.fire(spec, T0 + 3 * S + 1000)
+        assert _schedules.read_state(_schedules.state_path(spool, spec))["skipped"] == 2
+        os.unlink(running)
+        mule.ran(claimed, mule.failures(), 2.0)
+    finally:
+        del tasks.REGISTRY[b"app:job"]
+        policy.ATTEMPT[0] = 0
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert (state["runs"], state["outcome"], state["attempt"], state["last_start"]) == (1, "succeeded", 2, 1.0)
+    assert "retry" not in state
+    mule.fire(spec, T0 + 4 * S + 1000)  # the retry ended: the next tick runs
+    assert calls(spool) == [T0 + 4 * S]

@@ -135,3 +135,20 @@ def test_an_exception_s_text_that_ends_like_an_origin_note_does_not_steer_the_re
     assert kept.replay([]) == (1, 0)
     assert [_spool.read(path)[0] for path in kept.files("queue")] == [_spool.ANY]  # any mule, attempt 1
     assert delayed.files(kept) == []
+
+
+def test_a_delayed_call_kept_while_a_naming_hook_is_set_takes_the_name_it_gives(
+        kept: _spool.Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, int, int]] = []
+
+    def naming(target: str, due_ns: int, attempt: int) -> str | None:
+        asked.append((target, due_ns, attempt))
+        return f"{due_ns:020d}-0-1234567890123.call" if attempt > 1 else None
+
+    monkeypatch.setattr(deferred, "NAMING", [naming])
+    retry = deferred.schedule("farm:mail", PAYLOAD, 10 ** 18, 2)  # a retry during a schedule's call
+    later = deferred.schedule("farm:mail", PAYLOAD, 10 ** 18, 1)  # f.later() in it: a name of its own
+    given = deferred.schedule("farm:mail", PAYLOAD, 10 ** 18, 2, delayed.name(10 ** 18))  # a sender's name: kept
+    assert os.path.basename(retry) == f"{10 ** 18:020d}-0-1234567890123.call"
+    assert "-0-" not in os.path.basename(later) and "-0-" not in os.path.basename(given)
+    assert asked == [("farm:mail", 10 ** 18, 2), ("farm:mail", 10 ** 18, 1)]
