@@ -364,3 +364,17 @@ def test_a_tick_while_a_retry_of_the_previous_one_is_pending_or_running_is_skipp
     assert "retry" not in state
     mule.fire(spec, T0 + 4 * S + 1000)  # the retry ended: the next tick runs
     assert calls(spool) == [T0 + 4 * S]
+
+
+def test_a_retry_of_a_tick_is_not_noted_as_a_tick_that_ran(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec)
+    mule.fire(spec, T0 + S + 1000)
+    finish(spool)
+    mule.ran(f"/x/1-run-farm-f-{_schedules.tick_name(spec, T0 + S)}", mule.failures(), 1.0)  # the tick, attempt 1
+    mule.current = [spec, 2, None]  # its retry, due 5 s later, named as the schedule's calls
+    mule.ran(f"/x/1-run-farm-f-{_schedules.tick_name(spec, T0 + 6 * S + 7)}", mule.failures(), 2.0)
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["ran"] == T0 + S
+    mule.fire(spec, T0 + 2 * S + 1000)
+    assert calls(spool) == [T0 + 2 * S]  # the next tick is made: the retry's time is no tick that ran
