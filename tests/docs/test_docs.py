@@ -539,3 +539,15 @@ def test_the_replay_hint_the_reloads_page_describes_is_in_the_order_spool_replay
     keys = cli_module.spool._RELOAD_KEYS
     assert keys[:3] == ("touch-mules-reload", "master-fifo", "touch-reload")
     assert all("pidfile" in key for key in keys[3:])
+
+
+def test_the_results_pages_option_and_top_line_are_what_the_code_renders() -> None:
+    text = page("results")
+    declared = declare(mules=1, stats="127.0.0.1:9191",
+                       results={"items": 10000, "item_size": 16384, "store": "/var/lib/shop/results.cache"})
+    option, = blocks(text, "ini")
+    assert option.strip() == f"cache2 = {dict(declared.options())['cache2']}"
+    line = next(block for block in blocks(text, "text") if block.startswith("RESULTS STORE")).strip()
+    view = {"uwsgi": {"version": "2.0.31", "pid": 1}, "stats": "127.0.0.1:9191", "time": 0, "mules": [], "farms": [],
+            "results": {"name": "uwsgiconf_mules_results", "items": 1000, "max_items": 1000, "evicted": 70}}
+    assert render(view).splitlines()[-1] == line

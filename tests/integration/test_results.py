@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from support.harness import Server, declaration, start_server
+from uwsgiconf_mules.cli.top import read_stats
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +118,13 @@ def timeout(query):
 '''
 
 
-def config(items: int, item_size: int = 4096, store: Path | None = None, spool: Path | None = None) -> str:
+def config(items: int, item_size: int = 4096, store: Path | None = None, spool: Path | None = None,
+           stats: Path | None = None) -> str:
     results = {"items": items, "item_size": item_size, **({"store": str(store)} if store else {})}
     spool_arg = f", spool_dir={str(spool)!r}" if spool else ""
+    stats_arg = f", stats={str(stats)!r}" if stats else ""
     return declaration(f"farms=section.workers.mule_farm('calc', 2), results={results!r}, reload_mercy=20"
-                       f"{spool_arg}")
+                       f"{spool_arg}{stats_arg}")
 
 
 def read_elsewhere(server: Server, maker: int, ids: list[str], timeout: float = 20) -> dict[str, list[object]]:
@@ -203,12 +207,17 @@ def test_a_failed_call_has_its_exception_text_and_unknown_ids_are_refused(server
 
 
 def test_a_full_store_evicts_the_least_recently_used(tmp_path: Path) -> None:
-    server = start_server(tmp_path, config(items=50), APP)
+    stats = tmp_path / "stats.sock"
+    server = start_server(tmp_path, config(items=50, stats=stats), APP)
     try:
         _, body = server.get("/make?n=120")
         ids = [rid for _, rid in body["ids"]]
-        # Every call ran: one new item each (its outcome, nothing before it), 70 of them into a full store
-        server.wait_for(lambda: server.log().count("LRU item will be purged") >= 70, 20, "120 results stored")
+        # Every call ran: one new item each (its outcome, nothing before it), 70 of them into a full
+        # store, each counted (the stats server's caches[].full, what `top` shows), none logged
+        server.wait_for(lambda: results_store(stats)["full"] >= 70, 20, "120 results stored")
+        store = results_store(stats)
+        assert store["full"] == 70 and store["items"] == 50 and store["hashsize"] == 65536, store
+        assert "LRU item will be purged" not in server.log()  # ignore_full=1: no line per eviction
         found = {}
         for start in range(0, len(ids), 40):  # 40 ids a request: within uWSGI's 4 KiB request buffer
             found.update(read_elsewhere(server, 0, ids[start:start + 40], timeout=0))
@@ -225,11 +234,21 @@ def test_a_full_store_evicts_the_least_recently_used(tmp_path: Path) -> None:
         server.stop()
 
 
+def results_store(stats: Path) -> dict[str, int]:
+    """The results store's entry of the stats server's ``caches``."""
+    caches = read_stats(str(stats))["caches"]
+    return next(cache for cache in caches if cache["name"] == "uwsgiconf_mules_results")
+
+
 def reload(server: Server) -> None:
-    """A graceful reload (SIGHUP), waited for until the workers answer again."""
-    before = server.log().count("spawned uWSGI worker 1 ")
+    """A graceful reload (SIGHUP), waited for until every worker is accepting again (a stop sent
+    while one still starts may outlast the harness's bound)."""
+    log = server.log()
+    workers = set(re.findall(r"spawned uWSGI worker (\d+) ", log))
+    accepting = log.count("harness: worker accepting")
     os.kill(server.proc.pid, signal.SIGHUP)
-    server.wait_for(lambda: server.log().count("spawned uWSGI worker 1 ") > before, 30, "the reload")
+    server.wait_for(lambda: server.log().count("harness: worker accepting") >= accepting + len(workers), 30,
+                    f"the {len(workers)} workers accepting after the reload")
     server.wait_for(lambda: server.get("/ping")[0] == 200, 30, "workers after the reload")
 
 

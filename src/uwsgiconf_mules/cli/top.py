@@ -114,7 +114,26 @@ def snapshot(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any
               "queue_bytes": metrics.get(f"farm.{farm.name}.queue_bytes")} for farm in declarations.farms]
     return {"stats": declarations.stats, "uwsgi": {"version": stats.get("version"), "pid": stats.get("pid")},
             "time": now, "counting_since": counting_since(stats), "mules": mules, "farms": farms,
-            "spool_problem": spool_problem(declarations), "schedules": schedules(declarations, spool)}
+            "spool_problem": spool_problem(declarations), "schedules": schedules(declarations, spool),
+            "results": results_store(declarations, stats)}
+
+
+def results_store(declarations: Declarations, stats: dict[str, Any]) -> dict[str, Any] | None:
+    """The results store's fill and evictions, from the stats server's ``caches`` (uWSGI counts a
+    store found full, ``full``: with ``purge_lru``, one evicted result each, logged by nobody), or
+    None when no store is declared or the stats do not show it.
+
+    :param declarations: The instance's declarations.
+    :param stats: What the stats server sent.
+    """
+    spec = declarations.results
+    if spec is None:
+        return None
+    for cache in stats.get("caches") or ():
+        if isinstance(cache, dict) and cache.get("name") == spec.name:
+            return {"name": spec.name, "items": cache.get("items"), "max_items": spec.items,
+                    "evicted": cache.get("full"), "hits": cache.get("hits"), "misses": cache.get("miss")}
+    return None
 
 
 def schedules(declarations: Declarations, spool: _spool.Spool | None) -> list[dict[str, Any]]:
@@ -202,6 +221,12 @@ def render(view: dict[str, Any]) -> str:
         lines += _table(["FARM", "MULES", "QUEUED", "QUEUE B"],
                         [[farm["name"], ",".join(map(str, farm["mules"])), _cell(farm["queued"]),
                           _bytes(farm["queue_bytes"])] for farm in view["farms"]])
+    store = view.get("results")
+    if store is not None:
+        lines += ["", escape(f"RESULTS STORE {store['name']}: {_cell(store['items'])} of {store['max_items']} items, "
+                             f"{_cell(store['evicted'])} evicted since the last start or reload"
+                             + (" (full: the least recently used go first; declare more items)" if store["evicted"]
+                                else ""))]
     tasks = [[key, str(mule["id"]), str(counts.get("started")), str(counts.get("succeeded")),
               str(counts.get("failed")), f"{counts.get('run_ms', 0) / 1000:.1f}"]
              for mule in view["mules"] for key, counts in sorted(mule["tasks"].items())]

@@ -14,7 +14,13 @@ Declared with ``set_mules_params(results=...)``: ``True`` for the defaults, or a
   reload or a stop loses them;
 * ``purge_lru=1`` always: when the store is full, the least recently used result is evicted
   (uWSGI's ``cache_set`` would otherwise refuse every new result, and a waiter would never see
-  its outcome); ``keysize=64``: a result id is 32 characters.
+  its outcome); ``keysize=64``: a result id is 32 characters;
+* ``ignore_full=1`` always: uWSGI would otherwise log ``LRU item will be purged`` at every
+  eviction, and with ``purge_lru`` it never drops an expired item, so a store once full evicts
+  (and would log) at every new result for good; evictions are counted instead (the stats
+  server's ``caches[].full``, shown by ``uwsgiconf-mules top``);
+* ``hashsize``: one hash bucket per item (:func:`hash_size`), never fewer than uWSGI's default
+  65,536: a lookup walks a chain of about one item, however large the store.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ MAX_ITEM_SIZE = 64 * 1024 * 1024
 """The largest ``item_size``."""
 KEY_SIZE = 64
 """uWSGI's ``keysize`` of the store: longest key, in bytes (ids are 32 characters)."""
+HASH_SIZE_MIN = 65536
+"""uWSGI's default ``hashsize`` (buckets of the cache's hash table): the fewest a store gets."""
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _KEYS = ("items", "item_size", "store", "name")
 
@@ -76,11 +84,22 @@ class ResultsStore:
         """The value of the ``cache2`` option (item 0 is uWSGI's own: one more item is declared)."""
         store = "" if self.store is None else f",store={self.store}"
         return (f"name={self.name},items={self.items + 1},blocksize={self.item_size},keysize={KEY_SIZE},"
-                f"purge_lru=1{store}")
+                f"hashsize={hash_size(self.items)},purge_lru=1,ignore_full=1{store}")
 
     def record(self) -> str:
         """The record's field: ``name,items,item_size[,store]``."""
         return ",".join([self.name, str(self.items), str(self.item_size), *([self.store] if self.store else [])])
+
+
+def hash_size(items: int) -> int:
+    """The ``hashsize`` of a store of ``items`` results: one bucket per item (uWSGI's item 0
+    included), and never fewer than uWSGI's default (:data:`HASH_SIZE_MIN`), so a lookup walks a
+    chain of about one item (a store file made with another ``hashsize`` is read as it is: uWSGI
+    builds the table again from the items at start).
+
+    :param items: The store's ``items``.
+    """
+    return max(items + 1, HASH_SIZE_MIN)
 
 
 def parse_store(text: str) -> ResultsStore:

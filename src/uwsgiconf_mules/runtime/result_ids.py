@@ -44,19 +44,30 @@ def id_maker(ttl: int) -> Callable[[], str]:
 
     :param ttl: The results' time to live, in seconds.
     """
+    make = timed_id_maker(ttl)
+    return lambda: make()[0]
+
+
+def timed_id_maker(ttl: int) -> Callable[[], tuple[str, float]]:
+    """:func:`id_maker` whose ids come with when they expire (``time.time()``, what
+    :func:`id_times` gives: when the call was made plus ``ttl``), worked out once per millisecond
+    with their first 20 digits: the handle of an offload checks it without parsing the id.
+
+    :param ttl: The results' time to live, in seconds.
+    """
     digits = f"{ttl:08x}"
-    head: list[tuple[int, str]] = [(-1, "")]  # (millisecond, its 20 digits), one cell: threads swap it whole
+    head: list[tuple[int, str, float]] = [(-1, "", 0.0)]  # (millisecond, its 20 digits, expiry): threads swap it whole
     clock, pop = time.time, _random.pop
 
-    def make() -> str:
+    def make() -> tuple[str, float]:
         now = int(clock() * 1000)
         made = head[0]
         if made[0] != now:
-            head[0] = made = (now, f"{now:012x}{digits}")
+            head[0] = made = (now, f"{now:012x}{digits}", now / 1000 + ttl)
         try:
-            return made[1] + pop()
+            return made[1] + pop(), made[2]
         except IndexError:
-            return made[1] + _refill()
+            return made[1] + _refill(), made[2]
 
     return make
 

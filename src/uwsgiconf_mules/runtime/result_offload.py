@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..declarations.backends import ENGINES
 from . import handles as _handles, instance as _instance, result_store as _result_store, results as _results
-from .result_ids import id_maker
+from .result_ids import timed_id_maker
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _with_result(call: Callable[..., bool], key: str, ttl: int, target: Mule | F
     sent as its first argument, and returns its :class:`~uwsgiconf_mules.runtime.handles.Result`.
     A call to a routed farm is the engine's job, whose own result the handle reads. Under uWSGI,
     whether the target is routed is decided at the first call (the declarations do not change)."""
-    new_id, handle = id_maker(ttl), _handles.Result
+    new_id, handle = timed_id_maker(ttl), _handles.Result
     routed: list[Any] = []  # [send of the engine's jobs with an id and a ttl], once resolved
     look = [True]  # whether a call looks for a routed farm first: always outside uWSGI, once under it
 
@@ -101,11 +101,11 @@ def _with_result(call: Callable[..., bool], key: str, ttl: int, target: Mule | F
             if backend is not None:
                 return _routed_result(routed, backend, key, ttl, (args, kwargs))
             if _instance.uwsgi is None:
-                return _here(call, new_id(), args, kwargs)
+                return _here(call, new_id()[0], args, kwargs)
             look[0] = False
-        result_id = new_id()
+        result_id, expires = new_id()
         call(result_id, *args, **kwargs)  # raises when not sent: nothing was written
-        return handle(result_id)
+        return handle(result_id, None, expires)
 
     return with_result
 

@@ -114,3 +114,17 @@ def store() -> _CacheStore | _LocalStore:
         _store = _LocalStore(spec.items if spec else LOCAL_ITEMS, spec.item_size if spec else 1 << 30)
     _store_for = declarations
     return _store  # type: ignore[no-any-return]
+
+
+def hot_store(cell: list[tuple[Any, Any, Any, str, int]]) -> tuple[Any, Any, Any, str, int]:
+    """(store, its ``put_raw``, its ``get_raw``, name, ``item_size``) of :func:`store`, for a hot path: kept in
+    ``cell`` under uWSGI, where it never changes (the declarations are read once), so the next
+    calls read it there; outside uWSGI (tests change the declarations) ``cell`` stays empty.
+
+    :param cell: The hot path's cell (a list, empty until then).
+    """
+    current = store()
+    found = (current, current.put_raw, current.get_raw, current.name, current.item_size)
+    if _instance.uwsgi is not None:
+        cell.append(found)
+    return found

@@ -60,7 +60,7 @@ from marshal import dumps as _marshal, loads as _unmarshal
 from pickle import dumps as _pickle
 
 from . import instance as _instance, result_ids as _ids
-from .result_store import store
+from .result_store import hot_store, store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ TRACEBACK_MAX = 4000
 """Longest traceback text kept with a failed call, in characters (its end)."""
 MESSAGE_MAX = 1000
 """Longest exception message kept, in characters."""
-WAIT_FIRST = 0.0005
+WAIT_FIRST = 0.00005
 """Seconds ``result()`` sleeps after its first look (doubled at each next, up to :data:`WAIT_MAX`)."""
 WAIT_MAX = 0.05
 """Longest sleep of ``result()`` between two looks, in seconds."""
@@ -395,20 +395,22 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *,
     TASKS[key] = ttl
     clock, attempt, final, current_call, last, beaten = time.time, ATTEMPT, FINAL, CURRENT, LAST, BEAT
     writing, direct = WRITING, DIRECT
+    hot: list[tuple[Any, Any, Any, str, int]] = []  # under uWSGI: see hot_store, from the first call
 
     def with_result(result_id: str, /, *args: Any, **kwargs: Any) -> None:
         # succeeded(), inlined: this runs for every call of the task in a mule.
-        current = store()
+        current, put, _, name, limit = hot[0] if hot else hot_store(hot)
         started = clock()
         again = attempt[0]  # 0: a first attempt, whose record cannot hold an outcome yet
-        call = (result_id, again or 1, started)
+        number = again or 1
+        call = (result_id, number, started)
         watched = started - beaten[0] < BEAT_STALE
         if watched:  # the timer thread writes `running` if the call outlasts RUNNING_AFTER
             current_call[0] = call
         elif again:
             running(result_id, again, started)
         else:
-            current.put_raw(result_id, _marshal((VERSION, RUNNING, 1, started, 0.0, None, None)), ttl, current.name)
+            put(result_id, _marshal((VERSION, RUNNING, 1, started, 0.0, None, None)), ttl, name)
         try:
             value = run(*args, **kwargs)
         except BaseException as exc:
@@ -417,26 +419,26 @@ def wrap(key: str, func: Callable[..., Any], ttl: int, *,
                 current_call[0] = None
                 if writing[0] is call:
                     settle(call)
-            if retried is None or not retried(exc, again or 1):
-                failed(result_id, exc, started, again or 1)
+            if retried is None or not retried(exc, number):
+                failed(result_id, exc, started, number)
             raise
         if watched:
             current_call[0] = None
             if writing[0] is call:  # its `running` record is being written: the outcome goes after it
                 settle(call)
         try:
-            record = _marshal((VERSION, SUCCEEDED, again or 1, started, clock(), None,
-                               value if type(value) in direct else _pickle(value, 5)))
+            record: bytes | None = _marshal((VERSION, SUCCEEDED, number, started, clock(), None,
+                                             value if type(value) in direct else _pickle(value, 5)))
         except Exception:
-            record = b""
-        if not record or len(record) > current.item_size:  # says why it is not stored
-            succeeded(result_id, value, started, again or 1)
+            record = None  # it cannot be pickled
+        if record is None or len(record) > limit:  # succeeded() says why it is not stored
+            succeeded(result_id, value, started, number)
             return
         if again:  # a retry or a re-run: an outcome written already stays (once per outcome)
             found = current.get(result_id)
             if found is not None and _unmarshal(found)[1] in final:
                 return
-        current.put_raw(result_id, record, ttl, current.name)
+        put(result_id, record, ttl, name)
 
     with_result.__wrapped__ = func  # type: ignore[attr-defined]
     with_result._results_raw = run  # type: ignore[attr-defined]  # what an RQ job runs (RQ keeps the value)

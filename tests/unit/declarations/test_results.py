@@ -11,12 +11,20 @@ from uwsgiconf_mules.errors import MulesConfigurationError
 def test_defaults_and_a_store_file_render_one_cache2_option_and_survive_the_record() -> None:
     declared = declare(mules=1, results=True)
     assert declared.results == ResultsStore("uwsgiconf_mules_results", 1000, 16384)
-    assert ("cache2", "name=uwsgiconf_mules_results,items=1001,blocksize=16384,keysize=64,purge_lru=1") in \
-        declared.options()
+    assert ("cache2", "name=uwsgiconf_mules_results,items=1001,blocksize=16384,keysize=64,hashsize=65536,purge_lru=1,"
+            "ignore_full=1") in declared.options()
     kept = declare(mules=1, results={"items": 10, "item_size": 256, "store": "/var/lib/x/../r.cache", "name": "r-1"})
-    assert ("cache2", "name=r-1,items=11,blocksize=256,keysize=64,purge_lru=1,store=/var/lib/r.cache") in kept.options()
+    assert ("cache2", "name=r-1,items=11,blocksize=256,keysize=64,hashsize=65536,purge_lru=1,ignore_full=1,"
+            "store=/var/lib/r.cache") in kept.options()
     assert parse_record(kept.record()) == kept
     assert declare(mules=1).results is None and declare(mules=1, results=False).results is None
+
+
+@pytest.mark.parametrize(("items", "buckets"), [(1, 65536), (65535, 65536), (65536, 65537), (10_000_000, 10_000_001)])
+def test_a_store_has_a_hash_bucket_per_item_and_never_fewer_than_uwsgis_default(items: int, buckets: int) -> None:
+    option = dict(declare(mules=1, results={"items": items}).options())["cache2"]
+    assert f",items={items + 1}," in option and f",hashsize={buckets}," in option
+    assert ",purge_lru=1,ignore_full=1" in option  # evicts the oldest, and logs no line per eviction
 
 
 @pytest.mark.parametrize(("results", "message"), [

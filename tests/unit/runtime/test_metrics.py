@@ -145,6 +145,21 @@ def test_top_says_since_when_the_mule_counters_count() -> None:
     assert snapshot(decl, dict(STATS, workers=workers[2:]))["counting_since"] is None
 
 
+def test_top_shows_the_results_stores_fill_and_evictions() -> None:
+    decl = declare(mules=1, stats="127.0.0.1:9191", results={"items": 50, "name": "res"})
+    caches = [{"name": "other", "items": 9, "full": 9},
+              {"name": "res", "items": 50, "max_items": 51, "hits": 7, "miss": 2, "full": 70}]
+    view = snapshot(decl, dict(STATS, caches=caches))
+    assert view["results"] == {"name": "res", "items": 50, "max_items": 50, "evicted": 70, "hits": 7, "misses": 2}
+    assert render(view).splitlines()[-1] == ("RESULTS STORE res: 50 of 50 items, 70 evicted since the last start or "
+                                             "reload (full: the least recently used go first; declare more items)")
+    caches[1].update(items=3, full=0)
+    assert render(snapshot(decl, dict(STATS, caches=caches))).splitlines()[-1] == (
+        "RESULTS STORE res: 3 of 50 items, 0 evicted since the last start or reload")
+    assert snapshot(decl, STATS)["results"] is None  # no caches in the stats: no line
+    assert snapshot(declare(mules=1, stats="127.0.0.1:9191"), dict(STATS, caches=caches))["results"] is None
+
+
 def test_a_stale_status_file_says_nothing_of_what_runs(tmp_path: Path) -> None:
     decl = declare(mules=1, stats="127.0.0.1:9191", spool_dir=str(tmp_path))
     (tmp_path / "status").mkdir()

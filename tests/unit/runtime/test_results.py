@@ -12,6 +12,7 @@ import pytest
 from uwsgiconf_mules import errors
 from uwsgiconf_mules.runtime import (
     Result,
+    handles as handles_module,
     instance as _instance,
     mule_offload,
     result_store as _result_store,
@@ -427,3 +428,40 @@ def test_ids_made_by_threads_at_once_are_all_different() -> None:
     every = [rid for into in made for rid in into]
     assert len(set(every)) == len(every) == 12 * result_ids.POOL
     assert all(_results.id_times(rid) is not None and _results.id_times(rid)[1] == 60 for rid in every[:100])
+
+
+def test_the_offloads_handle_reads_a_finished_record_in_one_look_and_never_past_its_expiry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.runtime import result_ids
+
+    result_id, expires = result_ids.timed_id_maker(60)()
+    made, ttl = _results.id_times(result_id) or (0.0, 0)
+    assert expires == made + ttl and ttl == 60  # what the id says, to the bit
+    _results.succeeded(result_id, [1, 2], time.time())
+    current = _result_store.store()
+    looks: list[str] = []
+    monkeypatch.setattr(current, "get_raw", lambda rid, name: looks.append(rid) or current.get(rid))
+    assert Result(result_id, None, expires).result(timeout=0) == [1, 2] and looks == [result_id]  # one look
+    monkeypatch.setattr(_results.time, "time", lambda: expires + 0.001)  # the record is still in the store
+    with pytest.raises(errors.ResultNotFound, match="expired"):
+        Result(result_id, None, expires).result(timeout=0)
+    other, other_expires = result_ids.timed_id_maker(60)()  # no record: queued, as from the id
+    monkeypatch.setattr(_results.time, "time", lambda: other_expires - 30)
+    with pytest.raises(errors.ResultTimeout, match="queued"):
+        Result(other, None, other_expires).result(timeout=0)
+
+
+def test_result_looks_at_once_then_after_50_us_doubling_up_to_50_ms(monkeypatch: pytest.MonkeyPatch) -> None:
+    result_id = _results.new_id(60)
+    handle = Result.get(result_id)
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 14:
+            _results.succeeded(result_id, 7, time.time())
+
+    monkeypatch.setattr(handles_module.time, "sleep", sleep)
+    assert handle.result(timeout=60) == 7
+    assert pauses == [min(0.00005 * 2 ** n, 0.05) for n in range(14)]
+    assert Result.get(result_id).result() == 7 and len(pauses) == 14  # a finished record: no sleep at all
