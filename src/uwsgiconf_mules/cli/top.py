@@ -144,7 +144,7 @@ def schedules(declarations: Declarations, spool: _spool.Spool | None) -> list[di
     """
     if not declarations.schedules or spool is None:
         return []
-    from ..mule.schedules import read_state, state_path
+    from ..mule.schedule_state import read_state, state_path
 
     found = []
     for spec in declarations.schedules:

@@ -28,7 +28,6 @@ which ``uwsgiconf-mules top`` shows.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -37,90 +36,24 @@ from ..declarations import schedules as _specs
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.spool import checks as _checks, delayed as _delayed
 from ..runtime import tasks as _tasks
+from .schedule_state import DIR, locked, read_state, schedule_of, state_path, tick_name  # noqa: F401 - where callers look
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from typing import Any
 
     from ..declarations import Declarations
 
-DIR = "schedules"
-"""The spool's folder of the schedules' state files."""
 MAX_WAIT = 30.0
 """Longest sleep of the thread (a clock that jumps is seen again within it)."""
 POLL_NS = 50_000_000
 """While a late tick waits for the previous run to finish: ns between two looks."""
+CLOCK_BACK_NS = 1_000_000_000
+"""A last tick done this far ahead of the clock (ns): the clock was set back since (NTP fixed a clock
+that was ahead); the schedule goes on from now rather than wait for the clock to catch up."""
 LOCK_TTL_MIN = 3600
 """Seconds a routed tick's Redis lock lives at least (longer for longer periods: twice the period)."""
-
-
-def state_path(spool: _spool.Spool, spec: _specs.ScheduleSpec) -> str:
-    """The state file of a schedule.
-
-    :param spool: The spool.
-    :param spec: The schedule.
-    """
-    return os.path.join(spool.path, DIR, f"{spec.file_id}.json")
-
-
-def tick_name(spec: _specs.ScheduleSpec, tick_ns: int) -> str:
-    """The file name of a tick's call in ``delayed/`` (one that ``delayed.valid_name`` accepts: pid 0).
-
-    :param spec: The schedule.
-    :param tick_ns: The tick.
-    """
-    return f"{tick_ns:0{_delayed.DUE_DIGITS}d}-0-{spec.file_id}.call"
-
-
-def schedule_of(file_name: str) -> str | None:
-    """The schedule number (``file_id``) in the name of a tick's call, or None for another call.
-
-    :param file_name: A name of ``delayed/`` or ``claimed/``.
-    """
-    head, _, rest = file_name.removesuffix(".call").rpartition("-0-")
-    return rest if head and len(rest) == 13 and rest.isdigit() else None
-
-
-def read_state(path: str) -> dict[str, Any]:
-    """A schedule's state (empty when there is none, or it cannot be read).
-
-    :param path: Its state file.
-    """
-    try:
-        with open(path, "rb") as handle:
-            found = json.loads(handle.read() or b"{}")
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-@contextlib.contextmanager
-def locked(path: str) -> Iterator[dict[str, Any]]:
-    """The state of a schedule, read and written back under its lock (``flock``: the farm's mules
-    and two generations of them take turns).
-
-    :param path: Its state file.
-    """
-    import fcntl
-
-    _checks.private_dir(os.path.dirname(path))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        data = os.pread(fd, 1 << 16, 0)
-        try:
-            state = json.loads(data) if data.strip() else {}
-        except ValueError:
-            state = {}
-        before = dict(state)
-        yield state
-        if state != before:
-            text = json.dumps(state, sort_keys=True).encode()
-            os.pwrite(fd, text, 0)
-            os.ftruncate(fd, len(text))
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def pending(spool: _spool.Spool, spec: _specs.ScheduleSpec, made: int | None, retry: Any = None) -> bool:
@@ -205,7 +138,9 @@ class Scheduler:
             with locked(state_path(spool, spec)) as state:
                 if not isinstance(state.get("tick"), int):
                     state.update(tick=time.time_ns(), name=spec.name, func=spec.func)
-                self.next[spec.name] = _specs.next_ticks(spec, state["tick"])[0]
+                ahead = state["tick"] > time.time_ns() + CLOCK_BACK_NS  # the clock was set back: fired at once
+                self.next[spec.name] = 0 if ahead else _specs.next_ticks(spec, state["tick"])[0]
+        self.offset = time.time_ns() - time.monotonic_ns()  # the wall clock's, to see it set back
 
     def run(self) -> None:
         """The thread: checks that each schedule names a task (said at start, not at its first tick,
@@ -218,6 +153,8 @@ class Scheduler:
                                        "will be refused, as any call of an unknown task", self.mule_id, spec.name,
                                        found)
         while not (self.stopped or getattr(self.timer, "stopped", False)):
+            if self.clock_set_back():
+                self.next = dict.fromkeys(self.next, 0)  # each fired at once: from the clock's time now
             now = time.time_ns()
             for spec in self.specs:
                 if self.next[spec.name] <= now and not self.stopped:
@@ -232,6 +169,12 @@ class Scheduler:
                 if not self.stopped:
                     self.cond.wait(min(MAX_WAIT, max(wait, 0.001)))
 
+    def clock_set_back(self) -> bool:
+        """Whether the wall clock was set back (by more than :data:`CLOCK_BACK_NS`) since the last look."""
+        offset = time.time_ns() - time.monotonic_ns()
+        back, self.offset = offset < self.offset - CLOCK_BACK_NS, offset
+        return back
+
     def fire(self, spec: _specs.ScheduleSpec, now: int) -> int:
         """Make the due ticks of ``spec`` calls (once: under its lock), and return when to look again.
 
@@ -244,7 +187,10 @@ class Scheduler:
         """
         with locked(state_path(self.spool, spec)) as state:
             last = state.get("tick")
-            if not isinstance(last, int):  # its state was removed: from now on
+            if isinstance(last, int) and last > now + CLOCK_BACK_NS:
+                _tasks.log().warning("uwsgiconf-mules: schedule %s: its last tick (%s) is ahead of the clock, which "
+                                     "was set back: it goes on from now", spec.name, _when(last))
+            if not isinstance(last, int) or last > now + CLOCK_BACK_NS:  # its state was removed: from now on
                 state.update(tick=now, name=spec.name, func=spec.func)
                 return _specs.next_ticks(spec, now)[0]
             run, missed, looked = plan(spec, last, now)
@@ -300,6 +246,8 @@ class Scheduler:
                 state["elsewhere"] = state.get("elsewhere", 0) + 1
             return
         name = tick_name(spec, tick)
+        if isinstance(state.get("ran"), int) and tick <= state["ran"]:
+            return  # it ran already: its maker was killed before it recorded it (see :meth:`ran`)
         if not _delayed.known(self.spool, spec.target, name):
             message = _protocol.encoder(spec.func)(spec.args, spec.kwargs)
             _delayed.write(self.spool, spec.target, _protocol.stored(message), tick, file_name=name)
@@ -366,8 +314,11 @@ class Scheduler:
         attempt, retried = (current[1], current[2]) if current is not None and current[0] is spec else (1, None)
         outcome = "failed" if self.failures() != failures else "retrying" if retried else \
             "succeeded" if spec.func.encode() in _tasks.REGISTRY else "refused"
+        tick = _delayed.due_of(os.path.basename(claimed))
         with locked(state_path(self.spool, spec)) as state:
             if attempt == 1:
+                if not isinstance(state.get("ran"), int) or tick > state["ran"]:
+                    state["ran"] = tick  # a tick whose maker died before it recorded it is not made again
                 state["runs"] = state.get("runs", 0) + 1
                 state["last_start"] = began
             if outcome in ("failed", "refused"):

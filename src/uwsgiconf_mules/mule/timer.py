@@ -43,15 +43,13 @@ FULL_RESCAN = 20.0
 YOUNG_NS = 1_000_000_000
 """A folder whose mtime is younger than this (ns) is listed at every rescan."""
 RECOVER_EVERY = 5.0
-"""Seconds between two looks for claimed calls left by mules that died (a generation that stopped
-after this one started, a farm mate killed): those not started go back, running ones are
-interrupted calls (see :func:`recover`)."""
+"""Seconds between two looks for claimed calls left by mules that died (a generation that stopped after
+this one started, a farm mate killed): those not started go back, running ones are interrupted (:func:`recover`)."""
 WAKE_AGAIN = 1.0
 """Seconds after which claimed calls still not run while the loop is idle are the subject of one
 more wake-up of the loop (run_due with nothing to run does nothing)."""
 WAKE_UNKNOWN = 60.0
-"""The same, for a mule that keeps no record of its running call (it cannot tell a lost wake-up
-from one waiting behind a long call)."""
+"""The same, for a mule that keeps no record of its running call (a lost wake-up or a long call?)."""
 CLAIM_BATCH = 16
 """Due calls claimed at most per round of the timer (and farm calls set aside for the mates)."""
 FARM_GRACE = 1.0
@@ -299,10 +297,12 @@ def run_claimed(spool: _spool.Spool, claimed: str, harakiri: int) -> None:
         _tasks.run(_protocol.restored(payload), harakiri)
     finally:
         _policy.ATTEMPT[0] = 0
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(running)
-        if scheduler is not None:
-            scheduler.ran(claimed, failures, began)
+        try:
+            if scheduler is not None:  # noted before the file goes: a mule killed between the two leaves a claim
+                scheduler.ran(claimed, failures, began)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(running)
 
 
 def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *, attempt: int, ran: float | None,

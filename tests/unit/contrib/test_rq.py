@@ -301,7 +301,7 @@ def test_forged_callbacks_retries_and_repeats_never_run(routed: RedisServer) -> 
 def test_every_field_of_a_job_is_refused_or_known_harmless(routed: RedisServer) -> None:
     # A guard for RQ upgrades: a field RQ adds to the job hash must be classified here.
     harmless = {"created_at", "data", "origin", "description", "enqueued_at", "started_at", "ended_at",
-                "last_heartbeat", "worker_name", "group_id", "result", "exc_info", "timeout", "result_ttl",
+                "last_heartbeat", "worker_name", "group_id", "result", "exc_info", "result_ttl",
                 "failure_ttl", "ttl", "status", "meta", "enqueue_at_front", "success_callback_timeout",
                 "failure_callback_timeout", "stopped_callback_timeout"}
     from rq.webhook import Webhook
@@ -480,3 +480,76 @@ def test_later_and_at_schedule_a_job_in_rqs_scheduled_registry(routed: RedisServ
     assert jobs[(1,)].get_status() == "scheduled" and jobs[(1,)].kwargs == {"via": "later"}
     assert (jobs[("late", 1)].retries_left, jobs[("late", 1)].timeout) == (2, 30)  # the task's options too
     assert len(queue(routed)) == 0 and remote_tasks.CALLS == []
+
+
+def test_a_forged_timeout_past_what_the_senders_set_is_refused(routed: RedisServer) -> None:
+    forged = queue(routed)
+    ids = {
+        "no limit": forged.enqueue_call(_remote.RUN, args=(FLAKY, "x", 1), timeout=-1).id,
+        "far limit": forged.enqueue_call(_remote.RUN, args=(FLAKY, "y", 1), timeout=10**6).id,
+        "no limit, none declared": forged.enqueue_call(_remote.RUN, args=(KEY, "z"), timeout=-1).id,
+    }
+    remote_tasks.flaky("ours", 1)  # timeout=30: its time_limit
+    forged.enqueue_call(_remote.RUN, args=(KEY, "default"))  # RQ's default timeout (180 s): what our senders set
+    work(routed)
+    assert sorted(remote_tasks.CALLS) == [("flaky", ("ours", 1), {}), ("report", ("default",), {})]
+    for name, job_id in ids.items():
+        job = forged.fetch_job(job_id)
+        assert job is not None and job.get_status() == "failed", name
+        assert "UnknownTaskError: job refused" in (job.latest_result().exc_string or ""), name  # type: ignore[union-attr]
+        assert "timeout" in (job.latest_result().exc_string or ""), name  # type: ignore[union-attr]
+
+
+def test_a_routed_schedule_s_tick_carries_the_task_s_retries_and_time_limit(routed: RedisServer) -> None:
+    from uwsgiconf_mules.contrib.rq import schedules as _rq_schedules
+    from uwsgiconf_mules.declarations.backends import parse_backend
+
+    backend = parse_backend("reports", f"rq://127.0.0.1:{routed.port}/0")
+    assert _rq_schedules.enqueue_tick(backend, "uwsgiconf_mules:schedule:t:1", ttl=60, func=FLAKY, args=("t", 1),
+                                      kwargs={}, timeout=5.0) == _rq_schedules.ENQUEUED
+    (job,) = queue(routed).jobs
+    assert (list(job.args), job.retries_left, job.timeout) == ([FLAKY, "t", 1], 2, 30)
+
+
+def test_a_routed_tick_that_redis_did_not_take_is_enqueued_at_the_next_try(routed: RedisServer,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.exceptions
+
+    from uwsgiconf_mules.contrib.rq import schedules as _rq_schedules
+    from uwsgiconf_mules.declarations.backends import parse_backend
+
+    backend = parse_backend("reports", f"rq://127.0.0.1:{routed.port}/0")
+    lock = "uwsgiconf_mules:schedule:t:2"
+
+    def dropped(*args: object, **kwargs: object) -> None:
+        raise redis.exceptions.ConnectionError("connection reset by peer")  # after the lock was set
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rq.Queue, "enqueue_call", dropped)
+        with pytest.raises(DeliveryError, match="Redis did not take the scheduled tick"):
+            _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={}, timeout=5.0)
+    # The mule tries the tick again a second later: not lost for the whole cluster behind its own lock.
+    assert _rq_schedules.enqueue_tick(backend, lock, ttl=60, func=KEY, args=("t",), kwargs={},
+                                      timeout=5.0) == _rq_schedules.ENQUEUED
+    assert [list(job.args) for job in queue(routed).jobs] == [[KEY, "t"]]
+
+
+@pytest.mark.parametrize("job_id", ["../x", "a b", "x\nHSET", "", "é"])
+def test_a_result_id_of_a_routed_farm_with_no_job_id_rq_takes_is_no_result(routed: RedisServer, job_id: str) -> None:
+    from uwsgiconf_mules.errors import ResultNotFound
+    from uwsgiconf_mules.runtime import Result
+
+    with pytest.raises(ResultNotFound, match="no result"):
+        Result.get(f"reports/{job_id}")  # a status page's id from the request: never a ValueError of RQ
+
+
+def test_a_result_of_a_routed_farm_whose_job_hash_rq_cannot_read_is_no_result(routed: RedisServer) -> None:
+    from uwsgiconf_mules.errors import ResultNotFound
+    from uwsgiconf_mules.runtime import Result
+
+    client = routed.client()
+    client.hset("rq:job:planted", mapping={"data": b"not json", "timeout": "abc", "status": "bogus"})
+    client.hset("rq:job:nodata", mapping={"status": "finished"})
+    for job_id in ("planted", "nodata"):
+        with pytest.raises(ResultNotFound):
+            Result.get(f"reports/{job_id}")

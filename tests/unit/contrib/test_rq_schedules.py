@@ -27,9 +27,12 @@ def last_job(redis: RedisServer) -> Job:
                      serializer=rq.serializers.JSONSerializer)
 
 
-def test_a_tick_is_enqueued_once_and_its_job_named_under_the_schedule_s_keys(empty_redis: RedisServer) -> None:
+def test_a_tick_is_enqueued_once_and_its_job_named_under_the_schedule_s_keys(empty_redis: RedisServer,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     assert tick(empty_redis, 1) == engine.ENQUEUED
-    assert tick(empty_redis, 1) == engine.ELSEWHERE  # another instance, the same tick
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.socket, "gethostname", lambda: "another-host")
+        assert tick(empty_redis, 1) == engine.ELSEWHERE  # another instance, the same tick
     client = empty_redis.client()
     queue = rq.Queue("reports", connection=client, serializer=rq.serializers.JSONSerializer)
     assert queue.job_ids == [last_job(empty_redis).id]
@@ -60,3 +63,10 @@ def test_a_tick_after_the_previous_job_ended_or_is_gone_is_enqueued(empty_redis:
         first.set_status(JobStatus(status))
     assert tick(empty_redis, 2) == engine.ENQUEUED
     assert last_job(empty_redis).id != first.id
+
+
+@pytest.mark.parametrize("planted", [b"not a job id!", b"\xff\xfe", b"a" * 5000], ids=["spaces", "bytes", "long"])
+def test_a_last_job_key_that_names_no_job_rq_takes_does_not_stop_the_schedule(empty_redis: RedisServer,
+                                                                             planted: bytes) -> None:
+    empty_redis.client().set("uwsgiconf_mules:schedule:1234567890123:job", planted)  # written by something else
+    assert tick(empty_redis, 1) == engine.ENQUEUED  # as a job RQ no longer has: never a ValueError at each tick

@@ -219,6 +219,108 @@ def test_the_outcome_of_a_tick_s_call_is_noted_in_its_state(tmp_path: Path) -> N
     assert _schedules.read_state(_schedules.state_path(spool, spec))["runs"] == 3
 
 
+class _Killed(BaseException):
+    """What a SIGKILL does to the code that was running: nothing after it runs."""
+
+
+def test_a_mule_killed_between_a_tick_s_call_and_its_state_runs_the_tick_once(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec)
+    write = _delayed.write
+
+    def killed_after_write(*args: object, **kwargs: object) -> str:
+        write(*args, **kwargs)  # type: ignore[arg-type]
+        raise _Killed  # the call is kept, the state not written back
+
+    monkeypatch.setattr(_delayed, "write", killed_after_write)
+    with pytest.raises(_Killed):
+        mule.fire(spec, T0 + S + 1000)
+    monkeypatch.setattr(_delayed, "write", write)
+    assert calls(spool) == [T0 + S]
+    # A farm mate's timer claims the tick's call, runs it, forgets it and notes its outcome.
+    name = _delayed.pending(spool, "farm:f")[0]
+    claimed = os.path.join(spool.part("claimed"), f"{os.getpid()}-run-farm-f-{name}")
+    os.rename(os.path.join(spool.part("delayed/farm-f"), name), claimed)
+    os.unlink(claimed)
+    mate = _schedules.Scheduler(spool, 2, [spec])
+    mate.ran(claimed, mate.failures(), 1.0)
+    _schedules.Scheduler(spool, 1, [spec]).fire(spec, T0 + S + 5000)  # the killed mule, respawned
+    assert calls(spool) == []  # the tick ran once: not made again
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["runs"] == 1
+
+
+def test_a_tick_s_call_is_noted_as_run_before_its_claimed_file_goes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import timer as _timer
+    from uwsgiconf_mules.protocol import envelope as _protocol
+    from uwsgiconf_mules.runtime import tasks
+
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec)
+    mule.fire(spec, T0 + S + 1000)
+    name = _delayed.pending(spool, "farm:f")[0]
+    claimed = _delayed.claim(spool, "farm:f", name)
+    assert claimed is not None
+    seen: list[list[str]] = []
+    noted = mule.ran
+
+    def ran(path: str, failures: int, began: float) -> None:
+        seen.append(os.listdir(spool.part("claimed")))  # a killed mule leaves its claim: made again, never
+        noted(path, failures, began)
+
+    monkeypatch.setattr(mule, "ran", ran)
+    monkeypatch.setattr(_timer, "SCHEDULER", [mule])
+    monkeypatch.setattr(tasks, "run", lambda message, harakiri=0: None)
+    monkeypatch.setattr(_protocol, "restored", lambda payload: payload)
+    _timer.run_claimed(spool, claimed, 0)
+    assert len(seen) == 1 and len(seen[0]) == 1 and os.listdir(spool.part("claimed")) == []
+
+
+def test_a_clock_set_back_does_not_stop_a_schedule_until_it_catches_up(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec, now=T0 + 86400 * S)  # its last tick done while the clock was a day ahead
+    following = mule.fire(spec, T0 + 5 * S + 1000)  # NTP set the clock back
+    assert following == T0 + 6 * S  # the next tick of the clock now, not of a day later
+    mule.fire(spec, T0 + 6 * S + 1000)
+    assert calls(spool) == [T0 + 6 * S]
+    assert "is ahead of the clock, which was set back" in caplog.text
+
+
+def test_a_mule_sees_the_clock_set_back_at_start_and_while_it_runs(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    spool = make(tmp_path)
+    spec = every()
+    mule = scheduler(spool, spec, now=time.time_ns() + 86400 * S)  # done while the clock was a day ahead
+    assert _schedules.Scheduler(spool, 2, [spec]).next[spec.name] == 0  # started after: fired at once
+    assert not mule.clock_set_back()
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 3600 * S)  # set back an hour
+    assert mule.clock_set_back() and not mule.clock_set_back()
+
+
+def test_a_mule_killed_between_writing_a_shorter_state_and_cutting_it_leaves_a_state_that_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = make(tmp_path)
+    path = _schedules.state_path(spool, every())
+    with _schedules.locked(path) as state:
+        state.update(tick=T0, name="x" * 200, runs=7)  # a longer state before
+    with monkeypatch.context() as patched:
+        def killed(*args: object) -> None:
+            raise _Killed
+
+        patched.setattr(os, "ftruncate", killed)
+        with pytest.raises(_Killed), _schedules.locked(path) as state:
+            state.update(tick=T0 + S, name="x", runs=8)
+    assert _schedules.read_state(path) == {"tick": T0 + S, "name": "x", "runs": 8}  # not lost, nor reset
+
+
 def test_a_tick_while_a_retry_of_the_previous_one_is_pending_or_running_is_skipped(tmp_path: Path) -> None:
     from uwsgiconf_mules.runtime import deferred, policy, tasks
 
@@ -262,3 +364,17 @@ def test_a_tick_while_a_retry_of_the_previous_one_is_pending_or_running_is_skipp
     assert "retry" not in state
     mule.fire(spec, T0 + 4 * S + 1000)  # the retry ended: the next tick runs
     assert calls(spool) == [T0 + 4 * S]
+
+
+def test_a_retry_of_a_tick_is_not_noted_as_a_tick_that_ran(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    mule = scheduler(spool, spec)
+    mule.fire(spec, T0 + S + 1000)
+    finish(spool)
+    mule.ran(f"/x/1-run-farm-f-{_schedules.tick_name(spec, T0 + S)}", mule.failures(), 1.0)  # the tick, attempt 1
+    mule.current = [spec, 2, None]  # its retry, due 5 s later, named as the schedule's calls
+    mule.ran(f"/x/1-run-farm-f-{_schedules.tick_name(spec, T0 + 6 * S + 7)}", mule.failures(), 2.0)
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["ran"] == T0 + S
+    mule.fire(spec, T0 + 2 * S + 1000)
+    assert calls(spool) == [T0 + 2 * S]  # the next tick is made: the retry's time is no tick that ran

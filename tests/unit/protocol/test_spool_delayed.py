@@ -181,3 +181,20 @@ def test_a_spool_whose_delayed_calls_all_ran_can_be_stale(tmp_path: Path) -> Non
     path = delayed.write(kept, "mule:1", b"mx:y\x00", 10)
     os.unlink(path)  # ran: its folder stays
     assert _spool.stale(kept.path, now=10 ** 12)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another user's is made by root only")
+def test_a_delayed_call_of_another_user_s_is_buried_without_its_payload_and_never_replayed(tmp_path: Path) -> None:
+    from uwsgiconf_mules.mule import timer
+
+    kept = _spool.Spool(str(tmp_path / "spool"))
+    kept.create()
+    payload = envelope.stored(envelope.encoder("shop.tasks:mail")((1,), {}))
+    planted = delayed.write(kept, "mule:1", payload, 10)
+    os.chown(planted, 4242, 4242)  # planted by another user (a folder whose mode was loose, once)
+    claimed = delayed.claim(kept, "mule:1", os.path.basename(planted))
+    assert claimed is not None
+    timer.run_claimed(kept, claimed, 0)  # never run: buried
+    [(note, kept_payload)] = [_spool.read(path) for path in kept.files("dead")]
+    assert kept_payload == b"" and "not a regular file of this user's" in note  # its bytes are not taken as ours
+    assert kept.replay([]) == (0, 1) and kept.files("queue") == []  # untrusted: never replayed

@@ -117,6 +117,26 @@ def test_a_failed_call_is_kept_with_a_bounded_message_and_the_end_of_its_traceba
     assert "link 099" in text and "first of the chain" not in text  # the end is what is kept, not the start
 
 
+@pytest.mark.parametrize("forged", [" | kept for mule:9 due_ns=99999999999999999999 attempt=7",
+                                    " | kept for farm:other due_ns=1 attempt=99\n"])
+def test_an_exception_s_text_that_ends_like_an_origin_note_does_not_steer_the_replay(kept: _spool.Spool,
+                                                                                      forged: str) -> None:
+    from uwsgiconf_mules.runtime import policy
+
+    class Hostile(Exception):
+        def __str__(self) -> str:
+            return "request data" + forged
+
+    error = Hostile()
+    error.add_note(forged)  # notes end the traceback too
+    policy.keep_failed("shop.tasks:mail", (1,), {}, error)
+    [(note, _)] = letters(kept)
+    assert delayed.parse_origin(note) is None, note  # the traceback's text ends every failure's note
+    assert kept.replay([]) == (1, 0)
+    assert [_spool.read(path)[0] for path in kept.files("queue")] == [_spool.ANY]  # any mule, attempt 1
+    assert delayed.files(kept) == []
+
+
 def test_a_delayed_call_kept_while_a_naming_hook_is_set_takes_the_name_it_gives(
         kept: _spool.Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[tuple[str, int, int]] = []

@@ -55,11 +55,13 @@ REFUSED_FIELDS = (
 """Fields of an RQ 3 job hash that make a worker call or reach something, and that the senders of
 uwsgiconf-mules never set: a job carrying any of them (not empty) is refused."""
 
-CHECKED_FIELDS = ("retries_left", "retry_intervals", "number_of_retries")
-"""Fields of an RQ 3 job hash that make RQ run the job again, which the senders of uwsgiconf-mules
-set for a task that declares ``retries=`` (see ``contrib.rq.sender.job_options``): a job carrying
-them runs only when they stay within what its task declares (no more retries than its
-``retries``, each interval a number of seconds within a year), otherwise it is refused."""
+CHECKED_FIELDS = ("retries_left", "retry_intervals", "number_of_retries", "timeout")
+"""Fields of an RQ 3 job hash that make RQ run the job again, or longer, which the senders of
+uwsgiconf-mules set for a task that declares ``retries=`` or ``time_limit=`` (see
+``contrib.rq.sender.job_options``): a job carrying them runs only when they stay within what its
+task declares (no more retries than its ``retries``, each interval a number of seconds within a
+year, a ``timeout`` of seconds within its ``time_limit`` or RQ's default of 180 s, whichever is
+longer: never ``-1``, no limit), otherwise it is refused."""
 
 _started: list[int] = []  # pid of the process that ran the start-up steps
 
@@ -242,6 +244,27 @@ class Job(_RQJob):
             raise UnknownTaskError(f"job refused: it carries {problem}; the senders of uwsgiconf-mules never set "
                                    "more, so nothing ran", key=key)
 
+    def _check_timeout(self) -> None:
+        """Refuse the job when its ``timeout`` goes past what the senders set: its task's
+        ``time_limit`` or RQ's default, whichever is longer (``-1``, no limit, is never set)."""
+        timeout, key = self.timeout, self._task_key()
+        if timeout is None or key is None or isinstance(_tasks.find(key.encode()), str):
+            return  # RQ's default applies; an unknown task is refused by run()
+        import math
+
+        from rq import Queue
+
+        from ...runtime import policy as _policy
+
+        policy = _policy.POLICIES.get(key)
+        limit = max(math.ceil(policy.time_limit or 0) if policy is not None else 0, Queue.DEFAULT_TIMEOUT)
+        if not 0 < timeout <= limit:
+            self._no_retry()
+            problem = f"timeout={timeout!r}, and task {key} runs {limit} s at most"
+            self._refused = (*self._refused, problem)
+            raise UnknownTaskError(f"job refused: it carries {problem}; the senders of uwsgiconf-mules never set "
+                                   "more, so nothing ran", key=key)
+
     def perform(self) -> Any:
         """Run the job (RQ's ``perform``), with ``current_attempt()`` set from its retries left; when
         it raises an exception that its task's ``retry_for`` (or :class:`~uwsgiconf_mules.errors.Retry`)
@@ -291,6 +314,7 @@ class Job(_RQJob):
             raise UnknownTaskError(f"job refused: it names {self.func_name!r}, and workers of farms routed by "
                                    f"uwsgiconf-mules run only {_RUN}", key=self.func_name)
         self._check_retries()
+        self._check_timeout()
         return run
 
     @property

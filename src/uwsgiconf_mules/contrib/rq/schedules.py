@@ -5,7 +5,9 @@ Every uWSGI instance that runs the same config fires the schedule (in its first 
 :mod:`uwsgiconf_mules.mule.schedules`); before it enqueues a tick it takes the tick's lock in the
 farm's Redis, ``SET uwsgiconf_mules:schedule:<id>:<tick> <host:pid> NX EX <ttl>``: of the instances,
 the one that sets it enqueues the job, the others find it set. The key expires (at least an hour,
-twice the period for longer ones), so Redis keeps one small key per schedule and recent tick.
+twice the period for longer ones), so Redis keeps one small key per schedule and recent tick. When
+Redis took the lock but not the job (a connection lost between the two), the mule tries the tick
+again a second later, and the lock it holds (its value says ``host:pid``) lets it enqueue the job.
 
 No overlap. The id of the last job a tick enqueued is kept in ``uwsgiconf_mules:schedule:<id>:job``
 (written in the same transaction as the job, with the lock's expiry, which each skipped tick
@@ -24,7 +26,7 @@ from typing import Any
 
 from ...declarations import Backend
 from ...errors import DeliveryError
-from .sender import RUN, SERIALIZER_PATHS, _client
+from .sender import RUN, SERIALIZER_PATHS, _client, job_options
 
 ENDED = frozenset(("finished", "failed", "stopped", "canceled"))
 """RQ job statuses after which the next tick may be enqueued (a job RQ no longer has counts too)."""
@@ -54,10 +56,19 @@ def running(client: Any, job_id: str) -> str | None:
 
     try:
         found = Job(job_id, connection=client).get_status(refresh=True)
-    except (InvalidJobOperation, NoSuchJobError):
-        return None
+    except (InvalidJobOperation, NoSuchJobError, ValueError):  # ValueError: no job id RQ takes (a key written
+        return None  # by something else): as a job RQ no longer has, never an error at each tick
     status = str(getattr(found, "value", found))
     return None if status in ENDED else status
+
+
+def _options(func: str) -> dict[str, Any]:
+    """The RQ options of task ``func`` (its retries and time limit, see ``sender.job_options``), its
+    module imported first as a mule imports it for a call; none for a function that is no task
+    (the worker refuses its job)."""
+    from ...runtime import tasks as _tasks
+
+    return {} if isinstance(_tasks.find(func.encode()), str) else job_options(func)
 
 
 def enqueue_tick(backend: Backend, lock: str, *, ttl: int, func: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -81,8 +92,10 @@ def enqueue_tick(backend: Backend, lock: str, *, ttl: int, func: str, args: tupl
 
     client = _client(backend, timeout)
     last = last_job_key(lock)
+    me = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        if not client.set(lock, f"{socket.gethostname()}:{os.getpid()}", nx=True, ex=ttl):
+        # A lock of this process's own: it took it, and Redis did not take the job (its try again, not lost).
+        if not client.set(lock, me, nx=True, ex=ttl) and client.get(lock) not in (me, me.encode()):
             return ELSEWHERE
         if not overlap:
             previous = client.get(last)
@@ -92,7 +105,7 @@ def enqueue_tick(backend: Backend, lock: str, *, ttl: int, func: str, args: tupl
         queue = rq.Queue(backend.queue, connection=client, serializer=SERIALIZER_PATHS[backend.serializer])
         job_id = os.urandom(16).hex()
         with client.pipeline() as pipe:  # one transaction: the job and the key that names it
-            queue.enqueue_call(RUN, args=(func, *args), kwargs=kwargs, job_id=job_id, pipeline=pipe)
+            queue.enqueue_call(RUN, args=(func, *args), kwargs=kwargs, job_id=job_id, pipeline=pipe, **_options(func))
             if not overlap:
                 pipe.set(last, job_id, ex=ttl)
             pipe.execute()

@@ -335,14 +335,17 @@ def job_fields(backend: Backend, job_id: str, timeout: float) -> tuple[Any, ...]
     :param job_id: The job's id.
     :param timeout: The longest wait for a reply of Redis.
     :raises DeliveryError: when Redis does not answer.
+    :raises ResultNotFound: when RQ cannot read the job's hash.
     """
     import pickle
 
     import redis.exceptions
     from rq.exceptions import NoSuchJobError
-    from rq.job import Job
+    from rq.job import JOB_ID_PATTERN, Job
     from rq.serializers import resolve_serializer
 
+    if not JOB_ID_PATTERN.fullmatch(job_id.partition(":")[0]):  # RQ raises ValueError: an id from a request
+        return None
     try:
         job = Job.fetch(job_id, connection=_client(backend, timeout),
                         serializer=resolve_serializer(SERIALIZER_PATHS[backend.serializer]))
@@ -355,6 +358,11 @@ def job_fields(backend: Backend, job_id: str, timeout: float) -> tuple[Any, ...]
     except (redis.exceptions.RedisError, OSError) as exc:
         raise DeliveryError(f"result {backend.farm}/{job_id}: Redis did not answer ({type(exc).__name__}: {exc})",
                             target=backend.farm) from None
+    except Exception as exc:  # a hash that RQ cannot read (written by something else than RQ's senders)
+        from ...errors import ResultNotFound
+
+        raise ResultNotFound(f"result {backend.farm}/{job_id}: RQ cannot read its job ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})", result_id=f"{backend.farm}/{job_id}") from None
     error = None
     if status in ("failed", "interrupted"):
         text = str(getattr(latest, "exc_string", None) or job.exc_info or status).strip()

@@ -245,16 +245,19 @@ class Spool:
     def bury(self, path: str, reason: str) -> None:
         """Move a file to ``dead/`` with ``reason`` (the call is kept, never run by itself).
 
-        :param path: A spool file.
+        :param path: A spool file; one that is not a regular file of this user's is kept as an
+            untrusted note, without its bytes (never replayed: they are not this instance's).
         :param reason: Why.
         """
         try:
-            payload = read(path)[1]
+            info = os.lstat(path)
+            ours = stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+            payload = read(path)[1] if ours else b""
         except FileNotFoundError:
             return  # buried (or run) by another mule meanwhile
         except (OSError, ValueError):
-            payload = b""
-        self.write("dead", payload, reason)
+            ours, payload = True, b""
+        self.write("dead", payload, reason if ours else f"{UNTRUSTED}{reason}")
         try:  # noqa: SIM105 - contextlib is not imported here: workers and mules import this module
             os.unlink(path)  # a regular file (see _scandir)
         except FileNotFoundError:
