@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from support.harness import APP_PRELUDE, compile_config, launch
 
 APP = '''
@@ -22,8 +20,6 @@ def an_id(query):
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="result_ids clears its pool in os.register_at_fork, which uWSGI's fork never "
-                                       "runs: the workers draw the master's digits (notes/redteam.md, results code)")
 def test_two_workers_forked_after_the_master_made_an_id_draw_different_random_digits(tmp_path: Path) -> None:
     (tmp_path / "uwsgicfg.py").write_text(
         "from uwsgiconf_mules import Section\n"

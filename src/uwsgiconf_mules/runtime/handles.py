@@ -245,10 +245,12 @@ def _looked_up(result_id: str) -> tuple[Any, ...]:
     if times is None:
         raise ResultNotFound(f"{result_id[:80]!r} is not a result id (32 hex digits, as Result.id gives)",
                              result_id=result_id[:80])
+    now = time.time()
+    if times[0] > now + 60:  # made more than a minute ahead of this clock: no sender made it
+        raise ResultNotFound(f"{result_id[:80]!r} is not a result id (made in the future)", result_id=result_id)
     current = store()
     found = current.get(result_id)
     expires = times[0] + times[1]
-    now = time.time()
     if now > expires:
         raise ResultNotFound(f"result {result_id} expired {now - expires:.0f} s ago (its result_ttl of "
                              f"{times[1]} s from the call)", result_id=result_id)

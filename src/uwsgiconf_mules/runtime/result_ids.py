@@ -13,6 +13,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+_HEX = frozenset("0123456789abcdef")
 ID_SIZE = 32
 """Length of an id."""
 MAX_TTL = 0xFFFFFFFF
@@ -57,12 +58,14 @@ def timed_id_maker(ttl: int) -> Callable[[], tuple[str, float]]:
     """
     digits = f"{ttl:08x}"
     head: list[tuple[int, str, float]] = [(-1, "", 0.0)]  # (millisecond, its 20 digits, expiry): threads swap it whole
-    clock, pop = time.time, _random.pop
+    clock, pop, getpid = time.time, _random.pop, os.getpid
 
     def make() -> tuple[str, float]:
         now = int(clock() * 1000)
         made = head[0]
         if made[0] != now:
+            if _owner[0] != getpid():  # once a millisecond: forked without Python's at-fork handlers (uWSGI)
+                _forked()
             head[0] = made = (now, f"{now:012x}{digits}", now / 1000 + ttl)
         try:
             return made[1] + pop(), made[2]
@@ -72,7 +75,11 @@ def timed_id_maker(ttl: int) -> Callable[[], tuple[str, float]]:
     return make
 
 
+_owner = [os.getpid()]  # the process whose random digits _random holds
+
+
 def _forked() -> None:
+    _owner[0] = os.getpid()
     _random.clear()  # the parent's random digits are not this process's: read new ones
 
 
@@ -84,7 +91,7 @@ def id_times(result_id: str) -> tuple[float, int] | None:
 
     :param result_id: The id.
     """
-    if len(result_id) != ID_SIZE:
+    if len(result_id) != ID_SIZE or not _HEX.issuperset(result_id):  # int(x, 16) takes "0x", "_", "+", spaces
         return None
     try:
         return int(result_id[:12], 16) / 1000, int(result_id[12:20], 16)
