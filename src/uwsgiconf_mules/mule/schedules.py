@@ -134,6 +134,7 @@ class Scheduler:
         self.timer: Any = None  # the mule's timer, whose stop stops this thread too
         self.current: list[Any] | None = None  # [spec, attempt, retry's name] of the schedule's call running
         self.next: dict[str, int] = {}
+        self.since: dict[str, int] = {}  # the first look of this mule at each schedule
         for spec in specs:
             with locked(state_path(spool, spec)) as state:
                 if not isinstance(state.get("tick"), int):
@@ -180,7 +181,9 @@ class Scheduler:
 
         Without ``overlap``, one call at a time: a tick that came after the previous run was made,
         while it has not finished, is skipped (counted); ticks that were already due then (late
-        ones, after a reload) wait their turn, each made once the previous run has finished.
+        ones, after a reload), or before this mule's first look at the schedule (the previous tick's
+        call made by the generation before a reload, not run yet), wait their turn, each made once
+        the previous run has finished.
 
         :param spec: The schedule.
         :param now: Now (ns).
@@ -192,6 +195,7 @@ class Scheduler:
                                      "was set back: it goes on from now", spec.name, _when(last))
             if not isinstance(last, int) or last > now + CLOCK_BACK_NS:  # its state was removed: from now on
                 state.update(tick=now, name=spec.name, func=spec.func)
+                state.pop("ran", None)  # a tick run while the clock was ahead would hold back every tick before it
                 return _specs.next_ticks(spec, now)[0]
             run, missed, looked = plan(spec, last, now)
             floor = max(last, now - int(spec.grace * 1e9)) if missed else last
@@ -200,10 +204,10 @@ class Scheduler:
                 _tasks.log().warning("uwsgiconf-mules: schedule %s missed %d tick(s) while no mule could fire it "
                                      "(more than %g s late): %s", spec.name, missed, spec.grace,
                                      "one run for them" if spec.missed == "once" else "skipped")
-            waiting = False
+            waiting, since = False, self.since.setdefault(spec.name, now)
             for index, tick in enumerate(run):
                 if not spec.overlap and self._busy(spec, state):
-                    if tick > state.get("made_at", 0):  # it came while the previous run had not finished
+                    if tick > max(state.get("made_at", 0), since):  # came while this mule saw it run: skipped
                         state["skipped"] = state.get("skipped", 0) + 1
                         _tasks.log().warning("uwsgiconf-mules: schedule %s: the tick of %s is skipped, its previous "
                                              "run has not finished (overlap=False)", spec.name, _when(tick))

@@ -378,3 +378,105 @@ def test_a_retry_of_a_tick_is_not_noted_as_a_tick_that_ran(tmp_path: Path) -> No
     assert _schedules.read_state(_schedules.state_path(spool, spec))["ran"] == T0 + S
     mule.fire(spec, T0 + 2 * S + 1000)
     assert calls(spool) == [T0 + 2 * S]  # the next tick is made: the retry's time is no tick that ran
+
+
+def test_a_clock_set_back_past_a_tick_that_ran_does_not_stop_the_schedule(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every(overlap=True)
+    ahead = T0 + 86400 * S
+    mule = scheduler(spool, spec, now=ahead)  # its ticks made and run while the clock was a day ahead
+    mule.ran(f"/x/1-run-farm-f-{_schedules.tick_name(spec, ahead)}", mule.failures(), 1.0)
+    mule.fire(spec, T0 + 5 * S + 1000)  # NTP set the clock back
+    mule.fire(spec, T0 + 6 * S + 1000)
+    assert calls(spool) == [T0 + 6 * S]  # not held back for a day by the tick noted as run
+    finish(spool)
+    mule.ran(f"/x/1-run-farm-f-{_schedules.tick_name(spec, T0 + 6 * S)}", mule.failures(), 2.0)
+    mule.fire(spec, T0 + 6 * S + 2000)
+    assert calls(spool) == []  # and a tick that ran since is still made once
+
+
+class _Clock:
+    """A fake ``time`` for mule.schedules: the test says what time it is."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def time_ns(self) -> int:
+        return self.now
+
+    def time(self) -> float:
+        return self.now / 1e9
+
+    def monotonic_ns(self) -> int:
+        return self.now - T0
+
+    strftime, gmtime = staticmethod(__import__("time").strftime), staticmethod(__import__("time").gmtime)
+
+
+@pytest.mark.parametrize(("latency", "overlapping"), [(0.02, False), (0.4, False), (0.8, False), (0.4, True)],
+                         ids=["quiet", "loaded", "very-loaded", "generations-overlap"])
+def test_a_sighup_every_2_s_with_two_mules_neither_drops_nor_doubles_a_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, latency: float, overlapping: bool) -> None:
+    """The integration test's scenario with a fake clock: an every-1-s schedule, 2 mules, a reload
+    every 2 s (the mules gone for 0.7 s, or the old ones still firing 0.3 s after the new ones
+    start), each due call claimed ``latency`` s after its time, run for 20 ms and noted (``ran``)."""
+    clock = _Clock(T0 + S // 2)
+    monkeypatch.setattr(_schedules, "time", clock)
+    spool = make(tmp_path)
+    spec = every()
+    made: list[int] = []
+    write = _delayed.write
+
+    def noted(spool_: _spool.Spool, target: str, payload: bytes, due_ns: int, *args: object, **kwargs: object) -> str:
+        made.append(due_ns)
+        return write(spool_, target, payload, due_ns, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_delayed, "write", noted)
+    step, ran, running = S // 20, [], []  # running: [claimed path, its end]
+    generations: list[tuple[int, int, list[_schedules.Scheduler]]] = []  # (start, stop, mules)
+    start = clock.now
+    for reload in range(6):
+        stop = T0 + (2 * reload + 2) * S + S * 3 // 10 if reload < 5 else T0 + 14 * S
+        generations.append((start, stop, []))
+        start = stop - S * 3 // 10 if overlapping else stop + S * 7 // 10
+    while clock.now < T0 + 14 * S:
+        clock.now += step
+        alive = [mules for begin, end, mules in generations if begin <= clock.now < end]
+        for begin, end, mules in generations:
+            if begin <= clock.now < end and not mules:
+                mules.extend(_schedules.Scheduler(spool, i, [spec]) for i in (1, 2))
+        for mules in alive:
+            for mule in mules:
+                if mule.next[spec.name] <= clock.now:
+                    mule.next[spec.name] = mule.fire(spec, clock.now)
+        for claimed, end in list(running):
+            if end <= clock.now:
+                running.remove([claimed, end])
+                generations[0][2][0].ran(claimed, 0, clock.time())  # a run that began ends, reload or not
+                os.unlink(_delayed.start(claimed))
+                ran.append(_delayed.due_of(os.path.basename(claimed)))
+        for name in _delayed.pending(spool, "farm:f"):
+            if alive and _delayed.due_of(name) + int(latency * S) <= clock.now:
+                claimed = _delayed.claim(spool, "farm:f", name)
+                assert claimed is not None
+                running.append([claimed, clock.now + S // 50])
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert made == list(range(T0 + S, made[-1] + 1, S)) and made[-1] >= T0 + 13 * S, (made, state)  # once each
+    assert ran == made[:len(ran)] and len(ran) >= len(made) - 2, (ran, made)
+    assert state.get("skipped", 0) == 0 and state.get("missed", 0) == 0, state
+
+
+def test_ticks_that_came_before_a_mule_s_first_look_wait_for_a_pending_run_rather_than_skipped(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spec = every()
+    scheduler(spool, spec).fire(spec, T0 + S + 1000)  # the old generation makes a tick, then reloads
+    assert calls(spool) == [T0 + S]  # its call not run yet: the new mules' timers have not claimed it
+    mule = _schedules.Scheduler(spool, 1, [spec])  # the new generation, up 1.5 s later
+    mule.fire(spec, T0 + 2 * S + S // 2)
+    state = _schedules.read_state(_schedules.state_path(spool, spec))
+    assert calls(spool) == [T0 + S] and state.get("skipped", 0) == 0  # came while no mule ran: waits its turn
+    finish(spool)
+    mule.fire(spec, T0 + 2 * S + S // 2 + 1000)
+    assert calls(spool) == [T0 + 2 * S]
+    mule.fire(spec, T0 + 3 * S + 1000)  # came while the run of the tick before had not finished: skipped
+    assert _schedules.read_state(_schedules.state_path(spool, spec))["skipped"] == 1
