@@ -119,8 +119,10 @@ def run_as_written(directory: Path, files: dict[str, str], commands: str, served
     def ready() -> bool:
         text = server.log()
         workers = len(re.findall(r"^spawned uWSGI worker \d+", text, re.M))
-        return (workers > 0 and text.count(WORKER_READY) >= workers and text.count(MULE_READY) >= 2
-                and _answers(port))
+        def said(line: str) -> int:  # whole lines: uWSGI also echoes each hook as it runs it ("running ...")
+            return len(re.findall(rf"^{re.escape(line)}$", text, re.M))
+
+        return workers > 0 and said(WORKER_READY) >= workers and said(MULE_READY) >= 2 and _answers(port)
 
     server.wait_for("uWSGI to serve with 2 mules", ready, START_TIMEOUT)
     return server, curl_line
