@@ -110,9 +110,10 @@ def test_a_long_run_is_not_overlapped_and_the_skips_are_counted(tmp_path: Path) 
 
 
 def left_in_spool(spool: Path, file_id: str) -> list[int]:
-    """The ticks whose calls are still in the spool (made, not run: kept for the next start)."""
+    """The ticks whose calls are still in the spool, made and not run (kept for the next start):
+    in ``delayed/``, or claimed and not started (a claim marked running has run its task's line)."""
     suffix = f"-0-{file_id}.call"
-    names = [path.name for path in [*spool.glob("delayed/*/*"), *spool.glob("claimed/*")]]
+    names = [path.name for path in [*spool.glob("delayed/*/*"), *spool.glob("claimed/*-due-*")]]
     return sorted(int(name[:-len(suffix)][-20:]) for name in names if name.endswith(suffix))
 
 
