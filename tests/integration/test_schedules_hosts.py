@@ -4,9 +4,11 @@ or running on RQ; a per-host flag keeps a schedule of a farm of mules to the hos
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -105,28 +107,42 @@ def test_a_long_rq_job_is_not_overlapped_across_two_instances_and_the_skips_are_
     config = ROUTED.format(port=own_redis.port, options="").replace("'app:report'", "'app:slow'") \
         .replace("mules=1,", "mules=1, stats=os.path.join(os.getcwd(), 'stats.sock'),")
     servers = [uwsgi_server(config, APP, workers=1), uwsgi_server(config, APP, workers=1)]
-    worker = subprocess.Popen([str(BIN / "uwsgiconf-mules"), "worker", "uwsgicfg.py"], cwd=servers[0].directory,
-                              env=dict(os.environ, TEST_RESULTS=str(servers[0].results)), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker_log = servers[0].directory / "worker.log"
+    with open(worker_log, "wb") as log:
+        worker = subprocess.Popen([str(BIN / "uwsgiconf-mules"), "worker", "uwsgicfg.py"], cwd=servers[0].directory,
+                                  env=dict(os.environ, TEST_RESULTS=str(servers[0].results)),
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     client = own_redis.client()
     queue = rq.Queue("reports", connection=client)
     seen = []  # jobs of the schedule queued or running, every 0.2 s
+
+    def in_rq() -> int:  # read in one transaction: a job moving from the queue to the started registry
+        pipe = client.pipeline(transaction=True)  # is never counted twice
+        pipe.llen(queue.key)
+        pipe.zcard(queue.started_job_registry.key)
+        return sum(pipe.execute())
     try:
         servers[0].wait_lines("slow", 1, timeout=15)  # the worker is up and ran a first job
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
-            seen.append(len(queue) + queue.started_job_registry.count)
+            seen.append(in_rq())
             time.sleep(0.2)
         top = subprocess.run([str(BIN / "uwsgiconf-mules"), "top", "--once", "uwsgicfg.py"],
                              cwd=servers[0].directory, capture_output=True, text=True, timeout=30, check=False)
         for server in servers:
             server.stop()
         assert max(seen) == 1, seen  # never a second job while one is queued or running
-        servers[0].wait_for(lambda: len(queue) + queue.started_job_registry.count == 0, timeout=10,
-                            what="the last job ended")
+        servers[0].wait_for(lambda: in_rq() == 0, timeout=10, what="the last job ended")
     finally:
         worker.terminate()
-        _, errors = worker.communicate(timeout=30)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:  # say so, without hiding what failed above
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # the scheduler and the work horse it may have left
+            os.killpg(worker.pid, signal.SIGKILL)
+    errors = worker_log.read_text(errors="replace")
     runs = servers[0].lines("slow")
     assert all(b["at"] >= a["end"] for a, b in itertools.pairwise(runs)), (runs, errors[-3000:])
     states = [json.loads(next((server.directory / "spool" / "schedules").glob("*.json")).read_text())
