@@ -1,4 +1,23 @@
-"""What a dispatch mule does once when it starts, before it runs any call.
+"""What a dispatch mule does once when it starts, before it runs any call; and, in the master, what
+makes its start cheap.
+
+uWSGI runs ``uwsgiconf_mules/dispatch_mule.py`` as each dispatch mule's ``__main__`` -- also under
+``--lazy-apps``, where a ``package.module:callable`` mule crashes uWSGI 2.0.x (its Python loaders
+are not set up in mules then). The config's ``shared-import`` imports the same file under its own
+name in the master, before the fork: it loads the loop, and runs :func:`in_master`.
+
+In the master (:func:`in_master`): a mule shares the master's pages until it writes in one, so what
+it needs is made there, once, and shared (benchmarks/README.md, "An idle mule's memory"):
+
+- the modules a mule imports at start or to log (``logging`` and the mule's formatter, ``json``,
+  ``fcntl``), and ``random``, which uWSGI's post-fork step imports in every worker and mule;
+- :func:`freeze_at_first_collection`: a mule whose first collection comes before its script
+  freezes the master's objects (uWSGI's post-fork step allocates: when the master's counts were at a
+  threshold at the fork, a collection of the young generations runs there) freezes them first.
+
+In the mule, its script first moves every object the master made to the collector's permanent
+generation (``gc.freeze()``): the mule's collections never write in the pages of those objects.
+Then:
 
 1. The declared start-up hook (``set_mules_params(mule_init='package.module:function')``).
 2. ``django.setup()`` when ``DJANGO_SETTINGS_MODULE`` is set and Django is not set up yet: under
@@ -6,15 +25,8 @@
    task module importing models would fail with ``AppRegistryNotReady``. In the pre-fork mode the
    mule inherits a Django already set up from the master, and nothing is done.
 3. Logging, when nobody configured it (see :mod:`uwsgiconf_mules.runtime.logs`): at once when
-   ``logging`` is imported already (by the app in the master, the hook, Django), otherwise as soon
-   as anything imports it (:class:`LoggingWatch`: a task, the runtime to say something), so that
-   a mule whose app never logs does not load ``logging`` (1.9 MB of PSS per mule, benchmarks/README.md).
-
-Before all this, in the master (:func:`freeze_at_first_collection`, called when the dispatch script
-is imported there): a dispatch mule's first collection, if it comes before its script freezes the
-master's objects (uWSGI's start-up code in the new mule allocates: when the master's counts were at a
-threshold at the fork, a collection of the young generations runs there), freezes them first, so that
-it writes nothing in their pages (about 1 MB of the mule's private memory, benchmarks/README.md).
+   ``logging`` is imported already (by the master, the app, the hook, Django), otherwise as soon
+   as anything imports it (:class:`LoggingWatch`: a task, the runtime to say something).
 
 A step that fails is logged on one line naming it, with its traceback, and the mule goes on:
 a mule that exits at start is respawned by uWSGI at once, again and again, while calls pile up in
@@ -82,6 +94,19 @@ def freeze_at_first_collection() -> bool:
 def frozen() -> None:
     """Called by the dispatch script once it froze the master's objects: the callback's work is done."""
     _first.clear()
+
+
+def in_master() -> None:
+    """In the master, before the fork: load what a dispatch mule needs at start and to log, and add
+    :func:`freeze_at_first_collection` (see the module docstring)."""
+    import fcntl  # noqa: F401 - the spool's lock, at each start
+    import json  # noqa: F401 - the spool's stop records, at each start
+    import logging  # noqa: F401 - a mule that says anything
+    import random  # noqa: F401 - uWSGI's post-fork step imports it in every process
+
+    from ..runtime import logs  # noqa: F401 - the mule's formatter
+
+    freeze_at_first_collection()
 
 
 def _who(mule_id: int | str) -> str:
