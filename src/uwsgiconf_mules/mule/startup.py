@@ -104,8 +104,11 @@ def in_master() -> None:
     import logging  # noqa: F401 - a mule that says anything
     import random  # noqa: F401 - uWSGI's post-fork step imports it in every process
 
-    from ..runtime import logs  # noqa: F401 - the mule's formatter
+    from . import timer
 
+    if not _handler:
+        _handler.append(_new_handler())  # added to the root logger by a mule only (install_logging)
+    timer.wake_message()
     freeze_at_first_collection()
 
 
@@ -176,14 +179,26 @@ def install_logging() -> bool:
     root = logging.getLogger()
     if root.handlers:
         return False
-    from ..runtime.logs import MuleFormatter
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(MuleFormatter())
+    handler = _handler[0] if _handler else _new_handler()
+    _handler.clear()
+    handler.stream = sys.stderr  # as a handler made now would take it
     root.addHandler(handler)
     if root.level == logging.WARNING:  # the default: nobody chose it
         root.setLevel(logging.INFO)
     return True
+
+
+_handler: list[Any] = []  # the handler install_logging adds, made in the master (in_master): shared
+
+
+def _new_handler() -> Any:
+    import logging
+
+    from ..runtime.logs import MuleFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(MuleFormatter())
+    return handler
 
 
 class LoggingWatch:
@@ -227,6 +242,13 @@ def check_stops(spool: _spool.Spool) -> None:
 
     :param spool: The instance's spool.
     """
+    from ..protocol.spool import STOPS
+
+    try:  # most starts find no record: no lock, no listing of the queue (a page of memory per line of Python)
+        if not any(name.endswith(STOPS) for name in os.listdir(spool.part("mules"))):
+            return
+    except OSError:
+        pass  # said by check_stops below
     log = _tasks.log  # logging is imported only to say something (see mule.startup)
     for mule_id, kept, found, lost in spool.check_stops():
         if found < kept:
