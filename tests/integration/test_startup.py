@@ -153,12 +153,13 @@ import sys
 
 MASTER_MODULES = set(sys.modules)
 FIRST = []
+BEFORE = gc.get_freeze_count()  # 0, or what Python froze itself (3.12 starts with objects frozen)
 
 
 def _first_collection(phase, info):  # runs after the runtime's own callback (added at its shared-import)
     import uwsgi
     if phase == "start" and not FIRST and uwsgi.mule_id():
-        FIRST.append(gc.get_freeze_count())
+        FIRST.append(gc.get_freeze_count() - BEFORE)
 
 
 gc.callbacks.append(_first_collection)

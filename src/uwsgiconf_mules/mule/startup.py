@@ -98,7 +98,9 @@ def frozen() -> None:
 
 def in_master() -> None:
     """In the master, before the fork: load what a dispatch mule needs at start and to log, and add
-    :func:`freeze_at_first_collection` (see the module docstring)."""
+    :func:`freeze_at_first_collection` (see the module docstring); nothing outside uWSGI (no fork)."""
+    if _instance.uwsgi is None:
+        return
     import fcntl  # noqa: F401 - the spool's lock, at each start
     import json  # noqa: F401 - the spool's stop records, at each start
     import logging  # noqa: F401 - a mule that says anything
