@@ -220,7 +220,12 @@ def test_a_start_with_no_stop_record_takes_no_lock_and_lists_nothing(tmp_path: o
     original = _spool.Spool.check_stops
     monkeypatch.setattr(_spool.Spool, "check_stops", lambda self: calls.append(1) or original(self))
     errors: list[str] = []
-    monkeypatch.setattr(_tasks, "log", lambda: type("Log", (), {"error": lambda *a: errors.append(a[1] % a[2:])})())
+
+    class Log:
+        def error(self, text: str, *args: object) -> None:
+            errors.append(text % args)
+
+    monkeypatch.setattr(_tasks, "log", Log)
     _startup.check_stops(spool)
     assert calls == []  # nothing recorded: not called
     spool.record_stop(1, ["gone.call"], {"the disk is full": 2})
