@@ -96,6 +96,7 @@ def test_every_kind_of_call_gets_the_envelope_it_gets_alone_in_order_and_in_batc
     calls += [(), (1,), [2, "list"], Iterable(3, "it"), ("s" * 40_000,), (b"x" * 150_000,)]  # odd ones, large
     calls += [(i, i + 0.5) for i in range(300)] + [(7, bytearray(b"once"))] + [(i, "z") for i in range(300)]
     calls += [(True, 1, 1.0, complex(1, 1), "(\x03\x00\x00\x00", b"(\x02\x00\x00\x00s")] * 50
+    calls += [(1,), (), ("no arguments between",)] * 40  # an envelope of its own (kind a) for ()
     assert _batches.send_calls(KEY, encode, current, iter(calls)) == len(calls) == count[0]
     expected = [encode(tuple(call.args) if isinstance(call, Iterable) else tuple(call), {}) for call in calls]
     assert calls_of(sent) == expected
