@@ -198,9 +198,11 @@ def test_the_dispatch_script_freezes_what_the_master_made_before_anything_else()
     import subprocess
     import sys
 
-    code = ("import gc, runpy\nfrom uwsgiconf_mules import dispatch_mule\nassert gc.get_freeze_count() == 0\n"
+    # Python 3.12 starts with objects frozen already (375 on 3.12.1): counted from what the import left.
+    code = ("import gc, runpy\nfrom uwsgiconf_mules import dispatch_mule\nbefore = gc.get_freeze_count()\n"
+            "made = [[] for _ in range(1000)]\n"
             "try:\n    runpy.run_path(dispatch_mule.__file__, run_name='__main__')\n"
-            "except Exception as exc:\n    print(type(exc).__name__, gc.get_freeze_count() > 0)\n")
+            "except Exception as exc:\n    print(type(exc).__name__, gc.get_freeze_count() >= before + 1000)\n")
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert found.stdout.strip() == "NotInMuleError True"
 
