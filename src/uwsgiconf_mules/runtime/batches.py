@@ -118,37 +118,51 @@ class _Packer:
         self.fixed = len(self.header) + len(self.trailer) + ITEM  # what a call takes beyond its body
         self.prefixes: dict[int, bytes] = {}  # body length -> what comes before the body in a batch
         self.parts: list[bytes] = []  # envelopes of the message filling (one_by_one)
+        self.carry: list[bytes] = []  # or the bodies of its calls (packed), their lengths, the least and largest
+        self.carry_sizes: list[int] = []
+        self.carry_span = (0, 0)
         self.size = 0  # their size in the message
         self.queued = 0
         self.want = FIRST
 
     def packed(self, chunk: list[tuple[Any, ...]]) -> bool:
-        """Send ``chunk`` (calls whose arguments are all of marshal-safe types) in messages of as many
-        calls as fit; False, with nothing sent, when a call needs :meth:`one_by_one` (too large for a
-        message of a batch, or without arguments)."""
+        """Add ``chunk`` (calls whose arguments are all of marshal-safe types) to the message filling,
+        sending each message once the next call does not fit; False, with nothing done, when a call
+        needs :meth:`one_by_one` (too large for a message of a batch, or without arguments)."""
         bodies = list(map(_marshal, chunk, repeat(MARSHAL_VERSION)))
         sizes = list(map(len, bodies))
         lo, hi = min(sizes), max(sizes)
-        if lo <= EMPTY_BODY or hi + self.fixed > self.room:
+        fixed, room = self.fixed, self.room
+        if lo <= EMPTY_BODY or hi + fixed > room:
             return False
-        if self.parts:  # the calls before these go first
-            self.flush()
+        self.flush(parts_only=True)  # the calls before these go first
         for size in (lo,) if lo == hi else set(sizes).difference(self.prefixes):
             if size not in self.prefixes:  # marshal's bytes code, the envelope's length, its header
-                self.prefixes[size] = b"s" + (self.fixed - ITEM + size).to_bytes(4, "little") + self.header
-        if sum(sizes) + len(sizes) * self.fixed <= self.room:
-            self._message(bodies, sizes, lo == hi)
-        else:  # cut where each message is full
-            ends = list(accumulate(map(self.fixed.__add__, sizes)))
-            start = taken = 0
-            while start < len(bodies):
-                stop = bisect_right(ends, taken + self.room, start)
-                self._message(bodies[start:stop], sizes[start:stop], False)
+                self.prefixes[size] = b"s" + (fixed - ITEM + size).to_bytes(4, "little") + self.header
+        if self.carry:  # the calls of the message filling come first
+            bodies[:0], sizes[:0] = self.carry, self.carry_sizes
+            lo, hi = min(lo, self.carry_span[0]), max(hi, self.carry_span[1])
+        start = 0
+        if lo == hi:  # one length: as many calls a message as fit
+            per = room // (lo + fixed)
+            while len(bodies) - start > per:
+                self._message(bodies[start:start + per], sizes[start:start + per], same=True)
+                start += per
+            left = (len(bodies) - start) * (lo + fixed)
+        else:
+            ends = list(accumulate(map(fixed.__add__, sizes)))  # the size of the calls up to each
+            taken = 0
+            while ends[-1] - taken > room:
+                stop = bisect_right(ends, taken + room, start)
+                self._message(bodies[start:stop], sizes[start:stop], same=False)
                 start, taken = stop, ends[stop - 1]
-        self.want = max(1, self.room // (hi + self.fixed))
+            left = ends[-1] - taken
+        self.carry, self.carry_sizes = bodies[start:], sizes[start:]
+        self.carry_span = (min(self.carry_sizes), max(self.carry_sizes)) if lo != hi and self.carry else (lo, hi)
+        self.want = (room - left) // (lo + fixed) + 1  # enough to fill it
         return True
 
-    def _message(self, bodies: list[bytes], sizes: list[int], same: bool) -> None:
+    def _message(self, bodies: list[bytes], sizes: list[int], *, same: bool) -> None:
         """Send the calls of ``bodies`` (their marshal-ed arguments) in one message: a batch, or the
         envelope of a single call as it is (as ``envelope.batch`` makes them)."""
         header, trailer, join = self.header, self.trailer, b"".join
@@ -156,7 +170,7 @@ class _Packer:
             self._send(join((header, bodies[0], trailer)), 1)
             return
         head = BATCH_HEAD + b"[" + len(bodies).to_bytes(4, "little")  # marshal's list, as batch() writes it
-        if same:  # one length: every call but the first is preceded by the trailer of the one before
+        if same or min(sizes) == max(sizes):  # every call but the first is preceded by the trailer of the one before
             prefix = self.prefixes[sizes[0]]
             self._send(join((head, prefix, (trailer + prefix).join(bodies), trailer)), len(bodies))
         else:
@@ -169,6 +183,10 @@ class _Packer:
         key, encode, check_size, room = self.key, self.encode, self.route.check_size, self.room
         small = min(self.route.limit, MALLOC_MAPPED)  # larger: checked (see Route.check_size)
         parts = self.parts
+        if self.carry:  # the message filling goes on, as envelopes
+            parts += map(b"".join, zip(repeat(self.header), self.carry, repeat(self.trailer)))
+            self.size = sum(self.carry_sizes) + len(self.carry) * self.fixed
+            self.carry, self.carry_sizes = [], []
         empty: dict[str, Any] = {}
         append, size = parts.append, self.size
         for call in given:
@@ -192,14 +210,20 @@ class _Packer:
     def refused(self, exc: Exception) -> PayloadError:
         """The error of the next call, which cannot be sent (``exc``: why); the calls of the message
         filling are not sent either."""
-        return _refused(self.key, self.queued + len(self.parts), self.queued, exc)
+        return _refused(self.key, self.queued + len(self.parts) + len(self.carry), self.queued, exc)
 
-    def flush(self) -> None:
-        """Send the message of the calls added by :meth:`one_by_one`, if any."""
+    def flush(self, *, parts_only: bool = False) -> None:
+        """Send the message filling, if any calls are in it.
+
+        :param parts_only: Only if :meth:`one_by_one` added them (not :meth:`packed`).
+        """
         if self.parts:
             self._send(batch(self.parts), len(self.parts))
             self.parts.clear()
             self.size = 0
+        elif self.carry and not parts_only:
+            self._message(self.carry, self.carry_sizes, same=False)
+            self.carry, self.carry_sizes = [], []
 
     def _send(self, message: bytes, calls: int) -> None:
         """Send one message of ``calls`` calls, waiting for room as a call alone does."""

@@ -157,3 +157,18 @@ def test_what_the_iterable_of_calls_raises_propagates_as_it_is(monkeypatch: pyte
     with pytest.raises(TypeError, match="the caller's own"):
         _batches.send_calls(KEY, _protocol.encoder(KEY), current, calls())
     assert 0 < len(calls_of(sent)) == count[0] < 3000
+
+
+def test_runs_of_marshal_safe_calls_fill_each_message_as_packing_call_by_call_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent, count, current = sender(monkeypatch)
+    encode = _protocol.encoder(KEY)
+    calls: list[Any] = [(i, 10_000, b"") for i in range(2000)] + [(i, "t" * (i % 77)) for i in range(3000)]
+    calls += [(i,) for i in range(10)] + [(i, 1.5) for i in range(999)]
+    calls += [(i, "w" * 300 if i % 300 else "") for i in range(3000)]  # chunks taken for the short ones: cut
+    calls += [(i, bytearray(b"pickled, call by call")) for i in range(300)]  # the message filling goes on
+    assert _batches.send_calls(KEY, encode, current, (call for call in calls)) == len(calls) == count[0]
+    expected = [encode(call, {}) for call in calls]
+    assert sent == [message for message, _ in _protocol.pack(expected, _batches.BATCH_BYTES)]
+    sent.clear()
+    assert _batches.send_calls(KEY, encode, current, calls[:3]) == 3 and sent == [_protocol.batch(expected[:3])]
