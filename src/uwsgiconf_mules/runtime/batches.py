@@ -12,7 +12,9 @@ The calls are taken a message's worth at a time. A run of calls whose arguments 
 ``MARSHAL_SAFE`` types (the check a call alone makes, on every argument's type) is encoded by C
 loops (a ``map`` of ``marshal.dumps``, one ``join`` per message) into the envelopes each call would
 get alone, byte for byte; any other run (arguments of other types, a call too large for a message
-of a batch, a call without arguments) is encoded call by call, as each call alone is.
+of a batch, a call without arguments) is encoded call by call, as each call alone is. Every message
+holds as many calls as fit, as packing them call by call does (``envelope.pack``), but where a run
+encoded call by call is followed by a packed run: its message is sent as it is.
 
 Nothing is accepted then dropped:
 
