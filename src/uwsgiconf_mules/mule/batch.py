@@ -8,7 +8,10 @@ each checked to start with those same bytes (one ``startswith``). A call the fas
 take (keyword arguments, an unknown task, a task whose tag another shares), and every call when a
 harakiri is declared (armed per call) or the counters are on (counted per call), takes
 :func:`uwsgiconf_mules.runtime.tasks.run`, as a single call would. A failed call is reported as
-any failed call, and the next one runs.
+any failed call, and the next one runs. A batch whose calls all start with the same lookup (what
+``f.map()`` sends: one task, the token in every call's first bytes, checked for every call at once)
+and all carry arguments runs in a loop of its own (:func:`_streak`), whose bodies are cut and
+decoded by C loops.
 
 Told to stop (a reload, a stop), the mule finishes the call it is running and returns the batch of
 the calls not run: the loop keeps it in the spool (one file), with what is still queued.
@@ -47,9 +50,9 @@ def run(view: memoryview, size: int, *, harakiri: int, counted: bool, stopping: 
     slow = harakiri > 0 or counted
     if not slow and calls:
         lookup = calls[0][:LOOKUP_SIZE]
-        entry = _entry(heads, lookup) if len(lookup) == LOOKUP_SIZE else None
-        if entry is not None and all(map(bytes.startswith, calls, repeat(lookup))) and min(map(len, calls)) > entry[3]:
-            return _streak(calls, entry, stopping)  # what f.map() sends: calls of one task, each with arguments
+        one = _entry(heads, lookup) if len(lookup) == LOOKUP_SIZE else None
+        if one is not None and all(map(bytes.startswith, calls, repeat(lookup))) and min(map(len, calls)) > one[3]:
+            return _streak(calls, one, stopping)  # what f.map() sends: calls of one task, each with arguments
     entries: dict[bytes, tuple[Any, ...] | None] = {}  # for this batch: registering a task meanwhile changes HEADS
     run_one, failed, returned = _tasks.run, _tasks.failed, _tasks.returned
     last = NEVER  # the lookup of the calls run with `entry` (a streak of calls of one task, as f.map() sends)

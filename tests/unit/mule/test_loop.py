@@ -270,7 +270,7 @@ def test_a_cut_call_in_a_batch_of_one_task_is_refused_not_run(registry: None, mo
     from uwsgiconf_mules.mule import batch as _batch
 
     ran: list[object] = []
-    _tasks.register("tasks:job", lambda n: ran.append(n))
+    _tasks.register("tasks:job", ran.append)
     refused: list[str] = []
     monkeypatch.setattr(_tasks, "refuse", lambda message, reason: refused.append(reason))
     monkeypatch.setattr(_tasks, "failed", lambda key, args, kwargs, began=None: ran.append(("failed", args)))
