@@ -234,3 +234,48 @@ def test_a_batch_runs_its_calls_in_order_and_refuses_one_without_the_token(regis
     _tasks.HEADS.clear()  # what the stop handler does: the rest of the batch is returned, not run
     rest = _batch.run(view, size, harakiri=0, counted=False, stopping=lambda: True)
     assert ran == [] and rest is not None and _protocol.split(rest) == calls
+
+
+def test_a_batch_of_one_tasks_calls_runs_them_in_order_reports_each_failure_and_returns_the_rest_on_a_stop(
+        registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import batch as _batch
+
+    ran: list[object] = []
+
+    def job(n: int) -> object:
+        ran.append(n)
+        if n == 2:
+            raise ValueError("call 2 fails")
+        if n == 4:
+            _tasks.HEADS.clear()  # what the stop handler does, while call 4 runs
+        return "said" if n == 3 else None
+
+    _tasks.register("tasks:job", job)
+    monkeypatch.setattr(_tasks, "failed", lambda key, args, kwargs, began=None: ran.append(("failed", key, args)))
+    monkeypatch.setattr(_tasks, "returned", lambda key, result: ran.append(("returned", key, result)))
+    streaks: list[int] = []
+    streak = _batch._streak
+    monkeypatch.setattr(_batch, "_streak", lambda calls, *args: streaks.append(len(calls)) or streak(calls, *args))
+    calls = [signed("tasks:job", n) for n in range(1, 7)]
+    packed = _protocol.batch(calls)
+    view = memoryview(bytearray(packed + b"\xff" * 16))
+    rest = _batch.run(view, len(packed), harakiri=0, counted=False, stopping=lambda: not _tasks.HEADS)
+    assert streaks == [6]  # one task's calls, each with arguments and the token: the batch's own loop
+    assert ran == [1, 2, ("failed", b"tasks:job", (2,)), 3, ("returned", b"tasks:job", "said"), 4]
+    assert rest is not None and _protocol.split(rest) == calls[4:]  # kept by the loop, in order
+    assert _tasks.LOOP_CALL[0] is None
+
+
+def test_a_cut_call_in_a_batch_of_one_task_is_refused_not_run(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import batch as _batch
+
+    ran: list[object] = []
+    _tasks.register("tasks:job", ran.append)
+    refused: list[str] = []
+    monkeypatch.setattr(_tasks, "refuse", lambda message, reason: refused.append(reason))
+    monkeypatch.setattr(_tasks, "failed", lambda key, args, kwargs, began=None: ran.append(("failed", args)))
+    calls = [signed("tasks:job", 1), signed("tasks:job", 2)[:_protocol.LOOKUP_SIZE + 1], signed("tasks:job", 3)]
+    packed = _protocol.batch(calls)
+    view = memoryview(bytearray(packed + b"\xff" * 64))
+    assert _batch.run(view, len(packed), harakiri=0, counted=False, stopping=lambda: False) is None
+    assert ran == [1, 3] and len(refused) == 1, (ran, refused)  # shorter than any call of the task: its own path
