@@ -32,6 +32,7 @@ import os
 import signal
 import time
 
+from .. import _threads
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import BATCH_HEAD, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
@@ -256,8 +257,9 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     except MulesError as exc:  # the senders raise it too; say it here once
         _tasks.log().error("uwsgiconf-mules: mule %d: %s", mule_id, exc)
         declarations = _instance.declarations()
+    set_handler = _threads.c_signal().signal  # signal.signal without its enums (see there)
     for signum in STOP_SIGNALS:  # instead of uWSGI's handler, which exits at once, mid-call
-        signal.signal(signum, _stop)
+        set_handler(signum, _stop)
     _signals.start(uwsgi, STOP_SIGNALS)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
