@@ -39,7 +39,7 @@ from ..protocol.limits import MALLOC_MAPPED, socket_message_limit, steady_heap
 from ..protocol.spool import claims as _claims, delayed as _delayed, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
 from . import batch as _batch, signals as _signals, timer as _timer
-from .queues import STREAK, Queues, probe_destinations
+from .queues import STREAK, Queues, polled_destinations, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ def _stop(signum: int, frame: Any) -> None:
     _stopping = True
     _tasks.HEADS.clear()
     _tasks.TABLE.clear()
+    if _queues is not None:  # a wait on the queues (a poll, which Python resumes after this handler) ends now
+        _queues.interrupt()
 
 
 def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
@@ -276,7 +278,8 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
-    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id))
+    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id),
+                     polled_destinations(declarations, mule_id))
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues
