@@ -239,7 +239,7 @@ class Queues:
         self.current = readers[self._turn] if readers else empty
         if self._destinations:  # the mule is in use: look for its queues from now on
             self._finder = QueueFinder(self._uwsgi, self._destinations)
-            self._found, self._destinations = self._finder.found, []
+            self._destinations = []
         if not message:  # None: a uWSGI signal was handled; b"": interrupted by a signal of the system
             return None
         self.buffer[:len(message)] = message

@@ -232,3 +232,20 @@ def test_a_batch_runs_its_calls_in_order_and_refuses_one_without_the_token(regis
     _tasks.HEADS.clear()  # what the stop handler does: the rest of the batch is returned, not run
     rest = _batch.run(view, size, harakiri=0, counted=False, stopping=lambda: True)
     assert ran == [] and rest is not None and _protocol.split(rest) == calls
+
+
+def test_the_stop_handler_ends_a_wait_on_the_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    interrupted: list[bool] = []
+
+    class Waiting:
+        def interrupt(self) -> None:
+            interrupted.append(True)
+
+    monkeypatch.setattr(_dispatch, "_queues", Waiting())
+    monkeypatch.setattr(_dispatch, "_stopping", False)
+    monkeypatch.setattr(_tasks, "HEADS", {})
+    monkeypatch.setattr(_tasks, "TABLE", {})
+    _dispatch._stop(signal.SIGHUP, None)
+    assert _dispatch._stopping and interrupted == [True]  # else the poll, resumed by Python, waits its second out

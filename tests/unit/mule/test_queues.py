@@ -232,3 +232,100 @@ def test_wait_for_room_sleeps_when_no_queue_is_blocked(monkeypatch: pytest.Monke
     waiter.join(30)
     assert not waiter.is_alive()
     assert time.monotonic() - started >= 0.2  # it slept
+
+
+def found_all(uwsgi: FakeUwsgi, destinations: list[int | bytes], polled: frozenset[int | bytes]) -> _queues.Queues:
+    """Queues that had their first message (through uWSGI) and one more wait: the search is done."""
+    queues = _queues.Queues(uwsgi, destinations, True, 1000, polled=polled)
+    uwsgi.queues[1][0].send(b"first")
+    assert next_message(queues) == b"first"
+    assert queues._finder is not None
+    uwsgi.finders.append(queues._finder)
+    assert (next_message(queues) or b"").startswith(PROBE)  # found at that wait, read through uWSGI once more
+    return queues
+
+
+def empty_all(queues: _queues.Queues) -> None:
+    """Read the probes still queued (the loop drops them)."""
+    while True:
+        message = next_message(queues)
+        if message is None:
+            return
+        assert message.startswith(PROBE)
+
+
+def test_once_every_queue_uwsgi_polls_is_found_the_mule_waits_on_them_itself(
+        uwsgi: FakeUwsgi, monkeypatch: pytest.MonkeyPatch) -> None:
+    own, shared, farm = uwsgi.queue(1), uwsgi.queue(_queues.SHARED), uwsgi.queue(b"farm")
+    monkeypatch.setattr(_queues, "WAIT_MS", 20)
+    queues = found_all(uwsgi, [1, _queues.SHARED, b"farm"], frozenset({1, _queues.SHARED, b"farm"}))
+    assert queues._poll is not None
+    assert queues.direct == [1, b"farm"]  # the targets' queues: the shared one is no target's
+
+    def not_uwsgi(*args: Any) -> bytes:
+        raise AssertionError("the mule waited in uWSGI")
+
+    monkeypatch.setattr(queues, "_get", not_uwsgi)
+    empty_all(queues)
+    for message, pair in ((b"own", own), (b"shared", shared), (b"farm", farm)):
+        pair[0].send(message)
+        assert next_message(queues) == message  # polled, then read straight into the buffer
+        assert next_message(queues) is None  # nothing more: back after WAIT_MS, not forever
+    big = bytes(range(256)) * 3
+    farm[0].send(big)
+    assert next_message(queues) == big
+    shared[0].send(b"to any mule")
+    own[0].send(b"kept")
+    monkeypatch.undo()  # the drain of a stopping mule asks uWSGI last, whatever was found
+    drained = sorted(queues.drain(), key=repr)
+    assert drained == [(1, b"kept"), (None, b"to any mule")]  # the shared queue's: no target named
+
+
+def test_a_queue_that_cannot_be_probed_keeps_the_wait_in_uwsgi(uwsgi: FakeUwsgi) -> None:
+    uwsgi.queue(1), uwsgi.queue(_queues.SHARED), uwsgi.queue(b"mixed")
+    # 'mixed' has a programmed mule: never probed, so uWSGI's wait is the only one that reads it.
+    queues = found_all(uwsgi, [1], frozenset({1, _queues.SHARED, b"mixed"}))
+    assert queues._poll is None
+    uwsgi.queues[b"mixed"][0].send(b"for the farm")
+    assert b"for the farm" in [next_message(queues) for _ in range(2)]  # through mule_get_msg (a probe first)
+
+
+def test_the_shared_probe_is_looked_for_right_after_it_is_sent(uwsgi: FakeUwsgi) -> None:
+    shared = uwsgi.queue(_queues.SHARED)
+    finder = uwsgi.finder([_queues.SHARED])
+    assert shared[1].recv(100).startswith(PROBE)  # another mule took it right after: found before that
+    assert list(finder.found) == [_queues.SHARED]
+
+
+def test_the_shared_queue_is_probed_only_when_every_mule_dispatches() -> None:
+    assert _queues.probe_destinations(parse_record("v2;mules=2;farm=pair:1,2"), 1) == [1, _queues.SHARED, b"pair"]
+    assert _queues.probe_destinations(parse_record("v2;mules=2;programmed=2"), 1) == [1]
+    assert _queues.polled_destinations(parse_record("v2;mules=4;programmed=4;farm=mixed:3,4"), 3) == {
+        3, _queues.SHARED, b"mixed"}
+    assert _queues.polled_destinations(None, 1) == frozenset()
+
+
+@pytest.mark.parametrize("how", ["thread", "signal"])
+def test_interrupt_ends_the_wait_on_the_queues_at_once(uwsgi: FakeUwsgi, monkeypatch: pytest.MonkeyPatch,
+                                                       how: str) -> None:
+    import os
+    import signal
+
+    uwsgi.queue(1)
+    queues = found_all(uwsgi, [1], frozenset({1}))
+    empty_all(queues)
+    monkeypatch.setattr(_queues, "WAIT_MS", 20_000)
+    if how == "signal":  # the loop's stop handler: Python resumes an interrupted poll after running it
+        previous = signal.signal(signal.SIGUSR1, lambda signum, frame: queues.interrupt())
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    else:
+        timer = threading.Timer(0.2, queues.interrupt)
+    timer.start()
+    started = time.monotonic()
+    try:
+        assert next_message(queues) is None
+    finally:
+        timer.join()
+        if how == "signal":
+            signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - started < 10  # not the 20 s bound
