@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,73 @@ def test_farm_probes_are_never_lost_calls_nor_passed_on(server: Server) -> None:
     for sign in ("dropped a", "cannot decode", "unknown task", "Traceback"):
         assert sign not in log
 
+
+
+ALL_DISPATCH = declaration("mules=2, farms=[section.workers.mule_farm('pair', [1, 2])]")
+
+WAIT_APP = '''
+import time
+import uwsgi
+from uwsgiconf_mules.mule import loop as _dispatch
+
+
+def hook(message):  # a foreign message, to the queue every mule reads
+    sent = float(message.decode())
+    record("foreign", late=time.time() - sent)
+
+
+uwsgi.mule_msg_hook = hook
+
+
+def report(tag):
+    queues = _dispatch.current_queues()
+    record("waits", tag=tag, itself=queues.waits_itself)
+
+
+def big(payload, tag):
+    record("big", tag=tag, size=len(payload), intact=payload == bytes(range(256)) * (len(payload) // 256))
+
+
+report1, report2 = mule_offload(1)(report), mule_offload(2)(report)
+big_farm = mule_offload("pair")(big)
+
+
+@route("/report")
+def report_all(query):
+    return [report1(query), report2(query)]
+
+
+@route("/foreign")
+def foreign(query):
+    return uwsgi.mule_msg(repr(time.time()).encode())
+
+
+@route("/big")
+def send_big(query):
+    return big_farm(bytes(range(256)) * 600, query)
+'''
+
+
+def test_dispatch_mules_that_found_every_queue_wait_on_them_and_miss_nothing(tmp_path: Path) -> None:
+    # Every mule dispatches: the queue every mule reads is probed too, so each mule finds all the
+    # queues uWSGI would poll for it (its own, that one, its farm's) and waits on them itself.
+    server = start_server(tmp_path, ALL_DISPATCH, WAIT_APP)
+    try:
+        for attempt in range(1, 41):
+            assert server.get(f"/report?{attempt}")[1] == [True, True]
+            lines = server.wait_lines("waits", 2 * attempt)
+            if all(r["itself"] for r in lines[-2:]):
+                break
+            time.sleep(0.05)
+        assert {r["mule"] for r in lines[-2:] if r["itself"]} == {1, 2}
+        for i in range(5):  # to any mule: read at once by the mule whose wait it wakes
+            assert server.get("/foreign")[1] is True
+            late = server.wait_lines("foreign", i + 1)[-1]["late"]
+            assert late < 0.5  # not at the end of a wait's second
+        for i in range(3):  # 150 KiB straight into the loop's buffer
+            assert server.get(f"/big?{i}")[1] is True
+        assert sorted((r["tag"], r["size"], r["intact"]) for r in server.wait_lines("big", 3)) == [
+            (str(i), 153600, True) for i in range(3)]
+        assert len(server.lines("foreign")) == 5
+    finally:
+        server.stop()

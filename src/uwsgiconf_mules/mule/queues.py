@@ -44,10 +44,10 @@ class QueueFinder:
     """Finds which socket of this mule receives what is sent to its own queue and to its farms.
 
     The mule sends a *probe* (a random message) to a destination and peeks at the next message of
-    each packet socket: the one whose next message is the probe is that destination's queue, and
-    can be read directly. A probe
-    behind older messages is found once they are read; a farm probe read by another mule of the
-    farm is dropped there and sent again, up to :data:`PROBE_TRIES` times. Whatever is not found
+    each packet socket, right away and at each wait: the one whose next message is the probe is
+    that destination's queue, and can be read directly. A probe behind older messages is found once
+    they are read; a probe read first by another mule (of the farm, or any mule for :data:`SHARED`)
+    is dropped there and sent again, up to :data:`PROBE_TRIES` times. Whatever is not found
     stays read through uWSGI: the finder costs speed, never a message.
 
     :param uwsgi: The ``uwsgi`` module (or a stand-in with ``mule_msg``).
@@ -69,7 +69,6 @@ class QueueFinder:
         return bool(self._tries or self._pending)
 
     def _probe(self) -> None:
-        shared = False
         for dest in list(self._tries):
             self._tries[dest] -= 1
             if not self._tries[dest]:
@@ -77,8 +76,7 @@ class QueueFinder:
             probe = PROBE + os.urandom(PROBE_SIZE - len(PROBE))
             if self._send(probe, dest):
                 self._pending[probe] = dest
-                shared = shared or dest == SHARED
-        if shared:  # every idle mule waits on that queue: peek at once, before one of them reads it
+        if self._pending:  # idle mates wait on a farm's queue, every mule on SHARED: peek before they read
             self._peek()
 
     def close(self) -> None:
@@ -191,6 +189,11 @@ class Queues:
         self._poll: Callable[[int], list[tuple[int, int]]] | None = None  # the wait on the queues, once all found
         self._by_fd: dict[int, tuple[int, Callable[[Any], int]]] = {}  # fd -> (turn, reader); None: the wake fd
         self._wake = -1  # an eventfd in that wait: written by interrupt()
+
+    @property
+    def waits_itself(self) -> bool:
+        """Whether the mule waits on its queues itself (every queue uWSGI polls for it was found)."""
+        return self._poll is not None
 
     @property
     def direct(self) -> list[int | bytes]:
