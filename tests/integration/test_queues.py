@@ -214,3 +214,43 @@ def test_dispatch_mules_that_found_every_queue_wait_on_them_and_miss_nothing(tmp
         assert len(server.lines("foreign")) == 5
     finally:
         server.stop()
+
+
+UNDECLARED_APP = '''
+import uwsgi
+from uwsgiconf_mules.mule import loop as _dispatch
+from uwsgiconf_mules.protocol.envelope import PROBE
+
+
+def hook(message):  # uWSGI's own loop in the undeclared mule 2 (and foreign messages in mule 1)
+    record("hooked", probe=message.startswith(PROBE))
+
+
+uwsgi.mule_msg_hook = hook
+
+
+@mule_offload(1)
+def report(tag):
+    record("waits", tag=tag, itself=_dispatch.current_queues().waits_itself)
+
+
+@route("/report")
+def report_route(query):
+    return report(query)
+'''
+
+
+def test_a_mule_the_builders_did_not_declare_never_receives_a_probe(tmp_path: Path) -> None:
+    # uWSGI's --mules adds a mule of its own loop: it reads the queue every mule reads, so that
+    # queue is never probed, and the dispatch mule waits in uWSGI, as before.
+    server = start_server(tmp_path, declaration("mules=1"), UNDECLARED_APP, extra_args=["--mules", "1"],
+                          expect_mules=2)
+    try:
+        for i in range(20):
+            assert server.get(f"/report?{i}")[1] is True
+        lines = server.wait_lines("waits", 20)
+        assert not any(r["itself"] for r in lines)
+        time.sleep(0.3)
+        assert [r for r in server.lines("hooked") if r["mule"] == 2] == []
+    finally:
+        server.stop()

@@ -125,8 +125,22 @@ def probe_destinations(declarations: Declarations | None, mule_id: int) -> list[
     if declarations is None:
         return []
     programmed = set(declarations.programmed)
-    return [mule_id] + ([] if programmed else [SHARED]) + [
+    shared = [] if programmed or not _only_declared(declarations) else [SHARED]
+    return [mule_id] + shared + [
         spec.name.encode() for spec in declarations.farms_of(mule_id) if programmed.isdisjoint(spec.mules)]
+
+
+def _only_declared(declarations: Declarations) -> bool:
+    """Whether this mule inherited the queues of the declared mules and farms and no more. uWSGI
+    makes one socket pair per mule, per farm and for the queue every mule reads (its signal pipes
+    are streams); under a master, a mule keeps every sending end and the reading ends of its own
+    queue, of that one and of the farms. More (a mule the builders did not declare, which would
+    receive probes it does not know, or a packet socket of the app's) and that queue is never probed."""
+    sockets = packet_sockets()
+    for sock in sockets:
+        sock.close()
+    mules, farms = len(declarations.programs), len(declarations.farms)
+    return len(sockets) in (mules + 2 * farms + 3, 2 * (1 + mules + farms))  # under a master, or without
 
 
 def polled_destinations(declarations: Declarations | None, mule_id: int) -> frozenset[int | bytes]:

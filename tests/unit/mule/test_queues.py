@@ -296,9 +296,16 @@ def test_a_probe_is_looked_for_right_after_it_is_sent(uwsgi: FakeUwsgi) -> None:
     assert list(finder.found) == [_queues.SHARED]
 
 
-def test_the_shared_queue_is_probed_only_when_every_mule_dispatches() -> None:
-    assert _queues.probe_destinations(parse_record("v2;mules=2;farm=pair:1,2"), 1) == [1, _queues.SHARED, b"pair"]
-    assert _queues.probe_destinations(parse_record("v2;mules=2;programmed=2"), 1) == [1]
+def test_the_shared_queue_is_probed_only_when_every_mule_dispatches(uwsgi: FakeUwsgi,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_queues, "packet_sockets", lambda: [end.dup() for pair in uwsgi.queues.values() for end in pair])
+    declared = parse_record("v2;mules=2;farm=pair:1,2")
+    for dest in (_queues.SHARED, 1, 2, b"pair"):  # the queues of what is declared, as uWSGI makes them
+        uwsgi.queue(dest)
+    assert _queues.probe_destinations(declared, 1) == [1, _queues.SHARED, b"pair"]
+    assert _queues.probe_destinations(parse_record("v2;mules=3;programmed=3;farm=pair:1,2"), 1) == [1, b"pair"]
+    uwsgi.queue(3)  # a mule the builders did not declare: it would read a probe of the shared queue
+    assert _queues.probe_destinations(declared, 1) == [1, b"pair"]
     assert _queues.polled_destinations(parse_record("v2;mules=4;programmed=4;farm=mixed:3,4"), 3) == {
         3, _queues.SHARED, b"mixed"}
     assert _queues.polled_destinations(None, 1) == frozenset()
