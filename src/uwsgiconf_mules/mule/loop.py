@@ -279,7 +279,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
     farms = bool(declarations.farms_of(mule_id)) if declarations else True
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
     _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id),
-                     polled_destinations(declarations, mule_id))
+                     polled=polled_destinations(declarations, mule_id))
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues

@@ -180,7 +180,7 @@ class Queues:
     """
 
     def __init__(self, uwsgi: Any, destinations: list[int | bytes], farms: bool, buffer_size: int,
-                 record: tuple[Any, int] | None = None, polled: frozenset[int | bytes] = frozenset()) -> None:
+                 record: tuple[Any, int] | None = None, *, polled: frozenset[int | bytes] = frozenset()) -> None:
         # One buffer for every message (a fresh one per read costs page faults); anonymous memory
         # (or the record's file), so only the pages that messages reach are ever touched.
         mapped = running.buffer(*record, buffer_size) if record is not None else None

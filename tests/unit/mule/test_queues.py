@@ -298,7 +298,8 @@ def test_a_probe_is_looked_for_right_after_it_is_sent(uwsgi: FakeUwsgi) -> None:
 
 def test_the_shared_queue_is_probed_only_when_every_mule_dispatches(uwsgi: FakeUwsgi,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_queues, "packet_sockets", lambda: [end.dup() for pair in uwsgi.queues.values() for end in pair])
+    monkeypatch.setattr(_queues, "packet_sockets",
+                        lambda: [end.dup() for pair in uwsgi.queues.values() for end in pair])
     declared = parse_record("v2;mules=2;farm=pair:1,2")
     for dest in (_queues.SHARED, 1, 2, b"pair"):  # the queues of what is declared, as uWSGI makes them
         uwsgi.queue(dest)
