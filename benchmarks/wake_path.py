@@ -10,6 +10,8 @@ seconds (on a shared machine, the speed of separate runs drifts more than the di
   envelope, against ``struct.pack``);
 * **mule side**: from the ``mule_msg`` call to the start of the function in the mule (the send,
   the wake-up, the scheduling, the mule's path to the function);
+* **mule CPU**: the CPU time of each mule's main thread per call (``schedstat``), with
+  ``--trace`` the tracing's share included;
 * with ``--trace`` (``perf``, root): **after the wait**, from the exit of the syscall the mule
   waits in (``poll``: ours; ``epoll_wait``: uWSGI's loop) to the function's first statement (a
   ``getppid``, a marker): the mule's own path, which the loop's code decides.
@@ -39,6 +41,7 @@ from support.harness import Server, declaration, start_server  # noqa: E402
 APP = '''
 import json, os, struct, time
 import uwsgi
+from uwsgiconf_mules.protocol.envelope import PROBE
 from uwsgiconf_mules.runtime import Mule
 
 RESULTS = os.environ["TEST_RESULTS"]
@@ -66,27 +69,28 @@ uwsgi.mule_msg = stamped  # before the first offload: the route resolves it then
 
 
 def hook(message):
-    if len(message) == 8:  # the probes of the dispatch mule's search are not ours
-        arrived("raw", *struct.unpack("!II", message))
+    if not message.startswith(PROBE):  # never one, unless the dispatch mule probed the shared queue
+        arrived("raw", *struct.unpack_from("!II", message))
 
 
 uwsgi.mule_msg_hook = hook
 
 
 @Mule(1).offload()
-def task(i, n):
+def task(i, n, payload):
     arrived("ours", i, n)
 
 
 def application(environ, start_response):
     n = int(environ["QUERY_STRING"] or 0)
+    payload = b"x" * PAYLOAD
     sent = []
     for i in range(n):
         before = time.monotonic_ns()
         if i % 2:
-            task(i, n)
+            task(i, n, payload)
         else:
-            uwsgi.mule_msg(struct.pack("!II", i, n), 2)
+            uwsgi.mule_msg(struct.pack("!II", i, n) + payload, 2)
         sent.append((before, stamp[0]))
         time.sleep(0.002)
     with open(os.path.join(RESULTS, "sent"), "a") as handle:
@@ -117,6 +121,11 @@ def _run(server: Server, n: int) -> dict[str, float]:
     return out
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time of the main thread of ``pid`` (``/proc/<pid>/task/<pid>/schedstat``), in ns."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0])
+
+
 def _after_wait(data: str, pids: dict[int, int]) -> dict[str, float]:
     """p50 from a wait syscall's exit to the marker, per mule, from ``perf script``."""
     out = subprocess.run(["perf", "script", "-i", data, "-F", "tid,time,event", "--ns"],
@@ -141,10 +150,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--trace", action="store_true", help="also the mule's path after its wait (perf, root)")
     parser.add_argument("--busy", action="store_true", help="two CPU-bound processes beside uWSGI")
+    parser.add_argument("--payload", type=int, default=0,
+                        help="bytes of payload a call carries (uWSGI's own loop reads 64 KiB at most)")
     args = parser.parse_args()
     print("load", " ".join(Path("/proc/loadavg").read_text().split()[:3]))
     with tempfile.TemporaryDirectory(prefix="uwsgiconf-mules-wake-") as tmp:
-        server = start_server(Path(tmp) / "wake", declaration("mules=1"), APP, prelude=False, workers=1,
+        server = start_server(Path(tmp) / "wake", declaration("mules=1"),
+                              APP.replace("PAYLOAD", str(args.payload)), prelude=False, workers=1,
                               extra_args=["--mules", "1"], expect_mules=2)
         hogs: list[subprocess.Popen[bytes]] = []
         try:
@@ -162,7 +174,11 @@ def main() -> int:
                                              *(arg for event in EVENTS for arg in ("-e", event))],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(0.4)
+                cpu = {mule: _cpu_ns(pid) for mule, pid in pids.items()}
                 row: dict[str, Any] = _run(server, args.calls)
+                calls = args.calls // 2
+                row["ours mule CPU"] = (_cpu_ns(pids[1]) - cpu[1]) / calls / 1000
+                row["raw mule CPU"] = (_cpu_ns(pids[2]) - cpu[2]) / calls / 1000
                 if perf is not None:
                     perf.send_signal(2)
                     perf.wait()
@@ -174,8 +190,9 @@ def main() -> int:
                 hog.kill()
                 hog.wait()
             server.stop()
-    print(f"{args.calls // 2} calls to each mule x {args.runs} runs, p50 µs (median of runs), ours x raw:")
-    for part in ("sender", "mule side", "total", "after the wait"):
+    print(f"{args.calls // 2} calls of {args.payload} B to each mule x {args.runs} runs, p50 µs (median of runs), "
+          "ours x raw:")
+    for part in ("sender", "mule side", "total", "after the wait", "mule CPU"):
         if f"ours {part}" in rows[0]:
             ours = statistics.median(row[f"ours {part}"] for row in rows)
             raw = statistics.median(row[f"raw {part}"] for row in rows)
