@@ -138,43 +138,61 @@ def ratios(found: dict[str, list[list[float]]]) -> dict[str, float]:
             "cpu": statistics.median((r[1] + r[2]) / (p[1] + p[2]) for p, r in pairs)}
 
 
-def summary(workdir: Path, calls: int = 20_000, rounds: int = 7) -> dict[str, Any]:
-    """The cost part of ``benchmarks/run.py`` (``make bench``): rounds of ``calls`` calls of each
-    mode, paired; the load average before and after.
-
-    :param workdir: An empty directory for the server.
-    :param calls: Calls per run.
-    :param rounds: Rounds (one run of each mode each).
-    """
-    load = os.getloadavg()[0]
-    # A store that holds every result of the runs: a full one evicts the least recently used, and
-    # uWSGI logs a line per eviction (a cost of an undersized store, not of a result).
-    items = calls * (rounds + 1) + min(calls, 1000) + 1000
+def _store_run(workdir: Path, calls: int, rounds: int, items: int, cycles: int) -> dict[str, list[list[float]]]:
+    """:func:`cost` on a server of its own whose store holds ``items`` results, after a warm-up of
+    ``cycles`` rounds (at least one round of 1,000 calls)."""
     server = start_server(workdir, config(items), APP, extra_args=("--threads", "4", "--buffer-size", "65535"))
     try:
         flags = workdir / "flags"
         flags.mkdir()
+        if cycles:
+            cost(server, calls, cycles, flags)  # every slot of the store written once: the oldest are evicted next
         cost(server, min(calls, 1000), 1, flags)  # warm up
-        found = cost(server, calls, rounds, flags)
+        return cost(server, calls, rounds, flags)
     finally:
         server.stop()
+
+
+def summary(workdir: Path, calls: int = 20_000, rounds: int = 7) -> dict[str, Any]:
+    """The cost part of ``benchmarks/run.py`` (``make bench``): rounds of ``calls`` calls of each
+    mode, paired, with two stores. A store in use (its figure is ``ratio``): it holds a quarter more
+    results than one round makes, and two rounds before the measured ones wrote every slot, so each
+    new result takes the slot of the oldest, evicted, as on a server whose store is past its first
+    pass. A new store (``fresh``): large enough for every result of the run, so each one is written
+    into a slot never used, whose memory (shared, allocated by uWSGI on first touch) faults in the
+    mule at its first write and in the worker at its first read. The load average before and after.
+
+    :param workdir: An empty directory for the servers.
+    :param calls: Calls per run.
+    :param rounds: Rounds (one run of each mode each).
+    """
+    load = os.getloadavg()[0]
+    workdir.mkdir(parents=True, exist_ok=True)
+    found = _store_run(workdir / "in-use", calls, rounds, calls + calls // 4, 2)
+    fresh = _store_run(workdir / "new", calls, rounds, calls * (rounds + 1) + min(calls, 1000) + 1000, 0)
     return {"calls": calls, "rounds": rounds, "runs": found, "ratio": ratios(found),
-            "load": [round(load, 2), round(os.getloadavg()[0], 2)]}
+            "fresh": {"runs": fresh, "ratio": ratios(fresh)}, "load": [round(load, 2), round(os.getloadavg()[0], 2)]}
 
 
 def report(summary: dict[str, Any]) -> list[str]:
-    """Lines of :func:`summary`'s figures, ending with ``result/plain = X.XX`` (wall, paired)."""
+    """Lines of :func:`summary`'s figures, ending with ``result/plain = X.XX`` (wall, paired, the
+    store in use; the new store's figure beside it)."""
     lines = []
-    for mode, what in (("plain", "plain offload"), ("results", "with a result (offload + outcome write + read)")):
-        runs = summary["runs"][mode]
-        lines.append(f"{what}, µs/call, wall (worker CPU, mule CPU): "
-                     f"{', '.join(f'{w:.2f} ({c:.2f}, {m:.2f})' for w, c, m in runs)}; median wall "
-                     f"{statistics.median(r[0] for r in runs):.2f}")
-    ratio = summary["ratio"]
+    for store, found in (("a store in use", summary), ("a new store", summary.get("fresh"))):
+        if found is None:
+            continue
+        for mode, what in (("plain", "plain offload"), ("results", "with a result (offload + outcome write + read)")):
+            runs = found["runs"][mode]
+            lines.append(f"{store}: {what}, µs/call, wall (worker CPU, mule CPU): "
+                         f"{', '.join(f'{w:.2f} ({c:.2f}, {m:.2f})' for w, c, m in runs)}; median wall "
+                         f"{statistics.median(r[0] for r in runs):.2f}")
+        lines.append(f"{store}: result/plain {found['ratio']['wall']:.2f} wall, {found['ratio']['cpu']:.2f} CPU "
+                     "(worker + mule)")
+    ratio, fresh = summary["ratio"], summary.get("fresh")
     lines.append(f"{summary['calls']} calls x {summary['rounds']} rounds, paired; load average "
-                 f"{summary['load'][0]:.2f} before, {summary['load'][1]:.2f} after; CPU (worker + mule) "
-                 f"result/plain = {ratio['cpu']:.2f}")
-    lines.append(f"result/plain = {ratio['wall']:.2f}")
+                 f"{summary['load'][0]:.2f} before, {summary['load'][1]:.2f} after")
+    beside = f"; a new store {fresh['ratio']['wall']:.2f}" if fresh else ""
+    lines.append(f"result/plain = {ratio['wall']:.2f}   (CPU {ratio['cpu']:.2f}{beside})")
     return lines
 
 

@@ -1,21 +1,18 @@
-"""Entry script of dispatch mules: ``mule = <path of this file>``.
+"""Entry script of dispatch mules: ``mule = <path of this file>``; see :mod:`uwsgiconf_mules.mule.startup`.
 
-The builders declare every dispatch mule with this file's path. uWSGI runs a ``.py`` mule as
-``__main__`` -- also under ``--lazy-apps``, where a ``package.module:callable`` mule crashes
-uWSGI 2.0.x (its Python loaders are not set up in mules then). Imported under its own name
-(the config's ``shared-import``, in the master before the fork, when there are dispatch mules) it
-only loads the loop, so that a mule forked from the master imports nothing more. Run as the mule's
-script, it first moves every object the master made to the collector's permanent generation
-(``gc.freeze()``): the mule's collections then never write to the pages of those objects, which stay
-shared with the master instead of being copied into the mule (benchmarks/README.md).
+uWSGI compiles it in each mule (a mule writes the pages of what it allocates): keep it short.
 """
 
 import gc
 
 if __name__ == "__main__":  # pragma: no cover - a uWSGI mule, forked from the master
-    gc.freeze()  # before anything allocates: a collection now would copy every page of the master's objects
+    gc.freeze()  # first: a collection now would write in every page of the master's objects
 
 from uwsgiconf_mules.mule.loop import mule_loop
+from uwsgiconf_mules.mule.startup import frozen, in_master  # from a module: no import machinery in Python
 
 if __name__ == "__main__":  # pragma: no cover - runs inside a uWSGI mule
+    frozen()
     mule_loop()
+else:  # the config's shared-import: in the master, before the fork
+    in_master()

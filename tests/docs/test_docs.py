@@ -460,14 +460,19 @@ def test_the_spool_figures_of_the_pages_are_the_code_s() -> None:
     assert _spool.STALE_AFTER == 600 and "nothing changed in for 10 minutes" in reloads
 
 
-def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_log_lines_the_reloads_page_quotes_are_the_mules(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     from uwsgiconf_mules.mule import startup as _startup
+
+    (tmp_path / "1.stop").write_text("{}")  # a record is there: a start without one reads none
 
     said = section("reloads", "What the log says")
     quoted = [re.sub(r"\s+", " ", sample) for sample in re.findall(r"`([^`]+)`", said)]
 
     class Stopped:  # the records two stops left: one kept 5 of which 3 remain, one lost 2 to a full disk
         path = "/var/spool/app"
+
+        def part(self, name: str) -> str:
+            return str(tmp_path)
 
         def check_stops(self) -> list[tuple[int, int, int, dict[str, int]]]:
             return [(1, 5, 3, {}), (2, 0, 0, {"the disk of the spool /var/spool/app is full": 2})]

@@ -145,3 +145,48 @@ def run_logged_kw(query):
         assert " mule 1 [app:logged] INFO shop: task says there\n" in log
     finally:
         server.stop()
+
+
+FORK_APP = '''
+import gc
+import sys
+
+MASTER_MODULES = set(sys.modules)
+FIRST = []
+BEFORE = gc.get_freeze_count()  # 0, or what Python froze itself (3.12 starts with objects frozen)
+
+
+def _first_collection(phase, info):  # runs after the runtime's own callback (added at its shared-import)
+    import uwsgi
+    if phase == "start" and not FIRST and uwsgi.mule_id():
+        FIRST.append(gc.get_freeze_count() - BEFORE)
+
+
+gc.callbacks.append(_first_collection)
+
+
+@mule_offload()
+def report():
+    record("mule", frozen_at_first=FIRST[0] if FIRST else None, imported=sorted(set(sys.modules) - MASTER_MODULES))
+
+
+@route("/report")
+def run_report(query):
+    return report()
+
+
+gc.collect()
+gc.set_threshold(1)  # the next allocation collects: in a mule, in uWSGI's post-fork step, before its script runs
+'''
+
+
+def test_a_mule_shares_what_the_master_made_even_when_it_collects_before_its_script(
+        uwsgi_server: Callable[..., Server]) -> None:
+    # A new spool: the mule logs a line at start. The master loaded logging, fcntl and json for it,
+    # and random (uWSGI's post-fork step); the mule's first collection found the master's objects frozen.
+    server = uwsgi_server(declaration("mules=1"), FORK_APP, workers=1)
+    assert server.get("/report") == (200, True)
+    (found,) = server.wait_lines("mule", 1)
+    assert "made a new, empty spool" in server.log()
+    assert found["imported"] == []  # nothing imported after the fork
+    assert found["frozen_at_first"] > 1000  # frozen before its first collection ran

@@ -8,13 +8,19 @@ each checked to start with those same bytes (one ``startswith``). A call the fas
 take (keyword arguments, an unknown task, a task whose tag another shares), and every call when a
 harakiri is declared (armed per call) or the counters are on (counted per call), takes
 :func:`uwsgiconf_mules.runtime.tasks.run`, as a single call would. A failed call is reported as
-any failed call, and the next one runs.
+any failed call, and the next one runs. A batch whose calls all start with the same lookup (what
+``f.map()`` sends: one task, the token in every call's first bytes, checked for every call at once)
+and all carry arguments runs in a loop of its own (:func:`_streak`), whose bodies are cut and
+decoded by C loops.
 
 Told to stop (a reload, a stop), the mule finishes the call it is running and returns the batch of
 the calls not run: the loop keeps it in the spool (one file), with what is still queued.
 """
 
 from __future__ import annotations
+
+from itertools import repeat
+from operator import getitem
 
 from ..protocol.envelope import HEAD_SIZE, LOOKUP_SIZE, PREFIX, batch, lookup_ok, split
 from ..runtime import tasks as _tasks
@@ -41,9 +47,14 @@ def run(view: memoryview, size: int, *, harakiri: int, counted: bool, stopping: 
         _tasks.refuse(bytes(view[:size]), f"cannot decode the batch ({type(exc).__name__}: {exc})")
         return None
     heads, now_running = _tasks.HEADS, _tasks.LOOP_CALL
+    slow = harakiri > 0 or counted
+    if not slow and calls:
+        lookup = calls[0][:LOOKUP_SIZE]
+        one = _entry(heads, lookup) if len(lookup) == LOOKUP_SIZE else None
+        if one is not None and all(map(bytes.startswith, calls, repeat(lookup))) and min(map(len, calls)) > one[3]:
+            return _streak(calls, one, stopping)  # what f.map() sends: calls of one task, each with arguments
     entries: dict[bytes, tuple[Any, ...] | None] = {}  # for this batch: registering a task meanwhile changes HEADS
     run_one, failed, returned = _tasks.run, _tasks.failed, _tasks.returned
-    slow = harakiri > 0 or counted
     last = NEVER  # the lookup of the calls run with `entry` (a streak of calls of one task, as f.map() sends)
     entry: tuple[Any, ...] | None = None
     func = loads = None
@@ -77,6 +88,31 @@ def run(view: memoryview, size: int, *, harakiri: int, counted: bool, stopping: 
                 raise
             except BaseException:
                 _failed(call, entry, failed)
+        return None
+    finally:
+        now_running[0] = None
+
+
+def _streak(calls: list[bytes], entry: tuple[Any, ...], stopping: Callable[[], bool]) -> bytes | None:
+    """:func:`run` for a batch whose calls all start with the lookup of ``entry`` (the token among
+    its bytes: checked for every call by the caller) and all carry arguments: their bodies cut and
+    decoded by C loops, each call run in order, each failure reported, the rest returned on a stop."""
+    heads, now_running, failed, returned = _tasks.HEADS, _tasks.LOOP_CALL, _tasks.failed, _tasks.returned
+    func, loads, offset = entry[0], entry[1], slice(entry[2], None)
+    now_running[0] = entry
+    try:
+        for index, body in enumerate(map(getitem, calls, repeat(offset))):
+            if not heads and stopping():  # the stop handler empties HEADS: one test while not told
+                return batch(calls[index:])
+            try:
+                result = func(*loads(body))
+                if result is not None:
+                    returned(entry[4], result)
+            except KeyboardInterrupt:  # see tasks.run: said as a failure, then it stops the mule
+                _failed(calls[index], entry, failed)
+                raise
+            except BaseException:
+                _failed(calls[index], entry, failed)
         return None
     finally:
         now_running[0] = None

@@ -166,6 +166,20 @@ def clear() -> None:
         _header[SIZE] = 0
 
 
+def key_args(payload: bytes) -> tuple[str, tuple[Any, ...]]:
+    """(task key, positional arguments) of a kept call, ``(key, ())`` when its arguments cannot be
+    decoded, ``("", ())`` when nothing can.
+
+    :param payload: The call without the token.
+    """
+    try:
+        key, args, _ = _protocol.decode(_protocol.restored(payload))
+        return key.decode(), tuple(args)
+    except Exception:
+        end = payload.find(b"\x00", 1)
+        return (payload[1:end].decode("utf-8", "replace") if end > 0 else ""), ()
+
+
 def recover(spool: _spool.Spool, mule_id: int) -> None:
     """At start: handle the call the predecessor of this mule was running when it died.
 
@@ -183,7 +197,7 @@ def recover(spool: _spool.Spool, mule_id: int) -> None:
     if not message.startswith(_protocol.MAGIC) or kind not in _protocol.CALL_KINDS:
         return  # a probe, plain data, a refusal: nothing of ours ran
     payload = _protocol.stored(message)
-    key, _ = _timer._key_args(payload)
+    key, _ = key_args(payload)
     if key == _timer.RUN_DUE_KEY:
         return  # the delayed call it ran has a record of its own (see mule.timer)
     if key == _deferred.DEFER_KEY:  # keeping a delayed call: done again (it writes the same file)

@@ -1,4 +1,23 @@
-"""What a dispatch mule does once when it starts, before it runs any call.
+"""What a dispatch mule does once when it starts, before it runs any call; and, in the master, what
+makes its start cheap.
+
+uWSGI runs ``uwsgiconf_mules/dispatch_mule.py`` as each dispatch mule's ``__main__`` -- also under
+``--lazy-apps``, where a ``package.module:callable`` mule crashes uWSGI 2.0.x (its Python loaders
+are not set up in mules then). The config's ``shared-import`` imports the same file under its own
+name in the master, before the fork: it loads the loop, and runs :func:`in_master`.
+
+In the master (:func:`in_master`): a mule shares the master's pages until it writes in one, so what
+it needs is made there, once, and shared (benchmarks/README.md, "An idle mule's memory"):
+
+- the modules a mule imports at start or to log (``logging`` and the mule's formatter, ``json``,
+  ``fcntl``), and ``random``, which uWSGI's post-fork step imports in every worker and mule;
+- :func:`freeze_at_first_collection`: a mule whose first collection comes before its script
+  freezes the master's objects (uWSGI's post-fork step allocates: when the master's counts were at a
+  threshold at the fork, a collection of the young generations runs there) freezes them first.
+
+In the mule, its script first moves every object the master made to the collector's permanent
+generation (``gc.freeze()``): the mule's collections never write in the pages of those objects.
+Then:
 
 1. The declared start-up hook (``set_mules_params(mule_init='package.module:function')``).
 2. ``django.setup()`` when ``DJANGO_SETTINGS_MODULE`` is set and Django is not set up yet: under
@@ -6,9 +25,8 @@
    task module importing models would fail with ``AppRegistryNotReady``. In the pre-fork mode the
    mule inherits a Django already set up from the master, and nothing is done.
 3. Logging, when nobody configured it (see :mod:`uwsgiconf_mules.runtime.logs`): at once when
-   ``logging`` is imported already (by the app in the master, the hook, Django), otherwise as soon
-   as anything imports it (:class:`LoggingWatch`: a task, the runtime to say something), so that
-   a mule whose app never logs does not load ``logging`` (1.9 MB of PSS per mule, benchmarks/README.md).
+   ``logging`` is imported already (by the master, the app, the hook, Django), otherwise as soon
+   as anything imports it (:class:`LoggingWatch`: a task, the runtime to say something).
 
 A step that fails is logged on one line naming it, with its traceback, and the mule goes on:
 a mule that exits at start is respawned by uWSGI at once, again and again, while calls pile up in
@@ -19,10 +37,11 @@ letter in the spool, to be replayed after the fix.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
-from ..runtime import tasks as _tasks
+from ..runtime import instance as _instance, tasks as _tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -32,6 +51,67 @@ if TYPE_CHECKING:
     from ..protocol import spool as _spool
 
 DJANGO_SETTINGS = "DJANGO_SETTINGS_MODULE"
+
+_first: list[frozenset[int]] = []  # ids of the dispatch mules, until this process's first collection
+
+
+def _at_first_collection(phase: str, info: dict[str, int]) -> None:
+    """A ``gc.callbacks`` item: in a dispatch mule, at its first collection, before it runs, the
+    objects made so far (the master's) move to the permanent generation; in a worker, nothing."""
+    if not _first or phase != "start":
+        return
+    uwsgi = _instance.uwsgi
+    mule = uwsgi.mule_id() if uwsgi is not None else 0
+    if mule:
+        if mule in _first.pop():
+            gc.freeze()  # what the dispatch script does first, earlier: the collection finds nothing young
+    elif uwsgi is None or uwsgi.worker_id():
+        _first.clear()
+
+
+def freeze_at_first_collection() -> bool:
+    """In the master: make each dispatch mule freeze the objects made before it (``gc.freeze()``) at
+    its first collection, if that comes before its script does so (see the module docstring).
+
+    :returns: Whether the callback was added: not outside uWSGI, without declarations (read once, as
+        the senders read them) or dispatch mules, nor twice.
+    """
+    if _instance.uwsgi is None:
+        return False
+    try:
+        declarations = _instance.declarations()
+    except Exception:  # said where the senders and the mules read them
+        return False
+    ids = frozenset(number for number, program in enumerate(declarations.programs if declarations else (), 1)
+                    if program is None)
+    if not ids or _at_first_collection in gc.callbacks:
+        return False
+    _first[:] = [ids]
+    gc.callbacks.append(_at_first_collection)
+    return True
+
+
+def frozen() -> None:
+    """Called by the dispatch script once it froze the master's objects: the callback's work is done."""
+    _first.clear()
+
+
+def in_master() -> None:
+    """In the master, before the fork: load what a dispatch mule needs at start and to log, and add
+    :func:`freeze_at_first_collection` (see the module docstring); nothing outside uWSGI (no fork)."""
+    if _instance.uwsgi is None:
+        return
+    import fcntl  # noqa: F401 - the spool's lock, at each start
+    import json  # noqa: F401 - the spool's stop records, at each start
+    import logging  # noqa: F401 - a mule that says anything
+    import random  # noqa: F401 - uWSGI's post-fork step imports it in every process
+
+    from . import timer
+
+    if not _handler:
+        _handler.append(_new_handler())  # added to the root logger by a mule only (install_logging)
+    timer.wake_message()
+    freeze_at_first_collection()
 
 
 def _who(mule_id: int | str) -> str:
@@ -101,14 +181,26 @@ def install_logging() -> bool:
     root = logging.getLogger()
     if root.handlers:
         return False
-    from ..runtime.logs import MuleFormatter
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(MuleFormatter())
+    handler = _handler[0] if _handler else _new_handler()
+    _handler.clear()
+    handler.stream = sys.stderr  # as a handler made now would take it
     root.addHandler(handler)
     if root.level == logging.WARNING:  # the default: nobody chose it
         root.setLevel(logging.INFO)
     return True
+
+
+_handler: list[Any] = []  # the handler install_logging adds, made in the master (in_master): shared
+
+
+def _new_handler() -> Any:
+    import logging
+
+    from ..runtime.logs import MuleFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(MuleFormatter())
+    return handler
 
 
 class LoggingWatch:
@@ -152,6 +244,13 @@ def check_stops(spool: _spool.Spool) -> None:
 
     :param spool: The instance's spool.
     """
+    from ..protocol.spool import STOPS
+
+    try:  # most starts find no record: no lock, no listing of the queue (a page of memory per line of Python)
+        if not any(name.endswith(STOPS) for name in os.listdir(spool.part("mules"))):
+            return
+    except OSError:
+        pass  # said by check_stops below
     log = _tasks.log  # logging is imported only to say something (see mule.startup)
     for mule_id, kept, found, lost in spool.check_stops():
         if found < kept:

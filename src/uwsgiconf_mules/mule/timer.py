@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 
+from .. import _threads
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.spool import claims as _claims, delayed as _delayed
 from ..runtime import deferred as _deferred, policy as _policy, results as _results, tasks as _tasks
@@ -59,6 +60,7 @@ RUN_BATCH = 16
 RUN_DUE_KEY = "uwsgiconf_mules.mule.timer:run_due"
 
 _timer: Timer | None = None
+_wake: list[bytes] = [b""]  # the call of run_due, once built: made in the master (mule.startup), shared
 SCHEDULER: list[Any] = [None]  # this mule's mule.schedules.Scheduler, told of each tick's outcome
 
 
@@ -85,7 +87,7 @@ class Timer:
         self.woke_at = 0.0
         self.idle_seen = 0  # rescans in a row that found the loop idle
         self.stopped = False
-        self.wake_message = _protocol.encoder(RUN_DUE_KEY)((), {})
+        self.wake_message = wake_message()
         for target in targets:
             self._scan(target)
 
@@ -239,6 +241,13 @@ class Timer:
             _delayed.put_back(self.spool, self.due.popleft())
 
 
+def wake_message() -> bytes:
+    """The call of :func:`run_due` that wakes the loop (built once per token)."""
+    if not _wake[0].startswith(_protocol.PREFIX):
+        _wake[0] = _protocol.encoder(RUN_DUE_KEY)((), {})
+    return _wake[0]
+
+
 def run_due() -> None:
     """Run the delayed calls the timer claimed (a call the timer sends to its own mule's queue)."""
     timer = _timer
@@ -322,7 +331,7 @@ def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *,
     """
     from .._text import escape
 
-    key, args = _key_args(payload)
+    key, args = _running.key_args(payload)
     found = _tasks.find(key.encode()) if key else "damaged call"
     policy = _policy.POLICIES.get(key)
     attempts = policy.interrupted_attempts if policy is not None else 1
@@ -353,15 +362,6 @@ def interrupted(spool: _spool.Spool, path: str, mule_id: int, payload: bytes, *,
     if path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-def _key_args(payload: bytes) -> tuple[str, tuple[Any, ...]]:
-    try:
-        key, args, _ = _protocol.decode(_protocol.restored(payload))
-        return key.decode(), tuple(args)
-    except Exception:
-        end = payload.find(b"\x00", 1)
-        return (payload[1:end].decode("utf-8", "replace") if end > 0 else ""), ()
 
 
 def recover(spool: _spool.Spool, mule_id: int) -> None:
@@ -428,8 +428,6 @@ def start(uwsgi: Any, spool: _spool.Spool, mule_id: int, declarations: Declarati
         return None
     _timer = timer
     _deferred.NOTIFY[0] = timer.notify
-    from .. import _threads
-
     _threads.start(timer.run)  # blocks uWSGI's signals (and SIGALRM, the soft time limits') in the thread
     _threads.start(timer.scanner)
     if declarations is not None and declarations.schedules:  # imported only by mules of an instance with schedules

@@ -360,7 +360,7 @@ def _batches(key: str, encode: _protocol.Encoder, current: Callable[[], tuple[Ro
         return send_calls(key, encode, current, calls)  # type: ignore[arg-type]
 
     def map(args: Iterable[Any], /) -> int:
-        return starmap((arg,) for arg in args)
+        return starmap(zip(args))  # one-tuples made in C
 
     return map, starmap
 

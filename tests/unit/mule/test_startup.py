@@ -36,7 +36,8 @@ def test_starting_a_mule_imports_only_the_standard_library_and_never_django() ->
                  "from uwsgiconf_mules.mule import startup as _startup\n_startup.start(1, None)\n"
                  "print(sorted(set(sys.modules) - before))")
     modules = set(eval(loaded))
-    assert modules == {"uwsgiconf_mules.mule", "uwsgiconf_mules.mule.startup"}  # logging once something imports it
+    # logging once something imports it; gc is built in (and the dispatch script's first import)
+    assert modules == {"uwsgiconf_mules.mule", "uwsgiconf_mules.mule.startup", "gc"}
 
 
 def test_logging_is_installed_as_soon_as_anything_imports_it() -> None:
@@ -122,3 +123,114 @@ def test_the_projects_lines_name_it_once() -> None:
         "INFO uwsgiconf-mules: mule 1 stopped")
     other = logging.LogRecord("shop.tasks", logging.INFO, __file__, 1, "uwsgiconf-mules: quoted", (), None)
     assert logs.MuleFormatter("%(name)s: %(message)s").format(other) == "shop.tasks: uwsgiconf-mules: quoted"
+
+
+FAKE_UWSGI = '''
+import gc, sys, types
+from uwsgiconf_mules.mule import startup
+from uwsgiconf_mules.runtime import instance
+
+class Fake:
+    mule, worker = 0, 0
+    def mule_id(self): return self.mule
+    def worker_id(self): return self.worker
+
+fake = instance.uwsgi = Fake()
+instance.declarations = lambda: types.SimpleNamespace(programs=(None, "own.py", None))
+'''
+
+
+def test_a_dispatch_mule_freezes_the_masters_objects_at_its_first_collection_only() -> None:
+    code = FAKE_UWSGI + '''
+base = gc.get_freeze_count()  # 0, or what Python froze itself (3.12 starts with objects frozen)
+assert startup.freeze_at_first_collection() and not startup.freeze_at_first_collection()  # added once
+young = [[] for _ in range(100)]
+gc.collect()
+seen = [gc.get_freeze_count() - base]  # the master: nothing frozen, still waiting
+fake.mule = {mule}
+gc.collect()  # the mule's first collection
+seen.append(gc.get_freeze_count() - base >= 100)
+frozen = gc.get_freeze_count()
+more = [[] for _ in range(100)]
+gc.collect()
+seen.append(gc.get_freeze_count() == frozen)  # only the first: what the mule makes is collected as usual
+print(seen)
+'''
+    assert run(code.format(mule=1)) == "[0, True, True]"  # a dispatch mule
+    assert run(code.format(mule=3)) == "[0, True, True]"
+    assert run(code.format(mule=2)) == "[0, False, True]"  # a programmed mule: left alone
+
+
+def test_a_worker_or_a_mule_whose_script_froze_first_is_left_alone() -> None:
+    worker = FAKE_UWSGI + '''
+startup.freeze_at_first_collection()
+fake.worker = 1
+gc.collect()
+fake.worker, fake.mule = 0, 1  # (not possible: the callback was done at the worker's first collection)
+gc.collect()
+print(gc.get_freeze_count() - base, startup._first)
+'''
+    assert run(worker.replace("startup.freeze_at", "base = gc.get_freeze_count()\nstartup.freeze_at", 1)) == "0 []"
+    script = FAKE_UWSGI + '''
+startup.freeze_at_first_collection()
+fake.mule = 1
+startup.frozen()  # the dispatch script froze the master's objects itself
+young = [[] for _ in range(100)]
+gc.collect()
+print(gc.get_freeze_count() - base)
+'''
+    assert run(script.replace("startup.freeze_at", "base = gc.get_freeze_count()\nstartup.freeze_at", 1)) == "0"
+    outside = ("import gc; from uwsgiconf_mules.mule import startup\n"
+               "print(startup.freeze_at_first_collection(), startup._at_first_collection in gc.callbacks)")
+    assert run(outside) == "False False"  # outside uWSGI: nothing added
+
+
+def test_the_master_loads_and_builds_what_a_mule_needs_at_start() -> None:
+    code = FAKE_UWSGI + '''
+before = set(sys.modules)
+startup.in_master()
+from uwsgiconf_mules.mule import timer
+from uwsgiconf_mules.protocol import envelope
+print(sorted(name for name in set(sys.modules) - before if name in ("logging", "json", "fcntl", "random",
+      "uwsgiconf_mules.runtime.logs")), type(startup._handler[0].formatter).__name__,
+      timer._wake[0] == envelope.encoder(timer.RUN_DUE_KEY)((), {}), startup._at_first_collection in gc.callbacks)
+'''
+    assert run(code) == "['fcntl', 'json', 'logging', 'random', 'uwsgiconf_mules.runtime.logs'] MuleFormatter True True"
+
+
+def test_the_handler_made_in_the_master_is_the_one_a_mule_adds() -> None:
+    code = FAKE_UWSGI + '''
+import io, logging
+startup.in_master()
+made = startup._handler[0]
+sys.stderr = io.StringIO()  # replaced since (a hook): the handler writes where a new one would
+print(startup.install_logging(), logging.getLogger().handlers == [made], made.stream is sys.stderr,
+      startup._handler, logging.getLogger().level)
+'''
+    assert run(code) == "True True True [] 20"
+
+
+def test_a_start_with_no_stop_record_takes_no_lock_and_lists_nothing(tmp_path: object,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.protocol import spool as _spool
+
+    spool = _spool.Spool(str(tmp_path))
+    spool.create()
+    calls: list[int] = []
+    original = _spool.Spool.check_stops
+    monkeypatch.setattr(_spool.Spool, "check_stops", lambda self: calls.append(1) or original(self))
+    errors: list[str] = []
+
+    class Log:
+        def error(self, text: str, *args: object) -> None:
+            errors.append(text % args)
+
+    monkeypatch.setattr(_tasks, "log", Log)
+    _startup.check_stops(spool)
+    assert calls == []  # nothing recorded: not called
+    spool.record_stop(1, ["gone.call"], {"the disk is full": 2})
+    _startup.check_stops(spool)
+    assert calls == [1]
+    assert errors == [f"uwsgiconf-mules: the spool {spool.path} lost calls since the last stop of mule 1: expected 1 "
+                      "kept call(s), found 0 (someone removed them, or replaced the spool)",
+                      "uwsgiconf-mules: the last stop of mule 1 could not keep 2 queued call(s): the disk is full"]

@@ -212,7 +212,8 @@ def test_a_config_compiled_by_0_1_0_has_its_mules_import_only_the_mule_layer() -
     assert {name for name in loaded if name.startswith("uwsgiconf_mules.")} <= {
         "uwsgiconf_mules._threads", "uwsgiconf_mules.dispatch_mule", "uwsgiconf_mules.mule",
         "uwsgiconf_mules.mule.batch", "uwsgiconf_mules.mule.loop",
-        "uwsgiconf_mules.mule.queues", "uwsgiconf_mules.mule.signals", "uwsgiconf_mules.protocol.limits",
+        "uwsgiconf_mules.mule.queues", "uwsgiconf_mules.mule.signals", "uwsgiconf_mules.mule.startup",
+        "uwsgiconf_mules.protocol.limits",
         "uwsgiconf_mules.protocol.spool.checks", "uwsgiconf_mules.protocol.spool.letters",
         "uwsgiconf_mules.protocol.spool.store", "uwsgiconf_mules.mule.running", "uwsgiconf_mules.mule.timer",
         "uwsgiconf_mules.protocol.spool.delayed", "uwsgiconf_mules.protocol.spool.claims"}
