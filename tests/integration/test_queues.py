@@ -149,9 +149,12 @@ def test_farm_probes_are_never_lost_calls_nor_passed_on(server: Server) -> None:
 ALL_DISPATCH = declaration("mules=2, farms=[section.workers.mule_farm('pair', [1, 2])]")
 
 WAIT_APP = '''
+import sys
 import time
 import uwsgi
 from uwsgiconf_mules.mule import loop as _dispatch
+
+MASTER_MODULES = set(sys.modules)
 
 
 def hook(message):  # a foreign message, to the queue every mule reads
@@ -164,7 +167,7 @@ uwsgi.mule_msg_hook = hook
 
 def report(tag):
     queues = _dispatch.current_queues()
-    record("waits", tag=tag, itself=queues.waits_itself)
+    record("waits", tag=tag, itself=queues.waits_itself, imported=sorted(set(sys.modules) - MASTER_MODULES))
 
 
 def big(payload, tag):
@@ -203,6 +206,7 @@ def test_dispatch_mules_that_found_every_queue_wait_on_them_and_miss_nothing(tmp
                 break
             time.sleep(0.05)
         assert {r["mule"] for r in lines[-2:] if r["itself"]} == {1, 2}
+        assert [r["imported"] for r in lines[-2:]] == [[], []]  # the wait's modules came with the loop, in the master
         for i in range(5):  # to any mule: read at once by the mule whose wait it wakes
             assert server.get("/foreign")[1] is True
             late = server.wait_lines("foreign", i + 1)[-1]["late"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import _socket  # the C module only: ``socket`` imports selectors, enum and more
 import mmap
 import os
+import select  # a C module, as _socket: loaded in the master with the loop, a mule imports nothing after the fork
 
 from ..protocol.envelope import PROBE, PROBE_SIZE
 from ..protocol.limits import packet_sockets
@@ -302,8 +303,6 @@ class Queues:
 
     def _wait_on_queues(self) -> None:
         """From now on, wait on the queues found (all that uWSGI would poll) and a wake fd."""
-        import select  # a C module, as _socket; loaded once the mule waits on its queues
-
         poller = select.poll()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         poller.register(self._wake, select.POLLIN)
