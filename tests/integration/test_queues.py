@@ -199,12 +199,14 @@ def test_dispatch_mules_that_found_every_queue_wait_on_them_and_miss_nothing(tmp
     # queues uWSGI would poll for it (its own, that one, its farm's) and waits on them itself.
     server = start_server(tmp_path, ALL_DISPATCH, WAIT_APP)
     try:
-        for attempt in range(1, 41):
+        # A probe read first by the mate (a loaded machine can stop a mule between its send and its peek) is
+        # sent again every PROBE_RESEND waits, PROBE_TRIES times: one wait of each mule per attempt.
+        for attempt in range(1, 301):
             assert server.get(f"/report?{attempt}")[1] == [True, True]
             lines = server.wait_lines("waits", 2 * attempt)
             if all(r["itself"] for r in lines[-2:]):
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert {r["mule"] for r in lines[-2:] if r["itself"]} == {1, 2}
         assert [r["imported"] for r in lines[-2:]] == [[], []]  # the wait's modules came with the loop, in the master
         for i in range(5):  # to any mule: read at once by the mule whose wait it wakes
