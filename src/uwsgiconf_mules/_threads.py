@@ -15,6 +15,16 @@ BLOCKED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGA
 """Signals never taken by these threads: uWSGI's stop, reload and stats signals, and the alarm."""
 
 
+def c_signal() -> Any:
+    """The C module under :mod:`signal` (``_signal``): its functions take and give plain numbers,
+    where :mod:`signal`'s wrappers turn each into an enum (that code runs, and writes its pages,
+    in every mule that sets a handler or a mask)."""
+    import signal  # noqa: F401 - loads _signal (imported in the master already: a lookup)
+    import sys
+
+    return sys.modules["_signal"]
+
+
 def start(func: Callable[..., Any], *args: Any) -> int:
     """Start ``func(*args)`` in a new thread that never takes the signals of :data:`BLOCKED`.
 
@@ -27,11 +37,11 @@ def start(func: Callable[..., Any], *args: Any) -> int:
     :raises RuntimeError: when no thread can be started.
     """
     import _thread
-    import signal
 
-    blocked = {getattr(signal, name) for name in BLOCKED}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    raw = c_signal()
+    blocked = {getattr(raw, name) for name in BLOCKED}
+    old = raw.pthread_sigmask(raw.SIG_BLOCK, blocked)
     try:
         return _thread.start_new_thread(func, args)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raw.pthread_sigmask(raw.SIG_SETMASK, old)

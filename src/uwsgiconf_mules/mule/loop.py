@@ -32,6 +32,7 @@ import os
 import signal
 import time
 
+from .. import _threads
 from ..errors import MulesError, NotInMuleError
 from ..protocol import envelope as _protocol, spool as _spool
 from ..protocol.envelope import BATCH_HEAD, HEAD_SIZE, LOOKUP_SIZE, lookup_ok
@@ -250,16 +251,16 @@ def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool 
 
 
 def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
-    """Set this mule up: stop signals, start-up steps (:mod:`._startup`), spool (and what it kept for this
-    mule), queues."""
+    """Set this mule up: stop signals, start-up steps (:mod:`._startup`), spool (and what it kept), queues."""
     global _queues
     try:
         declarations = _instance.required_declarations()
     except MulesError as exc:  # the senders raise it too; say it here once
         _tasks.log().error("uwsgiconf-mules: mule %d: %s", mule_id, exc)
         declarations = _instance.declarations()
+    set_handler = _threads.c_signal().signal  # signal.signal without its enums (see there)
     for signum in STOP_SIGNALS:  # instead of uWSGI's handler, which exits at once, mid-call
-        signal.signal(signum, _stop)
+        set_handler(signum, _stop)
     _signals.start(uwsgi, STOP_SIGNALS)
     spool = _open_spool(declarations, mule_id)
     _tasks.set_dead_letters(spool)
@@ -275,8 +276,7 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
         except Exception as exc:  # never a mule that dies at start, and respawns in a loop
             _tasks.log().error("uwsgiconf-mules: mule %d could not run the calls kept in the spool %s (%s); they stay "
                                "there", mule_id, spool.path, exc)
-    # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
-    farms = bool(declarations.farms_of(mule_id)) if declarations else True
+    farms = bool(declarations.farms_of(mule_id)) if declarations else True  # farm queues polled only in a farm
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
     _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id),
                      polled=polled_destinations(declarations, mule_id))

@@ -3,8 +3,6 @@ while the loop is busy (uWSGI's own reader handles them only when every queue is
 
 from __future__ import annotations
 
-import signal
-
 from .. import _threads
 from ..runtime import tasks as _tasks
 
@@ -24,7 +22,8 @@ def handle(uwsgi: Any, stop_signals: tuple[int, ...]) -> None:
     :param uwsgi: The ``uwsgi`` module.
     :param stop_signals: The signals the main thread takes (blocked here).
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    raw = _threads.c_signal()  # no enum of each signal (see there)
+    raw.pthread_sigmask(raw.SIG_BLOCK, stop_signals)
     while True:
         try:
             uwsgi.signal_wait()  # waits without the GIL, then runs the registered handler

@@ -32,6 +32,7 @@ uwsgi_configuration = section.as_configuration()
 def fresh() -> Iterator[None]:
     _instance.reset(None)
     _result_store._store = None
+    _results.BEAT[0] = 0.0  # no timer thread looks (a timer of another test beat last)
     yield
     _instance.reset()
     _result_store._store = None
