@@ -19,7 +19,7 @@ import select  # a C module, as _socket: loaded in the master with the loop, a m
 
 from ..protocol.envelope import PROBE, PROBE_SIZE
 from ..protocol.limits import packet_sockets
-from . import running
+from . import running, signals as _signals
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -225,7 +225,9 @@ class Queues:
         """Put the next message in the buffer once the current queue ran empty and return its
         size: from another queue read directly, or from uWSGI (None: interrupted, or nothing
         within :data:`WAIT_MS`)."""
-        if self._poll is not None:  # every queue found: poll says which has a message; one copy, into the buffer
+        # Every queue found, and uWSGI signals the signal thread's (under --asyncio only uWSGI's wait
+        # handles them): poll says which queue has a message; one copy, into the buffer.
+        if self._poll is not None and _signals.THREAD[0]:
             for fd, _ in self._poll(WAIT_MS):
                 found = self._by_fd.get(fd)
                 if found is None:  # the wake fd: told to stop
@@ -298,7 +300,7 @@ class Queues:
         if not finder.searching:
             finder.close()
             self._finder = None
-        if self._polled and self._poll is None and self._polled <= {*self._found, *finder.found}:
+        if self._polled and self._poll is None and _signals.THREAD[0] and self._polled <= {*self._found, *finder.found}:
             self._wait_on_queues()
 
     def _wait_on_queues(self) -> None:

@@ -280,6 +280,27 @@ def test_once_every_queue_uwsgi_polls_is_found_the_mule_waits_on_them_itself(
     assert drained == [(1, b"kept"), (None, b"to any mule")]  # the shared queue's: no target named
 
 
+def test_where_no_thread_can_wait_for_uwsgi_signals_the_mule_waits_in_uwsgi_which_handles_them(
+        uwsgi: FakeUwsgi, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import signals as _signals
+
+    own = uwsgi.queue(1)
+    uwsgi.queue(_queues.SHARED), uwsgi.queue(b"farm")
+    monkeypatch.setattr(_signals, "THREAD", [False])  # --asyncio: the signal thread returned at once
+    queues = found_all(uwsgi, [1, _queues.SHARED, b"farm"], frozenset({1, _queues.SHARED, b"farm"}))
+    assert queues._poll is None  # every queue found, and still uWSGI's wait: it runs the signals' handlers
+    empty_all(queues)
+    waited: list[tuple[Any, ...]] = []
+    get = queues._get
+    monkeypatch.setattr(queues, "_get", lambda *args: waited.append(args) or get(*args))
+    assert next_message(queues) is None and waited  # nothing queued: uWSGI's wait, which handles signals
+    queues._wait_on_queues()  # waiting itself already when the thread returned: uWSGI's wait all the same
+    waited.clear()
+    own[0].send(b"after")
+    assert b"after" in [next_message(queues) for _ in range(2)]
+    assert next_message(queues) is None and waited
+
+
 def test_a_queue_that_cannot_be_probed_keeps_the_wait_in_uwsgi(uwsgi: FakeUwsgi) -> None:
     uwsgi.queue(1), uwsgi.queue(_queues.SHARED), uwsgi.queue(b"mixed")
     # 'mixed' has a programmed mule: never probed, so uWSGI's wait is the only one that reads it.
@@ -336,3 +357,16 @@ def test_interrupt_ends_the_wait_on_the_queues_at_once(uwsgi: FakeUwsgi, monkeyp
         if how == "signal":
             signal.signal(signal.SIGUSR1, previous)
     assert time.monotonic() - started < 10  # not the 20 s bound
+
+
+def test_the_signal_thread_says_when_uwsgi_cannot_wait_for_signals_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uwsgiconf_mules.mule import signals as _signals
+
+    class AsyncioMule:
+        def signal_wait(self) -> None:
+            raise SystemError(f"uwsgi.signal_wait() can be called {_signals.NO_REQUEST}")
+
+    monkeypatch.setattr(_signals, "THREAD", [True])
+    monkeypatch.setattr(_signals._tasks, "current_mule", lambda: 1)
+    _signals.handle(AsyncioMule(), ())  # returns: under --asyncio, uWSGI's wait handles them
+    assert _signals.THREAD == [False]
