@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,119 @@ def test_farm_probes_are_never_lost_calls_nor_passed_on(server: Server) -> None:
     for sign in ("dropped a", "cannot decode", "unknown task", "Traceback"):
         assert sign not in log
 
+
+
+ALL_DISPATCH = declaration("mules=2, farms=[section.workers.mule_farm('pair', [1, 2])]")
+
+WAIT_APP = '''
+import sys
+import time
+import uwsgi
+from uwsgiconf_mules.mule import loop as _dispatch
+
+MASTER_MODULES = set(sys.modules)
+
+
+def hook(message):  # a foreign message, to the queue every mule reads
+    sent = float(message.decode())
+    record("foreign", late=time.time() - sent)
+
+
+uwsgi.mule_msg_hook = hook
+
+
+def report(tag):
+    queues = _dispatch.current_queues()
+    record("waits", tag=tag, itself=queues.waits_itself, imported=sorted(set(sys.modules) - MASTER_MODULES))
+
+
+def big(payload, tag):
+    record("big", tag=tag, size=len(payload), intact=payload == bytes(range(256)) * (len(payload) // 256))
+
+
+report1, report2 = mule_offload(1)(report), mule_offload(2)(report)
+big_farm = mule_offload("pair")(big)
+
+
+@route("/report")
+def report_all(query):
+    return [report1(query), report2(query)]
+
+
+@route("/foreign")
+def foreign(query):
+    return uwsgi.mule_msg(repr(time.time()).encode())
+
+
+@route("/big")
+def send_big(query):
+    return big_farm(bytes(range(256)) * 600, query)
+'''
+
+
+def test_dispatch_mules_that_found_every_queue_wait_on_them_and_miss_nothing(tmp_path: Path) -> None:
+    # Every mule dispatches: the queue every mule reads is probed too, so each mule finds all the
+    # queues uWSGI would poll for it (its own, that one, its farm's) and waits on them itself.
+    server = start_server(tmp_path, ALL_DISPATCH, WAIT_APP)
+    try:
+        # A probe read first by the mate (a loaded machine can stop a mule between its send and its peek) is
+        # sent again every PROBE_RESEND waits, PROBE_TRIES times: one wait of each mule per attempt.
+        for attempt in range(1, 301):
+            assert server.get(f"/report?{attempt}")[1] == [True, True]
+            lines = server.wait_lines("waits", 2 * attempt)
+            if all(r["itself"] for r in lines[-2:]):
+                break
+            time.sleep(0.01)
+        assert {r["mule"] for r in lines[-2:] if r["itself"]} == {1, 2}
+        assert [r["imported"] for r in lines[-2:]] == [[], []]  # the wait's modules came with the loop, in the master
+        for i in range(5):  # to any mule: read at once by the mule whose wait it wakes
+            assert server.get("/foreign")[1] is True
+            late = server.wait_lines("foreign", i + 1)[-1]["late"]
+            assert late < 0.5  # not at the end of a wait's second
+        for i in range(3):  # 150 KiB straight into the loop's buffer
+            assert server.get(f"/big?{i}")[1] is True
+        assert sorted((r["tag"], r["size"], r["intact"]) for r in server.wait_lines("big", 3)) == [
+            (str(i), 153600, True) for i in range(3)]
+        assert len(server.lines("foreign")) == 5
+    finally:
+        server.stop()
+
+
+UNDECLARED_APP = '''
+import uwsgi
+from uwsgiconf_mules.mule import loop as _dispatch
+from uwsgiconf_mules.protocol.envelope import PROBE
+
+
+def hook(message):  # uWSGI's own loop in the undeclared mule 2 (and foreign messages in mule 1)
+    record("hooked", probe=message.startswith(PROBE))
+
+
+uwsgi.mule_msg_hook = hook
+
+
+@mule_offload(1)
+def report(tag):
+    record("waits", tag=tag, itself=_dispatch.current_queues().waits_itself)
+
+
+@route("/report")
+def report_route(query):
+    return report(query)
+'''
+
+
+def test_a_mule_the_builders_did_not_declare_never_receives_a_probe(tmp_path: Path) -> None:
+    # uWSGI's --mules adds a mule of its own loop: it reads the queue every mule reads, so that
+    # queue is never probed, and the dispatch mule waits in uWSGI, as before.
+    server = start_server(tmp_path, declaration("mules=1"), UNDECLARED_APP, extra_args=["--mules", "1"],
+                          expect_mules=2)
+    try:
+        for i in range(20):
+            assert server.get(f"/report?{i}")[1] is True
+        lines = server.wait_lines("waits", 20)
+        assert not any(r["itself"] for r in lines)
+        time.sleep(0.3)
+        assert [r for r in server.lines("hooked") if r["mule"] == 2] == []
+    finally:
+        server.stop()

@@ -40,7 +40,7 @@ from ..protocol.limits import MALLOC_MAPPED, socket_message_limit, steady_heap
 from ..protocol.spool import claims as _claims, delayed as _delayed, letters as _letters, store as _store  # noqa: F401 - a mule writes there: loaded with this layer
 from ..runtime import instance as _instance, metrics as _metrics, tasks as _tasks
 from . import batch as _batch, signals as _signals, timer as _timer
-from .queues import STREAK, Queues, probe_destinations
+from .queues import STREAK, Queues, polled_destinations, probe_destinations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: workers and mules import this module, keep it cheap
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ def _stop(signum: int, frame: Any) -> None:
     _stopping = True
     _tasks.HEADS.clear()
     _tasks.TABLE.clear()
+    if _queues is not None:  # a wait on the queues (a poll, which Python resumes after this handler) ends now
+        _queues.interrupt()
 
 
 def _targets(mule_id: int, declarations: Declarations | None) -> frozenset[str]:
@@ -249,8 +251,7 @@ def _open_spool(declarations: Declarations | None, mule_id: int, *, quiet: bool 
 
 
 def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spool | None, Queues]:
-    """Set this mule up: stop signals, start-up steps (:mod:`._startup`), spool (and what it kept for this
-    mule), queues."""
+    """Set this mule up: stop signals, start-up steps (:mod:`._startup`), spool (and what it kept), queues."""
     global _queues
     try:
         declarations = _instance.required_declarations()
@@ -275,10 +276,10 @@ def _prepare(uwsgi: Any, mule_id: int) -> tuple[Declarations | None, _spool.Spoo
         except Exception as exc:  # never a mule that dies at start, and respawns in a loop
             _tasks.log().error("uwsgiconf-mules: mule %d could not run the calls kept in the spool %s (%s); they stay "
                                "there", mule_id, spool.path, exc)
-    # Poll the farm queues only when this mule is in a farm: one less file descriptor per wait.
-    farms = bool(declarations.farms_of(mule_id)) if declarations else True
+    farms = bool(declarations.farms_of(mule_id)) if declarations else True  # farm queues polled only in a farm
     buffer_size = socket_message_limit(declarations.msg_size if declarations else None)
-    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id))
+    _queues = Queues(uwsgi, probe_destinations(declarations, mule_id), farms, buffer_size, (spool, mule_id),
+                     polled=polled_destinations(declarations, mule_id))
     if _tasks.COUNTING is not None:
         _tasks.COUNTING.watch(_queues)
     return declarations, spool, _queues

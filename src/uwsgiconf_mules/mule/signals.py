@@ -10,6 +10,10 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: mules import this module, kee
 if TYPE_CHECKING:
     from typing import Any
 
+THREAD = [True]
+"""Whether uWSGI signals are this thread's: False once uWSGI said it cannot wait for them in a
+thread (``--asyncio``), when the loop must wait in uWSGI, whose wait handles them (see
+``mule.queues.Queues.wait``)."""
 NO_REQUEST = "only from the main callable"
 """What uWSGI's ``signal_wait`` says where it has no request to wait in: a thread of a mule under
 ``--asyncio`` (it says so at once, every time, with a ``[BUG]`` line in the log)."""
@@ -29,6 +33,7 @@ def handle(uwsgi: Any, stop_signals: tuple[int, ...]) -> None:
             uwsgi.signal_wait()  # waits without the GIL, then runs the registered handler
         except SystemError as exc:  # interrupted by a signal of the system; or no request to wait in
             if NO_REQUEST in str(exc):  # --asyncio: uWSGI's reader handles them when the queues are empty
+                THREAD[0] = False
                 _tasks.log().warning("uwsgiconf-mules: mule %d: uWSGI signals are handled when its queues are empty "
                                      "(under a loop engine, uWSGI cannot wait for them in a thread of a mule)",
                                      _tasks.current_mule())

@@ -236,6 +236,23 @@ def test_a_batch_runs_its_calls_in_order_and_refuses_one_without_the_token(regis
     assert ran == [] and rest is not None and _protocol.split(rest) == calls
 
 
+def test_the_stop_handler_ends_a_wait_on_the_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    interrupted: list[bool] = []
+
+    class Waiting:
+        def interrupt(self) -> None:
+            interrupted.append(True)
+
+    monkeypatch.setattr(_dispatch, "_queues", Waiting())
+    monkeypatch.setattr(_dispatch, "_stopping", False)
+    monkeypatch.setattr(_tasks, "HEADS", {})
+    monkeypatch.setattr(_tasks, "TABLE", {})
+    _dispatch._stop(signal.SIGHUP, None)
+    assert _dispatch._stopping and interrupted == [True]  # else the poll, resumed by Python, waits its second out
+
+
 def test_a_batch_of_one_tasks_calls_runs_them_in_order_reports_each_failure_and_returns_the_rest_on_a_stop(
         registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from uwsgiconf_mules.mule import batch as _batch
